@@ -1,0 +1,1 @@
+//! Empty outside `--cfg loom`; the models live in `tests/`.

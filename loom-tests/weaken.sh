@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Weakens one memory ordering at a time in the real source and checks that the
+# named loom model then FAILS. Restores the source after each case.
+# Usage: loom-tests/weaken.sh   (from the repository root; takes a few minutes)
+set -u
+cd "$(dirname "$0")/.."
+export RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom
+status=0
+# file | exact line fragment | replacement | test binary | test name
+cases=(
+  "src/ring.rs|slot.stamp.store(pos.wrapping_add(1), Ordering::Release);|slot.stamp.store(pos.wrapping_add(1), Ordering::Relaxed);|ring|two_producers_one_consumer_full_and_wrap"
+  "src/ring.rs|let stamp = self.slot(last).stamp.load(Ordering::Acquire);|let stamp = self.slot(last).stamp.load(Ordering::Relaxed);|ring|push_all_races_single_push"
+  "src/ticket.rs|let prev = inner.state.fetch_or(COMPLETE, Ordering::AcqRel);|let prev = inner.state.fetch_or(COMPLETE, Ordering::Acquire);|ticket|complete_races_wait"
+  "src/ticket.rs|let prev = self.inner.state.fetch_or(CLOSED, Ordering::AcqRel);|let prev = self.inner.state.fetch_or(CLOSED, Ordering::Release);|ticket|complete_races_cancel"
+)
+for c in "${cases[@]}"; do
+  IFS='|' read -r file from to bin name <<<"$c"
+  cp "$file" "$file.orig"
+  python3 - "$file" "$from" "$to" <<'PY'
+import sys
+p, a, b = sys.argv[1:]
+s = open(p).read()
+assert s.count(a) == 1, f"{a!r} must occur once in {p}"
+open(p, "w").write(s.replace(a, b))
+PY
+  if cargo test -q -p loom-tests --release --test "$bin" -- --exact "$name" >/tmp/weaken.log 2>&1; then
+    echo "NOT CAUGHT: $name with $to"; status=1
+  else
+    why=$(grep -m1 -oE "Causality violation: [A-Za-z ]+|deadlock|assertion[^\n]*failed[^\n]*" /tmp/weaken.log)
+    echo "caught: $name <- $file: $to  ($why)"
+  fi
+  mv "$file.orig" "$file"
+done
+exit $status

@@ -1,0 +1,860 @@
+//! The sharded priority intake: `S` shards × 5 priority levels of MPSC rings.
+//!
+//! Producers submit from any thread; each thread sticks to one *home* shard
+//! (a thread-local index handed out round-robin), so producers on different
+//! threads rarely touch the same cache line. A single [`IntakeConsumer`] (the
+//! collector) drains the rings, most urgent level first.
+//!
+//! # What the bound bounds
+//!
+//! Every lane (one shard, one priority) has a `held` counter next to its
+//! ring. A submit first *holds* room in `held` (a CAS that never lets it pass
+//! the lane capacity), then pushes into the ring. The consumer's drain does
+//! **not** give the room back: a drained item carries an [`Admission`], and
+//! only [`IntakeConsumer::release`] (called when the request is launched,
+//! expired or cancelled) frees it. So the capacity bounds every request that
+//! is accepted and not yet finished with, rings plus the collector's own set,
+//! and a full queue is seen at submit, with the item handed back.
+//!
+//! Because ring occupancy never exceeds `held`, a push that has held room
+//! always finds ring slots: the lane counter is the only admission check.
+//! When its home lane is full a producer spills to the next shard's lane of
+//! the same priority, so the whole `shards × lane_capacity` is usable by any
+//! thread. Per-producer FIFO holds within a lane; a collector that needs
+//! global arrival order across a spill orders by an arrival stamp.
+//!
+//! # Example
+//!
+//! ```
+//! use convoy::intake::{Intake, IntakeConfig};
+//! use convoy::{InsertPolicy, Priority};
+//!
+//! let (intake, mut collector) = Intake::new(IntakeConfig { shards: 2, lane_capacity: 4 })?;
+//! intake.push(Priority::Low, "report", InsertPolicy::Enqueue).unwrap();
+//! intake.push(Priority::Critical, "page", InsertPolicy::Enqueue).unwrap();
+//!
+//! let mut out = Vec::new();
+//! collector.drain(16, &mut out);
+//! assert_eq!(out[0].item, "page"); // most urgent level first
+//! assert_eq!(intake.stats().depth(), 2); // drained, not yet released
+//! for d in out {
+//!     collector.release(d.admission);
+//! }
+//! assert_eq!(intake.stats().depth(), 0);
+//! # Ok::<(), convoy::intake::IntakeError>(())
+//! ```
+
+use std::fmt;
+
+use crossbeam::utils::CachePadded;
+
+use crate::priority::{InsertPolicy, Priority};
+use crate::ring::{self, RingError};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering};
+
+/// The most shards an intake may have; far above any useful core count.
+pub const MAX_SHARDS: usize = 4096;
+
+/// Shape of an intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntakeConfig {
+    /// Number of shards (≥ 1). A good value is the number of producer
+    /// threads rounded up, capped at the core count.
+    pub shards: usize,
+    /// Slots per lane (one shard, one priority); a power of two. The bound per
+    /// priority is `shards × lane_capacity`.
+    pub lane_capacity: usize,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            shards: cores.next_power_of_two().min(64),
+            lane_capacity: 1024,
+        }
+    }
+}
+
+/// Why an intake could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IntakeError {
+    /// At least one shard is needed.
+    #[error("intake.shards must be at least 1")]
+    ZeroShards,
+    /// More shards than [`MAX_SHARDS`].
+    #[error("intake.shards = {0} exceeds the maximum of {MAX_SHARDS}")]
+    TooManyShards(usize),
+    /// The lane capacity is not a valid ring capacity.
+    #[error("intake.lane_capacity: {0}")]
+    LaneCapacity(#[from] RingError),
+}
+
+/// A single push found every lane of its priority full; the item is handed
+/// back.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{priority} queue is full")]
+pub struct QueueFull<T> {
+    /// The item, untouched.
+    pub item: T,
+    /// The level that was full.
+    pub priority: Priority,
+}
+
+impl<T> fmt::Debug for QueueFull<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueFull")
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a batch (or part of it) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchRejectReason {
+    /// The batch had no items.
+    Empty,
+    /// Some level had no room for (all of) its items right now.
+    Full,
+    /// An all-or-nothing batch has more items of one level than a lane can
+    /// ever hold; it can never be accepted whole.
+    Oversized {
+        /// The level with too many items.
+        priority: Priority,
+        /// How many items of that level the batch holds.
+        count: usize,
+        /// The lane capacity.
+        capacity: usize,
+    },
+}
+
+/// A batch push that did not insert everything. `rejected` holds every item
+/// that did not go in, in the order given.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch insert: {inserted} inserted, {} handed back ({reason:?})", rejected.len())]
+pub struct BatchRejected<T> {
+    /// How many items went in (always 0 for `AllOrNothing`).
+    pub inserted: usize,
+    /// The items handed back, with their priorities.
+    pub rejected: Vec<(Priority, T)>,
+    /// Why.
+    pub reason: BatchRejectReason,
+}
+
+impl<T> fmt::Debug for BatchRejected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchRejected")
+            .field("inserted", &self.inserted)
+            .field("rejected", &self.rejected.len())
+            .field("reason", &self.reason)
+            .finish()
+    }
+}
+
+/// Proof that a drained item holds room in its lane. Hand it to
+/// [`IntakeConsumer::release`] exactly once, when the request is finished
+/// with (launched, expired, cancelled). Neither `Copy` nor `Clone`, so a
+/// double release does not compile.
+#[must_use = "an admission not released keeps its queue slot forever"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Admission {
+    shard: u32,
+    priority: Priority,
+}
+
+impl Admission {
+    /// The level the item was admitted at.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The shard whose lane holds the room.
+    pub fn shard(&self) -> usize {
+        self.shard as usize
+    }
+}
+
+/// One item out of the intake.
+#[derive(Debug)]
+pub struct Drained<T> {
+    /// The submitted item.
+    pub item: T,
+    /// Submitted with [`InsertPolicy::Front`].
+    pub front: bool,
+    /// The room it holds until released.
+    pub admission: Admission,
+}
+
+struct Entry<T> {
+    item: T,
+    front: bool,
+}
+
+/// Counters of one lane. Written by the producers of one shard (and `held`
+/// by the consumer on release); padded so lanes never share a line.
+#[derive(Default)]
+struct LaneCounters {
+    /// Accepted and not yet released; never above the lane capacity.
+    held: AtomicUsize,
+    inserted: AtomicU64,
+    rejected_full: AtomicU64,
+}
+
+struct Lane<T> {
+    ring: ring::Producer<Entry<T>>,
+    counters: CachePadded<LaneCounters>,
+}
+
+impl<T> Lane<T> {
+    /// Holds room for `k` items, or fails without changing anything.
+    fn try_hold(&self, k: usize, capacity: usize) -> bool {
+        let held = &self.counters.held;
+        // Relaxed first read: the CAS below re-validates it.
+        let mut current = held.load(Ordering::Relaxed);
+        loop {
+            if current + k > capacity {
+                return false;
+            }
+            // Acquire on success: pairs with the consumer's Release in
+            // `release`, which follows its pop; so the ring slots it freed are
+            // visible and the push after this hold finds them free.
+            match held.compare_exchange_weak(
+                current,
+                current + k,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn unhold(&self, k: usize) {
+        // Release: publishes the ring state seen by this thread to the next
+        // holder, as `release` does.
+        self.counters.held.fetch_sub(k, Ordering::Release);
+    }
+}
+
+struct Shared<T> {
+    /// `shards × 5` lanes, index `shard * 5 + priority`.
+    lanes: Box<[Lane<T>]>,
+    /// Per shard: batch insert operations that inserted at least one item.
+    batch_insertions: Box<[CachePadded<AtomicU64>]>,
+    shards: usize,
+    lane_capacity: usize,
+}
+
+impl<T> Shared<T> {
+    fn lane(&self, shard: usize, priority: Priority) -> &Lane<T> {
+        &self.lanes[shard * Priority::COUNT + priority.index()]
+    }
+
+    fn stats(&self) -> IntakeStats {
+        let mut stats = IntakeStats {
+            per_priority: [PriorityIntakeStats::default(); Priority::COUNT],
+            batch_insertions: 0,
+            capacity_per_priority: self.shards * self.lane_capacity,
+        };
+        for shard in 0..self.shards {
+            for p in Priority::ALL {
+                let c = &self.lane(shard, p).counters;
+                let s = &mut stats.per_priority[p.index()];
+                // Relaxed: independent statistics, each monotonic or bounded;
+                // no decision depends on their mutual consistency.
+                s.depth += c.held.load(Ordering::Relaxed);
+                s.inserted += c.inserted.load(Ordering::Relaxed);
+                s.rejected_full += c.rejected_full.load(Ordering::Relaxed);
+            }
+            stats.batch_insertions += self.batch_insertions[shard].load(Ordering::Relaxed);
+        }
+        stats
+    }
+}
+
+/// Per-level intake statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriorityIntakeStats {
+    /// Accepted and not yet released (rings plus the collector's set).
+    pub depth: usize,
+    /// Accepted since start.
+    pub inserted: u64,
+    /// Refused because the level was full.
+    pub rejected_full: u64,
+}
+
+/// A lock-free snapshot of the intake. Each counter is exact; the set is not
+/// one atomic instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntakeStats {
+    /// Indexed by [`Priority::index`].
+    pub per_priority: [PriorityIntakeStats; Priority::COUNT],
+    /// Batch inserts that put at least one item in.
+    pub batch_insertions: u64,
+    /// The bound per level: `shards × lane_capacity`.
+    pub capacity_per_priority: usize,
+}
+
+impl IntakeStats {
+    /// The level's statistics.
+    pub fn of(&self, p: Priority) -> PriorityIntakeStats {
+        self.per_priority[p.index()]
+    }
+
+    /// Accepted and not yet released, all levels.
+    pub fn depth(&self) -> usize {
+        self.per_priority.iter().map(|s| s.depth).sum()
+    }
+
+    /// Accepted since start, all levels.
+    pub fn inserted(&self) -> u64 {
+        self.per_priority.iter().map(|s| s.inserted).sum()
+    }
+
+    /// Refused as full, all levels.
+    pub fn rejected_full(&self) -> u64 {
+        self.per_priority.iter().map(|s| s.rejected_full).sum()
+    }
+
+    /// Depth over capacity, all levels, in `[0, 1]`.
+    pub fn utilization(&self) -> f64 {
+        self.depth() as f64 / (self.capacity_per_priority * Priority::COUNT) as f64
+    }
+
+    /// Depth over capacity of one level, in `[0, 1]`.
+    pub fn utilization_of(&self, p: Priority) -> f64 {
+        self.of(p).depth as f64 / self.capacity_per_priority as f64
+    }
+}
+
+/// The producer side; cheap to clone, `Send + Sync`.
+pub struct Intake<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Intake<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Intake<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Intake")
+            .field("shards", &self.shared.shards)
+            .field("lane_capacity", &self.shared.lane_capacity)
+            .finish()
+    }
+}
+
+/// Round-robin source of home shards. A hint, not a protocol: any value is
+/// correct, so it is a plain std atomic even under loom.
+static NEXT_HOME: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static HOME: usize = NEXT_HOME.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl<T> Intake<T> {
+    /// Builds an intake and its single consumer.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig, IntakeError};
+    /// assert_eq!(
+    ///     Intake::<u8>::new(IntakeConfig { shards: 0, lane_capacity: 8 }).unwrap_err(),
+    ///     IntakeError::ZeroShards,
+    /// );
+    /// assert!(Intake::<u8>::new(IntakeConfig { shards: 3, lane_capacity: 8 }).is_ok());
+    /// ```
+    pub fn new(config: IntakeConfig) -> Result<(Intake<T>, IntakeConsumer<T>), IntakeError> {
+        if config.shards == 0 {
+            return Err(IntakeError::ZeroShards);
+        }
+        if config.shards > MAX_SHARDS {
+            return Err(IntakeError::TooManyShards(config.shards));
+        }
+        let n = config.shards * Priority::COUNT;
+        let mut lanes = Vec::with_capacity(n);
+        let mut consumers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = ring::channel(config.lane_capacity)?;
+            lanes.push(Lane {
+                ring: tx,
+                counters: CachePadded::new(LaneCounters::default()),
+            });
+            consumers.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            lanes: lanes.into_boxed_slice(),
+            batch_insertions: (0..config.shards)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            shards: config.shards,
+            lane_capacity: config.lane_capacity,
+        });
+        Ok((
+            Intake {
+                shared: shared.clone(),
+            },
+            IntakeConsumer {
+                shared,
+                rings: consumers,
+                cursor: [0; Priority::COUNT],
+            },
+        ))
+    }
+
+    /// This thread's home shard.
+    fn home(&self) -> usize {
+        HOME.with(|h| *h) % self.shared.shards
+    }
+
+    /// Submits one item at `priority`; hands it back when the level is full.
+    /// `AllOrNothing` is the same as `Enqueue` for a single item.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority};
+    /// let (intake, _c) = Intake::new(IntakeConfig { shards: 1, lane_capacity: 1 }).unwrap();
+    /// intake.push(Priority::High, 1, InsertPolicy::Enqueue).unwrap();
+    /// let full = intake.push(Priority::High, 2, InsertPolicy::Front).unwrap_err();
+    /// assert_eq!(full.item, 2);
+    /// assert!(intake.push(Priority::Low, 3, InsertPolicy::Enqueue).is_ok()); // other level
+    /// ```
+    pub fn push(&self, priority: Priority, item: T, policy: InsertPolicy) -> Result<(), QueueFull<T>> {
+        let home = self.home();
+        let mut entry = Entry {
+            item,
+            front: policy == InsertPolicy::Front,
+        };
+        for i in 0..self.shared.shards {
+            let shard = (home + i) % self.shared.shards;
+            let lane = self.shared.lane(shard, priority);
+            if !lane.try_hold(1, self.shared.lane_capacity) {
+                continue;
+            }
+            match lane.ring.push(entry) {
+                Ok(()) => {
+                    // Relaxed: a statistic.
+                    lane.counters.inserted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(ring::Full(back)) => {
+                    // Not reachable while ring occupancy ≤ held (module
+                    // docs); handled anyway so an item is never lost.
+                    lane.unhold(1);
+                    entry = back;
+                }
+            }
+        }
+        let lane = self.shared.lane(home, priority);
+        lane.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+        Err(QueueFull {
+            item: entry.item,
+            priority,
+        })
+    }
+
+    /// Submits a batch of `(priority, item)` pairs under `policy`.
+    ///
+    /// `Enqueue` and `Front` insert what fits, in order, and hand back the
+    /// rest; `AllOrNothing` inserts every item or none. Returns how many went
+    /// in when all did. An empty batch is refused.
+    ///
+    /// ```
+    /// use convoy::intake::{BatchRejectReason, Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority::*};
+    /// let (intake, _c) = Intake::new(IntakeConfig { shards: 1, lane_capacity: 2 }).unwrap();
+    /// let err = intake
+    ///     .push_batch(vec![(High, 1), (High, 2), (High, 3)], InsertPolicy::AllOrNothing)
+    ///     .unwrap_err();
+    /// assert_eq!(err.inserted, 0);
+    /// assert_eq!(err.rejected.len(), 3);
+    /// let err = intake
+    ///     .push_batch(vec![(High, 1), (High, 2), (High, 3)], InsertPolicy::Enqueue)
+    ///     .unwrap_err();
+    /// assert_eq!((err.inserted, err.rejected), (2, vec![(High, 3)]));
+    /// assert_eq!(err.reason, BatchRejectReason::Full);
+    /// ```
+    pub fn push_batch(
+        &self,
+        items: Vec<(Priority, T)>,
+        policy: InsertPolicy,
+    ) -> Result<usize, BatchRejected<T>> {
+        if items.is_empty() {
+            return Err(BatchRejected {
+                inserted: 0,
+                rejected: items,
+                reason: BatchRejectReason::Empty,
+            });
+        }
+        let result = match policy {
+            InsertPolicy::Enqueue | InsertPolicy::Front => self.push_each(items, policy),
+            InsertPolicy::AllOrNothing => self.push_whole(items),
+        };
+        let inserted = match &result {
+            Ok(n) => *n,
+            Err(e) => e.inserted,
+        };
+        if inserted > 0 {
+            self.shared.batch_insertions[self.home()].fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn push_each(&self, items: Vec<(Priority, T)>, policy: InsertPolicy) -> Result<usize, BatchRejected<T>> {
+        let mut inserted = 0;
+        let mut rejected = Vec::new();
+        for (priority, item) in items {
+            match self.push(priority, item, policy) {
+                Ok(()) => inserted += 1,
+                Err(full) => rejected.push((priority, full.item)),
+            }
+        }
+        if rejected.is_empty() {
+            Ok(inserted)
+        } else {
+            Err(BatchRejected {
+                inserted,
+                rejected,
+                reason: BatchRejectReason::Full,
+            })
+        }
+    }
+
+    fn push_whole(&self, items: Vec<(Priority, T)>) -> Result<usize, BatchRejected<T>> {
+        let shared = &*self.shared;
+        let mut counts = [0usize; Priority::COUNT];
+        for (p, _) in &items {
+            counts[p.index()] += 1;
+        }
+        if let Some(p) = Priority::ALL
+            .into_iter()
+            .find(|p| counts[p.index()] > shared.lane_capacity)
+        {
+            return Err(BatchRejected {
+                inserted: 0,
+                rejected: items,
+                reason: BatchRejectReason::Oversized {
+                    priority: p,
+                    count: counts[p.index()],
+                    capacity: shared.lane_capacity,
+                },
+            });
+        }
+        // Hold room for every level's group in one lane each, or undo.
+        let home = self.home();
+        let mut chosen: [Option<usize>; Priority::COUNT] = [None; Priority::COUNT];
+        for p in Priority::ALL {
+            let k = counts[p.index()];
+            if k == 0 {
+                continue;
+            }
+            chosen[p.index()] = (0..shared.shards)
+                .map(|i| (home + i) % shared.shards)
+                .find(|&s| shared.lane(s, p).try_hold(k, shared.lane_capacity));
+            if chosen[p.index()].is_none() {
+                for q in Priority::ALL {
+                    if let Some(s) = chosen[q.index()] {
+                        shared.lane(s, q).unhold(counts[q.index()]);
+                    }
+                    let lane = shared.lane(home, q);
+                    lane.counters
+                        .rejected_full
+                        .fetch_add(counts[q.index()] as u64, Ordering::Relaxed);
+                }
+                return Err(BatchRejected {
+                    inserted: 0,
+                    rejected: items,
+                    reason: BatchRejectReason::Full,
+                });
+            }
+        }
+        let total = items.len();
+        let mut groups: [Vec<Entry<T>>; Priority::COUNT] = Default::default();
+        for (p, group) in groups.iter_mut().enumerate() {
+            group.reserve_exact(counts[p]);
+        }
+        for (p, item) in items {
+            groups[p.index()].push(Entry { item, front: false });
+        }
+        for (p, group) in Priority::ALL.into_iter().zip(groups) {
+            if let Some(s) = chosen[p.index()] {
+                let lane = shared.lane(s, p);
+                let k = group.len();
+                if lane.ring.push_all(group).is_err() {
+                    unreachable_ring_full();
+                }
+                lane.counters.inserted.fetch_add(k as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(total)
+    }
+
+    /// A lock-free snapshot of depths and counters.
+    pub fn stats(&self) -> IntakeStats {
+        self.shared.stats()
+    }
+
+    /// The bound per level: `shards × lane_capacity`.
+    pub fn capacity_per_priority(&self) -> usize {
+        self.shared.shards * self.shared.lane_capacity
+    }
+}
+
+/// A lane whose `held` admitted `k` items has `k` free ring slots (ring
+/// occupancy ≤ held ≤ capacity, and the hold's Acquire sees the consumer's
+/// frees). An all-or-nothing push cannot undo the groups it already pushed,
+/// so a broken invariant here must stop loudly rather than lose items.
+#[cold]
+fn unreachable_ring_full() -> ! {
+    panic!("invariant broken: a lane with held room had a full ring")
+}
+
+/// The single consumer: the collector's end of the intake.
+pub struct IntakeConsumer<T> {
+    shared: Arc<Shared<T>>,
+    /// Same indexing as `Shared::lanes`.
+    rings: Vec<ring::Consumer<Entry<T>>>,
+    /// Per level, the shard the next drain starts at, so a small `max` does
+    /// not always favour shard 0.
+    cursor: [usize; Priority::COUNT],
+}
+
+impl<T> fmt::Debug for IntakeConsumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntakeConsumer")
+            .field("shards", &self.shared.shards)
+            .finish()
+    }
+}
+
+impl<T> IntakeConsumer<T> {
+    /// Drains up to `max` items into `out`, most urgent level first; within
+    /// a level, shards in rotation and each lane in FIFO order. Returns how
+    /// many were drained.
+    pub fn drain(&mut self, max: usize, out: &mut Vec<Drained<T>>) -> usize {
+        let mut n = 0;
+        for p in Priority::ALL {
+            if n >= max {
+                break;
+            }
+            n += self.drain_priority(p, max - n, out);
+        }
+        n
+    }
+
+    /// Drains up to `max` items of one level into `out`.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority};
+    /// let (intake, mut c) = Intake::new(IntakeConfig { shards: 1, lane_capacity: 4 }).unwrap();
+    /// intake.push(Priority::Low, 'l', InsertPolicy::Enqueue).unwrap();
+    /// intake.push(Priority::High, 'h', InsertPolicy::Enqueue).unwrap();
+    /// let mut out = vec![];
+    /// assert_eq!(c.drain_priority(Priority::Low, 8, &mut out), 1);
+    /// assert_eq!(out[0].item, 'l');
+    /// # for d in out { c.release(d.admission) }
+    /// ```
+    pub fn drain_priority(&mut self, priority: Priority, max: usize, out: &mut Vec<Drained<T>>) -> usize {
+        let shards = self.shared.shards;
+        let start = self.cursor[priority.index()];
+        let mut n = 0;
+        for i in 0..shards {
+            let shard = (start + i) % shards;
+            let ring = &mut self.rings[shard * Priority::COUNT + priority.index()];
+            while n < max {
+                let Some(entry) = ring.pop() else { break };
+                out.push(Drained {
+                    item: entry.item,
+                    front: entry.front,
+                    admission: Admission {
+                        shard: shard as u32,
+                        priority,
+                    },
+                });
+                n += 1;
+            }
+            if n >= max {
+                break;
+            }
+        }
+        self.cursor[priority.index()] = (start + 1) % shards;
+        n
+    }
+
+    /// Gives the room an item held back to its lane.
+    pub fn release(&self, admission: Admission) {
+        self.shared
+            .lane(admission.shard(), admission.priority)
+            .unhold(1);
+    }
+
+    /// Whether any ring holds an item not yet drained (a snapshot).
+    pub fn has_pending(&self) -> bool {
+        self.rings.iter().any(|r| !r.is_empty())
+    }
+
+    /// A lock-free snapshot of depths and counters.
+    pub fn stats(&self) -> IntakeStats {
+        self.shared.stats()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use InsertPolicy::*;
+    use Priority::*;
+
+    fn intake(shards: usize, cap: usize) -> (Intake<u32>, IntakeConsumer<u32>) {
+        Intake::new(IntakeConfig {
+            shards,
+            lane_capacity: cap,
+        })
+        .unwrap()
+    }
+
+    fn drain_all(c: &mut IntakeConsumer<u32>) -> Vec<Drained<u32>> {
+        let mut out = Vec::new();
+        c.drain(usize::MAX, &mut out);
+        out
+    }
+
+    #[test]
+    fn bad_config_is_a_typed_error() {
+        let bad = |shards, lane_capacity| {
+            Intake::<u8>::new(IntakeConfig {
+                shards,
+                lane_capacity,
+            })
+            .unwrap_err()
+        };
+        assert_eq!(bad(0, 8), IntakeError::ZeroShards);
+        assert_eq!(bad(MAX_SHARDS + 1, 8), IntakeError::TooManyShards(MAX_SHARDS + 1));
+        assert_eq!(bad(1, 0), IntakeError::LaneCapacity(RingError::ZeroCapacity));
+        assert_eq!(bad(1, 12), IntakeError::LaneCapacity(RingError::NotPowerOfTwo(12)));
+    }
+
+    #[test]
+    fn drains_most_urgent_first_and_keeps_front_flag() {
+        let (i, mut c) = intake(1, 8);
+        i.push(Background, 5, Enqueue).unwrap();
+        i.push(Normal, 3, Enqueue).unwrap();
+        i.push(Critical, 1, Front).unwrap();
+        i.push(High, 2, Enqueue).unwrap();
+        i.push(Low, 4, Enqueue).unwrap();
+        let out = drain_all(&mut c);
+        let items: Vec<_> = out.iter().map(|d| d.item).collect();
+        assert_eq!(items, [1, 2, 3, 4, 5]);
+        assert!(out[0].front && !out[1].front);
+        assert_eq!(out[4].admission.priority(), Background);
+    }
+
+    #[test]
+    fn drain_does_not_free_room_release_does() {
+        let (i, mut c) = intake(1, 2);
+        i.push(High, 1, Enqueue).unwrap();
+        i.push(High, 2, Enqueue).unwrap();
+        let out = drain_all(&mut c);
+        assert_eq!(i.push(High, 3, Enqueue).unwrap_err().item, 3);
+        assert_eq!(i.stats().of(High).depth, 2);
+        let mut out = out.into_iter();
+        c.release(out.next().unwrap().admission);
+        i.push(High, 3, Enqueue).unwrap();
+        assert_eq!(i.stats().of(High).rejected_full, 1);
+        assert_eq!(i.stats().of(High).inserted, 3);
+    }
+
+    #[test]
+    fn spills_to_other_shards_before_refusing() {
+        let (i, mut c) = intake(4, 2);
+        for n in 0..8 {
+            i.push(Normal, n, Enqueue).unwrap();
+        }
+        assert!(i.push(Normal, 99, Enqueue).is_err());
+        let out = drain_all(&mut c);
+        let mut items: Vec<_> = out.iter().map(|d| d.item).collect();
+        items.sort_unstable();
+        assert_eq!(items, (0..8).collect::<Vec<_>>());
+        let stats = i.stats();
+        assert_eq!(stats.of(Normal).depth, 8);
+        assert!((stats.utilization_of(Normal) - 1.0).abs() < 1e-12);
+        assert!((stats.utilization() - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn all_or_nothing_rolls_back_every_level() {
+        let (i, mut c) = intake(1, 2);
+        i.push(Low, 0, Enqueue).unwrap();
+        i.push(Low, 0, Enqueue).unwrap();
+        let err = i
+            .push_batch(vec![(High, 1), (Critical, 2), (Low, 3)], AllOrNothing)
+            .unwrap_err();
+        assert_eq!(err.reason, BatchRejectReason::Full);
+        assert_eq!(err.rejected, vec![(High, 1), (Critical, 2), (Low, 3)]);
+        let stats = i.stats();
+        assert_eq!(stats.of(High).depth, 0, "hold on High was undone");
+        assert_eq!(stats.of(Critical).depth, 0, "hold on Critical was undone");
+        assert_eq!(stats.batch_insertions, 0);
+        assert_eq!(stats.rejected_full(), 3);
+        // With room it goes in whole.
+        for d in drain_all(&mut c) {
+            c.release(d.admission);
+        }
+        assert_eq!(
+            i.push_batch(vec![(High, 1), (Critical, 2), (Low, 3)], AllOrNothing),
+            Ok(3)
+        );
+        assert_eq!(i.stats().batch_insertions, 1);
+        let items: Vec<_> = drain_all(&mut c).iter().map(|d| d.item).collect();
+        assert_eq!(items, [2, 1, 3]);
+    }
+
+    #[test]
+    fn all_or_nothing_oversized_and_empty() {
+        let (i, _c) = intake(2, 2);
+        let err = i
+            .push_batch(vec![(High, 1), (High, 2), (High, 3)], AllOrNothing)
+            .unwrap_err();
+        assert_eq!(
+            err.reason,
+            BatchRejectReason::Oversized {
+                priority: High,
+                count: 3,
+                capacity: 2
+            }
+        );
+        assert_eq!(err.rejected.len(), 3);
+        let err = i.push_batch(vec![], Enqueue).unwrap_err();
+        assert_eq!(err.reason, BatchRejectReason::Empty);
+        assert_eq!(i.stats().depth(), 0);
+    }
+
+    #[test]
+    fn front_batch_flags_every_item() {
+        let (i, mut c) = intake(1, 4);
+        assert_eq!(i.push_batch(vec![(Normal, 1), (Normal, 2)], Front), Ok(2));
+        assert!(drain_all(&mut c).iter().all(|d| d.front));
+    }
+
+    #[test]
+    fn small_drains_rotate_over_shards() {
+        let (i, mut c) = intake(2, 4);
+        // Fill both shards' Normal lanes by spilling.
+        for n in 0..8 {
+            i.push(Normal, n, Enqueue).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            c.drain(1, &mut out);
+            seen.insert(out[0].admission.shard());
+        }
+        assert_eq!(seen.len(), 2, "both shards served by one-item drains");
+    }
+}
