@@ -424,7 +424,12 @@ impl<T> Intake<T> {
     /// assert_eq!(full.item, 2);
     /// assert!(intake.push(Priority::Low, 3, InsertPolicy::Enqueue).is_ok()); // other level
     /// ```
-    pub fn push(&self, priority: Priority, item: T, policy: InsertPolicy) -> Result<(), QueueFull<T>> {
+    pub fn push(
+        &self,
+        priority: Priority,
+        item: T,
+        policy: InsertPolicy,
+    ) -> Result<(), QueueFull<T>> {
         let home = self.home();
         let mut entry = Entry {
             item,
@@ -505,7 +510,11 @@ impl<T> Intake<T> {
         result
     }
 
-    fn push_each(&self, items: Vec<(Priority, T)>, policy: InsertPolicy) -> Result<usize, BatchRejected<T>> {
+    fn push_each(
+        &self,
+        items: Vec<(Priority, T)>,
+        policy: InsertPolicy,
+    ) -> Result<usize, BatchRejected<T>> {
         let mut inserted = 0;
         let mut rejected = Vec::new();
         for (priority, item) in items {
@@ -588,7 +597,9 @@ impl<T> Intake<T> {
                 if lane.ring.push_all(group).is_err() {
                     unreachable_ring_full();
                 }
-                lane.counters.inserted.fetch_add(k as u64, Ordering::Relaxed);
+                lane.counters
+                    .inserted
+                    .fetch_add(k as u64, Ordering::Relaxed);
             }
         }
         Ok(total)
@@ -660,7 +671,12 @@ impl<T> IntakeConsumer<T> {
     /// assert_eq!(out[0].item, 'l');
     /// # for d in out { c.release(d.admission) }
     /// ```
-    pub fn drain_priority(&mut self, priority: Priority, max: usize, out: &mut Vec<Drained<T>>) -> usize {
+    pub fn drain_priority(
+        &mut self,
+        priority: Priority,
+        max: usize,
+        out: &mut Vec<Drained<T>>,
+    ) -> usize {
         let shards = self.shared.shards;
         let start = self.cursor[priority.index()];
         let mut n = 0;
@@ -735,9 +751,18 @@ mod tests {
             .unwrap_err()
         };
         assert_eq!(bad(0, 8), IntakeError::ZeroShards);
-        assert_eq!(bad(MAX_SHARDS + 1, 8), IntakeError::TooManyShards(MAX_SHARDS + 1));
-        assert_eq!(bad(1, 0), IntakeError::LaneCapacity(RingError::ZeroCapacity));
-        assert_eq!(bad(1, 12), IntakeError::LaneCapacity(RingError::NotPowerOfTwo(12)));
+        assert_eq!(
+            bad(MAX_SHARDS + 1, 8),
+            IntakeError::TooManyShards(MAX_SHARDS + 1)
+        );
+        assert_eq!(
+            bad(1, 0),
+            IntakeError::LaneCapacity(RingError::ZeroCapacity)
+        );
+        assert_eq!(
+            bad(1, 12),
+            IntakeError::LaneCapacity(RingError::NotPowerOfTwo(12))
+        );
     }
 
     #[test]

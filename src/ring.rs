@@ -9,15 +9,19 @@
 //! Positions are unbounded counters (wrapping `usize`); position `p` lives in
 //! slot `p & mask`. Each slot carries a `stamp`:
 //!
-//! * `stamp == p`: the slot is free for the producer that claims position `p`;
-//! * `stamp == p + 1`: the slot holds the value written for position `p`;
-//! * after the consumer takes position `p` it stores `stamp = p + capacity`,
+//! * `stamp == 2p`: the slot is free for the producer that claims position `p`;
+//! * `stamp == 2p + 1`: the slot holds the value written for position `p`;
+//! * after the consumer takes position `p` it stores `stamp = 2(p + capacity)`,
 //!   which frees the slot for position `p + capacity`, one lap later.
+//!
+//! The low bit tells *written* from *free*. Without it a ring of capacity 1
+//! could not tell "holds `p`" (`p + 1`) from "free for `p + 1`" (crossbeam
+//! pads its lap to a larger power of two for the same reason).
 //!
 //! Producers claim positions by moving `tail` with a CAS, write the value,
 //! then publish it with a `Release` store of the stamp. The consumer owns
 //! `head`; it reads a slot only after an `Acquire` load of its stamp shows
-//! `head + 1`.
+//! `2·head + 1`.
 //!
 //! Because the single consumer frees slots strictly in position order, a slot
 //! that is free for position `q` proves that every position below `q -
@@ -96,8 +100,14 @@ struct Slot<T> {
     /// Which position this slot serves and whether it is written; see the
     /// module docs for the three states.
     stamp: AtomicUsize,
-    /// Initialised exactly when `stamp == position + 1`.
+    /// Initialised exactly when `stamp == 2·position + 1`.
     value: UnsafeCell<MaybeUninit<T>>,
+}
+
+/// The stamp of a slot free for position `pos`.
+#[inline]
+fn free_stamp(pos: usize) -> usize {
+    pos.wrapping_mul(2)
 }
 
 struct Ring<T> {
@@ -150,7 +160,7 @@ impl<T> Ring<T> {
             // The consumer frees in order, so this also covers the k-1 slots
             // before `last` (their frees precede this one in its program).
             let stamp = self.slot(last).stamp.load(Ordering::Acquire);
-            let lag = stamp.wrapping_sub(last) as isize;
+            let lag = stamp.wrapping_sub(free_stamp(last)) as isize;
             if lag == 0 {
                 // Relaxed on both arms: see the load of `tail` above.
                 match self.tail.compare_exchange_weak(
@@ -187,10 +197,11 @@ impl<T> Ring<T> {
         let slot = self.slot(pos);
         // SAFETY: the caller owns position `pos` (claimed through the CAS on
         // `tail`), and the stamp showed the consumer done with the slot.
-        slot.value.with_mut(|p| unsafe { p.write(MaybeUninit::new(value)) });
+        slot.value
+            .with_mut(|p| unsafe { p.write(MaybeUninit::new(value)) });
         // Release: makes the write above visible to the consumer's Acquire
-        // load that sees `pos + 1`.
-        slot.stamp.store(pos.wrapping_add(1), Ordering::Release);
+        // load that sees `2·pos + 1`.
+        slot.stamp.store(free_stamp(pos) | 1, Ordering::Release);
     }
 
     fn pop(&self) -> Option<T> {
@@ -198,7 +209,7 @@ impl<T> Ring<T> {
         let head = self.head.load(Ordering::Relaxed);
         let slot = self.slot(head);
         // Acquire: pairs with the producer's Release in `publish`.
-        if slot.stamp.load(Ordering::Acquire) != head.wrapping_add(1) {
+        if slot.stamp.load(Ordering::Acquire) != free_stamp(head) | 1 {
             // Empty, or the producer of `head` has claimed but not yet
             // written; either way nothing is ready in order.
             return None;
@@ -208,8 +219,10 @@ impl<T> Ring<T> {
         let value = slot.value.with(|p| unsafe { p.read().assume_init() });
         // Release: the read above must happen before a producer that sees the
         // freed stamp overwrites the slot.
-        slot.stamp
-            .store(head.wrapping_add(self.capacity()), Ordering::Release);
+        slot.stamp.store(
+            free_stamp(head.wrapping_add(self.capacity())),
+            Ordering::Release,
+        );
         // Relaxed: `head` is only a statistic for other threads.
         self.head.store(head.wrapping_add(1), Ordering::Relaxed);
         Some(value)
@@ -241,7 +254,7 @@ pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingErr
     }
     let slots = (0..capacity)
         .map(|i| Slot {
-            stamp: AtomicUsize::new(i),
+            stamp: AtomicUsize::new(free_stamp(i)),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })
         .collect();
@@ -446,6 +459,18 @@ mod tests {
             other => panic!("expected Oversized, got {other:?}"),
         }
         assert!(tx.is_empty());
+    }
+
+    #[test]
+    fn capacity_one_tells_full_from_free() {
+        let (tx, mut rx) = channel(1).unwrap();
+        for i in 0..10u8 {
+            tx.push(i).unwrap();
+            assert_eq!(tx.push(99), Err(Full(99)));
+            assert_eq!(tx.push_all(vec![98]), Err(PushAllError::Full(vec![98])));
+            assert_eq!(rx.pop(), Some(i));
+            assert_eq!(rx.pop(), None);
+        }
     }
 
     #[test]

@@ -83,7 +83,10 @@ fn future_poll_replaces_waker_while_completing() {
                 Poll::Ready(v) => v,
                 Poll::Pending => {
                     h.join().unwrap();
-                    assert!(wakes.load(Ordering::SeqCst) >= 1, "a registered waker was woken");
+                    assert!(
+                        wakes.load(Ordering::SeqCst) >= 1,
+                        "a registered waker was woken"
+                    );
                     match fut.as_mut().poll(&mut Context::from_waker(&second)) {
                         Poll::Ready(v) => {
                             assert_eq!(v, Ok(5));

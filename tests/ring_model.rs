@@ -1,0 +1,125 @@
+//! The ring against a `VecDeque` model over random operation sequences, and
+//! under real threads.
+
+use std::collections::VecDeque;
+
+use convoy::ring::{self, Full, PushAllError};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Push(u32),
+    PushAll(Vec<u32>),
+    Pop,
+    Drain(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u32>().prop_map(Op::Push),
+        2 => prop::collection::vec(any::<u32>(), 0..10).prop_map(Op::PushAll),
+        3 => Just(Op::Pop),
+        1 => (0usize..12).prop_map(Op::Drain),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every operation answers what a bounded FIFO of the same capacity
+    /// answers: full hands back, k-push all-or-nothing, drain in order.
+    /// Long sequences on small rings cover many laps of wrap-around.
+    #[test]
+    fn ring_matches_vecdeque(cap_log in 0u32..4, ops in prop::collection::vec(op(), 1..300)) {
+        let cap = 1usize << cap_log;
+        let (tx, mut rx) = ring::channel::<u32>(cap).unwrap();
+        let mut model: VecDeque<u32> = VecDeque::new();
+        for op in ops {
+            match op {
+                Op::Push(v) => {
+                    let got = tx.push(v);
+                    if model.len() < cap {
+                        prop_assert_eq!(got, Ok(()));
+                        model.push_back(v);
+                    } else {
+                        prop_assert_eq!(got, Err(Full(v)));
+                    }
+                }
+                Op::PushAll(items) => {
+                    let got = tx.push_all(items.clone());
+                    if items.is_empty() {
+                        prop_assert_eq!(got, Err(PushAllError::Empty));
+                    } else if items.len() > cap {
+                        prop_assert_eq!(got, Err(PushAllError::Oversized { items, capacity: cap }));
+                    } else if model.len() + items.len() <= cap {
+                        prop_assert_eq!(got, Ok(()));
+                        model.extend(items);
+                    } else {
+                        prop_assert_eq!(got, Err(PushAllError::Full(items)));
+                    }
+                }
+                Op::Pop => prop_assert_eq!(rx.pop(), model.pop_front()),
+                Op::Drain(n) => {
+                    let mut out = Vec::new();
+                    let k = rx.drain_into(&mut out, n);
+                    let want: Vec<u32> = (0..n.min(model.len())).filter_map(|_| model.pop_front()).collect();
+                    prop_assert_eq!(k, want.len());
+                    prop_assert_eq!(out, want);
+                }
+            }
+            prop_assert_eq!(tx.len(), model.len());
+            prop_assert_eq!(rx.is_empty(), model.is_empty());
+        }
+    }
+}
+
+/// N producers push M tagged items each, some as all-or-nothing pairs, into
+/// a small ring; the consumer receives every item exactly once and each
+/// producer's items in the order it pushed them.
+#[test]
+fn many_producers_exactly_once_in_order() {
+    const N: u64 = 4;
+    const M: u64 = 50_000;
+    let (tx, mut rx) = ring::channel::<u64>(64).unwrap();
+    let producers: Vec<_> = (0..N)
+        .map(|p| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                while seq < M {
+                    let tag = |s: u64| p << 32 | s;
+                    if seq % 7 == 0 && seq + 1 < M {
+                        match tx.push_all(vec![tag(seq), tag(seq + 1)]) {
+                            Ok(()) => seq += 2,
+                            Err(_) => std::thread::yield_now(),
+                        }
+                    } else {
+                        match tx.push(tag(seq)) {
+                            Ok(()) => seq += 1,
+                            Err(_) => std::thread::yield_now(),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut next = [0u64; N as usize];
+    let mut received = 0;
+    while received < N * M {
+        match rx.pop() {
+            Some(v) => {
+                let (p, s) = ((v >> 32) as usize, v & 0xffff_ffff);
+                assert_eq!(s, next[p], "producer {p}: out of order or duplicated");
+                next[p] += 1;
+                received += 1;
+            }
+            None => std::thread::yield_now(),
+        }
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
+    assert!(next.iter().all(|&n| n == M));
+}
