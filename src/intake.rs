@@ -190,25 +190,23 @@ struct Entry<T> {
     front: bool,
 }
 
-/// Counters of one lane. Written by the producers of one shard (and `held`
-/// by the consumer on release); padded so lanes never share a line.
-#[derive(Default)]
-struct LaneCounters {
-    /// Accepted and not yet released; never above the lane capacity.
-    held: AtomicUsize,
-    inserted: AtomicU64,
-    rejected_full: AtomicU64,
-}
-
+/// One shard's ring for one priority, with its admission counter.
+///
+/// `held` is the one line producers and the consumer both write, so it has a
+/// line of its own and the consumer releases a whole batch with one RMW
+/// ([`IntakeConsumer::release_all`]). `inserted` is not counted at all: it is
+/// the ring's claim counter. `rejected_full` is written only on refusal.
 struct Lane<T> {
     ring: ring::Producer<Entry<T>>,
-    counters: CachePadded<LaneCounters>,
+    /// Accepted and not yet released; never above the lane capacity.
+    held: CachePadded<AtomicUsize>,
+    rejected_full: CachePadded<AtomicU64>,
 }
 
 impl<T> Lane<T> {
     /// Holds room for `k` items, or fails without changing anything.
     fn try_hold(&self, k: usize, capacity: usize) -> bool {
-        let held = &self.counters.held;
+        let held = &*self.held;
         // Relaxed first read: the CAS below re-validates it.
         let mut current = held.load(Ordering::Relaxed);
         loop {
@@ -233,7 +231,7 @@ impl<T> Lane<T> {
     fn unhold(&self, k: usize) {
         // Release: publishes the ring state seen by this thread to the next
         // holder, as `release` does.
-        self.counters.held.fetch_sub(k, Ordering::Release);
+        self.held.fetch_sub(k, Ordering::Release);
     }
 }
 
@@ -259,13 +257,13 @@ impl<T> Shared<T> {
         };
         for shard in 0..self.shards {
             for p in Priority::ALL {
-                let c = &self.lane(shard, p).counters;
+                let lane = self.lane(shard, p);
                 let s = &mut stats.per_priority[p.index()];
                 // Relaxed: independent statistics, each monotonic or bounded;
                 // no decision depends on their mutual consistency.
-                s.depth += c.held.load(Ordering::Relaxed);
-                s.inserted += c.inserted.load(Ordering::Relaxed);
-                s.rejected_full += c.rejected_full.load(Ordering::Relaxed);
+                s.depth += lane.held.load(Ordering::Relaxed);
+                s.inserted += lane.ring.pushed() as u64;
+                s.rejected_full += lane.rejected_full.load(Ordering::Relaxed);
             }
             stats.batch_insertions += self.batch_insertions[shard].load(Ordering::Relaxed);
         }
@@ -383,7 +381,8 @@ impl<T> Intake<T> {
             let (tx, rx) = ring::channel(config.lane_capacity)?;
             lanes.push(Lane {
                 ring: tx,
-                counters: CachePadded::new(LaneCounters::default()),
+                held: CachePadded::new(AtomicUsize::new(0)),
+                rejected_full: CachePadded::new(AtomicU64::new(0)),
             });
             consumers.push(rx);
         }
@@ -442,11 +441,7 @@ impl<T> Intake<T> {
                 continue;
             }
             match lane.ring.push(entry) {
-                Ok(()) => {
-                    // Relaxed: a statistic.
-                    lane.counters.inserted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(ring::Full(back)) => {
                     // Not reachable while ring occupancy ≤ held (module
                     // docs); handled anyway so an item is never lost.
@@ -455,8 +450,9 @@ impl<T> Intake<T> {
                 }
             }
         }
+        // Relaxed: a statistic.
         let lane = self.shared.lane(home, priority);
-        lane.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+        lane.rejected_full.fetch_add(1, Ordering::Relaxed);
         Err(QueueFull {
             item: entry.item,
             priority,
@@ -570,8 +566,8 @@ impl<T> Intake<T> {
                     if let Some(s) = chosen[q.index()] {
                         shared.lane(s, q).unhold(counts[q.index()]);
                     }
-                    let lane = shared.lane(home, q);
-                    lane.counters
+                    shared
+                        .lane(home, q)
                         .rejected_full
                         .fetch_add(counts[q.index()] as u64, Ordering::Relaxed);
                 }
@@ -592,14 +588,9 @@ impl<T> Intake<T> {
         }
         for (p, group) in Priority::ALL.into_iter().zip(groups) {
             if let Some(s) = chosen[p.index()] {
-                let lane = shared.lane(s, p);
-                let k = group.len();
-                if lane.ring.push_all(group).is_err() {
+                if shared.lane(s, p).ring.push_all(group).is_err() {
                     unreachable_ring_full();
                 }
-                lane.counters
-                    .inserted
-                    .fetch_add(k as u64, Ordering::Relaxed);
             }
         }
         Ok(total)
@@ -708,6 +699,38 @@ impl<T> IntakeConsumer<T> {
         self.shared
             .lane(admission.shard(), admission.priority)
             .unhold(1);
+    }
+
+    /// Releases many admissions with one RMW per run of the same lane (a
+    /// drained batch comes grouped by lane), which keeps the `held` line
+    /// from bouncing between the collector and producers once per item.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority};
+    /// let (intake, mut c) = Intake::new(IntakeConfig { shards: 1, lane_capacity: 4 }).unwrap();
+    /// intake.push_batch(vec![(Priority::High, 1), (Priority::High, 2)], InsertPolicy::Enqueue).unwrap();
+    /// let mut out = vec![];
+    /// c.drain(8, &mut out);
+    /// c.release_all(out.into_iter().map(|d| d.admission));
+    /// assert_eq!(intake.stats().depth(), 0);
+    /// ```
+    pub fn release_all(&self, admissions: impl IntoIterator<Item = Admission>) {
+        let mut run: Option<(usize, Priority, usize)> = None;
+        for a in admissions {
+            match &mut run {
+                Some((shard, prio, n)) if *shard == a.shard() && *prio == a.priority => *n += 1,
+                _ => {
+                    if let Some((shard, prio, n)) = run {
+                        self.shared.lane(shard, prio).unhold(n);
+                    }
+                    run = Some((a.shard(), a.priority, 1));
+                }
+            }
+        }
+        if let Some((shard, prio, n)) = run {
+            self.shared.lane(shard, prio).unhold(n);
+        }
     }
 
     /// Whether any ring holds an item not yet drained (a snapshot).

@@ -364,6 +364,20 @@ impl<T> Producer<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many items were ever pushed (wrapping): the claim counter, so
+    /// counting costs the push path nothing.
+    ///
+    /// ```
+    /// let (tx, _rx) = convoy::ring::channel(4).unwrap();
+    /// tx.push_all(vec![1, 2]).unwrap();
+    /// let _ = tx.push(3);
+    /// assert_eq!(tx.pushed(), 3);
+    /// ```
+    pub fn pushed(&self) -> usize {
+        // Relaxed: a statistic.
+        self.ring.tail.load(Ordering::Relaxed)
+    }
 }
 
 /// The popping end. There is exactly one, and popping needs `&mut`, which is

@@ -74,9 +74,7 @@ fn producers_and_collector_lose_nothing_and_respect_the_bound() {
         }
         // Release in bursts, as a collector does when batches launch.
         if held.len() >= 32 || drained == 0 {
-            for a in held.drain(..) {
-                collector.release(a);
-            }
+            collector.release_all(held.drain(..));
         }
         std::thread::yield_now();
     }
