@@ -57,3 +57,8 @@ pub use intake::{Intake, IntakeConfig};
 pub use outcome::{Failure, Outcome};
 pub use priority::{InsertPolicy, Priority, UnknownPriority};
 pub use ticket::{Completer, Ticket};
+
+/// The README's example is compiled and run as a doc test, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
