@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod intake;
+mod order;
 mod outcome;
 mod priority;
 pub mod ring;

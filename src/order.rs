@@ -1,0 +1,485 @@
+//! The collector's ordered set of waiting requests (single-owner, no atomics).
+//!
+//! # The ordering rule
+//!
+//! Times are nanoseconds since the runtime started. A waiting request is
+//! picked by these rules, in order:
+//!
+//! 1. **Aged first.** A request that has waited `max_wait` or longer outranks
+//!    every request that has not, whatever the priorities; aged requests go
+//!    in arrival order (FIFO).
+//! 2. **Effective level.** Otherwise each level offers its head (below), and
+//!    the head with the lowest *effective level* wins, where
+//!    `effective = level − ⌊wait / aging_step⌋` (never below 0) and
+//!    `aging_step = max_wait / 5`. So urgency grows with age: a Background
+//!    request competes as Critical after 4 steps (0.8 × `max_wait`). Ties go
+//!    to the more urgent original level.
+//! 3. **Within a level**: `Front` insertions first, then earliest deadline
+//!    (requests without one last), then arrival order.
+//!
+//! # The starvation bound
+//!
+//! By rule 1, once a request has waited `max_wait`, only requests that
+//! arrived before it can still go ahead of it. With capacity available (a
+//! worker frees up at least once per batch interval and arrivals do not
+//! outpace service), every request therefore starts within `max_wait` plus
+//! one batch interval, whatever the stream of more urgent work.
+//! `tests::starvation_bound_*` check this against a saturating stream of
+//! Critical and High work.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use crate::priority::Priority;
+
+/// What ordering needs to know about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub level: Priority,
+    /// Nanoseconds since the runtime's epoch.
+    pub arrival: u64,
+    /// Nanoseconds since the epoch; `u64::MAX` for none.
+    pub deadline: u64,
+    /// Expire (fail) at the deadline, rather than use it only to order.
+    pub expires: bool,
+    pub front: bool,
+    /// Arrival sequence, the final tie-breaker (unique per request).
+    pub seq: u64,
+}
+
+/// A slot index plus a generation, so stale heap entries of a reused slot
+/// are told apart from live ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Id {
+    index: u32,
+    gen: u32,
+}
+
+/// Within-level key: front first, then deadline, then arrival sequence.
+type LevelKey = (bool, u64, u64, Id);
+
+struct Slot<T> {
+    gen: u32,
+    entry: Option<(T, Meta)>,
+}
+
+/// The waiting set. Every index is lazy: an entry taken through one index
+/// stays in the others until it reaches their front and is skipped, which
+/// keeps each operation O(log n) amortised.
+pub(crate) struct Waiting<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    levels: [BinaryHeap<Reverse<LevelKey>>; Priority::COUNT],
+    /// Arrival order, for rule 1.
+    fifo: VecDeque<(u64, u64, Id)>,
+    /// Deadlines of requests that expire, earliest first.
+    deadlines: BinaryHeap<Reverse<(u64, Id)>>,
+    len: usize,
+    len_per_level: [usize; Priority::COUNT],
+    max_wait: u64,
+    aging_step: u64,
+}
+
+impl<T> Waiting<T> {
+    pub fn new(max_wait: Duration) -> Self {
+        let max_wait = u64::try_from(max_wait.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            levels: Default::default(),
+            fifo: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
+            len: 0,
+            len_per_level: [0; Priority::COUNT],
+            max_wait,
+            aging_step: (max_wait / Priority::COUNT as u64).max(1),
+        }
+    }
+
+    /// Changes `max_wait` for every request, waiting or to come.
+    pub fn set_max_wait(&mut self, max_wait: Duration) {
+        let fresh = Self::new(max_wait);
+        self.max_wait = fresh.max_wait;
+        self.aging_step = fresh.aging_step;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn len_of(&self, level: Priority) -> usize {
+        self.len_per_level[level.index()]
+    }
+
+    pub fn insert(&mut self, item: T, meta: Meta) {
+        let id = match self.free.pop() {
+            Some(index) => {
+                let slot = &mut self.slots[index as usize];
+                slot.entry = Some((item, meta));
+                Id {
+                    index,
+                    gen: slot.gen,
+                }
+            }
+            None => {
+                let index = u32::try_from(self.slots.len())
+                    .expect("fewer than 2^32 waiting requests: the intake bound is far lower");
+                self.slots.push(Slot {
+                    gen: 0,
+                    entry: Some((item, meta)),
+                });
+                Id { index, gen: 0 }
+            }
+        };
+        self.levels[meta.level.index()].push(Reverse((!meta.front, meta.deadline, meta.seq, id)));
+        self.fifo.push_back((meta.arrival, meta.seq, id));
+        if meta.expires && meta.deadline != u64::MAX {
+            self.deadlines.push(Reverse((meta.deadline, id)));
+        }
+        self.len += 1;
+        self.len_per_level[meta.level.index()] += 1;
+    }
+
+    fn live(&self, id: Id) -> bool {
+        let slot = &self.slots[id.index as usize];
+        slot.gen == id.gen && slot.entry.is_some()
+    }
+
+    fn take(&mut self, id: Id) -> (T, Meta) {
+        let slot = &mut self.slots[id.index as usize];
+        let (item, meta) = slot
+            .entry
+            .take()
+            .expect("take is only called on an id checked live");
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(id.index);
+        self.len -= 1;
+        self.len_per_level[meta.level.index()] -= 1;
+        (item, meta)
+    }
+
+    fn meta(&self, id: Id) -> &Meta {
+        &self.slots[id.index as usize]
+            .entry
+            .as_ref()
+            .expect("meta is only read for live ids")
+            .1
+    }
+
+    /// Drops stale entries from the front of every index, so each front is
+    /// live (or the index is empty).
+    fn clean(&mut self) {
+        while let Some(&(_, _, id)) = self.fifo.front() {
+            if self.live(id) {
+                break;
+            }
+            self.fifo.pop_front();
+        }
+        for l in 0..Priority::COUNT {
+            while let Some(Reverse((_, _, _, id))) = self.levels[l].peek() {
+                if self.live(*id) {
+                    break;
+                }
+                self.levels[l].pop();
+            }
+        }
+        while let Some(Reverse((_, id))) = self.deadlines.peek() {
+            if self.live(*id) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+
+    /// The id the rule picks next at time `now`, and whether it was aged.
+    fn pick(&mut self, now: u64) -> Option<(Id, bool)> {
+        self.clean();
+        if let Some(&(arrival, _, id)) = self.fifo.front() {
+            if now.saturating_sub(arrival) >= self.max_wait {
+                return Some((id, true));
+            }
+        }
+        let mut best: Option<(u64, usize, Id)> = None;
+        for l in 0..Priority::COUNT {
+            let Some(Reverse((_, _, _, id))) = self.levels[l].peek() else {
+                continue;
+            };
+            let wait = now.saturating_sub(self.meta(*id).arrival);
+            let effective = (l as u64).saturating_sub(wait / self.aging_step);
+            if best.is_none_or(|(e, bl, _)| (effective, l) < (e, bl)) {
+                best = Some((effective, l, *id));
+            }
+        }
+        best.map(|(_, _, id)| (id, false))
+    }
+
+    /// Takes the most urgent request at `now`. The flag says it was taken by
+    /// the aging rule (it had waited `max_wait`) and not by its level.
+    pub fn pop(&mut self, now: u64) -> Option<(T, Meta, bool)> {
+        let (id, aged) = self.pick(now)?;
+        let (item, meta) = self.take(id);
+        Some((item, meta, aged))
+    }
+
+    /// Takes one request whose expiring deadline is at or before `now`.
+    pub fn pop_expired(&mut self, now: u64) -> Option<(T, Meta)> {
+        self.clean();
+        let Reverse((deadline, id)) = *self.deadlines.peek()?;
+        if deadline > now {
+            return None;
+        }
+        self.deadlines.pop();
+        Some(self.take(id))
+    }
+
+    /// The earliest expiring deadline, so an idle collector knows how long
+    /// it may sleep.
+    pub fn next_deadline(&mut self) -> Option<u64> {
+        self.clean();
+        self.deadlines.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// Arrival time of the oldest waiting request.
+    pub fn oldest_arrival(&mut self) -> Option<u64> {
+        self.clean();
+        self.fifo.front().map(|&(a, _, _)| a)
+    }
+
+    /// Takes every request, in arrival order (for shutdown).
+    pub fn drain_all(&mut self) -> Vec<(T, Meta)> {
+        let mut out = Vec::with_capacity(self.len);
+        while let Some((_, _, id)) = self.fifo.pop_front() {
+            if self.live(id) {
+                out.push(self.take(id));
+            }
+        }
+        self.levels.iter_mut().for_each(BinaryHeap::clear);
+        self.deadlines.clear();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Priority::*;
+
+    const MS: u64 = 1_000_000;
+
+    struct Gen(u64);
+    impl Gen {
+        fn meta(&mut self, level: Priority, arrival: u64) -> Meta {
+            self.0 += 1;
+            Meta {
+                level,
+                arrival,
+                deadline: u64::MAX,
+                expires: false,
+                front: false,
+                seq: self.0,
+            }
+        }
+    }
+
+    fn order(w: &mut Waiting<u32>, now: u64) -> Vec<u32> {
+        std::iter::from_fn(|| w.pop(now).map(|(x, _, _)| x)).collect()
+    }
+
+    #[test]
+    fn levels_then_front_then_deadline_then_fifo() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_secs(10));
+        w.insert(1, g.meta(Low, 0));
+        w.insert(2, g.meta(Normal, 0));
+        w.insert(3, g.meta(Normal, 0));
+        w.insert(
+            4,
+            Meta {
+                deadline: 50 * MS,
+                ..g.meta(Normal, 0)
+            },
+        );
+        w.insert(
+            5,
+            Meta {
+                deadline: 20 * MS,
+                ..g.meta(Normal, 0)
+            },
+        );
+        w.insert(
+            6,
+            Meta {
+                front: true,
+                ..g.meta(Normal, 0)
+            },
+        );
+        w.insert(7, g.meta(Critical, 0));
+        assert_eq!(order(&mut w, 0), [7, 6, 5, 4, 2, 3, 1]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn aging_lowers_the_effective_level_step_by_step() {
+        let mut g = Gen(0);
+        // max_wait 100 ms: one level per 20 ms.
+        let mut w = Waiting::new(Duration::from_millis(100));
+        w.insert(1, g.meta(Background, 0));
+        // At 39 ms the Background request is effective level 3: a fresh Normal wins.
+        w.insert(2, g.meta(Normal, 39 * MS));
+        assert_eq!(w.pop(39 * MS).unwrap().0, 2);
+        // At 40 ms it is effective level 2 and ties with a fresh Normal; ties
+        // go to the more urgent original level, Normal.
+        w.insert(3, g.meta(Normal, 40 * MS));
+        assert_eq!(w.pop(40 * MS).unwrap().0, 3);
+        // At 60 ms it is effective level 1 and beats a fresh Normal.
+        w.insert(4, g.meta(Normal, 60 * MS));
+        assert_eq!(w.pop(60 * MS).unwrap().0, 1);
+    }
+
+    #[test]
+    fn aged_requests_outrank_everything_in_arrival_order() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_millis(100));
+        w.insert(1, g.meta(Background, 0));
+        w.insert(2, g.meta(Low, 10 * MS));
+        w.insert(3, g.meta(Critical, 150 * MS));
+        let (x, _, aged) = w.pop(150 * MS).unwrap();
+        assert_eq!((x, aged), (1, true));
+        let (x, _, aged) = w.pop(150 * MS).unwrap();
+        assert_eq!((x, aged), (2, true));
+        let (x, _, aged) = w.pop(150 * MS).unwrap();
+        assert_eq!((x, aged), (3, false));
+    }
+
+    /// Saturating stream: every 1 ms a batch of 8 slots frees up, and 8 new
+    /// Critical/High requests arrive (arrivals = service). Low and
+    /// Background requests arrive now and then. Each must start within
+    /// `max_wait` + one batch interval.
+    fn starvation_run(max_wait_ms: u64, all_critical: bool) {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_millis(max_wait_ms));
+        let mut arrived = std::collections::HashMap::new();
+        let mut worst_low = 0;
+        let mut next_id = 0u32;
+        let interval = MS;
+        for tick in 0..5_000u64 {
+            let now = tick * interval;
+            for k in 0..8 {
+                let level = if all_critical || k % 2 == 0 {
+                    Critical
+                } else {
+                    High
+                };
+                w.insert(next_id, g.meta(level, now));
+                arrived.insert(next_id, (level, now));
+                next_id += 1;
+            }
+            if tick % 37 == 0 {
+                let level = if tick % 74 == 0 { Low } else { Background };
+                w.insert(next_id, g.meta(level, now));
+                arrived.insert(next_id, (level, now));
+                next_id += 1;
+            }
+            for _ in 0..8 {
+                if let Some((id, meta, _)) = w.pop(now) {
+                    let (level, at) = arrived[&id];
+                    assert_eq!(meta.level, level);
+                    if level >= Low {
+                        worst_low = worst_low.max(now - at);
+                    }
+                }
+            }
+        }
+        assert!(
+            worst_low <= max_wait_ms * MS + interval,
+            "a Low/Background request waited {} ms > max_wait {} ms + one interval",
+            worst_low / MS,
+            max_wait_ms
+        );
+        assert!(worst_low > 0, "the stream really did saturate");
+    }
+
+    #[test]
+    fn starvation_bound_short_max_wait() {
+        starvation_run(20, false);
+    }
+
+    #[test]
+    fn starvation_bound_long_max_wait() {
+        starvation_run(250, false);
+    }
+
+    /// Only rule 1 saves a Low request from an all-Critical stream: aging
+    /// alone brings it to effective level 0, where it ties with Critical and
+    /// ties go to Critical.
+    #[test]
+    fn starvation_bound_all_critical_stream() {
+        starvation_run(50, true);
+    }
+
+    #[test]
+    fn expiry_takes_only_due_expiring_requests() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_secs(1));
+        w.insert(
+            1,
+            Meta {
+                deadline: 5 * MS,
+                expires: true,
+                ..g.meta(High, 0)
+            },
+        );
+        w.insert(
+            2,
+            Meta {
+                deadline: 3 * MS,
+                expires: false,
+                ..g.meta(High, 0)
+            },
+        );
+        w.insert(
+            3,
+            Meta {
+                deadline: 9 * MS,
+                expires: true,
+                ..g.meta(Low, 0)
+            },
+        );
+        assert_eq!(w.next_deadline(), Some(5 * MS));
+        assert!(w.pop_expired(4 * MS).is_none());
+        assert_eq!(w.pop_expired(5 * MS).unwrap().0, 1);
+        assert!(w.pop_expired(6 * MS).is_none());
+        // Taken by pop before expiry: no stale expiry later.
+        assert_eq!(w.pop(6 * MS).unwrap().0, 2);
+        assert_eq!(w.pop(6 * MS).unwrap().0, 3);
+        assert!(w.pop_expired(100 * MS).is_none());
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn slots_are_reused_without_confusing_stale_entries() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_secs(1));
+        for round in 0..100u32 {
+            w.insert(round, g.meta(Normal, u64::from(round)));
+            w.insert(round + 1000, g.meta(Low, u64::from(round)));
+            assert_eq!(w.pop(u64::from(round)).unwrap().0, round);
+            assert_eq!(w.pop(u64::from(round)).unwrap().0, round + 1000);
+        }
+        assert!(w.slots.len() <= 2);
+        let mut all = Vec::new();
+        for i in 0..5 {
+            w.insert(i, g.meta(Priority::ALL[i as usize], 0));
+        }
+        all.extend(w.drain_all().into_iter().map(|(x, _)| x));
+        assert_eq!(all, [0, 1, 2, 3, 4]);
+        assert!(w.pop(0).is_none());
+    }
+}
