@@ -733,9 +733,17 @@ impl<T> IntakeConsumer<T> {
         }
     }
 
-    /// Whether any ring holds an item not yet drained (a snapshot).
+    /// Whether any ring holds an item not yet drained, written or still
+    /// being written (a snapshot).
     pub fn has_pending(&self) -> bool {
         self.rings.iter().any(|r| !r.is_empty())
+    }
+
+    /// Whether a drain would return something now: `false` while items are
+    /// only claimed, not yet written. This is what a consumer about to
+    /// sleep should check (the producer rings after writing).
+    pub fn has_ready(&self) -> bool {
+        self.rings.iter().any(|r| r.has_ready())
     }
 
     /// A lock-free snapshot of depths and counters.

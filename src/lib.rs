@@ -46,13 +46,39 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod config;
+mod doorbell;
+mod executor;
+mod gate;
 pub mod intake;
 mod order;
 mod outcome;
 mod priority;
+mod request;
 pub mod ring;
+mod runtime;
+mod stats;
 mod sync;
 pub mod ticket;
+
+pub use config::{
+    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy,
+    PlacementReason, WorkerSpec,
+};
+pub use executor::{BatchFn, Executor};
+pub use request::{Cost, Deadline, Request};
+pub use runtime::{
+    BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,
+};
+pub use stats::{PriorityStats, Stats};
+
+/// The internal lock-free protocols, exposed only to the loom models.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_exports {
+    pub use crate::doorbell::Doorbell;
+    pub use crate::gate::Gate;
+}
 
 pub use intake::{Intake, IntakeConfig};
 pub use outcome::{Failure, Outcome};

@@ -76,7 +76,6 @@ pub(crate) struct Waiting<T> {
     /// Deadlines of requests that expire, earliest first.
     deadlines: BinaryHeap<Reverse<(u64, Id)>>,
     len: usize,
-    len_per_level: [usize; Priority::COUNT],
     max_wait: u64,
     aging_step: u64,
 }
@@ -93,17 +92,9 @@ impl<T> Waiting<T> {
             fifo: VecDeque::new(),
             deadlines: BinaryHeap::new(),
             len: 0,
-            len_per_level: [0; Priority::COUNT],
             max_wait,
             aging_step: (max_wait / Priority::COUNT as u64).max(1),
         }
-    }
-
-    /// Changes `max_wait` for every request, waiting or to come.
-    pub fn set_max_wait(&mut self, max_wait: Duration) {
-        let fresh = Self::new(max_wait);
-        self.max_wait = fresh.max_wait;
-        self.aging_step = fresh.aging_step;
     }
 
     pub fn len(&self) -> usize {
@@ -112,10 +103,6 @@ impl<T> Waiting<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    pub fn len_of(&self, level: Priority) -> usize {
-        self.len_per_level[level.index()]
     }
 
     pub fn insert(&mut self, item: T, meta: Meta) {
@@ -144,7 +131,6 @@ impl<T> Waiting<T> {
             self.deadlines.push(Reverse((meta.deadline, id)));
         }
         self.len += 1;
-        self.len_per_level[meta.level.index()] += 1;
     }
 
     fn live(&self, id: Id) -> bool {
@@ -161,7 +147,6 @@ impl<T> Waiting<T> {
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(id.index);
         self.len -= 1;
-        self.len_per_level[meta.level.index()] -= 1;
         (item, meta)
     }
 

@@ -204,6 +204,14 @@ impl<T> Ring<T> {
         slot.stamp.store(free_stamp(pos) | 1, Ordering::Release);
     }
 
+    /// Whether the oldest position is written and ready to pop.
+    fn head_ready(&self) -> bool {
+        // Relaxed: only the consumer writes `head`, and it is this thread.
+        let head = self.head.load(Ordering::Relaxed);
+        // Acquire: a `true` is followed by a pop that reads the value.
+        self.slot(head).stamp.load(Ordering::Acquire) == free_stamp(head) | 1
+    }
+
     fn pop(&self) -> Option<T> {
         // Relaxed: only the consumer writes `head`, and it is this thread.
         let head = self.head.load(Ordering::Relaxed);
@@ -437,6 +445,33 @@ impl<T> Consumer<T> {
     /// The number of slots.
     pub fn capacity(&self) -> usize {
         self.ring.capacity()
+    }
+
+    /// Whether [`pop`](Self::pop) would return a value now. Unlike
+    /// `!is_empty()`, this is `false` while the oldest position is claimed
+    /// but not yet written, so a consumer deciding whether to sleep does
+    /// not spin on a producer that was preempted mid-push.
+    ///
+    /// ```
+    /// let (tx, rx) = convoy::ring::channel(2).unwrap();
+    /// assert!(!rx.has_ready());
+    /// tx.push(1).unwrap();
+    /// assert!(rx.has_ready());
+    /// ```
+    pub fn has_ready(&self) -> bool {
+        self.ring.head_ready()
+    }
+
+    /// How many producers are alive; 0 means nothing more can arrive.
+    ///
+    /// ```
+    /// let (tx, rx) = convoy::ring::channel::<u8>(2).unwrap();
+    /// assert_eq!(rx.producers(), 1);
+    /// drop(tx);
+    /// assert_eq!(rx.producers(), 0);
+    /// ```
+    pub fn producers(&self) -> usize {
+        Arc::strong_count(&self.ring) - 1
     }
 
     /// Items claimed and not yet popped (a snapshot).

@@ -165,6 +165,13 @@ impl<O> Completer<O> {
         Ok(())
     }
 
+    /// Whether this completer delivers to `ticket`.
+    pub(crate) fn is_for(&self, ticket: &Ticket<O>) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| Arc::ptr_eq(inner, &ticket.inner))
+    }
+
     /// Whether the ticket was cancelled or dropped, so the work can be
     /// skipped. A `false` may be stale by the time it is used.
     ///

@@ -1,0 +1,217 @@
+//! Every knob of a runtime, with defaults and validation.
+
+use std::time::Duration;
+
+use crate::intake::{IntakeConfig, IntakeError};
+use crate::priority::Priority;
+
+/// What happens when a queued request's deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadlineAction {
+    /// Fail it with `Failure::Expired`; it is never executed (Triton's
+    /// queue-timeout `REJECT`).
+    #[default]
+    Reject,
+    /// The deadline only orders (earliest first among equals); it still runs.
+    Delay,
+}
+
+/// How a batch picks its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlacementPolicy {
+    /// The worker with the most free slots (FIFO-fair across workers).
+    #[default]
+    LeastLoaded,
+    /// Critical and High batches go to the fastest worker with room; the
+    /// rest to the least loaded.
+    Priority,
+}
+
+/// Why a batch went where it went; recorded per batch, never a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlacementReason {
+    /// Most free slots among workers with room.
+    LeastLoaded,
+    /// Fastest worker with room, for urgent work.
+    FastestForUrgent,
+}
+
+/// A worker's capacity per resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Capacity {
+    /// Requests at once.
+    pub slots: u32,
+    /// Tokens at once.
+    pub tokens: u64,
+    /// Bytes at once.
+    pub bytes: u64,
+}
+
+/// One worker of the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// What it can hold at once.
+    pub capacity: Capacity,
+    /// Relative speed (higher is faster), > 0.
+    pub speed: f64,
+    /// Cost per hour, ≥ 0.
+    pub cost_per_hour: f64,
+}
+
+/// Batch limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchingConfig {
+    /// Most requests in one batch (≥ 1).
+    pub max_batch_size: usize,
+    /// Most tokens in one batch (≥ 1).
+    pub max_batch_tokens: u64,
+    /// A batch launches when full, or when its oldest request has waited
+    /// this long.
+    pub max_queue_delay: Duration,
+}
+
+/// Everything a runtime needs. `Config::default()` runs CPU workers on this
+/// machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Intake shape.
+    pub intake: IntakeConfig,
+    /// Batch limits.
+    pub batching: BatchingConfig,
+    /// A request that has waited this long outranks every later arrival.
+    pub max_wait: Duration,
+    /// Per priority (index by `Priority::index`).
+    pub deadline_action: [DeadlineAction; Priority::COUNT],
+    /// Worker choice per batch.
+    pub placement: PlacementPolicy,
+    /// The fleet. Empty means `cpu_workers` identical CPU workers.
+    pub workers: Vec<WorkerSpec>,
+    /// How many CPU workers when `workers` is empty (default: available
+    /// parallelism).
+    pub cpu_workers: usize,
+    /// How long `shutdown()` lets accepted requests finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            intake: IntakeConfig::default(),
+            batching: BatchingConfig {
+                max_batch_size: 64,
+                max_batch_tokens: 64 * 512,
+                max_queue_delay: Duration::from_millis(2),
+            },
+            max_wait: Duration::from_millis(500),
+            deadline_action: [DeadlineAction::Reject; Priority::COUNT],
+            placement: PlacementPolicy::LeastLoaded,
+            workers: Vec::new(),
+            cpu_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A config value that cannot work; names the key and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value out of range.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The offending key, e.g. `batching.max_batch_size`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The intake shape is invalid.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// The fleet this config describes: `workers`, or `cpu_workers` default
+    /// CPU workers that each hold two full batches.
+    pub fn fleet(&self) -> Vec<WorkerSpec> {
+        if !self.workers.is_empty() {
+            return self.workers.clone();
+        }
+        (0..self.cpu_workers)
+            .map(|i| WorkerSpec {
+                name: format!("cpu{i}"),
+                capacity: Capacity {
+                    slots: u32::try_from(self.batching.max_batch_size.saturating_mul(2))
+                        .unwrap_or(u32::MAX),
+                    tokens: self.batching.max_batch_tokens.saturating_mul(2),
+                    bytes: u64::MAX,
+                },
+                speed: 1.0,
+                cost_per_hour: 0.0,
+            })
+            .collect()
+    }
+
+    /// Checks every value; the first problem found is returned.
+    ///
+    /// ```
+    /// let mut c = convoy::Config::default();
+    /// c.batching.max_batch_size = 0;
+    /// assert!(c.validate().unwrap_err().to_string().contains("batching.max_batch_size"));
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.intake.shards == 0 {
+            return Err(IntakeError::ZeroShards.into());
+        }
+        if !self.intake.lane_capacity.is_power_of_two() {
+            return Err(invalid(
+                "intake.lane_capacity",
+                format!("{} is not a power of two ≥ 1", self.intake.lane_capacity),
+            ));
+        }
+        if self.batching.max_batch_size == 0 {
+            return Err(invalid("batching.max_batch_size", "must be at least 1"));
+        }
+        if self.batching.max_batch_tokens == 0 {
+            return Err(invalid("batching.max_batch_tokens", "must be at least 1"));
+        }
+        if self.max_wait.is_zero() {
+            return Err(invalid("max_wait", "must be greater than 0"));
+        }
+        if self.workers.is_empty() && self.cpu_workers == 0 {
+            return Err(invalid(
+                "cpu_workers",
+                "zero workers: nothing could ever run",
+            ));
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            let key = |field: &str| format!("workers[{i}].{field}");
+            if w.capacity.slots == 0 {
+                return Err(invalid(key("capacity.slots"), "must be at least 1"));
+            }
+            if w.capacity.tokens == 0 {
+                return Err(invalid(key("capacity.tokens"), "must be at least 1"));
+            }
+            if !(w.speed.is_finite() && w.speed > 0.0) {
+                return Err(invalid(
+                    key("speed"),
+                    format!("{} is not a positive number", w.speed),
+                ));
+            }
+            if !(w.cost_per_hour.is_finite() && w.cost_per_hour >= 0.0) {
+                return Err(invalid(
+                    key("cost_per_hour"),
+                    format!("{} is not a non-negative number", w.cost_per_hour),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! The submit gate: closing intake so that no submit slips past shutdown.
+//!
+//! One word: the top bit says closed, the rest count submits in progress.
+//! A submit enters (one `fetch_add`), and if the word was already closed it
+//! leaves and refuses; otherwise it publishes its request and leaves. The
+//! collector closes (`fetch_or`) and then waits for the count to reach zero:
+//! every submit that entered before the close has then published, and every
+//! later one sees the closed bit. The RMWs are totally ordered, so there is
+//! no third case.
+
+use crate::sync::{AtomicUsize, Ordering};
+
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+pub struct Gate {
+    state: AtomicUsize,
+}
+
+/// Proof of a successful `enter`; leaving is its drop.
+pub struct Pass<'a>(&'a Gate);
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        // Release: the request pushed while inside happens-before the
+        // collector's Acquire load that sees the count drop.
+        self.0.state.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+        }
+    }
+
+    /// Enters, or `None` when closed.
+    pub fn enter(&self) -> Option<Pass<'_>> {
+        // Acquire: pairs with nothing the collector publishes; Relaxed would
+        // do for the count, but Acquire keeps the closed check conservative.
+        let prev = self.state.fetch_add(1, Ordering::Acquire);
+        let pass = Pass(self);
+        if prev & CLOSED != 0 {
+            drop(pass);
+            return None;
+        }
+        Some(pass)
+    }
+
+    /// Closes; idempotent. Returns whether this call closed it.
+    pub fn close(&self) -> bool {
+        // AcqRel: totally ordered with `enter`'s RMW (any RMW would be); the
+        // Acquire half sees the submits that left before.
+        self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0
+    }
+
+    /// After `close`: whether every submit that got in has left.
+    pub fn is_drained(&self) -> bool {
+        // Acquire: pairs with `Pass::drop`'s Release, so their pushes are
+        // visible to the drain that follows.
+        self.state.load(Ordering::Acquire) & !CLOSED == 0
+    }
+}

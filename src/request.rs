@@ -1,0 +1,114 @@
+//! What a caller submits.
+
+use std::time::{Duration, Instant};
+
+use crate::priority::Priority;
+
+/// What a request costs a worker while it runs: tokens (for the built-in
+/// model, its token count) and bytes of device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cost {
+    /// Tokens; default 1.
+    pub tokens: u32,
+    /// Bytes; default 0.
+    pub bytes: u64,
+}
+
+impl Default for Cost {
+    fn default() -> Self {
+        Self {
+            tokens: 1,
+            bytes: 0,
+        }
+    }
+}
+
+/// When a request must have started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Relative to submit.
+    After(Duration),
+    /// An absolute instant.
+    At(Instant),
+}
+
+/// One request: an input plus how urgent and how costly it is.
+///
+/// ```
+/// use convoy::{Priority, Request};
+/// use std::time::Duration;
+/// let r = Request::new(vec![1u32, 2, 3])
+///     .priority(Priority::High)
+///     .deadline(Duration::from_millis(500))
+///     .tokens(3);
+/// assert_eq!(r.cost().tokens, 3);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request<I> {
+    pub(crate) input: I,
+    pub(crate) priority: Priority,
+    pub(crate) deadline: Option<Deadline>,
+    pub(crate) cost: Cost,
+}
+
+impl<I> Request<I> {
+    /// A `Normal` request with no deadline and the default cost.
+    pub fn new(input: I) -> Self {
+        Self {
+            input,
+            priority: Priority::Normal,
+            deadline: None,
+            cost: Cost::default(),
+        }
+    }
+
+    /// Sets the priority level.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets a deadline relative to submit.
+    pub fn deadline(mut self, after: Duration) -> Self {
+        self.deadline = Some(Deadline::After(after));
+        self
+    }
+
+    /// Sets an absolute deadline.
+    pub fn deadline_at(mut self, at: Instant) -> Self {
+        self.deadline = Some(Deadline::At(at));
+        self
+    }
+
+    /// Sets the token cost.
+    pub fn tokens(mut self, tokens: u32) -> Self {
+        self.cost.tokens = tokens;
+        self
+    }
+
+    /// Sets the byte cost.
+    pub fn bytes(mut self, bytes: u64) -> Self {
+        self.cost.bytes = bytes;
+        self
+    }
+
+    /// The input.
+    pub fn input(&self) -> &I {
+        &self.input
+    }
+
+    /// Gives the input back.
+    pub fn into_input(self) -> I {
+        self.input
+    }
+
+    /// The priority level.
+    pub fn level(&self) -> Priority {
+        self.priority
+    }
+
+    /// The cost.
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+}

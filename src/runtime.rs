@@ -1,0 +1,1114 @@
+//! The runtime: producers submit through a [`Handle`], one collector thread
+//! orders, places and launches batches, one thread per worker runs them.
+//!
+//! * **Submit** (any thread): validate, pass the shutdown gate, push into the
+//!   intake, ring the collector's doorbell. No lock, no channel.
+//! * **Collector** (one thread, owns everything it touches): absorbs capacity
+//!   releases, drains the intake into its [`Waiting`] set, expires overdue
+//!   requests, and while a batch is due and a worker has room, pops requests
+//!   in order, reserves their cost in its ledger and hands the batch to the
+//!   worker's ring.
+//! * **Workers** (a thread each): run the executor, deliver each ticket's
+//!   outcome, and send the batch's capacity back through the release ring.
+//!
+//! The fleet (capacity, speed, health) is an `ArcSwap` snapshot, loaded once
+//! per collector pass; changing it is a control path behind a named mutex.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering as StdOrdering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{
+    Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy, PlacementReason, WorkerSpec,
+};
+use crate::doorbell::Doorbell;
+use crate::executor::{BatchFn, Executor};
+use crate::gate::Gate;
+use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, IntakeError};
+use crate::order::{Meta, Waiting};
+use crate::outcome::Failure;
+use crate::priority::{InsertPolicy, Priority};
+use crate::request::{Cost, Deadline, Request};
+use crate::ring;
+use crate::stats::{Counters, Ended, Stats};
+use crate::ticket::{self, Completer, Ticket};
+
+/// Why a runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The config is invalid.
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    /// No executor was given.
+    #[error("no executor: call .batch_fn(..) or .executor(..)")]
+    NoExecutor,
+    /// A thread could not be started.
+    #[error("could not start thread: {0}")]
+    Spawn(String),
+}
+
+impl From<IntakeError> for BuildError {
+    fn from(e: IntakeError) -> Self {
+        BuildError::Config(e.into())
+    }
+}
+
+/// Why a submit was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitErrorKind {
+    /// The request's level is full; retry later.
+    QueueFull,
+    /// The runtime is shutting down or gone.
+    ShuttingDown,
+    /// The cost exceeds what any worker (or a batch) can ever hold.
+    CostNeverFits,
+    /// The deadline is zero or already past.
+    DeadlinePassed,
+}
+
+/// A refused submit; the request is handed back untouched.
+#[derive(Clone, PartialEq, thiserror::Error)]
+#[error("submit refused: {kind:?}")]
+pub struct SubmitError<I> {
+    /// Why.
+    pub kind: SubmitErrorKind,
+    /// The request, as given.
+    pub request: Request<I>,
+}
+
+impl<I> std::fmt::Debug for SubmitError<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A batch submit that did not accept every request.
+#[derive(thiserror::Error)]
+#[error("batch submit: {} accepted, {} refused", accepted.len(), rejected.len())]
+pub struct BatchSubmitError<I, O> {
+    /// Tickets of the requests that went in (none for `AllOrNothing`).
+    pub accepted: Vec<Ticket<O>>,
+    /// Every refused request with its reason.
+    pub rejected: Vec<SubmitError<I>>,
+}
+
+impl<I, O> std::fmt::Debug for BatchSubmitError<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSubmitError")
+            .field("accepted", &self.accepted.len())
+            .field("rejected", &self.rejected.len())
+            .finish()
+    }
+}
+
+/// Health of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Takes new batches.
+    Up,
+    /// Finishes what it has, takes nothing new.
+    Draining,
+    /// Takes nothing.
+    Down,
+}
+
+#[derive(Debug, Clone)]
+struct WorkerState {
+    spec: WorkerSpec,
+    health: Health,
+}
+
+/// The fleet snapshot the collector loads once per pass.
+#[derive(Debug, Clone)]
+struct Fleet {
+    workers: Vec<WorkerState>,
+}
+
+impl Fleet {
+    /// The largest capacity any worker that may take work has, per resource.
+    fn max_capacity(&self) -> Capacity {
+        self.workers.iter().filter(|w| w.health == Health::Up).fold(
+            Capacity {
+                slots: 0,
+                tokens: 0,
+                bytes: 0,
+            },
+            |m, w| Capacity {
+                slots: m.slots.max(w.spec.capacity.slots),
+                tokens: m.tokens.max(w.spec.capacity.tokens),
+                bytes: m.bytes.max(w.spec.capacity.bytes),
+            },
+        )
+    }
+}
+
+/// One accepted request inside the runtime.
+struct Job<I, O> {
+    input: I,
+    completer: Completer<O>,
+    priority: Priority,
+    deadline: Option<Deadline>,
+    cost: Cost,
+    submitted: Instant,
+    deadline_ns: u64,
+}
+
+impl<I, O> Job<I, O> {
+    fn into_request(self) -> Request<I> {
+        Request {
+            input: self.input,
+            priority: self.priority,
+            deadline: self.deadline,
+            cost: self.cost,
+        }
+    }
+}
+
+/// A validated job and the ticket that will receive its outcome.
+type Prepared<I, O> = (Job<I, O>, Ticket<O>);
+
+/// A batch on its way to a worker.
+struct Batch<I, O> {
+    inputs: Vec<I>,
+    completers: Vec<(Completer<O>, Priority)>,
+    reserved: Capacity,
+}
+
+/// Capacity a worker gives back when a batch is done.
+struct Release {
+    worker: usize,
+    amount: Capacity,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const ABORTING: u8 = 2;
+
+struct Shared {
+    gate: Gate,
+    doorbell: Doorbell,
+    counters: Counters,
+    fleet: ArcSwap<Fleet>,
+    epoch: Instant,
+    /// RUNNING, DRAINING or ABORTING; written by shutdown (control path).
+    mode: AtomicU8,
+    max_batch_tokens: u64,
+    deadline_action: [DeadlineAction; Priority::COUNT],
+}
+
+impl Shared {
+    fn ns_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Builds a [`Runtime`].
+pub struct Builder<I, O> {
+    config: Config,
+    executor: Option<Arc<dyn Executor<I, O>>>,
+    on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
+    /// Sets the config (default: `Config::default()`).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A CPU executor from a closure run on each worker's thread.
+    pub fn batch_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&[I]) -> Vec<O> + Send + Sync + 'static,
+    {
+        self.executor(BatchFn(f))
+    }
+
+    /// Any executor.
+    pub fn executor(mut self, executor: impl Executor<I, O>) -> Self {
+        self.executor = Some(Arc::new(executor));
+        self
+    }
+
+    /// Called on the collector thread when a request fits no worker right
+    /// now (seed 003's "need a new worker" signal). Keep it short.
+    pub fn on_capacity_shortfall(mut self, f: impl Fn(Cost) + Send + 'static) -> Self {
+        self.on_shortfall = Some(Box::new(f));
+        self
+    }
+
+    /// Validates the config and starts the collector and worker threads.
+    pub fn build(self) -> Result<Runtime<I, O>, BuildError> {
+        self.config.validate()?;
+        let executor = self.executor.ok_or(BuildError::NoExecutor)?;
+        let specs = self.config.fleet();
+        let (intake, intake_rx) = Intake::new(self.config.intake)?;
+        let total_slots: usize = specs.iter().map(|w| w.capacity.slots as usize).sum();
+        let (release_tx, release_rx) = ring::channel::<Release>(
+            total_slots.clamp(2, 1 << 20).next_power_of_two(),
+        )
+        .map_err(|e| {
+            BuildError::Config(ConfigError::Invalid {
+                key: "workers".into(),
+                reason: e.to_string(),
+            })
+        })?;
+        let shared = Arc::new(Shared {
+            gate: Gate::new(),
+            doorbell: Doorbell::new(),
+            counters: Counters::new(),
+            fleet: ArcSwap::from_pointee(Fleet {
+                workers: specs
+                    .iter()
+                    .map(|spec| WorkerState {
+                        spec: spec.clone(),
+                        health: Health::Up,
+                    })
+                    .collect(),
+            }),
+            epoch: Instant::now(),
+            mode: AtomicU8::new(RUNNING),
+            max_batch_tokens: self.config.batching.max_batch_tokens,
+            deadline_action: self.config.deadline_action,
+        });
+
+        let mut worker_threads = Vec::new();
+        let mut worker_rings = Vec::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let depth = (spec.capacity.slots as usize)
+                .clamp(2, 1 << 16)
+                .next_power_of_two();
+            let (tx, rx) = ring::channel::<Batch<I, O>>(depth).map_err(|e| {
+                BuildError::Config(ConfigError::Invalid {
+                    key: format!("workers[{index}].capacity.slots"),
+                    reason: e.to_string(),
+                })
+            })?;
+            let worker = Worker {
+                index,
+                jobs: rx,
+                executor: executor.clone(),
+                releases: release_tx.clone(),
+                shared: shared.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("convoy-{}", spec.name))
+                .spawn(move || worker.run())
+                .map_err(|e| BuildError::Spawn(e.to_string()))?;
+            worker_rings.push(WorkerLink {
+                jobs: tx,
+                thread: handle.thread().clone(),
+            });
+            worker_threads.push(handle);
+        }
+        drop(release_tx);
+
+        let collector = Collector {
+            shared: shared.clone(),
+            intake: intake_rx,
+            waiting: Waiting::new(self.config.max_wait),
+            releases: release_rx,
+            workers: worker_rings,
+            ledger: vec![
+                Capacity {
+                    slots: 0,
+                    tokens: 0,
+                    bytes: 0
+                };
+                specs.len()
+            ],
+            batching: self.config.batching,
+            placement: self.config.placement,
+            shutdown_timeout: self.config.shutdown_timeout,
+            on_shortfall: self.on_shortfall,
+            seq: 0,
+            drained: Vec::new(),
+            stalled: false,
+        };
+        let collector = std::thread::Builder::new()
+            .name("convoy-collector".into())
+            .spawn(move || collector.run())
+            .map_err(|e| BuildError::Spawn(e.to_string()))?;
+
+        Ok(Runtime {
+            handle: Handle {
+                intake,
+                shared: shared.clone(),
+            },
+            shared,
+            threads: Mutex::new(Some(Threads {
+                collector,
+                workers: worker_threads,
+            })),
+            control: Mutex::new(()),
+        })
+    }
+}
+
+struct Threads {
+    collector: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// A running batcher. Dropping it is [`shutdown_now`](Runtime::shutdown_now).
+///
+/// ```
+/// use convoy::{Config, Priority, Request, Runtime};
+///
+/// let rt = Runtime::builder()
+///     .config(Config { cpu_workers: 2, ..Config::default() })
+///     .batch_fn(|xs: &[u32]| xs.iter().map(|x| x * 2).collect())
+///     .build()?;
+/// let h = rt.handle();
+/// let t = h.submit(Request::new(21).priority(Priority::High)).unwrap();
+/// assert_eq!(t.wait(), Ok(42));
+/// rt.shutdown();
+/// # Ok::<(), convoy::BuildError>(())
+/// ```
+pub struct Runtime<I, O> {
+    handle: Handle<I, O>,
+    shared: Arc<Shared>,
+    /// Control path: joined once by shutdown.
+    threads: Mutex<Option<Threads>>,
+    /// Control path: serialises fleet changes (never touched by submit or
+    /// the collector loop).
+    control: Mutex<()>,
+}
+
+impl Runtime<(), ()> {
+    /// Starts a builder.
+    pub fn builder<I: Send + 'static, O: Send + 'static>() -> Builder<I, O> {
+        Builder {
+            config: Config::default(),
+            executor: None,
+            on_shortfall: None,
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
+    /// A cloneable handle for producers.
+    pub fn handle(&self) -> Handle<I, O> {
+        self.handle.clone()
+    }
+
+    /// Counters per priority and totals; lock-free.
+    pub fn stats(&self) -> Stats {
+        self.handle.stats()
+    }
+
+    /// Changes a worker's capacity (control path). New reservations see it
+    /// at the collector's next pass; running batches keep what they hold.
+    pub fn set_capacity(&self, worker: usize, capacity: Capacity) -> Result<(), ConfigError> {
+        if capacity.slots == 0 || capacity.tokens == 0 {
+            return Err(ConfigError::Invalid {
+                key: format!("workers[{worker}].capacity"),
+                reason: "slots and tokens must be at least 1".into(),
+            });
+        }
+        self.update_worker(worker, |w| w.spec.capacity = capacity)
+    }
+
+    /// Marks a worker up, draining or down (control path).
+    pub fn set_health(&self, worker: usize, health: Health) -> Result<(), ConfigError> {
+        self.update_worker(worker, |w| w.health = health)
+    }
+
+    fn update_worker(
+        &self,
+        worker: usize,
+        f: impl FnOnce(&mut WorkerState),
+    ) -> Result<(), ConfigError> {
+        let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fleet = Fleet::clone(&self.shared.fleet.load());
+        let w = fleet
+            .workers
+            .get_mut(worker)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: format!("workers[{worker}]"),
+                reason: "no such worker".into(),
+            })?;
+        f(w);
+        self.shared.fleet.store(Arc::new(fleet));
+        self.shared.doorbell.ring();
+        Ok(())
+    }
+
+    /// Stops intake (submits get their request back with `ShuttingDown`),
+    /// finishes every accepted request within `shutdown_timeout`, fails the
+    /// rest with `ShutDown`, and joins every thread. Idempotent.
+    pub fn shutdown(&self) {
+        self.stop(DRAINING);
+    }
+
+    /// Stops intake and fails every waiting request with `ShutDown` at once;
+    /// batches already running finish. Joins every thread.
+    pub fn shutdown_now(&self) {
+        self.stop(ABORTING);
+    }
+
+    fn stop(&self, mode: u8) {
+        stop(&self.shared, &self.threads, mode);
+    }
+}
+
+impl<I, O> Drop for Runtime<I, O> {
+    fn drop(&mut self) {
+        stop(&self.shared, &self.threads, ABORTING);
+    }
+}
+
+/// Shared by `shutdown`, `shutdown_now` and `Drop`.
+fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, mode: u8) {
+    // The strongest mode asked for wins (abort beats drain).
+    shared.mode.fetch_max(mode, StdOrdering::AcqRel);
+    shared.gate.close();
+    shared.doorbell.ring();
+    let taken = threads.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(t) = taken {
+        // A panic inside convoy's own threads is a bug; the joins still
+        // complete so shutdown returns.
+        let _ = t.collector.join();
+        for w in t.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The producer's handle: `Clone + Send + Sync`, usable after the runtime is
+/// gone (submits are then refused with `ShuttingDown`).
+pub struct Handle<I, O> {
+    intake: Intake<Job<I, O>>,
+    shared: Arc<Shared>,
+}
+
+impl<I, O> Clone for Handle<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            intake: self.intake.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
+    /// Submits one request; its ticket delivers exactly one outcome.
+    pub fn submit(&self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
+        self.submit_with(request, InsertPolicy::Enqueue)
+    }
+
+    /// Submits one request with an insert policy (`Front` jumps its level).
+    pub fn submit_with(
+        &self,
+        request: Request<I>,
+        policy: InsertPolicy,
+    ) -> Result<Ticket<O>, SubmitError<I>> {
+        let now = Instant::now();
+        let (job, ticket) = self.prepare(request, now)?;
+        let Some(_pass) = self.shared.gate.enter() else {
+            return Err(refused(SubmitErrorKind::ShuttingDown, job));
+        };
+        match self.intake.push(job.priority, job, policy) {
+            Ok(()) => {
+                self.shared.doorbell.ring();
+                Ok(ticket)
+            }
+            Err(full) => Err(refused(SubmitErrorKind::QueueFull, full.item)),
+        }
+    }
+
+    /// Submits many requests under one policy. `AllOrNothing` accepts all or
+    /// none; `Enqueue`/`Front` accept what fits. Invalid requests (bad
+    /// deadline, impossible cost) are refused individually, and with
+    /// `AllOrNothing` they make the whole batch refused.
+    pub fn submit_batch(
+        &self,
+        requests: Vec<Request<I>>,
+        policy: InsertPolicy,
+    ) -> Result<Vec<Ticket<O>>, BatchSubmitError<I, O>> {
+        let now = Instant::now();
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut tickets = Vec::with_capacity(requests.len());
+        let mut rejected = Vec::new();
+        for r in requests {
+            match self.prepare(r, now) {
+                Ok((job, ticket)) => {
+                    jobs.push((job.priority, job));
+                    tickets.push(ticket);
+                }
+                Err(e) => rejected.push(e),
+            }
+        }
+        let refuse_all =
+            |jobs: Vec<(Priority, Job<I, O>)>, mut rejected: Vec<SubmitError<I>>, kind| {
+                rejected.extend(jobs.into_iter().map(|(_, j)| refused(kind, j)));
+                BatchSubmitError {
+                    accepted: Vec::new(),
+                    rejected,
+                }
+            };
+        if jobs.is_empty() || (policy == InsertPolicy::AllOrNothing && !rejected.is_empty()) {
+            return Err(refuse_all(jobs, rejected, SubmitErrorKind::QueueFull));
+        }
+        let Some(_pass) = self.shared.gate.enter() else {
+            return Err(refuse_all(jobs, rejected, SubmitErrorKind::ShuttingDown));
+        };
+        match self.intake.push_batch(jobs, policy) {
+            Ok(_) if rejected.is_empty() => {
+                self.shared.doorbell.ring();
+                Ok(tickets)
+            }
+            Ok(_) => {
+                self.shared.doorbell.ring();
+                Err(BatchSubmitError {
+                    accepted: tickets,
+                    rejected,
+                })
+            }
+            Err(e) => {
+                if e.inserted > 0 {
+                    self.shared.doorbell.ring();
+                }
+                let kind = match e.reason {
+                    BatchRejectReason::Oversized { .. }
+                    | BatchRejectReason::Full
+                    | BatchRejectReason::Empty => SubmitErrorKind::QueueFull,
+                };
+                // Tickets of refused jobs: their completers come back inside
+                // the jobs and are dropped with them (delivering ShutDown to
+                // tickets nobody holds), so keep only accepted tickets. The
+                // intake preserves order, so accepted jobs are the ones not
+                // handed back.
+                let refused_completers: Vec<_> = e.rejected.into_iter().map(|(_, j)| j).collect();
+                let accepted = tickets
+                    .into_iter()
+                    .filter(|t| !refused_completers.iter().any(|j| j.completer.is_for(t)))
+                    .collect();
+                rejected.extend(refused_completers.into_iter().map(|j| refused(kind, j)));
+                Err(BatchSubmitError { accepted, rejected })
+            }
+        }
+    }
+
+    /// Counters per priority and totals; lock-free.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.intake.stats())
+    }
+
+    fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
+        let max = self.shared.fleet.load().max_capacity();
+        let cost = request.cost;
+        if u64::from(cost.tokens) > max.tokens.min(self.shared.max_batch_tokens)
+            || cost.bytes > max.bytes
+            || max.slots == 0
+        {
+            return Err(SubmitError {
+                kind: SubmitErrorKind::CostNeverFits,
+                request,
+            });
+        }
+        let deadline_at = match request.deadline {
+            None => None,
+            Some(Deadline::After(d)) if d.is_zero() => {
+                return Err(SubmitError {
+                    kind: SubmitErrorKind::DeadlinePassed,
+                    request,
+                });
+            }
+            Some(Deadline::After(d)) => Some(
+                now.checked_add(d)
+                    .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            ),
+            Some(Deadline::At(t)) if t <= now => {
+                return Err(SubmitError {
+                    kind: SubmitErrorKind::DeadlinePassed,
+                    request,
+                });
+            }
+            Some(Deadline::At(t)) => Some(t),
+        };
+        let (completer, ticket) = ticket::pair();
+        let job = Job {
+            deadline_ns: deadline_at.map_or(u64::MAX, |t| self.shared.ns_since_epoch(t)),
+            input: request.input,
+            completer,
+            priority: request.priority,
+            deadline: request.deadline,
+            cost,
+            submitted: now,
+        };
+        Ok((job, ticket))
+    }
+}
+
+fn refused<I, O>(kind: SubmitErrorKind, job: Job<I, O>) -> SubmitError<I> {
+    // The completer inside is dropped here; nobody holds its ticket (the
+    // caller gets the request back instead), so its ShutDown goes nowhere.
+    SubmitError {
+        kind,
+        request: job.into_request(),
+    }
+}
+
+struct WorkerLink<I, O> {
+    jobs: ring::Producer<Batch<I, O>>,
+    thread: std::thread::Thread,
+}
+
+type Entry<I, O> = (Job<I, O>, Admission);
+
+struct Collector<I, O> {
+    shared: Arc<Shared>,
+    intake: IntakeConsumer<Job<I, O>>,
+    waiting: Waiting<Entry<I, O>>,
+    releases: ring::Consumer<Release>,
+    workers: Vec<WorkerLink<I, O>>,
+    /// Reserved per worker: the collector's own, single-owner ledger.
+    ledger: Vec<Capacity>,
+    batching: crate::config::BatchingConfig,
+    placement: PlacementPolicy,
+    shutdown_timeout: Duration,
+    on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+    seq: u64,
+    drained: Vec<crate::intake::Drained<Job<I, O>>>,
+    /// The last pass had a batch due but could place nothing: wait for a
+    /// release (the doorbell) rather than for the queue delay.
+    stalled: bool,
+}
+
+fn fits(cap: &Capacity, held: &Capacity, extra: &Capacity) -> bool {
+    held.slots + extra.slots <= cap.slots
+        && held.tokens + extra.tokens <= cap.tokens
+        && held.bytes.saturating_add(extra.bytes) <= cap.bytes
+}
+
+fn as_capacity(cost: Cost) -> Capacity {
+    Capacity {
+        slots: 1,
+        tokens: u64::from(cost.tokens),
+        bytes: cost.bytes,
+    }
+}
+
+fn add(a: &mut Capacity, b: &Capacity) {
+    a.slots += b.slots;
+    a.tokens += b.tokens;
+    a.bytes = a.bytes.saturating_add(b.bytes);
+}
+
+fn sub(a: &mut Capacity, b: &Capacity) {
+    a.slots -= b.slots;
+    a.tokens -= b.tokens;
+    a.bytes -= b.bytes;
+}
+
+impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
+    fn run(mut self) {
+        self.shared.doorbell.register_current();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let now_ns = self.shared.ns_since_epoch(now);
+            self.absorb_releases();
+            let mode = self.shared.mode.load(StdOrdering::Acquire);
+            self.drain_intake(now_ns);
+            self.expire(now_ns);
+            if mode == ABORTING {
+                self.fail_all_waiting();
+            } else if mode == DRAINING {
+                let deadline = *drain_deadline.get_or_insert(now + self.shutdown_timeout);
+                if now >= deadline {
+                    self.fail_all_waiting();
+                }
+            }
+            let closing = mode != RUNNING;
+            self.launch(now_ns, closing);
+
+            let in_flight = self.ledger.iter().any(|c| c.slots > 0);
+            if closing
+                && self.shared.gate.is_drained()
+                && !self.intake.has_pending()
+                && self.waiting.is_empty()
+                && !in_flight
+            {
+                break;
+            }
+            self.sleep(now_ns, closing);
+        }
+        // Drop the producing ends first, then wake: a worker that finds its
+        // ring empty with no producer exits.
+        let threads: Vec<_> = self.workers.drain(..).map(|w| w.thread).collect();
+        for t in threads {
+            t.unpark();
+        }
+    }
+
+    fn sleep(&mut self, now_ns: u64, closing: bool) {
+        let mut timeout = Duration::from_millis(50);
+        if let Some(d) = self.waiting.next_deadline() {
+            timeout = timeout.min(Duration::from_nanos(d.saturating_sub(now_ns)));
+        }
+        if let Some(a) = self.waiting.oldest_arrival().filter(|_| !self.stalled) {
+            let due = a.saturating_add(self.batching.max_queue_delay.as_nanos() as u64);
+            timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
+        }
+        if closing {
+            timeout = timeout.min(Duration::from_millis(1));
+        }
+        if timeout.is_zero() {
+            return;
+        }
+        let intake = &self.intake;
+        let releases = &self.releases;
+        self.shared
+            .doorbell
+            .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
+    }
+
+    fn has_free_worker(&self) -> bool {
+        let fleet = self.shared.fleet.load();
+        fleet
+            .workers
+            .iter()
+            .enumerate()
+            .any(|(i, w)| w.health == Health::Up && self.ledger[i].slots < w.spec.capacity.slots)
+    }
+
+    fn absorb_releases(&mut self) {
+        while let Some(r) = self.releases.pop() {
+            sub(&mut self.ledger[r.worker], &r.amount);
+        }
+    }
+
+    fn drain_intake(&mut self, now_ns: u64) {
+        self.intake.drain(usize::MAX, &mut self.drained);
+        for d in self.drained.drain(..) {
+            let job = d.item;
+            self.seq += 1;
+            let level = job.priority;
+            let meta = Meta {
+                level,
+                arrival: self.shared.ns_since_epoch(job.submitted).min(now_ns),
+                deadline: job.deadline_ns,
+                expires: self.shared.deadline_action[level.index()] == DeadlineAction::Reject,
+                front: d.front,
+                seq: self.seq,
+            };
+            self.waiting.insert((job, d.admission), meta);
+        }
+    }
+
+    fn expire(&mut self, now_ns: u64) {
+        let mut admissions = Vec::new();
+        while let Some(((job, adm), meta)) = self.waiting.pop_expired(now_ns) {
+            admissions.push(adm);
+            let how = match job.completer.complete(Err(Failure::Expired)) {
+                Ok(()) => Ended::Expired,
+                Err(_) => Ended::Cancelled,
+            };
+            self.shared.counters.ended(meta.level, how, 1);
+        }
+        self.intake.release_all(admissions);
+    }
+
+    fn fail_all_waiting(&mut self) {
+        self.drain_intake(u64::MAX);
+        let all = self.waiting.drain_all();
+        let mut admissions = Vec::with_capacity(all.len());
+        for ((job, adm), meta) in all {
+            admissions.push(adm);
+            let how = match job.completer.complete(Err(Failure::ShutDown)) {
+                Ok(()) => Ended::ShutDown,
+                Err(_) => Ended::Cancelled,
+            };
+            self.shared.counters.ended(meta.level, how, 1);
+        }
+        self.intake.release_all(admissions);
+    }
+
+    /// Whether a batch should be formed now: full, or its oldest request
+    /// has waited `max_queue_delay`, or we are closing.
+    fn batch_due(&mut self, now_ns: u64, closing: bool) -> bool {
+        if self.waiting.is_empty() {
+            return false;
+        }
+        if closing || self.waiting.len() >= self.batching.max_batch_size {
+            return true;
+        }
+        let delay = u64::try_from(self.batching.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
+        self.waiting
+            .oldest_arrival()
+            .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
+    }
+
+    fn choose_worker(
+        &self,
+        fleet: &Fleet,
+        cost: &Capacity,
+        level: Priority,
+    ) -> Option<(usize, PlacementReason)> {
+        let candidates = fleet.workers.iter().enumerate().filter(|(i, w)| {
+            w.health == Health::Up && fits(&w.spec.capacity, &self.ledger[*i], cost)
+        });
+        let urgent = level <= Priority::High;
+        if self.placement == PlacementPolicy::Priority && urgent {
+            return candidates
+                .max_by(|(ia, a), (ib, b)| a.spec.speed.total_cmp(&b.spec.speed).then(ib.cmp(ia)))
+                .map(|(i, _)| (i, PlacementReason::FastestForUrgent));
+        }
+        candidates
+            .max_by_key(|(i, w)| {
+                (
+                    w.spec.capacity.slots - self.ledger[*i].slots,
+                    std::cmp::Reverse(*i),
+                )
+            })
+            .map(|(i, _)| (i, PlacementReason::LeastLoaded))
+    }
+
+    fn launch(&mut self, now_ns: u64, closing: bool) {
+        /// How many requests in a row may be set aside because they do not
+        /// fit before the pass stops looking.
+        const MAX_DEFERRED: usize = 16;
+        let fleet = self.shared.fleet.load_full();
+        let mut deferred: Vec<(Entry<I, O>, Meta)> = Vec::new();
+        let mut admissions = Vec::new();
+        self.stalled = false;
+        'batches: while self.batch_due(now_ns, closing) {
+            // The head decides the worker.
+            let (worker, mut batch) = loop {
+                let Some((entry, meta, aged)) = self.waiting.pop(now_ns) else {
+                    break 'batches;
+                };
+                let (job, adm) = entry;
+                if job.completer.is_cancelled() {
+                    admissions.push(adm);
+                    drop(job.completer.complete(Err(Failure::Cancelled)));
+                    self.shared.counters.ended(meta.level, Ended::Cancelled, 1);
+                    continue;
+                }
+                let cost = as_capacity(job.cost);
+                match self.choose_worker(&fleet, &cost, meta.level) {
+                    Some((w, reason)) => {
+                        self.shared.counters.placement(reason);
+                        if aged {
+                            self.shared.counters.aging_promotion();
+                        }
+                        let mut b = Batch {
+                            inputs: Vec::with_capacity(self.batching.max_batch_size),
+                            completers: Vec::with_capacity(self.batching.max_batch_size),
+                            reserved: Capacity {
+                                slots: 0,
+                                tokens: 0,
+                                bytes: 0,
+                            },
+                        };
+                        add(&mut b.reserved, &cost);
+                        add(&mut self.ledger[w], &cost);
+                        b.inputs.push(job.input);
+                        b.completers.push((job.completer, meta.level));
+                        admissions.push(adm);
+                        break (w, b);
+                    }
+                    None => {
+                        self.shared.counters.shortfall();
+                        if let Some(f) = &self.on_shortfall {
+                            f(job.cost);
+                        }
+                        deferred.push(((job, adm), meta));
+                        if deferred.len() >= MAX_DEFERRED || !self.has_free_worker() {
+                            self.stalled = true;
+                            break 'batches;
+                        }
+                    }
+                }
+            };
+            let cap = fleet.workers[worker].spec.capacity;
+            let mut skipped = 0;
+            while batch.inputs.len() < self.batching.max_batch_size && skipped < MAX_DEFERRED {
+                let Some(((job, adm), meta, aged)) = self.waiting.pop(now_ns) else {
+                    break;
+                };
+                if job.completer.is_cancelled() {
+                    admissions.push(adm);
+                    drop(job.completer.complete(Err(Failure::Cancelled)));
+                    self.shared.counters.ended(meta.level, Ended::Cancelled, 1);
+                    continue;
+                }
+                let cost = as_capacity(job.cost);
+                let batch_tokens_ok =
+                    batch.reserved.tokens + cost.tokens <= self.batching.max_batch_tokens;
+                if !batch_tokens_ok || !fits(&cap, &self.ledger[worker], &cost) {
+                    deferred.push(((job, adm), meta));
+                    skipped += 1;
+                    continue;
+                }
+                if aged {
+                    self.shared.counters.aging_promotion();
+                }
+                add(&mut batch.reserved, &cost);
+                add(&mut self.ledger[worker], &cost);
+                batch.inputs.push(job.input);
+                batch.completers.push((job.completer, meta.level));
+                admissions.push(adm);
+            }
+            self.shared.counters.batch(batch.inputs.len());
+            let link = &self.workers[worker];
+            if let Err(ring::Full(batch)) = link.jobs.push(batch) {
+                // The ring holds one batch per slot; only a capacity raised
+                // past the ring's size at run time gets here.
+                sub(&mut self.ledger[worker], &batch.reserved);
+                fail_batch(&self.shared, batch.completers, "worker queue full");
+            } else {
+                link.thread.unpark();
+            }
+            // Put set-aside requests back before the next batch, so the next
+            // batch sees them in order (they may fit another worker).
+            for (entry, meta) in deferred.drain(..) {
+                self.waiting.insert(entry, meta);
+            }
+        }
+        for (entry, meta) in deferred {
+            self.waiting.insert(entry, meta);
+        }
+        self.intake.release_all(admissions);
+    }
+}
+
+fn fail_batch<O>(shared: &Shared, completers: Vec<(Completer<O>, Priority)>, why: &str) {
+    let mut counts = [[0u64; 2]; Priority::COUNT];
+    for (c, p) in completers {
+        let i = match c.complete(Err(Failure::ExecutorFailed(why.to_owned()))) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        counts[p.index()][i] += 1;
+    }
+    for p in Priority::ALL {
+        shared
+            .counters
+            .ended(p, Ended::Failed, counts[p.index()][0]);
+        shared
+            .counters
+            .ended(p, Ended::Cancelled, counts[p.index()][1]);
+    }
+}
+
+struct Worker<I, O> {
+    index: usize,
+    jobs: ring::Consumer<Batch<I, O>>,
+    executor: Arc<dyn Executor<I, O>>,
+    releases: ring::Producer<Release>,
+    shared: Arc<Shared>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
+    fn run(mut self) {
+        let mut idle = 0u32;
+        loop {
+            match self.jobs.pop() {
+                Some(batch) => {
+                    idle = 0;
+                    self.execute(batch);
+                }
+                None => {
+                    // The collector dropped its end and nothing is left: exit.
+                    if self.collector_gone() {
+                        return;
+                    }
+                    if idle < crate::sync::SPIN_LIMIT {
+                        idle += 1;
+                        std::hint::spin_loop();
+                    } else {
+                        // The collector unparks us after every push; the
+                        // timeout only bounds a shutdown race.
+                        std::thread::park_timeout(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+    }
+
+    fn collector_gone(&self) -> bool {
+        // Only the collector holds the producing end of the job ring.
+        self.jobs.is_empty() && self.jobs.producers() == 0
+    }
+
+    fn execute(&mut self, batch: Batch<I, O>) {
+        let Batch {
+            inputs,
+            completers,
+            reserved,
+        } = batch;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.executor.execute(self.index, &inputs)
+        }));
+        drop(inputs);
+        match result {
+            Ok(Ok(outputs)) if outputs.len() == completers.len() => {
+                let mut counts = [[0u64; 2]; Priority::COUNT];
+                for ((c, p), out) in completers.into_iter().zip(outputs) {
+                    let i = match c.complete(Ok(out)) {
+                        Ok(()) => 0,
+                        Err(_) => 1,
+                    };
+                    counts[p.index()][i] += 1;
+                }
+                for p in Priority::ALL {
+                    self.shared
+                        .counters
+                        .ended(p, Ended::Completed, counts[p.index()][0]);
+                    self.shared
+                        .counters
+                        .ended(p, Ended::Cancelled, counts[p.index()][1]);
+                }
+            }
+            Ok(Ok(outputs)) => {
+                let why = format!(
+                    "executor returned {} outputs for {} inputs",
+                    outputs.len(),
+                    completers.len()
+                );
+                fail_batch(&self.shared, completers, &why);
+            }
+            Ok(Err(e)) => fail_batch(&self.shared, completers, &e),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_owned());
+                fail_batch(
+                    &self.shared,
+                    completers,
+                    &format!("executor panicked: {why}"),
+                );
+            }
+        }
+        let mut release = Release {
+            worker: self.index,
+            amount: reserved,
+        };
+        // The release ring holds one entry per slot of the whole fleet, so it
+        // has room; should it not, wait for the collector rather than lose a
+        // release.
+        let mut spins = 0u32;
+        while let Err(ring::Full(back)) = self.releases.push(release) {
+            release = back;
+            spins += 1;
+            if spins < crate::sync::SPIN_LIMIT {
+                std::hint::spin_loop();
+            } else {
+                self.shared.doorbell.ring();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        self.shared.doorbell.ring();
+    }
+}

@@ -1,0 +1,165 @@
+//! Outcome counters, per priority, written without a lock.
+
+use crate::config::PlacementReason;
+use crate::intake::IntakeStats;
+use crate::priority::Priority;
+use crate::sync::{AtomicU64, Ordering};
+
+/// Which of the exactly-one outcomes a request ended in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Completed,
+    Expired,
+    Cancelled,
+    Failed,
+    ShutDown,
+}
+
+const ENDED: usize = 5;
+
+/// Counters written by the collector and the workers. Relaxed everywhere:
+/// each is an independent monotonic count read only for reporting.
+pub(crate) struct Counters {
+    ended: [[AtomicU64; ENDED]; Priority::COUNT],
+    batches: AtomicU64,
+    batched_requests: AtomicU64,
+    shortfall: AtomicU64,
+    aging_promotions: AtomicU64,
+    placements: [AtomicU64; 2],
+}
+
+impl Counters {
+    pub fn new() -> Self {
+        Self {
+            ended: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            batches: AtomicU64::new(0),
+            batched_requests: AtomicU64::new(0),
+            shortfall: AtomicU64::new(0),
+            aging_promotions: AtomicU64::new(0),
+            placements: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    pub fn placement(&self, reason: PlacementReason) {
+        self.placements[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ended(&self, p: Priority, how: Ended, n: u64) {
+        if n > 0 {
+            self.ended[p.index()][how as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn batch(&self, size: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched_requests
+            .fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    pub fn shortfall(&self) {
+        self.shortfall.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn aging_promotion(&self) {
+        self.aging_promotions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, intake: IntakeStats) -> Stats {
+        let get = |p: usize, how: Ended| self.ended[p][how as usize].load(Ordering::Relaxed);
+        Stats {
+            per_priority: std::array::from_fn(|p| PriorityStats {
+                inserted: intake.per_priority[p].inserted,
+                rejected_full: intake.per_priority[p].rejected_full,
+                queue_depth: intake.per_priority[p].depth,
+                completed: get(p, Ended::Completed),
+                expired: get(p, Ended::Expired),
+                cancelled: get(p, Ended::Cancelled),
+                failed: get(p, Ended::Failed),
+                shut_down: get(p, Ended::ShutDown),
+            }),
+            batches: self.batches.load(Ordering::Relaxed),
+            batched_requests: self.batched_requests.load(Ordering::Relaxed),
+            capacity_shortfall: self.shortfall.load(Ordering::Relaxed),
+            aging_promotions: self.aging_promotions.load(Ordering::Relaxed),
+            batch_insertions: intake.batch_insertions,
+            placed_least_loaded: self.placements[PlacementReason::LeastLoaded as usize]
+                .load(Ordering::Relaxed),
+            placed_fastest_for_urgent: self.placements[PlacementReason::FastestForUrgent as usize]
+                .load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Per-priority counts. `inserted` (accepted) equals the sum of the five
+/// outcome counts plus `queue_depth` and those in flight; once the runtime
+/// is idle or shut down, it equals the sum exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriorityStats {
+    /// Accepted at submit.
+    pub inserted: u64,
+    /// Refused because the level was full (handed back to the caller).
+    pub rejected_full: u64,
+    /// Accepted and not yet launched, expired or cancelled.
+    pub queue_depth: usize,
+    /// Delivered an output.
+    pub completed: u64,
+    /// Deadline passed while queued.
+    pub expired: u64,
+    /// Cancelled or abandoned by the caller.
+    pub cancelled: u64,
+    /// The executor failed its batch.
+    pub failed: u64,
+    /// Failed by shutdown.
+    pub shut_down: u64,
+}
+
+impl PriorityStats {
+    /// Requests that reached an outcome.
+    pub fn ended(&self) -> u64 {
+        self.completed + self.expired + self.cancelled + self.failed + self.shut_down
+    }
+}
+
+/// A lock-free snapshot of a runtime's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Indexed by `Priority::index`.
+    pub per_priority: [PriorityStats; Priority::COUNT],
+    /// Batches launched.
+    pub batches: u64,
+    /// Requests launched in batches.
+    pub batched_requests: u64,
+    /// Times a request fitted no worker right now and stayed queued.
+    pub capacity_shortfall: u64,
+    /// Requests picked by the aging rule ahead of more urgent levels.
+    pub aging_promotions: u64,
+    /// `submit_batch` calls that inserted at least one request.
+    pub batch_insertions: u64,
+    /// Batches placed for [`PlacementReason::LeastLoaded`].
+    pub placed_least_loaded: u64,
+    /// Batches placed for [`PlacementReason::FastestForUrgent`].
+    pub placed_fastest_for_urgent: u64,
+}
+
+impl Stats {
+    /// One level's counts.
+    pub fn of(&self, p: Priority) -> PriorityStats {
+        self.per_priority[p.index()]
+    }
+
+    /// All levels summed.
+    pub fn total(&self) -> PriorityStats {
+        self.per_priority
+            .iter()
+            .fold(PriorityStats::default(), |a, s| PriorityStats {
+                inserted: a.inserted + s.inserted,
+                rejected_full: a.rejected_full + s.rejected_full,
+                queue_depth: a.queue_depth + s.queue_depth,
+                completed: a.completed + s.completed,
+                expired: a.expired + s.expired,
+                cancelled: a.cancelled + s.cancelled,
+                failed: a.failed + s.failed,
+                shut_down: a.shut_down + s.shut_down,
+            })
+    }
+}

@@ -1,0 +1,653 @@
+//! The runtime end to end on CPU workers: ordering, limits, every outcome,
+//! bad input, shutdown, and a "nothing lost" stress run.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use convoy::{
+    BatchingConfig, BuildError, Capacity, Config, Failure, InsertPolicy, Priority, Request,
+    Runtime, SubmitErrorKind, WorkerSpec,
+};
+
+fn worker(slots: u32, tokens: u64) -> WorkerSpec {
+    WorkerSpec {
+        name: "w".into(),
+        capacity: Capacity {
+            slots,
+            tokens,
+            bytes: u64::MAX,
+        },
+        speed: 1.0,
+        cost_per_hour: 0.0,
+    }
+}
+
+fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
+    Config {
+        workers,
+        batching: BatchingConfig {
+            max_batch_size: max_batch,
+            max_batch_tokens: 1 << 20,
+            max_queue_delay: Duration::from_millis(delay_ms),
+        },
+        ..Config::default()
+    }
+}
+
+/// A gate the executor waits on, so tests can hold the only worker busy
+/// while they queue work behind it.
+#[derive(Clone, Default)]
+struct Hold(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Hold {
+    fn wait(&self) {
+        let (m, cv) = &*self.0;
+        let mut open = m.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+    fn open(&self) {
+        let (m, cv) = &*self.0;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+/// Waits until `f` holds; fails the test after 10 s (a hang, not a timing).
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn serves_a_request() {
+    let rt = Runtime::builder()
+        .config(Config {
+            cpu_workers: 2,
+            ..Config::default()
+        })
+        .batch_fn(|xs: &[u32]| xs.iter().map(|x| x + 1).collect())
+        .build()
+        .unwrap();
+    let t = rt.handle().submit(Request::new(41)).unwrap();
+    assert_eq!(t.wait(), Ok(42));
+    rt.shutdown();
+    let s = rt.stats().total();
+    assert_eq!((s.inserted, s.completed), (1, 1));
+}
+
+/// Seed 001: with the only worker busy, queued work runs by priority.
+#[test]
+fn queued_work_runs_in_priority_order() {
+    let hold = Hold::default();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (h2, o2) = (hold.clone(), order.clone());
+    let rt = Runtime::builder()
+        .config(config(vec![worker(1, 1 << 20)], 1, 0))
+        .batch_fn(move |xs: &[(u32, Priority)]| {
+            if xs[0].0 == 0 {
+                h2.wait();
+            }
+            o2.lock().unwrap().push(xs[0].1);
+            xs.iter().map(|x| x.0).collect()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let blocker = h.submit(Request::new((0, Priority::Normal))).unwrap();
+    eventually("the blocker runs", || rt.stats().batches == 1);
+    let mut tickets = Vec::new();
+    for (i, p) in [
+        Priority::Background,
+        Priority::Low,
+        Priority::Normal,
+        Priority::Critical,
+        Priority::High,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tickets.push(
+            h.submit(Request::new((i as u32 + 1, p)).priority(p))
+                .unwrap(),
+        );
+    }
+    eventually("all queued", || rt.stats().total().queue_depth == 5);
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    for t in tickets {
+        assert!(t.wait().is_ok());
+    }
+    let ran = order.lock().unwrap().clone();
+    assert_eq!(
+        ran,
+        [
+            Priority::Normal,
+            Priority::Critical,
+            Priority::High,
+            Priority::Normal,
+            Priority::Low,
+            Priority::Background
+        ]
+    );
+}
+
+/// Seed 001: batches respect max batch size and a worker's token capacity;
+/// a request that fits nowhere now waits (shortfall), one that never fits is
+/// refused at submit.
+#[test]
+fn resource_limits_hold_and_shortfall_is_signalled() {
+    let biggest = Arc::new(AtomicUsize::new(0));
+    let shortfalls = Arc::new(AtomicUsize::new(0));
+    let (b2, s2) = (biggest.clone(), shortfalls.clone());
+    let mut cfg = config(vec![worker(8, 100)], 4, 1);
+    cfg.batching.max_batch_tokens = 100;
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            let tokens: u32 = xs.iter().sum();
+            b2.fetch_max(tokens as usize, Ordering::Relaxed);
+            assert!(xs.len() <= 4, "batch of {} > max_batch_size", xs.len());
+            std::thread::sleep(Duration::from_millis(2));
+            xs.to_vec()
+        })
+        .on_capacity_shortfall(move |_| {
+            s2.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let never = h.submit(Request::new(101).tokens(101)).unwrap_err();
+    assert_eq!(never.kind, SubmitErrorKind::CostNeverFits);
+    assert_eq!(never.request.into_input(), 101);
+    let tickets: Vec<_> = (0..40)
+        .map(|i| {
+            h.submit(Request::new(30 + i % 40).tokens(30 + i % 40))
+                .unwrap()
+        })
+        .collect();
+    for t in tickets {
+        assert!(t.wait().is_ok());
+    }
+    assert!(
+        biggest.load(Ordering::Relaxed) <= 100,
+        "a batch held more tokens than the worker"
+    );
+    assert!(
+        shortfalls.load(Ordering::Relaxed) > 0,
+        "some request had to wait for capacity"
+    );
+    assert_eq!(
+        rt.stats().capacity_shortfall as usize,
+        shortfalls.load(Ordering::Relaxed)
+    );
+}
+
+/// Seed 001 mixed workload: every request of every level is scheduled.
+#[test]
+fn mixed_workload_is_all_scheduled() {
+    let rt = Runtime::builder()
+        .config(config(vec![worker(16, 4096), worker(16, 4096)], 8, 1))
+        .batch_fn(|xs: &[u64]| xs.iter().map(|x| x * 3).collect())
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let tickets: Vec<_> = (0..2000u64)
+        .map(|i| {
+            let p = Priority::ALL[(i % 5) as usize];
+            (
+                i,
+                h.submit(Request::new(i).priority(p).tokens((i % 50) as u32 + 1))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for (i, t) in tickets {
+        assert_eq!(t.wait(), Ok(i * 3));
+    }
+    // Counters are bumped just after tickets are completed; shutdown joins
+    // the workers, so the counts are final.
+    rt.shutdown();
+    let s = rt.stats();
+    for p in Priority::ALL {
+        assert_eq!(s.of(p).completed, 400, "{p}");
+    }
+}
+
+#[test]
+fn deadline_passing_in_queue_expires_without_running() {
+    let hold = Hold::default();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let (h2, r2) = (hold.clone(), ran.clone());
+    let rt = Runtime::builder()
+        .config(config(vec![worker(1, 1 << 20)], 1, 0))
+        .batch_fn(move |xs: &[u32]| {
+            if xs[0] == 0 {
+                h2.wait();
+            }
+            r2.lock().unwrap().extend_from_slice(xs);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let doomed = h
+        .submit(Request::new(1).deadline(Duration::from_millis(5)))
+        .unwrap();
+    // Expiry is reported while the worker is still busy.
+    assert_eq!(doomed.wait(), Err(Failure::Expired));
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    rt.shutdown();
+    assert_eq!(*ran.lock().unwrap(), [0], "the expired request never ran");
+    assert_eq!(rt.stats().of(Priority::Normal).expired, 1);
+}
+
+#[test]
+fn cancel_before_launch_never_runs() {
+    let hold = Hold::default();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let (h2, r2) = (hold.clone(), ran.clone());
+    let rt = Runtime::builder()
+        .config(config(vec![worker(1, 1 << 20)], 1, 0))
+        .batch_fn(move |xs: &[u32]| {
+            if xs[0] == 0 {
+                h2.wait();
+            }
+            r2.lock().unwrap().extend_from_slice(xs);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let mut cancelled = h.submit(Request::new(1)).unwrap();
+    let dropped = h.submit(Request::new(2)).unwrap();
+    let kept = h.submit(Request::new(3)).unwrap();
+    assert!(cancelled.cancel());
+    drop(dropped);
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(kept.wait(), Ok(3));
+    assert_eq!(cancelled.wait(), Err(Failure::Cancelled));
+    rt.shutdown();
+    assert_eq!(*ran.lock().unwrap(), [0, 3]);
+    let s = rt.stats().total();
+    assert_eq!(s.cancelled, 2);
+    assert_eq!(s.inserted, s.ended());
+}
+
+#[test]
+fn executor_failure_fails_the_batch_and_the_worker_lives_on() {
+    let rt = Runtime::builder()
+        .config(config(vec![worker(4, 1 << 20)], 1, 0))
+        .batch_fn(|xs: &[i32]| match xs[0] {
+            -1 => panic!("boom"),
+            -2 => vec![],
+            _ => xs.to_vec(),
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    match h.submit(Request::new(-1)).unwrap().wait() {
+        Err(Failure::ExecutorFailed(why)) => assert!(why.contains("boom"), "{why}"),
+        other => panic!("expected ExecutorFailed, got {other:?}"),
+    }
+    match h.submit(Request::new(-2)).unwrap().wait() {
+        Err(Failure::ExecutorFailed(why)) => assert!(why.contains("0 outputs for 1"), "{why}"),
+        other => panic!("expected ExecutorFailed, got {other:?}"),
+    }
+    assert_eq!(h.submit(Request::new(7)).unwrap().wait(), Ok(7));
+    rt.shutdown();
+    let s = rt.stats().total();
+    assert_eq!((s.failed, s.completed), (2, 1));
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let build = |cfg: Config| {
+        Runtime::builder()
+            .config(cfg)
+            .batch_fn(|x: &[u8]| x.to_vec())
+            .build()
+    };
+    let zero_workers = Config {
+        cpu_workers: 0,
+        ..Config::default()
+    };
+    assert!(
+        matches!(build(zero_workers), Err(BuildError::Config(e)) if e.to_string().contains("cpu_workers"))
+    );
+    let mut zero_batch = Config::default();
+    zero_batch.batching.max_batch_size = 0;
+    assert!(
+        matches!(build(zero_batch), Err(BuildError::Config(e)) if e.to_string().contains("max_batch_size"))
+    );
+    let zero_cap = config(vec![worker(0, 10)], 4, 1);
+    assert!(
+        matches!(build(zero_cap), Err(BuildError::Config(e)) if e.to_string().contains("capacity.slots"))
+    );
+    let mut nan = worker(1, 10);
+    nan.speed = f64::NAN;
+    assert!(
+        matches!(build(config(vec![nan], 4, 1)), Err(BuildError::Config(e)) if e.to_string().contains("speed"))
+    );
+    assert!(matches!(
+        Runtime::builder().build().map(|_: Runtime<u8, u8>| ()),
+        Err(BuildError::NoExecutor)
+    ));
+
+    let rt = build(Config {
+        cpu_workers: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    let h = rt.handle();
+    let e = h
+        .submit(Request::new(1).deadline(Duration::ZERO))
+        .unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::DeadlinePassed);
+    let past = Instant::now() - Duration::from_millis(1);
+    let e = h.submit(Request::new(2).deadline_at(past)).unwrap_err();
+    assert_eq!(
+        (e.kind, e.request.into_input()),
+        (SubmitErrorKind::DeadlinePassed, 2)
+    );
+    let e = h.submit_batch(vec![], InsertPolicy::Enqueue).unwrap_err();
+    assert!(e.accepted.is_empty() && e.rejected.is_empty());
+}
+
+#[test]
+fn full_queue_hands_the_request_back() {
+    let hold = Hold::default();
+    let h2 = hold.clone();
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.intake = convoy::IntakeConfig {
+        shards: 1,
+        lane_capacity: 2,
+    };
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            h2.wait();
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let t0 = h.submit(Request::new(0)).unwrap();
+    eventually("first launched", || rt.stats().batches == 1);
+    let t1 = h.submit(Request::new(1)).unwrap();
+    let t2 = h.submit(Request::new(2)).unwrap();
+    let full = h.submit(Request::new(3)).unwrap_err();
+    assert_eq!(
+        (full.kind, full.request.into_input()),
+        (SubmitErrorKind::QueueFull, 3)
+    );
+    let all = h
+        .submit_batch(
+            vec![Request::new(4), Request::new(5)],
+            InsertPolicy::AllOrNothing,
+        )
+        .unwrap_err();
+    assert!(all.accepted.is_empty());
+    assert_eq!(all.rejected.len(), 2);
+    hold.open();
+    for t in [t0, t1, t2] {
+        assert!(t.wait().is_ok());
+    }
+}
+
+#[test]
+fn shutdown_drains_and_refuses_new_work() {
+    let rt = Runtime::builder()
+        .config(config(vec![worker(4, 1 << 20)], 4, 5))
+        .batch_fn(|xs: &[u32]| {
+            std::thread::sleep(Duration::from_millis(1));
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let tickets: Vec<_> = (0..200)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    rt.shutdown();
+    rt.shutdown(); // idempotent
+    for (i, t) in tickets.into_iter().enumerate() {
+        assert_eq!(
+            t.wait(),
+            Ok(i as u32),
+            "drain finishes every accepted request"
+        );
+    }
+    let e = h.submit(Request::new(9)).unwrap_err();
+    assert_eq!(
+        (e.kind, e.request.into_input()),
+        (SubmitErrorKind::ShuttingDown, 9)
+    );
+}
+
+#[test]
+fn shutdown_now_and_drop_fail_what_waits() {
+    for via_drop in [false, true] {
+        let hold = Hold::default();
+        let h2 = hold.clone();
+        let rt = Runtime::builder()
+            .config(config(vec![worker(1, 1 << 20)], 1, 0))
+            .batch_fn(move |xs: &[u32]| {
+                h2.wait();
+                xs.to_vec()
+            })
+            .build()
+            .unwrap();
+        let h = rt.handle();
+        let running = h.submit(Request::new(0)).unwrap();
+        eventually("first launched", || rt.stats().batches == 1);
+        let waiting: Vec<_> = (1..50)
+            .map(|i| h.submit(Request::new(i)).unwrap())
+            .collect();
+        let opener = {
+            let hold = hold.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                hold.open();
+            })
+        };
+        if via_drop {
+            drop(rt);
+        } else {
+            rt.shutdown_now();
+        }
+        opener.join().unwrap();
+        assert_eq!(running.wait(), Ok(0), "a running batch still delivers");
+        for t in waiting {
+            assert_eq!(t.wait(), Err(Failure::ShutDown));
+        }
+        let e = h.submit(Request::new(99)).unwrap_err();
+        assert_eq!(
+            e.kind,
+            SubmitErrorKind::ShuttingDown,
+            "a handle outliving the runtime refuses"
+        );
+    }
+}
+
+/// 8 producers × 50k requests of mixed priorities, random cancels, drops and
+/// deadlines, ~1% of batches failing, and a shutdown in the middle of the
+/// load. Every accepted request ends in exactly one outcome, the client's
+/// view matches the server's counts, and shutdown returns only once the
+/// ledger is back to zero (the collector exits only with nothing in flight).
+#[test]
+fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
+    const PRODUCERS: u64 = 8;
+    const PER: u64 = 50_000;
+    let mut cfg = config(vec![worker(64, 1 << 20), worker(64, 1 << 20)], 32, 1);
+    cfg.intake = convoy::IntakeConfig {
+        shards: 4,
+        lane_capacity: 1024,
+    };
+    cfg.deadline_action[Priority::Low.index()] = convoy::DeadlineAction::Delay;
+    cfg.shutdown_timeout = Duration::from_millis(200);
+    /// Fails a batch whose first request is flagged (~1% of batches).
+    struct FailFlagged;
+    impl convoy::Executor<(u64, bool), u64> for FailFlagged {
+        fn execute(&self, _worker: usize, xs: &[(u64, bool)]) -> Result<Vec<u64>, String> {
+            if xs[0].1 {
+                return Err("injected failure".into());
+            }
+            Ok(xs.iter().map(|x| x.0).collect())
+        }
+    }
+    let rt = Runtime::builder()
+        .config(cfg)
+        .executor(FailFlagged)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    #[derive(Default, Debug, Clone, Copy)]
+    struct Seen {
+        ok: u64,
+        expired: u64,
+        cancelled: u64,
+        failed: u64,
+        shut_down: u64,
+        dropped: u64,
+        accepted: u64,
+        refused: u64,
+    }
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let h = rt.handle();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut rng = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let mut seen = Seen::default();
+                let mut pending = Vec::new();
+                for i in 0..PER {
+                    let r = next();
+                    let prio = Priority::ALL[(r % 5) as usize];
+                    // Independent bits of `r` for each choice.
+                    let fail = (r >> 16) % 100 == 0;
+                    let mut req = Request::new((p << 32 | i, fail)).priority(prio);
+                    if (r >> 24) % 7 == 0 {
+                        req = req.deadline(Duration::from_micros(200 + (r >> 32) % 5000));
+                    }
+                    match h.submit(req) {
+                        Ok(mut t) => {
+                            seen.accepted += 1;
+                            match (r >> 40) % 50 {
+                                0 => {
+                                    t.cancel();
+                                    pending.push((p << 32 | i, t));
+                                }
+                                1 => {
+                                    drop(t);
+                                    seen.dropped += 1;
+                                }
+                                _ => pending.push((p << 32 | i, t)),
+                            }
+                        }
+                        Err(e) => {
+                            assert_eq!(e.request.input().0, p << 32 | i, "the request comes back");
+                            seen.refused += 1;
+                            if e.kind == SubmitErrorKind::ShuttingDown {
+                                break;
+                            }
+                            std::thread::yield_now();
+                        }
+                    }
+                    if pending.len() >= 256 || stop.load(Ordering::Relaxed) {
+                        for (id, t) in pending.drain(..) {
+                            match t.wait() {
+                                Ok(v) => {
+                                    assert_eq!(v, id, "a request got another's result");
+                                    seen.ok += 1;
+                                }
+                                Err(Failure::Expired) => seen.expired += 1,
+                                Err(Failure::Cancelled) => seen.cancelled += 1,
+                                Err(Failure::ExecutorFailed(_)) => seen.failed += 1,
+                                Err(Failure::ShutDown) => seen.shut_down += 1,
+                            }
+                        }
+                    }
+                }
+                for (id, t) in pending.drain(..) {
+                    match t.wait() {
+                        Ok(v) => {
+                            assert_eq!(v, id);
+                            seen.ok += 1;
+                        }
+                        Err(Failure::Expired) => seen.expired += 1,
+                        Err(Failure::Cancelled) => seen.cancelled += 1,
+                        Err(Failure::ExecutorFailed(_)) => seen.failed += 1,
+                        Err(Failure::ShutDown) => seen.shut_down += 1,
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    // Shut down in the middle of the load.
+    eventually("load under way", || {
+        rt.stats().total().inserted >= PRODUCERS * PER / 3
+    });
+    stop.store(true, Ordering::Relaxed);
+    rt.shutdown();
+    let mut total = Seen::default();
+    for p in producers {
+        let s = p.join().unwrap();
+        total.ok += s.ok;
+        total.expired += s.expired;
+        total.cancelled += s.cancelled;
+        total.failed += s.failed;
+        total.shut_down += s.shut_down;
+        total.dropped += s.dropped;
+        total.accepted += s.accepted;
+        total.refused += s.refused;
+    }
+    let s = rt.stats().total();
+    assert_eq!(
+        s.inserted, total.accepted,
+        "server and client agree on accepted"
+    );
+    assert_eq!(
+        s.inserted,
+        s.ended(),
+        "every accepted request ended exactly once: {s:?}"
+    );
+    assert_eq!(s.queue_depth, 0);
+    let client_ended = total.ok + total.expired + total.cancelled + total.failed + total.shut_down;
+    assert_eq!(
+        client_ended + total.dropped,
+        total.accepted,
+        "every kept ticket got one outcome"
+    );
+    // Dropped tickets end server-side as cancelled (before launch) or as
+    // completed/failed/expired (the drop came too late to matter).
+    assert!(s.completed <= total.ok + total.dropped);
+    assert!(s.completed >= total.ok);
+    assert!(s.failed >= total.failed && s.expired >= total.expired);
+    assert!(
+        total.ok > 0 && total.failed > 0 && total.expired > 0 && total.cancelled > 0,
+        "{total:?}"
+    );
+    assert!(total.refused > 0, "shutdown refused someone mid-load");
+}
