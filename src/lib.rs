@@ -51,6 +51,7 @@ mod doorbell;
 mod executor;
 mod gate;
 pub mod intake;
+pub mod model;
 mod order;
 mod outcome;
 mod priority;

@@ -879,7 +879,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let fleet = self.shared.fleet.load_full();
         let mut deferred: Vec<(Entry<I, O>, Meta)> = Vec::new();
         let mut admissions = Vec::new();
-        self.stalled = false;
+        let was_stalled = std::mem::replace(&mut self.stalled, false);
         'batches: while self.batch_due(now_ns, closing) {
             // The head decides the worker.
             let (worker, mut batch) = loop {
@@ -917,9 +917,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                         break (w, b);
                     }
                     None => {
-                        self.shared.counters.shortfall();
-                        if let Some(f) = &self.on_shortfall {
-                            f(job.cost);
+                        // One signal per episode: the first pass that finds
+                        // the most urgent request fitting no worker.
+                        if !was_stalled {
+                            self.shared.counters.shortfall();
+                            if let Some(f) = &self.on_shortfall {
+                                f(job.cost);
+                            }
                         }
                         deferred.push(((job, adm), meta));
                         if deferred.len() >= MAX_DEFERRED || !self.has_free_worker() {

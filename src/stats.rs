@@ -129,7 +129,9 @@ pub struct Stats {
     pub batches: u64,
     /// Requests launched in batches.
     pub batched_requests: u64,
-    /// Times a request fitted no worker right now and stayed queued.
+    /// Episodes in which the most urgent request fitted no worker and
+    /// stayed queued (the "need a new worker" signal); one per episode, not
+    /// per collector pass.
     pub capacity_shortfall: u64,
     /// Requests picked by the aging rule ahead of more urgent levels.
     pub aging_promotions: u64,

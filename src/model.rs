@@ -1,0 +1,292 @@
+//! The built-in model, **pool-dense**: `GELU(mean(E[tokens]) @ W + b)`.
+//!
+//! A request is a list of token ids; the output is one `D`-vector of f32.
+//! `E` is `V×D`, `W` is `D×D`, `b` is `D`, row-major. A batch does one gather
+//! and mean per request and one `(B×D)·(D×D)` product for the whole batch,
+//! which is where batching pays. The same model is the CPU reference for the
+//! GPU kernel, and weights can be loaded from raw little-endian f32 files so
+//! other implementations can be checked against this one.
+
+use std::path::Path;
+
+use crate::executor::Executor;
+
+/// Why a model could not be built or a request not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// `V` or `D` is zero.
+    #[error("model dimensions must be at least 1 (vocab {vocab}, dim {dim})")]
+    ZeroDimension {
+        /// `V`.
+        vocab: usize,
+        /// `D`.
+        dim: usize,
+    },
+    /// A weight file is missing, unreadable or the wrong size.
+    #[error("{path}: {reason}")]
+    Weights {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A token id outside the embedding table.
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// `V`.
+        vocab: usize,
+    },
+}
+
+/// The pool-dense model's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolDense {
+    vocab: usize,
+    dim: usize,
+    embeddings: Vec<f32>,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// Default vocabulary size.
+pub const DEFAULT_VOCAB: usize = 32_000;
+/// Default hidden size.
+pub const DEFAULT_DIM: usize = 256;
+
+/// splitmix64: a tiny seeded generator, so weights are reproducible
+/// everywhere (CPU, GPU upload, other servers) without a dependency.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in `[-scale, scale)`.
+fn uniform(state: &mut u64, scale: f32) -> f32 {
+    let unit = (splitmix(state) >> 40) as f32 / (1u64 << 24) as f32;
+    (unit * 2.0 - 1.0) * scale
+}
+
+/// tanh-approximate GELU.
+pub fn gelu(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+impl PoolDense {
+    /// Weights from a seeded generator: `E` uniform in ±1, `W` in ±1/√D,
+    /// `b` in ±0.1.
+    ///
+    /// ```
+    /// let m = convoy::model::PoolDense::seeded(100, 8, 7).unwrap();
+    /// let out = m.forward(&[1, 2, 3]).unwrap();
+    /// assert_eq!(out.len(), 8);
+    /// assert_eq!(out, convoy::model::PoolDense::seeded(100, 8, 7).unwrap().forward(&[1, 2, 3]).unwrap());
+    /// ```
+    pub fn seeded(vocab: usize, dim: usize, seed: u64) -> Result<Self, ModelError> {
+        if vocab == 0 || dim == 0 {
+            return Err(ModelError::ZeroDimension { vocab, dim });
+        }
+        let mut s = seed;
+        let w_scale = 1.0 / (dim as f32).sqrt();
+        Ok(Self {
+            vocab,
+            dim,
+            embeddings: (0..vocab * dim).map(|_| uniform(&mut s, 1.0)).collect(),
+            weights: (0..dim * dim).map(|_| uniform(&mut s, w_scale)).collect(),
+            bias: (0..dim).map(|_| uniform(&mut s, 0.1)).collect(),
+        })
+    }
+
+    /// Loads `E.f32`, `W.f32` and `b.f32` (raw little-endian row-major f32)
+    /// from `dir`; `dim` is read off `b.f32` and `vocab` off `E.f32`.
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        let read = |name: &str| -> Result<Vec<f32>, ModelError> {
+            let path = dir.join(name);
+            let err = |reason: String| ModelError::Weights {
+                path: path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+            if bytes.is_empty() || bytes.len() % 4 != 0 {
+                return Err(err(format!(
+                    "{} bytes is not a non-empty whole number of f32",
+                    bytes.len()
+                )));
+            }
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let bias = read("b.f32")?;
+        let dim = bias.len();
+        let weights = read("W.f32")?;
+        if weights.len() != dim * dim {
+            return Err(ModelError::Weights {
+                path: dir.join("W.f32").display().to_string(),
+                reason: format!("{} floats, expected D×D = {}", weights.len(), dim * dim),
+            });
+        }
+        let embeddings = read("E.f32")?;
+        if embeddings.len() % dim != 0 {
+            return Err(ModelError::Weights {
+                path: dir.join("E.f32").display().to_string(),
+                reason: format!("{} floats is not a multiple of D = {dim}", embeddings.len()),
+            });
+        }
+        Ok(Self {
+            vocab: embeddings.len() / dim,
+            dim,
+            embeddings,
+            weights,
+            bias,
+        })
+    }
+
+    /// `V`.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// `D`.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The raw weights `(E, W, b)`, e.g. to upload to a device.
+    pub fn weights(&self) -> (&[f32], &[f32], &[f32]) {
+        (&self.embeddings, &self.weights, &self.bias)
+    }
+
+    /// Checks every token id is in the vocabulary.
+    pub fn check(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        match tokens.iter().find(|&&t| t as usize >= self.vocab) {
+            Some(&token) => Err(ModelError::TokenOutOfRange {
+                token,
+                vocab: self.vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// One request. An empty request pools to the zero vector.
+    pub fn forward(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        Ok(self.forward_batch(&[tokens])?.remove(0))
+    }
+
+    /// A batch: gather and mean per request, then one `(B×D)·(D×D)`.
+    ///
+    /// ```
+    /// let m = convoy::model::PoolDense::seeded(50, 4, 1).unwrap();
+    /// let batch = m.forward_batch(&[&[1u32, 2][..], &[], &[49]]).unwrap();
+    /// assert_eq!(batch[0], m.forward(&[1, 2]).unwrap());
+    /// assert!(m.forward_batch(&[&[50u32][..]]).is_err()); // out of range
+    /// ```
+    pub fn forward_batch<T: AsRef<[u32]>>(&self, batch: &[T]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let d = self.dim;
+        let mut pooled = vec![0f32; batch.len() * d];
+        for (row, tokens) in pooled.chunks_exact_mut(d).zip(batch) {
+            let tokens = tokens.as_ref();
+            self.check(tokens)?;
+            for &t in tokens {
+                let e = &self.embeddings[t as usize * d..(t as usize + 1) * d];
+                row.iter_mut().zip(e).for_each(|(r, x)| *r += x);
+            }
+            if !tokens.is_empty() {
+                let inv = 1.0 / tokens.len() as f32;
+                row.iter_mut().for_each(|r| *r *= inv);
+            }
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for row in pooled.chunks_exact(d) {
+            let mut y = self.bias.clone();
+            // i-k-j order: stream W's rows, accumulate into y.
+            for (k, &x) in row.iter().enumerate() {
+                if x == 0.0 {
+                    continue;
+                }
+                let w = &self.weights[k * d..(k + 1) * d];
+                y.iter_mut().zip(w).for_each(|(acc, wk)| *acc += x * wk);
+            }
+            y.iter_mut().for_each(|v| *v = gelu(*v));
+            out.push(y);
+        }
+        Ok(out)
+    }
+}
+
+impl Executor<Vec<u32>, Vec<f32>> for PoolDense {
+    fn execute(&self, _worker: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        self.forward_batch(inputs).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_naive_reference() {
+        let m = PoolDense::seeded(40, 6, 3).unwrap();
+        let tokens = [3u32, 39, 0, 3];
+        let (e, w, b) = m.weights();
+        let mut mean = [0f32; 6];
+        for &t in &tokens {
+            for j in 0..6 {
+                mean[j] += e[t as usize * 6 + j] / tokens.len() as f32;
+            }
+        }
+        let expect: Vec<f32> = (0..6)
+            .map(|j| gelu(b[j] + (0..6).map(|k| mean[k] * w[k * 6 + j]).sum::<f32>()))
+            .collect();
+        let got = m.forward(&tokens).unwrap();
+        for (g, x) in got.iter().zip(&expect) {
+            assert!((g - x).abs() <= 1e-5 * x.abs().max(1.0), "{g} vs {x}");
+        }
+    }
+
+    #[test]
+    fn empty_request_is_gelu_of_bias() {
+        let m = PoolDense::seeded(10, 4, 9).unwrap();
+        let expect: Vec<f32> = m.weights().2.iter().map(|&b| gelu(b)).collect();
+        assert_eq!(m.forward(&[]).unwrap(), expect);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        assert_eq!(
+            PoolDense::seeded(0, 4, 1).unwrap_err(),
+            ModelError::ZeroDimension { vocab: 0, dim: 4 }
+        );
+        let m = PoolDense::seeded(10, 4, 1).unwrap();
+        assert_eq!(
+            m.forward(&[10]).unwrap_err(),
+            ModelError::TokenOutOfRange {
+                token: 10,
+                vocab: 10
+            }
+        );
+        let missing = PoolDense::from_dir(Path::new("/nonexistent-convoy-dir")).unwrap_err();
+        assert!(matches!(missing, ModelError::Weights { .. }));
+    }
+
+    #[test]
+    fn round_trips_through_weight_files() {
+        let m = PoolDense::seeded(12, 4, 5).unwrap();
+        let dir = std::env::temp_dir().join(format!("convoy-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (e, w, b) = m.weights();
+        for (name, data) in [("E.f32", e), ("W.f32", w), ("b.f32", b)] {
+            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        let loaded = PoolDense::from_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(loaded, m);
+    }
+}
