@@ -16,7 +16,7 @@ pub enum DeadlineAction {
     Delay,
 }
 
-/// How a batch picks its worker.
+/// How a batch picks its worker; see `convoy::placement` for the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlacementPolicy {
     /// The worker with the most free slots (FIFO-fair across workers).
@@ -25,6 +25,12 @@ pub enum PlacementPolicy {
     /// Critical and High batches go to the fastest worker with room; the
     /// rest to the least loaded.
     Priority,
+    /// Requests close to their deadline go to the fastest worker.
+    SloAware,
+    /// The cheapest worker that meets the deadline.
+    CostOptimized,
+    /// Switches between cost, balance and SLO modes by load.
+    Adaptive,
 }
 
 /// Why a batch went where it went; recorded per batch, never a string.
@@ -32,8 +38,29 @@ pub enum PlacementPolicy {
 pub enum PlacementReason {
     /// Most free slots among workers with room.
     LeastLoaded,
-    /// Fastest worker with room, for urgent work.
+    /// Fastest worker with room, for Critical/High work (or as the fallback
+    /// when no worker meets a deadline).
     FastestForUrgent,
+    /// Fastest worker with room, for a request short of slack.
+    SloUrgent,
+    /// Cheapest worker, no deadline to meet.
+    Cheapest,
+    /// Cheapest worker whose estimated finish meets the deadline.
+    CheapestMeetingDeadline,
+}
+
+impl PlacementReason {
+    /// How many reasons there are.
+    pub const COUNT: usize = 5;
+
+    /// Every reason, in index order.
+    pub const ALL: [PlacementReason; PlacementReason::COUNT] = [
+        PlacementReason::LeastLoaded,
+        PlacementReason::FastestForUrgent,
+        PlacementReason::SloUrgent,
+        PlacementReason::Cheapest,
+        PlacementReason::CheapestMeetingDeadline,
+    ];
 }
 
 /// A worker's capacity per resource.
@@ -86,6 +113,9 @@ pub struct Config {
     pub deadline_action: [DeadlineAction; Priority::COUNT],
     /// Worker choice per batch.
     pub placement: PlacementPolicy,
+    /// A request with less time than this left to its deadline counts as
+    /// urgent (`SloAware`, `Adaptive`).
+    pub urgent_slack: Duration,
     /// The fleet. Empty means `cpu_workers` identical CPU workers.
     pub workers: Vec<WorkerSpec>,
     /// How many CPU workers when `workers` is empty (default: available
@@ -107,6 +137,7 @@ impl Default for Config {
             max_wait: Duration::from_millis(500),
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
             placement: PlacementPolicy::LeastLoaded,
+            urgent_slack: Duration::from_millis(50),
             workers: Vec::new(),
             cpu_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shutdown_timeout: Duration::from_secs(5),

@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{
-    Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy, PlacementReason, WorkerSpec,
-};
+use crate::config::{Capacity, Config, ConfigError, DeadlineAction, WorkerSpec};
 use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
 use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, IntakeError};
+use crate::ledger::Ledger;
 use crate::order::{Meta, Waiting};
 use crate::outcome::Failure;
+use crate::placement::{Candidate, Head, Placer};
 use crate::priority::{InsertPolicy, Priority};
 use crate::request::{Cost, Deadline, Request};
 use crate::ring;
@@ -184,6 +184,8 @@ struct Batch<I, O> {
 struct Release {
     worker: usize,
     amount: Capacity,
+    /// How long the batch ran, for placement's finish estimates.
+    took: Duration,
 }
 
 const RUNNING: u8 = 0;
@@ -315,16 +317,14 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             waiting: Waiting::new(self.config.max_wait),
             releases: release_rx,
             workers: worker_rings,
-            ledger: vec![
-                Capacity {
-                    slots: 0,
-                    tokens: 0,
-                    bytes: 0
-                };
-                specs.len()
-            ],
+            ledger: Ledger::new(specs.len()),
             batching: self.config.batching,
-            placement: self.config.placement,
+            placer: Placer::new(
+                self.config.placement,
+                self.config.urgent_slack,
+                self.config.batching.max_batch_size,
+                self.config.batching.max_batch_size.saturating_mul(8),
+            ),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
             seq: 0,
@@ -670,9 +670,9 @@ struct Collector<I, O> {
     releases: ring::Consumer<Release>,
     workers: Vec<WorkerLink<I, O>>,
     /// Reserved per worker: the collector's own, single-owner ledger.
-    ledger: Vec<Capacity>,
+    ledger: Ledger,
     batching: crate::config::BatchingConfig,
-    placement: PlacementPolicy,
+    placer: Placer,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     seq: u64,
@@ -680,12 +680,6 @@ struct Collector<I, O> {
     /// The last pass had a batch due but could place nothing: wait for a
     /// release (the doorbell) rather than for the queue delay.
     stalled: bool,
-}
-
-fn fits(cap: &Capacity, held: &Capacity, extra: &Capacity) -> bool {
-    held.slots + extra.slots <= cap.slots
-        && held.tokens + extra.tokens <= cap.tokens
-        && held.bytes.saturating_add(extra.bytes) <= cap.bytes
 }
 
 fn as_capacity(cost: Cost) -> Capacity {
@@ -700,12 +694,6 @@ fn add(a: &mut Capacity, b: &Capacity) {
     a.slots += b.slots;
     a.tokens += b.tokens;
     a.bytes = a.bytes.saturating_add(b.bytes);
-}
-
-fn sub(a: &mut Capacity, b: &Capacity) {
-    a.slots -= b.slots;
-    a.tokens -= b.tokens;
-    a.bytes -= b.bytes;
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -730,7 +718,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let closing = mode != RUNNING;
             self.launch(now_ns, closing);
 
-            let in_flight = self.ledger.iter().any(|c| c.slots > 0);
+            let in_flight = !self.ledger.is_idle();
             if closing
                 && self.shared.gate.is_drained()
                 && !self.intake.has_pending()
@@ -777,12 +765,18 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .workers
             .iter()
             .enumerate()
-            .any(|(i, w)| w.health == Health::Up && self.ledger[i].slots < w.spec.capacity.slots)
+            .any(|(i, w)| w.health == Health::Up && self.ledger.free_slots(i, &w.spec.capacity) > 0)
     }
 
     fn absorb_releases(&mut self) {
         while let Some(r) = self.releases.pop() {
-            sub(&mut self.ledger[r.worker], &r.amount);
+            // A release is the exact total a batch reserved, sent once by the
+            // worker that ran it; an over-release would be a convoy bug.
+            let over = self.ledger.release(r.worker, &r.amount);
+            debug_assert!(over.is_ok(), "{over:?}");
+            if let Some(w) = self.shared.fleet.load().workers.get(r.worker) {
+                self.placer.observe_batch(r.took, w.spec.speed);
+            }
         }
     }
 
@@ -847,29 +841,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
     }
 
-    fn choose_worker(
-        &self,
-        fleet: &Fleet,
-        cost: &Capacity,
-        level: Priority,
-    ) -> Option<(usize, PlacementReason)> {
-        let candidates = fleet.workers.iter().enumerate().filter(|(i, w)| {
-            w.health == Health::Up && fits(&w.spec.capacity, &self.ledger[*i], cost)
-        });
-        let urgent = level <= Priority::High;
-        if self.placement == PlacementPolicy::Priority && urgent {
-            return candidates
-                .max_by(|(ia, a), (ib, b)| a.spec.speed.total_cmp(&b.spec.speed).then(ib.cmp(ia)))
-                .map(|(i, _)| (i, PlacementReason::FastestForUrgent));
+    fn head(&self, meta: &Meta, cost: Capacity, now_ns: u64) -> Head {
+        Head {
+            level: meta.level,
+            cost,
+            slack: (meta.deadline != u64::MAX)
+                .then(|| Duration::from_nanos(meta.deadline.saturating_sub(now_ns))),
         }
-        candidates
-            .max_by_key(|(i, w)| {
-                (
-                    w.spec.capacity.slots - self.ledger[*i].slots,
-                    std::cmp::Reverse(*i),
-                )
-            })
-            .map(|(i, _)| (i, PlacementReason::LeastLoaded))
     }
 
     fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -877,6 +855,24 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         /// fit before the pass stops looking.
         const MAX_DEFERRED: usize = 16;
         let fleet = self.shared.fleet.load_full();
+        let candidates: Vec<Candidate<'_>> = fleet
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(index, w)| Candidate {
+                index,
+                spec: &w.spec,
+                up: w.health == Health::Up,
+            })
+            .collect();
+        let urgent_waiting = self
+            .waiting
+            .next_deadline()
+            .is_some_and(|d| d.saturating_sub(now_ns) < self.placer.urgent_slack.as_nanos() as u64);
+        self.placer.update_load(self.waiting.len(), urgent_waiting);
+        self.shared
+            .counters
+            .set_adaptive_switches(self.placer.switches().0);
         let mut deferred: Vec<(Entry<I, O>, Meta)> = Vec::new();
         let mut admissions = Vec::new();
         let was_stalled = std::mem::replace(&mut self.stalled, false);
@@ -894,7 +890,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     continue;
                 }
                 let cost = as_capacity(job.cost);
-                match self.choose_worker(&fleet, &cost, meta.level) {
+                let head = self.head(&meta, cost, now_ns);
+                match self.placer.place(&candidates, &self.ledger, &head) {
                     Some((w, reason)) => {
                         self.shared.counters.placement(reason);
                         if aged {
@@ -910,7 +907,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                             },
                         };
                         add(&mut b.reserved, &cost);
-                        add(&mut self.ledger[w], &cost);
+                        let reserved =
+                            self.ledger
+                                .reserve(w, &fleet.workers[w].spec.capacity, &cost);
+                        debug_assert!(
+                            reserved,
+                            "placement only offers workers where the head fits"
+                        );
                         b.inputs.push(job.input);
                         b.completers.push((job.completer, meta.level));
                         admissions.push(adm);
@@ -948,7 +951,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 let cost = as_capacity(job.cost);
                 let batch_tokens_ok =
                     batch.reserved.tokens + cost.tokens <= self.batching.max_batch_tokens;
-                if !batch_tokens_ok || !fits(&cap, &self.ledger[worker], &cost) {
+                if !batch_tokens_ok || !self.ledger.reserve(worker, &cap, &cost) {
                     deferred.push(((job, adm), meta));
                     skipped += 1;
                     continue;
@@ -957,7 +960,6 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     self.shared.counters.aging_promotion();
                 }
                 add(&mut batch.reserved, &cost);
-                add(&mut self.ledger[worker], &cost);
                 batch.inputs.push(job.input);
                 batch.completers.push((job.completer, meta.level));
                 admissions.push(adm);
@@ -967,7 +969,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             if let Err(ring::Full(batch)) = link.jobs.push(batch) {
                 // The ring holds one batch per slot; only a capacity raised
                 // past the ring's size at run time gets here.
-                sub(&mut self.ledger[worker], &batch.reserved);
+                let undone = self.ledger.release(worker, &batch.reserved);
+                debug_assert!(undone.is_ok(), "{undone:?}");
                 fail_batch(&self.shared, batch.completers, "worker queue full");
             } else {
                 link.thread.unpark();
@@ -1050,6 +1053,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             completers,
             reserved,
         } = batch;
+        let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.executor.execute(self.index, &inputs)
         }));
@@ -1098,6 +1102,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         let mut release = Release {
             worker: self.index,
             amount: reserved,
+            took: started.elapsed(),
         };
         // The release ring holds one entry per slot of the whole fleet, so it
         // has room; should it not, wait for the collector rather than lose a

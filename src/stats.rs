@@ -25,7 +25,8 @@ pub(crate) struct Counters {
     batched_requests: AtomicU64,
     shortfall: AtomicU64,
     aging_promotions: AtomicU64,
-    placements: [AtomicU64; 2],
+    placements: [AtomicU64; PlacementReason::COUNT],
+    adaptive_switches: AtomicU64,
 }
 
 impl Counters {
@@ -37,11 +38,16 @@ impl Counters {
             shortfall: AtomicU64::new(0),
             aging_promotions: AtomicU64::new(0),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
+            adaptive_switches: AtomicU64::new(0),
         }
     }
 
     pub fn placement(&self, reason: PlacementReason) {
         self.placements[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_adaptive_switches(&self, n: u64) {
+        self.adaptive_switches.store(n, Ordering::Relaxed);
     }
 
     pub fn ended(&self, p: Priority, how: Ended, n: u64) {
@@ -82,10 +88,8 @@ impl Counters {
             capacity_shortfall: self.shortfall.load(Ordering::Relaxed),
             aging_promotions: self.aging_promotions.load(Ordering::Relaxed),
             batch_insertions: intake.batch_insertions,
-            placed_least_loaded: self.placements[PlacementReason::LeastLoaded as usize]
-                .load(Ordering::Relaxed),
-            placed_fastest_for_urgent: self.placements[PlacementReason::FastestForUrgent as usize]
-                .load(Ordering::Relaxed),
+            placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
+            adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
         }
     }
 }
@@ -137,13 +141,18 @@ pub struct Stats {
     pub aging_promotions: u64,
     /// `submit_batch` calls that inserted at least one request.
     pub batch_insertions: u64,
-    /// Batches placed for [`PlacementReason::LeastLoaded`].
-    pub placed_least_loaded: u64,
-    /// Batches placed for [`PlacementReason::FastestForUrgent`].
-    pub placed_fastest_for_urgent: u64,
+    /// Batches placed per reason, indexed by `PlacementReason as usize`.
+    pub placements: [u64; PlacementReason::COUNT],
+    /// Mode switches of the `Adaptive` policy.
+    pub adaptive_switches: u64,
 }
 
 impl Stats {
+    /// Batches placed for `reason`.
+    pub fn placed(&self, reason: PlacementReason) -> u64 {
+        self.placements[reason as usize]
+    }
+
     /// One level's counts.
     pub fn of(&self, p: Priority) -> PriorityStats {
         self.per_priority[p.index()]

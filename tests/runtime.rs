@@ -651,3 +651,134 @@ fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
     );
     assert!(total.refused > 0, "shutdown refused someone mid-load");
 }
+
+fn priced(name: &str, slots: u32, speed: f64, cost: f64) -> WorkerSpec {
+    WorkerSpec {
+        name: name.into(),
+        capacity: Capacity {
+            slots,
+            tokens: 1 << 20,
+            bytes: u64::MAX,
+        },
+        speed,
+        cost_per_hour: cost,
+    }
+}
+
+/// Every policy serves a mixed burst completely, and its placement reasons
+/// show it applied its own rule.
+#[test]
+fn placement_policies_serve_everything_by_their_rule() {
+    use convoy::{PlacementPolicy::*, PlacementReason as R};
+    for policy in [LeastLoaded, Priority, SloAware, CostOptimized, Adaptive] {
+        let mut cfg = config(
+            vec![priced("cheap", 16, 1.0, 1.0), priced("fast", 16, 4.0, 10.0)],
+            8,
+            1,
+        );
+        cfg.placement = policy;
+        cfg.urgent_slack = Duration::from_millis(500);
+        let rt = Runtime::builder()
+            .config(cfg)
+            .batch_fn(|xs: &[u32]| {
+                std::thread::sleep(Duration::from_micros(200));
+                xs.to_vec()
+            })
+            .build()
+            .unwrap();
+        let h = rt.handle();
+        let tickets: Vec<_> = (0..600u32)
+            .map(|i| {
+                let p = convoy::Priority::ALL[(i % 5) as usize];
+                let mut r = Request::new(i).priority(p);
+                if i % 3 == 0 {
+                    r = r.deadline(Duration::from_secs(5));
+                }
+                h.submit(r).unwrap()
+            })
+            .collect();
+        for (i, t) in tickets.into_iter().enumerate() {
+            assert_eq!(t.wait(), Ok(i as u32), "{policy:?}");
+        }
+        rt.shutdown();
+        let s = rt.stats();
+        let placed: u64 = s.placements.iter().sum();
+        assert_eq!(placed, s.batches, "{policy:?}: every batch has a reason");
+        match policy {
+            LeastLoaded => assert_eq!(s.placed(R::LeastLoaded), s.batches),
+            Priority => assert!(s.placed(R::FastestForUrgent) > 0 && s.placed(R::LeastLoaded) > 0),
+            SloAware => assert_eq!(s.placed(R::SloUrgent) + s.placed(R::LeastLoaded), s.batches),
+            CostOptimized => assert_eq!(
+                s.placed(R::Cheapest)
+                    + s.placed(R::CheapestMeetingDeadline)
+                    + s.placed(R::FastestForUrgent),
+                s.batches
+            ),
+            Adaptive => assert!(
+                s.adaptive_switches >= 1,
+                "the burst moved Adaptive off its start mode"
+            ),
+        }
+    }
+}
+
+/// A drained worker takes no new batch; capacity changes are checked.
+#[test]
+fn fleet_changes_apply_at_run_time() {
+    struct Record(Arc<Mutex<Vec<usize>>>);
+    impl convoy::Executor<u32, u32> for Record {
+        fn execute(&self, worker: usize, xs: &[u32]) -> Result<Vec<u32>, String> {
+            self.0.lock().unwrap().push(worker);
+            Ok(xs.to_vec())
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rt = Runtime::builder()
+        .config(config(vec![worker(8, 1 << 20), worker(8, 1 << 20)], 4, 0))
+        .executor(Record(seen.clone()))
+        .build()
+        .unwrap();
+    rt.set_health(1, convoy::Health::Draining).unwrap();
+    let h = rt.handle();
+    let ts: Vec<_> = (0..200)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    assert!(
+        seen.lock().unwrap().iter().all(|&w| w == 0),
+        "draining worker 1 got work"
+    );
+    rt.set_health(1, convoy::Health::Up).unwrap();
+    rt.set_health(0, convoy::Health::Down).unwrap();
+    seen.lock().unwrap().clear();
+    let ts: Vec<_> = (0..200)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    assert!(seen.lock().unwrap().iter().all(|&w| w == 1));
+    assert!(rt.set_health(7, convoy::Health::Up).is_err());
+    assert!(rt
+        .set_capacity(
+            0,
+            Capacity {
+                slots: 0,
+                tokens: 1,
+                bytes: 0
+            }
+        )
+        .is_err());
+    rt.set_capacity(
+        1,
+        Capacity {
+            slots: 1,
+            tokens: 5,
+            bytes: u64::MAX,
+        },
+    )
+    .unwrap();
+    // A cost that no longer fits any Up worker is refused at submit.
+    let e = h.submit(Request::new(1).tokens(6)).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
+    assert_eq!(h.submit(Request::new(2).tokens(5)).unwrap().wait(), Ok(2));
+    rt.shutdown();
+}
