@@ -35,7 +35,8 @@ use crate::priority::Priority;
 
 /// What ordering needs to know about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Meta {
+pub struct Meta {
+    /// Its priority level.
     pub level: Priority,
     /// Nanoseconds since the runtime's epoch.
     pub arrival: u64,
@@ -43,6 +44,7 @@ pub(crate) struct Meta {
     pub deadline: u64,
     /// Expire (fail) at the deadline, rather than use it only to order.
     pub expires: bool,
+    /// Inserted with `InsertPolicy::Front`.
     pub front: bool,
     /// Arrival sequence, the final tie-breaker (unique per request).
     pub seq: u64,

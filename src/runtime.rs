@@ -27,10 +27,10 @@ use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
 use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, IntakeError};
-use crate::ledger::Ledger;
-use crate::order::{Meta, Waiting};
+use crate::order::Meta;
 use crate::outcome::Failure;
-use crate::placement::{Candidate, Head, Placer};
+use crate::placement::{Candidate, Placer};
+use crate::planner::{Formed, Plan, Plannable, Planner};
 use crate::priority::{InsertPolicy, Priority};
 use crate::request::{Cost, Deadline, Request};
 use crate::ring;
@@ -314,22 +314,27 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
         let collector = Collector {
             shared: shared.clone(),
             intake: intake_rx,
-            waiting: Waiting::new(self.config.max_wait),
+            planner: Planner::new(
+                specs.len(),
+                self.config.max_wait,
+                self.config.batching.max_batch_size,
+                self.config.batching.max_batch_tokens,
+                Placer::new(
+                    self.config.placement,
+                    self.config.urgent_slack,
+                    self.config.batching.max_batch_size,
+                    self.config.batching.max_batch_size.saturating_mul(8),
+                ),
+            ),
             releases: release_rx,
             workers: worker_rings,
-            ledger: Ledger::new(specs.len()),
             batching: self.config.batching,
-            placer: Placer::new(
-                self.config.placement,
-                self.config.urgent_slack,
-                self.config.batching.max_batch_size,
-                self.config.batching.max_batch_size.saturating_mul(8),
-            ),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
             seq: 0,
             drained: Vec::new(),
             stalled: false,
+            short_last_pass: false,
         };
         let collector = std::thread::Builder::new()
             .name("convoy-collector".into())
@@ -666,13 +671,11 @@ type Entry<I, O> = (Job<I, O>, Admission);
 struct Collector<I, O> {
     shared: Arc<Shared>,
     intake: IntakeConsumer<Job<I, O>>,
-    waiting: Waiting<Entry<I, O>>,
+    planner: Planner<Entry<I, O>>,
     releases: ring::Consumer<Release>,
     workers: Vec<WorkerLink<I, O>>,
-    /// Reserved per worker: the collector's own, single-owner ledger.
-    ledger: Ledger,
+
     batching: crate::config::BatchingConfig,
-    placer: Placer,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     seq: u64,
@@ -680,6 +683,8 @@ struct Collector<I, O> {
     /// The last pass had a batch due but could place nothing: wait for a
     /// release (the doorbell) rather than for the queue delay.
     stalled: bool,
+    /// The last pass met a request that fitted no worker (shortfall episode).
+    short_last_pass: bool,
 }
 
 fn as_capacity(cost: Cost) -> Capacity {
@@ -688,12 +693,6 @@ fn as_capacity(cost: Cost) -> Capacity {
         tokens: u64::from(cost.tokens),
         bytes: cost.bytes,
     }
-}
-
-fn add(a: &mut Capacity, b: &Capacity) {
-    a.slots += b.slots;
-    a.tokens += b.tokens;
-    a.bytes = a.bytes.saturating_add(b.bytes);
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -718,11 +717,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let closing = mode != RUNNING;
             self.launch(now_ns, closing);
 
-            let in_flight = !self.ledger.is_idle();
+            let in_flight = !self.planner.ledger().is_idle();
             if closing
                 && self.shared.gate.is_drained()
                 && !self.intake.has_pending()
-                && self.waiting.is_empty()
+                && self.planner.waiting.is_empty()
                 && !in_flight
             {
                 break;
@@ -739,10 +738,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     fn sleep(&mut self, now_ns: u64, closing: bool) {
         let mut timeout = Duration::from_millis(50);
-        if let Some(d) = self.waiting.next_deadline() {
+        if let Some(d) = self.planner.waiting.next_deadline() {
             timeout = timeout.min(Duration::from_nanos(d.saturating_sub(now_ns)));
         }
-        if let Some(a) = self.waiting.oldest_arrival().filter(|_| !self.stalled) {
+        if let Some(a) = self
+            .planner
+            .waiting
+            .oldest_arrival()
+            .filter(|_| !self.stalled)
+        {
             let due = a.saturating_add(self.batching.max_queue_delay.as_nanos() as u64);
             timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
         }
@@ -759,23 +763,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
     }
 
-    fn has_free_worker(&self) -> bool {
-        let fleet = self.shared.fleet.load();
-        fleet
-            .workers
-            .iter()
-            .enumerate()
-            .any(|(i, w)| w.health == Health::Up && self.ledger.free_slots(i, &w.spec.capacity) > 0)
-    }
-
     fn absorb_releases(&mut self) {
         while let Some(r) = self.releases.pop() {
             // A release is the exact total a batch reserved, sent once by the
             // worker that ran it; an over-release would be a convoy bug.
-            let over = self.ledger.release(r.worker, &r.amount);
+            let over = self.planner.release(r.worker, &r.amount);
             debug_assert!(over.is_ok(), "{over:?}");
             if let Some(w) = self.shared.fleet.load().workers.get(r.worker) {
-                self.placer.observe_batch(r.took, w.spec.speed);
+                self.planner
+                    .placer_mut()
+                    .observe_batch(r.took, w.spec.speed);
             }
         }
     }
@@ -794,13 +791,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 front: d.front,
                 seq: self.seq,
             };
-            self.waiting.insert((job, d.admission), meta);
+            self.planner.waiting.insert((job, d.admission), meta);
         }
     }
 
     fn expire(&mut self, now_ns: u64) {
         let mut admissions = Vec::new();
-        while let Some(((job, adm), meta)) = self.waiting.pop_expired(now_ns) {
+        while let Some(((job, adm), meta)) = self.planner.waiting.pop_expired(now_ns) {
             admissions.push(adm);
             let how = match job.completer.complete(Err(Failure::Expired)) {
                 Ok(()) => Ended::Expired,
@@ -813,7 +810,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     fn fail_all_waiting(&mut self) {
         self.drain_intake(u64::MAX);
-        let all = self.waiting.drain_all();
+        let all = self.planner.waiting.drain_all();
         let mut admissions = Vec::with_capacity(all.len());
         for ((job, adm), meta) in all {
             admissions.push(adm);
@@ -829,31 +826,20 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// Whether a batch should be formed now: full, or its oldest request
     /// has waited `max_queue_delay`, or we are closing.
     fn batch_due(&mut self, now_ns: u64, closing: bool) -> bool {
-        if self.waiting.is_empty() {
+        if self.planner.waiting.is_empty() {
             return false;
         }
-        if closing || self.waiting.len() >= self.batching.max_batch_size {
+        if closing || self.planner.waiting.len() >= self.batching.max_batch_size {
             return true;
         }
         let delay = u64::try_from(self.batching.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
-        self.waiting
+        self.planner
+            .waiting
             .oldest_arrival()
             .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
     }
 
-    fn head(&self, meta: &Meta, cost: Capacity, now_ns: u64) -> Head {
-        Head {
-            level: meta.level,
-            cost,
-            slack: (meta.deadline != u64::MAX)
-                .then(|| Duration::from_nanos(meta.deadline.saturating_sub(now_ns))),
-        }
-    }
-
     fn launch(&mut self, now_ns: u64, closing: bool) {
-        /// How many requests in a row may be set aside because they do not
-        /// fit before the pass stops looking.
-        const MAX_DEFERRED: usize = 16;
         let fleet = self.shared.fleet.load_full();
         let candidates: Vec<Candidate<'_>> = fleet
             .workers
@@ -865,126 +851,96 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 up: w.health == Health::Up,
             })
             .collect();
+        let urgent_slack = self.planner.placer_mut().urgent_slack.as_nanos() as u64;
         let urgent_waiting = self
+            .planner
             .waiting
             .next_deadline()
-            .is_some_and(|d| d.saturating_sub(now_ns) < self.placer.urgent_slack.as_nanos() as u64);
-        self.placer.update_load(self.waiting.len(), urgent_waiting);
-        self.shared
-            .counters
-            .set_adaptive_switches(self.placer.switches().0);
-        let mut deferred: Vec<(Entry<I, O>, Meta)> = Vec::new();
+            .is_some_and(|d| d.saturating_sub(now_ns) < urgent_slack);
+        let waiting = self.planner.len();
+        let placer = self.planner.placer_mut();
+        placer.update_load(waiting, urgent_waiting);
+        let switches = placer.switches().0;
+        self.shared.counters.set_adaptive_switches(switches);
+
+        let mut abandoned = Vec::new();
         let mut admissions = Vec::new();
-        let was_stalled = std::mem::replace(&mut self.stalled, false);
-        'batches: while self.batch_due(now_ns, closing) {
-            // The head decides the worker.
-            let (worker, mut batch) = loop {
-                let Some((entry, meta, aged)) = self.waiting.pop(now_ns) else {
-                    break 'batches;
-                };
-                let (job, adm) = entry;
-                if job.completer.is_cancelled() {
-                    admissions.push(adm);
-                    drop(job.completer.complete(Err(Failure::Cancelled)));
-                    self.shared.counters.ended(meta.level, Ended::Cancelled, 1);
-                    continue;
-                }
-                let cost = as_capacity(job.cost);
-                let head = self.head(&meta, cost, now_ns);
-                match self.placer.place(&candidates, &self.ledger, &head) {
-                    Some((w, reason)) => {
-                        self.shared.counters.placement(reason);
-                        if aged {
-                            self.shared.counters.aging_promotion();
-                        }
-                        let mut b = Batch {
-                            inputs: Vec::with_capacity(self.batching.max_batch_size),
-                            completers: Vec::with_capacity(self.batching.max_batch_size),
-                            reserved: Capacity {
-                                slots: 0,
-                                tokens: 0,
-                                bytes: 0,
-                            },
-                        };
-                        add(&mut b.reserved, &cost);
-                        let reserved =
-                            self.ledger
-                                .reserve(w, &fleet.workers[w].spec.capacity, &cost);
-                        debug_assert!(
-                            reserved,
-                            "placement only offers workers where the head fits"
-                        );
-                        b.inputs.push(job.input);
-                        b.completers.push((job.completer, meta.level));
-                        admissions.push(adm);
-                        break (w, b);
-                    }
-                    None => {
-                        // One signal per episode: the first pass that finds
-                        // the most urgent request fitting no worker.
-                        if !was_stalled {
-                            self.shared.counters.shortfall();
-                            if let Some(f) = &self.on_shortfall {
-                                f(job.cost);
-                            }
-                        }
-                        deferred.push(((job, adm), meta));
-                        if deferred.len() >= MAX_DEFERRED || !self.has_free_worker() {
-                            self.stalled = true;
-                            break 'batches;
-                        }
-                    }
-                }
+        let mut short_now = false;
+        self.stalled = false;
+        while self.batch_due(now_ns, closing) {
+            let (formed, shortfall) = match self.planner.form(now_ns, &candidates, &mut abandoned) {
+                Plan::Batch { formed, shortfall } => (Some(formed), shortfall),
+                Plan::Stalled { shortfall } => (None, Some(shortfall)),
+                Plan::Empty => (None, None),
             };
-            let cap = fleet.workers[worker].spec.capacity;
-            let mut skipped = 0;
-            while batch.inputs.len() < self.batching.max_batch_size && skipped < MAX_DEFERRED {
-                let Some(((job, adm), meta, aged)) = self.waiting.pop(now_ns) else {
-                    break;
-                };
-                if job.completer.is_cancelled() {
-                    admissions.push(adm);
-                    drop(job.completer.complete(Err(Failure::Cancelled)));
-                    self.shared.counters.ended(meta.level, Ended::Cancelled, 1);
-                    continue;
+            if let Some(cost) = shortfall {
+                // One signal per episode: consecutive passes that meet a
+                // request fitting no worker count once.
+                if !self.short_last_pass && !short_now {
+                    self.shared.counters.shortfall();
+                    if let Some(f) = &self.on_shortfall {
+                        f(Cost {
+                            tokens: u32::try_from(cost.tokens).unwrap_or(u32::MAX),
+                            bytes: cost.bytes,
+                        });
+                    }
                 }
-                let cost = as_capacity(job.cost);
-                let batch_tokens_ok =
-                    batch.reserved.tokens + cost.tokens <= self.batching.max_batch_tokens;
-                if !batch_tokens_ok || !self.ledger.reserve(worker, &cap, &cost) {
-                    deferred.push(((job, adm), meta));
-                    skipped += 1;
-                    continue;
-                }
-                if aged {
-                    self.shared.counters.aging_promotion();
-                }
-                add(&mut batch.reserved, &cost);
-                batch.inputs.push(job.input);
-                batch.completers.push((job.completer, meta.level));
-                admissions.push(adm);
+                short_now = true;
             }
-            self.shared.counters.batch(batch.inputs.len());
-            let link = &self.workers[worker];
-            if let Err(ring::Full(batch)) = link.jobs.push(batch) {
-                // The ring holds one batch per slot; only a capacity raised
-                // past the ring's size at run time gets here.
-                let undone = self.ledger.release(worker, &batch.reserved);
-                debug_assert!(undone.is_ok(), "{undone:?}");
-                fail_batch(&self.shared, batch.completers, "worker queue full");
-            } else {
-                link.thread.unpark();
-            }
-            // Put set-aside requests back before the next batch, so the next
-            // batch sees them in order (they may fit another worker).
-            for (entry, meta) in deferred.drain(..) {
-                self.waiting.insert(entry, meta);
-            }
+            let Some(formed) = formed else {
+                self.stalled = shortfall.is_some();
+                break;
+            };
+            self.launch_formed(formed, &mut admissions);
         }
-        for (entry, meta) in deferred {
-            self.waiting.insert(entry, meta);
+        self.short_last_pass = short_now;
+        for ((job, adm), meta) in abandoned {
+            admissions.push(adm);
+            drop(job.completer.complete(Err(Failure::Cancelled)));
+            self.shared.counters.ended(meta.level, Ended::Cancelled, 1);
         }
         self.intake.release_all(admissions);
+    }
+
+    /// Hands a formed batch to its worker.
+    fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, admissions: &mut Vec<Admission>) {
+        let counters = &self.shared.counters;
+        counters.placement(formed.reason);
+        for _ in 0..formed.aged {
+            counters.aging_promotion();
+        }
+        counters.batch(formed.items.len());
+        let mut batch = Batch {
+            inputs: Vec::with_capacity(formed.items.len()),
+            completers: Vec::with_capacity(formed.items.len()),
+            reserved: formed.reserved,
+        };
+        for ((job, adm), meta) in formed.items {
+            batch.inputs.push(job.input);
+            batch.completers.push((job.completer, meta.level));
+            admissions.push(adm);
+        }
+        let worker = formed.worker;
+        let link = &self.workers[worker];
+        if let Err(ring::Full(batch)) = link.jobs.push(batch) {
+            // The ring holds one batch per slot; only a capacity raised past
+            // the ring's size at run time gets here.
+            let undone = self.planner.release(worker, &batch.reserved);
+            debug_assert!(undone.is_ok(), "{undone:?}");
+            fail_batch(&self.shared, batch.completers, "worker queue full");
+        } else {
+            link.thread.unpark();
+        }
+    }
+}
+
+impl<I, O> Plannable for Entry<I, O> {
+    fn cost(&self) -> Capacity {
+        as_capacity(self.0.cost)
+    }
+
+    fn abandoned(&self) -> bool {
+        self.0.completer.is_cancelled()
     }
 }
 

@@ -1,0 +1,221 @@
+//! One batch decision: order, place, reserve. Single-owner and synchronous,
+//! so the collector runs it on its own data with no lock, and the `decide`
+//! bench measures exactly the code the collector runs.
+//!
+//! [`Planner::form`] pops requests in the [`order`](crate::order) rule. The
+//! first one that fits a worker (chosen by the placement policy) decides the
+//! worker, and the batch then fills with the next requests in order that fit
+//! both the batch limits and that worker's remaining capacity. A request
+//! that does not fit is set aside and put back afterwards, so it keeps its
+//! place. After [`MAX_DEFERRED`] set-asides in a row the pass stops, which
+//! bounds the work one decision can do.
+
+use crate::config::{Capacity, PlacementReason};
+use crate::ledger::{Ledger, OverRelease};
+use crate::order::{Meta, Waiting};
+use crate::placement::{Candidate, Head, Placer};
+use std::time::Duration;
+
+/// How many requests in a row a pass may set aside before it stops looking.
+pub const MAX_DEFERRED: usize = 16;
+
+/// What the planner needs to know about a waiting item.
+pub trait Plannable {
+    /// What it costs a worker while it runs.
+    fn cost(&self) -> Capacity;
+    /// Whether its caller gave up; it is then handed back unplanned.
+    fn abandoned(&self) -> bool {
+        false
+    }
+}
+
+/// A formed batch: reserved in the ledger, not yet launched.
+#[derive(Debug)]
+pub struct Formed<T> {
+    /// The worker it is reserved on.
+    pub worker: usize,
+    /// Why that worker.
+    pub reason: PlacementReason,
+    /// The requests, most urgent first.
+    pub items: Vec<(T, Meta)>,
+    /// The batch's total reservation (release exactly this when done).
+    pub reserved: Capacity,
+    /// How many were taken by the aging rule.
+    pub aged: u32,
+}
+
+/// What one call to [`Planner::form`] found.
+#[derive(Debug)]
+pub enum Plan<T> {
+    /// A batch to launch. `shortfall` is the cost of a more urgent request
+    /// that fitted no worker and was set aside, if any.
+    Batch {
+        /// The batch.
+        formed: Formed<T>,
+        /// A set-aside request's cost.
+        shortfall: Option<Capacity>,
+    },
+    /// Requests wait but none fits any worker now.
+    Stalled {
+        /// The most urgent set-aside request's cost.
+        shortfall: Capacity,
+    },
+    /// Nothing waits.
+    Empty,
+}
+
+/// The collector's batch-forming state.
+pub struct Planner<T> {
+    pub(crate) waiting: Waiting<T>,
+    ledger: Ledger,
+    placer: Placer,
+    max_batch_size: usize,
+    max_batch_tokens: u64,
+    deferred: Vec<(T, Meta)>,
+}
+
+impl<T: Plannable> Planner<T> {
+    /// A planner over `workers` workers.
+    pub fn new(
+        workers: usize,
+        max_wait: Duration,
+        max_batch_size: usize,
+        max_batch_tokens: u64,
+        placer: Placer,
+    ) -> Self {
+        Self {
+            waiting: Waiting::new(max_wait),
+            ledger: Ledger::new(workers),
+            placer,
+            max_batch_size,
+            max_batch_tokens,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Adds a waiting request.
+    pub fn insert(&mut self, item: T, meta: Meta) {
+        self.waiting.insert(item, meta);
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The placer (for load updates and batch timings).
+    pub fn placer_mut(&mut self) -> &mut Placer {
+        &mut self.placer
+    }
+
+    /// Gives a finished batch's reservation back.
+    pub fn release(&mut self, worker: usize, amount: &Capacity) -> Result<(), OverRelease> {
+        self.ledger.release(worker, amount)
+    }
+
+    /// Forms one batch at time `now_ns` over `workers`. Abandoned requests
+    /// met on the way are moved to `abandoned` (unplanned, unreserved).
+    pub fn form(
+        &mut self,
+        now_ns: u64,
+        workers: &[Candidate<'_>],
+        abandoned: &mut Vec<(T, Meta)>,
+    ) -> Plan<T> {
+        let mut shortfall = None;
+        // The head decides the worker.
+        let (worker, mut formed) = loop {
+            let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
+                return self.finish_without_batch(shortfall);
+            };
+            if item.abandoned() {
+                abandoned.push((item, meta));
+                continue;
+            }
+            let cost = item.cost();
+            let head = Head {
+                level: meta.level,
+                cost,
+                slack: (meta.deadline != u64::MAX)
+                    .then(|| Duration::from_nanos(meta.deadline.saturating_sub(now_ns))),
+            };
+            match self.placer.place(workers, &self.ledger, &head) {
+                Some((w, reason)) => {
+                    let fitted = self.ledger.reserve(w, &workers[w].spec.capacity, &cost);
+                    debug_assert!(fitted, "placement only offers workers where the head fits");
+                    let mut items = Vec::with_capacity(self.max_batch_size);
+                    items.push((item, meta));
+                    break (
+                        w,
+                        Formed {
+                            worker: w,
+                            reason,
+                            items,
+                            reserved: cost,
+                            aged: u32::from(aged),
+                        },
+                    );
+                }
+                None => {
+                    shortfall.get_or_insert(cost);
+                    self.deferred.push((item, meta));
+                    let any_room = workers
+                        .iter()
+                        .any(|c| c.up && self.ledger.free_slots(c.index, &c.spec.capacity) > 0);
+                    if self.deferred.len() >= MAX_DEFERRED || !any_room {
+                        return self.finish_without_batch(shortfall);
+                    }
+                }
+            }
+        };
+        let cap = workers[worker].spec.capacity;
+        let mut skipped = 0;
+        while formed.items.len() < self.max_batch_size && skipped < MAX_DEFERRED {
+            let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
+                break;
+            };
+            if item.abandoned() {
+                abandoned.push((item, meta));
+                continue;
+            }
+            let cost = item.cost();
+            let tokens_ok = formed.reserved.tokens + cost.tokens <= self.max_batch_tokens;
+            if !tokens_ok || !self.ledger.reserve(worker, &cap, &cost) {
+                self.deferred.push((item, meta));
+                skipped += 1;
+                continue;
+            }
+            formed.aged += u32::from(aged);
+            formed.reserved.slots += cost.slots;
+            formed.reserved.tokens += cost.tokens;
+            formed.reserved.bytes = formed.reserved.bytes.saturating_add(cost.bytes);
+            formed.items.push((item, meta));
+        }
+        self.put_back();
+        Plan::Batch { formed, shortfall }
+    }
+
+    fn finish_without_batch(&mut self, shortfall: Option<Capacity>) -> Plan<T> {
+        self.put_back();
+        match shortfall {
+            Some(shortfall) => Plan::Stalled { shortfall },
+            None => Plan::Empty,
+        }
+    }
+
+    /// Set-aside requests go back with their original order keys.
+    fn put_back(&mut self) {
+        for (item, meta) in self.deferred.drain(..) {
+            self.waiting.insert(item, meta);
+        }
+    }
+}
