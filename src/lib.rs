@@ -1,47 +1,61 @@
 //! convoy batches requests for GPU inference without a lock on the hot path.
 //!
-//! Many producer threads submit requests with a priority; one collector
-//! drains them from a sharded lock-free intake, forms batches and hands each
-//! request's outcome back through a one-shot [`Ticket`]. This crate is built
-//! up in layers; the ones here are:
+//! Many producer threads submit requests with a priority, a deadline and a
+//! cost; one collector thread drains them from a sharded lock-free intake,
+//! orders them (priority, aging, deadlines), places each batch on a worker
+//! whose capacity it reserves in its own ledger, and hands the batch to that
+//! worker. Every accepted request ends in exactly one [`Outcome`], delivered
+//! through its [`Ticket`] (blocking, timed, polled or `.await`ed).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use convoy::{Config, Failure, InsertPolicy, Priority, Request, Runtime};
+//!
+//! let rt = Runtime::builder()
+//!     .config(Config { cpu_workers: 2, ..Config::default() })
+//!     .batch_fn(|inputs: &[Vec<f32>]| -> Vec<Vec<f32>> {
+//!         inputs.iter().map(|v| v.iter().map(|x| x * 2.0).collect()).collect()
+//!     })
+//!     .build()?;
+//! let handle = rt.handle(); // Clone + Send + Sync
+//!
+//! let ticket = handle
+//!     .submit(Request::new(vec![1.0, 2.0]).priority(Priority::High).deadline(Duration::from_millis(500)))
+//!     .expect("room in the queue");
+//! assert_eq!(ticket.wait(), Ok(vec![2.0, 4.0]));
+//!
+//! let tickets = handle
+//!     .submit_batch(vec![Request::new(vec![1.0]), Request::new(vec![3.0])], InsertPolicy::AllOrNothing)
+//!     .expect("room for both");
+//! assert_eq!(tickets.len(), 2);
+//!
+//! rt.shutdown(); // finishes what was accepted, refuses the rest
+//! assert!(matches!(
+//!     handle.submit(Request::new(vec![0.0])).map_err(|e| e.kind),
+//!     Err(convoy::SubmitErrorKind::ShuttingDown)
+//! ));
+//! let stats = rt.stats().total();
+//! assert_eq!(stats.inserted, stats.ended()); // nothing lost
+//! # let _ = Failure::Expired;
+//! # Ok::<(), convoy::BuildError>(())
+//! ```
+//!
+//! # Layers
 //!
 //! * [`ring`]: our bounded lock-free MPSC ring (push hands the value back
 //!   when full; all-or-nothing push of `k` items).
 //! * [`intake`]: `S` shards × 5 [`Priority`] levels of rings, with
-//!   [`InsertPolicy`] and lock-free statistics.
-//! * [`ticket`]: the one-shot completion slot (blocking wait, timed wait,
-//!   `try_take`, `cancel`, and `Future`).
-//! * `sync` (internal): the std/loom switch, so `loom-tests/` checks this very code.
-//!
-//! # Example
-//!
-//! A producer submits through the intake, the collector drains, runs the
-//! batch and completes each ticket:
-//!
-//! ```
-//! use convoy::intake::{Intake, IntakeConfig};
-//! use convoy::{ticket, InsertPolicy, Priority};
-//!
-//! let (intake, mut collector) = Intake::new(IntakeConfig { shards: 2, lane_capacity: 64 })?;
-//! let mut tickets = Vec::new();
-//! for x in 0..4u32 {
-//!     let (completer, ticket) = ticket::pair::<u32>();
-//!     let prio = if x % 2 == 0 { Priority::High } else { Priority::Low };
-//!     intake.push(prio, (x, completer), InsertPolicy::Enqueue).unwrap();
-//!     tickets.push(ticket);
-//! }
-//!
-//! let mut batch = Vec::new();
-//! collector.drain(64, &mut batch);
-//! for d in batch {
-//!     let (x, completer) = d.item;
-//!     collector.release(d.admission);
-//!     completer.complete(Ok(x * 10)).unwrap();
-//! }
-//! let outputs: Vec<_> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
-//! assert_eq!(outputs, [0, 10, 20, 30]);
-//! # Ok::<(), convoy::intake::IntakeError>(())
-//! ```
+//!   [`InsertPolicy`], an admission bound and lock-free statistics.
+//! * [`ticket`]: the one-shot completion slot.
+//! * [`order`]: the ordering rule and its starvation bound.
+//! * [`ledger`], [`placement`], [`planner`]: one batch decision (order,
+//!   place, reserve), single-owner.
+//! * [`Runtime`]: the collector and worker threads around them.
+//! * [`model`]: the built-in pool-dense model (CPU reference).
+//! * `sync` (internal): the std/loom switch, so `loom-tests/` checks this
+//!   very code.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
