@@ -87,6 +87,32 @@ pub struct WorkerSpec {
     pub cost_per_hour: f64,
 }
 
+impl WorkerSpec {
+    /// Checks capacity, speed and cost; `key` names the worker in errors.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("{key}.{f}");
+        if self.capacity.slots == 0 {
+            return Err(invalid(field("capacity.slots"), "must be at least 1"));
+        }
+        if self.capacity.tokens == 0 {
+            return Err(invalid(field("capacity.tokens"), "must be at least 1"));
+        }
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return Err(invalid(
+                field("speed"),
+                format!("{} is not a positive number", self.speed),
+            ));
+        }
+        if !(self.cost_per_hour.is_finite() && self.cost_per_hour >= 0.0) {
+            return Err(invalid(
+                field("cost_per_hour"),
+                format!("{} is not a non-negative number", self.cost_per_hour),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Batch limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchingConfig {
@@ -223,25 +249,7 @@ impl Config {
             ));
         }
         for (i, w) in self.workers.iter().enumerate() {
-            let key = |field: &str| format!("workers[{i}].{field}");
-            if w.capacity.slots == 0 {
-                return Err(invalid(key("capacity.slots"), "must be at least 1"));
-            }
-            if w.capacity.tokens == 0 {
-                return Err(invalid(key("capacity.tokens"), "must be at least 1"));
-            }
-            if !(w.speed.is_finite() && w.speed > 0.0) {
-                return Err(invalid(
-                    key("speed"),
-                    format!("{} is not a positive number", w.speed),
-                ));
-            }
-            if !(w.cost_per_hour.is_finite() && w.cost_per_hour >= 0.0) {
-                return Err(invalid(
-                    key("cost_per_hour"),
-                    format!("{} is not a non-negative number", w.cost_per_hour),
-                ));
-            }
+            w.validate(&format!("workers[{i}]"))?;
         }
         Ok(())
     }

@@ -54,6 +54,12 @@ impl Gate {
         self.state.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0
     }
 
+    /// Whether `close` has run.
+    pub fn is_closed(&self) -> bool {
+        // Acquire: a caller that sees the close also sees what preceded it.
+        self.state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
     /// After `close`: whether every submit that got in has left.
     pub fn is_drained(&self) -> bool {
         // Acquire: pairs with `Pass::drop`'s Release, so their pushes are

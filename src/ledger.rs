@@ -110,6 +110,12 @@ impl Ledger {
         self.reserved.iter().all(|c| *c == NOTHING)
     }
 
+    /// Tracks one more worker (index = the previous count), idle.
+    pub fn add_worker(&mut self) -> usize {
+        self.reserved.push(NOTHING);
+        self.reserved.len() - 1
+    }
+
     /// Number of workers tracked.
     pub fn workers(&self) -> usize {
         self.reserved.len()

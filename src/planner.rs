@@ -118,6 +118,11 @@ impl<T: Plannable> Planner<T> {
         &mut self.placer
     }
 
+    /// Tracks one more worker; returns its index.
+    pub fn add_worker(&mut self) -> usize {
+        self.ledger.add_worker()
+    }
+
     /// Gives a finished batch's reservation back.
     pub fn release(&mut self, worker: usize, amount: &Capacity) -> Result<(), OverRelease> {
         self.ledger.release(worker, amount)

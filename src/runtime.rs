@@ -15,7 +15,7 @@
 //! per collector pass; changing it is a control path behind a named mutex.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering as StdOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -122,6 +122,8 @@ pub enum Health {
 struct WorkerState {
     spec: WorkerSpec,
     health: Health,
+    /// Removed: `Down` for good; its thread exits once its work is done.
+    retired: bool,
 }
 
 /// The fleet snapshot the collector loads once per pass.
@@ -200,6 +202,10 @@ struct Shared {
     epoch: Instant,
     /// RUNNING, DRAINING or ABORTING; written by shutdown (control path).
     mode: AtomicU8,
+    /// Set by `add_worker`/`remove_worker`: the collector takes the new
+    /// links and retires workers on its next pass. The only thing the
+    /// collector reads of the control path on every pass.
+    fleet_changed: AtomicBool,
     max_batch_tokens: u64,
     deadline_action: [DeadlineAction; Priority::COUNT],
 }
@@ -271,11 +277,13 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
                     .map(|spec| WorkerState {
                         spec: spec.clone(),
                         health: Health::Up,
+                        retired: false,
                     })
                     .collect(),
             }),
             epoch: Instant::now(),
             mode: AtomicU8::new(RUNNING),
+            fleet_changed: AtomicBool::new(false),
             max_batch_tokens: self.config.batching.max_batch_tokens,
             deadline_action: self.config.deadline_action,
         });
@@ -283,32 +291,16 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
         let mut worker_threads = Vec::new();
         let mut worker_rings = Vec::new();
         for (index, spec) in specs.iter().enumerate() {
-            let depth = (spec.capacity.slots as usize)
-                .clamp(2, 1 << 16)
-                .next_power_of_two();
-            let (tx, rx) = ring::channel::<Batch<I, O>>(depth).map_err(|e| {
-                BuildError::Config(ConfigError::Invalid {
-                    key: format!("workers[{index}].capacity.slots"),
-                    reason: e.to_string(),
-                })
-            })?;
-            let worker = Worker {
-                index,
-                jobs: rx,
-                executor: executor.clone(),
-                releases: release_tx.clone(),
-                shared: shared.clone(),
-            };
-            let handle = std::thread::Builder::new()
-                .name(format!("convoy-{}", spec.name))
-                .spawn(move || worker.run())
-                .map_err(|e| BuildError::Spawn(e.to_string()))?;
-            worker_rings.push(WorkerLink {
-                jobs: tx,
-                thread: handle.thread().clone(),
-            });
+            let (link, handle) = spawn_worker(index, spec, &executor, &release_tx, &shared)?;
+            worker_rings.push(Some(link));
             worker_threads.push(handle);
         }
+        let new_links = Arc::new(Mutex::new(Vec::new()));
+        let spawner = Spawner {
+            executor,
+            releases: release_tx.clone(),
+            new_links: new_links.clone(),
+        };
         drop(release_tx);
 
         let collector = Collector {
@@ -328,6 +320,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             ),
             releases: release_rx,
             workers: worker_rings,
+            new_links,
             batching: self.config.batching,
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
@@ -351,7 +344,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
                 collector,
                 workers: worker_threads,
             })),
-            control: Mutex::new(()),
+            control: Mutex::new(spawner),
         })
     }
 }
@@ -381,9 +374,51 @@ pub struct Runtime<I, O> {
     shared: Arc<Shared>,
     /// Control path: joined once by shutdown.
     threads: Mutex<Option<Threads>>,
-    /// Control path: serialises fleet changes (never touched by submit or
-    /// the collector loop).
-    control: Mutex<()>,
+    /// Control path: serialises fleet changes and holds what adding a
+    /// worker needs (never touched by submit or the collector loop).
+    control: Mutex<Spawner<I, O>>,
+}
+
+/// What `add_worker` needs to start a worker like the others.
+struct Spawner<I, O> {
+    executor: Arc<dyn Executor<I, O>>,
+    releases: ring::Producer<Release>,
+    /// Links of added workers, waiting for the collector (control path).
+    new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
+}
+
+fn spawn_worker<I: Send + 'static, O: Send + 'static>(
+    index: usize,
+    spec: &WorkerSpec,
+    executor: &Arc<dyn Executor<I, O>>,
+    releases: &ring::Producer<Release>,
+    shared: &Arc<Shared>,
+) -> Result<(WorkerLink<I, O>, JoinHandle<()>), BuildError> {
+    let depth = (spec.capacity.slots as usize)
+        .clamp(2, 1 << 16)
+        .next_power_of_two();
+    let (tx, rx) = ring::channel::<Batch<I, O>>(depth).map_err(|e| {
+        BuildError::Config(ConfigError::Invalid {
+            key: format!("workers[{index}].capacity.slots"),
+            reason: e.to_string(),
+        })
+    })?;
+    let worker = Worker {
+        index,
+        jobs: rx,
+        executor: executor.clone(),
+        releases: releases.clone(),
+        shared: shared.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("convoy-{}", spec.name))
+        .spawn(move || worker.run())
+        .map_err(|e| BuildError::Spawn(e.to_string()))?;
+    let link = WorkerLink {
+        jobs: tx,
+        thread: handle.thread().clone(),
+    };
+    Ok((link, handle))
 }
 
 impl Runtime<(), ()> {
@@ -417,29 +452,97 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
                 reason: "slots and tokens must be at least 1".into(),
             });
         }
-        self.update_worker(worker, |w| w.spec.capacity = capacity)
+        self.update_worker(worker, |w| {
+            w.spec.capacity = capacity;
+            Ok(())
+        })
     }
 
-    /// Marks a worker up, draining or down (control path).
+    /// Marks a worker up, draining or down (control path). A removed worker
+    /// stays down.
     pub fn set_health(&self, worker: usize, health: Health) -> Result<(), ConfigError> {
-        self.update_worker(worker, |w| w.health = health)
+        self.update_worker(worker, |w| {
+            if w.retired && health != Health::Down {
+                return Err("the worker was removed".into());
+            }
+            w.health = health;
+            Ok(())
+        })
+    }
+
+    /// Starts one more worker like the others (same executor) and returns
+    /// its index. Control path: spawns a thread; the collector picks the
+    /// worker up on its next pass.
+    pub fn add_worker(&self, spec: WorkerSpec) -> Result<usize, BuildError> {
+        let spawner = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared.gate.is_closed() {
+            return Err(BuildError::Spawn("the runtime is shutting down".into()));
+        }
+        let mut fleet = Fleet::clone(&self.shared.fleet.load());
+        let index = fleet.workers.len();
+        spec.validate(&format!("workers[{index}]"))?;
+        let (link, handle) = spawn_worker(
+            index,
+            &spec,
+            &spawner.executor,
+            &spawner.releases,
+            &self.shared,
+        )?;
+        spawner
+            .new_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(link);
+        if let Some(t) = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            t.workers.push(handle);
+        }
+        fleet.workers.push(WorkerState {
+            spec,
+            health: Health::Up,
+            retired: false,
+        });
+        self.shared.fleet.store(Arc::new(fleet));
+        // Release: the link pushed above is visible to the collector's
+        // Acquire swap of the flag.
+        self.shared.fleet_changed.store(true, StdOrdering::Release);
+        self.shared.doorbell.ring();
+        Ok(index)
+    }
+
+    /// Removes a worker: it takes no new batch, finishes what it holds, and
+    /// its thread exits. Its index is not reused (control path).
+    pub fn remove_worker(&self, worker: usize) -> Result<(), ConfigError> {
+        self.update_worker(worker, |w| {
+            w.health = Health::Down;
+            w.retired = true;
+            Ok(())
+        })?;
+        self.shared.fleet_changed.store(true, StdOrdering::Release);
+        self.shared.doorbell.ring();
+        Ok(())
     }
 
     fn update_worker(
         &self,
         worker: usize,
-        f: impl FnOnce(&mut WorkerState),
+        f: impl FnOnce(&mut WorkerState) -> Result<(), String>,
     ) -> Result<(), ConfigError> {
         let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let mut fleet = Fleet::clone(&self.shared.fleet.load());
+        let key = format!("workers[{worker}]");
         let w = fleet
             .workers
             .get_mut(worker)
             .ok_or_else(|| ConfigError::Invalid {
-                key: format!("workers[{worker}]"),
+                key: key.clone(),
                 reason: "no such worker".into(),
             })?;
-        f(w);
+        f(w).map_err(|reason| ConfigError::Invalid { key, reason })?;
         self.shared.fleet.store(Arc::new(fleet));
         self.shared.doorbell.ring();
         Ok(())
@@ -673,7 +776,10 @@ struct Collector<I, O> {
     intake: IntakeConsumer<Job<I, O>>,
     planner: Planner<Entry<I, O>>,
     releases: ring::Consumer<Release>,
-    workers: Vec<WorkerLink<I, O>>,
+    /// `None` once a removed worker has been let go.
+    workers: Vec<Option<WorkerLink<I, O>>>,
+    /// Links of workers added at run time (control path, see `fleet_changed`).
+    new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
 
     batching: crate::config::BatchingConfig,
     shutdown_timeout: Duration,
@@ -703,6 +809,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let now = Instant::now();
             let now_ns = self.shared.ns_since_epoch(now);
             self.absorb_releases();
+            // Acquire: pairs with the Release in add/remove_worker.
+            if self.shared.fleet_changed.swap(false, StdOrdering::Acquire) {
+                self.apply_fleet_changes();
+            }
             let mode = self.shared.mode.load(StdOrdering::Acquire);
             self.drain_intake(now_ns);
             self.expire(now_ns);
@@ -730,7 +840,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
         // Drop the producing ends first, then wake: a worker that finds its
         // ring empty with no producer exits.
-        let threads: Vec<_> = self.workers.drain(..).map(|w| w.thread).collect();
+        let threads: Vec<_> = self.workers.drain(..).flatten().map(|w| w.thread).collect();
         for t in threads {
             t.unpark();
         }
@@ -761,6 +871,41 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared
             .doorbell
             .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
+    }
+
+    /// Takes links of added workers, and lets go of removed workers that
+    /// have nothing in flight (their thread then exits).
+    fn apply_fleet_changes(&mut self) {
+        let added: Vec<_> = self
+            .new_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for link in added {
+            self.planner.add_worker();
+            self.workers.push(Some(link));
+        }
+        let fleet = self.shared.fleet.load();
+        let mut waiting_on_retired = false;
+        for (i, w) in fleet.workers.iter().enumerate().take(self.workers.len()) {
+            if !w.retired || self.workers[i].is_none() {
+                continue;
+            }
+            if self.planner.ledger().reserved(i).slots == 0 {
+                if let Some(link) = self.workers[i].take() {
+                    let thread = link.thread.clone();
+                    drop(link);
+                    thread.unpark();
+                }
+            } else {
+                waiting_on_retired = true;
+            }
+        }
+        if waiting_on_retired {
+            // Look again after more releases.
+            self.shared.fleet_changed.store(true, StdOrdering::Relaxed);
+        }
     }
 
     fn absorb_releases(&mut self) {
@@ -841,14 +986,17 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     fn launch(&mut self, now_ns: u64, closing: bool) {
         let fleet = self.shared.fleet.load_full();
+        // Only workers whose link the collector holds: one added a moment ago
+        // is in the snapshot before its link arrives.
         let candidates: Vec<Candidate<'_>> = fleet
             .workers
             .iter()
             .enumerate()
+            .take(self.workers.len())
             .map(|(index, w)| Candidate {
                 index,
                 spec: &w.spec,
-                up: w.health == Health::Up,
+                up: w.health == Health::Up && self.workers[index].is_some(),
             })
             .collect();
         let urgent_slack = self.planner.placer_mut().urgent_slack.as_nanos() as u64;
@@ -921,7 +1069,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             admissions.push(adm);
         }
         let worker = formed.worker;
-        let link = &self.workers[worker];
+        let link = self.workers[worker]
+            .as_ref()
+            .expect("placement only offers workers whose link is held");
         if let Err(ring::Full(batch)) = link.jobs.push(batch) {
             // The ring holds one batch per slot; only a capacity raised past
             // the ring's size at run time gets here.

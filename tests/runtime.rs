@@ -780,5 +780,32 @@ fn fleet_changes_apply_at_run_time() {
     let e = h.submit(Request::new(1).tokens(6)).unwrap_err();
     assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
     assert_eq!(h.submit(Request::new(2).tokens(5)).unwrap().wait(), Ok(2));
+
+    // Add a worker, take the others out: the new one serves everything.
+    let added = rt.add_worker(worker(8, 1 << 20)).unwrap();
+    assert_eq!(added, 2);
+    rt.remove_worker(1).unwrap();
+    assert!(
+        rt.set_health(1, convoy::Health::Up).is_err(),
+        "a removed worker stays down"
+    );
+    seen.lock().unwrap().clear();
+    let ts: Vec<_> = (0..100)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    assert!(
+        seen.lock().unwrap().iter().all(|&w| w == 2),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let mut bad = worker(1, 1);
+    bad.speed = 0.0;
+    assert!(rt.add_worker(bad).is_err());
+    assert!(rt.remove_worker(9).is_err());
     rt.shutdown();
+    assert!(
+        rt.add_worker(worker(1, 1)).is_err(),
+        "no new worker after shutdown"
+    );
 }
