@@ -28,7 +28,7 @@ use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
 use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, IntakeError};
 use crate::order::Meta;
-use crate::outcome::Failure;
+use crate::outcome::{Failure, Outcome};
 use crate::placement::{Candidate, Placer};
 use crate::planner::{Formed, Plan, Plannable, Planner};
 use crate::priority::{InsertPolicy, Priority};
@@ -941,29 +941,34 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     fn expire(&mut self, now_ns: u64) {
-        let mut admissions = Vec::new();
-        while let Some(((job, adm), meta)) = self.planner.waiting.pop_expired(now_ns) {
-            admissions.push(adm);
-            let how = match job.completer.complete(Err(Failure::Expired)) {
-                Ok(()) => Ended::Expired,
-                Err(_) => Ended::Cancelled,
-            };
-            self.shared.counters.ended(meta.level, how, 1);
+        let mut expired = Vec::new();
+        while let Some(entry) = self.planner.waiting.pop_expired(now_ns) {
+            expired.push(entry);
         }
-        self.intake.release_all(admissions);
+        self.end_unlaunched(expired, Failure::Expired, Ended::Expired);
     }
 
     fn fail_all_waiting(&mut self) {
         self.drain_intake(u64::MAX);
         let all = self.planner.waiting.drain_all();
-        let mut admissions = Vec::with_capacity(all.len());
-        for ((job, adm), meta) in all {
+        self.end_unlaunched(all, Failure::ShutDown, Ended::ShutDown);
+    }
+
+    /// Ends requests that never launched with `failure`, counted as `how`
+    /// (or as cancelled when the ticket had already closed), and gives their
+    /// queue room back.
+    fn end_unlaunched(&mut self, entries: Vec<(Entry<I, O>, Meta)>, failure: Failure, how: Ended) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut admissions = Vec::with_capacity(entries.len());
+        for ((job, adm), meta) in entries {
             admissions.push(adm);
-            let how = match job.completer.complete(Err(Failure::ShutDown)) {
-                Ok(()) => Ended::ShutDown,
+            let ended = match job.completer.complete(Err(failure.clone())) {
+                Ok(()) => how,
                 Err(_) => Ended::Cancelled,
             };
-            self.shared.counters.ended(meta.level, how, 1);
+            self.shared.counters.ended(meta.level, ended, 1);
         }
         self.intake.release_all(admissions);
     }
@@ -1042,12 +1047,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.launch_formed(formed, &mut admissions);
         }
         self.short_last_pass = short_now;
-        for ((job, adm), meta) in abandoned {
-            admissions.push(adm);
-            drop(job.completer.complete(Err(Failure::Cancelled)));
-            self.shared.counters.ended(meta.level, Ended::Cancelled, 1);
-        }
         self.intake.release_all(admissions);
+        self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
     }
 
     /// Hands a formed batch to its worker.
@@ -1095,18 +1096,28 @@ impl<I, O> Plannable for Entry<I, O> {
 }
 
 fn fail_batch<O>(shared: &Shared, completers: Vec<(Completer<O>, Priority)>, why: &str) {
+    let failure = Failure::ExecutorFailed(why.to_owned());
+    let outcomes = completers
+        .into_iter()
+        .map(|(c, p)| (c, p, Err(failure.clone())));
+    deliver(shared, outcomes, Ended::Failed);
+}
+
+/// Delivers a launched batch's outcomes, counted as `how` per priority, or
+/// as cancelled where the ticket had closed (the result is dropped). One
+/// counter update per priority per batch, not per request.
+fn deliver<O>(
+    shared: &Shared,
+    outcomes: impl Iterator<Item = (Completer<O>, Priority, Outcome<O>)>,
+    how: Ended,
+) {
     let mut counts = [[0u64; 2]; Priority::COUNT];
-    for (c, p) in completers {
-        let i = match c.complete(Err(Failure::ExecutorFailed(why.to_owned()))) {
-            Ok(()) => 0,
-            Err(_) => 1,
-        };
-        counts[p.index()][i] += 1;
+    for (c, p, outcome) in outcomes {
+        let closed = usize::from(c.complete(outcome).is_err());
+        counts[p.index()][closed] += 1;
     }
     for p in Priority::ALL {
-        shared
-            .counters
-            .ended(p, Ended::Failed, counts[p.index()][0]);
+        shared.counters.ended(p, how, counts[p.index()][0]);
         shared
             .counters
             .ended(p, Ended::Cancelled, counts[p.index()][1]);
@@ -1166,22 +1177,11 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         drop(inputs);
         match result {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
-                let mut counts = [[0u64; 2]; Priority::COUNT];
-                for ((c, p), out) in completers.into_iter().zip(outputs) {
-                    let i = match c.complete(Ok(out)) {
-                        Ok(()) => 0,
-                        Err(_) => 1,
-                    };
-                    counts[p.index()][i] += 1;
-                }
-                for p in Priority::ALL {
-                    self.shared
-                        .counters
-                        .ended(p, Ended::Completed, counts[p.index()][0]);
-                    self.shared
-                        .counters
-                        .ended(p, Ended::Cancelled, counts[p.index()][1]);
-                }
+                let outcomes = completers
+                    .into_iter()
+                    .zip(outputs)
+                    .map(|((c, p), out)| (c, p, Ok(out)));
+                deliver(&self.shared, outcomes, Ended::Completed);
             }
             Ok(Ok(outputs)) => {
                 let why = format!(

@@ -55,6 +55,26 @@ impl Hold {
     }
 }
 
+/// One worker whose executor blocks on request 0 until `hold` opens, and
+/// records every input it runs.
+fn blocked_runtime() -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
+    let hold = Hold::default();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let (h2, r2) = (hold.clone(), ran.clone());
+    let rt = Runtime::builder()
+        .config(config(vec![worker(1, 1 << 20)], 1, 0))
+        .batch_fn(move |xs: &[u32]| {
+            if xs[0] == 0 {
+                h2.wait();
+            }
+            r2.lock().unwrap().extend_from_slice(xs);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    (rt, hold, ran)
+}
+
 /// Waits until `f` holds; fails the test after 10 s (a hang, not a timing).
 fn eventually(what: &str, f: impl Fn() -> bool) {
     let start = Instant::now();
@@ -224,20 +244,7 @@ fn mixed_workload_is_all_scheduled() {
 
 #[test]
 fn deadline_passing_in_queue_expires_without_running() {
-    let hold = Hold::default();
-    let ran = Arc::new(Mutex::new(Vec::new()));
-    let (h2, r2) = (hold.clone(), ran.clone());
-    let rt = Runtime::builder()
-        .config(config(vec![worker(1, 1 << 20)], 1, 0))
-        .batch_fn(move |xs: &[u32]| {
-            if xs[0] == 0 {
-                h2.wait();
-            }
-            r2.lock().unwrap().extend_from_slice(xs);
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
+    let (rt, hold, ran) = blocked_runtime();
     let h = rt.handle();
     let blocker = h.submit(Request::new(0)).unwrap();
     eventually("blocker running", || rt.stats().batches == 1);
@@ -255,20 +262,7 @@ fn deadline_passing_in_queue_expires_without_running() {
 
 #[test]
 fn cancel_before_launch_never_runs() {
-    let hold = Hold::default();
-    let ran = Arc::new(Mutex::new(Vec::new()));
-    let (h2, r2) = (hold.clone(), ran.clone());
-    let rt = Runtime::builder()
-        .config(config(vec![worker(1, 1 << 20)], 1, 0))
-        .batch_fn(move |xs: &[u32]| {
-            if xs[0] == 0 {
-                h2.wait();
-            }
-            r2.lock().unwrap().extend_from_slice(xs);
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
+    let (rt, hold, ran) = blocked_runtime();
     let h = rt.handle();
     let blocker = h.submit(Request::new(0)).unwrap();
     eventually("blocker running", || rt.stats().batches == 1);
