@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::sync::{thread, AtomicBool, Ordering};
 
+/// Wakes the collector; see the module docs for the protocol.
 pub struct Doorbell {
     /// Set by the collector just before it re-checks for work and parks.
     sleeping: AtomicBool,
@@ -24,6 +25,7 @@ pub struct Doorbell {
 }
 
 impl Doorbell {
+    /// A doorbell nobody sleeps on yet.
     pub fn new() -> Self {
         Self {
             sleeping: AtomicBool::new(false),

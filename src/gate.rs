@@ -12,6 +12,7 @@ use crate::sync::{AtomicUsize, Ordering};
 
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
+/// The submit gate; see the module docs for the protocol.
 pub struct Gate {
     state: AtomicUsize,
 }
@@ -28,6 +29,7 @@ impl Drop for Pass<'_> {
 }
 
 impl Gate {
+    /// An open gate.
     pub fn new() -> Self {
         Self {
             state: AtomicUsize::new(0),

@@ -241,10 +241,21 @@ struct Shared<T> {
     /// Per shard: batch insert operations that inserted at least one item.
     batch_insertions: Box<[CachePadded<AtomicU64>]>,
     shards: usize,
+    /// `shards - 1` when `shards` is a power of two.
+    shard_mask: Option<usize>,
     lane_capacity: usize,
 }
 
 impl<T> Shared<T> {
+    /// The shard after `shard`, wrapping; no division on the submit path.
+    fn next_shard(&self, shard: usize) -> usize {
+        if shard + 1 == self.shards {
+            0
+        } else {
+            shard + 1
+        }
+    }
+
     fn lane(&self, shard: usize, priority: Priority) -> &Lane<T> {
         &self.lanes[shard * Priority::COUNT + priority.index()]
     }
@@ -392,6 +403,7 @@ impl<T> Intake<T> {
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             shards: config.shards,
+            shard_mask: config.shards.is_power_of_two().then(|| config.shards - 1),
             lane_capacity: config.lane_capacity,
         });
         Ok((
@@ -408,7 +420,12 @@ impl<T> Intake<T> {
 
     /// This thread's home shard.
     fn home(&self) -> usize {
-        HOME.with(|h| *h) % self.shared.shards
+        let seed = HOME.with(|h| *h);
+        // A mask, not a division, when the shard count allows (the default).
+        match self.shared.shard_mask {
+            Some(mask) => seed & mask,
+            None => seed % self.shared.shards,
+        }
     }
 
     /// Submits one item at `priority`; hands it back when the level is full.
@@ -434,8 +451,11 @@ impl<T> Intake<T> {
             item,
             front: policy == InsertPolicy::Front,
         };
-        for i in 0..self.shared.shards {
-            let shard = (home + i) % self.shared.shards;
+        let mut shard = home;
+        for step in 0..self.shared.shards {
+            if step > 0 {
+                shard = self.shared.next_shard(shard);
+            }
             let lane = self.shared.lane(shard, priority);
             if !lane.try_hold(1, self.shared.lane_capacity) {
                 continue;
