@@ -185,6 +185,19 @@ pub enum ConfigError {
     /// The intake shape is invalid.
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// The TOML could not be read: syntax, an unknown key or a wrong type.
+    /// The message names the key and shows the line.
+    #[error("config: {message}")]
+    Parse {
+        /// The parser's account, with the key and line.
+        message: String,
+    },
+    /// `reload_config` was asked to change a knob that is fixed at build.
+    #[error("{key} cannot change while running (rebuild the runtime to change it)")]
+    Fixed {
+        /// The fixed key.
+        key: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -240,7 +253,7 @@ impl Config {
             return Err(invalid("batching.max_batch_tokens", "must be at least 1"));
         }
         if self.max_wait.is_zero() {
-            return Err(invalid("max_wait", "must be greater than 0"));
+            return Err(invalid("ordering.max_wait_ms", "must be greater than 0"));
         }
         if self.workers.is_empty() && self.cpu_workers == 0 {
             return Err(invalid(
@@ -252,5 +265,203 @@ impl Config {
             w.validate(&format!("workers[{i}]"))?;
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TOML files. A serde mirror of `Config`, so the file format can use plain
+// numbers for durations (`_ms` keys) and reject unknown keys, while `Config`
+// keeps typed `Duration`s. Every default comes from `Config::default()`.
+
+use serde::Deserialize;
+
+/// How a file spells a deadline action.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FileDeadlineAction {
+    Reject,
+    Delay,
+}
+
+/// How a file spells a placement policy.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FilePlacementPolicy {
+    LeastLoaded,
+    Priority,
+    SloAware,
+    CostOptimized,
+    Adaptive,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIntake {
+    shards: Option<usize>,
+    lane_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBatching {
+    max_batch_size: Option<usize>,
+    max_batch_tokens: Option<u64>,
+    max_queue_delay_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOrdering {
+    max_wait_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDeadlines {
+    critical: Option<FileDeadlineAction>,
+    high: Option<FileDeadlineAction>,
+    normal: Option<FileDeadlineAction>,
+    low: Option<FileDeadlineAction>,
+    background: Option<FileDeadlineAction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlacement {
+    policy: Option<FilePlacementPolicy>,
+    urgent_slack_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWorker {
+    name: Option<String>,
+    slots: u32,
+    tokens: u64,
+    bytes: Option<u64>,
+    speed: Option<f64>,
+    cost_per_hour: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    intake: Option<FileIntake>,
+    batching: Option<FileBatching>,
+    ordering: Option<FileOrdering>,
+    deadlines: Option<FileDeadlines>,
+    placement: Option<FilePlacement>,
+    cpu_workers: Option<usize>,
+    shutdown_timeout_ms: Option<f64>,
+    #[serde(default)]
+    workers: Vec<FileWorker>,
+}
+
+/// A duration in milliseconds from a file: finite and ≥ 0 (> 0 if `positive`).
+fn millis(key: &str, ms: f64, positive: bool) -> Result<Duration, ConfigError> {
+    if !ms.is_finite() || ms < 0.0 || (positive && ms == 0.0) {
+        let want = if positive {
+            "a positive"
+        } else {
+            "a non-negative"
+        };
+        return Err(invalid(
+            key,
+            format!("{ms} is not {want} number of milliseconds"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+impl Config {
+    /// Reads a config from TOML text. Unknown keys, wrong types and values
+    /// out of range are errors that name the key; missing keys take the
+    /// defaults of `Config::default()` (see `config/convoy.example.toml`).
+    ///
+    /// ```
+    /// let c = convoy::Config::from_toml_str("[batching]\nmax_batch_size = 32\n").unwrap();
+    /// assert_eq!(c.batching.max_batch_size, 32);
+    /// let e = convoy::Config::from_toml_str("[batching]\nmax_batch_sise = 32\n").unwrap_err();
+    /// assert!(e.to_string().contains("max_batch_sise"));
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            message: e.to_string(),
+        })?;
+        let mut c = Config::default();
+        if let Some(i) = file.intake {
+            c.intake.shards = i.shards.unwrap_or(c.intake.shards);
+            c.intake.lane_capacity = i.lane_capacity.unwrap_or(c.intake.lane_capacity);
+        }
+        if let Some(b) = file.batching {
+            c.batching.max_batch_size = b.max_batch_size.unwrap_or(c.batching.max_batch_size);
+            c.batching.max_batch_tokens = b.max_batch_tokens.unwrap_or(c.batching.max_batch_tokens);
+            if let Some(ms) = b.max_queue_delay_ms {
+                c.batching.max_queue_delay = millis("batching.max_queue_delay_ms", ms, false)?;
+            }
+        }
+        if let Some(ms) = file.ordering.and_then(|o| o.max_wait_ms) {
+            c.max_wait = millis("ordering.max_wait_ms", ms, true)?;
+        }
+        if let Some(d) = file.deadlines {
+            let levels = [d.critical, d.high, d.normal, d.low, d.background];
+            for (slot, action) in c.deadline_action.iter_mut().zip(levels) {
+                if let Some(a) = action {
+                    *slot = match a {
+                        FileDeadlineAction::Reject => DeadlineAction::Reject,
+                        FileDeadlineAction::Delay => DeadlineAction::Delay,
+                    };
+                }
+            }
+        }
+        if let Some(p) = file.placement {
+            if let Some(policy) = p.policy {
+                c.placement = match policy {
+                    FilePlacementPolicy::LeastLoaded => PlacementPolicy::LeastLoaded,
+                    FilePlacementPolicy::Priority => PlacementPolicy::Priority,
+                    FilePlacementPolicy::SloAware => PlacementPolicy::SloAware,
+                    FilePlacementPolicy::CostOptimized => PlacementPolicy::CostOptimized,
+                    FilePlacementPolicy::Adaptive => PlacementPolicy::Adaptive,
+                };
+            }
+            if let Some(ms) = p.urgent_slack_ms {
+                c.urgent_slack = millis("placement.urgent_slack_ms", ms, false)?;
+            }
+        }
+        c.cpu_workers = file.cpu_workers.unwrap_or(c.cpu_workers);
+        if let Some(ms) = file.shutdown_timeout_ms {
+            c.shutdown_timeout = millis("shutdown_timeout_ms", ms, false)?;
+        }
+        c.workers = file
+            .workers
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| WorkerSpec {
+                name: w.name.unwrap_or_else(|| format!("worker{i}")),
+                capacity: Capacity {
+                    slots: w.slots,
+                    tokens: w.tokens,
+                    bytes: w.bytes.unwrap_or(u64::MAX),
+                },
+                speed: w.speed.unwrap_or(1.0),
+                cost_per_hour: w.cost_per_hour.unwrap_or(0.0),
+            })
+            .collect();
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads a config from a TOML file; see [`from_toml_str`](Self::from_toml_str).
+    pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+            message: format!("{}: {e}", path.display()),
+        })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { message } => ConfigError::Parse {
+                message: format!("{}: {message}", path.display()),
+            },
+            other => other,
+        })
     }
 }

@@ -99,6 +99,14 @@ impl<T> Waiting<T> {
         }
     }
 
+    /// Changes `max_wait` (and so the aging step) for every request,
+    /// waiting or to come: ages are computed when a request is picked.
+    pub fn set_max_wait(&mut self, max_wait: Duration) {
+        let fresh = Self::new(max_wait);
+        self.max_wait = fresh.max_wait;
+        self.aging_step = fresh.aging_step;
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -105,6 +105,21 @@ impl Placer {
         }
     }
 
+    /// Changes the policy and its thresholds (a config reload); the
+    /// measured batch time and the switch count carry over.
+    pub fn set_policy(
+        &mut self,
+        policy: PlacementPolicy,
+        urgent_slack: Duration,
+        low_water: usize,
+        high_water: usize,
+    ) {
+        self.policy = policy;
+        self.urgent_slack = urgent_slack;
+        self.low_water = low_water;
+        self.high_water = high_water;
+    }
+
     /// Records a measured batch duration on a worker of `speed`.
     pub fn observe_batch(&mut self, took: Duration, speed: f64) {
         let at_unit_speed = took.as_nanos() as f64 * speed;

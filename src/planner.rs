@@ -98,6 +98,13 @@ impl<T: Plannable> Planner<T> {
         self.waiting.insert(item, meta);
     }
 
+    /// Changes the batch limits and `max_wait` (a config reload).
+    pub fn set_limits(&mut self, max_batch_size: usize, max_batch_tokens: u64, max_wait: Duration) {
+        self.max_batch_size = max_batch_size;
+        self.max_batch_tokens = max_batch_tokens;
+        self.waiting.set_max_wait(max_wait);
+    }
+
     /// Requests waiting.
     pub fn len(&self) -> usize {
         self.waiting.len()

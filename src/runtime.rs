@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Capacity, Config, ConfigError, DeadlineAction, WorkerSpec};
+use crate::config::{
+    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy, WorkerSpec,
+};
 use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
@@ -206,8 +208,30 @@ struct Shared {
     /// links and retires workers on its next pass. The only thing the
     /// collector reads of the control path on every pass.
     fleet_changed: AtomicBool,
-    max_batch_tokens: u64,
+    /// The knobs `reload_config` may change, swapped whole.
+    knobs: ArcSwap<Knobs>,
+}
+
+/// The runtime-changeable part of a `Config`.
+#[derive(Debug, Clone, PartialEq)]
+struct Knobs {
+    batching: BatchingConfig,
+    max_wait: Duration,
     deadline_action: [DeadlineAction; Priority::COUNT],
+    placement: PlacementPolicy,
+    urgent_slack: Duration,
+}
+
+impl Knobs {
+    fn of(c: &Config) -> Self {
+        Self {
+            batching: c.batching,
+            max_wait: c.max_wait,
+            deadline_action: c.deadline_action,
+            placement: c.placement,
+            urgent_slack: c.urgent_slack,
+        }
+    }
 }
 
 impl Shared {
@@ -284,8 +308,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             epoch: Instant::now(),
             mode: AtomicU8::new(RUNNING),
             fleet_changed: AtomicBool::new(false),
-            max_batch_tokens: self.config.batching.max_batch_tokens,
-            deadline_action: self.config.deadline_action,
+            knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
         });
 
         let mut worker_threads = Vec::new();
@@ -297,6 +320,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
         }
         let new_links = Arc::new(Mutex::new(Vec::new()));
         let spawner = Spawner {
+            config: self.config.clone(),
             executor,
             releases: release_tx.clone(),
             new_links: new_links.clone(),
@@ -321,7 +345,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             releases: release_rx,
             workers: worker_rings,
             new_links,
-            batching: self.config.batching,
+            applied: shared.knobs.load_full(),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
             seq: 0,
@@ -381,6 +405,8 @@ pub struct Runtime<I, O> {
 
 /// What `add_worker` needs to start a worker like the others.
 struct Spawner<I, O> {
+    /// The config as built or last reloaded, to tell fixed knobs apart.
+    config: Config,
     executor: Arc<dyn Executor<I, O>>,
     releases: ring::Producer<Release>,
     /// Links of added workers, waiting for the collector (control path).
@@ -468,6 +494,45 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             w.health = health;
             Ok(())
         })
+    }
+
+    /// Swaps the knobs that may change while running: batch limits and queue
+    /// delay, `max_wait` (aging), deadline actions, placement policy and
+    /// urgent slack. The collector takes them up on its next pass; requests
+    /// in flight are untouched and none is lost. A change to a fixed knob
+    /// (`intake`, `workers`, `cpu_workers`, `shutdown_timeout_ms`) or an
+    /// invalid value is refused and the running config stays as it was.
+    pub fn reload_config(&self, new: Config) -> Result<(), ConfigError> {
+        new.validate()?;
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let old = &control.config;
+        let fixed = [
+            ("intake", old.intake != new.intake),
+            ("workers", old.workers != new.workers),
+            ("cpu_workers", old.cpu_workers != new.cpu_workers),
+            (
+                "shutdown_timeout_ms",
+                old.shutdown_timeout != new.shutdown_timeout,
+            ),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(ConfigError::Fixed {
+                key: (*key).to_owned(),
+            });
+        }
+        self.shared.knobs.store(Arc::new(Knobs::of(&new)));
+        control.config = new;
+        self.shared.doorbell.ring();
+        Ok(())
+    }
+
+    /// The config as built or last reloaded (control path).
+    pub fn config(&self) -> Config {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .clone()
     }
 
     /// Starts one more worker like the others (same executor) and returns
@@ -712,7 +777,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
         let max = self.shared.fleet.load().max_capacity();
         let cost = request.cost;
-        if u64::from(cost.tokens) > max.tokens.min(self.shared.max_batch_tokens)
+        let max_batch_tokens = self.shared.knobs.load().batching.max_batch_tokens;
+        if u64::from(cost.tokens) > max.tokens.min(max_batch_tokens)
             || cost.bytes > max.bytes
             || max.slots == 0
         {
@@ -781,7 +847,8 @@ struct Collector<I, O> {
     /// Links of workers added at run time (control path, see `fleet_changed`).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
 
-    batching: crate::config::BatchingConfig,
+    /// The knobs this collector runs with; replaced when a reload lands.
+    applied: Arc<Knobs>,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     seq: u64,
@@ -813,6 +880,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             if self.shared.fleet_changed.swap(false, StdOrdering::Acquire) {
                 self.apply_fleet_changes();
             }
+            self.apply_reload();
             let mode = self.shared.mode.load(StdOrdering::Acquire);
             self.drain_intake(now_ns);
             self.expire(now_ns);
@@ -857,7 +925,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .oldest_arrival()
             .filter(|_| !self.stalled)
         {
-            let due = a.saturating_add(self.batching.max_queue_delay.as_nanos() as u64);
+            let due = a.saturating_add(self.applied.batching.max_queue_delay.as_nanos() as u64);
             timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
         }
         if closing {
@@ -871,6 +939,25 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared
             .doorbell
             .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
+    }
+
+    /// Takes up knobs a `reload_config` stored since the last pass. One
+    /// pointer compare per pass when nothing changed.
+    fn apply_reload(&mut self) {
+        let knobs = self.shared.knobs.load_full();
+        if Arc::ptr_eq(&knobs, &self.applied) {
+            return;
+        }
+        let b = knobs.batching;
+        self.planner
+            .set_limits(b.max_batch_size, b.max_batch_tokens, knobs.max_wait);
+        self.planner.placer_mut().set_policy(
+            knobs.placement,
+            knobs.urgent_slack,
+            b.max_batch_size,
+            b.max_batch_size.saturating_mul(8),
+        );
+        self.applied = knobs;
     }
 
     /// Takes links of added workers, and lets go of removed workers that
@@ -932,7 +1019,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 level,
                 arrival: self.shared.ns_since_epoch(job.submitted).min(now_ns),
                 deadline: job.deadline_ns,
-                expires: self.shared.deadline_action[level.index()] == DeadlineAction::Reject,
+                expires: self.applied.deadline_action[level.index()] == DeadlineAction::Reject,
                 front: d.front,
                 seq: self.seq,
             };
@@ -979,10 +1066,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if self.planner.waiting.is_empty() {
             return false;
         }
-        if closing || self.planner.waiting.len() >= self.batching.max_batch_size {
+        if closing || self.planner.waiting.len() >= self.applied.batching.max_batch_size {
             return true;
         }
-        let delay = u64::try_from(self.batching.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
+        let delay =
+            u64::try_from(self.applied.batching.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
         self.planner
             .waiting
             .oldest_arrival()
@@ -990,6 +1078,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     fn launch(&mut self, now_ns: u64, closing: bool) {
+        // Again here, after the drain: a request drained this pass was
+        // submitted after any reload that returned before it, so it is
+        // batched under the new limits.
+        self.apply_reload();
         let fleet = self.shared.fleet.load_full();
         // Only workers whose link the collector holds: one added a moment ago
         // is in the snapshot before its link arrives.

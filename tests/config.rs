@@ -1,0 +1,240 @@
+//! TOML config: defaults, every error path, and reload while running.
+
+use std::time::Duration;
+
+use convoy::{Config, ConfigError, DeadlineAction, PlacementPolicy, Priority, Request, Runtime};
+
+#[test]
+fn example_file_is_exactly_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/convoy.example.toml");
+    assert_eq!(Config::from_toml_file(path).unwrap(), Config::default());
+}
+
+#[test]
+fn every_key_is_read() {
+    let c = Config::from_toml_str(
+        r#"
+        shutdown_timeout_ms = 250
+        cpu_workers = 3
+        [intake]
+        shards = 4
+        lane_capacity = 64
+        [batching]
+        max_batch_size = 16
+        max_batch_tokens = 4096
+        max_queue_delay_ms = 0.5
+        [ordering]
+        max_wait_ms = 100
+        [deadlines]
+        low = "delay"
+        [placement]
+        policy = "cost_optimized"
+        urgent_slack_ms = 7
+        [[workers]]
+        name = "a"
+        slots = 8
+        tokens = 1000
+        speed = 2.5
+        cost_per_hour = 1.5
+        [[workers]]
+        slots = 4
+        tokens = 100
+        bytes = 1024
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.shutdown_timeout, Duration::from_millis(250));
+    assert_eq!(c.cpu_workers, 3);
+    assert_eq!((c.intake.shards, c.intake.lane_capacity), (4, 64));
+    assert_eq!(c.batching.max_batch_size, 16);
+    assert_eq!(c.batching.max_batch_tokens, 4096);
+    assert_eq!(c.batching.max_queue_delay, Duration::from_micros(500));
+    assert_eq!(c.max_wait, Duration::from_millis(100));
+    assert_eq!(
+        c.deadline_action[Priority::Low.index()],
+        DeadlineAction::Delay
+    );
+    assert_eq!(
+        c.deadline_action[Priority::High.index()],
+        DeadlineAction::Reject
+    );
+    assert_eq!(c.placement, PlacementPolicy::CostOptimized);
+    assert_eq!(c.urgent_slack, Duration::from_millis(7));
+    assert_eq!(c.workers.len(), 2);
+    assert_eq!((c.workers[0].name.as_str(), c.workers[0].speed), ("a", 2.5));
+    assert_eq!(
+        (c.workers[1].name.as_str(), c.workers[1].capacity.bytes),
+        ("worker1", 1024)
+    );
+}
+
+/// Each bad file is refused with an error that names the key.
+#[test]
+fn every_error_names_its_key() {
+    let cases: &[(&str, &str)] = &[
+        ("bogus = 1", "bogus"),
+        ("[batching]\nmax_batch_sise = 3", "max_batch_sise"),
+        ("[batching]\nmax_batch_size = \"many\"", "max_batch_size"),
+        ("[batching]\nmax_batch_size = 0", "batching.max_batch_size"),
+        (
+            "[batching]\nmax_batch_tokens = 0",
+            "batching.max_batch_tokens",
+        ),
+        (
+            "[batching]\nmax_queue_delay_ms = -1",
+            "batching.max_queue_delay_ms",
+        ),
+        (
+            "[batching]\nmax_queue_delay_ms = nan",
+            "batching.max_queue_delay_ms",
+        ),
+        ("[ordering]\nmax_wait_ms = 0", "ordering.max_wait_ms"),
+        ("[intake]\nlane_capacity = 12", "intake.lane_capacity"),
+        ("[intake]\nshards = 0", "intake.shards"),
+        ("[intake]\nshards = -2", "shards"),
+        ("cpu_workers = 0", "cpu_workers"),
+        ("shutdown_timeout_ms = -5", "shutdown_timeout_ms"),
+        ("[deadlines]\nlow = \"later\"", "later"),
+        ("[placement]\npolicy = \"random\"", "random"),
+        (
+            "[placement]\nurgent_slack_ms = -1",
+            "placement.urgent_slack_ms",
+        ),
+        (
+            "[[workers]]\nslots = 0\ntokens = 5",
+            "workers[0].capacity.slots",
+        ),
+        (
+            "[[workers]]\nslots = 1\ntokens = 5\nspeed = 0",
+            "workers[0].speed",
+        ),
+        (
+            "[[workers]]\nslots = 1\ntokens = 5\ncost_per_hour = -1",
+            "workers[0].cost_per_hour",
+        ),
+        ("[[workers]]\nslots = 1", "tokens"),
+        ("[batching\nmax_batch_size = 1", "line 1"),
+    ];
+    for (text, key) in cases {
+        let err = Config::from_toml_str(text).expect_err(text).to_string();
+        assert!(
+            err.contains(key),
+            "{text:?}: error {err:?} does not name {key:?}"
+        );
+    }
+    let missing = Config::from_toml_file("/nonexistent/convoy.toml").unwrap_err();
+    assert!(missing.to_string().contains("/nonexistent/convoy.toml"));
+}
+
+#[test]
+fn reload_swaps_knobs_without_losing_requests_and_refuses_fixed_ones() {
+    let base = Config {
+        cpu_workers: 2,
+        ..Config::default()
+    };
+    let rt = Runtime::builder()
+        .config(base.clone())
+        .batch_fn(|xs: &[u32]| {
+            std::thread::sleep(Duration::from_micros(100));
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let producers: Vec<_> = (0..4u32)
+        .map(|p| {
+            let h = rt.handle();
+            std::thread::spawn(move || {
+                let tickets: Vec<_> = (0..5_000u32)
+                    .filter_map(|i| h.submit(Request::new(p * 100_000 + i)).ok())
+                    .collect();
+                let n = tickets.len();
+                for t in tickets {
+                    assert!(
+                        t.wait().is_ok(),
+                        "a request was lost or failed across a reload"
+                    );
+                }
+                n
+            })
+        })
+        .collect();
+    // Reload repeatedly while the load runs.
+    for i in 0..20 {
+        let mut c = base.clone();
+        c.batching.max_batch_size = 4 + i % 3 * 30;
+        c.max_wait = Duration::from_millis(50 + i as u64);
+        c.placement = if i % 2 == 0 {
+            PlacementPolicy::Adaptive
+        } else {
+            PlacementPolicy::LeastLoaded
+        };
+        rt.reload_config(c).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let accepted: usize = producers.into_iter().map(|p| p.join().unwrap()).sum();
+    rt.shutdown();
+    let s = rt.stats().total();
+    assert_eq!(s.inserted as usize, accepted);
+    assert_eq!(s.completed, s.inserted, "every accepted request completed");
+
+    let before = rt.config();
+    let mut fixed = before.clone();
+    fixed.intake.lane_capacity *= 2;
+    assert_eq!(
+        rt.reload_config(fixed),
+        Err(ConfigError::Fixed {
+            key: "intake".into()
+        })
+    );
+    let mut fixed = before.clone();
+    fixed.cpu_workers += 1;
+    assert_eq!(
+        rt.reload_config(fixed),
+        Err(ConfigError::Fixed {
+            key: "cpu_workers".into()
+        })
+    );
+    let mut bad = before.clone();
+    bad.batching.max_batch_size = 0;
+    assert!(rt.reload_config(bad).is_err());
+    assert_eq!(
+        rt.config(),
+        before,
+        "a refused reload leaves the running config as it was"
+    );
+}
+
+/// A reload's new batch limit is what the next batches obey.
+#[test]
+fn reloaded_batch_limit_applies() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let biggest = Arc::new(AtomicUsize::new(0));
+    let b2 = biggest.clone();
+    let mut cfg = Config {
+        cpu_workers: 1,
+        ..Config::default()
+    };
+    cfg.batching.max_queue_delay = Duration::from_millis(20);
+    let rt = Runtime::builder()
+        .config(cfg.clone())
+        .batch_fn(move |xs: &[u32]| {
+            b2.fetch_max(xs.len(), Ordering::Relaxed);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    cfg.batching.max_batch_size = 3;
+    rt.reload_config(cfg).unwrap();
+    let h = rt.handle();
+    let ts: Vec<_> = (0..100)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    rt.shutdown();
+    assert!(
+        biggest.load(Ordering::Relaxed) <= 3,
+        "batch of {}",
+        biggest.load(Ordering::Relaxed)
+    );
+}
