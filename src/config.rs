@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::intake::{IntakeConfig, IntakeError};
 use crate::priority::Priority;
+use crate::sla::SloTarget;
 
 /// What happens when a queued request's deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -149,6 +150,8 @@ pub struct Config {
     pub cpu_workers: usize,
     /// How long `shutdown()` lets accepted requests finish.
     pub shutdown_timeout: Duration,
+    /// Latency objectives per priority (index by `Priority::index`).
+    pub slo: [SloTarget; Priority::COUNT],
 }
 
 impl Default for Config {
@@ -167,6 +170,7 @@ impl Default for Config {
             workers: Vec::new(),
             cpu_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shutdown_timeout: Duration::from_secs(5),
+            slo: SloTarget::defaults(),
         }
     }
 }
@@ -255,6 +259,17 @@ impl Config {
         if self.max_wait.is_zero() {
             return Err(invalid("ordering.max_wait_ms", "must be greater than 0"));
         }
+        for (p, t) in Priority::ALL.into_iter().zip(&self.slo) {
+            for (name, d) in [
+                ("p95_ms", t.p95),
+                ("p99_ms", t.p99),
+                ("timeout_ms", t.timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(invalid(format!("slo.{p}.{name}"), "must be greater than 0"));
+                }
+            }
+        }
         if self.workers.is_empty() && self.cpu_workers == 0 {
             return Err(invalid(
                 "cpu_workers",
@@ -334,6 +349,24 @@ struct FilePlacement {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileSloTarget {
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    timeout_ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSlo {
+    critical: Option<FileSloTarget>,
+    high: Option<FileSloTarget>,
+    normal: Option<FileSloTarget>,
+    low: Option<FileSloTarget>,
+    background: Option<FileSloTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileWorker {
     name: Option<String>,
     slots: u32,
@@ -353,6 +386,7 @@ struct FileConfig {
     placement: Option<FilePlacement>,
     cpu_workers: Option<usize>,
     shutdown_timeout_ms: Option<f64>,
+    slo: Option<FileSlo>,
     #[serde(default)]
     workers: Vec<FileWorker>,
 }
@@ -426,6 +460,23 @@ impl Config {
             }
             if let Some(ms) = p.urgent_slack_ms {
                 c.urgent_slack = millis("placement.urgent_slack_ms", ms, false)?;
+            }
+        }
+        if let Some(slo) = file.slo {
+            let levels = [slo.critical, slo.high, slo.normal, slo.low, slo.background];
+            for ((p, target), given) in Priority::ALL.into_iter().zip(c.slo.iter_mut()).zip(levels)
+            {
+                let Some(given) = given else { continue };
+                let key = |f: &str| format!("slo.{p}.{f}");
+                if let Some(ms) = given.p95_ms {
+                    target.p95 = millis(&key("p95_ms"), ms, true)?;
+                }
+                if let Some(ms) = given.p99_ms {
+                    target.p99 = millis(&key("p99_ms"), ms, true)?;
+                }
+                if let Some(ms) = given.timeout_ms {
+                    target.timeout = millis(&key("timeout_ms"), ms, true)?;
+                }
             }
         }
         c.cpu_workers = file.cpu_workers.unwrap_or(c.cpu_workers);

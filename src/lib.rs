@@ -75,6 +75,7 @@ mod priority;
 mod request;
 pub mod ring;
 mod runtime;
+pub mod sla;
 mod stats;
 mod sync;
 pub mod ticket;
@@ -88,6 +89,7 @@ pub use request::{Cost, Deadline, Request};
 pub use runtime::{
     BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,
 };
+pub use sla::{SlaReport, SloTarget};
 pub use stats::{PriorityStats, Stats};
 
 /// The internal lock-free protocols, exposed only to the loom models.

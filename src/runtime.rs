@@ -36,6 +36,7 @@ use crate::planner::{Formed, Plan, Plannable, Planner};
 use crate::priority::{InsertPolicy, Priority};
 use crate::request::{Cost, Deadline, Request};
 use crate::ring;
+use crate::sla::{SlaBoard, SlaRecorder, SlaReport, SloTarget};
 use crate::stats::{Counters, Ended, Stats};
 use crate::ticket::{self, Completer, Ticket};
 
@@ -180,7 +181,8 @@ type Prepared<I, O> = (Job<I, O>, Ticket<O>);
 /// A batch on its way to a worker.
 struct Batch<I, O> {
     inputs: Vec<I>,
-    completers: Vec<(Completer<O>, Priority)>,
+    /// Each request's completer, level and submit time.
+    completers: Vec<(Completer<O>, Priority, Instant)>,
     reserved: Capacity,
 }
 
@@ -210,6 +212,8 @@ struct Shared {
     fleet_changed: AtomicBool,
     /// The knobs `reload_config` may change, swapped whole.
     knobs: ArcSwap<Knobs>,
+    /// Where every SLA recorder publishes.
+    sla: SlaBoard,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -220,6 +224,7 @@ struct Knobs {
     deadline_action: [DeadlineAction; Priority::COUNT],
     placement: PlacementPolicy,
     urgent_slack: Duration,
+    slo: [SloTarget; Priority::COUNT],
 }
 
 impl Knobs {
@@ -230,6 +235,7 @@ impl Knobs {
             deadline_action: c.deadline_action,
             placement: c.placement,
             urgent_slack: c.urgent_slack,
+            slo: c.slo,
         }
     }
 }
@@ -309,6 +315,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             mode: AtomicU8::new(RUNNING),
             fleet_changed: AtomicBool::new(false),
             knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
+            sla: SlaBoard::default(),
         });
 
         let mut worker_threads = Vec::new();
@@ -346,6 +353,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             workers: worker_rings,
             new_links,
             applied: shared.knobs.load_full(),
+            sla: shared.sla.recorder(shared.epoch),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
             seq: 0,
@@ -431,6 +439,7 @@ fn spawn_worker<I: Send + 'static, O: Send + 'static>(
     })?;
     let worker = Worker {
         index,
+        sla: shared.sla.recorder(shared.epoch),
         jobs: rx,
         executor: executor.clone(),
         releases: releases.clone(),
@@ -467,6 +476,15 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// Counters per priority and totals; lock-free.
     pub fn stats(&self) -> Stats {
         self.handle.stats()
+    }
+
+    /// Latency percentiles (queue wait, execution, end to end), SLO
+    /// violations and compliance per priority. Recorders publish every
+    /// 100 ms, so a report is at most that stale while running and exact
+    /// after `shutdown`.
+    pub fn sla_report(&self) -> SlaReport {
+        let now = self.shared.epoch.elapsed();
+        self.shared.sla.report(&self.shared.knobs.load().slo, now)
     }
 
     /// Changes a worker's capacity (control path). New reservations see it
@@ -849,6 +867,8 @@ struct Collector<I, O> {
 
     /// The knobs this collector runs with; replaced when a reload lands.
     applied: Arc<Knobs>,
+    /// Queue waits and expiries (single-owner).
+    sla: SlaRecorder,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     seq: u64,
@@ -894,6 +914,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             }
             let closing = mode != RUNNING;
             self.launch(now_ns, closing);
+            self.sla.maybe_publish(now);
 
             let in_flight = !self.planner.ledger().is_idle();
             if closing
@@ -1029,7 +1050,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     fn expire(&mut self, now_ns: u64) {
         let mut expired = Vec::new();
+        let now = Instant::now();
         while let Some(entry) = self.planner.waiting.pop_expired(now_ns) {
+            let ((job, _), meta) = &entry;
+            let timeout = self.applied.slo[meta.level.index()].timeout;
+            self.sla.expired(
+                meta.level,
+                now.saturating_duration_since(job.submitted),
+                timeout,
+                now,
+            );
             expired.push(entry);
         }
         self.end_unlaunched(expired, Failure::Expired, Ended::Expired);
@@ -1145,6 +1175,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// Hands a formed batch to its worker.
     fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, admissions: &mut Vec<Admission>) {
+        let now = Instant::now();
         let counters = &self.shared.counters;
         counters.placement(formed.reason);
         for _ in 0..formed.aged {
@@ -1158,7 +1189,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         };
         for ((job, adm), meta) in formed.items {
             batch.inputs.push(job.input);
-            batch.completers.push((job.completer, meta.level));
+            self.sla
+                .queue_wait(meta.level, now.saturating_duration_since(job.submitted));
+            batch
+                .completers
+                .push((job.completer, meta.level, job.submitted));
             admissions.push(adm);
         }
         let worker = formed.worker;
@@ -1187,26 +1222,32 @@ impl<I, O> Plannable for Entry<I, O> {
     }
 }
 
-fn fail_batch<O>(shared: &Shared, completers: Vec<(Completer<O>, Priority)>, why: &str) {
+fn fail_batch<O>(shared: &Shared, completers: Vec<(Completer<O>, Priority, Instant)>, why: &str) {
     let failure = Failure::ExecutorFailed(why.to_owned());
     let outcomes = completers
         .into_iter()
-        .map(|(c, p)| (c, p, Err(failure.clone())));
-    deliver(shared, outcomes, Ended::Failed);
+        .map(|(c, p, at)| (c, p, at, Err(failure.clone())));
+    deliver(shared, outcomes, Ended::Failed, |_, _| {});
 }
 
 /// Delivers a launched batch's outcomes, counted as `how` per priority, or
 /// as cancelled where the ticket had closed (the result is dropped). One
 /// counter update per priority per batch, not per request.
+/// `delivered` is called with the level and submit time of each outcome a
+/// ticket received.
 fn deliver<O>(
     shared: &Shared,
-    outcomes: impl Iterator<Item = (Completer<O>, Priority, Outcome<O>)>,
+    outcomes: impl Iterator<Item = (Completer<O>, Priority, Instant, Outcome<O>)>,
     how: Ended,
+    mut delivered: impl FnMut(Priority, Instant),
 ) {
     let mut counts = [[0u64; 2]; Priority::COUNT];
-    for (c, p, outcome) in outcomes {
-        let closed = usize::from(c.complete(outcome).is_err());
-        counts[p.index()][closed] += 1;
+    for (c, p, submitted, outcome) in outcomes {
+        let closed = c.complete(outcome).is_err();
+        if !closed {
+            delivered(p, submitted);
+        }
+        counts[p.index()][usize::from(closed)] += 1;
     }
     for p in Priority::ALL {
         shared.counters.ended(p, how, counts[p.index()][0]);
@@ -1218,6 +1259,8 @@ fn deliver<O>(
 
 struct Worker<I, O> {
     index: usize,
+    /// This worker's own SLA histograms (single-owner).
+    sla: SlaRecorder,
     jobs: ring::Consumer<Batch<I, O>>,
     executor: Arc<dyn Executor<I, O>>,
     releases: ring::Producer<Release>,
@@ -1238,6 +1281,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                     if self.collector_gone() {
                         return;
                     }
+                    self.sla.maybe_publish(Instant::now());
                     if idle < crate::sync::SPIN_LIMIT {
                         idle += 1;
                         std::hint::spin_loop();
@@ -1269,11 +1313,19 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         drop(inputs);
         match result {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
+                let exec = started.elapsed();
+                let slo = self.shared.knobs.load().slo;
                 let outcomes = completers
                     .into_iter()
                     .zip(outputs)
-                    .map(|((c, p), out)| (c, p, Ok(out)));
-                deliver(&self.shared, outcomes, Ended::Completed);
+                    .map(|((c, p, at), out)| (c, p, at, Ok(out)));
+                let sla = &mut self.sla;
+                deliver(&self.shared, outcomes, Ended::Completed, |p, submitted| {
+                    let now = Instant::now();
+                    let e2e = now.saturating_duration_since(submitted);
+                    sla.completed(p, exec, e2e, slo[p.index()].timeout, now);
+                });
+                sla.maybe_publish(Instant::now());
             }
             Ok(Ok(outputs)) => {
                 let why = format!(

@@ -113,6 +113,9 @@ fn every_error_names_its_key() {
             "workers[0].cost_per_hour",
         ),
         ("[[workers]]\nslots = 1", "tokens"),
+        ("[slo.high]\np99_ms = 0", "slo.high.p99_ms"),
+        ("[slo.low]\ntimeout_ms = -3", "slo.low.timeout_ms"),
+        ("[slo.urgent]\np99_ms = 5", "urgent"),
         ("[batching\nmax_batch_size = 1", "line 1"),
     ];
     for (text, key) in cases {

@@ -803,3 +803,46 @@ fn fleet_changes_apply_at_run_time() {
         "no new worker after shutdown"
     );
 }
+
+/// The SLA report counts what ran, per priority, and counts every request
+/// over its timeout as a violation.
+#[test]
+fn sla_report_tracks_latency_and_violations() {
+    let mut cfg = config(vec![worker(8, 1 << 20)], 4, 0);
+    cfg.slo[Priority::Normal.index()].timeout = Duration::from_millis(1);
+    cfg.slo[Priority::High.index()].timeout = Duration::from_secs(60);
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(|xs: &[u32]| {
+            std::thread::sleep(Duration::from_millis(3));
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let mut ts = Vec::new();
+    for i in 0..40u32 {
+        let p = if i % 2 == 0 {
+            Priority::Normal
+        } else {
+            Priority::High
+        };
+        ts.push(h.submit(Request::new(i).priority(p)).unwrap());
+    }
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    rt.shutdown(); // recorders publish their last copy on exit
+    let r = rt.sla_report();
+    let normal = r.of(Priority::Normal);
+    let high = r.of(Priority::High);
+    assert_eq!(normal.end_to_end.count, 20);
+    assert_eq!(high.end_to_end.count, 20);
+    assert_eq!(normal.queue_wait.count, 20);
+    assert!(normal.execution.p50 >= Duration::from_millis(3));
+    assert!(normal.end_to_end.p50 >= normal.execution.p50);
+    assert_eq!(normal.violations, 20, "3 ms > 1 ms timeout, every time");
+    assert_eq!(normal.compliance_total, Some(0.0));
+    assert_eq!(high.violations, 0);
+    assert_eq!(high.compliance_total, Some(1.0));
+    assert_eq!(r.of(Priority::Low).end_to_end.count, 0);
+    assert!(!normal.recent_violations.is_empty());
+}
