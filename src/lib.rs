@@ -66,6 +66,7 @@ mod executor;
 mod gate;
 pub mod intake;
 pub mod ledger;
+pub mod metrics;
 pub mod model;
 pub mod order;
 mod outcome;

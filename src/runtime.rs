@@ -214,6 +214,9 @@ struct Shared {
     knobs: ArcSwap<Knobs>,
     /// Where every SLA recorder publishes.
     sla: SlaBoard,
+    /// Reserved capacity per worker, as the collector last published it
+    /// (every 100 ms at most, for metrics).
+    reserved: ArcSwap<Vec<Capacity>>,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -316,6 +319,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             fleet_changed: AtomicBool::new(false),
             knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
             sla: SlaBoard::default(),
+            reserved: ArcSwap::from_pointee(Vec::new()),
         });
 
         let mut worker_threads = Vec::new();
@@ -354,6 +358,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             new_links,
             applied: shared.knobs.load_full(),
             sla: shared.sla.recorder(shared.epoch),
+            reserved_published: Instant::now(),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
             seq: 0,
@@ -476,6 +481,38 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// Counters per priority and totals; lock-free.
     pub fn stats(&self) -> Stats {
         self.handle.stats()
+    }
+
+    /// The Prometheus text exposition of every counter, gauge and
+    /// histogram (`convoy_` prefix, base units, `priority` labels); see
+    /// `convoy::metrics` for the list.
+    pub fn metrics_text(&self) -> String {
+        let fleet = self.shared.fleet.load();
+        let reserved = self.shared.reserved.load();
+        let workers = fleet
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| crate::metrics::WorkerSnapshot {
+                name: w.spec.name.clone(),
+                capacity: w.spec.capacity,
+                reserved: reserved.get(i).copied().unwrap_or(crate::ledger::NOTHING),
+                up: w.health == Health::Up,
+            })
+            .collect();
+        crate::metrics::render(crate::metrics::Snapshot {
+            stats: self.stats(),
+            sla: self.sla_report(),
+            e2e_buckets: self
+                .shared
+                .sla
+                .prometheus_buckets(true, crate::metrics::LATENCY_BOUNDS_S),
+            wait_buckets: self
+                .shared
+                .sla
+                .prometheus_buckets(false, crate::metrics::LATENCY_BOUNDS_S),
+            workers,
+        })
     }
 
     /// Latency percentiles (queue wait, execution, end to end), SLO
@@ -869,6 +906,7 @@ struct Collector<I, O> {
     applied: Arc<Knobs>,
     /// Queue waits and expiries (single-owner).
     sla: SlaRecorder,
+    reserved_published: Instant,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     seq: u64,
@@ -915,6 +953,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let closing = mode != RUNNING;
             self.launch(now_ns, closing);
             self.sla.maybe_publish(now);
+            self.publish_reserved(now);
 
             let in_flight = !self.planner.ledger().is_idle();
             if closing
@@ -960,6 +999,23 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared
             .doorbell
             .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
+    }
+
+    /// Publishes the ledger for metrics, at most every 100 ms and only when
+    /// it changed (one small allocation then, none per request).
+    fn publish_reserved(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.reserved_published) < Duration::from_millis(100) {
+            return;
+        }
+        let ledger = self.planner.ledger();
+        let current = self.shared.reserved.load();
+        let changed = current.len() != ledger.workers()
+            || (0..ledger.workers()).any(|w| current[w] != ledger.reserved(w));
+        if changed {
+            let snapshot = (0..ledger.workers()).map(|w| ledger.reserved(w)).collect();
+            self.shared.reserved.store(Arc::new(snapshot));
+        }
+        self.reserved_published = now;
     }
 
     /// Takes up knobs a `reload_config` stored since the last pass. One

@@ -215,7 +215,8 @@ impl SlaBoard {
         }
     }
 
-    pub fn report(&self, targets: &[SloTarget; Priority::COUNT], now: Duration) -> SlaReport {
+    /// Every recorder's latest copy, merged.
+    fn merged(&self) -> (SlaShard, Vec<Violation>) {
         let mut merged = SlaShard::new();
         let mut recent: Vec<Violation> = Vec::new();
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -232,6 +233,33 @@ impl SlaBoard {
             recent.extend(shard.recent.iter().copied());
         }
         recent.sort_by_key(|v| v.at);
+        (merged, recent)
+    }
+
+    /// Cumulative Prometheus buckets (upper bounds in seconds) of end-to-end
+    /// latency (`e2e`) or queue wait, per priority: `(sum_s, count, buckets)`.
+    pub fn prometheus_buckets(
+        &self,
+        e2e: bool,
+        bounds_s: &[f64],
+    ) -> Vec<(f64, u64, Vec<(f64, u64)>)> {
+        let (merged, _) = self.merged();
+        let kind = if e2e { E2E } else { WAIT };
+        Priority::ALL
+            .into_iter()
+            .map(|p| {
+                let h = &merged.hist[p.index() * KINDS + kind];
+                let buckets = bounds_s
+                    .iter()
+                    .map(|&b| (b, h.count_between(0, (b * 1e6) as u64)))
+                    .collect();
+                (h.mean() * h.len() as f64 / 1e6, h.len(), buckets)
+            })
+            .collect()
+    }
+
+    pub fn report(&self, targets: &[SloTarget; Priority::COUNT], now: Duration) -> SlaReport {
+        let (merged, recent) = self.merged();
         let now_sec = now.as_secs();
         let window = |p: usize, secs: u64| {
             let (n, v) = merged

@@ -27,7 +27,12 @@ pub(crate) struct Counters {
     aging_promotions: AtomicU64,
     placements: [AtomicU64; PlacementReason::COUNT],
     adaptive_switches: AtomicU64,
+    /// Batches by size, `BATCH_SIZE_BOUNDS[i-1] < size ≤ BATCH_SIZE_BOUNDS[i]`.
+    batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
 }
+
+/// Upper bounds of the batch size histogram; the last catches the rest.
+pub const BATCH_SIZE_BOUNDS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, u64::MAX];
 
 impl Counters {
     pub fn new() -> Self {
@@ -39,6 +44,7 @@ impl Counters {
             aging_promotions: AtomicU64::new(0),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
+            batch_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -60,6 +66,11 @@ impl Counters {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.batched_requests
             .fetch_add(size as u64, Ordering::Relaxed);
+        let bucket = BATCH_SIZE_BOUNDS
+            .iter()
+            .position(|&b| size as u64 <= b)
+            .unwrap_or(BATCH_SIZE_BOUNDS.len() - 1);
+        self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn shortfall(&self) {
@@ -90,6 +101,7 @@ impl Counters {
             batch_insertions: intake.batch_insertions,
             placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
             adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
+            batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
         }
     }
 }
@@ -145,6 +157,8 @@ pub struct Stats {
     pub placements: [u64; PlacementReason::COUNT],
     /// Mode switches of the `Adaptive` policy.
     pub adaptive_switches: u64,
+    /// Batches per size bucket (see [`BATCH_SIZE_BOUNDS`]).
+    pub batch_sizes: [u64; BATCH_SIZE_BOUNDS.len()],
 }
 
 impl Stats {

@@ -1,0 +1,141 @@
+//! The Prometheus exposition: the values match the runtime's counters, and
+//! the real `promtool check metrics` accepts it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use convoy::{Config, Priority, Request, Runtime};
+
+fn loaded_runtime() -> Runtime<u32, u32> {
+    let rt = Runtime::builder()
+        .config(Config {
+            cpu_workers: 2,
+            ..Config::default()
+        })
+        .batch_fn(|xs: &[u32]| xs.to_vec())
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let ts: Vec<_> = (0..500u32)
+        .map(|i| {
+            h.submit(Request::new(i).priority(Priority::ALL[(i % 5) as usize]))
+                .unwrap()
+        })
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    let mut late = h
+        .submit(Request::new(9).deadline(Duration::from_secs(60)))
+        .unwrap();
+    late.cancel();
+    rt.shutdown();
+    rt
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn exposition_matches_the_counters() {
+    let rt = loaded_runtime();
+    let text = rt.metrics_text();
+    let s = rt.stats();
+    for p in Priority::ALL {
+        let l = format!("priority=\"{}\"", p.as_str());
+        assert_eq!(
+            value(&text, &format!("convoy_requests_inserted_total{{{l}}}")),
+            s.of(p).inserted as f64
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("convoy_requests_ended_total{{{l},outcome=\"completed\"}}")
+            ),
+            s.of(p).completed as f64
+        );
+        assert_eq!(value(&text, &format!("convoy_queue_depth{{{l}}}")), 0.0);
+        assert_eq!(
+            value(
+                &text,
+                &format!("convoy_request_latency_seconds_count{{{l}}}")
+            ),
+            s.of(p).completed as f64
+        );
+    }
+    assert_eq!(value(&text, "convoy_batches_total"), s.batches as f64);
+    assert_eq!(value(&text, "convoy_batch_size_count"), s.batches as f64);
+    assert_eq!(
+        value(&text, "convoy_batch_size_sum"),
+        s.batched_requests as f64
+    );
+    assert_eq!(
+        value(
+            &text,
+            "convoy_requests_ended_total{priority=\"normal\",outcome=\"cancelled\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "convoy_slo_compliance_ratio{priority=\"high\",window=\"total\"}"
+        ),
+        1.0
+    );
+    assert!(text.contains("convoy_worker_capacity{worker=\"cpu0\",resource=\"slots\"} 128"));
+    assert!(text.contains("convoy_placements_total{reason=\"least_loaded\"}"));
+    assert!(
+        text.contains("# TYPE convoy_batches_total counter"),
+        "classic format names counters with _total"
+    );
+    assert!(!text.contains("# EOF"));
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    let text = loaded_runtime().metrics_text();
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let why =
+                format!("promtool not available ({e}); install Debian's `prometheus` package");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: {why}"
+            );
+            eprintln!("SKIP promtool_accepts_the_exposition: {why}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool rejected the exposition:\n{report}\n---\n{text}"
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool lint findings:\n{report}"
+    );
+}
