@@ -36,7 +36,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{Capacity, PlacementReason};
 use crate::priority::Priority;
-use crate::sla::SlaReport;
+use crate::sla::{BucketedLatency, SlaReport};
 use crate::stats::{Stats, BATCH_SIZE_BOUNDS};
 
 /// Bucket bounds of the latency histograms, in seconds.
@@ -59,8 +59,8 @@ pub(crate) struct Snapshot {
     pub stats: Stats,
     pub sla: SlaReport,
     /// Per priority: (sum in s, count, cumulative buckets).
-    pub e2e_buckets: Vec<(f64, u64, Vec<(f64, u64)>)>,
-    pub wait_buckets: Vec<(f64, u64, Vec<(f64, u64)>)>,
+    pub e2e_buckets: Vec<BucketedLatency>,
+    pub wait_buckets: Vec<BucketedLatency>,
     pub workers: Vec<WorkerSnapshot>,
 }
 
@@ -232,12 +232,12 @@ impl Collector for Snapshot {
             ),
         ] {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for (p, (sum, count, buckets)) in Priority::ALL.into_iter().zip(all) {
-                let mut b = buckets.clone();
-                b.push((f64::INFINITY, *count));
+            for (p, h) in Priority::ALL.into_iter().zip(all) {
+                let mut b = h.buckets.clone();
+                b.push((f64::INFINITY, h.count));
                 let labels = prio(p);
                 m.encode_family(&labels)?
-                    .encode_histogram::<()>(*sum, *count, &b, None)?;
+                    .encode_histogram::<()>(h.sum_s, h.count, &b, None)?;
             }
         }
 

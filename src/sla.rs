@@ -152,6 +152,17 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
+/// One latency histogram in Prometheus form.
+#[derive(Debug, Clone)]
+pub(crate) struct BucketedLatency {
+    /// Sum of samples, in seconds.
+    pub sum_s: f64,
+    /// Samples.
+    pub count: u64,
+    /// `(upper bound in s, samples ≤ bound)`, cumulative, without `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+}
+
 /// What a recorder publishes; merged by the report.
 #[derive(Clone)]
 pub(crate) struct SlaShard {
@@ -237,12 +248,8 @@ impl SlaBoard {
     }
 
     /// Cumulative Prometheus buckets (upper bounds in seconds) of end-to-end
-    /// latency (`e2e`) or queue wait, per priority: `(sum_s, count, buckets)`.
-    pub fn prometheus_buckets(
-        &self,
-        e2e: bool,
-        bounds_s: &[f64],
-    ) -> Vec<(f64, u64, Vec<(f64, u64)>)> {
+    /// latency (`e2e`) or queue wait, one per priority.
+    pub fn prometheus_buckets(&self, e2e: bool, bounds_s: &[f64]) -> Vec<BucketedLatency> {
         let (merged, _) = self.merged();
         let kind = if e2e { E2E } else { WAIT };
         Priority::ALL
@@ -253,7 +260,11 @@ impl SlaBoard {
                     .iter()
                     .map(|&b| (b, h.count_between(0, (b * 1e6) as u64)))
                     .collect();
-                (h.mean() * h.len() as f64 / 1e6, h.len(), buckets)
+                BucketedLatency {
+                    sum_s: h.mean() * h.len() as f64 / 1e6,
+                    count: h.len(),
+                    buckets,
+                }
             })
             .collect()
     }
