@@ -69,6 +69,7 @@ fn convoy_run(producers: u64) -> Duration {
     })
     .expect("valid bench config");
     let mut out = Vec::with_capacity(DRAIN_CHUNK);
+    let mut held = Vec::with_capacity(2 * DRAIN_CHUNK);
     run(
         producers,
         |v| {
@@ -85,10 +86,15 @@ fn convoy_run(producers: u64) -> Duration {
         },
         || {
             let n = consumer.drain(DRAIN_CHUNK, &mut out);
-            consumer.release_all(out.drain(..).map(|d| {
+            held.extend(out.drain(..).map(|d| {
                 black_box(d.item);
                 d.admission
             }));
+            // Release per launched batch, as the collector does, not per
+            // drain call (which returns a few items when it keeps up).
+            if held.len() >= DRAIN_CHUNK || n == 0 {
+                consumer.release_all(held.drain(..));
+            }
             n
         },
     )
