@@ -359,6 +359,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             applied: shared.knobs.load_full(),
             sla: shared.sla.recorder(shared.epoch),
             reserved_published: Instant::now(),
+            summary_logged: Instant::now(),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
             seq: 0,
@@ -907,6 +908,7 @@ struct Collector<I, O> {
     /// Queue waits and expiries (single-owner).
     sla: SlaRecorder,
     reserved_published: Instant,
+    summary_logged: Instant,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     seq: u64,
@@ -954,6 +956,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.launch(now_ns, closing);
             self.sla.maybe_publish(now);
             self.publish_reserved(now);
+            self.log_summary(now);
 
             let in_flight = !self.planner.ledger().is_idle();
             if closing
@@ -999,6 +1002,32 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared
             .doorbell
             .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
+    }
+
+    /// Every `SUMMARY_EVERY`, an info line with the queues, outcomes and
+    /// promotions since start.
+    fn log_summary(&mut self, now: Instant) {
+        const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+        if now.saturating_duration_since(self.summary_logged) < SUMMARY_EVERY
+            || !tracing::enabled!(tracing::Level::INFO)
+        {
+            return;
+        }
+        self.summary_logged = now;
+        let stats = self.shared.counters.snapshot(self.intake.stats());
+        let total = stats.total();
+        tracing::info!(
+            queued = total.queue_depth,
+            inserted = total.inserted,
+            completed = total.completed,
+            expired = total.expired,
+            cancelled = total.cancelled,
+            failed = total.failed,
+            batches = stats.batches,
+            aging_promotions = stats.aging_promotions,
+            capacity_shortfall = stats.capacity_shortfall,
+            "convoy summary"
+        );
     }
 
     /// Publishes the ledger for metrics, at most every 100 ms and only when
@@ -1253,6 +1282,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             admissions.push(adm);
         }
         let worker = formed.worker;
+        // The level check comes first inside the macro: with debug off,
+        // nothing is formatted.
+        tracing::debug!(
+            worker,
+            size = batch.inputs.len(),
+            tokens = batch.reserved.tokens,
+            reason = ?formed.reason,
+            aged = formed.aged,
+            "batch launched"
+        );
         let link = self.workers[worker]
             .as_ref()
             .expect("placement only offers workers whose link is held");
