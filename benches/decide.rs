@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use convoy::order::Meta;
 use convoy::placement::{Candidate, Placer};
 use convoy::planner::{Plan, Plannable, Planner};
-use convoy::{Capacity, PlacementPolicy, Priority, WorkerSpec};
+use convoy::{BatchingConfig, Capacity, PlacementPolicy, Priority, WorkerSpec};
 use criterion::{BenchmarkId, Criterion};
 
 const QUEUED: usize = 10_000;
@@ -85,7 +85,17 @@ impl ConvoyDecider {
             BATCH * 8,
         );
         let mut d = Self {
-            planner: Planner::new(WORKERS, Duration::from_millis(500), BATCH, u64::MAX, placer),
+            planner: Planner::new(
+                WORKERS,
+                Duration::from_millis(500),
+                BatchingConfig {
+                    max_batch_size: BATCH,
+                    max_batch_tokens: u64::MAX,
+                    max_batch_bytes: u64::MAX,
+                    max_queue_delay: Duration::ZERO,
+                },
+                placer,
+            ),
             specs: fleet(),
             rng: Rng(0x1234_5678),
             now: 0,

@@ -121,6 +121,9 @@ pub struct BatchingConfig {
     pub max_batch_size: usize,
     /// Most tokens in one batch (≥ 1).
     pub max_batch_tokens: u64,
+    /// Most bytes (the requests' `Cost::bytes`) in one batch, a memory
+    /// budget per batch (≥ 1; default unlimited).
+    pub max_batch_bytes: u64,
     /// A batch launches when full, or when its oldest request has waited
     /// this long.
     pub max_queue_delay: Duration,
@@ -161,6 +164,7 @@ impl Default for Config {
             batching: BatchingConfig {
                 max_batch_size: 64,
                 max_batch_tokens: 64 * 512,
+                max_batch_bytes: u64::MAX,
                 max_queue_delay: Duration::from_millis(2),
             },
             max_wait: Duration::from_millis(500),
@@ -256,6 +260,9 @@ impl Config {
         if self.batching.max_batch_tokens == 0 {
             return Err(invalid("batching.max_batch_tokens", "must be at least 1"));
         }
+        if self.batching.max_batch_bytes == 0 {
+            return Err(invalid("batching.max_batch_bytes", "must be at least 1"));
+        }
         if self.max_wait.is_zero() {
             return Err(invalid("ordering.max_wait_ms", "must be greater than 0"));
         }
@@ -321,6 +328,7 @@ struct FileIntake {
 struct FileBatching {
     max_batch_size: Option<usize>,
     max_batch_tokens: Option<u64>,
+    max_batch_bytes: Option<u64>,
     max_queue_delay_ms: Option<f64>,
 }
 
@@ -430,6 +438,7 @@ impl Config {
         if let Some(b) = file.batching {
             c.batching.max_batch_size = b.max_batch_size.unwrap_or(c.batching.max_batch_size);
             c.batching.max_batch_tokens = b.max_batch_tokens.unwrap_or(c.batching.max_batch_tokens);
+            c.batching.max_batch_bytes = b.max_batch_bytes.unwrap_or(c.batching.max_batch_bytes);
             if let Some(ms) = b.max_queue_delay_ms {
                 c.batching.max_queue_delay = millis("batching.max_queue_delay_ms", ms, false)?;
             }

@@ -10,7 +10,7 @@
 //! place. After [`MAX_DEFERRED`] set-asides in a row the pass stops, which
 //! bounds the work one decision can do.
 
-use crate::config::{Capacity, PlacementReason};
+use crate::config::{BatchingConfig, Capacity, PlacementReason};
 use crate::ledger::{Ledger, OverRelease};
 use crate::order::{Meta, Waiting};
 use crate::placement::{Candidate, Head, Placer};
@@ -69,26 +69,19 @@ pub struct Planner<T> {
     pub(crate) waiting: Waiting<T>,
     ledger: Ledger,
     placer: Placer,
-    max_batch_size: usize,
-    max_batch_tokens: u64,
+    limits: BatchingConfig,
     deferred: Vec<(T, Meta)>,
 }
 
 impl<T: Plannable> Planner<T> {
-    /// A planner over `workers` workers.
-    pub fn new(
-        workers: usize,
-        max_wait: Duration,
-        max_batch_size: usize,
-        max_batch_tokens: u64,
-        placer: Placer,
-    ) -> Self {
+    /// A planner over `workers` workers with batch `limits` (its
+    /// `max_queue_delay` is the collector's business, not the planner's).
+    pub fn new(workers: usize, max_wait: Duration, limits: BatchingConfig, placer: Placer) -> Self {
         Self {
             waiting: Waiting::new(max_wait),
             ledger: Ledger::new(workers),
             placer,
-            max_batch_size,
-            max_batch_tokens,
+            limits,
             deferred: Vec::new(),
         }
     }
@@ -99,9 +92,8 @@ impl<T: Plannable> Planner<T> {
     }
 
     /// Changes the batch limits and `max_wait` (a config reload).
-    pub fn set_limits(&mut self, max_batch_size: usize, max_batch_tokens: u64, max_wait: Duration) {
-        self.max_batch_size = max_batch_size;
-        self.max_batch_tokens = max_batch_tokens;
+    pub fn set_limits(&mut self, limits: BatchingConfig, max_wait: Duration) {
+        self.limits = limits;
         self.waiting.set_max_wait(max_wait);
     }
 
@@ -164,7 +156,7 @@ impl<T: Plannable> Planner<T> {
                 Some((w, reason)) => {
                     let fitted = self.ledger.reserve(w, &workers[w].spec.capacity, &cost);
                     debug_assert!(fitted, "placement only offers workers where the head fits");
-                    let mut items = Vec::with_capacity(self.max_batch_size);
+                    let mut items = Vec::with_capacity(self.limits.max_batch_size);
                     items.push((item, meta));
                     break (
                         w,
@@ -191,7 +183,7 @@ impl<T: Plannable> Planner<T> {
         };
         let cap = workers[worker].spec.capacity;
         let mut skipped = 0;
-        while formed.items.len() < self.max_batch_size && skipped < MAX_DEFERRED {
+        while formed.items.len() < self.limits.max_batch_size && skipped < MAX_DEFERRED {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 break;
             };
@@ -200,8 +192,10 @@ impl<T: Plannable> Planner<T> {
                 continue;
             }
             let cost = item.cost();
-            let tokens_ok = formed.reserved.tokens + cost.tokens <= self.max_batch_tokens;
-            if !tokens_ok || !self.ledger.reserve(worker, &cap, &cost) {
+            let tokens_ok = formed.reserved.tokens + cost.tokens <= self.limits.max_batch_tokens;
+            let bytes_ok =
+                formed.reserved.bytes.saturating_add(cost.bytes) <= self.limits.max_batch_bytes;
+            if !tokens_ok || !bytes_ok || !self.ledger.reserve(worker, &cap, &cost) {
                 self.deferred.push((item, meta));
                 skipped += 1;
                 continue;

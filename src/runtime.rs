@@ -344,8 +344,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             planner: Planner::new(
                 specs.len(),
                 self.config.max_wait,
-                self.config.batching.max_batch_size,
-                self.config.batching.max_batch_tokens,
+                self.config.batching,
                 Placer::new(
                     self.config.placement,
                     self.config.urgent_slack,
@@ -833,9 +832,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
         let max = self.shared.fleet.load().max_capacity();
         let cost = request.cost;
-        let max_batch_tokens = self.shared.knobs.load().batching.max_batch_tokens;
-        if u64::from(cost.tokens) > max.tokens.min(max_batch_tokens)
-            || cost.bytes > max.bytes
+        let limits = self.shared.knobs.load().batching;
+        if u64::from(cost.tokens) > max.tokens.min(limits.max_batch_tokens)
+            || cost.bytes > max.bytes.min(limits.max_batch_bytes)
             || max.slots == 0
         {
             return Err(SubmitError {
@@ -1055,8 +1054,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return;
         }
         let b = knobs.batching;
-        self.planner
-            .set_limits(b.max_batch_size, b.max_batch_tokens, knobs.max_wait);
+        self.planner.set_limits(b, knobs.max_wait);
         self.planner.placer_mut().set_policy(
             knobs.placement,
             knobs.urgent_slack,

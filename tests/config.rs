@@ -22,6 +22,7 @@ fn every_key_is_read() {
         [batching]
         max_batch_size = 16
         max_batch_tokens = 4096
+        max_batch_bytes = 1000000
         max_queue_delay_ms = 0.5
         [ordering]
         max_wait_ms = 100
@@ -48,6 +49,7 @@ fn every_key_is_read() {
     assert_eq!((c.intake.shards, c.intake.lane_capacity), (4, 64));
     assert_eq!(c.batching.max_batch_size, 16);
     assert_eq!(c.batching.max_batch_tokens, 4096);
+    assert_eq!(c.batching.max_batch_bytes, 1_000_000);
     assert_eq!(c.batching.max_queue_delay, Duration::from_micros(500));
     assert_eq!(c.max_wait, Duration::from_millis(100));
     assert_eq!(

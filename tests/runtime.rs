@@ -29,6 +29,7 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
         batching: BatchingConfig {
             max_batch_size: max_batch,
             max_batch_tokens: 1 << 20,
+            max_batch_bytes: u64::MAX,
             max_queue_delay: Duration::from_millis(delay_ms),
         },
         ..Config::default()
@@ -845,4 +846,35 @@ fn sla_report_tracks_latency_and_violations() {
     assert_eq!(high.compliance_total, Some(1.0));
     assert_eq!(r.of(Priority::Low).end_to_end.count, 0);
     assert!(!normal.recent_violations.is_empty());
+}
+
+/// A memory budget per batch: the batch's total bytes never exceed it, and
+/// a request larger than the budget is refused at submit.
+#[test]
+fn batch_bytes_stay_within_the_budget() {
+    let biggest = Arc::new(AtomicUsize::new(0));
+    let b2 = biggest.clone();
+    let mut cfg = config(vec![worker(64, 1 << 20)], 16, 2);
+    cfg.batching.max_batch_bytes = 250;
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            b2.fetch_max(xs.len(), Ordering::Relaxed);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let e = h.submit(Request::new(0).bytes(251)).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
+    let ts: Vec<_> = (0..60)
+        .map(|i| h.submit(Request::new(i).bytes(100)).unwrap())
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    rt.shutdown();
+    assert_eq!(
+        biggest.load(Ordering::Relaxed),
+        2,
+        "100-byte requests under a 250-byte budget: 2 per batch"
+    );
 }
