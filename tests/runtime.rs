@@ -59,11 +59,15 @@ impl Hold {
 /// One worker whose executor blocks on request 0 until `hold` opens, and
 /// records every input it runs.
 fn blocked_runtime() -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
+    blocked_runtime_with(config(vec![worker(1, 1 << 20)], 1, 0))
+}
+
+fn blocked_runtime_with(cfg: Config) -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
     let hold = Hold::default();
     let ran = Arc::new(Mutex::new(Vec::new()));
     let (h2, r2) = (hold.clone(), ran.clone());
     let rt = Runtime::builder()
-        .config(config(vec![worker(1, 1 << 20)], 1, 0))
+        .config(cfg)
         .batch_fn(move |xs: &[u32]| {
             if xs[0] == 0 {
                 h2.wait();
@@ -365,21 +369,12 @@ fn bad_input_is_a_typed_error() {
 
 #[test]
 fn full_queue_hands_the_request_back() {
-    let hold = Hold::default();
-    let h2 = hold.clone();
     let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
     cfg.intake = convoy::IntakeConfig {
         shards: 1,
         lane_capacity: 2,
     };
-    let rt = Runtime::builder()
-        .config(cfg)
-        .batch_fn(move |xs: &[u32]| {
-            h2.wait();
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
+    let (rt, hold, _) = blocked_runtime_with(cfg);
     let h = rt.handle();
     let t0 = h.submit(Request::new(0)).unwrap();
     eventually("first launched", || rt.stats().batches == 1);
@@ -437,16 +432,7 @@ fn shutdown_drains_and_refuses_new_work() {
 #[test]
 fn shutdown_now_and_drop_fail_what_waits() {
     for via_drop in [false, true] {
-        let hold = Hold::default();
-        let h2 = hold.clone();
-        let rt = Runtime::builder()
-            .config(config(vec![worker(1, 1 << 20)], 1, 0))
-            .batch_fn(move |xs: &[u32]| {
-                h2.wait();
-                xs.to_vec()
-            })
-            .build()
-            .unwrap();
+        let (rt, hold, _) = blocked_runtime();
         let h = rt.handle();
         let running = h.submit(Request::new(0)).unwrap();
         eventually("first launched", || rt.stats().batches == 1);
