@@ -93,6 +93,7 @@ impl ConvoyDecider {
                     max_batch_tokens: u64::MAX,
                     max_batch_bytes: u64::MAX,
                     max_queue_delay: Duration::ZERO,
+                    target_batch_time: None,
                 },
                 placer,
             ),

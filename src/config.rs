@@ -127,6 +127,10 @@ pub struct BatchingConfig {
     /// A batch launches when full, or when its oldest request has waited
     /// this long.
     pub max_queue_delay: Duration,
+    /// Adaptive batch sizing: when set, the batch limit follows AIMD toward
+    /// this batch execution time (halved after a slower batch, +1 after a
+    /// batch within it, never above `max_batch_size`). `None`: fixed limit.
+    pub target_batch_time: Option<Duration>,
 }
 
 /// Everything a runtime needs. `Config::default()` runs CPU workers on this
@@ -166,6 +170,7 @@ impl Default for Config {
                 max_batch_tokens: 64 * 512,
                 max_batch_bytes: u64::MAX,
                 max_queue_delay: Duration::from_millis(2),
+                target_batch_time: None,
             },
             max_wait: Duration::from_millis(500),
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
@@ -330,6 +335,7 @@ struct FileBatching {
     max_batch_tokens: Option<u64>,
     max_batch_bytes: Option<u64>,
     max_queue_delay_ms: Option<f64>,
+    target_batch_ms: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -441,6 +447,9 @@ impl Config {
             c.batching.max_batch_bytes = b.max_batch_bytes.unwrap_or(c.batching.max_batch_bytes);
             if let Some(ms) = b.max_queue_delay_ms {
                 c.batching.max_queue_delay = millis("batching.max_queue_delay_ms", ms, false)?;
+            }
+            if let Some(ms) = b.target_batch_ms {
+                c.batching.target_batch_time = Some(millis("batching.target_batch_ms", ms, true)?);
             }
         }
         if let Some(ms) = file.ordering.and_then(|o| o.max_wait_ms) {

@@ -14,6 +14,8 @@
 //! | `convoy_requests_ended_total` | counter | `priority`, `outcome` (completed, expired, cancelled, failed, shut_down) |
 //! | `convoy_batches_total` | counter | |
 //! | `convoy_batch_size` | histogram | |
+//! | `convoy_batch_limit` | gauge | |
+//! | `convoy_batch_limit_decreases_total` | counter | |
 //! | `convoy_request_latency_seconds` | histogram | `priority` (end to end) |
 //! | `convoy_queue_wait_seconds` | histogram | `priority` |
 //! | `convoy_slo_compliance_ratio` | gauge | `priority`, `window` (1m, 5m, total) |
@@ -194,6 +196,21 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         counter(&mut m, &none, s.batches)?;
+
+        let mut m = e.encode_descriptor(
+            "convoy_batch_limit",
+            "Batch size limit in force (adaptive sizing moves it)",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(s.batch_limit as f64))?;
+        let mut m = e.encode_descriptor(
+            "convoy_batch_limit_decreases",
+            "Times adaptive sizing halved the batch limit",
+            None,
+            MetricType::Counter,
+        )?;
+        counter(&mut m, &none, s.batch_limit_decreases)?;
 
         let mut m = e.encode_descriptor(
             "convoy_batch_size",

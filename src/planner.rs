@@ -70,6 +70,11 @@ pub struct Planner<T> {
     ledger: Ledger,
     placer: Placer,
     limits: BatchingConfig,
+    /// The batch limit in force: `max_batch_size`, or the AIMD limit when
+    /// `target_batch_time` is set.
+    batch_limit: usize,
+    /// AIMD decreases since start.
+    limit_decreases: u64,
     deferred: Vec<(T, Meta)>,
 }
 
@@ -81,8 +86,35 @@ impl<T: Plannable> Planner<T> {
             waiting: Waiting::new(max_wait),
             ledger: Ledger::new(workers),
             placer,
+            batch_limit: limits.max_batch_size,
+            limit_decreases: 0,
             limits,
             deferred: Vec::new(),
+        }
+    }
+
+    /// The batch limit in force now.
+    pub fn batch_limit(&self) -> usize {
+        self.batch_limit
+    }
+
+    /// How many times AIMD halved the limit.
+    pub fn limit_decreases(&self) -> u64 {
+        self.limit_decreases
+    }
+
+    /// Adaptive batch sizing: feeds one finished batch's execution time.
+    /// Slower than `target_batch_time` halves the limit (at least 1);
+    /// within it adds one (at most `max_batch_size`). No target: no change.
+    pub fn observe_batch_time(&mut self, took: Duration) {
+        let Some(target) = self.limits.target_batch_time else {
+            return;
+        };
+        if took > target {
+            self.batch_limit = (self.batch_limit / 2).max(1);
+            self.limit_decreases += 1;
+        } else {
+            self.batch_limit = (self.batch_limit + 1).min(self.limits.max_batch_size);
         }
     }
 
@@ -93,6 +125,10 @@ impl<T: Plannable> Planner<T> {
 
     /// Changes the batch limits and `max_wait` (a config reload).
     pub fn set_limits(&mut self, limits: BatchingConfig, max_wait: Duration) {
+        self.batch_limit = match limits.target_batch_time {
+            Some(_) => self.batch_limit.clamp(1, limits.max_batch_size),
+            None => limits.max_batch_size,
+        };
         self.limits = limits;
         self.waiting.set_max_wait(max_wait);
     }
@@ -156,7 +192,7 @@ impl<T: Plannable> Planner<T> {
                 Some((w, reason)) => {
                     let fitted = self.ledger.reserve(w, &workers[w].spec.capacity, &cost);
                     debug_assert!(fitted, "placement only offers workers where the head fits");
-                    let mut items = Vec::with_capacity(self.limits.max_batch_size);
+                    let mut items = Vec::with_capacity(self.batch_limit);
                     items.push((item, meta));
                     break (
                         w,
@@ -183,7 +219,7 @@ impl<T: Plannable> Planner<T> {
         };
         let cap = workers[worker].spec.capacity;
         let mut skipped = 0;
-        while formed.items.len() < self.limits.max_batch_size && skipped < MAX_DEFERRED {
+        while formed.items.len() < self.batch_limit && skipped < MAX_DEFERRED {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 break;
             };

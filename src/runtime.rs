@@ -1110,7 +1110,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     .placer_mut()
                     .observe_batch(r.took, w.spec.speed);
             }
+            self.planner.observe_batch_time(r.took);
         }
+        self.shared
+            .counters
+            .set_batch_limit(self.planner.batch_limit(), self.planner.limit_decreases());
     }
 
     fn drain_intake(&mut self, now_ns: u64) {
@@ -1179,7 +1183,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if self.planner.waiting.is_empty() {
             return false;
         }
-        if closing || self.planner.waiting.len() >= self.applied.batching.max_batch_size {
+        if closing || self.planner.waiting.len() >= self.planner.batch_limit() {
             return true;
         }
         let delay =

@@ -27,6 +27,9 @@ pub(crate) struct Counters {
     aging_promotions: AtomicU64,
     placements: [AtomicU64; PlacementReason::COUNT],
     adaptive_switches: AtomicU64,
+    /// The batch limit in force (adaptive sizing) and its decreases.
+    batch_limit: AtomicU64,
+    batch_limit_decreases: AtomicU64,
     /// Batches by size, `BATCH_SIZE_BOUNDS[i-1] < size ≤ BATCH_SIZE_BOUNDS[i]`.
     batch_sizes: [AtomicU64; BATCH_SIZE_BOUNDS.len()],
 }
@@ -44,12 +47,20 @@ impl Counters {
             aging_promotions: AtomicU64::new(0),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
+            batch_limit: AtomicU64::new(0),
+            batch_limit_decreases: AtomicU64::new(0),
             batch_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
     pub fn placement(&self, reason: PlacementReason) {
         self.placements[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_batch_limit(&self, limit: usize, decreases: u64) {
+        self.batch_limit.store(limit as u64, Ordering::Relaxed);
+        self.batch_limit_decreases
+            .store(decreases, Ordering::Relaxed);
     }
 
     pub fn set_adaptive_switches(&self, n: u64) {
@@ -101,6 +112,8 @@ impl Counters {
             batch_insertions: intake.batch_insertions,
             placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
             adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
+            batch_limit: self.batch_limit.load(Ordering::Relaxed),
+            batch_limit_decreases: self.batch_limit_decreases.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
         }
     }
@@ -157,6 +170,11 @@ pub struct Stats {
     pub placements: [u64; PlacementReason::COUNT],
     /// Mode switches of the `Adaptive` policy.
     pub adaptive_switches: u64,
+    /// The batch limit in force, as of the last finished batch (0 before
+    /// any); below `max_batch_size` only with adaptive sizing.
+    pub batch_limit: u64,
+    /// Times adaptive sizing halved the limit.
+    pub batch_limit_decreases: u64,
     /// Batches per size bucket (see [`BATCH_SIZE_BOUNDS`]).
     pub batch_sizes: [u64; BATCH_SIZE_BOUNDS.len()],
 }

@@ -23,6 +23,7 @@ fn every_key_is_read() {
         max_batch_size = 16
         max_batch_tokens = 4096
         max_batch_bytes = 1000000
+        target_batch_ms = 12
         max_queue_delay_ms = 0.5
         [ordering]
         max_wait_ms = 100
@@ -50,6 +51,10 @@ fn every_key_is_read() {
     assert_eq!(c.batching.max_batch_size, 16);
     assert_eq!(c.batching.max_batch_tokens, 4096);
     assert_eq!(c.batching.max_batch_bytes, 1_000_000);
+    assert_eq!(
+        c.batching.target_batch_time,
+        Some(Duration::from_millis(12))
+    );
     assert_eq!(c.batching.max_queue_delay, Duration::from_micros(500));
     assert_eq!(c.max_wait, Duration::from_millis(100));
     assert_eq!(

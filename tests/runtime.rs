@@ -30,6 +30,7 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
             max_batch_size: max_batch,
             max_batch_tokens: 1 << 20,
             max_batch_bytes: u64::MAX,
+            target_batch_time: None,
             max_queue_delay: Duration::from_millis(delay_ms),
         },
         ..Config::default()
@@ -863,4 +864,51 @@ fn batch_bytes_stay_within_the_budget() {
         2,
         "100-byte requests under a 250-byte budget: 2 per batch"
     );
+}
+
+/// Adaptive batch sizing: batches that take longer than the target halve
+/// the limit. Work here costs ≥ 1 ms per request (a sleep, a lower bound),
+/// so any batch over 8 requests exceeds an 8 ms target: with the target the
+/// batches shrink, without it they stay full. (The limit shapes batches
+/// formed after a release: it matters when the workers are saturated.)
+#[test]
+fn adaptive_batch_sizing_shrinks_slow_batches() {
+    let run = |target: Option<Duration>| {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let s2 = sizes.clone();
+        // One batch in flight at a time, so every batch after the first is
+        // formed after a release has fed the AIMD rule.
+        let mut cfg = config(vec![worker(64, 1 << 20)], 64, 1);
+        cfg.batching.target_batch_time = target;
+        let rt = Runtime::builder()
+            .config(cfg)
+            .batch_fn(move |xs: &[u32]| {
+                s2.lock().unwrap().push(xs.len());
+                std::thread::sleep(Duration::from_millis(xs.len() as u64));
+                xs.to_vec()
+            })
+            .build()
+            .unwrap();
+        let h = rt.handle();
+        let ts: Vec<_> = (0..300)
+            .map(|i| h.submit(Request::new(i)).unwrap())
+            .collect();
+        ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+        rt.shutdown();
+        let mut sizes = sizes.lock().unwrap().clone();
+        sizes.sort_unstable();
+        (sizes[sizes.len() / 2], rt.stats())
+    };
+    let (median, stats) = run(Some(Duration::from_millis(8)));
+    assert!(median <= 16, "median batch {median} with an 8 ms target");
+    assert!(stats.batch_limit_decreases >= 3, "{stats:?}");
+    // (The final limit is not checked: once the queue drains, small quick
+    // batches raise it again, as additive increase should.)
+    assert!(stats.batch_limit >= 1, "the limit gauge is published");
+    let (median, stats) = run(None);
+    assert_eq!(
+        median, 64,
+        "without a target the limit stays at max_batch_size"
+    );
+    assert_eq!(stats.batch_limit_decreases, 0);
 }
