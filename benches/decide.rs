@@ -94,6 +94,7 @@ impl ConvoyDecider {
                     max_batch_bytes: u64::MAX,
                     max_queue_delay: Duration::ZERO,
                     target_batch_time: None,
+                    preferred_batch_sizes: convoy::PreferredBatchSizes::NONE,
                 },
                 placer,
             ),
@@ -146,7 +147,10 @@ impl ConvoyDecider {
             })
             .collect();
         let mut abandoned = Vec::new();
-        let formed = match self.planner.form(self.now, &candidates, &mut abandoned) {
+        let formed = match self
+            .planner
+            .form(self.now, &candidates, &mut abandoned, BATCH)
+        {
             Plan::Batch { formed, .. } => formed,
             other => panic!("bench fleet always has room: {other:?}"),
         };

@@ -114,6 +114,51 @@ impl WorkerSpec {
     }
 }
 
+/// Up to 8 preferred batch sizes, ascending, each ≥ 1 (kept `Copy` so the
+/// batch limits stay a plain value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PreferredBatchSizes {
+    sizes: [usize; 8],
+    len: usize,
+}
+
+impl PreferredBatchSizes {
+    /// No preferred sizes.
+    pub const NONE: PreferredBatchSizes = PreferredBatchSizes {
+        sizes: [0; 8],
+        len: 0,
+    };
+
+    /// From a list: at most 8 sizes, each ≥ 1; sorted and deduplicated.
+    ///
+    /// ```
+    /// let p = convoy::PreferredBatchSizes::new(&[8, 4, 8]).unwrap();
+    /// assert_eq!(p.as_slice(), [4, 8]);
+    /// assert!(convoy::PreferredBatchSizes::new(&[0]).is_err());
+    /// ```
+    pub fn new(sizes: &[usize]) -> Result<Self, ConfigError> {
+        let key = "batching.preferred_batch_sizes";
+        if sizes.contains(&0) {
+            return Err(invalid(key, "sizes must be at least 1"));
+        }
+        let mut v = sizes.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        if v.len() > 8 {
+            return Err(invalid(key, format!("{} sizes given, at most 8", v.len())));
+        }
+        let mut out = Self::NONE;
+        out.sizes[..v.len()].copy_from_slice(&v);
+        out.len = v.len();
+        Ok(out)
+    }
+
+    /// The sizes, ascending.
+    pub fn as_slice(&self) -> &[usize] {
+        &self.sizes[..self.len]
+    }
+}
+
 /// Batch limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchingConfig {
@@ -127,6 +172,10 @@ pub struct BatchingConfig {
     /// A batch launches when full, or when its oldest request has waited
     /// this long.
     pub max_queue_delay: Duration,
+    /// Triton's preferred batch sizes: unless the queue delay forces a
+    /// launch, a batch is cut to the largest preferred size the waiting
+    /// requests allow, and waits when none can be made yet. Empty: off.
+    pub preferred_batch_sizes: PreferredBatchSizes,
     /// Adaptive batch sizing: when set, the batch limit follows AIMD toward
     /// this batch execution time (halved after a slower batch, +1 after a
     /// batch within it, never above `max_batch_size`). `None`: fixed limit.
@@ -171,6 +220,7 @@ impl Default for Config {
                 max_batch_bytes: u64::MAX,
                 max_queue_delay: Duration::from_millis(2),
                 target_batch_time: None,
+                preferred_batch_sizes: PreferredBatchSizes::NONE,
             },
             max_wait: Duration::from_millis(500),
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
@@ -265,6 +315,17 @@ impl Config {
         if self.batching.max_batch_tokens == 0 {
             return Err(invalid("batching.max_batch_tokens", "must be at least 1"));
         }
+        if let Some(&big) = self.batching.preferred_batch_sizes.as_slice().last() {
+            if big > self.batching.max_batch_size {
+                return Err(invalid(
+                    "batching.preferred_batch_sizes",
+                    format!(
+                        "{big} exceeds max_batch_size {}",
+                        self.batching.max_batch_size
+                    ),
+                ));
+            }
+        }
         if self.batching.max_batch_bytes == 0 {
             return Err(invalid("batching.max_batch_bytes", "must be at least 1"));
         }
@@ -334,6 +395,7 @@ struct FileBatching {
     max_batch_size: Option<usize>,
     max_batch_tokens: Option<u64>,
     max_batch_bytes: Option<u64>,
+    preferred_batch_sizes: Option<Vec<usize>>,
     max_queue_delay_ms: Option<f64>,
     target_batch_ms: Option<f64>,
 }
@@ -445,6 +507,9 @@ impl Config {
             c.batching.max_batch_size = b.max_batch_size.unwrap_or(c.batching.max_batch_size);
             c.batching.max_batch_tokens = b.max_batch_tokens.unwrap_or(c.batching.max_batch_tokens);
             c.batching.max_batch_bytes = b.max_batch_bytes.unwrap_or(c.batching.max_batch_bytes);
+            if let Some(sizes) = b.preferred_batch_sizes {
+                c.batching.preferred_batch_sizes = PreferredBatchSizes::new(&sizes)?;
+            }
             if let Some(ms) = b.max_queue_delay_ms {
                 c.batching.max_queue_delay = millis("batching.max_queue_delay_ms", ms, false)?;
             }

@@ -83,7 +83,7 @@ pub mod ticket;
 
 pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy,
-    PlacementReason, WorkerSpec,
+    PlacementReason, PreferredBatchSizes, WorkerSpec,
 };
 pub use executor::{BatchFn, Executor};
 pub use request::{Cost, Deadline, Request};

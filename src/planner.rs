@@ -19,6 +19,39 @@ use std::time::Duration;
 /// How many requests in a row a pass may set aside before it stops looking.
 pub const MAX_DEFERRED: usize = 16;
 
+/// How many requests the next batch should take, or `None` to keep
+/// waiting. A forced batch (queue delay reached, or shutting down) and a
+/// full one take `limit`. Otherwise, with preferred sizes, the largest one
+/// that `waiting` allows; with none possible yet, or no preferred sizes,
+/// wait.
+///
+/// ```
+/// use convoy::planner::batch_size_now;
+/// assert_eq!(batch_size_now(11, 16, false, &[4, 8]), Some(8));
+/// assert_eq!(batch_size_now(3, 16, false, &[4, 8]), None); // wait for 4 or the delay
+/// assert_eq!(batch_size_now(3, 16, true, &[4, 8]), Some(16)); // delay reached: take what is there
+/// assert_eq!(batch_size_now(20, 16, false, &[4, 8]), Some(16)); // full
+/// assert_eq!(batch_size_now(5, 16, false, &[]), None);
+/// ```
+pub fn batch_size_now(
+    waiting: usize,
+    limit: usize,
+    forced: bool,
+    preferred: &[usize],
+) -> Option<usize> {
+    if waiting == 0 {
+        return None;
+    }
+    if forced || waiting >= limit {
+        return Some(limit);
+    }
+    preferred
+        .iter()
+        .copied()
+        .filter(|&p| p <= waiting.min(limit))
+        .max()
+}
+
 /// What the planner needs to know about a waiting item.
 pub trait Plannable {
     /// What it costs a worker while it runs.
@@ -163,15 +196,18 @@ impl<T: Plannable> Planner<T> {
         self.ledger.release(worker, amount)
     }
 
-    /// Forms one batch at time `now_ns` over `workers`. Abandoned requests
-    /// met on the way are moved to `abandoned` (unplanned, unreserved).
+    /// Forms one batch of at most `max_items` (and the batch limit) at time
+    /// `now_ns` over `workers`. Abandoned requests met on the way are moved
+    /// to `abandoned` (unplanned, unreserved).
     pub fn form(
         &mut self,
         now_ns: u64,
         workers: &[Candidate<'_>],
         abandoned: &mut Vec<(T, Meta)>,
+        max_items: usize,
     ) -> Plan<T> {
         let mut shortfall = None;
+        let cap = self.batch_limit.min(max_items).max(1);
         // The head decides the worker.
         let (worker, mut formed) = loop {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
@@ -192,7 +228,7 @@ impl<T: Plannable> Planner<T> {
                 Some((w, reason)) => {
                     let fitted = self.ledger.reserve(w, &workers[w].spec.capacity, &cost);
                     debug_assert!(fitted, "placement only offers workers where the head fits");
-                    let mut items = Vec::with_capacity(self.batch_limit);
+                    let mut items = Vec::with_capacity(cap);
                     items.push((item, meta));
                     break (
                         w,
@@ -217,9 +253,9 @@ impl<T: Plannable> Planner<T> {
                 }
             }
         };
-        let cap = workers[worker].spec.capacity;
+        let worker_cap = workers[worker].spec.capacity;
         let mut skipped = 0;
-        while formed.items.len() < self.batch_limit && skipped < MAX_DEFERRED {
+        while formed.items.len() < cap && skipped < MAX_DEFERRED {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 break;
             };
@@ -231,7 +267,7 @@ impl<T: Plannable> Planner<T> {
             let tokens_ok = formed.reserved.tokens + cost.tokens <= self.limits.max_batch_tokens;
             let bytes_ok =
                 formed.reserved.bytes.saturating_add(cost.bytes) <= self.limits.max_batch_bytes;
-            if !tokens_ok || !bytes_ok || !self.ledger.reserve(worker, &cap, &cost) {
+            if !tokens_ok || !bytes_ok || !self.ledger.reserve(worker, &worker_cap, &cost) {
                 self.deferred.push((item, meta));
                 skipped += 1;
                 continue;

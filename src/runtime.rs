@@ -32,7 +32,7 @@ use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, Intake
 use crate::order::Meta;
 use crate::outcome::{Failure, Outcome};
 use crate::placement::{Candidate, Placer};
-use crate::planner::{Formed, Plan, Plannable, Planner};
+use crate::planner::{batch_size_now, Formed, Plan, Plannable, Planner};
 use crate::priority::{InsertPolicy, Priority};
 use crate::request::{Cost, Deadline, Request};
 use crate::ring;
@@ -1179,19 +1179,28 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// Whether a batch should be formed now: full, or its oldest request
     /// has waited `max_queue_delay`, or we are closing.
-    fn batch_due(&mut self, now_ns: u64, closing: bool) -> bool {
-        if self.planner.waiting.is_empty() {
-            return false;
-        }
-        if closing || self.planner.waiting.len() >= self.planner.batch_limit() {
-            return true;
+    /// How many requests a batch formed now should take, or `None` while
+    /// the batch is not due: see `planner::batch_size_now` (forced by the
+    /// queue delay or shutdown, full, or a preferred size reachable).
+    fn batch_due(&mut self, now_ns: u64, closing: bool) -> Option<usize> {
+        let waiting = self.planner.len();
+        if waiting == 0 {
+            return None;
         }
         let delay =
             u64::try_from(self.applied.batching.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
-        self.planner
-            .waiting
-            .oldest_arrival()
-            .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
+        let forced = closing
+            || self
+                .planner
+                .waiting
+                .oldest_arrival()
+                .is_some_and(|a| now_ns.saturating_sub(a) >= delay);
+        batch_size_now(
+            waiting,
+            self.planner.batch_limit(),
+            forced,
+            self.applied.batching.preferred_batch_sizes.as_slice(),
+        )
     }
 
     fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -1229,12 +1238,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let mut admissions = Vec::new();
         let mut short_now = false;
         self.stalled = false;
-        while self.batch_due(now_ns, closing) {
-            let (formed, shortfall) = match self.planner.form(now_ns, &candidates, &mut abandoned) {
-                Plan::Batch { formed, shortfall } => (Some(formed), shortfall),
-                Plan::Stalled { shortfall } => (None, Some(shortfall)),
-                Plan::Empty => (None, None),
-            };
+        while let Some(size) = self.batch_due(now_ns, closing) {
+            let (formed, shortfall) =
+                match self.planner.form(now_ns, &candidates, &mut abandoned, size) {
+                    Plan::Batch { formed, shortfall } => (Some(formed), shortfall),
+                    Plan::Stalled { shortfall } => (None, Some(shortfall)),
+                    Plan::Empty => (None, None),
+                };
             if let Some(cost) = shortfall {
                 // One signal per episode: consecutive passes that meet a
                 // request fitting no worker count once.

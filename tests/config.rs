@@ -24,6 +24,7 @@ fn every_key_is_read() {
         max_batch_tokens = 4096
         max_batch_bytes = 1000000
         target_batch_ms = 12
+        preferred_batch_sizes = [8, 4]
         max_queue_delay_ms = 0.5
         [ordering]
         max_wait_ms = 100

@@ -31,6 +31,7 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
             max_batch_tokens: 1 << 20,
             max_batch_bytes: u64::MAX,
             target_batch_time: None,
+            preferred_batch_sizes: convoy::PreferredBatchSizes::NONE,
             max_queue_delay: Duration::from_millis(delay_ms),
         },
         ..Config::default()
@@ -911,4 +912,35 @@ fn adaptive_batch_sizing_shrinks_slow_batches() {
         "without a target the limit stays at max_batch_size"
     );
     assert_eq!(stats.batch_limit_decreases, 0);
+}
+
+/// Preferred batch sizes: with a long queue delay, every batch is a
+/// preferred size (or full), except the tail that the delay finally forces.
+#[test]
+fn batches_are_cut_to_preferred_sizes() {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let s2 = sizes.clone();
+    let mut cfg = config(vec![worker(64, 1 << 20)], 16, 200);
+    cfg.batching.preferred_batch_sizes = convoy::PreferredBatchSizes::new(&[4, 8]).unwrap();
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            s2.lock().unwrap().push(xs.len());
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let ts: Vec<_> = (0..101)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    rt.shutdown();
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 101);
+    let odd: Vec<_> = sizes.iter().filter(|s| ![4, 8, 16].contains(*s)).collect();
+    assert!(
+        odd.len() <= 1 && odd.iter().all(|&&s| s < 4),
+        "sizes {sizes:?}"
+    );
 }
