@@ -133,23 +133,23 @@ struct WorkerState {
 #[derive(Debug, Clone)]
 struct Fleet {
     workers: Vec<WorkerState>,
+    /// The largest capacity any `Up` worker has, per resource: what submit
+    /// checks a cost against. Derived once per fleet change (a control
+    /// path), so submit does not scan the workers.
+    max: Capacity,
 }
 
 impl Fleet {
-    /// The largest capacity any worker that may take work has, per resource.
-    fn max_capacity(&self) -> Capacity {
-        self.workers.iter().filter(|w| w.health == Health::Up).fold(
-            Capacity {
-                slots: 0,
-                tokens: 0,
-                bytes: 0,
-            },
+    fn new(workers: Vec<WorkerState>) -> Self {
+        let max = workers.iter().filter(|w| w.health == Health::Up).fold(
+            crate::ledger::NOTHING,
             |m, w| Capacity {
                 slots: m.slots.max(w.spec.capacity.slots),
                 tokens: m.tokens.max(w.spec.capacity.tokens),
                 bytes: m.bytes.max(w.spec.capacity.bytes),
             },
-        )
+        );
+        Self { workers, max }
     }
 }
 
@@ -304,8 +304,8 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             gate: Gate::new(),
             doorbell: Doorbell::new(),
             counters: Counters::new(),
-            fleet: ArcSwap::from_pointee(Fleet {
-                workers: specs
+            fleet: ArcSwap::from_pointee(Fleet::new(
+                specs
                     .iter()
                     .map(|spec| WorkerState {
                         spec: spec.clone(),
@@ -313,7 +313,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
                         retired: false,
                     })
                     .collect(),
-            }),
+            )),
             epoch: Instant::now(),
             mode: AtomicU8::new(RUNNING),
             fleet_changed: AtomicBool::new(false),
@@ -355,6 +355,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             releases: release_rx,
             workers: worker_rings,
             new_links,
+            retiring: false,
             applied: shared.knobs.load_full(),
             sla: shared.sla.recorder(shared.epoch),
             reserved_published: Instant::now(),
@@ -598,8 +599,8 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
         if self.shared.gate.is_closed() {
             return Err(BuildError::Spawn("the runtime is shutting down".into()));
         }
-        let mut fleet = Fleet::clone(&self.shared.fleet.load());
-        let index = fleet.workers.len();
+        let mut workers = self.shared.fleet.load().workers.clone();
+        let index = workers.len();
         spec.validate(&format!("workers[{index}]"))?;
         let (link, handle) = spawn_worker(
             index,
@@ -621,12 +622,12 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
         {
             t.workers.push(handle);
         }
-        fleet.workers.push(WorkerState {
+        workers.push(WorkerState {
             spec,
             health: Health::Up,
             retired: false,
         });
-        self.shared.fleet.store(Arc::new(fleet));
+        self.shared.fleet.store(Arc::new(Fleet::new(workers)));
         // Release: the link pushed above is visible to the collector's
         // Acquire swap of the flag.
         self.shared.fleet_changed.store(true, StdOrdering::Release);
@@ -653,17 +654,16 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
         f: impl FnOnce(&mut WorkerState) -> Result<(), String>,
     ) -> Result<(), ConfigError> {
         let _control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        let mut fleet = Fleet::clone(&self.shared.fleet.load());
+        let mut workers = self.shared.fleet.load().workers.clone();
         let key = format!("workers[{worker}]");
-        let w = fleet
-            .workers
+        let w = workers
             .get_mut(worker)
             .ok_or_else(|| ConfigError::Invalid {
                 key: key.clone(),
                 reason: "no such worker".into(),
             })?;
         f(w).map_err(|reason| ConfigError::Invalid { key, reason })?;
-        self.shared.fleet.store(Arc::new(fleet));
+        self.shared.fleet.store(Arc::new(Fleet::new(workers)));
         self.shared.doorbell.ring();
         Ok(())
     }
@@ -830,7 +830,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     }
 
     fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
-        let max = self.shared.fleet.load().max_capacity();
+        let max = self.shared.fleet.load().max;
         let cost = request.cost;
         let limits = self.shared.knobs.load().batching;
         if u64::from(cost.tokens) > max.tokens.min(limits.max_batch_tokens)
@@ -901,6 +901,8 @@ struct Collector<I, O> {
     workers: Vec<Option<WorkerLink<I, O>>>,
     /// Links of workers added at run time (control path, see `fleet_changed`).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
+    /// A removed worker may still have work in flight: check each pass.
+    retiring: bool,
 
     /// The knobs this collector runs with; replaced when a reload lands.
     applied: Arc<Knobs>,
@@ -938,6 +940,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             // Acquire: pairs with the Release in add/remove_worker.
             if self.shared.fleet_changed.swap(false, StdOrdering::Acquire) {
                 self.apply_fleet_changes();
+            }
+            if self.retiring {
+                self.let_go_of_retired();
             }
             self.apply_reload();
             let mode = self.shared.mode.load(StdOrdering::Acquire);
@@ -1064,8 +1069,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.applied = knobs;
     }
 
-    /// Takes links of added workers, and lets go of removed workers that
-    /// have nothing in flight (their thread then exits).
+    /// Takes links of added workers (the one place the collector locks the
+    /// control mutex, and only after `fleet_changed` said so), then looks at
+    /// removed workers.
     fn apply_fleet_changes(&mut self) {
         let added: Vec<_> = self
             .new_links
@@ -1077,6 +1083,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.planner.add_worker();
             self.workers.push(Some(link));
         }
+        self.retiring = true;
+    }
+
+    /// Lets go of removed workers with nothing in flight (their thread then
+    /// exits); `retiring` stays set while one still has work, so the next
+    /// passes look again without touching the control path.
+    fn let_go_of_retired(&mut self) {
         let fleet = self.shared.fleet.load();
         let mut waiting_on_retired = false;
         for (i, w) in fleet.workers.iter().enumerate().take(self.workers.len()) {
@@ -1093,19 +1106,17 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 waiting_on_retired = true;
             }
         }
-        if waiting_on_retired {
-            // Look again after more releases.
-            self.shared.fleet_changed.store(true, StdOrdering::Relaxed);
-        }
+        self.retiring = waiting_on_retired;
     }
 
     fn absorb_releases(&mut self) {
+        let fleet = self.shared.fleet.load();
         while let Some(r) = self.releases.pop() {
             // A release is the exact total a batch reserved, sent once by the
             // worker that ran it; an over-release would be a convoy bug.
             let over = self.planner.release(r.worker, &r.amount);
             debug_assert!(over.is_ok(), "{over:?}");
-            if let Some(w) = self.shared.fleet.load().workers.get(r.worker) {
+            if let Some(w) = fleet.workers.get(r.worker) {
                 self.planner
                     .placer_mut()
                     .observe_batch(r.took, w.spec.speed);
