@@ -119,7 +119,7 @@ impl ConvoyDecider {
                 } else {
                     u64::MAX
                 },
-                expires: false,
+                expire_at: u64::MAX,
                 front: r % 97 == 0,
                 seq: self.seq,
             };

@@ -61,6 +61,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod dedup;
 mod doorbell;
 mod executor;
 mod gate;

@@ -14,6 +14,7 @@
 //! | `convoy_requests_ended_total` | counter | `priority`, `outcome` (completed, expired, cancelled, failed, shut_down) |
 //! | `convoy_batches_total` | counter | |
 //! | `convoy_batch_size` | histogram | |
+//! | `convoy_decision_seconds` | histogram | |
 //! | `convoy_batch_limit` | gauge | |
 //! | `convoy_batch_limit_decreases_total` | counter | |
 //! | `convoy_request_latency_seconds` | histogram | `priority` (end to end) |
@@ -28,6 +29,7 @@
 //! | `convoy_placements_total` | counter | `reason` |
 //! | `convoy_aging_promotions_total` | counter | |
 //! | `convoy_adaptive_switches_total` | counter | |
+//! | `convoy_deduplicated_total` | counter | |
 
 use std::fmt;
 
@@ -44,6 +46,22 @@ use crate::stats::{Stats, BATCH_SIZE_BOUNDS};
 /// Bucket bounds of the latency histograms, in seconds.
 pub const LATENCY_BOUNDS_S: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Bucket bounds of the decision time histogram, in seconds.
+pub const DECISION_BOUNDS_S: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.01,
 ];
 
 /// One worker as a scrape sees it.
@@ -63,6 +81,7 @@ pub(crate) struct Snapshot {
     /// Per priority: (sum in s, count, cumulative buckets).
     pub e2e_buckets: Vec<BucketedLatency>,
     pub wait_buckets: Vec<BucketedLatency>,
+    pub decision: BucketedLatency,
     pub workers: Vec<WorkerSnapshot>,
 }
 
@@ -236,6 +255,16 @@ impl Collector for Snapshot {
             .collect();
         m.encode_histogram::<()>(s.batched_requests as f64, s.batches, &buckets, None)?;
 
+        let mut m = e.encode_descriptor(
+            "convoy_decision_seconds",
+            "Collector time to form, place and hand off one batch",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut b = self.decision.buckets.clone();
+        b.push((f64::INFINITY, self.decision.count));
+        m.encode_histogram::<()>(self.decision.sum_s, self.decision.count, &b, None)?;
+
         for (name, help, all) in [
             (
                 "convoy_request_latency_seconds",
@@ -371,6 +400,13 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         counter(&mut m, &none, s.aging_promotions)?;
+        let mut m = e.encode_descriptor(
+            "convoy_deduplicated",
+            "Requests merged into a waiting twin by dedup key",
+            None,
+            MetricType::Counter,
+        )?;
+        counter(&mut m, &none, s.deduplicated)?;
         let mut m = e.encode_descriptor(
             "convoy_adaptive_switches",
             "Mode switches of the Adaptive placement policy",

@@ -42,13 +42,22 @@ pub struct Meta {
     pub arrival: u64,
     /// Nanoseconds since the epoch; `u64::MAX` for none.
     pub deadline: u64,
-    /// Expire (fail) at the deadline, rather than use it only to order.
-    pub expires: bool,
+    /// When to expire (fail) it, if still waiting; `u64::MAX` for never.
+    /// Its deadline when its level's deadline action is `Reject`. Kept apart
+    /// from `deadline` because a deduplicated group orders by its most
+    /// urgent member's deadline but expires members one by one.
+    pub expire_at: u64,
     /// Inserted with `InsertPolicy::Front`.
     pub front: bool,
     /// Arrival sequence, the final tie-breaker (unique per request).
     pub seq: u64,
 }
+
+/// Names one waiting request, for as long as it waits: once it leaves
+/// (picked, expired, removed), its key finds nothing, even after the slot is
+/// reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitKey(Id);
 
 /// A slot index plus a generation, so stale heap entries of a reused slot
 /// are told apart from live ones.
@@ -115,7 +124,8 @@ impl<T> Waiting<T> {
         self.len == 0
     }
 
-    pub fn insert(&mut self, item: T, meta: Meta) {
+    /// Adds a request; the key finds it while it waits.
+    pub fn insert(&mut self, item: T, meta: Meta) -> WaitKey {
         let id = match self.free.pop() {
             Some(index) => {
                 let slot = &mut self.slots[index as usize];
@@ -137,10 +147,17 @@ impl<T> Waiting<T> {
         };
         self.levels[meta.level.index()].push(Reverse((!meta.front, meta.deadline, meta.seq, id)));
         self.fifo.push_back((meta.arrival, meta.seq, id));
-        if meta.expires && meta.deadline != u64::MAX {
-            self.deadlines.push(Reverse((meta.deadline, id)));
+        if meta.expire_at != u64::MAX {
+            self.deadlines.push(Reverse((meta.expire_at, id)));
         }
         self.len += 1;
+        WaitKey(id)
+    }
+
+    /// Takes the request `key` names, if it still waits. Its index entries
+    /// go stale and are dropped lazily, as after any take.
+    pub fn remove(&mut self, key: WaitKey) -> Option<(T, Meta)> {
+        self.live(key.0).then(|| self.take(key.0))
     }
 
     fn live(&self, id: Id) -> bool {
@@ -276,7 +293,7 @@ mod tests {
                 level,
                 arrival,
                 deadline: u64::MAX,
-                expires: false,
+                expire_at: u64::MAX,
                 front: false,
                 seq: self.0,
             }
@@ -427,7 +444,7 @@ mod tests {
             1,
             Meta {
                 deadline: 5 * MS,
-                expires: true,
+                expire_at: 5 * MS,
                 ..g.meta(High, 0)
             },
         );
@@ -435,7 +452,7 @@ mod tests {
             2,
             Meta {
                 deadline: 3 * MS,
-                expires: false,
+                expire_at: u64::MAX,
                 ..g.meta(High, 0)
             },
         );
@@ -443,7 +460,7 @@ mod tests {
             3,
             Meta {
                 deadline: 9 * MS,
-                expires: true,
+                expire_at: 9 * MS,
                 ..g.meta(Low, 0)
             },
         );

@@ -12,7 +12,7 @@
 
 use crate::config::{BatchingConfig, Capacity, PlacementReason};
 use crate::ledger::{Ledger, OverRelease};
-use crate::order::{Meta, Waiting};
+use crate::order::{Meta, WaitKey, Waiting};
 use crate::placement::{Candidate, Head, Placer};
 use std::time::Duration;
 
@@ -59,6 +59,12 @@ pub trait Plannable {
     /// Whether its caller gave up; it is then handed back unplanned.
     fn abandoned(&self) -> bool {
         false
+    }
+    /// A key the owner indexes its waiting requests by (deduplication):
+    /// when forming puts such a request back, its new [`WaitKey`] is
+    /// reported through [`Planner::take_moved`].
+    fn group(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -109,6 +115,8 @@ pub struct Planner<T> {
     /// AIMD decreases since start.
     limit_decreases: u64,
     deferred: Vec<(T, Meta)>,
+    /// Grouped requests put back by the last `form`, with their new keys.
+    moved: Vec<(u64, WaitKey)>,
 }
 
 impl<T: Plannable> Planner<T> {
@@ -123,6 +131,7 @@ impl<T: Plannable> Planner<T> {
             limit_decreases: 0,
             limits,
             deferred: Vec::new(),
+            moved: Vec::new(),
         }
     }
 
@@ -290,10 +299,102 @@ impl<T: Plannable> Planner<T> {
         }
     }
 
-    /// Set-aside requests go back with their original order keys.
+    /// Set-aside requests go back with their original order keys (under
+    /// new wait keys: grouped ones are reported in `moved`).
     fn put_back(&mut self) {
         for (item, meta) in self.deferred.drain(..) {
-            self.waiting.insert(item, meta);
+            let group = item.group();
+            let key = self.waiting.insert(item, meta);
+            if let Some(g) = group {
+                self.moved.push((g, key));
+            }
         }
+    }
+
+    /// Grouped requests that the last `form` calls put back, each with the
+    /// key it waits under now. The caller drains this after forming.
+    pub fn take_moved(&mut self) -> std::vec::Drain<'_, (u64, WaitKey)> {
+        self.moved.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PlacementPolicy, PreferredBatchSizes, WorkerSpec};
+    use crate::priority::Priority;
+
+    struct Grouped(u64);
+
+    impl Plannable for Grouped {
+        fn cost(&self) -> Capacity {
+            Capacity {
+                slots: 1,
+                tokens: 1,
+                bytes: 0,
+            }
+        }
+        fn group(&self) -> Option<u64> {
+            Some(self.0)
+        }
+    }
+
+    /// A grouped request that a stalled pass sets aside comes back under a
+    /// new wait key, and `take_moved` names it, so an index by group stays
+    /// true (a lost key would stop deduplication under load).
+    #[test]
+    fn put_back_reports_the_new_key_of_grouped_requests() {
+        let limits = BatchingConfig {
+            max_batch_size: 4,
+            max_batch_tokens: u64::MAX,
+            max_batch_bytes: u64::MAX,
+            max_queue_delay: Duration::ZERO,
+            target_batch_time: None,
+            preferred_batch_sizes: PreferredBatchSizes::NONE,
+        };
+        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
+        let mut p = Planner::new(1, Duration::from_secs(1), limits, placer);
+        let spec = WorkerSpec {
+            name: "w".into(),
+            capacity: Capacity {
+                slots: 1,
+                tokens: 16,
+                bytes: u64::MAX,
+            },
+            speed: 1.0,
+            cost_per_hour: 0.0,
+        };
+        let workers = [Candidate {
+            index: 0,
+            spec: &spec,
+            up: true,
+        }];
+        let meta = |seq| Meta {
+            level: Priority::Normal,
+            arrival: 0,
+            deadline: u64::MAX,
+            expire_at: u64::MAX,
+            front: false,
+            seq,
+        };
+        p.waiting.insert(Grouped(1), meta(1));
+        let old = p.waiting.insert(Grouped(2), meta(2));
+        let mut abandoned = Vec::new();
+        // The only slot goes to group 1; group 2 is set aside and put back.
+        assert!(matches!(
+            p.form(0, &workers, &mut abandoned, 1),
+            Plan::Batch { .. }
+        ));
+        assert!(p.take_moved().next().is_none(), "nothing set aside yet");
+        assert!(matches!(
+            p.form(0, &workers, &mut abandoned, 1),
+            Plan::Stalled { .. }
+        ));
+        let moved: Vec<_> = p.take_moved().collect();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].0, 2);
+        assert!(p.waiting.remove(old).is_none(), "the old key is stale");
+        let (item, m) = p.waiting.remove(moved[0].1).expect("the new key finds it");
+        assert_eq!((item.0, m.seq), (2, 2));
     }
 }

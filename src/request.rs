@@ -49,6 +49,7 @@ pub struct Request<I> {
     pub(crate) priority: Priority,
     pub(crate) deadline: Option<Deadline>,
     pub(crate) cost: Cost,
+    pub(crate) dedup_key: Option<u64>,
 }
 
 impl<I> Request<I> {
@@ -59,6 +60,7 @@ impl<I> Request<I> {
             priority: Priority::Normal,
             deadline: None,
             cost: Cost::default(),
+            dedup_key: None,
         }
     }
 
@@ -90,6 +92,23 @@ impl<I> Request<I> {
     pub fn bytes(mut self, bytes: u64) -> Self {
         self.cost.bytes = bytes;
         self
+    }
+
+    /// Marks the request as identical to every other waiting request with
+    /// the same key: the runtime then runs one of them and hands each ticket
+    /// a copy of the output (see [`Builder::deduplicate`]). The key is
+    /// hashed to 64 bits; two different keys collide with probability about
+    /// 2⁻⁶⁴ per pair waiting at the same time.
+    ///
+    /// [`Builder::deduplicate`]: crate::Builder::deduplicate
+    pub fn dedup_key(mut self, key: impl std::hash::Hash) -> Self {
+        self.dedup_key = Some(crate::dedup::hash_key(&key));
+        self
+    }
+
+    /// The hashed dedup key, if one was set.
+    pub fn dedup(&self) -> Option<u64> {
+        self.dedup_key
     }
 
     /// The input.

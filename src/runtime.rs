@@ -14,6 +14,7 @@
 //! The fleet (capacity, speed, health) is an `ArcSwap` snapshot, loaded once
 //! per collector pass; changing it is a control path behind a named mutex.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
@@ -25,11 +26,12 @@ use arc_swap::ArcSwap;
 use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy, WorkerSpec,
 };
+use crate::dedup::{group_meta, Follower};
 use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
 use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, IntakeError};
-use crate::order::Meta;
+use crate::order::{Meta, WaitKey};
 use crate::outcome::{Failure, Outcome};
 use crate::placement::{Candidate, Placer};
 use crate::planner::{batch_size_now, Formed, Plan, Plannable, Planner};
@@ -71,6 +73,9 @@ pub enum SubmitErrorKind {
     CostNeverFits,
     /// The deadline is zero or already past.
     DeadlinePassed,
+    /// The request has a dedup key but the runtime was built without
+    /// [`Builder::deduplicate`].
+    DedupNotEnabled,
 }
 
 /// A refused submit; the request is handed back untouched.
@@ -162,6 +167,13 @@ struct Job<I, O> {
     cost: Cost,
     submitted: Instant,
     deadline_ns: u64,
+    /// Set when drained: nanoseconds since the epoch of its arrival, and
+    /// when it expires (`u64::MAX`: never).
+    arrival_ns: u64,
+    expire_at: u64,
+    dedup: Option<u64>,
+    /// Twins merged into this request by dedup key (see `dedup.rs`).
+    followers: Vec<Follower<O>>,
 }
 
 impl<I, O> Job<I, O> {
@@ -171,7 +183,44 @@ impl<I, O> Job<I, O> {
             priority: self.priority,
             deadline: self.deadline,
             cost: self.cost,
+            dedup_key: self.dedup,
         }
+    }
+
+    /// Makes follower `f` this group's head (it takes over the input),
+    /// and this request's own identity the follower, for a head that must
+    /// leave the group while its twins stay.
+    fn swap_head(&mut self, admission: &mut Admission, f: &mut Follower<O>) {
+        std::mem::swap(&mut self.completer, &mut f.completer);
+        std::mem::swap(&mut self.priority, &mut f.priority);
+        std::mem::swap(&mut self.submitted, &mut f.submitted);
+        std::mem::swap(&mut self.arrival_ns, &mut f.arrival);
+        std::mem::swap(&mut self.deadline_ns, &mut f.deadline);
+        std::mem::swap(&mut self.expire_at, &mut f.expire_at);
+        std::mem::swap(admission, &mut f.admission);
+    }
+
+    /// The group's ordering: its members' most urgent values.
+    fn group_meta(&self, base: Meta) -> Meta {
+        let head = (
+            self.priority,
+            self.arrival_ns,
+            self.deadline_ns,
+            self.expire_at,
+        );
+        let base = Meta {
+            level: head.0,
+            arrival: head.1,
+            deadline: head.2,
+            expire_at: head.3,
+            ..base
+        };
+        group_meta(
+            base,
+            self.followers
+                .iter()
+                .map(|f| (f.priority, f.arrival, f.deadline, f.expire_at)),
+        )
     }
 }
 
@@ -183,6 +232,10 @@ struct Batch<I, O> {
     inputs: Vec<I>,
     /// Each request's completer, level and submit time.
     completers: Vec<(Completer<O>, Priority, Instant)>,
+    /// Deduplicated twins: the index of the input whose output they share.
+    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    /// Copies an output for a follower; set when dedup is enabled.
+    cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
 }
 
@@ -217,6 +270,8 @@ struct Shared {
     /// Reserved capacity per worker, as the collector last published it
     /// (every 100 ms at most, for metrics).
     reserved: ArcSwap<Vec<Capacity>>,
+    /// Built with `Builder::deduplicate`: dedup keys are honoured.
+    dedup: bool,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -254,6 +309,33 @@ pub struct Builder<I, O> {
     config: Config,
     executor: Option<Arc<dyn Executor<I, O>>>,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+    cloner: Option<fn(&O) -> O>,
+}
+
+impl<I: Send + 'static, O: Clone + Send + 'static> Builder<I, O> {
+    /// Honours [`Request::dedup_key`]: requests with the same key waiting
+    /// at the same time run once and each ticket gets a clone of the
+    /// output (the rule is in `convoy::dedup`'s source docs). Without this,
+    /// a request with a key is refused with `DedupNotEnabled`.
+    ///
+    /// ```
+    /// use convoy::{Config, Request, Runtime};
+    /// let rt = Runtime::builder()
+    ///     .config(Config { cpu_workers: 1, ..Config::default() })
+    ///     .batch_fn(|xs: &[u32]| xs.iter().map(|x| x + 1).collect())
+    ///     .deduplicate()
+    ///     .build()?;
+    /// let h = rt.handle();
+    /// let a = h.submit(Request::new(1).dedup_key("same")).unwrap();
+    /// let b = h.submit(Request::new(1).dedup_key("same")).unwrap();
+    /// assert_eq!((a.wait(), b.wait()), (Ok(2), Ok(2)));
+    /// rt.shutdown();
+    /// # Ok::<(), convoy::BuildError>(())
+    /// ```
+    pub fn deduplicate(mut self) -> Self {
+        self.cloner = Some(<O as Clone>::clone);
+        self
+    }
 }
 
 impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
@@ -320,6 +402,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
             sla: SlaBoard::default(),
             reserved: ArcSwap::from_pointee(Vec::new()),
+            dedup: self.cloner.is_some(),
         });
 
         let mut worker_threads = Vec::new();
@@ -362,6 +445,8 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             summary_logged: Instant::now(),
             shutdown_timeout: self.config.shutdown_timeout,
             on_shortfall: self.on_shortfall,
+            cloner: self.cloner,
+            dedup: HashMap::new(),
             seq: 0,
             drained: Vec::new(),
             stalled: false,
@@ -469,6 +554,7 @@ impl Runtime<(), ()> {
             config: Config::default(),
             executor: None,
             on_shortfall: None,
+            cloner: None,
         }
     }
 }
@@ -512,6 +598,10 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
                 .shared
                 .sla
                 .prometheus_buckets(false, crate::metrics::LATENCY_BOUNDS_S),
+            decision: self
+                .shared
+                .sla
+                .decision_buckets(crate::metrics::DECISION_BOUNDS_S),
             workers,
         })
     }
@@ -842,6 +932,12 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
                 request,
             });
         }
+        if request.dedup_key.is_some() && !self.shared.dedup {
+            return Err(SubmitError {
+                kind: SubmitErrorKind::DedupNotEnabled,
+                request,
+            });
+        }
         let deadline_at = match request.deadline {
             None => None,
             Some(Deadline::After(d)) if d.is_zero() => {
@@ -871,6 +967,10 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             deadline: request.deadline,
             cost,
             submitted: now,
+            arrival_ns: 0,
+            expire_at: u64::MAX,
+            dedup: request.dedup_key,
+            followers: Vec::new(),
         };
         Ok((job, ticket))
     }
@@ -912,6 +1012,10 @@ struct Collector<I, O> {
     summary_logged: Instant,
     shutdown_timeout: Duration,
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+    /// Copies outputs for deduplicated twins; `None`: dedup is off.
+    cloner: Option<fn(&O) -> O>,
+    /// The waiting group of each dedup key (see `dedup.rs`).
+    dedup: HashMap<u64, WaitKey>,
     seq: u64,
     drained: Vec<crate::intake::Drained<Job<I, O>>>,
     /// The last pass had a batch due but could place nothing: wait for a
@@ -1130,37 +1234,144 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     fn drain_intake(&mut self, now_ns: u64) {
         self.intake.drain(usize::MAX, &mut self.drained);
-        for d in self.drained.drain(..) {
-            let job = d.item;
+        let mut drained = std::mem::take(&mut self.drained);
+        for d in drained.drain(..) {
+            let mut job = d.item;
             self.seq += 1;
             let level = job.priority;
+            job.arrival_ns = self.shared.ns_since_epoch(job.submitted).min(now_ns);
+            job.expire_at = if self.applied.deadline_action[level.index()] == DeadlineAction::Reject
+            {
+                job.deadline_ns
+            } else {
+                u64::MAX
+            };
             let meta = Meta {
                 level,
-                arrival: self.shared.ns_since_epoch(job.submitted).min(now_ns),
+                arrival: job.arrival_ns,
                 deadline: job.deadline_ns,
-                expires: self.applied.deadline_action[level.index()] == DeadlineAction::Reject,
+                expire_at: job.expire_at,
                 front: d.front,
                 seq: self.seq,
             };
-            self.planner.waiting.insert((job, d.admission), meta);
+            match job.dedup.filter(|_| self.cloner.is_some()) {
+                Some(k) => self.join_or_start_group(k, job, d.admission, meta),
+                None => {
+                    self.planner.waiting.insert((job, d.admission), meta);
+                }
+            }
+        }
+        self.drained = drained;
+    }
+
+    /// Merges `job` into the waiting group of key `k`, or makes it one.
+    fn join_or_start_group(&mut self, k: u64, job: Job<I, O>, admission: Admission, meta: Meta) {
+        let existing = self
+            .dedup
+            .get(&k)
+            .and_then(|&key| self.planner.waiting.remove(key));
+        let entry = match existing {
+            Some(((mut head, head_admission), head_meta)) => {
+                head.followers.push(Follower {
+                    completer: job.completer,
+                    priority: job.priority,
+                    submitted: job.submitted,
+                    arrival: job.arrival_ns,
+                    deadline: job.deadline_ns,
+                    expire_at: job.expire_at,
+                    admission,
+                });
+                self.shared.counters.deduplicated();
+                let meta = head.group_meta(Meta {
+                    front: head_meta.front || meta.front,
+                    ..head_meta
+                });
+                ((head, head_admission), meta)
+            }
+            None => ((job, admission), meta),
+        };
+        let key = self.planner.waiting.insert(entry.0, entry.1);
+        self.dedup.insert(k, key);
+    }
+
+    /// A group left the waiting set: its key is free again.
+    fn forget_group(&mut self, job: &Job<I, O>) {
+        if let Some(k) = job.dedup {
+            self.dedup.remove(&k);
         }
     }
 
     fn expire(&mut self, now_ns: u64) {
         let mut expired = Vec::new();
+        let mut regrouped = Vec::new();
         let now = Instant::now();
-        while let Some(entry) = self.planner.waiting.pop_expired(now_ns) {
-            let ((job, _), meta) = &entry;
-            let timeout = self.applied.slo[meta.level.index()].timeout;
-            self.sla.expired(
-                meta.level,
-                now.saturating_duration_since(job.submitted),
-                timeout,
-                now,
-            );
-            expired.push(entry);
+        while let Some(((mut job, mut adm), meta)) = self.planner.waiting.pop_expired(now_ns) {
+            // A group expires member by member: those past their own
+            // expiry leave, the others wait on under a new head if needed.
+            let mut gone = Vec::new();
+            let mut i = 0;
+            while i < job.followers.len() {
+                if job.followers[i].expire_at <= now_ns {
+                    gone.push(job.followers.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if job.expire_at <= now_ns && !job.followers.is_empty() {
+                let mut f = job.followers.swap_remove(0);
+                job.swap_head(&mut adm, &mut f);
+                gone.push(f);
+            }
+            for f in &gone {
+                self.record_expiry(f.priority, f.submitted, now);
+            }
+            if job.expire_at > now_ns {
+                // The head survives: the group goes back with fresh ordering
+                // (its expiry now that of the members left).
+                let meta = job.group_meta(meta);
+                regrouped.push(((job, adm), meta));
+                self.end_followers(gone, Failure::Expired, Ended::Expired);
+                continue;
+            }
+            self.end_followers(gone, Failure::Expired, Ended::Expired);
+            self.record_expiry(job.priority, job.submitted, now);
+            expired.push(((job, adm), meta));
+        }
+        for ((job, adm), meta) in regrouped {
+            let k = job.dedup;
+            let key = self.planner.waiting.insert((job, adm), meta);
+            if let Some(k) = k {
+                self.dedup.insert(k, key);
+            }
         }
         self.end_unlaunched(expired, Failure::Expired, Ended::Expired);
+    }
+
+    fn record_expiry(&mut self, level: Priority, submitted: Instant, now: Instant) {
+        let timeout = self.applied.slo[level.index()].timeout;
+        self.sla.expired(
+            level,
+            now.saturating_duration_since(submitted),
+            timeout,
+            now,
+        );
+    }
+
+    /// Ends followers that leave their group unlaunched.
+    fn end_followers(&mut self, gone: Vec<Follower<O>>, failure: Failure, how: Ended) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut admissions = Vec::with_capacity(gone.len());
+        for f in gone {
+            admissions.push(f.admission);
+            let ended = match f.completer.complete(Err(failure.clone())) {
+                Ok(()) => how,
+                Err(_) => Ended::Cancelled,
+            };
+            self.shared.counters.ended(f.priority, ended, 1);
+        }
+        self.intake.release_all(admissions);
     }
 
     fn fail_all_waiting(&mut self) {
@@ -1177,13 +1388,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return;
         }
         let mut admissions = Vec::with_capacity(entries.len());
-        for ((job, adm), meta) in entries {
+        for ((mut job, adm), _) in entries {
+            self.forget_group(&job);
+            let followers = std::mem::take(&mut job.followers);
+            self.end_followers(followers, failure.clone(), how);
             admissions.push(adm);
             let ended = match job.completer.complete(Err(failure.clone())) {
                 Ok(()) => how,
                 Err(_) => Ended::Cancelled,
             };
-            self.shared.counters.ended(meta.level, ended, 1);
+            self.shared.counters.ended(job.priority, ended, 1);
         }
         self.intake.release_all(admissions);
     }
@@ -1250,12 +1464,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let mut short_now = false;
         self.stalled = false;
         while let Some(size) = self.batch_due(now_ns, closing) {
+            let deciding = Instant::now();
             let (formed, shortfall) =
                 match self.planner.form(now_ns, &candidates, &mut abandoned, size) {
                     Plan::Batch { formed, shortfall } => (Some(formed), shortfall),
                     Plan::Stalled { shortfall } => (None, Some(shortfall)),
                     Plan::Empty => (None, None),
                 };
+            for (k, key) in self.planner.take_moved() {
+                self.dedup.insert(k, key);
+            }
             if let Some(cost) = shortfall {
                 // One signal per episode: consecutive passes that meet a
                 // request fitting no worker count once.
@@ -1275,6 +1493,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 break;
             };
             self.launch_formed(formed, &mut admissions);
+            self.sla.decision(deciding.elapsed());
         }
         self.short_last_pass = short_now;
         self.intake.release_all(admissions);
@@ -1293,15 +1512,29 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let mut batch = Batch {
             inputs: Vec::with_capacity(formed.items.len()),
             completers: Vec::with_capacity(formed.items.len()),
+            followers: Vec::new(),
+            cloner: self.cloner,
             reserved: formed.reserved,
         };
-        for ((job, adm), meta) in formed.items {
+        for ((mut job, adm), _) in formed.items {
+            if job.dedup.is_some() {
+                self.forget_group(&job);
+                let index = batch.inputs.len();
+                for f in std::mem::take(&mut job.followers) {
+                    self.sla
+                        .queue_wait(f.priority, now.saturating_duration_since(f.submitted));
+                    batch
+                        .followers
+                        .push((index, f.completer, f.priority, f.submitted));
+                    admissions.push(f.admission);
+                }
+            }
             batch.inputs.push(job.input);
             self.sla
-                .queue_wait(meta.level, now.saturating_duration_since(job.submitted));
+                .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
             batch
                 .completers
-                .push((job.completer, meta.level, job.submitted));
+                .push((job.completer, job.priority, job.submitted));
             admissions.push(adm);
         }
         let worker = formed.worker;
@@ -1323,7 +1556,12 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             // the ring's size at run time gets here.
             let undone = self.planner.release(worker, &batch.reserved);
             debug_assert!(undone.is_ok(), "{undone:?}");
-            fail_batch(&self.shared, batch.completers, "worker queue full");
+            fail_batch(
+                &self.shared,
+                batch.completers,
+                batch.followers,
+                "worker queue full",
+            );
         } else {
             link.thread.unpark();
         }
@@ -1335,15 +1573,27 @@ impl<I, O> Plannable for Entry<I, O> {
         as_capacity(self.0.cost)
     }
 
+    fn group(&self) -> Option<u64> {
+        self.0.dedup
+    }
+
+    /// A group is dropped unrun only when every member cancelled.
     fn abandoned(&self) -> bool {
         self.0.completer.is_cancelled()
+            && self.0.followers.iter().all(|f| f.completer.is_cancelled())
     }
 }
 
-fn fail_batch<O>(shared: &Shared, completers: Vec<(Completer<O>, Priority, Instant)>, why: &str) {
+fn fail_batch<O>(
+    shared: &Shared,
+    completers: Vec<(Completer<O>, Priority, Instant)>,
+    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    why: &str,
+) {
     let failure = Failure::ExecutorFailed(why.to_owned());
     let outcomes = completers
         .into_iter()
+        .chain(followers.into_iter().map(|(_, c, p, at)| (c, p, at)))
         .map(|(c, p, at)| (c, p, at, Err(failure.clone())));
     deliver(shared, outcomes, Ended::Failed, |_, _| {});
 }
@@ -1422,6 +1672,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         let Batch {
             inputs,
             completers,
+            followers,
+            cloner,
             reserved,
         } = batch;
         let started = Instant::now();
@@ -1433,10 +1685,25 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
                 let exec = started.elapsed();
                 let slo = self.shared.knobs.load().slo;
-                let outcomes = completers
+                // Twins first, while the outputs they copy are still here.
+                let copies: Vec<_> = followers
                     .into_iter()
-                    .zip(outputs)
-                    .map(|((c, p, at), out)| (c, p, at, Ok(out)));
+                    .map(|(i, c, p, at)| {
+                        let out = match (cloner, outputs.get(i)) {
+                            (Some(clone), Some(o)) => Ok(clone(o)),
+                            _ => Err(Failure::ExecutorFailed(
+                                "no output to share with a deduplicated twin".into(),
+                            )),
+                        };
+                        (c, p, at, out)
+                    })
+                    .collect();
+                let outcomes = copies.into_iter().chain(
+                    completers
+                        .into_iter()
+                        .zip(outputs)
+                        .map(|((c, p, at), out)| (c, p, at, Ok(out))),
+                );
                 let sla = &mut self.sla;
                 deliver(&self.shared, outcomes, Ended::Completed, |p, submitted| {
                     let now = Instant::now();
@@ -1451,9 +1718,9 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                     outputs.len(),
                     completers.len()
                 );
-                fail_batch(&self.shared, completers, &why);
+                fail_batch(&self.shared, completers, followers, &why);
             }
-            Ok(Err(e)) => fail_batch(&self.shared, completers, &e),
+            Ok(Err(e)) => fail_batch(&self.shared, completers, followers, &e),
             Err(panic) => {
                 let why = panic
                     .downcast_ref::<&str>()
@@ -1463,6 +1730,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 fail_batch(
                     &self.shared,
                     completers,
+                    followers,
                     &format!("executor panicked: {why}"),
                 );
             }

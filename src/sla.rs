@@ -123,6 +123,10 @@ pub struct PrioritySla {
 pub struct SlaReport {
     /// Indexed by `Priority::index`.
     pub per_priority: Vec<PrioritySla>,
+    /// The collector's decision time per launched batch: from the start of
+    /// forming it (ordering, placement, reservation) to its hand-off to the
+    /// worker. Kept in nanoseconds, reported as `Duration`s.
+    pub decision: Percentiles,
 }
 
 impl SlaReport {
@@ -146,6 +150,12 @@ const PUBLISH_AFTER: Duration = Duration::from_millis(100);
 /// recorder copies 15 of them on every publish.
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static, valid histogram bounds")
+}
+
+/// Nanoseconds from 1 ns to 10 s at 2 significant figures: decisions take
+/// microseconds, below the latency histograms' 1 µs resolution.
+fn decision_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 10_000_000_000, 2).expect("static, valid histogram bounds")
 }
 
 fn micros(d: Duration) -> u64 {
@@ -173,11 +183,14 @@ pub(crate) struct SlaShard {
     /// (counted, violations)).
     buckets: Vec<(u64, [(u64, u64); Priority::COUNT])>,
     recent: VecDeque<Violation>,
+    /// Decision time per batch, in ns (only the collector records it).
+    decision: Histogram<u64>,
 }
 
 impl SlaShard {
     fn new() -> Self {
         Self {
+            decision: decision_histogram(),
             hist: (0..Priority::COUNT * KINDS).map(|_| histogram()).collect(),
             totals: [(0, 0); Priority::COUNT],
             buckets: vec![(u64::MAX, [(0, 0); Priority::COUNT]); WINDOW_SECS],
@@ -236,6 +249,10 @@ impl SlaBoard {
             for (m, h) in merged.hist.iter_mut().zip(&shard.hist) {
                 m.add(h).expect("histograms share bounds");
             }
+            merged
+                .decision
+                .add(&shard.decision)
+                .expect("histograms share bounds");
             for (m, t) in merged.totals.iter_mut().zip(shard.totals) {
                 m.0 += t.0;
                 m.1 += t.1;
@@ -267,6 +284,21 @@ impl SlaBoard {
                 }
             })
             .collect()
+    }
+
+    /// Cumulative Prometheus buckets (upper bounds in seconds) of the
+    /// decision time per batch.
+    pub fn decision_buckets(&self, bounds_s: &[f64]) -> BucketedLatency {
+        let (merged, _) = self.merged();
+        let h = &merged.decision;
+        BucketedLatency {
+            sum_s: h.mean() * h.len() as f64 / 1e9,
+            count: h.len(),
+            buckets: bounds_s
+                .iter()
+                .map(|&b| (b, h.count_between(0, (b * 1e9) as u64)))
+                .collect(),
+        }
     }
 
     pub fn report(&self, targets: &[SloTarget; Priority::COUNT], now: Duration) -> SlaReport {
@@ -313,7 +345,18 @@ impl SlaBoard {
                 }
             })
             .collect();
-        SlaReport { per_priority }
+        let d = &merged.decision;
+        let q = |x: f64| Duration::from_nanos(d.value_at_quantile(x));
+        SlaReport {
+            per_priority,
+            decision: Percentiles {
+                count: d.len(),
+                p50: q(0.50),
+                p95: q(0.95),
+                p99: q(0.99),
+                max: Duration::from_nanos(d.max()),
+            },
+        }
     }
 }
 
@@ -330,6 +373,13 @@ impl SlaRecorder {
     /// Collector: a request launched after waiting `wait`.
     pub fn queue_wait(&mut self, p: Priority, wait: Duration) {
         self.data.hist(p, WAIT).saturating_record(micros(wait));
+        self.unpublished += 1;
+    }
+
+    /// Collector: one batch was decided in `took`.
+    pub fn decision(&mut self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.data.decision.saturating_record(ns);
         self.unpublished += 1;
     }
 

@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     batched_requests: AtomicU64,
     shortfall: AtomicU64,
     aging_promotions: AtomicU64,
+    deduplicated: AtomicU64,
     placements: [AtomicU64; PlacementReason::COUNT],
     adaptive_switches: AtomicU64,
     /// The batch limit in force (adaptive sizing) and its decreases.
@@ -45,6 +46,7 @@ impl Counters {
             batched_requests: AtomicU64::new(0),
             shortfall: AtomicU64::new(0),
             aging_promotions: AtomicU64::new(0),
+            deduplicated: AtomicU64::new(0),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
             batch_limit: AtomicU64::new(0),
@@ -88,6 +90,10 @@ impl Counters {
         self.shortfall.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn deduplicated(&self) {
+        self.deduplicated.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn aging_promotion(&self) {
         self.aging_promotions.fetch_add(1, Ordering::Relaxed);
     }
@@ -109,6 +115,7 @@ impl Counters {
             batched_requests: self.batched_requests.load(Ordering::Relaxed),
             capacity_shortfall: self.shortfall.load(Ordering::Relaxed),
             aging_promotions: self.aging_promotions.load(Ordering::Relaxed),
+            deduplicated: self.deduplicated.load(Ordering::Relaxed),
             batch_insertions: intake.batch_insertions,
             placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
             adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
@@ -164,6 +171,9 @@ pub struct Stats {
     pub capacity_shortfall: u64,
     /// Requests picked by the aging rule ahead of more urgent levels.
     pub aging_promotions: u64,
+    /// Requests merged into a waiting twin by dedup key (each ran as part
+    /// of its twin's execution and is counted in its own outcome too).
+    pub deduplicated: u64,
     /// `submit_batch` calls that inserted at least one request.
     pub batch_insertions: u64,
     /// Batches placed per reason, indexed by `PlacementReason as usize`.

@@ -69,6 +69,16 @@ fn exposition_matches_the_counters() {
     }
     assert_eq!(value(&text, "convoy_batches_total"), s.batches as f64);
     assert_eq!(value(&text, "convoy_batch_size_count"), s.batches as f64);
+    // One decision per launched batch, timed by the collector.
+    assert_eq!(
+        value(&text, "convoy_decision_seconds_count"),
+        s.batches as f64
+    );
+    let decision = rt.sla_report().decision;
+    assert_eq!(decision.count, s.batches);
+    assert!(decision.p50 <= decision.p99 && decision.p99 <= decision.max);
+    assert!(decision.p50 > Duration::ZERO);
+    assert_eq!(value(&text, "convoy_deduplicated_total"), 0.0);
     assert_eq!(
         value(&text, "convoy_batch_size_sum"),
         s.batched_requests as f64

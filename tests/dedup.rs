@@ -1,0 +1,378 @@
+//! Deduplication by caller key: one execution per waiting group, every
+//! ticket its own outcome, nothing lost.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use convoy::{
+    BatchingConfig, Capacity, Config, Failure, Priority, Request, Runtime, SubmitErrorKind,
+    WorkerSpec,
+};
+
+fn one_worker(max_batch: usize) -> Config {
+    Config {
+        workers: vec![WorkerSpec {
+            name: "w".into(),
+            capacity: Capacity {
+                slots: 1,
+                tokens: 1 << 20,
+                bytes: u64::MAX,
+            },
+            speed: 1.0,
+            cost_per_hour: 0.0,
+        }],
+        batching: BatchingConfig {
+            max_batch_size: max_batch,
+            max_queue_delay: Duration::ZERO,
+            ..Config::default().batching
+        },
+        ..Config::default()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Hold(Arc<(Mutex<bool>, Condvar)>);
+
+impl Hold {
+    fn wait(&self) {
+        let (m, cv) = &*self.0;
+        let mut open = m.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+    fn open(&self) {
+        let (m, cv) = &*self.0;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+/// Opening on drop: a test that fails while the worker is held still ends
+/// (the runtime's drop joins the worker) instead of hanging.
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+type Ran = Arc<Mutex<Vec<u32>>>;
+
+/// One worker, dedup on; input 0 blocks until `hold` opens; input 99 fails
+/// its batch; every input run is recorded; output = input × 10.
+fn blocked(max_batch: usize) -> (Runtime<u32, u32>, Hold, Ran) {
+    let hold = Hold::default();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let (h2, r2) = (hold.clone(), ran.clone());
+    let rt = Runtime::builder()
+        .config(one_worker(max_batch))
+        .batch_fn(move |xs: &[u32]| {
+            if xs[0] == 0 {
+                h2.wait();
+            }
+            r2.lock().unwrap().extend_from_slice(xs);
+            if xs.contains(&99) {
+                return Vec::new(); // a wrong output count fails the batch
+            }
+            xs.iter().map(|x| x * 10).collect()
+        })
+        .deduplicate()
+        .build()
+        .unwrap();
+    (rt, hold, ran)
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn count(ran: &Ran, x: u32) -> usize {
+    ran.lock().unwrap().iter().filter(|&&y| y == x).count()
+}
+
+#[test]
+fn identical_keys_execute_once_and_every_ticket_gets_the_output() {
+    let (rt, hold, ran) = blocked(8);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let levels = [
+        Priority::Low,
+        Priority::Critical,
+        Priority::Normal,
+        Priority::Background,
+        Priority::High,
+    ];
+    let a: Vec<_> = levels
+        .iter()
+        .map(|&p| {
+            h.submit(Request::new(7).priority(p).dedup_key("prompt-a"))
+                .unwrap()
+        })
+        .collect();
+    let b: Vec<_> = (0..2)
+        .map(|_| h.submit(Request::new(8).dedup_key("prompt-b")).unwrap())
+        .collect();
+    let plain = h.submit(Request::new(9)).unwrap();
+    eventually("all drained", || rt.stats().deduplicated == 5);
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    for t in a {
+        assert_eq!(t.wait(), Ok(70));
+    }
+    for t in b {
+        assert_eq!(t.wait(), Ok(80));
+    }
+    assert_eq!(plain.wait(), Ok(90));
+    rt.shutdown();
+    assert_eq!((count(&ran, 7), count(&ran, 8), count(&ran, 9)), (1, 1, 1));
+    let s = rt.stats();
+    assert_eq!(s.deduplicated, 5, "4 twins of a, 1 of b");
+    for p in levels {
+        assert_eq!(s.of(p).completed, 1 + u64::from(p == Priority::Normal) * 4);
+    }
+    assert_eq!(s.total().inserted, s.total().ended());
+    assert!(rt.metrics_text().contains("convoy_deduplicated_total 5"));
+}
+
+#[test]
+fn a_group_is_ordered_as_its_most_urgent_member() {
+    let (rt, hold, ran) = blocked(1);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let slow = h
+        .submit(
+            Request::new(5)
+                .priority(Priority::Background)
+                .dedup_key(5u64),
+        )
+        .unwrap();
+    let normal = h.submit(Request::new(6)).unwrap();
+    let urgent = h
+        .submit(Request::new(5).priority(Priority::Critical).dedup_key(5u64))
+        .unwrap();
+    eventually("twin merged", || rt.stats().deduplicated == 1);
+    hold.open();
+    assert_eq!(
+        (blocker.wait(), slow.wait(), normal.wait(), urgent.wait()),
+        (Ok(0), Ok(50), Ok(60), Ok(50))
+    );
+    rt.shutdown();
+    assert_eq!(
+        *ran.lock().unwrap(),
+        [0, 5, 6],
+        "the Critical twin lifts its Background group ahead of Normal"
+    );
+}
+
+#[test]
+fn members_expire_one_by_one_and_the_rest_still_run() {
+    let (rt, hold, ran) = blocked(4);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    // The head of the group expires; its twins must survive it.
+    let head = h
+        .submit(
+            Request::new(3)
+                .dedup_key("k")
+                .deadline(Duration::from_millis(5)),
+        )
+        .unwrap();
+    let patient = h.submit(Request::new(3).dedup_key("k")).unwrap();
+    let also_doomed = h
+        .submit(
+            Request::new(3)
+                .dedup_key("k")
+                .priority(Priority::High)
+                .deadline(Duration::from_millis(10)),
+        )
+        .unwrap();
+    assert_eq!(head.wait(), Err(Failure::Expired));
+    assert_eq!(also_doomed.wait(), Err(Failure::Expired));
+    hold.open();
+    assert_eq!(patient.wait(), Ok(30));
+    assert_eq!(blocker.wait(), Ok(0));
+    rt.shutdown();
+    assert_eq!(count(&ran, 3), 1);
+    let s = rt.stats();
+    assert_eq!(s.total().expired, 2);
+    assert_eq!(s.total().completed, 2);
+    assert_eq!(s.total().inserted, s.total().ended());
+}
+
+#[test]
+fn a_group_runs_while_any_member_waits_and_not_when_all_cancelled() {
+    let (rt, hold, ran) = blocked(4);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let mut head = h.submit(Request::new(4).dedup_key("live")).unwrap();
+    let follower = h.submit(Request::new(4).dedup_key("live")).unwrap();
+    let mut gone_a = h.submit(Request::new(6).dedup_key("gone")).unwrap();
+    let gone_b = h.submit(Request::new(6).dedup_key("gone")).unwrap();
+    eventually("twins merged", || rt.stats().deduplicated == 2);
+    assert!(head.cancel());
+    assert!(gone_a.cancel());
+    drop(gone_b);
+    hold.open();
+    assert_eq!(follower.wait(), Ok(40));
+    assert_eq!(head.wait(), Err(Failure::Cancelled));
+    assert_eq!(blocker.wait(), Ok(0));
+    rt.shutdown();
+    assert_eq!(count(&ran, 4), 1);
+    assert_eq!(count(&ran, 6), 0, "a group nobody waits for never runs");
+    let s = rt.stats().total();
+    assert_eq!((s.completed, s.cancelled), (2, 3));
+    assert_eq!(s.inserted, s.ended());
+}
+
+#[test]
+fn a_failed_group_fails_every_member() {
+    let (rt, hold, _ran) = blocked(4);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let tickets: Vec<_> = (0..3)
+        .map(|_| h.submit(Request::new(99).dedup_key("bad")).unwrap())
+        .collect();
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    for t in tickets {
+        assert!(matches!(t.wait(), Err(Failure::ExecutorFailed(_))));
+    }
+    rt.shutdown();
+    let s = rt.stats().total();
+    assert_eq!(s.failed, 3);
+    assert_eq!(s.inserted, s.ended());
+}
+
+#[test]
+fn a_key_is_free_again_once_its_group_launched() {
+    let (rt, hold, ran) = blocked(1);
+    let h = rt.handle();
+    hold.open();
+    let first = h.submit(Request::new(2).dedup_key("again")).unwrap();
+    assert_eq!(first.wait(), Ok(20));
+    let second = h.submit(Request::new(2).dedup_key("again")).unwrap();
+    assert_eq!(second.wait(), Ok(20));
+    rt.shutdown();
+    assert_eq!(count(&ran, 2), 2);
+    assert_eq!(rt.stats().deduplicated, 0);
+}
+
+#[test]
+fn shutdown_now_fails_every_member_of_a_waiting_group() {
+    let (rt, hold, _ran) = blocked(1);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let tickets: Vec<_> = (0..3)
+        .map(|_| h.submit(Request::new(1).dedup_key("w")).unwrap())
+        .collect();
+    eventually("twins merged", || rt.stats().deduplicated == 2);
+    let opener = {
+        let hold = hold.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            hold.open();
+        })
+    };
+    rt.shutdown_now();
+    opener.join().unwrap();
+    for t in tickets {
+        assert_eq!(t.wait(), Err(Failure::ShutDown));
+    }
+    let _ = blocker.wait();
+    let s = rt.stats().total();
+    assert_eq!(s.inserted, s.ended());
+}
+
+#[test]
+fn a_key_without_deduplicate_is_refused_and_handed_back() {
+    let rt = Runtime::builder()
+        .config(Config {
+            cpu_workers: 1,
+            ..Config::default()
+        })
+        .batch_fn(|xs: &[u32]| xs.to_vec())
+        .build()
+        .unwrap();
+    let e = rt
+        .handle()
+        .submit(Request::new(5).dedup_key("k"))
+        .unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::DedupNotEnabled);
+    assert_eq!(*e.request.input(), 5);
+    assert!(e.request.dedup().is_some());
+    rt.shutdown();
+}
+
+/// Many threads, few keys, cancels and deadlines: each ticket gets exactly
+/// one outcome, outputs match inputs, and the counts add up.
+#[test]
+fn nothing_lost_with_many_twins_under_load() {
+    let rt = Runtime::builder()
+        .config(Config {
+            cpu_workers: 2,
+            ..Config::default()
+        })
+        .batch_fn(|xs: &[u32]| {
+            std::thread::sleep(Duration::from_micros(50));
+            xs.iter().map(|x| x * 10).collect()
+        })
+        .deduplicate()
+        .build()
+        .unwrap();
+    let producers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let h = rt.handle();
+            std::thread::spawn(move || {
+                let mut state = 0x9E37_79B9u32.wrapping_mul(t + 1);
+                let mut ok = 0u64;
+                for i in 0..2000u32 {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    let x = state % 16;
+                    let mut r = Request::new(x)
+                        .priority(Priority::ALL[(state >> 8) as usize % 5])
+                        .dedup_key(x);
+                    if state % 7 == 0 {
+                        r = r.deadline(Duration::from_micros(u64::from(state % 3000) + 1));
+                    }
+                    let Ok(mut ticket) = h.submit(r) else {
+                        continue;
+                    };
+                    if i % 11 == 0 {
+                        ticket.cancel();
+                    }
+                    match ticket.wait() {
+                        Ok(y) => {
+                            assert_eq!(y, x * 10);
+                            ok += 1;
+                        }
+                        Err(Failure::Expired | Failure::Cancelled) => {}
+                        Err(e) => panic!("unexpected outcome {e:?}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+    rt.shutdown();
+    let s = rt.stats();
+    let t = s.total();
+    assert_eq!(t.inserted, t.ended(), "{t:?}");
+    assert_eq!(t.completed, ok);
+    assert_eq!(t.queue_depth, 0);
+}
