@@ -17,6 +17,19 @@ pub enum DeadlineAction {
     Delay,
 }
 
+/// Which rule orders waiting requests; see `convoy::order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderingPolicy {
+    /// Priority with aging (convoy's rule, starvation-free).
+    #[default]
+    Aging,
+    /// Strict priority, no aging: a lower level waits while any higher one
+    /// does (a baseline; lower levels can starve).
+    StrictPriority,
+    /// Arrival order, priorities ignored (a baseline, like a plain queue).
+    Fifo,
+}
+
 /// How a batch picks its worker; see `convoy::placement` for the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlacementPolicy {
@@ -192,6 +205,8 @@ pub struct Config {
     pub batching: BatchingConfig,
     /// A request that has waited this long outranks every later arrival.
     pub max_wait: Duration,
+    /// The ordering rule (`ordering.policy`); reloadable.
+    pub ordering: OrderingPolicy,
     /// Per priority (index by `Priority::index`).
     pub deadline_action: [DeadlineAction; Priority::COUNT],
     /// Worker choice per batch.
@@ -223,6 +238,7 @@ impl Default for Config {
                 preferred_batch_sizes: PreferredBatchSizes::NONE,
             },
             max_wait: Duration::from_millis(500),
+            ordering: OrderingPolicy::Aging,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
             placement: PlacementPolicy::LeastLoaded,
             urgent_slack: Duration::from_millis(50),
@@ -404,6 +420,15 @@ struct FileBatching {
 #[serde(deny_unknown_fields)]
 struct FileOrdering {
     max_wait_ms: Option<f64>,
+    policy: Option<FileOrderingPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FileOrderingPolicy {
+    Aging,
+    StrictPriority,
+    Fifo,
 }
 
 #[derive(Debug, Deserialize)]
@@ -517,8 +542,17 @@ impl Config {
                 c.batching.target_batch_time = Some(millis("batching.target_batch_ms", ms, true)?);
             }
         }
-        if let Some(ms) = file.ordering.and_then(|o| o.max_wait_ms) {
-            c.max_wait = millis("ordering.max_wait_ms", ms, true)?;
+        if let Some(o) = file.ordering {
+            if let Some(ms) = o.max_wait_ms {
+                c.max_wait = millis("ordering.max_wait_ms", ms, true)?;
+            }
+            if let Some(p) = o.policy {
+                c.ordering = match p {
+                    FileOrderingPolicy::Aging => OrderingPolicy::Aging,
+                    FileOrderingPolicy::StrictPriority => OrderingPolicy::StrictPriority,
+                    FileOrderingPolicy::Fifo => OrderingPolicy::Fifo,
+                };
+            }
         }
         if let Some(d) = file.deadlines {
             let levels = [d.critical, d.high, d.normal, d.low, d.background];

@@ -83,7 +83,7 @@ mod sync;
 pub mod ticket;
 
 pub use config::{
-    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy,
+    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
     PlacementReason, PreferredBatchSizes, WorkerSpec,
 };
 pub use executor::{BatchFn, Executor};

@@ -17,6 +17,11 @@
 //! 3. **Within a level**: `Front` insertions first, then earliest deadline
 //!    (requests without one last), then arrival order.
 //!
+//! Two baseline rules can replace it (`ordering.policy`), for comparison:
+//! `strict_priority` applies rule 3 within the most urgent non-empty level
+//! and never ages (lower levels can starve), and `fifo` takes requests in
+//! arrival order whatever their level.
+//!
 //! # The starvation bound
 //!
 //! By rule 1, once a request has waited `max_wait`, only requests that
@@ -31,6 +36,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use crate::config::OrderingPolicy;
 use crate::priority::Priority;
 
 /// What ordering needs to know about a request.
@@ -89,6 +95,7 @@ pub(crate) struct Waiting<T> {
     len: usize,
     max_wait: u64,
     aging_step: u64,
+    policy: OrderingPolicy,
 }
 
 impl<T> Waiting<T> {
@@ -105,7 +112,13 @@ impl<T> Waiting<T> {
             len: 0,
             max_wait,
             aging_step: (max_wait / Priority::COUNT as u64).max(1),
+            policy: OrderingPolicy::Aging,
         }
+    }
+
+    /// Changes the ordering rule for every request, waiting or to come.
+    pub fn set_policy(&mut self, policy: OrderingPolicy) {
+        self.policy = policy;
     }
 
     /// Changes `max_wait` (and so the aging step) for every request,
@@ -213,6 +226,16 @@ impl<T> Waiting<T> {
     /// The id the rule picks next at time `now`, and whether it was aged.
     fn pick(&mut self, now: u64) -> Option<(Id, bool)> {
         self.clean();
+        match self.policy {
+            OrderingPolicy::Fifo => return self.fifo.front().map(|&(_, _, id)| (id, false)),
+            OrderingPolicy::StrictPriority => {
+                return self
+                    .levels
+                    .iter()
+                    .find_map(|l| l.peek().map(|Reverse((_, _, _, id))| (*id, false)))
+            }
+            OrderingPolicy::Aging => {}
+        }
         if let Some(&(arrival, _, id)) = self.fifo.front() {
             if now.saturating_sub(arrival) >= self.max_wait {
                 return Some((id, true));
@@ -434,6 +457,35 @@ mod tests {
     #[test]
     fn starvation_bound_all_critical_stream() {
         starvation_run(50, true);
+    }
+
+    #[test]
+    fn baseline_policies_ignore_age_or_level() {
+        let mut g = Gen(0);
+        let fill = |w: &mut Waiting<u32>, g: &mut Gen| {
+            w.insert(1, g.meta(Background, 0));
+            w.insert(2, g.meta(Critical, 10 * MS));
+            w.insert(3, g.meta(Normal, 20 * MS));
+        };
+        // Long past max_wait: aging would take 1 first, by rule 1.
+        let now = 5_000 * MS;
+        let mut aging = Waiting::new(Duration::from_secs(1));
+        fill(&mut aging, &mut g);
+        let order: Vec<_> = std::iter::from_fn(|| aging.pop(now).map(|(x, _, _)| x)).collect();
+        assert_eq!(order, [1, 2, 3]);
+
+        let mut strict = Waiting::new(Duration::from_secs(1));
+        strict.set_policy(OrderingPolicy::StrictPriority);
+        fill(&mut strict, &mut g);
+        let order: Vec<_> = std::iter::from_fn(|| strict.pop(now).map(|(x, _, _)| x)).collect();
+        assert_eq!(order, [2, 3, 1], "no aging: Background last however old");
+
+        let mut fifo = Waiting::new(Duration::from_secs(1));
+        fifo.set_policy(OrderingPolicy::Fifo);
+        fill(&mut fifo, &mut g);
+        fifo.insert(4, g.meta(Critical, 30 * MS));
+        let order: Vec<_> = std::iter::from_fn(|| fifo.pop(MS).map(|(x, _, _)| x)).collect();
+        assert_eq!(order, [1, 2, 3, 4], "arrival order, levels ignored");
     }
 
     #[test]

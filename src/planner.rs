@@ -165,6 +165,11 @@ impl<T: Plannable> Planner<T> {
         self.waiting.insert(item, meta);
     }
 
+    /// Changes the ordering rule (a config reload).
+    pub fn set_ordering(&mut self, policy: crate::config::OrderingPolicy) {
+        self.waiting.set_policy(policy);
+    }
+
     /// Changes the batch limits and `max_wait` (a config reload).
     pub fn set_limits(&mut self, limits: BatchingConfig, max_wait: Duration) {
         self.batch_limit = match limits.target_batch_time {

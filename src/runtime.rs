@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::{
-    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, PlacementPolicy, WorkerSpec,
+    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
+    WorkerSpec,
 };
 use crate::dedup::{group_meta, Follower};
 use crate::doorbell::Doorbell;
@@ -279,6 +280,7 @@ struct Shared {
 struct Knobs {
     batching: BatchingConfig,
     max_wait: Duration,
+    ordering: OrderingPolicy,
     deadline_action: [DeadlineAction; Priority::COUNT],
     placement: PlacementPolicy,
     urgent_slack: Duration,
@@ -290,6 +292,7 @@ impl Knobs {
         Self {
             batching: c.batching,
             max_wait: c.max_wait,
+            ordering: c.ordering,
             deadline_action: c.deadline_action,
             placement: c.placement,
             urgent_slack: c.urgent_slack,
@@ -421,7 +424,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
         };
         drop(release_tx);
 
-        let collector = Collector {
+        let mut collector = Collector {
             shared: shared.clone(),
             intake: intake_rx,
             planner: Planner::new(
@@ -452,6 +455,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             stalled: false,
             short_last_pass: false,
         };
+        collector.planner.set_ordering(self.config.ordering);
         let collector = std::thread::Builder::new()
             .name("convoy-collector".into())
             .spawn(move || collector.run())
@@ -1164,6 +1168,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
         let b = knobs.batching;
         self.planner.set_limits(b, knobs.max_wait);
+        self.planner.set_ordering(knobs.ordering);
         self.planner.placer_mut().set_policy(
             knobs.placement,
             knobs.urgent_slack,

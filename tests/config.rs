@@ -249,3 +249,14 @@ fn reloaded_batch_limit_applies() {
         biggest.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn ordering_policy_parses_and_bad_values_name_the_key() {
+    let c = Config::from_toml_str("[ordering]\npolicy = \"fifo\"").unwrap();
+    assert_eq!(c.ordering, convoy::OrderingPolicy::Fifo);
+    let c = Config::from_toml_str("[ordering]\npolicy = \"strict_priority\"").unwrap();
+    assert_eq!(c.ordering, convoy::OrderingPolicy::StrictPriority);
+    assert_eq!(Config::default().ordering, convoy::OrderingPolicy::Aging);
+    let e = Config::from_toml_str("[ordering]\npolicy = \"lifo\"").unwrap_err();
+    assert!(e.to_string().contains("policy"), "{e}");
+}
