@@ -73,7 +73,9 @@ pub mod order;
 mod outcome;
 pub mod placement;
 pub mod planner;
+pub mod plot;
 mod priority;
+pub mod replay;
 mod request;
 pub mod ring;
 mod runtime;
@@ -81,6 +83,7 @@ pub mod sla;
 mod stats;
 mod sync;
 pub mod ticket;
+pub mod trace;
 
 pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,

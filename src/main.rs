@@ -1,191 +1,359 @@
-//! `convoy`: a short demo of the runtime on this machine's CPU.
+//! `convoy`: replay a real inference trace through the runtime and report
+//! what the scheduler did (the default), or compare ordering policies on
+//! the same trace and load.
 //!
-//! Four producer threads submit a mixed-priority burst of pool-dense
-//! requests (1–512 tokens each, a seeded mix). Critical and High requests
-//! carry deadlines. CPU workers run the built-in model in batches, and the
-//! demo prints a per-priority summary: count, p50/p99 latency, and failures
-//! by kind. `lost` is accepted minus every outcome.
+//! ```text
+//! convoy [replay] [--trace PATH] [--speedup 1600] [--json FILE] [--metrics-out FILE] [--plot FILE]
+//! convoy compare [--load 1.2] [--duration 8] [--json FILE]
+//! ```
+//!
+//! Bad input (a missing or malformed trace, a speed-up of 0, a load ≤ 0, a
+//! bad config file) prints the error with the file and line and exits 2.
 
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
-use convoy::{Config, Failure, Priority, Request, Runtime, SubmitErrorKind};
+use convoy::replay::{self, policy_name, ReplayOptions, Report};
+use convoy::trace::{PriorityMix, Trace};
+use convoy::{Config, OrderingPolicy, Priority};
 
-const PRODUCERS: u64 = 4;
-const PER_PRODUCER: u64 = 5_000;
+const BUNDLED_TRACE: &str = "data/azure_llm_conv_2023.csv";
 
-#[derive(Default, Clone)]
-struct Tally {
-    latencies: Vec<Duration>,
-    expired: u64,
-    cancelled: u64,
-    failed: u64,
-    shut_down: u64,
-    refused: u64,
+#[derive(Parser)]
+#[command(
+    name = "convoy",
+    version,
+    about = "Lock-free request batching: trace replay and policy comparison"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    replay: ReplayArgs,
 }
 
-fn main() {
-    let model = match PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("convoy: {e}");
-            std::process::exit(2);
-        }
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a trace against the runtime and print a report (the default).
+    Replay(ReplayArgs),
+    /// Run the same trace through several ordering policies at a load set
+    /// relative to the measured capacity, and print them side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Trace file: Azure `TIMESTAMP,ContextTokens,GeneratedTokens` or
+    /// generic `arrival_s,priority,tokens[,deadline_ms]`.
+    #[arg(long, default_value = BUNDLED_TRACE)]
+    trace: PathBuf,
+    /// Seed of the priority mix (5% critical, 15% high, 40% normal, 25% low,
+    /// 15% background) for rows without a priority.
+    #[arg(long, default_value_t = 2023)]
+    seed: u64,
+    /// A TOML config (see config/convoy.example.toml); default: built-in.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Replay at most this many rows.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Trace time runs this many times faster than real time.
+    #[arg(long, default_value_t = 1600.0)]
+    speedup: f64,
+    /// Stop submitting after this many seconds of real time.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Ordering policy: aging (convoy), strict_priority or fifo.
+    #[arg(long, default_value = "aging")]
+    policy: String,
+    /// Write the final Prometheus text here.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
+    /// Draw latency percentiles over time per priority (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Offered load as a multiple of the capacity measured first.
+    #[arg(long, default_value_t = 1.2)]
+    load: f64,
+    /// Seconds of real time each policy is replayed for.
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+    /// Seconds of the capacity measurement.
+    #[arg(long, default_value_t = 2.0)]
+    calibrate: f64,
+}
+
+/// A user error: printed, exit code 2.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Compare(args)) => compare(&args),
+        Some(Command::Replay(args)) => replay_cmd(&args),
+        None => replay_cmd(&cli.replay),
     };
-    let config = Config::default();
-    let workers = config.fleet().len();
-    let rt = match Runtime::builder()
-        .config(config.clone())
-        .executor(model)
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("convoy: {e}");
-            std::process::exit(2);
-        }
-    };
-    let started = Instant::now();
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|p| {
-            let h = rt.handle();
-            std::thread::spawn(move || {
-                let mut rng = 0x5EED ^ (p + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let mut next = move || {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng
-                };
-                let mut tallies: Vec<Tally> = vec![Tally::default(); Priority::COUNT];
-                let mut pending = Vec::new();
-                for _ in 0..PER_PRODUCER {
-                    let r = next();
-                    // Mix: 5% Critical, 15% High, 40% Normal, 25% Low, 15% Background.
-                    let prio = match r % 100 {
-                        0..=4 => Priority::Critical,
-                        5..=19 => Priority::High,
-                        20..=59 => Priority::Normal,
-                        60..=84 => Priority::Low,
-                        _ => Priority::Background,
-                    };
-                    let len = 1 + (r >> 8) % 512;
-                    let tokens: Vec<u32> = (0..len)
-                        .map(|i| ((r >> 20) + i * 7919) as u32 % DEFAULT_VOCAB as u32)
-                        .collect();
-                    let mut req = Request::new(tokens).priority(prio).tokens(len as u32);
-                    if prio <= Priority::High {
-                        req = req.deadline(Duration::from_millis(250));
-                    }
-                    match h.submit(req) {
-                        Ok(t) => pending.push((prio, Instant::now(), t)),
-                        Err(e) => {
-                            tallies[prio.index()].refused += 1;
-                            if e.kind == SubmitErrorKind::ShuttingDown {
-                                break;
-                            }
-                        }
-                    }
-                    if pending.len() >= 1024 {
-                        settle(&mut pending, &mut tallies);
-                    }
-                }
-                settle(&mut pending, &mut tallies);
-                tallies
-            })
-        })
-        .collect();
-    let mut tallies: Vec<Tally> = vec![Tally::default(); Priority::COUNT];
-    for p in producers {
-        for (t, mine) in tallies
-            .iter_mut()
-            .zip(p.join().expect("demo producer thread"))
-        {
-            t.latencies.extend(mine.latencies);
-            t.expired += mine.expired;
-            t.cancelled += mine.cancelled;
-            t.failed += mine.failed;
-            t.shut_down += mine.shut_down;
-            t.refused += mine.refused;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(message)) => {
+            eprintln!("convoy: {message}");
+            ExitCode::from(2)
         }
     }
-    let elapsed = started.elapsed();
-    rt.shutdown();
-    let stats = rt.stats();
-    let total = stats.total();
+}
 
-    println!(
-        "convoy demo: {} requests from {PRODUCERS} threads, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}, {workers} CPU workers, max batch {}",
-        PRODUCERS * PER_PRODUCER,
-        config.batching.max_batch_size
+fn load_common(c: &Common) -> Result<(Trace, Config, PoolDense), Fail> {
+    let trace = convoy::trace::load(&c.trace)?;
+    let config = match &c.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => Config::default(),
+    };
+    let model = PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?;
+    Ok((trace, config, model))
+}
+
+fn parse_policy(s: &str) -> Result<OrderingPolicy, Fail> {
+    match s {
+        "aging" => Ok(OrderingPolicy::Aging),
+        "strict_priority" => Ok(OrderingPolicy::StrictPriority),
+        "fifo" => Ok(OrderingPolicy::Fifo),
+        other => Err(Fail(format!(
+            "--policy: unknown policy {other:?} (expected aging, strict_priority or fifo)"
+        ))),
+    }
+}
+
+fn seconds(option: &str, s: f64) -> Result<Duration, Fail> {
+    if s.is_finite() && s > 0.0 && s < 1e6 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(Fail(format!(
+            "{option}: must be a number of seconds > 0, got {s}"
+        )))
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} replay [{bar:40}] {pos}/{len} requests {elapsed}")
+            .expect("static, valid template")
+            .progress_chars("=> "),
     );
+    bar
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Fail> {
+    std::fs::write(path, text).map_err(|e| Fail(format!("{}: {e}", path.display())))
+}
+
+fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
+    if !(args.speedup.is_finite() && args.speedup > 0.0) {
+        return Err(Fail(format!(
+            "--speedup: must be a number > 0, got {}",
+            args.speedup
+        )));
+    }
+    let policy = parse_policy(&args.policy)?;
+    let duration = args
+        .duration
+        .map(|d| seconds("--duration", d))
+        .transpose()?;
+    let (trace, mut config, model) = load_common(&args.common)?;
+    config.ordering = policy;
+    let workers = config.fleet().len();
+    let rows = args
+        .common
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(trace.requests.len());
     println!(
-        "{:<11} {:>7} {:>10} {:>10} {:>8} {:>9} {:>7} {:>9} {:>8}",
-        "priority", "done", "p50", "p99", "expired", "cancelled", "failed", "shutdown", "refused"
+        "convoy replay: {} ({} requests over {:.0} s of trace time) at {}× on {workers} CPU workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}",
+        trace.source,
+        trace.requests.len(),
+        trace.span().as_secs_f64(),
+        args.speedup
     );
-    for p in Priority::ALL {
-        let t = &mut tallies[p.index()];
-        t.latencies.sort_unstable();
-        let pct = |q: f64| {
-            let l = &t.latencies;
-            l.get(((l.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or_default()
+    let options = ReplayOptions {
+        config,
+        speedup: args.speedup,
+        mix: PriorityMix {
+            seed: args.common.seed,
+            ..PriorityMix::default()
+        },
+        limit: args.common.limit,
+        duration,
+        ..ReplayOptions::default()
+    };
+    let bar = progress_bar(rows as u64);
+    let report = replay::replay(&trace, model, &options, &|n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    print!("{}", report.render());
+    if let Some(path) = &args.common.json {
+        write(path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.metrics_out {
+        write(path, &report.metrics)?;
+    }
+    if let Some(path) = &args.plot {
+        convoy::plot::latency_svg(&report, path).map_err(Fail)?;
+    }
+    if report.lost != 0 || report.client_unresolved != 0 {
+        return Err(Fail(format!(
+            "lost {} requests ({} tickets unresolved)",
+            report.lost, report.client_unresolved
+        )));
+    }
+    Ok(())
+}
+
+fn compare(args: &CompareArgs) -> Result<(), Fail> {
+    if !(args.load.is_finite() && args.load > 0.0) {
+        return Err(Fail(format!(
+            "--load: must be a number > 0, got {}",
+            args.load
+        )));
+    }
+    let duration = seconds("--duration", args.duration)?;
+    let calibrate = seconds("--calibrate", args.calibrate)?;
+    let (trace, config, model) = load_common(&args.common)?;
+    if trace.rate() <= 0.0 {
+        return Err(Fail(format!(
+            "{}: all requests arrive at once; compare needs arrival times",
+            trace.source
+        )));
+    }
+    let capacity = replay::calibrate(&trace, model.clone(), &config, calibrate, DEFAULT_VOCAB)?;
+    let speedup = args.load * capacity / trace.rate();
+    println!(
+        "convoy compare: {} | capacity {capacity:.0} req/s measured over {:.1} s | load {:.2} → {:.0} req/s offered (speed-up {speedup:.1}×) for {:.1} s per policy",
+        trace.source,
+        calibrate.as_secs_f64(),
+        args.load,
+        args.load * capacity,
+        duration.as_secs_f64()
+    );
+    let policies = [
+        OrderingPolicy::Fifo,
+        OrderingPolicy::StrictPriority,
+        OrderingPolicy::Aging,
+    ];
+    let mut reports = Vec::new();
+    for policy in policies {
+        let options = ReplayOptions {
+            config: Config {
+                ordering: policy,
+                ..config.clone()
+            },
+            speedup,
+            mix: PriorityMix {
+                seed: args.common.seed,
+                ..PriorityMix::default()
+            },
+            limit: args.common.limit,
+            duration: Some(duration),
+            cycle: true,
+            ..ReplayOptions::default()
         };
-        println!(
-            "{:<11} {:>7} {:>10.2?} {:>10.2?} {:>8} {:>9} {:>7} {:>9} {:>8}",
-            p.as_str(),
-            t.latencies.len(),
-            pct(0.50),
-            pct(0.99),
-            t.expired,
-            t.cancelled,
-            t.failed,
-            t.shut_down,
-            t.refused
+        eprintln!("  running {} ...", policy_name(policy));
+        reports.push(replay::replay(&trace, model.clone(), &options, &|_| {})?);
+    }
+    print!("{}", render_comparison(&reports));
+    if let Some(path) = &args.common.json {
+        let json = serde_json::json!({
+            "capacity_rps": capacity,
+            "load": args.load,
+            "speedup": speedup,
+            "policies": reports,
+        });
+        write(path, &serde_json::to_string_pretty(&json)?)?;
+    }
+    if let Some(r) = reports
+        .iter()
+        .find(|r| r.lost != 0 || r.client_unresolved != 0)
+    {
+        return Err(Fail(format!("{}: lost {} requests", r.policy, r.lost)));
+    }
+    Ok(())
+}
+
+/// One table, a column group per policy.
+fn render_comparison(reports: &[Report]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = write!(s, "{:<11}", "");
+    for r in reports {
+        let _ = write!(s, " | {:^36}", r.policy);
+    }
+    let _ = writeln!(s);
+    let _ = write!(s, "{:<11}", "priority");
+    for _ in reports {
+        let _ = write!(
+            s,
+            " | {:>8} {:>8} {:>9} {:>8}",
+            "p99 ms", "SLO ms", "wait max", "SLO ok"
         );
     }
-    let mean_batch = stats.batched_requests as f64 / stats.batches.max(1) as f64;
-    println!(
-        "throughput {:.0} req/s over {elapsed:.2?}; {} batches, mean size {mean_batch:.1}; aging promotions {}; capacity shortfalls {}",
-        total.completed as f64 / elapsed.as_secs_f64(),
-        stats.batches,
-        stats.aging_promotions,
-        stats.capacity_shortfall,
-    );
-    println!(
-        "accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; lost: {}",
-        total.inserted,
-        total.completed,
-        total.expired,
-        total.cancelled,
-        total.failed,
-        total.shut_down,
-        total.inserted - total.ended()
-    );
-}
-
-/// Waits for every pending ticket, timing each when it becomes ready (not
-/// when we get round to it), so a Critical request finished early is not
-/// charged for the Normal ones submitted before it.
-fn settle(pending: &mut Vec<(Priority, Instant, convoy::Ticket<Vec<f32>>)>, tallies: &mut [Tally]) {
-    while !pending.is_empty() {
-        pending.retain_mut(|(p, at, t)| {
-            let Some(outcome) = t.try_take() else {
-                return true;
-            };
-            let tally = &mut tallies[p.index()];
-            match outcome {
-                Ok(_) => tally.latencies.push(at.elapsed()),
-                Err(Failure::Expired) => tally.expired += 1,
-                Err(Failure::Cancelled) => tally.cancelled += 1,
-                Err(Failure::ExecutorFailed(_)) => tally.failed += 1,
-                Err(Failure::ShutDown) => tally.shut_down += 1,
-            }
-            false
-        });
-        if !pending.is_empty() {
-            std::thread::sleep(Duration::from_micros(200));
+    let _ = writeln!(s);
+    for p in Priority::ALL {
+        let _ = write!(s, "{:<11}", p.as_str());
+        for r in reports {
+            let l = r.of(p);
+            let _ = write!(
+                s,
+                " | {:>8.1} {:>8.0} {:>9.1} {:>7.2}%",
+                l.p99_ms,
+                l.slo_p99_ms,
+                l.queue_wait_max_ms,
+                l.slo_compliance * 100.0
+            );
         }
+        let _ = writeln!(s);
     }
+    for (name, f) in [
+        (
+            "done",
+            (|r: &Report| format!("{}", r.completed)) as fn(&Report) -> String,
+        ),
+        ("refused", |r| format!("{}", r.refused)),
+        ("expired", |r| {
+            format!("{}", r.priorities.iter().map(|p| p.expired).sum::<u64>())
+        }),
+        ("req/s", |r| format!("{:.0}", r.throughput_rps)),
+        ("mean batch", |r| format!("{:.1}", r.mean_batch)),
+        ("lost", |r| format!("{}", r.lost)),
+    ] {
+        let _ = write!(s, "{name:<11}");
+        for r in reports {
+            let _ = write!(s, " | {:>36}", f(r));
+        }
+        let _ = writeln!(s);
+    }
+    s
 }

@@ -57,7 +57,7 @@ pub const DEFAULT_DIM: usize = 256;
 
 /// splitmix64: a tiny seeded generator, so weights are reproducible
 /// everywhere (CPU, GPU upload, other servers) without a dependency.
-fn splitmix(state: &mut u64) -> u64 {
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -67,7 +67,7 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// Uniform in `[-scale, scale)`.
 fn uniform(state: &mut u64, scale: f32) -> f32 {
-    let unit = (splitmix(state) >> 40) as f32 / (1u64 << 24) as f32;
+    let unit = (splitmix64(state) >> 40) as f32 / (1u64 << 24) as f32;
     (unit * 2.0 - 1.0) * scale
 }
 

@@ -1,0 +1,199 @@
+//! convoy against a peer dynamic batcher, `batched-fn` (a Rust crate used
+//! to batch model calls in web services), in the same run: the same
+//! pool-dense model (V = 32000, D = 256), the same requests (token counts
+//! from the bundled Azure trace), the same max batch size (32) and delay
+//! (2 ms).
+//!
+//! Load: `PRODUCERS` threads, each keeping a window of `WINDOW` requests in
+//! flight (submit the window, await all of it, repeat) until it has sent
+//! `PER_PRODUCER`. Both batchers are awaited as futures (`join_all` under
+//! `futures::executor::block_on`), so the client side is the same.
+//!
+//! Criterion measures the time of one full load (throughput in
+//! requests/s). After it, one more load per batcher records each request's
+//! latency (submit to the future's completion) and prints p50/p99 and the
+//! throughput ratios, for BENCHMARKS.md.
+//!
+//! batched-fn runs every batch on its one handler thread. convoy is shown
+//! with one CPU worker (the same parallelism) and with its default (one
+//! worker per core).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use batched_fn::batched_fn;
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
+use convoy::{BatchingConfig, Config, Request, Runtime};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use futures::future::join_all;
+
+const PRODUCERS: usize = 4;
+const WINDOW: usize = 16;
+const PER_PRODUCER: usize = 512;
+const MAX_BATCH: usize = 32;
+const DELAY_MS: u64 = 2;
+
+fn model() -> PoolDense {
+    PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023).expect("valid dimensions")
+}
+
+/// Token lists from the first rows of the bundled trace, capped at 2048
+/// tokens so one request never dominates a run.
+fn requests() -> Vec<Vec<u32>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/azure_llm_conv_2023.csv");
+    let trace = convoy::trace::load(path.as_ref()).expect("the bundled trace loads");
+    trace
+        .requests
+        .iter()
+        .take(PRODUCERS * PER_PRODUCER)
+        .enumerate()
+        .map(|(i, r)| {
+            (0..r.tokens.clamp(1, 2048))
+                .map(|j| ((i as u64 * 7919 + u64::from(j) * 104_729) % DEFAULT_VOCAB as u64) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+async fn batched_fn_call(tokens: Vec<u32>) -> Vec<f32> {
+    let f = batched_fn! {
+        handler = |batch: Vec<Vec<u32>>, model: &PoolDense| -> Vec<Vec<f32>> {
+            model.forward_batch(&batch).expect("token ids are in range")
+        };
+        config = {
+            max_batch_size: MAX_BATCH,
+            max_delay: DELAY_MS as u128,
+        };
+        context = {
+            model: model(),
+        };
+    };
+    f(tokens).await.expect("the handler thread lives")
+}
+
+fn convoy_runtime(workers: usize) -> Runtime<Vec<u32>, Vec<f32>> {
+    Runtime::builder()
+        .config(Config {
+            cpu_workers: workers,
+            batching: BatchingConfig {
+                max_batch_size: MAX_BATCH,
+                max_queue_delay: Duration::from_millis(DELAY_MS),
+                ..Config::default().batching
+            },
+            ..Config::default()
+        })
+        .executor(model())
+        .build()
+        .expect("valid config")
+}
+
+/// Runs the load: `call` turns a request into a future of its output.
+/// Returns the elapsed time and every request's latency.
+fn load<F, Fut>(requests: &[Vec<u32>], call: F) -> (Duration, Vec<Duration>)
+where
+    F: Fn(Vec<u32>) -> Fut + Sync,
+    Fut: Future<Output = Vec<f32>>,
+{
+    let start = Instant::now();
+    let latencies = std::thread::scope(|s| {
+        let threads: Vec<_> = requests
+            .chunks(PER_PRODUCER)
+            .map(|mine| {
+                let call = &call;
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(mine.len());
+                    for window in mine.chunks(WINDOW) {
+                        let timed = window.iter().map(|r| {
+                            let fut = call(r.clone());
+                            async move {
+                                let t = Instant::now();
+                                let out = fut.await;
+                                assert_eq!(out.len(), DEFAULT_DIM);
+                                t.elapsed()
+                            }
+                        });
+                        lat.extend(futures::executor::block_on(join_all(timed)));
+                    }
+                    lat
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("producer thread"))
+            .collect::<Vec<_>>()
+    });
+    (start.elapsed(), latencies)
+}
+
+fn convoy_call(
+    h: &convoy::Handle<Vec<u32>, Vec<f32>>,
+) -> impl Fn(Vec<u32>) -> std::pin::Pin<Box<dyn Future<Output = Vec<f32>> + Send>> + Sync + '_ {
+    move |tokens: Vec<u32>| {
+        let len = tokens.len() as u32;
+        let ticket = h
+            .submit(Request::new(tokens).tokens(len))
+            .expect("the queue holds a window per producer");
+        Box::pin(async move { ticket.await.expect("completes") })
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn bench(c: &mut Criterion) {
+    let requests = requests();
+    let mut g = c.benchmark_group("peers");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(requests.len() as u64));
+    g.bench_function(BenchmarkId::new("batched_fn", "1 handler"), |b| {
+        b.iter(|| load(&requests, batched_fn_call))
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for workers in [1, cores] {
+        let rt = convoy_runtime(workers);
+        let h = rt.handle();
+        g.bench_function(
+            BenchmarkId::new("convoy", format!("{workers} workers")),
+            |b| b.iter(|| load(&requests, convoy_call(&h))),
+        );
+        rt.shutdown();
+    }
+    g.finish();
+
+    // Latency and ratios, one more load each, printed for BENCHMARKS.md.
+    let mut rows = Vec::new();
+    let (t, mut l) = load(&requests, batched_fn_call);
+    l.sort_unstable();
+    rows.push(("batched-fn (1 handler)".to_owned(), t, l));
+    for workers in [1, cores] {
+        let rt = convoy_runtime(workers);
+        let h = rt.handle();
+        let (t, mut l) = load(&requests, convoy_call(&h));
+        rt.shutdown();
+        l.sort_unstable();
+        rows.push((format!("convoy ({workers} workers)"), t, l));
+    }
+    let base = requests.len() as f64 / rows[0].1.as_secs_f64();
+    println!(
+        "\npeers: {} requests, {PRODUCERS} producers × window {WINDOW}, max batch {MAX_BATCH}, delay {DELAY_MS} ms",
+        requests.len()
+    );
+    for (name, t, l) in &rows {
+        let rps = requests.len() as f64 / t.as_secs_f64();
+        println!(
+            "  {name:<24} {rps:>9.0} req/s  ({:.2}× batched-fn)  p50 {:>8.2?}  p99 {:>8.2?}",
+            rps / base,
+            percentile(l, 0.5),
+            percentile(l, 0.99)
+        );
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,721 @@
+//! Trace replay: drive a runtime with a trace's arrivals and sizes, then
+//! report what the scheduler did.
+//!
+//! One driver thread submits each trace row at `arrival / speedup` after
+//! the start (open loop: a slow runtime does not slow the arrivals), as a
+//! pool-dense request of `tokens` token ids at the row's priority (the
+//! trace's own, or the seeded [`PriorityMix`]); it sleeps between rows and
+//! never spins, and a row due within 300 µs goes at once. Each ticket is polled as a
+//! future once, with a waker that stamps the time the worker completed it,
+//! so a request's end-to-end latency is exact whatever order requests
+//! finish in, and no thread blocks per request.
+//!
+//! The [`Report`] combines what the client saw (outcomes per ticket,
+//! end-to-end latency) with the runtime's own accounts (`stats`,
+//! `sla_report`): its `lost` is accepted minus every outcome the runtime
+//! counted, and the client checks that each accepted ticket got exactly one
+//! outcome.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::SegQueue;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::{Config, OrderingPolicy};
+use crate::executor::Executor;
+use crate::outcome::Failure;
+use crate::priority::Priority;
+use crate::request::Request;
+use crate::runtime::{BuildError, Runtime};
+use crate::stats::BATCH_SIZE_BOUNDS;
+use crate::ticket::Ticket;
+use crate::trace::{PriorityMix, Trace};
+
+/// How a replay runs.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The runtime's config (batching, ordering, SLOs, workers).
+    pub config: Config,
+    /// Trace time runs this many times faster than real time (> 0).
+    pub speedup: f64,
+    /// Priorities for rows without one.
+    pub mix: PriorityMix,
+    /// Replay at most this many rows.
+    pub limit: Option<usize>,
+    /// Stop submitting after this much real time.
+    pub duration: Option<Duration>,
+    /// Start the trace over when it ends (until `duration`, which must
+    /// then be set): cycle `k` replays row `i` at `k × (span + mean gap) +
+    /// arrival(i)`, as request `k × rows + i` (fresh token ids).
+    pub cycle: bool,
+    /// Width of the time windows of [`Report::timeline`].
+    pub window: Duration,
+    /// Vocabulary of the token ids generated for each row.
+    pub vocab: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            config: Config::default(),
+            speedup: 1.0,
+            mix: PriorityMix::default(),
+            limit: None,
+            duration: None,
+            cycle: false,
+            window: Duration::from_secs(1),
+            vocab: crate::model::DEFAULT_VOCAB,
+        }
+    }
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A bad option; names it.
+    #[error("{option}: {reason}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The runtime could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// One priority's line of the report.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PriorityReport {
+    /// The level's name.
+    pub priority: String,
+    /// Rows of this level replayed (submitted).
+    pub offered: u64,
+    /// Accepted by the runtime.
+    pub accepted: u64,
+    /// Refused at submit (queue full), handed back.
+    pub refused: u64,
+    /// Outcomes.
+    pub completed: u64,
+    /// Expired while queued.
+    pub expired: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Executor failures.
+    pub failed: u64,
+    /// Failed by shutdown.
+    pub shut_down: u64,
+    /// End-to-end latency of completed requests (client side), ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// Queue wait (runtime side), ms.
+    pub queue_wait_p50_ms: f64,
+    /// Queue wait p95, ms.
+    pub queue_wait_p95_ms: f64,
+    /// Queue wait p99, ms.
+    pub queue_wait_p99_ms: f64,
+    /// Longest queue wait, ms.
+    pub queue_wait_max_ms: f64,
+    /// The configured p99 objective, ms.
+    pub slo_p99_ms: f64,
+    /// The configured per-request timeout, ms.
+    pub slo_timeout_ms: f64,
+    /// Share of finished requests within the timeout (runtime's
+    /// compliance since start); 1.0 when none finished.
+    pub slo_compliance: f64,
+    /// Whether the client-side p99 meets the p99 objective.
+    pub p99_met: bool,
+}
+
+/// Latency over time: per window, per priority, p50 and p99 in ms.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Timeline {
+    /// Window width, s.
+    pub window_s: f64,
+    /// Per window (by completion time): per priority `(p50_ms, p99_ms)`,
+    /// `None` where nothing of that level completed in the window.
+    pub windows: Vec<[Option<(f64, f64)>; Priority::COUNT]>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Report {
+    /// The trace's source.
+    pub trace: String,
+    /// Ordering policy name.
+    pub policy: String,
+    /// Speed-up applied to the trace's clock.
+    pub speedup: f64,
+    /// Offered arrival rate, requests/s of real time.
+    pub offered_rps: f64,
+    /// Rows submitted.
+    pub offered: u64,
+    /// Accepted by the runtime.
+    pub accepted: u64,
+    /// Refused at submit.
+    pub refused: u64,
+    /// Accepted minus every outcome the runtime counted: 0 unless a
+    /// request was lost.
+    pub lost: u64,
+    /// Accepted tickets that did not get exactly one outcome (client side).
+    pub client_unresolved: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Real seconds from the first submit to the last outcome.
+    pub elapsed_s: f64,
+    /// Completed per second over `elapsed_s`.
+    pub throughput_rps: f64,
+    /// Batches launched.
+    pub batches: u64,
+    /// Mean requests per batch.
+    pub mean_batch: f64,
+    /// `(upper bound, batches)` per batch size bucket.
+    pub batch_sizes: Vec<(u64, u64)>,
+    /// Collector decision time per batch, µs.
+    pub decision_p50_us: f64,
+    /// 99th percentile, µs.
+    pub decision_p99_us: f64,
+    /// Share of worker-time spent executing batches.
+    pub utilization: f64,
+    /// Capacity shortfall episodes.
+    pub shortfall: u64,
+    /// Aging promotions.
+    pub aging_promotions: u64,
+    /// The ordering's `max_wait` (the starvation bound, less one batch
+    /// interval), ms.
+    pub max_wait_ms: f64,
+    /// Per priority, in level order.
+    pub priorities: Vec<PriorityReport>,
+    /// Latency over time.
+    pub timeline: Timeline,
+    /// The runtime's final Prometheus text (not in the JSON).
+    #[serde(skip)]
+    pub metrics: String,
+}
+
+impl Report {
+    /// One level's line.
+    pub fn of(&self, p: Priority) -> &PriorityReport {
+        &self.priorities[p.index()]
+    }
+
+    /// The report as a table for a terminal.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "trace {} | policy {} | speed-up {:.1}× | offered {:.0} req/s",
+            self.trace, self.policy, self.speedup, self.offered_rps
+        );
+        let _ = writeln!(
+            s,
+            "{:<11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+            "priority",
+            "offered",
+            "done",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "wait p99",
+            "wait max",
+            "SLO p99",
+            "SLO ok",
+            "expired",
+            "other"
+        );
+        for p in &self.priorities {
+            let _ = writeln!(
+                s,
+                "{:<11} {:>7} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.0} {:>7.2}% {:>8} {:>6}",
+                p.priority,
+                p.offered,
+                p.completed,
+                p.p50_ms,
+                p.p95_ms,
+                p.p99_ms,
+                p.queue_wait_p99_ms,
+                p.queue_wait_max_ms,
+                p.slo_p99_ms,
+                p.slo_compliance * 100.0,
+                p.expired,
+                p.refused + p.cancelled + p.failed + p.shut_down,
+            );
+        }
+        let sizes: Vec<String> = self
+            .batch_sizes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(b, n)| {
+                if *b == u64::MAX {
+                    format!(">1024:{n}")
+                } else {
+                    format!("≤{b}:{n}")
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "throughput {:.0} req/s over {:.2} s | {} batches, mean {:.1} [{}]",
+            self.throughput_rps,
+            self.elapsed_s,
+            self.batches,
+            self.mean_batch,
+            sizes.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "decision p50 {:.1} µs, p99 {:.1} µs | utilization {:.0}% | shortfall {} | aging promotions {}",
+            self.decision_p50_us,
+            self.decision_p99_us,
+            self.utilization * 100.0,
+            self.shortfall,
+            self.aging_promotions
+        );
+        let _ = writeln!(
+            s,
+            "offered {} = refused {} + accepted {}; accepted {} = completed {} + other outcomes; lost: {}",
+            self.offered,
+            self.refused,
+            self.accepted,
+            self.accepted,
+            self.completed,
+            self.lost
+        );
+        s
+    }
+}
+
+/// Accepted minus every outcome: what a runtime lost. Saturating, so a
+/// count read mid-flight never wraps.
+///
+/// ```
+/// use convoy::replay::lost;
+/// assert_eq!(lost(10, [7, 1, 1, 1, 0]), 0);
+/// assert_eq!(lost(10, [7, 1, 0, 0, 0]), 2);
+/// ```
+pub fn lost(accepted: u64, outcomes: [u64; 5]) -> u64 {
+    accepted.saturating_sub(outcomes.iter().sum())
+}
+
+/// Counts the time workers spend in `execute` (one relaxed add per batch).
+struct Busy<E> {
+    inner: E,
+    busy_ns: Arc<AtomicU64>,
+}
+
+impl<E: Executor<Vec<u32>, Vec<f32>>> Executor<Vec<u32>, Vec<f32>> for Busy<E> {
+    fn execute(&self, worker: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        let started = Instant::now();
+        let out = self.inner.execute(worker, inputs);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: an independent sum read after the workers are joined.
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        out
+    }
+}
+
+/// Stamps the moment a ticket's outcome arrives (the completing worker
+/// calls `wake`) and queues the ticket's id for the driver.
+struct Stamp {
+    id: usize,
+    woken: Arc<SegQueue<(usize, Instant)>>,
+}
+
+impl Wake for Stamp {
+    fn wake(self: Arc<Self>) {
+        self.woken.push((self.id, Instant::now()));
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.push((self.id, Instant::now()));
+    }
+}
+
+struct Pending {
+    ticket: Ticket<Vec<f32>>,
+    waker: Waker,
+    level: Priority,
+    submitted: Instant,
+}
+
+/// Client-side tallies.
+struct Tally {
+    e2e: Vec<Histogram<u64>>,
+    outcomes: [[u64; 5]; Priority::COUNT],
+    /// Per window: per priority, latencies in µs.
+    windows: Vec<[Vec<u32>; Priority::COUNT]>,
+    window: Duration,
+    start: Instant,
+    last_outcome: Instant,
+    resolved: u64,
+}
+
+impl Tally {
+    fn record(
+        &mut self,
+        level: Priority,
+        submitted: Instant,
+        at: Instant,
+        outcome: Result<Vec<f32>, Failure>,
+    ) {
+        self.resolved += 1;
+        self.last_outcome = self.last_outcome.max(at);
+        let kind = match outcome {
+            Ok(_) => {
+                let e2e = at.saturating_duration_since(submitted);
+                let us = u64::try_from(e2e.as_micros()).unwrap_or(u64::MAX).max(1);
+                self.e2e[level.index()].saturating_record(us);
+                let w = (at.saturating_duration_since(self.start).as_nanos()
+                    / self.window.as_nanos().max(1)) as usize;
+                if self.windows.len() <= w {
+                    self.windows.resize_with(w + 1, Default::default);
+                }
+                self.windows[w][level.index()].push(u32::try_from(us).unwrap_or(u32::MAX));
+                0
+            }
+            Err(Failure::Expired) => 1,
+            Err(Failure::Cancelled) => 2,
+            Err(Failure::ExecutorFailed(_)) => 3,
+            Err(Failure::ShutDown) => 4,
+        };
+        self.outcomes[level.index()][kind] += 1;
+    }
+}
+
+/// Token ids of row `i`: `len` ids spread over the vocabulary, fixed by the
+/// row index, so every run and policy sends the same requests.
+fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
+    let vocab = vocab.max(1) as u64;
+    (0..u64::from(len.max(1)))
+        .map(|j| ((i as u64).wrapping_mul(7919) + j * 104_729) % vocab)
+        .map(|t| t as u32)
+        .collect()
+}
+
+/// Replays `trace` through a runtime running `executor`, calling
+/// `progress(submitted)` every 256 submits. Returns the report after the
+/// runtime has shut down (so its accounts are exact).
+pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
+    trace: &Trace,
+    executor: E,
+    options: &ReplayOptions,
+    progress: &dyn Fn(u64),
+) -> Result<Report, ReplayError> {
+    if !(options.speedup.is_finite() && options.speedup > 0.0) {
+        return Err(ReplayError::Option {
+            option: "--speedup",
+            reason: format!("must be a finite number > 0, got {}", options.speedup),
+        });
+    }
+    if options.cycle && options.duration.is_none() {
+        return Err(ReplayError::Option {
+            option: "cycle",
+            reason: "a cycled replay needs a duration".into(),
+        });
+    }
+    if options.window.is_zero() {
+        return Err(ReplayError::Option {
+            option: "window",
+            reason: "must be > 0".into(),
+        });
+    }
+    let busy_ns = Arc::new(AtomicU64::new(0));
+    let rt = Runtime::builder()
+        .config(options.config.clone())
+        .executor(Busy {
+            inner: executor,
+            busy_ns: busy_ns.clone(),
+        })
+        .build()?;
+    let workers = options.config.fleet().len().max(1);
+    let handle = rt.handle();
+    let woken: Arc<SegQueue<(usize, Instant)>> = Arc::new(SegQueue::new());
+    let rows = &trace.requests[..options
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(trace.requests.len())];
+    let mut pending: Vec<Option<Pending>> = Vec::with_capacity(rows.len());
+    let start = Instant::now();
+    let mut tally = Tally {
+        e2e: (0..Priority::COUNT)
+            .map(|_| Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static, valid bounds"))
+            .collect(),
+        outcomes: [[0; 5]; Priority::COUNT],
+        windows: Vec::new(),
+        window: options.window,
+        start,
+        last_outcome: start,
+        resolved: 0,
+    };
+    let mut offered = [0u64; Priority::COUNT];
+    let mut refused = [0u64; Priority::COUNT];
+    let mut accepted = 0u64;
+    let mut last_due = start;
+
+    let drain = |pending: &mut Vec<Option<Pending>>, tally: &mut Tally| {
+        while let Some((id, at)) = woken.pop() {
+            let Some(p) = pending[id].as_mut() else {
+                continue;
+            };
+            let mut cx = Context::from_waker(&p.waker);
+            if let Poll::Ready(outcome) = Pin::new(&mut p.ticket).poll(&mut cx) {
+                let p = pending[id].take().expect("checked above");
+                tally.record(p.level, p.submitted, at, outcome);
+            }
+        }
+    };
+
+    let period = rows.last().map_or(Duration::ZERO, |r| r.arrival)
+        + rows
+            .last()
+            .map_or(Duration::ZERO, |r| r.arrival / rows.len().max(1) as u32);
+    let total = if options.cycle {
+        usize::MAX
+    } else {
+        rows.len()
+    };
+    for i in 0..total {
+        let Some(row) = rows.get(i % rows.len().max(1)) else {
+            break;
+        };
+        let round = u32::try_from(i / rows.len()).unwrap_or(u32::MAX);
+        let due = start + (period * round + row.arrival).div_f64(options.speedup);
+        if options.duration.is_some_and(|d| due > start + d) {
+            break;
+        }
+        // Sleep until the row is due, never spin: the driver shares the
+        // machine with the workers it measures. A row due within
+        // `EARLY` goes now, so arrivals are at most that early (sleeps
+        // shorter than that are not precise anyway).
+        const EARLY: Duration = Duration::from_micros(300);
+        loop {
+            drain(&mut pending, &mut tally);
+            let now = Instant::now();
+            if now + EARLY >= due {
+                break;
+            }
+            std::thread::sleep((due - now - EARLY).min(Duration::from_millis(1)));
+        }
+        last_due = due;
+        let level = options.mix.of(i, row);
+        offered[level.index()] += 1;
+        let mut request = Request::new(tokens_of(i, row.tokens, options.vocab))
+            .priority(level)
+            .tokens(row.tokens.max(1));
+        if let Some(d) = row.deadline {
+            request = request.deadline(d);
+        }
+        let submitted = Instant::now();
+        match handle.submit(request) {
+            Ok(mut ticket) => {
+                accepted += 1;
+                let id = pending.len();
+                let waker = Waker::from(Arc::new(Stamp {
+                    id,
+                    woken: woken.clone(),
+                }));
+                let mut cx = Context::from_waker(&waker);
+                match Pin::new(&mut ticket).poll(&mut cx) {
+                    Poll::Ready(outcome) => {
+                        tally.record(level, submitted, Instant::now(), outcome);
+                        pending.push(None);
+                    }
+                    Poll::Pending => pending.push(Some(Pending {
+                        ticket,
+                        waker,
+                        level,
+                        submitted,
+                    })),
+                }
+            }
+            Err(_) => refused[level.index()] += 1,
+        }
+        if i % 256 == 255 {
+            progress(i as u64 + 1);
+        }
+    }
+    progress(offered.iter().sum());
+    // Every accepted ticket gets its outcome; wait for the stragglers.
+    while tally.resolved < accepted {
+        drain(&mut pending, &mut tally);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    rt.shutdown();
+    let stats = rt.stats();
+    let sla = rt.sla_report();
+    let elapsed = tally
+        .last_outcome
+        .saturating_duration_since(start)
+        .max(Duration::from_micros(1));
+    let busy = Duration::from_nanos(busy_ns.load(Ordering::Relaxed));
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let priorities = Priority::ALL
+        .into_iter()
+        .map(|p| {
+            let s = stats.of(p);
+            let h = &tally.e2e[p.index()];
+            let q = |x: f64| h.value_at_quantile(x) as f64 / 1e3;
+            let r = sla.of(p);
+            PriorityReport {
+                priority: p.as_str().to_owned(),
+                offered: offered[p.index()],
+                accepted: s.inserted,
+                refused: refused[p.index()],
+                completed: s.completed,
+                expired: s.expired,
+                cancelled: s.cancelled,
+                failed: s.failed,
+                shut_down: s.shut_down,
+                p50_ms: q(0.50),
+                p95_ms: q(0.95),
+                p99_ms: q(0.99),
+                max_ms: h.max() as f64 / 1e3,
+                queue_wait_p50_ms: ms(r.queue_wait.p50),
+                queue_wait_p95_ms: ms(r.queue_wait.p95),
+                queue_wait_p99_ms: ms(r.queue_wait.p99),
+                queue_wait_max_ms: ms(r.queue_wait.max),
+                slo_p99_ms: ms(r.target.p99),
+                slo_timeout_ms: ms(r.target.timeout),
+                slo_compliance: r.compliance_total.unwrap_or(1.0),
+                p99_met: h.is_empty() || q(0.99) <= ms(r.target.p99),
+            }
+        })
+        .collect();
+    let total = stats.total();
+    let timeline = Timeline {
+        window_s: options.window.as_secs_f64(),
+        windows: tally
+            .windows
+            .iter_mut()
+            .map(|w| {
+                std::array::from_fn(|p| {
+                    let v = &mut w[p];
+                    if v.is_empty() {
+                        return None;
+                    }
+                    v.sort_unstable();
+                    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+                    Some((at(0.5), at(0.99)))
+                })
+            })
+            .collect(),
+    };
+    let offered_total: u64 = offered.iter().sum();
+    let submit_span = last_due.saturating_duration_since(start);
+    Ok(Report {
+        trace: trace.source.clone(),
+        policy: policy_name(options.config.ordering).to_owned(),
+        speedup: options.speedup,
+        offered_rps: if submit_span.is_zero() {
+            0.0
+        } else {
+            offered_total as f64 / submit_span.as_secs_f64()
+        },
+        offered: offered_total,
+        accepted: total.inserted,
+        refused: refused.iter().sum(),
+        lost: lost(
+            total.inserted,
+            [
+                total.completed,
+                total.expired,
+                total.cancelled,
+                total.failed,
+                total.shut_down,
+            ],
+        ),
+        client_unresolved: accepted.saturating_sub(tally.resolved)
+            + pending.iter().filter(|p| p.is_some()).count() as u64,
+        completed: total.completed,
+        elapsed_s: elapsed.as_secs_f64(),
+        throughput_rps: total.completed as f64 / elapsed.as_secs_f64(),
+        batches: stats.batches,
+        mean_batch: stats.batched_requests as f64 / stats.batches.max(1) as f64,
+        batch_sizes: BATCH_SIZE_BOUNDS
+            .iter()
+            .copied()
+            .zip(stats.batch_sizes)
+            .collect(),
+        decision_p50_us: sla.decision.p50.as_secs_f64() * 1e6,
+        decision_p99_us: sla.decision.p99.as_secs_f64() * 1e6,
+        utilization: (busy.as_secs_f64() / (elapsed.as_secs_f64() * workers as f64)).min(1.0),
+        shortfall: stats.capacity_shortfall,
+        aging_promotions: stats.aging_promotions,
+        max_wait_ms: ms(options.config.max_wait),
+        priorities,
+        timeline,
+        metrics: rt.metrics_text(),
+    })
+}
+
+/// Measures what the fleet of `config` sustains on this trace's requests:
+/// a closed loop that keeps `2 × workers × max_batch_size` requests
+/// outstanding (enough for full batches on every worker, never a full
+/// queue) for `duration`, cycling through the trace's rows. Returns
+/// completed requests per second. `convoy compare` sets its offered load
+/// as a multiple of this.
+pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
+    trace: &Trace,
+    executor: E,
+    config: &Config,
+    duration: Duration,
+    vocab: usize,
+) -> Result<f64, ReplayError> {
+    if trace.requests.is_empty() {
+        return Err(ReplayError::Option {
+            option: "--trace",
+            reason: "no requests".into(),
+        });
+    }
+    let rt = Runtime::builder()
+        .config(config.clone())
+        .executor(executor)
+        .build()?;
+    let h = rt.handle();
+    let window = 2 * config.fleet().len().max(1) * config.batching.max_batch_size;
+    let mut outstanding = std::collections::VecDeque::with_capacity(window);
+    let start = Instant::now();
+    let mut completed = 0u64;
+    let mut i = 0usize;
+    while start.elapsed() < duration {
+        while outstanding.len() < window {
+            let row = &trace.requests[i % trace.requests.len()];
+            let r = Request::new(tokens_of(i, row.tokens, vocab)).tokens(row.tokens.max(1));
+            i += 1;
+            match h.submit(r) {
+                Ok(t) => outstanding.push_back(t),
+                Err(_) => break,
+            }
+        }
+        match outstanding.pop_front() {
+            Some(t) => completed += u64::from(t.wait().is_ok()),
+            None => std::thread::sleep(Duration::from_micros(100)),
+        }
+    }
+    let elapsed = start.elapsed();
+    drop(outstanding); // cancels what has not launched
+    rt.shutdown_now();
+    Ok(completed as f64 / elapsed.as_secs_f64())
+}
+
+/// The name `ordering.policy` uses.
+pub fn policy_name(p: OrderingPolicy) -> &'static str {
+    match p {
+        OrderingPolicy::Aging => "aging",
+        OrderingPolicy::StrictPriority => "strict_priority",
+        OrderingPolicy::Fifo => "fifo",
+    }
+}

@@ -1,0 +1,479 @@
+//! Request traces for replay: the Azure LLM inference trace format and a
+//! generic CSV, plus the seeded rule that gives trace rows a priority.
+//!
+//! # Formats
+//!
+//! * **Azure 2023** (`data/azure_llm_conv_2023.csv`): header
+//!   `TIMESTAMP,ContextTokens,GeneratedTokens`, then rows like
+//!   `2023-11-16 18:15:46.6805900,374,44`. The arrival is the timestamp
+//!   minus the earliest one; the token cost is `ContextTokens`. Rows carry
+//!   no priority: [`PriorityMix`] assigns one.
+//! * **Generic**: `arrival_s,priority,tokens[,deadline_ms]`, with or
+//!   without that header line. `arrival_s` is seconds from the start (≥ 0),
+//!   `priority` a level name (`critical` … `background`), `deadline_ms`
+//!   optional (> 0), relative to the arrival.
+//!
+//! Blank lines and lines starting with `#` are skipped. Any other line that
+//! does not parse is an error naming the file and the line number.
+//! Requests are returned in arrival order (a stable sort).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::priority::Priority;
+
+/// One request of a trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceRequest {
+    /// Arrival, relative to the trace's first request.
+    pub arrival: Duration,
+    /// The level, when the trace gives one.
+    pub priority: Option<Priority>,
+    /// Token cost (the prompt length).
+    pub tokens: u32,
+    /// Tokens generated (Azure only; informational).
+    pub generated: Option<u32>,
+    /// Deadline relative to the arrival, when the trace gives one.
+    pub deadline: Option<Duration>,
+}
+
+/// A loaded trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// Where it came from (a path or a name), for reports.
+    pub source: String,
+    /// In arrival order.
+    pub requests: Vec<TraceRequest>,
+}
+
+impl Trace {
+    /// The arrival of the last request.
+    pub fn span(&self) -> Duration {
+        self.requests.last().map_or(Duration::ZERO, |r| r.arrival)
+    }
+
+    /// Mean arrival rate in requests per second of trace time.
+    pub fn rate(&self) -> f64 {
+        let span = self.span().as_secs_f64();
+        if span > 0.0 {
+            self.requests.len() as f64 / span
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Why a trace could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    /// The file could not be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        reason: String,
+    },
+    /// A line did not parse.
+    #[error("{path}:{line}: {reason}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No request in the file.
+    #[error("{path}: no requests")]
+    Empty {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Reads and parses a trace file (format detected from its first line).
+///
+/// ```no_run
+/// let trace = convoy::trace::load("data/azure_llm_conv_2023.csv".as_ref())?;
+/// assert_eq!(trace.requests.len(), 19_365);
+/// # Ok::<(), convoy::trace::TraceError>(())
+/// ```
+pub fn load(path: &Path) -> Result<Trace, TraceError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| TraceError::Io {
+        path: name.clone(),
+        reason: e.to_string(),
+    })?;
+    parse(&name, &text)
+}
+
+/// Parses trace text; `name` is used in errors and reports.
+///
+/// ```
+/// use convoy::trace::parse;
+/// let t = parse("inline", "arrival_s,priority,tokens,deadline_ms\n0.5,high,12,200\n0,low,3\n").unwrap();
+/// assert_eq!(t.requests[0].tokens, 3); // sorted by arrival
+/// assert_eq!(t.requests[1].deadline, Some(std::time::Duration::from_millis(200)));
+/// let e = parse("inline", "arrival_s,priority,tokens\n0,urgent,1\n").unwrap_err();
+/// assert_eq!(e.to_string(), "inline:2: unknown priority \"urgent\" (expected critical, high, normal, low or background)");
+/// ```
+pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
+    let malformed = |line: usize, reason: String| TraceError::Malformed {
+        path: name.to_owned(),
+        line,
+        reason,
+    };
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .peekable();
+    let Some(&(first_no, first)) = lines.peek() else {
+        return Err(TraceError::Empty {
+            path: name.to_owned(),
+        });
+    };
+    let azure = first.starts_with("TIMESTAMP");
+    if azure {
+        let cols: Vec<_> = first.split(',').map(str::trim).collect();
+        if cols != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"] {
+            return Err(malformed(
+                first_no,
+                format!("expected header TIMESTAMP,ContextTokens,GeneratedTokens, got {first:?}"),
+            ));
+        }
+        lines.next();
+    } else if first.starts_with("arrival_s") {
+        let cols: Vec<_> = first.split(',').map(str::trim).collect();
+        if !(cols == ["arrival_s", "priority", "tokens"]
+            || cols == ["arrival_s", "priority", "tokens", "deadline_ms"])
+        {
+            return Err(malformed(
+                first_no,
+                format!("expected header arrival_s,priority,tokens[,deadline_ms], got {first:?}"),
+            ));
+        }
+        lines.next();
+    } else if first
+        .split(',')
+        .next()
+        .is_none_or(|f| f.trim().parse::<f64>().is_err())
+    {
+        return Err(malformed(
+            first_no,
+            format!(
+                "unknown format: expected a header (TIMESTAMP,... or arrival_s,...) or a generic row, got {first:?}"
+            ),
+        ));
+    }
+
+    // Arrivals in ns, absolute (Azure) or from the start (generic).
+    let mut rows: Vec<(u64, TraceRequest)> = Vec::new();
+    for (no, line) in lines {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let row = if azure {
+            parse_azure(&fields)
+        } else {
+            parse_generic(&fields)
+        };
+        rows.push(row.map_err(|reason| malformed(no, reason))?);
+    }
+    let Some(start) = rows.iter().map(|(t, _)| *t).min() else {
+        return Err(TraceError::Empty {
+            path: name.to_owned(),
+        });
+    };
+    let start = if azure { start } else { 0 };
+    let mut requests: Vec<TraceRequest> = rows
+        .into_iter()
+        .map(|(t, r)| TraceRequest {
+            arrival: Duration::from_nanos(t - start),
+            ..r
+        })
+        .collect();
+    requests.sort_by_key(|r| r.arrival);
+    Ok(Trace {
+        source: name.to_owned(),
+        requests,
+    })
+}
+
+fn count(field: &str, what: &str) -> Result<u32, String> {
+    field
+        .parse::<u32>()
+        .map_err(|_| format!("{what} must be a whole number ≥ 0, got {field:?}"))
+}
+
+fn parse_azure(f: &[&str]) -> Result<(u64, TraceRequest), String> {
+    if f.len() != 3 {
+        return Err(format!(
+            "expected 3 fields (TIMESTAMP,ContextTokens,GeneratedTokens), got {}",
+            f.len()
+        ));
+    }
+    let at = parse_timestamp(f[0])?;
+    Ok((
+        at,
+        TraceRequest {
+            arrival: Duration::ZERO,
+            priority: None,
+            tokens: count(f[1], "ContextTokens")?,
+            generated: Some(count(f[2], "GeneratedTokens")?),
+            deadline: None,
+        },
+    ))
+}
+
+fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
+    if !(3..=4).contains(&f.len()) {
+        return Err(format!(
+            "expected 3 or 4 fields (arrival_s,priority,tokens[,deadline_ms]), got {}",
+            f.len()
+        ));
+    }
+    let arrival: f64 = f[0]
+        .parse()
+        .map_err(|_| format!("arrival_s must be a number, got {:?}", f[0]))?;
+    if !arrival.is_finite() || !(0.0..=1e9).contains(&arrival) {
+        return Err(format!(
+            "arrival_s must be finite, ≥ 0 and ≤ 1e9, got {}",
+            f[0]
+        ));
+    }
+    let priority = Priority::from_str(f[1]).map_err(|_| {
+        format!(
+            "unknown priority {:?} (expected critical, high, normal, low or background)",
+            f[1]
+        )
+    })?;
+    let deadline = match f.get(3) {
+        None | Some(&"") => None,
+        Some(d) => {
+            let ms: f64 = d
+                .parse()
+                .map_err(|_| format!("deadline_ms must be a number, got {d:?}"))?;
+            if !ms.is_finite() || ms <= 0.0 || ms > 1e9 {
+                return Err(format!("deadline_ms must be > 0 and ≤ 1e9, got {d}"));
+            }
+            Some(Duration::from_secs_f64(ms / 1e3))
+        }
+    };
+    Ok((
+        (arrival * 1e9) as u64,
+        TraceRequest {
+            arrival: Duration::ZERO,
+            priority: Some(priority),
+            tokens: count(f[2], "tokens")?,
+            generated: None,
+            deadline,
+        },
+    ))
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.fraction]` (UTC, no zone) to ns since 1970.
+fn parse_timestamp(s: &str) -> Result<u64, String> {
+    let bad = || format!("TIMESTAMP must look like 2023-11-16 18:15:46.6805900, got {s:?}");
+    let (date, time) = s.split_once(' ').ok_or_else(bad)?;
+    let d: Vec<&str> = date.split('-').collect();
+    let t: Vec<&str> = time.split(':').collect();
+    if d.len() != 3 || t.len() != 3 {
+        return Err(bad());
+    }
+    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
+    let (year, month, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    let (hour, minute) = (num(t[0])?, num(t[1])?);
+    let (secs, frac) = t[2].split_once('.').unwrap_or((t[2], ""));
+    let secs = num(secs)?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || !(0..24).contains(&hour)
+        || !(0..60).contains(&minute)
+        || !(0..=60).contains(&secs)
+        || !(1970..=9999).contains(&year)
+        || frac.len() > 9
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let frac_ns = if frac.is_empty() {
+        0
+    } else {
+        num(frac)? * 10i64.pow(9 - frac.len() as u32)
+    };
+    let days = days_from_civil(year, month, day);
+    let total_s = days * 86_400 + hour * 3_600 + minute * 60 + secs;
+    u64::try_from(total_s * 1_000_000_000 + frac_ns).map_err(|_| bad())
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The seeded rule that gives a priority to trace rows without one.
+///
+/// Row `i` draws `splitmix64(seed + i) mod 100` and takes the level whose
+/// cumulative share covers it. The default shares are 5% Critical, 15%
+/// High, 40% Normal, 25% Low, 15% Background. The draw depends only on
+/// the seed and the row index, so a replay is reproducible and every
+/// policy in `convoy compare` sees the same priorities.
+///
+/// ```
+/// use convoy::trace::PriorityMix;
+/// let mix = PriorityMix::default();
+/// assert_eq!(mix.assign(7), mix.assign(7));
+/// let critical = (0..10_000).filter(|&i| mix.assign(i) == convoy::Priority::Critical).count();
+/// assert!((400..600).contains(&critical)); // about 5%
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityMix {
+    /// The seed.
+    pub seed: u64,
+    /// Percent per level, summing to 100.
+    pub shares: [u8; Priority::COUNT],
+}
+
+impl Default for PriorityMix {
+    fn default() -> Self {
+        Self {
+            seed: 2023,
+            shares: [5, 15, 40, 25, 15],
+        }
+    }
+}
+
+impl PriorityMix {
+    /// The level of row `index`.
+    pub fn assign(&self, index: usize) -> Priority {
+        let mut state = self.seed.wrapping_add(index as u64);
+        let draw = (crate::model::splitmix64(&mut state) % 100) as u8;
+        let mut covered = 0u8;
+        for (p, share) in Priority::ALL.into_iter().zip(self.shares) {
+            covered = covered.saturating_add(share);
+            if draw < covered {
+                return p;
+            }
+        }
+        Priority::Background
+    }
+
+    /// The level of a trace row: its own, or the mix's.
+    pub fn of(&self, index: usize, r: &TraceRequest) -> Priority {
+        r.priority.unwrap_or_else(|| self.assign(index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_rows_parse_relative_to_the_first() {
+        let t = parse(
+            "a.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n\
+             2023-11-16 18:15:46.6805900,374,44\n\
+             2023-11-16 18:15:50.9951690,396,109\n\
+             2023-11-17 00:00:00,1,2\n",
+        )
+        .unwrap();
+        assert_eq!(t.requests.len(), 3);
+        assert_eq!(t.requests[0].arrival, Duration::ZERO);
+        assert_eq!(t.requests[0].tokens, 374);
+        assert_eq!(t.requests[0].generated, Some(44));
+        assert_eq!(t.requests[1].arrival, Duration::from_nanos(4_314_579_000));
+        // Across midnight: 5 h 44 min 13.31941 s after the first.
+        assert_eq!(
+            t.requests[2].arrival,
+            Duration::from_nanos(((5 * 3600 + 44 * 60 + 13) * 1_000_000_000) + 319_410_000)
+        );
+        assert!(t.requests.iter().all(|r| r.priority.is_none()));
+    }
+
+    #[test]
+    fn malformed_rows_name_file_and_line() {
+        let cases = [
+            (
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,374\n",
+                2,
+                "expected 3 fields",
+            ),
+            (
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n\n2023-11-16 18:15:46.1,374,1\n2023-13-16 18:15:46.1,374,1\n",
+                4,
+                "TIMESTAMP must look like",
+            ),
+            (
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,-3,1\n",
+                2,
+                "ContextTokens must be a whole number",
+            ),
+            ("arrival_s,priority,tokens\n0,high,x\n", 2, "tokens must be"),
+            ("arrival_s,priority,tokens\n-1,high,1\n", 2, "arrival_s must be finite"),
+            ("arrival_s,priority,tokens\nNaN,high,1\n", 2, "arrival_s must be finite"),
+            ("0,high,1,0\n", 1, "deadline_ms must be > 0"),
+            ("0,high,1\n1,high\n", 2, "expected 3 or 4 fields"),
+            ("time,tokens\n", 1, "unknown format"),
+            ("arrival_s,tokens\n", 1, "expected header arrival_s"),
+        ];
+        for (text, line, reason) in cases {
+            match parse("t.csv", text) {
+                Err(TraceError::Malformed {
+                    path,
+                    line: l,
+                    reason: r,
+                }) => {
+                    assert_eq!((path.as_str(), l), ("t.csv", line), "{text:?}: {r}");
+                    assert!(r.contains(reason), "{text:?}: {r}");
+                }
+                other => panic!("{text:?}: expected a malformed error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse("t.csv", "# nothing\n\n"),
+            Err(TraceError::Empty { .. })
+        ));
+        assert!(matches!(
+            parse("t.csv", "arrival_s,priority,tokens\n"),
+            Err(TraceError::Empty { .. })
+        ));
+        assert!(matches!(
+            load(Path::new("/nonexistent/trace.csv")),
+            Err(TraceError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn the_mix_follows_its_shares() {
+        let mix = PriorityMix::default();
+        let mut counts = [0usize; Priority::COUNT];
+        for i in 0..100_000 {
+            counts[mix.assign(i).index()] += 1;
+        }
+        for (c, share) in counts.iter().zip(mix.shares) {
+            let expected = share as usize * 1000;
+            assert!(c.abs_diff(expected) < expected / 10 + 100, "{counts:?}");
+        }
+        let other = PriorityMix { seed: 7, ..mix };
+        assert!((0..100).any(|i| other.assign(i) != mix.assign(i)));
+    }
+
+    #[test]
+    fn the_bundled_trace_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/azure_llm_conv_2023.csv");
+        let t = load(&path).unwrap();
+        assert_eq!(t.requests.len(), 19_366);
+        assert!(t.span() > Duration::from_secs(3000) && t.span() < Duration::from_secs(4000));
+        assert!(t.requests.windows(2).all(|w| w[0].arrival <= w[1].arrival));
+    }
+}

@@ -1,0 +1,190 @@
+//! Trace replay end to end: a tiny replay whose outcome counts add up, and
+//! the `convoy` binary's bad-input exits.
+
+use std::process::Command;
+use std::time::Duration;
+
+use convoy::model::PoolDense;
+use convoy::replay::{replay, ReplayOptions};
+use convoy::trace::parse;
+use convoy::{Config, DeadlineAction, Priority};
+
+fn tiny_trace() -> convoy::trace::Trace {
+    // 200 rows over 0.2 s: all five levels, a few 1 ms deadlines that
+    // cannot all be met while the worker is busy.
+    let mut text = String::from("arrival_s,priority,tokens,deadline_ms\n");
+    for i in 0..200u32 {
+        let p = Priority::ALL[(i % 5) as usize].as_str();
+        let deadline = if i % 17 == 0 { "1" } else { "" };
+        text.push_str(&format!(
+            "{},{p},{},{deadline}\n",
+            f64::from(i) / 1000.0,
+            1 + i % 40
+        ));
+    }
+    parse("tiny", &text).unwrap()
+}
+
+#[test]
+fn a_tiny_replay_accounts_for_every_request() {
+    let trace = tiny_trace();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let options = ReplayOptions {
+        config: Config {
+            cpu_workers: 1,
+            ..Config::default()
+        },
+        vocab: 64,
+        window: Duration::from_millis(50),
+        ..ReplayOptions::default()
+    };
+    let report = replay(&trace, model, &options, &|_| {}).unwrap();
+    assert_eq!(report.offered, 200);
+    assert_eq!(report.offered, report.accepted + report.refused);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.client_unresolved, 0);
+    let outcomes: u64 = report
+        .priorities
+        .iter()
+        .map(|p| p.completed + p.expired + p.cancelled + p.failed + p.shut_down)
+        .sum();
+    assert_eq!(
+        outcomes, report.accepted,
+        "every accepted request ended once"
+    );
+    for p in &report.priorities {
+        assert_eq!(p.offered, 40, "{}: the trace's own priorities", p.priority);
+        assert_eq!(p.offered, p.accepted + p.refused);
+        assert!(p.p50_ms <= p.p99_ms && p.p99_ms <= p.max_ms + 0.001);
+    }
+    assert_eq!(
+        report.completed,
+        report.priorities.iter().map(|p| p.completed).sum::<u64>()
+    );
+    assert!(report.batches > 0 && report.mean_batch >= 1.0);
+    assert_eq!(
+        report.batch_sizes.iter().map(|(_, n)| n).sum::<u64>(),
+        report.batches
+    );
+    assert!(!report.timeline.windows.is_empty());
+    assert!(report.metrics.contains("convoy_requests_inserted_total"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["lost"], 0);
+    assert_eq!(json["accepted"], report.accepted);
+    assert!(json["priorities"][0]["p99_ms"].is_number());
+    assert!(json["priorities"][0]["slo_compliance"].is_number());
+}
+
+#[test]
+fn a_cycled_replay_with_delayed_deadlines_runs_past_the_trace() {
+    let trace = tiny_trace();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let options = ReplayOptions {
+        config: Config {
+            cpu_workers: 1,
+            deadline_action: [DeadlineAction::Delay; Priority::COUNT],
+            ..Config::default()
+        },
+        vocab: 64,
+        speedup: 2.0,
+        cycle: true,
+        duration: Some(Duration::from_millis(250)),
+        ..ReplayOptions::default()
+    };
+    let report = replay(&trace, model, &options, &|_| {}).unwrap();
+    assert!(report.offered > 200, "cycled: {} rows", report.offered);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.completed, report.accepted, "Delay never expires");
+}
+
+#[test]
+fn bad_options_are_typed_errors() {
+    let trace = tiny_trace();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    for speedup in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let options = ReplayOptions {
+            speedup,
+            ..ReplayOptions::default()
+        };
+        let e = replay(&trace, model.clone(), &options, &|_| {}).unwrap_err();
+        assert!(e.to_string().contains("--speedup"), "{e}");
+    }
+}
+
+fn convoy(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_exits_2_on_bad_input_with_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("convoy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "arrival_s,priority,tokens\n0,high,1\n0.1,nope,2\n").unwrap();
+    let bad = bad.to_str().unwrap();
+
+    let (code, err) = convoy(&["--trace", "/nonexistent/trace.csv"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/trace.csv"), "{err}");
+
+    let (code, err) = convoy(&["replay", "--trace", bad]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{bad}:3:")), "{err}");
+
+    let (code, err) = convoy(&["--speedup", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--speedup"), "{err}");
+
+    for load in ["--load=0", "--load=-1"] {
+        let (code, err) = convoy(&["compare", load]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--load"), "{err}");
+    }
+    let (code, err) = convoy(&["replay", "--policy", "random"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--policy"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_binary_replays_and_writes_json_metrics_and_plot() {
+    let dir = std::env::temp_dir().join(format!("convoy-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("r.json");
+    let metrics = dir.join("m.txt");
+    let plot = dir.join("p.svg");
+    let (code, err) = convoy(&[
+        "replay",
+        "--limit",
+        "400",
+        "--speedup",
+        "2000",
+        "--json",
+        json.to_str().unwrap(),
+        "--metrics-out",
+        metrics.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["lost"], 0);
+    assert_eq!(
+        report["accepted"].as_u64().unwrap() + report["refused"].as_u64().unwrap(),
+        400
+    );
+    assert!(std::fs::read_to_string(&metrics)
+        .unwrap()
+        .contains("convoy_batches_total"));
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
