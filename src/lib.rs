@@ -79,6 +79,8 @@ pub mod replay;
 mod request;
 pub mod ring;
 mod runtime;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sla;
 mod stats;
 mod sync;

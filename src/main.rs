@@ -5,6 +5,7 @@
 //! ```text
 //! convoy [replay] [--trace PATH] [--speedup 1600] [--json FILE] [--metrics-out FILE] [--plot FILE]
 //! convoy compare [--load 1.2] [--duration 8] [--json FILE]
+//! convoy serve [--addr 127.0.0.1:8080] [--config FILE]
 //! ```
 //!
 //! Bad input (a missing or malformed trace, a speed-up of 0, a load ≤ 0, a
@@ -44,6 +45,21 @@ enum Command {
     /// Run the same trace through several ordering policies at a load set
     /// relative to the measured capacity, and print them side by side.
     Compare(CompareArgs),
+    /// Serve the built-in model over HTTP (POST /v1/infer, GET /metrics,
+    /// /healthz, /v1/stats) until SIGINT or SIGTERM.
+    #[cfg(feature = "server")]
+    Serve(ServeArgs),
+}
+
+#[cfg(feature = "server")]
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// A TOML config (see config/convoy.example.toml); default: built-in.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -117,6 +133,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Compare(args)) => compare(&args),
         Some(Command::Replay(args)) => replay_cmd(&args),
+        #[cfg(feature = "server")]
+        Some(Command::Serve(args)) => serve(&args),
         None => replay_cmd(&cli.replay),
     };
     match result {
@@ -230,6 +248,44 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
             report.lost, report.client_unresolved
         )));
     }
+    Ok(())
+}
+
+#[cfg(feature = "server")]
+fn serve(args: &ServeArgs) -> Result<(), Fail> {
+    let config = match &args.config {
+        Some(path) => Config::from_toml_file(path)?,
+        None => Config::default(),
+    };
+    let model = PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?;
+    let (state, _) = convoy::server::model_runtime(config, model)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let stats = tokio.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .map_err(|e| Fail(format!("--addr {}: {e}", args.addr)))?;
+        println!(
+            "convoy serve: listening on http://{}",
+            listener.local_addr()?
+        );
+        convoy::server::serve_until(listener, state, convoy::server::shutdown_signal())
+            .await
+            .map_err(Fail::from)
+    })?;
+    let t = stats.total();
+    println!(
+        "convoy serve: stopped. accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; refused (queue full) {}; lost: {}",
+        t.inserted,
+        t.completed,
+        t.expired,
+        t.cancelled,
+        t.failed,
+        t.shut_down,
+        t.rejected_full,
+        t.inserted - t.ended()
+    );
     Ok(())
 }
 

@@ -30,6 +30,14 @@ pub enum ModelError {
         /// What was wrong.
         reason: String,
     },
+    /// A vector of the wrong size for the dense layer.
+    #[error("vector has {got} values, the model takes {dim}")]
+    WrongDimension {
+        /// Its length.
+        got: usize,
+        /// `D`.
+        dim: usize,
+    },
     /// A token id outside the embedding table.
     #[error("token id {token} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {
@@ -217,6 +225,34 @@ impl PoolDense {
             out.push(y);
         }
         Ok(out)
+    }
+}
+
+impl PoolDense {
+    /// The dense layer alone, `GELU(x @ W + b)`, for a caller that brings
+    /// its own pooled `D`-vector.
+    ///
+    /// ```
+    /// let m = convoy::model::PoolDense::seeded(50, 4, 1).unwrap();
+    /// let pooled = vec![0.0; 4];
+    /// assert_eq!(m.dense(&pooled).unwrap().len(), 4);
+    /// assert!(m.dense(&[1.0]).is_err()); // wrong size
+    /// ```
+    pub fn dense(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let d = self.dim;
+        if x.len() != d {
+            return Err(ModelError::WrongDimension {
+                got: x.len(),
+                dim: d,
+            });
+        }
+        let mut y = self.bias.clone();
+        for (k, &v) in x.iter().enumerate() {
+            let w = &self.weights[k * d..(k + 1) * d];
+            y.iter_mut().zip(w).for_each(|(acc, wk)| *acc += v * wk);
+        }
+        y.iter_mut().for_each(|v| *v = gelu(*v));
+        Ok(y)
     }
 }
 

@@ -610,6 +610,12 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
         })
     }
 
+    /// Whether `shutdown`/`shutdown_now` has begun (new submits are then
+    /// refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.mode.load(StdOrdering::Acquire) != RUNNING
+    }
+
     /// Latency percentiles (queue wait, execution, end to end), SLO
     /// violations and compliance per priority. Recorders publish every
     /// 100 ms, so a report is at most that stale while running and exact

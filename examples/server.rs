@@ -1,0 +1,36 @@
+//! convoy inside an HTTP server, as a library user would write it: build a
+//! runtime for the model, put it behind axum's router, serve until SIGINT
+//! or SIGTERM, then drain and print the final counts.
+//!
+//! ```sh
+//! cargo run --release --example server -- 127.0.0.1:8080
+//! curl -s localhost:8080/v1/infer -d '{"tokens":[1,2,3],"priority":"high","deadline_ms":200}'
+//! ```
+
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
+use convoy::server::{model_runtime, serve_until, shutdown_signal};
+use convoy::Config;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let model = PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?;
+    let (state, _limits) = model_runtime(Config::default(), model)?;
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let stats = serve_until(listener, state, shutdown_signal()).await?;
+    let t = stats.total();
+    println!(
+        "accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; lost: {}",
+        t.inserted,
+        t.completed,
+        t.expired,
+        t.cancelled,
+        t.failed,
+        t.shut_down,
+        t.inserted - t.ended()
+    );
+    Ok(())
+}

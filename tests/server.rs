@@ -1,0 +1,382 @@
+//! The HTTP front end through a real client (reqwest) against a server
+//! started in the test: every status, cancel on disconnect, and shutdown
+//! under load losing nothing.
+#![cfg(feature = "server")]
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use convoy::server::{serve_until, AppState, Input, Limits};
+use convoy::{BatchingConfig, Capacity, Config, IntakeConfig, Runtime, WorkerSpec};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[derive(Clone, Default)]
+struct Hold(Arc<(Mutex<bool>, Condvar)>);
+
+impl Hold {
+    fn wait(&self) {
+        let (m, cv) = &*self.0;
+        let mut open = m.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+    fn open(&self) {
+        let (m, cv) = &*self.0;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+const LIMITS: Limits = Limits {
+    max_body_bytes: 4096,
+    max_tokens: 64,
+    vocab: 100,
+    dim: 4,
+};
+
+/// A server whose one worker blocks on any request whose first token is 0
+/// until `hold` opens; outputs are `[len, 0, 0, 0]`. Tiny queues (4 per
+/// level) so 429 is reachable.
+struct TestServer {
+    url: String,
+    state: Arc<AppState>,
+    hold: Hold,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<convoy::Stats>>>,
+}
+
+async fn start() -> TestServer {
+    let hold = Hold::default();
+    let h2 = hold.clone();
+    let runtime = Runtime::builder()
+        .config(Config {
+            // One slot: while the blocker runs, everything else waits.
+            workers: vec![WorkerSpec {
+                name: "w".into(),
+                capacity: Capacity {
+                    slots: 1,
+                    tokens: 1 << 20,
+                    bytes: u64::MAX,
+                },
+                speed: 1.0,
+                cost_per_hour: 0.0,
+            }],
+            intake: IntakeConfig {
+                shards: 1,
+                lane_capacity: 4,
+            },
+            batching: BatchingConfig {
+                max_batch_size: 1,
+                ..Config::default().batching
+            },
+            ..Config::default()
+        })
+        .batch_fn(move |xs: &[Input]| {
+            xs.iter()
+                .map(|x| match x {
+                    Input::Tokens(t) => {
+                        if t.first() == Some(&0) {
+                            h2.wait();
+                        }
+                        vec![t.len() as f32, 0.0, 0.0, 0.0]
+                    }
+                    Input::Vector(v) => v.clone(),
+                })
+                .collect()
+        })
+        .deduplicate()
+        .build()
+        .unwrap();
+    let state = Arc::new(AppState {
+        runtime: Arc::new(runtime),
+        limits: LIMITS,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(serve_until(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    TestServer {
+        url,
+        state,
+        hold,
+        stop: Some(tx),
+        done: Some(done),
+    }
+}
+
+impl TestServer {
+    async fn infer(&self, body: Value) -> (StatusCode, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/infer", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn raw(&self, body: Vec<u8>) -> StatusCode {
+        reqwest::Client::new()
+            .post(format!("{}/v1/infer", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn stop(mut self) -> convoy::Stats {
+        self.hold.open();
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap()
+    }
+
+    async fn eventually(&self, what: &str, f: impl Fn(&convoy::Stats) -> bool) {
+        let start = Instant::now();
+        while !f(&self.state.runtime.stats()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_has_its_status_and_a_json_reason() {
+    let s = start().await;
+    let (st, body) = s
+        .infer(json!({"tokens": [1, 2, 3], "priority": "high"}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["output"], json!([3.0, 0.0, 0.0, 0.0]));
+    let (st, body) = s.infer(json!({"vector": [1.0, 2.0, 3.0, 4.0]})).await;
+    assert_eq!(
+        (st, body["output"].clone()),
+        (StatusCode::OK, json!([1.0, 2.0, 3.0, 4.0]))
+    );
+
+    let cases = [
+        (
+            json!({"tokens": [1], "priority": "urgent"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority",
+        ),
+        (
+            json!({"tokens": vec![1; 65]}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 64",
+        ),
+        (
+            json!({"vector": [1.0]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "takes 4",
+        ),
+        (
+            json!({"tokens": [100]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outside the vocabulary",
+        ),
+        (
+            json!({"tokens": [1], "deadline_ms": -5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "deadline_ms",
+        ),
+        (
+            json!({"tokens": [1], "vector": [1.0, 2.0, 3.0, 4.0]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "exactly one",
+        ),
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY, "exactly one"),
+        (
+            json!({"tokens": [1], "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field",
+        ),
+        (
+            json!({"tokens": "abc"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+    ];
+    for (body, status, reason) in cases {
+        let (st, err) = s.infer(body.clone()).await;
+        assert_eq!(st, status, "{body}: {err}");
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(reason), "{body}: {msg}");
+    }
+    assert_eq!(
+        s.raw(b"{\"tokens\": [1,".to_vec()).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.raw(vec![b'{', 0xff, 0xfe, b'}']).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.raw(vec![b' '; 10_000]).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("convoy_requests_ended_total"));
+    let stats: Value = client
+        .get(format!("{}/v1/stats", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"]["completed"], 2);
+    let final_stats = s.stop().await;
+    assert_eq!(final_stats.total().inserted, final_stats.total().ended());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_429_expired_is_504_shutdown_is_503() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    // Block the worker, then fill the Normal level (4) behind it.
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let queued: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(client.post(&url).json(&json!({"tokens": [1, i]})).send()))
+        .collect();
+    s.eventually("queue full", |st| st.total().queue_depth == 4)
+        .await;
+    let r = client
+        .post(&url)
+        .json(&json!({"tokens": [2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Another level still has room: a deadline that passes while queued.
+    let (st, body) = s
+        .infer(json!({"tokens": [3], "priority": "low", "deadline_ms": 5}))
+        .await;
+    assert_eq!(st, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    s.hold.open();
+    assert_eq!(blocker.await.unwrap().unwrap().status(), StatusCode::OK);
+    for q in queued {
+        assert_eq!(q.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // Once the runtime shuts down, the server answers 503.
+    let rt = s.state.runtime.clone();
+    tokio::task::spawn_blocking(move || rt.shutdown())
+        .await
+        .unwrap();
+    let (st, _) = s.infer(json!({"tokens": [1]})).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    let health = client
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let stats = s.stop().await.total();
+    assert_eq!(stats.inserted, stats.ended());
+    assert_eq!((stats.expired, stats.rejected_full), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_request() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(&url)
+        .json(&json!({"tokens": [5]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    s.eventually("its request cancelled", |st| st.total().cancelled == 1)
+        .await;
+    s.hold.open();
+    assert_eq!(blocker.await.unwrap().unwrap().status(), StatusCode::OK);
+    let stats = s.stop().await.total();
+    assert_eq!((stats.completed, stats.cancelled), (1, 1));
+    assert_eq!(stats.inserted, stats.ended());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_answers_every_request_and_loses_nothing() {
+    let s = start().await;
+    s.hold.open();
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let mut clients = Vec::new();
+    for c in 0..16u32 {
+        let (client, url) = (client.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0u32;
+            for i in 0..50u32 {
+                let body =
+                    json!({"tokens": [1 + c, i % 90 + 1], "dedup_key": format!("{}", i % 7)});
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) => {
+                        let st = r.status();
+                        assert!(
+                            [
+                                StatusCode::OK,
+                                StatusCode::TOO_MANY_REQUESTS,
+                                StatusCode::SERVICE_UNAVAILABLE
+                            ]
+                            .contains(&st),
+                            "{st}"
+                        );
+                        answered += 1;
+                    }
+                    Err(_) => break, // the server stopped accepting
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let stats = s.stop().await;
+    for c in clients {
+        c.await.unwrap();
+    }
+    let t = stats.total();
+    assert!(t.inserted > 0);
+    assert_eq!(t.inserted, t.ended(), "{t:?}");
+}
