@@ -47,11 +47,7 @@ fn requests() -> Vec<Vec<u32>> {
         .iter()
         .take(PRODUCERS * PER_PRODUCER)
         .enumerate()
-        .map(|(i, r)| {
-            (0..r.tokens.clamp(1, 2048))
-                .map(|j| ((i as u64 * 7919 + u64::from(j) * 104_729) % DEFAULT_VOCAB as u64) as u32)
-                .collect()
-        })
+        .map(|(i, r)| convoy::replay::tokens_of(i, r.tokens.min(2048), DEFAULT_VOCAB))
         .collect()
 }
 

@@ -353,7 +353,6 @@ struct Pending {
 /// Client-side tallies.
 struct Tally {
     e2e: Vec<Histogram<u64>>,
-    outcomes: [[u64; 5]; Priority::COUNT],
     /// Per window: per priority, latencies in µs.
     windows: Vec<[Vec<u32>; Priority::COUNT]>,
     window: Duration,
@@ -372,31 +371,33 @@ impl Tally {
     ) {
         self.resolved += 1;
         self.last_outcome = self.last_outcome.max(at);
-        let kind = match outcome {
-            Ok(_) => {
-                let e2e = at.saturating_duration_since(submitted);
-                let us = u64::try_from(e2e.as_micros()).unwrap_or(u64::MAX).max(1);
-                self.e2e[level.index()].saturating_record(us);
-                let w = (at.saturating_duration_since(self.start).as_nanos()
-                    / self.window.as_nanos().max(1)) as usize;
-                if self.windows.len() <= w {
-                    self.windows.resize_with(w + 1, Default::default);
-                }
-                self.windows[w][level.index()].push(u32::try_from(us).unwrap_or(u32::MAX));
-                0
+        // Outcome kinds are counted by the runtime (`stats`); the client
+        // counts that each ticket resolved, and times the completed ones.
+        if outcome.is_ok() {
+            let e2e = at.saturating_duration_since(submitted);
+            let us = u64::try_from(e2e.as_micros()).unwrap_or(u64::MAX).max(1);
+            self.e2e[level.index()].saturating_record(us);
+            let w = (at.saturating_duration_since(self.start).as_nanos()
+                / self.window.as_nanos().max(1)) as usize;
+            if self.windows.len() <= w {
+                self.windows.resize_with(w + 1, Default::default);
             }
-            Err(Failure::Expired) => 1,
-            Err(Failure::Cancelled) => 2,
-            Err(Failure::ExecutorFailed(_)) => 3,
-            Err(Failure::ShutDown) => 4,
-        };
-        self.outcomes[level.index()][kind] += 1;
+            self.windows[w][level.index()].push(u32::try_from(us).unwrap_or(u32::MAX));
+        }
     }
 }
 
-/// Token ids of row `i`: `len` ids spread over the vocabulary, fixed by the
-/// row index, so every run and policy sends the same requests.
-fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
+/// Token ids of row `i`: `len` ids (at least one) spread over the
+/// vocabulary, fixed by the row index, so every run, policy and bench sends
+/// the same requests.
+///
+/// ```
+/// let t = convoy::replay::tokens_of(3, 5, 100);
+/// assert_eq!(t.len(), 5);
+/// assert!(t.iter().all(|&id| id < 100));
+/// assert_eq!(t, convoy::replay::tokens_of(3, 5, 100));
+/// ```
+pub fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
     let vocab = vocab.max(1) as u64;
     (0..u64::from(len.max(1)))
         .map(|j| ((i as u64).wrapping_mul(7919) + j * 104_729) % vocab)
@@ -452,7 +453,6 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         e2e: (0..Priority::COUNT)
             .map(|_| Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static, valid bounds"))
             .collect(),
-        outcomes: [[0; 5]; Priority::COUNT],
         windows: Vec::new(),
         window: options.window,
         start,
