@@ -1376,13 +1376,19 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let mut admissions = Vec::with_capacity(gone.len());
         for f in gone {
             admissions.push(f.admission);
-            let ended = match f.completer.complete(Err(failure.clone())) {
-                Ok(()) => how,
-                Err(_) => Ended::Cancelled,
-            };
-            self.shared.counters.ended(f.priority, ended, 1);
+            self.end_one(f.completer, f.priority, &failure, how);
         }
         self.intake.release_all(admissions);
+    }
+
+    /// Delivers `failure` to one unlaunched request, counted as `how` (or
+    /// as cancelled when its ticket had already closed).
+    fn end_one(&self, completer: Completer<O>, level: Priority, failure: &Failure, how: Ended) {
+        let ended = match completer.complete(Err(failure.clone())) {
+            Ok(()) => how,
+            Err(_) => Ended::Cancelled,
+        };
+        self.shared.counters.ended(level, ended, 1);
     }
 
     fn fail_all_waiting(&mut self) {
@@ -1399,22 +1405,18 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return;
         }
         let mut admissions = Vec::with_capacity(entries.len());
-        for ((mut job, adm), _) in entries {
+        for ((job, adm), _) in entries {
             self.forget_group(&job);
-            let followers = std::mem::take(&mut job.followers);
-            self.end_followers(followers, failure.clone(), how);
+            for f in job.followers {
+                admissions.push(f.admission);
+                self.end_one(f.completer, f.priority, &failure, how);
+            }
             admissions.push(adm);
-            let ended = match job.completer.complete(Err(failure.clone())) {
-                Ok(()) => how,
-                Err(_) => Ended::Cancelled,
-            };
-            self.shared.counters.ended(job.priority, ended, 1);
+            self.end_one(job.completer, job.priority, &failure, how);
         }
         self.intake.release_all(admissions);
     }
 
-    /// Whether a batch should be formed now: full, or its oldest request
-    /// has waited `max_queue_delay`, or we are closing.
     /// How many requests a batch formed now should take, or `None` while
     /// the batch is not due: see `planner::batch_size_now` (forced by the
     /// queue delay or shutdown, full, or a preferred size reachable).
