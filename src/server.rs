@@ -336,24 +336,22 @@ pub async fn serve_until(
     Ok(state.runtime.stats())
 }
 
-/// Builds the runtime for the built-in model with `config` (dedup on).
+/// Builds the runtime for the built-in model with `config` (dedup on),
+/// with the model's [`Limits`].
 pub fn model_runtime(
     config: crate::config::Config,
     model: PoolDense,
-) -> Result<(Arc<AppState>, Limits), crate::runtime::BuildError> {
+) -> Result<Arc<AppState>, crate::runtime::BuildError> {
     let limits = Limits::for_model(&model);
     let runtime = Runtime::builder()
         .config(config)
         .executor(ModelExecutor(Arc::new(model)))
         .deduplicate()
         .build()?;
-    Ok((
-        Arc::new(AppState {
-            runtime: Arc::new(runtime),
-            limits,
-        }),
+    Ok(Arc::new(AppState {
+        runtime: Arc::new(runtime),
         limits,
-    ))
+    }))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -156,6 +156,34 @@ impl PriorityStats {
     }
 }
 
+/// The accounting line: accepted, each outcome, refusals, and `lost`
+/// (accepted minus every outcome; saturating, so a count read while
+/// requests are in flight never wraps).
+///
+/// ```
+/// let s = convoy::PriorityStats { inserted: 3, completed: 2, expired: 1, ..Default::default() };
+/// assert_eq!(
+///     s.to_string(),
+///     "accepted 3 = completed 2 + expired 1 + cancelled 0 + failed 0 + shut down 0; refused (queue full) 0; lost: 0"
+/// );
+/// ```
+impl std::fmt::Display for PriorityStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; refused (queue full) {}; lost: {}",
+            self.inserted,
+            self.completed,
+            self.expired,
+            self.cancelled,
+            self.failed,
+            self.shut_down,
+            self.rejected_full,
+            self.inserted.saturating_sub(self.ended())
+        )
+    }
+}
+
 /// A lock-free snapshot of a runtime's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
