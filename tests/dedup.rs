@@ -1,8 +1,12 @@
 //! Deduplication by caller key: one execution per waiting group, every
 //! ticket its own outcome, nothing lost.
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{eventually, Hold};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use convoy::{
     BatchingConfig, Capacity, Config, Failure, Priority, Request, Runtime, SubmitErrorKind,
@@ -30,32 +34,6 @@ fn one_worker(max_batch: usize) -> Config {
     }
 }
 
-#[derive(Clone, Default)]
-struct Hold(Arc<(Mutex<bool>, Condvar)>);
-
-impl Hold {
-    fn wait(&self) {
-        let (m, cv) = &*self.0;
-        let mut open = m.lock().unwrap();
-        while !*open {
-            open = cv.wait(open).unwrap();
-        }
-    }
-    fn open(&self) {
-        let (m, cv) = &*self.0;
-        *m.lock().unwrap() = true;
-        cv.notify_all();
-    }
-}
-
-/// Opening on drop: a test that fails while the worker is held still ends
-/// (the runtime's drop joins the worker) instead of hanging.
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.open();
-    }
-}
-
 type Ran = Arc<Mutex<Vec<u32>>>;
 
 /// One worker, dedup on; input 0 blocks until `hold` opens; input 99 fails
@@ -80,17 +58,6 @@ fn blocked(max_batch: usize) -> (Runtime<u32, u32>, Hold, Ran) {
         .build()
         .unwrap();
     (rt, hold, ran)
-}
-
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn count(ran: &Ran, x: u32) -> usize {

@@ -1,6 +1,10 @@
 //! The runtime end to end on CPU workers: ordering, limits, every outcome,
 //! bad input, shutdown, and a "nothing lost" stress run.
 
+mod common;
+
+use common::{eventually, Hold};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,26 +42,6 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
     }
 }
 
-/// A gate the executor waits on, so tests can hold the only worker busy
-/// while they queue work behind it.
-#[derive(Clone, Default)]
-struct Hold(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl Hold {
-    fn wait(&self) {
-        let (m, cv) = &*self.0;
-        let mut open = m.lock().unwrap();
-        while !*open {
-            open = cv.wait(open).unwrap();
-        }
-    }
-    fn open(&self) {
-        let (m, cv) = &*self.0;
-        *m.lock().unwrap() = true;
-        cv.notify_all();
-    }
-}
-
 /// One worker whose executor blocks on request 0 until `hold` opens, and
 /// records every input it runs.
 fn blocked_runtime() -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
@@ -80,18 +64,6 @@ fn blocked_runtime_with(cfg: Config) -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<
         .build()
         .unwrap();
     (rt, hold, ran)
-}
-
-/// Waits until `f` holds; fails the test after 10 s (a hang, not a timing).
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 #[test]

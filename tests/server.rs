@@ -3,37 +3,17 @@
 //! under load losing nothing.
 #![cfg(feature = "server")]
 
-use std::sync::{Arc, Condvar, Mutex};
+mod common;
+
+use common::Hold;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use convoy::server::{serve_until, AppState, Input, Limits};
 use convoy::{BatchingConfig, Capacity, Config, IntakeConfig, Runtime, WorkerSpec};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-#[derive(Clone, Default)]
-struct Hold(Arc<(Mutex<bool>, Condvar)>);
-
-impl Hold {
-    fn wait(&self) {
-        let (m, cv) = &*self.0;
-        let mut open = m.lock().unwrap();
-        while !*open {
-            open = cv.wait(open).unwrap();
-        }
-    }
-    fn open(&self) {
-        let (m, cv) = &*self.0;
-        *m.lock().unwrap() = true;
-        cv.notify_all();
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        self.open();
-    }
-}
 
 const LIMITS: Limits = Limits {
     max_body_bytes: 4096,

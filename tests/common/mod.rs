@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests (each test binary uses a part).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A gate an executor waits on, so a test can hold the only worker busy
+/// while it queues work behind it. Dropping any handle opens it, so a test
+/// that fails while the worker is held still ends (the runtime's drop
+/// joins the worker) instead of hanging.
+#[derive(Clone, Default)]
+pub struct Hold(Arc<(Mutex<bool>, Condvar)>);
+
+impl Hold {
+    pub fn wait(&self) {
+        let (m, cv) = &*self.0;
+        let mut open = m.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+
+    pub fn open(&self) {
+        let (m, cv) = &*self.0;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Waits until `f` holds; fails the test after 10 s (a hang, not a timing).
+pub fn eventually(what: &str, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
