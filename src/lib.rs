@@ -54,6 +54,9 @@
 //!   place, reserve), single-owner.
 //! * [`Runtime`]: the collector and worker threads around them.
 //! * [`model`]: the built-in pool-dense model (CPU reference).
+//! * [`kernel`]: a device kernel's source, weights and packing; `cuda`
+//!   (feature `cuda`, on by default) runs it through cudarc, one launch per
+//!   batch, pipelined per worker.
 //! * `sync` (internal): the std/loom switch, so `loom-tests/` checks this
 //!   very code.
 
@@ -61,11 +64,14 @@
 #![warn(missing_docs)]
 
 mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod dedup;
 mod doorbell;
 mod executor;
 mod gate;
 pub mod intake;
+pub mod kernel;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
@@ -91,7 +97,7 @@ pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
     PlacementReason, PreferredBatchSizes, WorkerSpec,
 };
-pub use executor::{BatchFn, Executor};
+pub use executor::{BatchFn, Executor, Lane};
 pub use request::{Cost, Deadline, Request};
 pub use runtime::{
     BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,

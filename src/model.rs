@@ -260,6 +260,11 @@ impl Executor<Vec<u32>, Vec<f32>> for PoolDense {
     fn execute(&self, _worker: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
         self.forward_batch(inputs).map_err(|e| e.to_string())
     }
+
+    /// A token outside the vocabulary is refused at submit.
+    fn check(&self, input: &Vec<u32>) -> Result<(), String> {
+        PoolDense::check(self, input).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::config::{
 };
 use crate::dedup::{group_meta, Follower};
 use crate::doorbell::Doorbell;
-use crate::executor::{BatchFn, Executor};
+use crate::executor::{BatchFn, Executor, Lane};
 use crate::gate::Gate;
 use crate::intake::{Admission, BatchRejectReason, Intake, IntakeConsumer, IntakeError};
 use crate::order::{Meta, WaitKey};
@@ -77,16 +77,33 @@ pub enum SubmitErrorKind {
     /// The request has a dedup key but the runtime was built without
     /// [`Builder::deduplicate`].
     DedupNotEnabled,
+    /// The executor can never run this input ([`Executor::check`]): a
+    /// token outside the model's vocabulary, a request over its maximum
+    /// length. [`SubmitError::reason`] says which.
+    Invalid,
 }
 
 /// A refused submit; the request is handed back untouched.
 #[derive(Clone, PartialEq, thiserror::Error)]
-#[error("submit refused: {kind:?}")]
+#[error("submit refused: {kind:?}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
 pub struct SubmitError<I> {
     /// Why.
     pub kind: SubmitErrorKind,
+    /// The executor's words for an [`Invalid`](SubmitErrorKind::Invalid)
+    /// input; `None` for the other kinds.
+    pub reason: Option<String>,
     /// The request, as given.
     pub request: Request<I>,
+}
+
+impl<I> SubmitError<I> {
+    fn new(kind: SubmitErrorKind, request: Request<I>) -> Self {
+        Self {
+            kind,
+            reason: None,
+            request,
+        }
+    }
 }
 
 impl<I> std::fmt::Debug for SubmitError<I> {
@@ -415,6 +432,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             worker_rings.push(Some(link));
             worker_threads.push(handle);
         }
+        let checker = executor.clone();
         let new_links = Arc::new(Mutex::new(Vec::new()));
         let spawner = Spawner {
             config: self.config.clone(),
@@ -465,6 +483,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             handle: Handle {
                 intake,
                 shared: shared.clone(),
+                executor: checker,
             },
             shared,
             threads: Mutex::new(Some(Threads {
@@ -814,6 +833,8 @@ fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, mode: u8) {
 pub struct Handle<I, O> {
     intake: Intake<Job<I, O>>,
     shared: Arc<Shared>,
+    /// For [`Executor::check`] at submit.
+    executor: Arc<dyn Executor<I, O>>,
 }
 
 impl<I, O> Clone for Handle<I, O> {
@@ -821,6 +842,7 @@ impl<I, O> Clone for Handle<I, O> {
         Self {
             intake: self.intake.clone(),
             shared: self.shared.clone(),
+            executor: self.executor.clone(),
         }
     }
 }
@@ -937,34 +959,29 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             || cost.bytes > max.bytes.min(limits.max_batch_bytes)
             || max.slots == 0
         {
+            return Err(SubmitError::new(SubmitErrorKind::CostNeverFits, request));
+        }
+        if let Err(reason) = self.executor.check(&request.input) {
             return Err(SubmitError {
-                kind: SubmitErrorKind::CostNeverFits,
+                kind: SubmitErrorKind::Invalid,
+                reason: Some(reason),
                 request,
             });
         }
         if request.dedup_key.is_some() && !self.shared.dedup {
-            return Err(SubmitError {
-                kind: SubmitErrorKind::DedupNotEnabled,
-                request,
-            });
+            return Err(SubmitError::new(SubmitErrorKind::DedupNotEnabled, request));
         }
         let deadline_at = match request.deadline {
             None => None,
             Some(Deadline::After(d)) if d.is_zero() => {
-                return Err(SubmitError {
-                    kind: SubmitErrorKind::DeadlinePassed,
-                    request,
-                });
+                return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
             }
             Some(Deadline::After(d)) => Some(
                 now.checked_add(d)
                     .unwrap_or(now + Duration::from_secs(86_400 * 365)),
             ),
             Some(Deadline::At(t)) if t <= now => {
-                return Err(SubmitError {
-                    kind: SubmitErrorKind::DeadlinePassed,
-                    request,
-                });
+                return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
             }
             Some(Deadline::At(t)) => Some(t),
         };
@@ -989,10 +1006,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
 fn refused<I, O>(kind: SubmitErrorKind, job: Job<I, O>) -> SubmitError<I> {
     // The completer inside is dropped here; nobody holds its ticket (the
     // caller gets the request back instead), so its ShutDown goes nowhere.
-    SubmitError {
-        kind,
-        request: job.into_request(),
-    }
+    SubmitError::new(kind, job.into_request())
 }
 
 struct WorkerLink<I, O> {
@@ -1648,30 +1662,91 @@ struct Worker<I, O> {
     shared: Arc<Shared>,
 }
 
+/// A batch handed to the executor, waiting for its outputs: everything of
+/// [`Batch`] but the inputs.
+struct Pending<O> {
+    completers: Vec<(Completer<O>, Priority, Instant)>,
+    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    cloner: Option<fn(&O) -> O>,
+    reserved: Capacity,
+    started: Instant,
+}
+
+/// What running a batch gave: outputs, an executor error, or a panic's
+/// message.
+type RunResult<O> = Result<Result<Vec<O>, String>, String>;
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned());
+    format!("executor panicked: {why}")
+}
+
 impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     fn run(mut self) {
+        // A device executor gives this worker its own pipelined lane; a
+        // lane that cannot be made (a panic) leaves the plain path.
+        let mut lane = catch_unwind(AssertUnwindSafe(|| self.executor.lane(self.index)))
+            .ok()
+            .flatten();
+        let depth = lane.as_ref().map_or(1, |l| l.depth().max(1));
+        // Launched batches, oldest first: a lane finishes them in order.
+        let mut in_flight: std::collections::VecDeque<Pending<O>> =
+            std::collections::VecDeque::with_capacity(depth);
         let mut idle = 0u32;
         loop {
-            match self.jobs.pop() {
-                Some(batch) => {
+            if in_flight.len() < depth {
+                if let Some(batch) = self.jobs.pop() {
                     idle = 0;
-                    self.execute(batch);
-                }
-                None => {
-                    // The collector dropped its end and nothing is left: exit.
-                    if self.collector_gone() {
-                        return;
+                    match lane.as_mut() {
+                        None => self.execute(batch),
+                        Some(lane) => {
+                            if let Some(p) = self.launch(lane.as_mut(), batch) {
+                                in_flight.push_back(p);
+                            }
+                        }
                     }
-                    self.sla.maybe_publish(Instant::now());
-                    if idle < crate::sync::SPIN_LIMIT {
-                        idle += 1;
-                        std::hint::spin_loop();
-                    } else {
-                        // The collector unparks us after every push; the
-                        // timeout only bounds a shutdown race.
-                        std::thread::park_timeout(Duration::from_millis(20));
-                    }
+                    continue;
                 }
+            }
+            if let (Some(lane), false) = (lane.as_mut(), in_flight.is_empty()) {
+                // Finish the oldest when the lane is full (nothing else to
+                // do), when it is done, or when no more work can come.
+                let ready = in_flight.len() >= depth
+                    || catch_unwind(AssertUnwindSafe(|| lane.is_ready())).unwrap_or(true)
+                    || self.collector_gone();
+                if ready {
+                    idle = 0;
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| lane.finish())).map_err(panic_message);
+                    let p = in_flight.pop_front().expect("checked non-empty just above");
+                    self.settle(p, result);
+                } else if idle < crate::sync::SPIN_LIMIT {
+                    idle += 1;
+                    std::hint::spin_loop();
+                } else {
+                    // The device is busy and there is room for one more
+                    // batch: the collector unparks us when it pushes one;
+                    // the device's progress is polled at this period.
+                    std::thread::park_timeout(Duration::from_micros(50));
+                }
+                continue;
+            }
+            // Nothing in flight and no batch waiting.
+            if self.collector_gone() {
+                return;
+            }
+            self.sla.maybe_publish(Instant::now());
+            if idle < crate::sync::SPIN_LIMIT {
+                idle += 1;
+                std::hint::spin_loop();
+            } else {
+                // The collector unparks us after every push; the timeout
+                // only bounds a shutdown race.
+                std::thread::park_timeout(Duration::from_millis(20));
             }
         }
     }
@@ -1681,7 +1756,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         self.jobs.is_empty() && self.jobs.producers() == 0
     }
 
-    fn execute(&mut self, batch: Batch<I, O>) {
+    /// Splits a batch into its inputs and what waits for the outputs.
+    fn split(batch: Batch<I, O>) -> (Vec<I>, Pending<O>) {
         let Batch {
             inputs,
             completers,
@@ -1689,11 +1765,54 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             cloner,
             reserved,
         } = batch;
-        let started = Instant::now();
+        let pending = Pending {
+            completers,
+            followers,
+            cloner,
+            reserved,
+            started: Instant::now(),
+        };
+        (inputs, pending)
+    }
+
+    /// Runs a batch on the plain path and settles it.
+    fn execute(&mut self, batch: Batch<I, O>) {
+        let (inputs, pending) = Self::split(batch);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.executor.execute(self.index, &inputs)
-        }));
+        }))
+        .map_err(panic_message);
         drop(inputs);
+        self.settle(pending, result);
+    }
+
+    /// Starts a batch on the lane; a batch that could not be launched is
+    /// settled (failed) at once.
+    fn launch(&mut self, lane: &mut dyn Lane<I, O>, batch: Batch<I, O>) -> Option<Pending<O>> {
+        let (inputs, pending) = Self::split(batch);
+        match catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs))) {
+            Ok(Ok(())) => Some(pending),
+            Ok(Err(e)) => {
+                self.settle(pending, Ok(Err(e)));
+                None
+            }
+            Err(panic) => {
+                self.settle(pending, Err(panic_message(panic)));
+                None
+            }
+        }
+    }
+
+    /// Hands a finished batch's outcomes to its tickets and its capacity
+    /// back to the collector.
+    fn settle(&mut self, pending: Pending<O>, result: RunResult<O>) {
+        let Pending {
+            completers,
+            followers,
+            cloner,
+            reserved,
+            started,
+        } = pending;
         match result {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
                 let exec = started.elapsed();
@@ -1733,20 +1852,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 );
                 fail_batch(&self.shared, completers, followers, &why);
             }
-            Ok(Err(e)) => fail_batch(&self.shared, completers, followers, &e),
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_owned());
-                fail_batch(
-                    &self.shared,
-                    completers,
-                    followers,
-                    &format!("executor panicked: {why}"),
-                );
-            }
+            Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, &e),
         }
         let mut release = Release {
             worker: self.index,

@@ -187,6 +187,10 @@ async fn infer(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "dedup_key is not supported by this server",
                 ),
+                SubmitErrorKind::Invalid => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    e.reason.unwrap_or_else(|| "invalid input".into()),
+                ),
             };
         }
     };

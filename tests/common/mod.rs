@@ -20,6 +20,10 @@ impl Hold {
         }
     }
 
+    pub fn is_open(&self) -> bool {
+        *self.0 .0.lock().unwrap()
+    }
+
     pub fn open(&self) {
         let (m, cv) = &*self.0;
         *m.lock().unwrap() = true;

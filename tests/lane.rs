@@ -1,0 +1,253 @@
+//! The worker's pipelined path (`Executor::lane`), on a fake device that
+//! the test controls: batches stay "on the device" until the test lets
+//! them finish, so the test can see two batches in flight on one worker,
+//! outputs reach the right tickets in launch order, a failed launch or a
+//! failed finish fails only its own batch, and submit-time checks refuse
+//! bad input with the executor's reason.
+
+mod common;
+
+use common::{eventually, Hold};
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use convoy::{
+    BatchingConfig, Capacity, Config, Executor, Failure, Lane, Request, Runtime, SubmitErrorKind,
+    WorkerSpec,
+};
+
+/// What the fake device did, shared with the test.
+#[derive(Default)]
+struct Seen {
+    launched: AtomicUsize,
+    finished: AtomicUsize,
+    /// Most batches launched and not yet finished at one time.
+    max_in_flight: AtomicUsize,
+    lanes: AtomicUsize,
+}
+
+/// Doubles its inputs. Inputs of `-1` make the launch fail, `-2` the
+/// finish; a batch becomes ready only once `release` is open.
+struct FakeDevice {
+    seen: Arc<Seen>,
+    release: Hold,
+    depth: usize,
+}
+
+struct FakeLane {
+    seen: Arc<Seen>,
+    release: Hold,
+    depth: usize,
+    queue: VecDeque<Result<Vec<i64>, String>>,
+}
+
+impl Executor<i64, i64> for FakeDevice {
+    fn execute(&self, _worker: usize, _inputs: &[i64]) -> Result<Vec<i64>, String> {
+        Err("the plain path must not be used when a lane is given".into())
+    }
+
+    fn check(&self, input: &i64) -> Result<(), String> {
+        if *input > 1000 {
+            return Err(format!("{input} is over 1000"));
+        }
+        Ok(())
+    }
+
+    fn lane(&self, _worker: usize) -> Option<Box<dyn Lane<i64, i64>>> {
+        self.seen.lanes.fetch_add(1, Ordering::SeqCst);
+        Some(Box::new(FakeLane {
+            seen: self.seen.clone(),
+            release: self.release.clone(),
+            depth: self.depth,
+            queue: VecDeque::new(),
+        }))
+    }
+}
+
+impl Lane<i64, i64> for FakeLane {
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn launch(&mut self, inputs: &[i64]) -> Result<(), String> {
+        assert!(
+            self.queue.len() < self.depth,
+            "worker launched past the lane's depth"
+        );
+        if inputs.contains(&-1) {
+            return Err("launch refused".into());
+        }
+        let out = if inputs.contains(&-2) {
+            Err("device fault".into())
+        } else {
+            Ok(inputs.iter().map(|x| x * 2).collect())
+        };
+        self.queue.push_back(out);
+        let launched = self.seen.launched.fetch_add(1, Ordering::SeqCst) + 1;
+        let in_flight = launched - self.seen.finished.load(Ordering::SeqCst);
+        self.seen
+            .max_in_flight
+            .fetch_max(in_flight, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn is_ready(&mut self) -> bool {
+        self.release.is_open()
+    }
+
+    fn finish(&mut self) -> Result<Vec<i64>, String> {
+        self.release.wait();
+        let out = self.queue.pop_front().expect("finish matches a launch");
+        self.seen.finished.fetch_add(1, Ordering::SeqCst);
+        out
+    }
+}
+
+/// One worker that holds two batches of `batch` requests.
+fn runtime(depth: usize, batch: usize) -> (Runtime<i64, i64>, Arc<Seen>, Hold) {
+    let seen = Arc::new(Seen::default());
+    let release = Hold::default();
+    let config = Config {
+        workers: vec![WorkerSpec {
+            name: "dev".into(),
+            capacity: Capacity {
+                slots: (2 * batch) as u32,
+                tokens: 1 << 20,
+                bytes: u64::MAX,
+            },
+            speed: 1.0,
+            cost_per_hour: 0.0,
+        }],
+        batching: BatchingConfig {
+            max_batch_size: batch,
+            max_queue_delay: Duration::from_millis(1),
+            ..Config::default().batching
+        },
+        ..Config::default()
+    };
+    let rt = Runtime::builder()
+        .config(config)
+        .executor(FakeDevice {
+            seen: seen.clone(),
+            release: release.clone(),
+            depth,
+        })
+        .build()
+        .expect("valid runtime");
+    (rt, seen, release)
+}
+
+#[test]
+fn two_batches_in_flight_on_one_worker_and_outputs_in_order() {
+    let (rt, seen, release) = runtime(2, 4);
+    let h = rt.handle();
+    let first: Vec<_> = (0..4).map(|i| h.submit(Request::new(i)).unwrap()).collect();
+    eventually("first batch launched", || {
+        seen.launched.load(Ordering::SeqCst) == 1
+    });
+    let second: Vec<_> = (10..14)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    // The second batch is launched while the first is still on the device.
+    eventually("second batch launched behind the first", || {
+        seen.launched.load(Ordering::SeqCst) == 2
+    });
+    assert_eq!(seen.finished.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 2);
+    release.open();
+    for (i, t) in (0..4).zip(first) {
+        assert_eq!(t.wait(), Ok(i * 2));
+    }
+    for (i, t) in (10..14).zip(second) {
+        assert_eq!(t.wait(), Ok(i * 2));
+    }
+    assert_eq!(seen.lanes.load(Ordering::SeqCst), 1, "one lane per worker");
+    rt.shutdown();
+    let total = rt.stats().total();
+    assert_eq!(total.completed, 8);
+    assert_eq!(total.inserted, total.ended());
+}
+
+#[test]
+fn depth_one_never_launches_ahead() {
+    let (rt, seen, release) = runtime(1, 2);
+    let h = rt.handle();
+    let tickets: Vec<_> = (0..6).map(|i| h.submit(Request::new(i)).unwrap()).collect();
+    eventually("a batch launched", || {
+        seen.launched.load(Ordering::SeqCst) >= 1
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        seen.launched.load(Ordering::SeqCst),
+        1,
+        "depth 1 waits for the device"
+    );
+    release.open();
+    for (i, t) in (0..6).zip(tickets) {
+        assert_eq!(t.wait(), Ok(i * 2));
+    }
+    assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_failed_launch_or_finish_fails_only_its_batch() {
+    let (rt, seen, release) = runtime(2, 1);
+    release.open();
+    let h = rt.handle();
+    let bad_launch = h.submit(Request::new(-1)).unwrap();
+    assert!(
+        matches!(bad_launch.wait(), Err(Failure::ExecutorFailed(e)) if e.contains("launch refused"))
+    );
+    let bad_finish = h.submit(Request::new(-2)).unwrap();
+    assert!(
+        matches!(bad_finish.wait(), Err(Failure::ExecutorFailed(e)) if e.contains("device fault"))
+    );
+    let good = h.submit(Request::new(21)).unwrap();
+    assert_eq!(good.wait(), Ok(42));
+    rt.shutdown();
+    let total = rt.stats().total();
+    assert_eq!((total.failed, total.completed), (2, 1));
+    assert_eq!(
+        seen.launched.load(Ordering::SeqCst),
+        2,
+        "the refused launch is not counted"
+    );
+}
+
+#[test]
+fn submit_refuses_what_the_executor_cannot_run_and_hands_it_back() {
+    let (rt, _seen, release) = runtime(2, 2);
+    release.open();
+    let e = rt.handle().submit(Request::new(5000)).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::Invalid);
+    assert_eq!(*e.request.input(), 5000);
+    assert_eq!(e.reason.as_deref(), Some("5000 is over 1000"));
+    assert!(e.to_string().contains("over 1000"), "{e}");
+    assert_eq!(rt.stats().total().inserted, 0);
+}
+
+#[test]
+fn shutdown_finishes_batches_in_flight() {
+    let (rt, seen, release) = runtime(2, 3);
+    let h = rt.handle();
+    let tickets: Vec<_> = (0..6).map(|i| h.submit(Request::new(i)).unwrap()).collect();
+    eventually("both batches in flight", || {
+        seen.launched.load(Ordering::SeqCst) == 2
+    });
+    let opener = {
+        let release = release.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            release.open();
+        })
+    };
+    rt.shutdown(); // waits for the worker, which waits for the device
+    opener.join().unwrap();
+    for (i, mut t) in (0..6).zip(tickets) {
+        assert_eq!(t.try_take(), Some(Ok(i * 2)));
+    }
+    assert_eq!(seen.finished.load(Ordering::SeqCst), 2);
+}
