@@ -102,6 +102,10 @@ struct ReplayArgs {
     /// Draw latency percentiles over time per priority (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Run the workers on the GPU (the CUDA pool-dense kernel, one worker
+    /// per configured worker); without one, falls back to CPU workers.
+    #[arg(long)]
+    gpu: bool,
 }
 
 #[derive(Args, Clone)]
@@ -159,6 +163,56 @@ fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
     })
 }
 
+/// The GPU executor for `--gpu`, with `config`'s fleet replaced by as many
+/// GPU workers; `None` (after one line saying why) when there is no GPU,
+/// and the replay runs on CPU workers.
+#[cfg(feature = "cuda")]
+fn gpu_fleet(
+    model: &PoolDense,
+    config: &mut Config,
+    workers: usize,
+) -> Option<convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>> {
+    use convoy::cuda::{CudaConfig, CudaExecutor};
+    use convoy::kernel::KernelSpec;
+    let made = CudaExecutor::new(
+        KernelSpec::pool_dense(model, GPU_MAX_TOKENS),
+        CudaConfig::default(),
+    )
+    .and_then(|exec| {
+        let specs = (0..workers.max(1))
+            .map(|i| exec.worker_spec(&format!("gpu{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((exec, specs))
+    });
+    match made {
+        Ok((exec, specs)) => {
+            println!(
+                "convoy: --gpu: {} GPU workers on {}",
+                specs.len(),
+                exec.device_name()
+            );
+            config.workers = specs;
+            Some(exec)
+        }
+        Err(e) => {
+            eprintln!("convoy: --gpu: no GPU ({e}); running on {workers} CPU workers");
+            None
+        }
+    }
+}
+
+/// Without the `cuda` feature `--gpu` always falls back.
+#[cfg(not(feature = "cuda"))]
+fn gpu_fleet(_: &PoolDense, _: &mut Config, workers: usize) -> Option<std::convert::Infallible> {
+    eprintln!("convoy: --gpu: built without the cuda feature; running on {workers} CPU workers");
+    None
+}
+
+/// The longest request a GPU worker takes: above the bundled trace's
+/// longest context (14,050 tokens).
+#[cfg(feature = "cuda")]
+const GPU_MAX_TOKENS: usize = 16_384;
+
 /// The built-in pool-dense model with its default size and seed.
 fn builtin_model() -> Result<PoolDense, Fail> {
     Ok(PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?)
@@ -214,12 +268,18 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         .limit
         .unwrap_or(usize::MAX)
         .min(trace.requests.len());
+    let gpu = if args.gpu {
+        gpu_fleet(&model, &mut config, workers)
+    } else {
+        None
+    };
     println!(
-        "convoy replay: {} ({} requests over {:.0} s of trace time) at {}× on {workers} CPU workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}",
+        "convoy replay: {} ({} requests over {:.0} s of trace time) at {}× on {workers} {} workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}",
         trace.source,
         trace.requests.len(),
         trace.span().as_secs_f64(),
-        args.speedup
+        args.speedup,
+        if gpu.is_some() { "GPU" } else { "CPU" },
     );
     let options = ReplayOptions {
         config,
@@ -233,7 +293,14 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         ..ReplayOptions::default()
     };
     let bar = progress_bar(rows as u64);
-    let report = replay::replay(&trace, model, &options, &|n| bar.set_position(n))?;
+    let progress = |n| bar.set_position(n);
+    let report = match gpu {
+        #[cfg(feature = "cuda")]
+        Some(exec) => replay::replay(&trace, exec, &options, &progress)?,
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => match never {},
+        None => replay::replay(&trace, model, &options, &progress)?,
+    };
     bar.finish_and_clear();
     print!("{}", report.render());
     if let Some(path) = &args.common.json {

@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::config::{Config, OrderingPolicy};
-use crate::executor::Executor;
+use crate::executor::{Executor, Lane};
 use crate::outcome::Failure;
 use crate::priority::Priority;
 use crate::request::Request;
@@ -310,19 +310,76 @@ pub fn lost(accepted: u64, outcomes: [u64; 5]) -> u64 {
     accepted.saturating_sub(outcomes.iter().sum())
 }
 
-/// Counts the time workers spend in `execute` (one relaxed add per batch).
+/// Counts the time workers spend running batches (one relaxed add per
+/// batch, or per busy stretch of a pipelined lane).
 struct Busy<E> {
     inner: E,
     busy_ns: Arc<AtomicU64>,
+}
+
+fn add_busy(busy_ns: &AtomicU64, since: Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    // Relaxed: an independent sum read after the workers are joined.
+    busy_ns.fetch_add(ns, Ordering::Relaxed);
 }
 
 impl<E: Executor<Vec<u32>, Vec<f32>>> Executor<Vec<u32>, Vec<f32>> for Busy<E> {
     fn execute(&self, worker: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
         let started = Instant::now();
         let out = self.inner.execute(worker, inputs);
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        // Relaxed: an independent sum read after the workers are joined.
-        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        add_busy(&self.busy_ns, started);
+        out
+    }
+
+    fn check(&self, input: &Vec<u32>) -> Result<(), String> {
+        self.inner.check(input)
+    }
+
+    fn lane(&self, worker: usize) -> Option<Box<dyn Lane<Vec<u32>, Vec<f32>>>> {
+        let inner = self.inner.lane(worker)?;
+        Some(Box::new(BusyLane {
+            inner,
+            busy_ns: self.busy_ns.clone(),
+            in_flight: 0,
+            since: Instant::now(),
+        }))
+    }
+}
+
+/// A lane's busy time is the union of its stretches with work in flight
+/// (overlapping batches are counted once).
+struct BusyLane {
+    inner: Box<dyn Lane<Vec<u32>, Vec<f32>>>,
+    busy_ns: Arc<AtomicU64>,
+    in_flight: usize,
+    since: Instant,
+}
+
+impl Lane<Vec<u32>, Vec<f32>> for BusyLane {
+    fn depth(&self) -> usize {
+        self.inner.depth()
+    }
+
+    fn launch(&mut self, inputs: &[Vec<u32>]) -> Result<(), String> {
+        let now = Instant::now();
+        self.inner.launch(inputs)?;
+        if self.in_flight == 0 {
+            self.since = now;
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn is_ready(&mut self) -> bool {
+        self.inner.is_ready()
+    }
+
+    fn finish(&mut self) -> Result<Vec<Vec<f32>>, String> {
+        let out = self.inner.finish();
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            add_busy(&self.busy_ns, self.since);
+        }
         out
     }
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, on a machine with an NVIDIA GPU, the CUDA 13
+# driver and NVRTC (libnvrtc.so.13): takes the folder scripts/gpu-build.sh
+# filled (prebuilt test and bench binaries, the convoy binary, kernels/,
+# data/) and runs nvidia-smi, the parity tests (a skip is a failure here),
+# the custom-kernel example, a GPU replay and the GPU bench. Logs go to
+# $OUT (or ./gpu-out) when set.
+set -uo pipefail
+dir=${1:-.gpu}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export CONVOY_REQUIRE_GPU=1
+status=0
+step() { echo; echo "== $*"; }
+
+step "device"
+nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
+ls /usr/local/cuda*/lib64/libnvrtc* /usr/lib/x86_64-linux-gnu/libnvrtc* 2>/dev/null | head -5
+date -u
+
+step "parity and pipelining tests (CONVOY_REQUIRE_GPU=1)"
+for t in "$dir"/test-*; do
+  "$t" --test-threads=1 2>&1 | tee -a "$out/tests.log" || status=1
+done
+
+step "custom kernel example"
+"$dir/custom_kernel" 2>&1 | tee "$out/custom_kernel.log" || status=1
+
+step "replay on GPU workers"
+(cd "$dir" && ./convoy replay --gpu --json "$out/replay-gpu.json") 2>&1 | tee "$out/replay-gpu.log" || status=1
+
+step "bench"
+"$dir/bench-gpu" --bench 2>&1 | tee "$out/bench-gpu.log" || status=1
+
+step "summary"
+grep -E "test result|running on|skipped" "$out/tests.log" | sort | uniq -c
+tail -12 "$out/bench-gpu.log"
+echo "gpu-check status: $status"
+exit $status
