@@ -121,6 +121,10 @@ struct CompareArgs {
     /// Seconds of the capacity measurement.
     #[arg(long, default_value_t = 2.0)]
     calibrate: f64,
+    /// Keep the config's intake bound instead of sizing it from the
+    /// measured capacity (see `replay::wait_bounded_lane_capacity`).
+    #[arg(long)]
+    keep_intake: bool,
 }
 
 /// A user error: printed, exit code 2.
@@ -353,7 +357,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     }
     let duration = seconds("--duration", args.duration)?;
     let calibrate = seconds("--calibrate", args.calibrate)?;
-    let (trace, config, model) = load_common(&args.common)?;
+    let (trace, mut config, model) = load_common(&args.common)?;
     if trace.rate() <= 0.0 {
         return Err(Fail(format!(
             "{}: all requests arrive at once; compare needs arrival times",
@@ -362,6 +366,21 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     }
     let capacity = replay::calibrate(&trace, model.clone(), &config, calibrate, DEFAULT_VOCAB)?;
     let speedup = args.load * capacity / trace.rate();
+    if !args.keep_intake {
+        config.intake.lane_capacity =
+            replay::wait_bounded_lane_capacity(capacity, config.max_wait, config.intake.shards);
+    }
+    println!(
+        "intake bound: {} per priority ({} shards × {}){}",
+        config.intake.shards * config.intake.lane_capacity,
+        config.intake.shards,
+        config.intake.lane_capacity,
+        if args.keep_intake {
+            ", from the config"
+        } else {
+            ", sized from the measured capacity and max_wait"
+        }
+    );
     println!(
         "convoy compare: {} | capacity {capacity:.0} req/s measured over {:.1} s | load {:.2} → {:.0} req/s offered (speed-up {speedup:.1}×) for {:.1} s per policy",
         trace.source,

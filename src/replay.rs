@@ -718,6 +718,28 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     })
 }
 
+/// The intake lane capacity under which accepted work drains within
+/// `max_wait` even when arrivals outpace service: the five levels together
+/// may hold at most half of what the fleet serves in `max_wait`
+/// (`capacity_rps × max_wait / 10` per level, split over `shards`, rounded
+/// down to a power of two, at least 16). Beyond it a submit is refused and
+/// the request handed back: load shedding at the door instead of an
+/// unbounded wait, so the starvation bound holds for whatever was
+/// accepted.
+///
+/// ```
+/// use std::time::Duration;
+/// let lanes = convoy::replay::wait_bounded_lane_capacity(11_300.0, Duration::from_millis(500), 2);
+/// assert_eq!(lanes, 256); // 11,300 × 0.5 / 10 = 565 per level, 282 per shard
+/// assert_eq!(convoy::replay::wait_bounded_lane_capacity(0.0, Duration::from_millis(500), 2), 16);
+/// ```
+pub fn wait_bounded_lane_capacity(capacity_rps: f64, max_wait: Duration, shards: usize) -> usize {
+    let per_level = capacity_rps.max(0.0) * max_wait.as_secs_f64() / 10.0;
+    let per_shard = (per_level / shards.max(1) as f64).clamp(16.0, (1u64 << 20) as f64) as usize;
+    // Round down: the largest power of two not above it.
+    1 << (usize::BITS - 1 - per_shard.leading_zeros())
+}
+
 /// Measures what the fleet of `config` sustains on this trace's requests:
 /// a closed loop that keeps `2 × workers × max_batch_size` requests
 /// outstanding (enough for full batches on every worker, never a full
