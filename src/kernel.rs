@@ -225,10 +225,7 @@ impl KernelSpec<Vec<u32>, Vec<f32>> {
                     tokens.len()
                 ));
             }
-            match tokens.iter().find(|&&t| t as usize >= vocab) {
-                Some(t) => Err(format!("token id {t} is outside the vocabulary of {vocab}")),
-                None => Ok(()),
-            }
+            crate::model::check_tokens(tokens, vocab).map_err(|e| e.to_string())
         };
         let check: CheckFn<Vec<u32>> = Arc::new(check);
         let pack_check = check.clone();

@@ -79,6 +79,15 @@ fn uniform(state: &mut u64, scale: f32) -> f32 {
     (unit * 2.0 - 1.0) * scale
 }
 
+/// Checks every token id is below `vocab`: the model's own check, also
+/// used where the weights are not at hand (a GPU kernel's pack).
+pub fn check_tokens(tokens: &[u32], vocab: usize) -> Result<(), ModelError> {
+    match tokens.iter().find(|&&t| t as usize >= vocab) {
+        Some(&token) => Err(ModelError::TokenOutOfRange { token, vocab }),
+        None => Ok(()),
+    }
+}
+
 /// tanh-approximate GELU.
 pub fn gelu(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
@@ -173,13 +182,7 @@ impl PoolDense {
 
     /// Checks every token id is in the vocabulary.
     pub fn check(&self, tokens: &[u32]) -> Result<(), ModelError> {
-        match tokens.iter().find(|&&t| t as usize >= self.vocab) {
-            Some(&token) => Err(ModelError::TokenOutOfRange {
-                token,
-                vocab: self.vocab,
-            }),
-            None => Ok(()),
-        }
+        check_tokens(tokens, self.vocab)
     }
 
     /// One request. An empty request pools to the zero vector.
