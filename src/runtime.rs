@@ -1676,6 +1676,17 @@ struct Pending<O> {
 /// message.
 type RunResult<O> = Result<Result<Vec<O>, String>, String>;
 
+/// A worker's wait for work: a bounded spin (`idle` counts it), then a
+/// park of at most `park`, so threads sharing a core never spin for long.
+fn pause(idle: &mut u32, park: Duration) {
+    if *idle < crate::sync::SPIN_LIMIT {
+        *idle += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::park_timeout(park);
+    }
+}
+
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     let why = panic
         .downcast_ref::<&str>()
@@ -1724,14 +1735,11 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                         catch_unwind(AssertUnwindSafe(|| lane.finish())).map_err(panic_message);
                     let p = in_flight.pop_front().expect("checked non-empty just above");
                     self.settle(p, result);
-                } else if idle < crate::sync::SPIN_LIMIT {
-                    idle += 1;
-                    std::hint::spin_loop();
                 } else {
                     // The device is busy and there is room for one more
                     // batch: the collector unparks us when it pushes one;
                     // the device's progress is polled at this period.
-                    std::thread::park_timeout(Duration::from_micros(50));
+                    pause(&mut idle, Duration::from_micros(50));
                 }
                 continue;
             }
@@ -1740,14 +1748,9 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 return;
             }
             self.sla.maybe_publish(Instant::now());
-            if idle < crate::sync::SPIN_LIMIT {
-                idle += 1;
-                std::hint::spin_loop();
-            } else {
-                // The collector unparks us after every push; the timeout
-                // only bounds a shutdown race.
-                std::thread::park_timeout(Duration::from_millis(20));
-            }
+            // The collector unparks us after every push; the timeout only
+            // bounds a shutdown race.
+            pause(&mut idle, Duration::from_millis(20));
         }
     }
 
