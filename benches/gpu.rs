@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use convoy::cuda::{CudaConfig, CudaExecutor, CudaLane};
 use convoy::kernel::KernelSpec;
-use convoy::model::PoolDense;
+use convoy::model::{splitmix64, PoolDense};
 use convoy::{BatchingConfig, Config, Lane, Request, Runtime};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
@@ -25,12 +25,7 @@ const SIZES: [usize; 7] = [1, 8, 32, 64, 128, 256, 512];
 /// Deterministic ragged requests: 16–271 tokens each.
 fn requests(n: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut s = seed;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (s >> 33) as usize
-    };
+    let mut next = move || splitmix64(&mut s) as usize;
     (0..n)
         .map(|_| {
             let len = 16 + next() % 256;

@@ -64,8 +64,14 @@ pub const DEFAULT_VOCAB: usize = 32_000;
 pub const DEFAULT_DIM: usize = 256;
 
 /// splitmix64: a tiny seeded generator, so weights are reproducible
-/// everywhere (CPU, GPU upload, other servers) without a dependency.
-pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+/// everywhere (CPU, GPU upload, other servers) without a dependency. Also
+/// the tests' and benches' source of random inputs.
+///
+/// ```
+/// let (mut a, mut b) = (7, 7);
+/// assert_eq!(convoy::model::splitmix64(&mut a), convoy::model::splitmix64(&mut b));
+/// ```
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

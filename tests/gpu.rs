@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use convoy::cuda::{probe, CudaConfig, CudaError, CudaExecutor};
 use convoy::kernel::{KernelSpec, Words};
-use convoy::model::PoolDense;
+use convoy::model::{splitmix64, PoolDense};
 use convoy::{Config, Lane, Request, Runtime, SubmitErrorKind};
 
 const MAX_TOKENS: usize = 2048;
@@ -50,11 +50,7 @@ impl Rng {
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
 
     fn below(&mut self, n: usize) -> usize {
