@@ -3,28 +3,16 @@
 
 mod common;
 
-use common::{eventually, Hold};
+use common::{echo_runtime, eventually, worker, Hold};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use convoy::{
-    BatchingConfig, Capacity, Config, Failure, Priority, Request, Runtime, SubmitErrorKind,
-    WorkerSpec,
-};
+use convoy::{BatchingConfig, Config, Failure, Priority, Request, Runtime, SubmitErrorKind};
 
 fn one_worker(max_batch: usize) -> Config {
     Config {
-        workers: vec![WorkerSpec {
-            name: "w".into(),
-            capacity: Capacity {
-                slots: 1,
-                tokens: 1 << 20,
-                bytes: u64::MAX,
-            },
-            speed: 1.0,
-            cost_per_hour: 0.0,
-        }],
+        workers: vec![worker(1, 1 << 20)],
         batching: BatchingConfig {
             max_batch_size: max_batch,
             max_queue_delay: Duration::ZERO,
@@ -265,14 +253,7 @@ fn shutdown_now_fails_every_member_of_a_waiting_group() {
 
 #[test]
 fn a_key_without_deduplicate_is_refused_and_handed_back() {
-    let rt = Runtime::builder()
-        .config(Config {
-            cpu_workers: 1,
-            ..Config::default()
-        })
-        .batch_fn(|xs: &[u32]| xs.to_vec())
-        .build()
-        .unwrap();
+    let rt = echo_runtime(1);
     let e = rt
         .handle()
         .submit(Request::new(5).dedup_key("k"))

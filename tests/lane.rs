@@ -7,17 +7,14 @@
 
 mod common;
 
-use common::{eventually, Hold};
+use common::{eventually, worker, Hold};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use convoy::{
-    BatchingConfig, Capacity, Config, Executor, Failure, Lane, Request, Runtime, SubmitErrorKind,
-    WorkerSpec,
-};
+use convoy::{BatchingConfig, Config, Executor, Failure, Lane, Request, Runtime, SubmitErrorKind};
 
 /// What the fake device did, shared with the test.
 #[derive(Default)]
@@ -111,16 +108,7 @@ fn runtime(depth: usize, batch: usize) -> (Runtime<i64, i64>, Arc<Seen>, Hold) {
     let seen = Arc::new(Seen::default());
     let release = Hold::default();
     let config = Config {
-        workers: vec![WorkerSpec {
-            name: "dev".into(),
-            capacity: Capacity {
-                slots: (2 * batch) as u32,
-                tokens: 1 << 20,
-                bytes: u64::MAX,
-            },
-            speed: 1.0,
-            cost_per_hour: 0.0,
-        }],
+        workers: vec![worker((2 * batch) as u32, 1 << 20)],
         batching: BatchingConfig {
             max_batch_size: batch,
             max_queue_delay: Duration::from_millis(1),

@@ -1,10 +1,14 @@
 //! Decision logs: one debug event per launched batch, with its fields.
 
+mod common;
+
+use common::echo_runtime;
+
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use convoy::{Config, Request, Runtime};
+use convoy::Request;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -72,14 +76,7 @@ impl Subscriber for Shared {
 fn every_batch_is_logged_at_debug_with_its_decision() {
     let count = Arc::new(Count::default());
     tracing::subscriber::set_global_default(Shared(count.clone())).unwrap();
-    let rt = Runtime::builder()
-        .config(Config {
-            cpu_workers: 2,
-            ..Config::default()
-        })
-        .batch_fn(|xs: &[u32]| xs.to_vec())
-        .build()
-        .unwrap();
+    let rt = echo_runtime(2);
     let h = rt.handle();
     let ts: Vec<_> = (0..300)
         .map(|i| h.submit(Request::new(i)).unwrap())

@@ -1,21 +1,18 @@
 //! The Prometheus exposition: the values match the runtime's counters, and
 //! the real `promtool check metrics` accepts it.
 
+mod common;
+
+use common::echo_runtime;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use convoy::{Config, Priority, Request, Runtime};
+use convoy::{Priority, Request, Runtime};
 
 fn loaded_runtime() -> Runtime<u32, u32> {
-    let rt = Runtime::builder()
-        .config(Config {
-            cpu_workers: 2,
-            ..Config::default()
-        })
-        .batch_fn(|xs: &[u32]| xs.to_vec())
-        .build()
-        .unwrap();
+    let rt = echo_runtime(2);
     let h = rt.handle();
     let ts: Vec<_> = (0..500u32)
         .map(|i| {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{eventually, Hold};
+use common::{eventually, worker, Hold};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,19 +13,6 @@ use convoy::{
     BatchingConfig, BuildError, Capacity, Config, Failure, InsertPolicy, Priority, Request,
     Runtime, SubmitErrorKind, WorkerSpec,
 };
-
-fn worker(slots: u32, tokens: u64) -> WorkerSpec {
-    WorkerSpec {
-        name: "w".into(),
-        capacity: Capacity {
-            slots,
-            tokens,
-            bytes: u64::MAX,
-        },
-        speed: 1.0,
-        cost_per_hour: 0.0,
-    }
-}
 
 fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
     Config {

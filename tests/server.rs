@@ -5,13 +5,13 @@
 
 mod common;
 
-use common::Hold;
+use common::{worker, Hold};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use convoy::server::{serve_until, AppState, Input, Limits};
-use convoy::{BatchingConfig, Capacity, Config, IntakeConfig, Runtime, WorkerSpec};
+use convoy::{BatchingConfig, Config, IntakeConfig, Runtime};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -39,16 +39,7 @@ async fn start() -> TestServer {
     let runtime = Runtime::builder()
         .config(Config {
             // One slot: while the blocker runs, everything else waits.
-            workers: vec![WorkerSpec {
-                name: "w".into(),
-                capacity: Capacity {
-                    slots: 1,
-                    tokens: 1 << 20,
-                    bytes: u64::MAX,
-                },
-                speed: 1.0,
-                cost_per_hour: 0.0,
-            }],
+            workers: vec![worker(1, 1 << 20)],
             intake: IntakeConfig {
                 shards: 1,
                 lane_capacity: 4,

@@ -4,6 +4,35 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use convoy::{Capacity, Config, Runtime, WorkerSpec};
+
+/// A worker named `w` holding `slots` requests and `tokens` tokens.
+pub fn worker(slots: u32, tokens: u64) -> WorkerSpec {
+    WorkerSpec {
+        name: "w".into(),
+        capacity: Capacity {
+            slots,
+            tokens,
+            bytes: u64::MAX,
+        },
+        speed: 1.0,
+        cost_per_hour: 0.0,
+    }
+}
+
+/// A runtime on `cpu_workers` default CPU workers whose batch function
+/// hands each input back.
+pub fn echo_runtime(cpu_workers: usize) -> Runtime<u32, u32> {
+    Runtime::builder()
+        .config(Config {
+            cpu_workers,
+            ..Config::default()
+        })
+        .batch_fn(|xs: &[u32]| xs.to_vec())
+        .build()
+        .unwrap()
+}
+
 /// A gate an executor waits on, so a test can hold the only worker busy
 /// while it queues work behind it. Dropping any handle opens it, so a test
 /// that fails while the worker is held still ends (the runtime's drop
