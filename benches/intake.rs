@@ -61,7 +61,7 @@ fn run(producers: u64, push: impl Fn(u64) + Sync, mut drain: impl FnMut() -> usi
     start.elapsed()
 }
 
-fn convoy_run(producers: u64) -> Duration {
+fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
     let shards = producers.next_power_of_two() as usize;
     let (intake, mut consumer) = Intake::<u64>::new(IntakeConfig {
         shards,
@@ -174,7 +174,21 @@ fn throughput(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("convoy", producers),
             &producers,
-            |b, &p| b.iter_custom(|iters| (0..iters).map(|_| convoy_run(p)).sum()),
+            |b, &p| b.iter_custom(|iters| (0..iters).map(|_| convoy_run(p, prio)).sum()),
+        );
+        // Every item at one level: one lane per shard instead of five, so
+        // the consumer polls one head slot per shard. Tells the cost of the
+        // ring from the cost of polling five lanes.
+        g.bench_with_input(
+            BenchmarkId::new("convoy_one_level", producers),
+            &producers,
+            |b, &p| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| convoy_run(p, |_| Priority::Normal))
+                        .sum()
+                })
+            },
         );
         g.bench_with_input(
             BenchmarkId::new("array_queue", producers),

@@ -7,21 +7,30 @@
 //!
 //! # What the bound bounds
 //!
-//! Every lane (one shard, one priority) has a `held` counter next to its
-//! ring. A submit first *holds* room in `held` (a CAS that never lets it pass
-//! the lane capacity), then pushes into the ring. The consumer's drain does
-//! **not** give the room back: a drained item carries an [`Admission`], and
-//! only [`IntakeConsumer::release`] (called when the request is launched,
-//! expired or cancelled) frees it. So the capacity bounds every request that
-//! is accepted and not yet finished with, rings plus the collector's own set,
-//! and a full queue is seen at submit, with the item handed back.
+//! Every lane (one shard, one priority) is one ring, and the ring's slots
+//! are the room. The consumer's drain *takes* an item out of its slot but
+//! does **not** free the slot ([`ring::Consumer::take`]): a drained item
+//! carries an [`Admission`], and only [`IntakeConsumer::release`] (called
+//! when the request is launched, expired or cancelled) gives a slot back. So
+//! the capacity bounds every request that is accepted and not yet finished
+//! with, rings plus the collector's own set, and a full queue is seen at
+//! submit, with the item handed back.
 //!
-//! Because ring occupancy never exceeds `held`, a push that has held room
-//! always finds ring slots: the lane counter is the only admission check.
+//! A submit is therefore one ring push: one CAS on the lane's tail, as in a
+//! plain bounded queue. An earlier design kept a separate `held` counter per
+//! lane that submit raised and release lowered: a second line that both
+//! sides wrote, which a profile showed stalling submit and release alike
+//! (see `BENCHMARKS.md`).
+//!
 //! When its home lane is full a producer spills to the next shard's lane of
 //! the same priority, so the whole `shards × lane_capacity` is usable by any
 //! thread. Per-producer FIFO holds within a lane; a collector that needs
 //! global arrival order across a spill orders by an arrival stamp.
+//!
+//! An all-or-nothing batch that spans levels reserves a run of slots in one
+//! lane per level. If a later level has no room, the runs already reserved
+//! cannot be unclaimed, so they are written with placeholders that the
+//! consumer frees on sight and never hands out.
 //!
 //! # Example
 //!
@@ -50,7 +59,7 @@ use crossbeam::utils::CachePadded;
 
 use crate::priority::{InsertPolicy, Priority};
 use crate::ring::{self, RingError};
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicU64, Ordering};
 
 /// The most shards an intake may have; far above any useful core count.
 pub const MAX_SHARDS: usize = 4096;
@@ -190,49 +199,24 @@ struct Entry<T> {
     front: bool,
 }
 
-/// One shard's ring for one priority, with its admission counter.
-///
-/// `held` is the one line producers and the consumer both write, so it has a
-/// line of its own and the consumer releases a whole batch with one RMW
-/// ([`IntakeConsumer::release_all`]). `inserted` is not counted at all: it is
-/// the ring's claim counter. `rejected_full` is written only on refusal.
+/// What a lane's slot carries: an entry, or `None` for a placeholder written
+/// by a rolled-back all-or-nothing push. `Option` costs nothing here for
+/// small items: it uses `front`'s spare bit patterns.
+type Slot<T> = Option<Entry<T>>;
+
+/// One shard's ring for one priority. Producers share only the ring's tail
+/// and slots; the counters are written on refusal or rollback alone.
+/// `inserted` is not counted at all: it is the ring's claim counter, less
+/// the placeholders.
 struct Lane<T> {
-    ring: ring::Producer<Entry<T>>,
-    /// Accepted and not yet released; never above the lane capacity.
-    held: CachePadded<AtomicUsize>,
-    rejected_full: CachePadded<AtomicU64>,
+    ring: ring::Producer<Slot<T>>,
+    counters: CachePadded<LaneCounters>,
 }
 
-impl<T> Lane<T> {
-    /// Holds room for `k` items, or fails without changing anything.
-    fn try_hold(&self, k: usize, capacity: usize) -> bool {
-        let held = &*self.held;
-        // Relaxed first read: the CAS below re-validates it.
-        let mut current = held.load(Ordering::Relaxed);
-        loop {
-            if current + k > capacity {
-                return false;
-            }
-            // Acquire on success: pairs with the consumer's Release in
-            // `release`, which follows its pop; so the ring slots it freed are
-            // visible and the push after this hold finds them free.
-            match held.compare_exchange_weak(
-                current,
-                current + k,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => current = now,
-            }
-        }
-    }
-
-    fn unhold(&self, k: usize) {
-        // Release: publishes the ring state seen by this thread to the next
-        // holder, as `release` does.
-        self.held.fetch_sub(k, Ordering::Release);
-    }
+struct LaneCounters {
+    rejected_full: AtomicU64,
+    /// Placeholder slots written by rolled-back all-or-nothing pushes.
+    voided: AtomicU64,
 }
 
 struct Shared<T> {
@@ -272,9 +256,10 @@ impl<T> Shared<T> {
                 let s = &mut stats.per_priority[p.index()];
                 // Relaxed: independent statistics, each monotonic or bounded;
                 // no decision depends on their mutual consistency.
-                s.depth += lane.held.load(Ordering::Relaxed);
-                s.inserted += lane.ring.pushed() as u64;
-                s.rejected_full += lane.rejected_full.load(Ordering::Relaxed);
+                s.depth += lane.ring.len();
+                s.inserted += (lane.ring.pushed() as u64)
+                    .saturating_sub(lane.counters.voided.load(Ordering::Relaxed));
+                s.rejected_full += lane.counters.rejected_full.load(Ordering::Relaxed);
             }
             stats.batch_insertions += self.batch_insertions[shard].load(Ordering::Relaxed);
         }
@@ -285,7 +270,9 @@ impl<T> Shared<T> {
 /// Per-level intake statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PriorityIntakeStats {
-    /// Accepted and not yet released (rings plus the collector's set).
+    /// Slots in use: accepted and not yet released (rings plus the
+    /// collector's set), plus any placeholders of a rolled-back
+    /// all-or-nothing batch that the collector has not yet passed.
     pub depth: usize,
     /// Accepted since start.
     pub inserted: u64,
@@ -392,8 +379,10 @@ impl<T> Intake<T> {
             let (tx, rx) = ring::channel(config.lane_capacity)?;
             lanes.push(Lane {
                 ring: tx,
-                held: CachePadded::new(AtomicUsize::new(0)),
-                rejected_full: CachePadded::new(AtomicU64::new(0)),
+                counters: CachePadded::new(LaneCounters {
+                    rejected_full: AtomicU64::new(0),
+                    voided: AtomicU64::new(0),
+                }),
             });
             consumers.push(rx);
         }
@@ -447,32 +436,24 @@ impl<T> Intake<T> {
         policy: InsertPolicy,
     ) -> Result<(), QueueFull<T>> {
         let home = self.home();
-        let mut entry = Entry {
+        let mut slot = Some(Entry {
             item,
             front: policy == InsertPolicy::Front,
-        };
+        });
         let mut shard = home;
         for step in 0..self.shared.shards {
             if step > 0 {
                 shard = self.shared.next_shard(shard);
             }
-            let lane = self.shared.lane(shard, priority);
-            if !lane.try_hold(1, self.shared.lane_capacity) {
-                continue;
-            }
-            match lane.ring.push(entry) {
+            match self.shared.lane(shard, priority).ring.push(slot) {
                 Ok(()) => return Ok(()),
-                Err(ring::Full(back)) => {
-                    // Not reachable while ring occupancy ≤ held (module
-                    // docs); handled anyway so an item is never lost.
-                    lane.unhold(1);
-                    entry = back;
-                }
+                Err(ring::Full(back)) => slot = back,
             }
         }
         // Relaxed: a statistic.
         let lane = self.shared.lane(home, priority);
-        lane.rejected_full.fetch_add(1, Ordering::Relaxed);
+        lane.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+        let entry = slot.expect("a full ring hands back the Some it was given");
         Err(QueueFull {
             item: entry.item,
             priority,
@@ -570,24 +551,34 @@ impl<T> Intake<T> {
                 },
             });
         }
-        // Hold room for every level's group in one lane each, or undo.
+        // Reserve a run of slots for every level's group in one lane each,
+        // or roll back.
         let home = self.home();
-        let mut chosen: [Option<usize>; Priority::COUNT] = [None; Priority::COUNT];
+        let mut reserved: [Option<(usize, ring::Reservation<'_, Slot<T>>)>; Priority::COUNT] =
+            std::array::from_fn(|_| None);
         for p in Priority::ALL {
             let k = counts[p.index()];
             if k == 0 {
                 continue;
             }
-            chosen[p.index()] = (0..shared.shards)
+            reserved[p.index()] = (0..shared.shards)
                 .map(|i| (home + i) % shared.shards)
-                .find(|&s| shared.lane(s, p).try_hold(k, shared.lane_capacity));
-            if chosen[p.index()].is_none() {
+                .find_map(|s| shared.lane(s, p).ring.reserve(k).map(|r| (s, r)));
+            if reserved[p.index()].is_none() {
                 for q in Priority::ALL {
-                    if let Some(s) = chosen[q.index()] {
-                        shared.lane(s, q).unhold(counts[q.index()]);
+                    // Relaxed: statistics. `voided` is raised before the
+                    // placeholders are written, so `inserted` never counts
+                    // them.
+                    if let Some((s, run)) = reserved[q.index()].take() {
+                        let lane = shared.lane(s, q);
+                        lane.counters
+                            .voided
+                            .fetch_add(counts[q.index()] as u64, Ordering::Relaxed);
+                        drop(run); // writes the placeholders
                     }
                     shared
                         .lane(home, q)
+                        .counters
                         .rejected_full
                         .fetch_add(counts[q.index()] as u64, Ordering::Relaxed);
                 }
@@ -599,18 +590,16 @@ impl<T> Intake<T> {
             }
         }
         let total = items.len();
-        let mut groups: [Vec<Entry<T>>; Priority::COUNT] = Default::default();
+        let mut groups: [Vec<Slot<T>>; Priority::COUNT] = Default::default();
         for (p, group) in groups.iter_mut().enumerate() {
             group.reserve_exact(counts[p]);
         }
         for (p, item) in items {
-            groups[p.index()].push(Entry { item, front: false });
+            groups[p.index()].push(Some(Entry { item, front: false }));
         }
-        for (p, group) in Priority::ALL.into_iter().zip(groups) {
-            if let Some(s) = chosen[p.index()] {
-                if shared.lane(s, p).ring.push_all(group).is_err() {
-                    unreachable_ring_full();
-                }
+        for (run, group) in reserved.into_iter().zip(groups) {
+            if let Some((_, run)) = run {
+                run.fill(group);
             }
         }
         Ok(total)
@@ -627,20 +616,11 @@ impl<T> Intake<T> {
     }
 }
 
-/// A lane whose `held` admitted `k` items has `k` free ring slots (ring
-/// occupancy ≤ held ≤ capacity, and the hold's Acquire sees the consumer's
-/// frees). An all-or-nothing push cannot undo the groups it already pushed,
-/// so a broken invariant here must stop loudly rather than lose items.
-#[cold]
-fn unreachable_ring_full() -> ! {
-    panic!("invariant broken: a lane with held room had a full ring")
-}
-
 /// The single consumer: the collector's end of the intake.
 pub struct IntakeConsumer<T> {
     shared: Arc<Shared<T>>,
     /// Same indexing as `Shared::lanes`.
-    rings: Vec<ring::Consumer<Entry<T>>>,
+    rings: Vec<ring::Consumer<Slot<T>>>,
     /// Per level, the shard the next drain starts at, so a small `max` does
     /// not always favour shard 0.
     cursor: [usize; Priority::COUNT],
@@ -695,7 +675,12 @@ impl<T> IntakeConsumer<T> {
             let shard = (start + i) % shards;
             let ring = &mut self.rings[shard * Priority::COUNT + priority.index()];
             while n < max {
-                let Some(entry) = ring.pop() else { break };
+                let Some(slot) = ring.take() else { break };
+                let Some(entry) = slot else {
+                    // A rolled-back batch's placeholder: nobody holds it.
+                    ring.free(1);
+                    continue;
+                };
                 out.push(Drained {
                     item: entry.item,
                     front: entry.front,
@@ -715,15 +700,17 @@ impl<T> IntakeConsumer<T> {
     }
 
     /// Gives the room an item held back to its lane.
-    pub fn release(&self, admission: Admission) {
-        self.shared
-            .lane(admission.shard(), admission.priority)
-            .unhold(1);
+    ///
+    /// Room is counted per lane, not per item, so it frees the lane's oldest
+    /// held slot. An admission from another intake frees nothing beyond
+    /// what this lane holds, and one naming a lane this intake lacks is
+    /// ignored.
+    pub fn release(&mut self, admission: Admission) {
+        self.free(admission.shard(), admission.priority, 1);
     }
 
-    /// Releases many admissions with one RMW per run of the same lane (a
-    /// drained batch comes grouped by lane), which keeps the `held` line
-    /// from bouncing between the collector and producers once per item.
+    /// Releases many admissions with one free per run of the same lane (a
+    /// drained batch comes grouped by lane).
     ///
     /// ```
     /// use convoy::intake::{Intake, IntakeConfig};
@@ -735,28 +722,37 @@ impl<T> IntakeConsumer<T> {
     /// c.release_all(out.into_iter().map(|d| d.admission));
     /// assert_eq!(intake.stats().depth(), 0);
     /// ```
-    pub fn release_all(&self, admissions: impl IntoIterator<Item = Admission>) {
+    pub fn release_all(&mut self, admissions: impl IntoIterator<Item = Admission>) {
         let mut run: Option<(usize, Priority, usize)> = None;
         for a in admissions {
             match &mut run {
                 Some((shard, prio, n)) if *shard == a.shard() && *prio == a.priority => *n += 1,
                 _ => {
                     if let Some((shard, prio, n)) = run {
-                        self.shared.lane(shard, prio).unhold(n);
+                        self.free(shard, prio, n);
                     }
                     run = Some((a.shard(), a.priority, 1));
                 }
             }
         }
         if let Some((shard, prio, n)) = run {
-            self.shared.lane(shard, prio).unhold(n);
+            self.free(shard, prio, n);
+        }
+    }
+
+    fn free(&mut self, shard: usize, priority: Priority, n: usize) {
+        if let Some(ring) = self
+            .rings
+            .get_mut(shard * Priority::COUNT + priority.index())
+        {
+            ring.free(n);
         }
     }
 
     /// Whether any ring holds an item not yet drained, written or still
     /// being written (a snapshot).
     pub fn has_pending(&self) -> bool {
-        self.rings.iter().any(|r| !r.is_empty())
+        self.rings.iter().any(|r| r.pending() > 0)
     }
 
     /// Whether a drain would return something now: `false` while items are
@@ -874,14 +870,31 @@ mod tests {
         assert_eq!(err.reason, BatchRejectReason::Full);
         assert_eq!(err.rejected, vec![(High, 1), (Critical, 2), (Low, 3)]);
         let stats = i.stats();
-        assert_eq!(stats.of(High).depth, 0, "hold on High was undone");
-        assert_eq!(stats.of(Critical).depth, 0, "hold on Critical was undone");
+        // The runs reserved on High and Critical hold placeholders until the
+        // collector passes them; they are not counted as inserted.
+        assert_eq!(stats.of(High).inserted, 0);
+        assert_eq!(stats.of(Critical).inserted, 0);
+        assert_eq!(stats.inserted(), 2);
         assert_eq!(stats.batch_insertions, 0);
         assert_eq!(stats.rejected_full(), 3);
+        let out = drain_all(&mut c);
+        assert_eq!(
+            out.iter()
+                .map(|d| (d.admission.priority(), d.item))
+                .collect::<Vec<_>>(),
+            vec![(Low, 0), (Low, 0)],
+            "placeholders are never handed out"
+        );
+        let stats = i.stats();
+        assert_eq!(stats.of(High).depth, 0, "High's placeholder was freed");
+        assert_eq!(
+            stats.of(Critical).depth,
+            0,
+            "Critical's placeholder was freed"
+        );
+        assert_eq!(stats.of(Low).depth, 2, "drained, not yet released");
         // With room it goes in whole.
-        for d in drain_all(&mut c) {
-            c.release(d.admission);
-        }
+        c.release_all(out.into_iter().map(|d| d.admission));
         assert_eq!(
             i.push_batch(vec![(High, 1), (Critical, 2), (Low, 3)], AllOrNothing),
             Ok(3)

@@ -1,7 +1,9 @@
 //! A bounded lock-free multi-producer single-consumer ring.
 //!
 //! The ring is Dmitry Vyukov's bounded queue with a stamp per slot,
-//! specialised to one consumer, plus an all-or-nothing push of `k` items.
+//! specialised to one consumer, plus an all-or-nothing push of `k` items and
+//! a *deferred free*: the consumer may take a value out now and give its slot
+//! back later, so the ring's capacity can bound work the consumer still holds.
 //! Capacity is a power of two so a position maps to its slot with a mask.
 //!
 //! # The slot protocol
@@ -10,8 +12,9 @@
 //! slot `p & mask`. Each slot carries a `stamp`:
 //!
 //! * `stamp == 2p`: the slot is free for the producer that claims position `p`;
-//! * `stamp == 2p + 1`: the slot holds the value written for position `p`;
-//! * after the consumer takes position `p` it stores `stamp = 2(p + capacity)`,
+//! * `stamp == 2p + 1`: the slot holds the value written for position `p`, or
+//!   held it and the consumer has taken the value but not freed the slot;
+//! * when the consumer frees position `p` it stores `stamp = 2(p + capacity)`,
 //!   which frees the slot for position `p + capacity`, one lap later.
 //!
 //! The low bit tells *written* from *free*. Without it a ring of capacity 1
@@ -19,13 +22,20 @@
 //! pads its lap to a larger power of two for the same reason).
 //!
 //! Producers claim positions by moving `tail` with a CAS, write the value,
-//! then publish it with a `Release` store of the stamp. The consumer owns
-//! `head`; it reads a slot only after an `Acquire` load of its stamp shows
-//! `2·head + 1`.
+//! then publish it with a `Release` store of the stamp. The consumer keeps
+//! two positions of its own, `freed ≤ taken ≤ tail`:
+//!
+//! * [`Consumer::take`] reads the value at `taken` after an `Acquire` load of
+//!   its stamp shows `2·taken + 1`, and moves `taken` on. The slot stays
+//!   marked written, so producers still see it occupied.
+//! * [`Consumer::free`] frees the oldest taken positions, `freed` upwards,
+//!   with a `Release` store of their next-lap stamps. Which taken value a
+//!   slot held does not matter: freeing is by count.
+//! * [`Consumer::pop`] is a take followed by a free of one.
 //!
 //! Because the single consumer frees slots strictly in position order, a slot
 //! that is free for position `q` proves that every position below `q -
-//! capacity` was consumed too. That is what makes [`Producer::push_all`]
+//! capacity` was freed too. That is what makes [`Producer::push_all`]
 //! cheap: it checks only the stamp of the last of its `k` slots.
 //!
 //! # Example
@@ -110,11 +120,23 @@ fn free_stamp(pos: usize) -> usize {
     pos.wrapping_mul(2)
 }
 
+/// The consumer's two positions. Written only by the consumer, with
+/// `Relaxed` stores: they are its own bookkeeping (the slot stamps carry the
+/// synchronisation); other threads read `freed` only for [`Producer::len`].
+/// Atomics rather than plain cells so that `len` may read them and so that
+/// `Drop` (which may run on a producer's thread) sees the consumer's last
+/// values through the `Arc`'s own synchronisation.
+struct Positions {
+    /// Next position [`Ring::take`] reads.
+    taken: AtomicUsize,
+    /// Next position [`Ring::free`] gives back; `freed ≤ taken`.
+    freed: AtomicUsize,
+}
+
 struct Ring<T> {
-    /// Next position the consumer reads. Written only by the consumer; read
-    /// by anyone for [`Producer::len`]. Padded so producers' CAS traffic on
-    /// `tail` does not evict it.
-    head: CachePadded<AtomicUsize>,
+    /// The consumer's positions, on a line of their own so producers' CAS
+    /// traffic on `tail` does not evict them.
+    consumer: CachePadded<Positions>,
     /// Next position a producer may claim.
     tail: CachePadded<AtomicUsize>,
     slots: Box<[Slot<T>]>,
@@ -138,12 +160,29 @@ impl<T> Ring<T> {
         &self.slots[pos & self.mask]
     }
 
+    /// Claimed and not yet freed: written, being written, or taken and
+    /// still held by the consumer.
     fn len(&self) -> usize {
         // Relaxed: a snapshot for statistics; tail is loaded first so a
-        // concurrent pop cannot make head pass it and the difference wrap.
+        // concurrent free cannot make `freed` pass it and the difference wrap.
         let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Relaxed);
-        tail.wrapping_sub(head).min(self.capacity())
+        let freed = self.consumer.freed.load(Ordering::Relaxed);
+        tail.wrapping_sub(freed).min(self.capacity())
+    }
+
+    /// Claimed and not yet taken (consumer only: `taken` is exact there).
+    fn pending(&self) -> usize {
+        // Relaxed on both: see `len`.
+        let tail = self.tail.load(Ordering::Relaxed);
+        let taken = self.consumer.taken.load(Ordering::Relaxed);
+        tail.wrapping_sub(taken).min(self.capacity())
+    }
+
+    /// Taken and not yet freed (consumer only).
+    fn held(&self) -> usize {
+        // Relaxed: both are this (the consumer's) thread's own writes.
+        let taken = self.consumer.taken.load(Ordering::Relaxed);
+        taken.wrapping_sub(self.consumer.freed.load(Ordering::Relaxed))
     }
 
     /// Claims `k` consecutive positions, or returns `None` when the ring has
@@ -155,8 +194,8 @@ impl<T> Ring<T> {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
             let last = tail.wrapping_add(k - 1);
-            // Acquire: pairs with the consumer's Release store that freed this
-            // slot, so its read of the old value happens before our write.
+            // Acquire: pairs with the consumer's Release store in `free`, so
+            // its read of the old value (in `take`) happens before our write.
             // The consumer frees in order, so this also covers the k-1 slots
             // before `last` (their frees precede this one in its program).
             let stamp = self.slot(last).stamp.load(Ordering::Acquire);
@@ -204,35 +243,62 @@ impl<T> Ring<T> {
         slot.stamp.store(free_stamp(pos) | 1, Ordering::Release);
     }
 
-    /// Whether the oldest position is written and ready to pop.
+    /// Whether the oldest untaken position is written and ready to take.
     fn head_ready(&self) -> bool {
-        // Relaxed: only the consumer writes `head`, and it is this thread.
-        let head = self.head.load(Ordering::Relaxed);
-        // Acquire: a `true` is followed by a pop that reads the value.
-        self.slot(head).stamp.load(Ordering::Acquire) == free_stamp(head) | 1
+        // Relaxed: only the consumer writes `taken`, and it is this thread.
+        let taken = self.consumer.taken.load(Ordering::Relaxed);
+        // Acquire: a `true` is followed by a take that reads the value.
+        self.slot(taken).stamp.load(Ordering::Acquire) == free_stamp(taken) | 1
     }
 
-    fn pop(&self) -> Option<T> {
-        // Relaxed: only the consumer writes `head`, and it is this thread.
-        let head = self.head.load(Ordering::Relaxed);
-        let slot = self.slot(head);
+    /// Moves the oldest written value out, leaving its slot occupied until
+    /// [`free`](Self::free). Consumer only.
+    fn take(&self) -> Option<T> {
+        // Relaxed: only the consumer writes `taken`, and it is this thread.
+        let taken = self.consumer.taken.load(Ordering::Relaxed);
+        let slot = self.slot(taken);
         // Acquire: pairs with the producer's Release in `publish`.
-        if slot.stamp.load(Ordering::Acquire) != free_stamp(head) | 1 {
-            // Empty, or the producer of `head` has claimed but not yet
+        if slot.stamp.load(Ordering::Acquire) != free_stamp(taken) | 1 {
+            // Empty, or the producer of `taken` has claimed but not yet
             // written; either way nothing is ready in order.
             return None;
         }
-        // SAFETY: the stamp says the slot holds the value for `head`, and the
-        // single consumer (this thread, via `&mut Consumer`) is its only reader.
+        // SAFETY: the stamp says the slot holds the value for `taken`, which
+        // no take has moved out yet (`taken` only grows), and the single
+        // consumer (this thread, via `&mut Consumer`) is its only reader.
+        // Producers do not touch the slot until `free` restamps it.
         let value = slot.value.with(|p| unsafe { p.read().assume_init() });
-        // Release: the read above must happen before a producer that sees the
-        // freed stamp overwrites the slot.
-        slot.stamp.store(
-            free_stamp(head.wrapping_add(self.capacity())),
-            Ordering::Release,
-        );
-        // Relaxed: `head` is only a statistic for other threads.
-        self.head.store(head.wrapping_add(1), Ordering::Relaxed);
+        // Relaxed: the consumer's own bookkeeping (see `Positions`).
+        self.consumer
+            .taken
+            .store(taken.wrapping_add(1), Ordering::Relaxed);
+        Some(value)
+    }
+
+    /// Frees up to `n` of the oldest taken slots for the next lap; returns
+    /// how many (fewer when fewer are taken). Consumer only.
+    fn free(&self, n: usize) -> usize {
+        let n = n.min(self.held());
+        // Relaxed: the consumer's own bookkeeping.
+        let freed = self.consumer.freed.load(Ordering::Relaxed);
+        for i in 0..n {
+            let pos = freed.wrapping_add(i);
+            let next_lap = free_stamp(pos.wrapping_add(self.capacity()));
+            // Release: the take that read this slot's value happened before
+            // (program order); a producer whose Acquire load sees the new
+            // stamp may overwrite the slot.
+            self.slot(pos).stamp.store(next_lap, Ordering::Release);
+        }
+        // Relaxed: a statistic for other threads (`len`).
+        self.consumer
+            .freed
+            .store(freed.wrapping_add(n), Ordering::Relaxed);
+        n
+    }
+
+    fn pop(&self) -> Option<T> {
+        let value = self.take()?;
+        self.free(1);
         Some(value)
     }
 }
@@ -240,8 +306,8 @@ impl<T> Ring<T> {
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         // Every producer and the consumer are gone (this is the last `Arc`),
-        // so every claimed position was published; drop what was not popped.
-        while self.pop().is_some() {}
+        // so every claimed position was published; drop what was not taken.
+        while self.take().is_some() {}
     }
 }
 
@@ -267,7 +333,10 @@ pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingErr
         })
         .collect();
     let ring = Arc::new(Ring {
-        head: CachePadded::new(AtomicUsize::new(0)),
+        consumer: CachePadded::new(Positions {
+            taken: AtomicUsize::new(0),
+            freed: AtomicUsize::new(0),
+        }),
         tail: CachePadded::new(AtomicUsize::new(0)),
         slots,
         mask: capacity - 1,
@@ -351,13 +420,36 @@ impl<T> Producer<T> {
         Ok(())
     }
 
+    /// Claims `k` consecutive positions to be written later, or `None` when
+    /// `k` is 0, above the capacity, or more than the free slots now. What
+    /// is not written through [`Reservation::fill`] is written as
+    /// `T::default()` when the reservation drops, so a claimed position is
+    /// always published and the consumer never waits on it forever. The
+    /// intake uses this to roll back an all-or-nothing push that spans
+    /// several rings: it cannot unclaim, so it writes placeholders.
+    pub(crate) fn reserve(&self, k: usize) -> Option<Reservation<'_, T>>
+    where
+        T: Default,
+    {
+        if k == 0 || k > self.capacity() {
+            return None;
+        }
+        let first = self.ring.claim(k)?;
+        Some(Reservation {
+            ring: &self.ring,
+            first,
+            k,
+            written: 0,
+        })
+    }
+
     /// The number of slots.
     pub fn capacity(&self) -> usize {
         self.ring.capacity()
     }
 
-    /// Items claimed and not yet popped; a snapshot that may be stale by the
-    /// time it is read.
+    /// Slots in use (claimed and not yet freed by the consumer); a snapshot
+    /// that may be stale by the time it is read.
     ///
     /// ```
     /// let (tx, _rx) = convoy::ring::channel(2).unwrap();
@@ -385,6 +477,45 @@ impl<T> Producer<T> {
     pub fn pushed(&self) -> usize {
         // Relaxed: a statistic.
         self.ring.tail.load(Ordering::Relaxed)
+    }
+}
+
+/// Positions claimed by [`Producer::reserve`] and not yet written.
+pub(crate) struct Reservation<'a, T: Default> {
+    ring: &'a Ring<T>,
+    first: usize,
+    k: usize,
+    /// Positions `first..first + written` are published.
+    written: usize,
+}
+
+impl<T: Default> Reservation<'_, T> {
+    /// Writes `items` into the reserved positions in order; positions the
+    /// items do not reach get `T::default()`, surplus items are dropped.
+    pub(crate) fn fill(mut self, items: impl IntoIterator<Item = T>) {
+        for value in items.into_iter().take(self.k) {
+            // SAFETY: `first..first + k` was claimed by `reserve` for this
+            // reservation alone, and `written < k` positions are published,
+            // each exactly once.
+            unsafe {
+                self.ring
+                    .publish(self.first.wrapping_add(self.written), value)
+            };
+            self.written += 1;
+        }
+    }
+}
+
+impl<T: Default> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        while self.written < self.k {
+            // SAFETY: as in `fill`: an unwritten position of this claim.
+            unsafe {
+                self.ring
+                    .publish(self.first.wrapping_add(self.written), T::default())
+            };
+            self.written += 1;
+        }
     }
 }
 
@@ -442,12 +573,71 @@ impl<T> Consumer<T> {
         n
     }
 
+    /// Moves the oldest ready value out but keeps its slot occupied, so
+    /// producers cannot reuse it until [`free`](Self::free). This lets the
+    /// ring's capacity bound what the consumer has taken and still works on.
+    /// `None` under the same conditions as [`pop`](Self::pop).
+    ///
+    /// ```
+    /// let (tx, mut rx) = convoy::ring::channel(1).unwrap();
+    /// tx.push('a').unwrap();
+    /// assert_eq!(rx.take(), Some('a'));
+    /// assert!(tx.push('b').is_err()); // the slot is still held
+    /// assert_eq!(rx.free(1), 1);
+    /// assert!(tx.push('b').is_ok());
+    /// ```
+    pub fn take(&mut self) -> Option<T> {
+        self.ring.take()
+    }
+
+    /// Gives the `n` oldest taken slots back to producers and returns how
+    /// many it freed: at most [`held`](Self::held), so a surplus is ignored
+    /// rather than freeing a slot that still holds a value.
+    ///
+    /// ```
+    /// let (tx, mut rx) = convoy::ring::channel(4).unwrap();
+    /// tx.push_all(vec![1, 2, 3]).unwrap();
+    /// rx.take();
+    /// rx.take();
+    /// assert_eq!(rx.free(5), 2);
+    /// assert_eq!(rx.len(), 1);
+    /// ```
+    pub fn free(&mut self, n: usize) -> usize {
+        self.ring.free(n)
+    }
+
+    /// Values taken and not yet freed.
+    ///
+    /// ```
+    /// let (tx, mut rx) = convoy::ring::channel(2).unwrap();
+    /// tx.push(1).unwrap();
+    /// rx.take();
+    /// assert_eq!(rx.held(), 1);
+    /// ```
+    pub fn held(&self) -> usize {
+        self.ring.held()
+    }
+
+    /// Positions claimed and not yet taken: ready, or still being written.
+    ///
+    /// ```
+    /// let (tx, mut rx) = convoy::ring::channel(2).unwrap();
+    /// tx.push(1).unwrap();
+    /// assert_eq!(rx.pending(), 1);
+    /// rx.take();
+    /// assert_eq!(rx.pending(), 0);
+    /// ```
+    pub fn pending(&self) -> usize {
+        self.ring.pending()
+    }
+
     /// The number of slots.
     pub fn capacity(&self) -> usize {
         self.ring.capacity()
     }
 
-    /// Whether [`pop`](Self::pop) would return a value now. Unlike
+    /// Whether [`take`](Self::take) or [`pop`](Self::pop) would return a
+    /// value now. Unlike
     /// `!is_empty()`, this is `false` while the oldest position is claimed
     /// but not yet written, so a consumer deciding whether to sleep does
     /// not spin on a producer that was preempted mid-push.
@@ -474,7 +664,7 @@ impl<T> Consumer<T> {
         Arc::strong_count(&self.ring) - 1
     }
 
-    /// Items claimed and not yet popped (a snapshot).
+    /// Slots in use: claimed and not yet freed (a snapshot).
     pub fn len(&self) -> usize {
         self.ring.len()
     }
@@ -535,6 +725,41 @@ mod tests {
             assert_eq!(rx.pop(), Some(i));
             assert_eq!(rx.pop(), None);
         }
+    }
+
+    #[test]
+    fn taken_values_are_not_dropped_again_with_the_ring() {
+        let marker = std::sync::Arc::new(());
+        let (tx, mut rx) = channel(4).unwrap();
+        for _ in 0..3 {
+            tx.push(marker.clone()).unwrap();
+        }
+        let kept = rx.take().expect("one was pushed");
+        assert_eq!(rx.held(), 1);
+        drop(tx);
+        drop(rx);
+        // The ring dropped the two untaken values once each and left the
+        // taken one (still held, never freed) alone.
+        assert_eq!(std::sync::Arc::strong_count(&marker), 2);
+        drop(kept);
+        assert_eq!(std::sync::Arc::strong_count(&marker), 1);
+    }
+
+    #[test]
+    fn reservation_publishes_defaults_for_what_it_was_not_given() {
+        let (tx, mut rx) = channel::<u8>(4).unwrap();
+        assert!(tx.reserve(0).is_none());
+        assert!(tx.reserve(5).is_none());
+        tx.reserve(3).expect("room").fill([7]); // two short
+        drop(tx.reserve(1).expect("room")); // never filled
+        assert!(tx.reserve(1).is_none(), "all four positions are claimed");
+        let mut out = Vec::new();
+        assert_eq!(rx.drain_into(&mut out, 8), 4);
+        assert_eq!(out, [7, 0, 0, 0]);
+        tx.reserve(2).expect("room").fill([1, 2, 3]); // surplus dropped
+        assert_eq!(rx.pop(), Some(1));
+        assert_eq!(rx.pop(), Some(2));
+        assert_eq!(rx.pop(), None);
     }
 
     #[test]

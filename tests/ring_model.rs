@@ -12,6 +12,8 @@ enum Op {
     PushAll(Vec<u32>),
     Pop,
     Drain(usize),
+    Take,
+    Free(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -20,6 +22,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => prop::collection::vec(any::<u32>(), 0..10).prop_map(Op::PushAll),
         3 => Just(Op::Pop),
         1 => (0usize..12).prop_map(Op::Drain),
+        2 => Just(Op::Take),
+        2 => (0usize..6).prop_map(Op::Free),
     ]
 }
 
@@ -28,17 +32,21 @@ proptest! {
 
     /// Every operation answers what a bounded FIFO of the same capacity
     /// answers: full hands back, k-push all-or-nothing, drain in order.
-    /// Long sequences on small rings cover many laps of wrap-around.
+    /// Taken values keep their slots until freed, so the model's bound is
+    /// queued plus held. Long sequences on small rings cover many laps of
+    /// wrap-around, with slots held across laps.
     #[test]
     fn ring_matches_vecdeque(cap_log in 0u32..4, ops in prop::collection::vec(op(), 1..300)) {
         let cap = 1usize << cap_log;
         let (tx, mut rx) = ring::channel::<u32>(cap).unwrap();
         let mut model: VecDeque<u32> = VecDeque::new();
+        // Taken and not yet freed.
+        let mut held = 0usize;
         for op in ops {
             match op {
                 Op::Push(v) => {
                     let got = tx.push(v);
-                    if model.len() < cap {
+                    if model.len() + held < cap {
                         prop_assert_eq!(got, Ok(()));
                         model.push_back(v);
                     } else {
@@ -51,14 +59,28 @@ proptest! {
                         prop_assert_eq!(got, Err(PushAllError::Empty));
                     } else if items.len() > cap {
                         prop_assert_eq!(got, Err(PushAllError::Oversized { items, capacity: cap }));
-                    } else if model.len() + items.len() <= cap {
+                    } else if model.len() + held + items.len() <= cap {
                         prop_assert_eq!(got, Ok(()));
                         model.extend(items);
                     } else {
                         prop_assert_eq!(got, Err(PushAllError::Full(items)));
                     }
                 }
-                Op::Pop => prop_assert_eq!(rx.pop(), model.pop_front()),
+                Op::Pop => {
+                    // A pop frees one slot: the oldest held one if any, else
+                    // its own.
+                    prop_assert_eq!(rx.pop(), model.pop_front());
+                }
+                Op::Take => {
+                    let want = model.pop_front();
+                    held += usize::from(want.is_some());
+                    prop_assert_eq!(rx.take(), want);
+                }
+                Op::Free(n) => {
+                    let freed = rx.free(n);
+                    prop_assert_eq!(freed, n.min(held));
+                    held -= freed;
+                }
                 Op::Drain(n) => {
                     let mut out = Vec::new();
                     let k = rx.drain_into(&mut out, n);
@@ -67,8 +89,9 @@ proptest! {
                     prop_assert_eq!(out, want);
                 }
             }
-            prop_assert_eq!(tx.len(), model.len());
-            prop_assert_eq!(rx.is_empty(), model.is_empty());
+            prop_assert_eq!(tx.len(), model.len() + held);
+            prop_assert_eq!(rx.held(), held);
+            prop_assert_eq!(rx.pending(), model.len());
         }
     }
 }

@@ -30,6 +30,9 @@ fn two_producers_one_consumer_full_and_wrap() {
                 })
             })
             .collect();
+        // loom does not run a freshly spawned thread ahead of this one's next
+        // atomic load on its own; a yield lets it.
+        thread::yield_now();
         // Two pops while the producers run: the second can read a value a
         // producer is publishing right now.
         let mut got: Vec<u32> = (0..2).filter_map(|_| rx.pop()).collect();
@@ -68,6 +71,7 @@ fn push_all_races_single_push() {
             Err(e) => panic!("unexpected {e:?}"),
         });
         let single = thread::spawn(move || tx2.push(40).is_ok());
+        thread::yield_now(); // as in the model above
         let mut got = Vec::new();
         for _ in 0..2 {
             if let Some(v) = rx.pop() {
@@ -94,5 +98,27 @@ fn push_all_races_single_push() {
             let at = got.iter().position(|v| *v == 30).unwrap();
             assert_eq!(got[at + 1], 31, "the pair is contiguous");
         }
+    });
+}
+
+/// The deferred free the intake's bound rests on: the consumer takes the only
+/// value of a full ring of 1 and frees its slot later, while a producer
+/// pushes. The push may succeed only on a freed slot, so it never overwrites
+/// the value the consumer is still reading, and nothing is lost or doubled.
+#[test]
+fn take_holds_the_slot_until_free() {
+    loom::model(|| {
+        let (tx, mut rx) = ring::channel::<u32>(1).unwrap();
+        tx.push(1).unwrap();
+        let producer = thread::spawn(move || tx.push(2).is_ok());
+        // No yield here, unlike the models above: with one, loom's search
+        // never reaches the push that overwrites the slot while the take
+        // reads it, and the weakened free goes uncaught.
+        assert_eq!(rx.take(), Some(1));
+        assert_eq!(rx.held(), 1);
+        assert_eq!(rx.free(1), 1);
+        let pushed = producer.join().unwrap();
+        assert_eq!(rx.pop(), pushed.then_some(2));
+        assert_eq!(rx.pop(), None);
     });
 }
