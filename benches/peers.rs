@@ -19,6 +19,7 @@
 //! worker per core).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use batched_fn::batched_fn;
@@ -51,9 +52,16 @@ fn requests() -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// batched-fn's batches and the requests in them, counted in its handler
+/// so the report can show both batchers' mean batch size.
+static PEER_BATCHES: AtomicU64 = AtomicU64::new(0);
+static PEER_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
 async fn batched_fn_call(tokens: Vec<u32>) -> Vec<f32> {
     let f = batched_fn! {
         handler = |batch: Vec<Vec<u32>>, model: &PoolDense| -> Vec<Vec<f32>> {
+            PEER_BATCHES.fetch_add(1, Ordering::Relaxed);
+            PEER_REQUESTS.fetch_add(batch.len() as u64, Ordering::Relaxed);
             model.forward_batch(&batch).expect("token ids are in range")
         };
         config = {
@@ -161,26 +169,34 @@ fn bench(c: &mut Criterion) {
 
     // Latency and ratios, one more load each, printed for BENCHMARKS.md.
     let mut rows = Vec::new();
+    let before = (
+        PEER_BATCHES.load(Ordering::Relaxed),
+        PEER_REQUESTS.load(Ordering::Relaxed),
+    );
     let (t, mut l) = load(&requests, batched_fn_call);
     l.sort_unstable();
-    rows.push(("batched-fn (1 handler)".to_owned(), t, l));
+    let mean_batch = (PEER_REQUESTS.load(Ordering::Relaxed) - before.1) as f64
+        / (PEER_BATCHES.load(Ordering::Relaxed) - before.0).max(1) as f64;
+    rows.push(("batched-fn (1 handler)".to_owned(), t, l, mean_batch));
     for workers in [1, cores] {
         let rt = convoy_runtime(workers);
         let h = rt.handle();
         let (t, mut l) = load(&requests, convoy_call(&h));
+        let stats = rt.stats();
         rt.shutdown();
         l.sort_unstable();
-        rows.push((format!("convoy ({workers} workers)"), t, l));
+        let mean_batch = stats.batched_requests as f64 / stats.batches.max(1) as f64;
+        rows.push((format!("convoy ({workers} workers)"), t, l, mean_batch));
     }
     let base = requests.len() as f64 / rows[0].1.as_secs_f64();
     println!(
         "\npeers: {} requests, {PRODUCERS} producers × window {WINDOW}, max batch {MAX_BATCH}, delay {DELAY_MS} ms",
         requests.len()
     );
-    for (name, t, l) in &rows {
+    for (name, t, l, mean_batch) in &rows {
         let rps = requests.len() as f64 / t.as_secs_f64();
         println!(
-            "  {name:<24} {rps:>9.0} req/s  ({:.2}× batched-fn)  p50 {:>8.2?}  p99 {:>8.2?}",
+            "  {name:<24} {rps:>9.0} req/s  ({:.2}× batched-fn)  p50 {:>8.2?}  p99 {:>8.2?}  mean batch {mean_batch:.1}",
             rps / base,
             percentile(l, 0.5),
             percentile(l, 0.99)
