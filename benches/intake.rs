@@ -9,9 +9,15 @@
 //! Each measurement pushes `ITEMS` items from `P` producer threads (1, 2, 4)
 //! with a five-level priority mix while one consumer drains in chunks of up
 //! to 64 and (for the intake) releases the chunk's admissions, as the
-//! collector does when a batch launches. Every queue is bounded at the same total; a producer that finds
-//! it full yields and retries. Throughput is items/s; ratios go in
-//! BENCHMARKS.md.
+//! collector does when a batch launches. Every queue is bounded at the same
+//! total; a producer that finds it full yields and retries. Throughput is
+//! items/s; ratios go in BENCHMARKS.md.
+//!
+//! Three more rows take the intake apart, to show where its cost over
+//! ArrayQueue comes from: `convoy_one_level` (every item at one level, so
+//! one lane per shard), `ring_deferred` (the bare ring with one lane's
+//! capacity, slots freed once per chunk, as the intake does) and `ring` (the
+//! bare ring, popped and freed at once, the same protocol as ArrayQueue).
 //!
 //! `single_thread` measures one thread's push then drain of 256 items, per
 //! item, for the ≤ 25 ns target.
@@ -94,6 +100,72 @@ fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
             // drain call (which returns a few items when it keeps up).
             if held.len() >= DRAIN_CHUNK || n == 0 {
                 consumer.release_all(held.drain(..));
+            }
+            n
+        },
+    )
+}
+
+/// convoy's bare ring (one ring, no levels, no admissions): the same
+/// protocol as ArrayQueue's, so this row tells the ring from the intake
+/// built on it.
+fn ring_run(producers: u64) -> Duration {
+    let (tx, mut rx) = convoy::ring::channel::<u64>(CAPACITY_PER_LEVEL * 4).expect("power of two");
+    run(
+        producers,
+        |v| {
+            let mut v = v;
+            while let Err(convoy::ring::Full(back)) = tx.push(v) {
+                v = back;
+                std::thread::yield_now();
+            }
+        },
+        || {
+            let mut n = 0;
+            while n < DRAIN_CHUNK {
+                match rx.pop() {
+                    Some(v) => {
+                        black_box(v);
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            n
+        },
+    )
+}
+
+/// The bare ring as the intake uses it: one lane's capacity, values taken
+/// and their slots freed once per chunk (the deferred free that makes the
+/// ring the admission bound).
+fn ring_deferred_run(producers: u64) -> Duration {
+    let (tx, mut rx) = convoy::ring::channel::<u64>(CAPACITY_PER_LEVEL).expect("power of two");
+    let mut held = 0usize;
+    run(
+        producers,
+        |v| {
+            let mut v = v;
+            while let Err(convoy::ring::Full(back)) = tx.push(v) {
+                v = back;
+                std::thread::yield_now();
+            }
+        },
+        || {
+            let mut n = 0;
+            while n < DRAIN_CHUNK {
+                match rx.take() {
+                    Some(v) => {
+                        black_box(v);
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            held += n;
+            if held >= DRAIN_CHUNK || n == 0 {
+                rx.free(held);
+                held = 0;
             }
             n
         },
@@ -190,6 +262,14 @@ fn throughput(c: &mut Criterion) {
                 })
             },
         );
+        g.bench_with_input(
+            BenchmarkId::new("ring_deferred", producers),
+            &producers,
+            |b, &p| b.iter_custom(|iters| (0..iters).map(|_| ring_deferred_run(p)).sum()),
+        );
+        g.bench_with_input(BenchmarkId::new("ring", producers), &producers, |b, &p| {
+            b.iter_custom(|iters| (0..iters).map(|_| ring_run(p)).sum())
+        });
         g.bench_with_input(
             BenchmarkId::new("array_queue", producers),
             &producers,

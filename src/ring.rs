@@ -59,7 +59,7 @@ use std::mem::MaybeUninit;
 
 use crossbeam::utils::CachePadded;
 
-use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{Arc, AtomicUsize, Backoff, Ordering, UnsafeCell};
 
 /// Why a ring could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +192,7 @@ impl<T> Ring<T> {
         // Relaxed: `tail` only hands out positions; the data is synchronised
         // by the slot stamps below, never by `tail`.
         let mut tail = self.tail.load(Ordering::Relaxed);
+        let mut backoff = Backoff::default();
         loop {
             let last = tail.wrapping_add(k - 1);
             // Acquire: pairs with the consumer's Release store in `free`, so
@@ -223,7 +224,8 @@ impl<T> Ring<T> {
                 // Another producer claimed `tail` already; catch up.
                 tail = self.tail.load(Ordering::Relaxed);
             }
-            crate::sync::spin_loop();
+            // Every path here lost a race with another producer.
+            backoff.spin();
         }
     }
 

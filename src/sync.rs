@@ -32,6 +32,9 @@ mod imp {
     /// Spins before parking. One under loom keeps the state space small while
     /// still covering the spin path.
     pub const SPIN_LIMIT: u32 = 1;
+
+    /// A backoff step is one yield under loom, never more.
+    pub const BACKOFF_MAX_LOG: u32 = 0;
 }
 
 #[cfg(not(loom))]
@@ -81,6 +84,33 @@ mod imp {
     /// hundred nanoseconds away, short enough that two threads sharing one
     /// core do not burn each other's time slice.
     pub const SPIN_LIMIT: u32 = 64;
+
+    /// The longest backoff step is `2^6 = 64` spins, as crossbeam's
+    /// `Backoff::spin`: long enough to let a contended line settle, short
+    /// next to a time slice.
+    pub const BACKOFF_MAX_LOG: u32 = 6;
+}
+
+/// Exponential backoff for a CAS retry loop: each failed attempt spins twice
+/// as long as the last, up to `2^BACKOFF_MAX_LOG` spins. Without it,
+/// producers that lose a race on a shared index retry at once and keep
+/// the line moving between cores, so none of them gets through.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    /// One wait, longer than the one before.
+    #[inline]
+    pub(crate) fn spin(&mut self) {
+        for _ in 0..1u32 << self.step.min(imp::BACKOFF_MAX_LOG) {
+            imp::spin_loop();
+        }
+        if self.step < imp::BACKOFF_MAX_LOG {
+            self.step += 1;
+        }
+    }
 }
 
 pub(crate) use imp::*;
