@@ -106,33 +106,38 @@ fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
     )
 }
 
+/// Pushes `v` with `push`, yielding and retrying while it is handed back.
+fn push_until_in(mut v: u64, push: impl Fn(u64) -> Result<(), u64>) {
+    while let Err(back) = push(v) {
+        v = back;
+        std::thread::yield_now();
+    }
+}
+
+/// Pops up to a chunk with `pop`; returns how many.
+fn pop_chunk(mut pop: impl FnMut() -> Option<u64>) -> usize {
+    let mut n = 0;
+    while n < DRAIN_CHUNK {
+        match pop() {
+            Some(v) => {
+                black_box(v);
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
+}
+
 /// convoy's bare ring (one ring, no levels, no admissions): the same
 /// protocol as ArrayQueue's, so this row tells the ring from the intake
-/// built on it.
+/// built on it. 16,384 slots, the power of two nearest ArrayQueue's 20,480.
 fn ring_run(producers: u64) -> Duration {
     let (tx, mut rx) = convoy::ring::channel::<u64>(CAPACITY_PER_LEVEL * 4).expect("power of two");
     run(
         producers,
-        |v| {
-            let mut v = v;
-            while let Err(convoy::ring::Full(back)) = tx.push(v) {
-                v = back;
-                std::thread::yield_now();
-            }
-        },
-        || {
-            let mut n = 0;
-            while n < DRAIN_CHUNK {
-                match rx.pop() {
-                    Some(v) => {
-                        black_box(v);
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
-            n
-        },
+        |v| push_until_in(v, |v| tx.push(v).map_err(|full| full.0)),
+        || pop_chunk(|| rx.pop()),
     )
 }
 
@@ -144,24 +149,9 @@ fn ring_deferred_run(producers: u64) -> Duration {
     let mut held = 0usize;
     run(
         producers,
-        |v| {
-            let mut v = v;
-            while let Err(convoy::ring::Full(back)) = tx.push(v) {
-                v = back;
-                std::thread::yield_now();
-            }
-        },
+        |v| push_until_in(v, |v| tx.push(v).map_err(|full| full.0)),
         || {
-            let mut n = 0;
-            while n < DRAIN_CHUNK {
-                match rx.take() {
-                    Some(v) => {
-                        black_box(v);
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
+            let n = pop_chunk(|| rx.take());
             held += n;
             if held >= DRAIN_CHUNK || n == 0 {
                 rx.free(held);
@@ -176,26 +166,8 @@ fn array_queue_run(producers: u64) -> Duration {
     let q = ArrayQueue::<u64>::new(CAPACITY_PER_LEVEL * 5);
     run(
         producers,
-        |v| {
-            let mut v = v;
-            while let Err(back) = q.push(v) {
-                v = back;
-                std::thread::yield_now();
-            }
-        },
-        || {
-            let mut n = 0;
-            while n < DRAIN_CHUNK {
-                match q.pop() {
-                    Some(v) => {
-                        black_box(v);
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
-            n
-        },
+        |v| push_until_in(v, |v| q.push(v)),
+        || pop_chunk(|| q.pop()),
     )
 }
 
