@@ -67,21 +67,28 @@ impl fmt::Display for Priority {
 
 /// A priority name that is not one of the five levels.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown priority {0:?} (expected critical, high, normal, low or background)")]
+#[error("unknown priority {0:?} (expected critical, high, normal, low, background, or 0 to 4 with 0 the most urgent)")]
 pub struct UnknownPriority(pub String);
 
 impl FromStr for Priority {
     type Err = UnknownPriority;
 
+    /// A name, in any case, or the level's index (`0` = critical through
+    /// `4` = background), as traces and clients that number their
+    /// priorities write them.
+    ///
     /// ```
     /// use convoy::Priority;
     /// assert_eq!("Critical".parse::<Priority>(), Ok(Priority::Critical));
+    /// assert_eq!("3".parse::<Priority>(), Ok(Priority::Low));
     /// assert!("urgent".parse::<Priority>().is_err());
+    /// assert!("5".parse::<Priority>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
         Priority::ALL
             .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .find(|p| p.as_str().eq_ignore_ascii_case(s) || s == p.index().to_string())
             .ok_or_else(|| UnknownPriority(s.to_owned()))
     }
 }

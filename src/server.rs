@@ -249,11 +249,7 @@ fn build_request(b: InferBody, limits: &Limits) -> Result<Request<Input>, Respon
     };
     let mut request = Request::new(input).tokens(tokens);
     if let Some(p) = b.priority {
-        let p = Priority::from_str(&p).map_err(|_| {
-            unprocessable(format!(
-                "unknown priority {p:?} (expected critical, high, normal, low or background)"
-            ))
-        })?;
+        let p = Priority::from_str(&p).map_err(|e| unprocessable(e.to_string()))?;
         request = request.priority(p);
     }
     if let Some(ms) = b.deadline_ms {

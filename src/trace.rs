@@ -116,8 +116,10 @@ pub fn load(path: &Path) -> Result<Trace, TraceError> {
 /// let t = parse("inline", "arrival_s,priority,tokens,deadline_ms\n0.5,high,12,200\n0,low,3\n").unwrap();
 /// assert_eq!(t.requests[0].tokens, 3); // sorted by arrival
 /// assert_eq!(t.requests[1].deadline, Some(std::time::Duration::from_millis(200)));
+/// let t = parse("inline", "arrival_s,priority,tokens\n0,2,1\n").unwrap(); // or by index
+/// assert_eq!(t.requests[0].priority, Some(convoy::Priority::Normal));
 /// let e = parse("inline", "arrival_s,priority,tokens\n0,urgent,1\n").unwrap_err();
-/// assert_eq!(e.to_string(), "inline:2: unknown priority \"urgent\" (expected critical, high, normal, low or background)");
+/// assert_eq!(e.to_string(), "inline:2: unknown priority \"urgent\" (expected critical, high, normal, low, background, or 0 to 4 with 0 the most urgent)");
 /// ```
 pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
     let malformed = |line: usize, reason: String| TraceError::Malformed {
@@ -243,12 +245,7 @@ fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
             f[0]
         ));
     }
-    let priority = Priority::from_str(f[1]).map_err(|_| {
-        format!(
-            "unknown priority {:?} (expected critical, high, normal, low or background)",
-            f[1]
-        )
-    })?;
+    let priority = Priority::from_str(f[1]).map_err(|e| e.to_string())?;
     let deadline = match f.get(3) {
         None | Some(&"") => None,
         Some(d) => {
