@@ -258,7 +258,7 @@ fn write(path: &Path, text: &str) -> Result<(), Fail> {
 }
 
 fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
-    // `--speedup` is checked by `replay::replay` (a typed error naming it).
+    replay::check_speedup(args.speedup).map_err(|e| Fail(e.to_string()))?;
     let policy = parse_policy(&args.policy)?;
     let duration = args
         .duration

@@ -462,6 +462,24 @@ pub fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Refuses a speed-up that is not a finite number above 0, so a caller can
+/// check it before it prints or builds anything.
+///
+/// ```
+/// assert!(convoy::replay::check_speedup(0.0).is_err());
+/// assert!(convoy::replay::check_speedup(1600.0).is_ok());
+/// ```
+pub fn check_speedup(speedup: f64) -> Result<(), ReplayError> {
+    if speedup.is_finite() && speedup > 0.0 {
+        Ok(())
+    } else {
+        Err(ReplayError::Option {
+            option: "--speedup",
+            reason: format!("must be a finite number > 0, got {speedup}"),
+        })
+    }
+}
+
 /// Replays `trace` through a runtime running `executor`, calling
 /// `progress(submitted)` every 256 submits. Returns the report after the
 /// runtime has shut down (so its accounts are exact).
@@ -471,12 +489,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     options: &ReplayOptions,
     progress: &dyn Fn(u64),
 ) -> Result<Report, ReplayError> {
-    if !(options.speedup.is_finite() && options.speedup > 0.0) {
-        return Err(ReplayError::Option {
-            option: "--speedup",
-            reason: format!("must be a finite number > 0, got {}", options.speedup),
-        });
-    }
+    check_speedup(options.speedup)?;
     if options.cycle && options.duration.is_none() {
         return Err(ReplayError::Option {
             option: "cycle",
