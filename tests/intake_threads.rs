@@ -90,3 +90,106 @@ fn producers_and_collector_lose_nothing_and_respect_the_bound() {
     assert_eq!(stats.depth(), 0, "every admission released");
     assert!(!collector.has_pending());
 }
+
+/// All-or-nothing batches across levels race single pushes on tiny lanes, so
+/// many batches roll back and leave placeholders in the rings. An accepted
+/// batch arrives whole; a refused one never shows up, not even in part; no
+/// placeholder is ever drained; every accepted item arrives exactly once;
+/// and after the last release the intake is empty.
+#[test]
+fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
+    const N: u64 = 3;
+    const BATCHES: u64 = 3_000;
+    let (intake, mut collector) = Intake::<u64>::new(IntakeConfig {
+        shards: 2,
+        lane_capacity: 4,
+    })
+    .unwrap();
+    let producers: Vec<_> = (0..N)
+        .map(|p| {
+            let intake = intake.clone();
+            std::thread::spawn(move || {
+                // Item = producer << 40 | batch << 8 | index; index 255 is a
+                // single push.
+                let tag = |b: u64, i: u64| p << 40 | b << 8 | i;
+                let mut accepted = Vec::new();
+                let mut refused_batches = 0u64;
+                for b in 0..BATCHES {
+                    let batch = vec![
+                        (Priority::High, tag(b, 0)),
+                        (Priority::Low, tag(b, 1)),
+                        (Priority::Low, tag(b, 2)),
+                        (Priority::Critical, tag(b, 3)),
+                    ];
+                    match intake.push_batch(batch.clone(), InsertPolicy::AllOrNothing) {
+                        Ok(n) => {
+                            assert_eq!(n, 4);
+                            accepted.extend(batch.iter().map(|(_, v)| *v));
+                        }
+                        Err(e) => {
+                            assert_eq!(e.inserted, 0, "all or nothing");
+                            assert_eq!(e.rejected, batch, "handed back whole, in order");
+                            refused_batches += 1;
+                        }
+                    }
+                    if intake
+                        .push(Priority::Low, tag(b, 255), InsertPolicy::Enqueue)
+                        .is_ok()
+                    {
+                        accepted.push(tag(b, 255));
+                    }
+                    std::thread::yield_now();
+                }
+                (accepted, refused_batches)
+            })
+        })
+        .collect();
+    let mut drained = Vec::new();
+    let mut out = Vec::new();
+    let mut held = Vec::new();
+    let mut finished = false;
+    loop {
+        let n = collector.drain(16, &mut out);
+        for d in out.drain(..) {
+            drained.push(d.item);
+            held.push(d.admission);
+        }
+        if held.len() >= 8 || n == 0 {
+            collector.release_all(held.drain(..));
+        }
+        if n == 0 {
+            if finished && !collector.has_pending() {
+                break;
+            }
+            finished = producers.iter().all(|h| h.is_finished());
+            std::thread::yield_now();
+        }
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for h in producers {
+        let (a, r) = h.join().unwrap();
+        accepted.extend(a);
+        refused += r;
+    }
+    assert!(
+        refused > 0,
+        "the lanes are small enough that some batches roll back"
+    );
+    let mut sorted = drained.clone();
+    sorted.sort_unstable();
+    let unique = {
+        let mut u = sorted.clone();
+        u.dedup();
+        u
+    };
+    assert_eq!(unique.len(), sorted.len(), "an item was drained twice");
+    accepted.sort_unstable();
+    assert_eq!(sorted, accepted, "drained exactly the accepted items");
+    assert_eq!(intake.stats().inserted(), accepted.len() as u64);
+    assert_eq!(
+        intake.stats().depth(),
+        0,
+        "placeholders freed, admissions released"
+    );
+}
