@@ -103,7 +103,7 @@ pub use runtime::{
     BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,
 };
 pub use sla::{SlaReport, SloTarget};
-pub use stats::{PriorityStats, Stats};
+pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 
 /// The internal lock-free protocols, exposed only to the loom models.
 #[cfg(loom)]

@@ -5,7 +5,7 @@
 //! exact one.
 //!
 //! Each recording thread (the collector for queue wait, each worker for
-//! execution and end-to-end latency) owns a [`SlaRecorder`]: plain HDR
+//! execution and end-to-end latency) owns an `SlaRecorder`: plain HDR
 //! histograms and counters, no atomics, no lock and no allocation per
 //! request. Every 100 ms, or every 4,096 records, and when its thread exits,
 //! a recorder publishes a copy of itself through an `ArcSwap`. So a report
