@@ -932,6 +932,31 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_admission_never_frees_an_undrained_slot() {
+        // Admissions from another, bigger intake: each names a shard this
+        // one may lack, or one it has where nothing is taken yet.
+        let (big, mut big_c) = intake(4, 2);
+        big.push(High, 1, Enqueue).unwrap();
+        big.push(High, 2, Enqueue).unwrap();
+        let foreign: Vec<_> = drain_all(&mut big_c)
+            .into_iter()
+            .map(|d| d.admission)
+            .collect();
+        let (small, mut c) = intake(1, 1);
+        small.push(High, 7, Enqueue).unwrap();
+        // Nothing drained here yet: releasing frees nothing, panics nowhere.
+        c.release_all(foreign);
+        assert!(
+            small.push(High, 8, Enqueue).is_err(),
+            "the slot still holds 7"
+        );
+        let out = drain_all(&mut c);
+        assert_eq!(out.iter().map(|d| d.item).collect::<Vec<_>>(), [7]);
+        c.release_all(out.into_iter().map(|d| d.admission));
+        assert!(small.push(High, 8, Enqueue).is_ok());
+    }
+
+    #[test]
     fn small_drains_rotate_over_shards() {
         let (i, mut c) = intake(2, 4);
         // Fill both shards' Normal lanes by spilling.
