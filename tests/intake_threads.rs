@@ -92,8 +92,10 @@ fn producers_and_collector_lose_nothing_and_respect_the_bound() {
 }
 
 /// All-or-nothing batches across levels race single pushes on tiny lanes, so
-/// many batches roll back and leave placeholders in the rings. An accepted
-/// batch arrives whole; a refused one never shows up, not even in part; no
+/// batches roll back and leave placeholders in the rings. The Low lanes
+/// start full and the collector waits until every producer has tried a few
+/// batches, so rollbacks happen whatever the scheduling. An accepted batch
+/// arrives whole; a refused one never shows up, not even in part; no
 /// placeholder is ever drained; every accepted item arrives exactly once;
 /// and after the last release the intake is empty.
 #[test]
@@ -105,9 +107,18 @@ fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
         lane_capacity: 4,
     })
     .unwrap();
+    // Fill both Low lanes (2 shards × 4): every batch needs Low room.
+    let prefill: Vec<u64> = (0..8).map(|i| 1 << 60 | i).collect();
+    for &v in &prefill {
+        intake
+            .push(Priority::Low, v, InsertPolicy::Enqueue)
+            .unwrap();
+    }
+    let tried = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let producers: Vec<_> = (0..N)
         .map(|p| {
             let intake = intake.clone();
+            let tried = tried.clone();
             std::thread::spawn(move || {
                 // Item = producer << 40 | batch << 8 | index; index 255 is a
                 // single push.
@@ -138,12 +149,16 @@ fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
                     {
                         accepted.push(tag(b, 255));
                     }
+                    tried.fetch_add(1, Ordering::Relaxed);
                     std::thread::yield_now();
                 }
                 (accepted, refused_batches)
             })
         })
         .collect();
+    while tried.load(Ordering::Relaxed) < 3 * N {
+        std::thread::yield_now();
+    }
     let mut drained = Vec::new();
     let mut out = Vec::new();
     let mut held = Vec::new();
@@ -165,7 +180,7 @@ fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
             std::thread::yield_now();
         }
     }
-    let mut accepted = Vec::new();
+    let mut accepted = prefill;
     let mut refused = 0;
     for h in producers {
         let (a, r) = h.join().unwrap();
