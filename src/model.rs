@@ -219,21 +219,26 @@ impl PoolDense {
                 row.iter_mut().for_each(|r| *r *= inv);
             }
         }
-        let mut out = Vec::with_capacity(batch.len());
-        for row in pooled.chunks_exact(d) {
-            let mut y = self.bias.clone();
-            // i-k-j order: stream W's rows, accumulate into y.
-            for (k, &x) in row.iter().enumerate() {
-                if x == 0.0 {
-                    continue;
-                }
-                let w = &self.weights[k * d..(k + 1) * d];
-                y.iter_mut().zip(w).for_each(|(acc, wk)| *acc += x * wk);
+        Ok(pooled
+            .chunks_exact(d)
+            .map(|row| self.dense_row(row))
+            .collect())
+    }
+
+    /// `GELU(x @ W + b)` for one `D`-vector (the caller checked its size).
+    fn dense_row(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.dim;
+        let mut y = self.bias.clone();
+        // i-k-j order: stream W's rows, accumulate into y.
+        for (k, &v) in x.iter().enumerate() {
+            if v == 0.0 {
+                continue;
             }
-            y.iter_mut().for_each(|v| *v = gelu(*v));
-            out.push(y);
+            let w = &self.weights[k * d..(k + 1) * d];
+            y.iter_mut().zip(w).for_each(|(acc, wk)| *acc += v * wk);
         }
-        Ok(out)
+        y.iter_mut().for_each(|v| *v = gelu(*v));
+        y
     }
 }
 
@@ -248,20 +253,13 @@ impl PoolDense {
     /// assert!(m.dense(&[1.0]).is_err()); // wrong size
     /// ```
     pub fn dense(&self, x: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let d = self.dim;
-        if x.len() != d {
+        if x.len() != self.dim {
             return Err(ModelError::WrongDimension {
                 got: x.len(),
-                dim: d,
+                dim: self.dim,
             });
         }
-        let mut y = self.bias.clone();
-        for (k, &v) in x.iter().enumerate() {
-            let w = &self.weights[k * d..(k + 1) * d];
-            y.iter_mut().zip(w).for_each(|(acc, wk)| *acc += v * wk);
-        }
-        y.iter_mut().for_each(|v| *v = gelu(*v));
-        Ok(y)
+        Ok(self.dense_row(x))
     }
 }
 
