@@ -219,12 +219,8 @@ fn build_request(b: InferBody, limits: &Limits) -> Result<Request<Input>, Respon
                     format!("{} tokens; at most {} allowed", t.len(), limits.max_tokens),
                 ));
             }
-            if let Some(bad) = t.iter().find(|&&id| id as usize >= limits.vocab) {
-                return Err(unprocessable(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    limits.vocab
-                )));
-            }
+            crate::model::check_tokens(&t, limits.vocab)
+                .map_err(|e| unprocessable(e.to_string()))?;
             let n = t.len().max(1) as u32;
             (Input::Tokens(t), n)
         }
