@@ -86,9 +86,13 @@ impl FromStr for Priority {
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        let index = match s.as_bytes() {
+            [digit @ b'0'..=b'9'] => Some(usize::from(digit - b'0')),
+            _ => None,
+        };
         Priority::ALL
             .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s) || s == p.index().to_string())
+            .find(|p| p.as_str().eq_ignore_ascii_case(s) || index == Some(p.index()))
             .ok_or_else(|| UnknownPriority(s.to_owned()))
     }
 }
