@@ -298,8 +298,9 @@ impl Report {
     }
 }
 
-/// Accepted minus every outcome: what a runtime lost. Saturating, so a
-/// count read mid-flight never wraps.
+/// Accepted minus every outcome: what a runtime lost, from raw counts
+/// (the report itself uses [`PriorityStats::lost`](crate::PriorityStats::lost),
+/// the same arithmetic). Saturating, so a count read mid-flight never wraps.
 ///
 /// ```
 /// use convoy::replay::lost;
@@ -697,16 +698,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         offered: offered_total,
         accepted: total.inserted,
         refused: refused.iter().sum(),
-        lost: lost(
-            total.inserted,
-            [
-                total.completed,
-                total.expired,
-                total.cancelled,
-                total.failed,
-                total.shut_down,
-            ],
-        ),
+        lost: total.lost(),
         client_unresolved: accepted.saturating_sub(tally.resolved)
             + pending.iter().filter(|p| p.is_some()).count() as u64,
         completed: total.completed,

@@ -154,6 +154,17 @@ impl PriorityStats {
     pub fn ended(&self) -> u64 {
         self.completed + self.expired + self.cancelled + self.failed + self.shut_down
     }
+
+    /// Accepted minus every outcome: what was lost. Saturating, so a count
+    /// read while requests are in flight never wraps.
+    ///
+    /// ```
+    /// let s = convoy::PriorityStats { inserted: 10, completed: 7, expired: 1, ..Default::default() };
+    /// assert_eq!(s.lost(), 2);
+    /// ```
+    pub fn lost(&self) -> u64 {
+        self.inserted.saturating_sub(self.ended())
+    }
 }
 
 /// The accounting line: accepted, each outcome, refusals, and `lost`
@@ -179,7 +190,7 @@ impl std::fmt::Display for PriorityStats {
             self.failed,
             self.shut_down,
             self.rejected_full,
-            self.inserted.saturating_sub(self.ended())
+            self.lost()
         )
     }
 }
