@@ -30,6 +30,45 @@ pub enum OrderingPolicy {
     Fifo,
 }
 
+impl OrderingPolicy {
+    /// Every policy, for listing and parsing.
+    pub const ALL: [OrderingPolicy; 3] = [Self::Aging, Self::StrictPriority, Self::Fifo];
+
+    /// The name `ordering.policy` and `--policy` use.
+    ///
+    /// ```
+    /// assert_eq!(convoy::OrderingPolicy::StrictPriority.as_str(), "strict_priority");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aging => "aging",
+            Self::StrictPriority => "strict_priority",
+            Self::Fifo => "fifo",
+        }
+    }
+}
+
+/// A policy name that is not one of [`OrderingPolicy::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy {0:?} (expected aging, strict_priority or fifo)")]
+pub struct UnknownPolicy(pub String);
+
+impl std::str::FromStr for OrderingPolicy {
+    type Err = UnknownPolicy;
+
+    /// ```
+    /// use convoy::OrderingPolicy;
+    /// assert_eq!("fifo".parse::<OrderingPolicy>(), Ok(OrderingPolicy::Fifo));
+    /// assert!("lifo".parse::<OrderingPolicy>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+    }
+}
+
 /// How a batch picks its worker; see `convoy::placement` for the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlacementPolicy {

@@ -95,7 +95,7 @@ pub mod trace;
 
 pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
-    PlacementReason, PreferredBatchSizes, WorkerSpec,
+    PlacementReason, PreferredBatchSizes, UnknownPolicy, WorkerSpec,
 };
 pub use executor::{BatchFn, Executor, Lane};
 pub use request::{Cost, Deadline, Request};

@@ -223,14 +223,7 @@ fn builtin_model() -> Result<PoolDense, Fail> {
 }
 
 fn parse_policy(s: &str) -> Result<OrderingPolicy, Fail> {
-    match s {
-        "aging" => Ok(OrderingPolicy::Aging),
-        "strict_priority" => Ok(OrderingPolicy::StrictPriority),
-        "fifo" => Ok(OrderingPolicy::Fifo),
-        other => Err(Fail(format!(
-            "--policy: unknown policy {other:?} (expected aging, strict_priority or fifo)"
-        ))),
-    }
+    s.parse().map_err(|e| Fail(format!("--policy: {e}")))
 }
 
 fn seconds(option: &str, s: f64) -> Result<Duration, Fail> {
@@ -258,7 +251,7 @@ fn write(path: &Path, text: &str) -> Result<(), Fail> {
 }
 
 fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
-    replay::check_speedup(args.speedup).map_err(|e| Fail(e.to_string()))?;
+    replay::check_speedup(args.speedup)?;
     let policy = parse_policy(&args.policy)?;
     let duration = args
         .duration

@@ -795,11 +795,7 @@ pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
     Ok(completed as f64 / elapsed.as_secs_f64())
 }
 
-/// The name `ordering.policy` uses.
+/// The name `ordering.policy` uses ([`OrderingPolicy::as_str`]).
 pub fn policy_name(p: OrderingPolicy) -> &'static str {
-    match p {
-        OrderingPolicy::Aging => "aging",
-        OrderingPolicy::StrictPriority => "strict_priority",
-        OrderingPolicy::Fifo => "fifo",
-    }
+    p.as_str()
 }
