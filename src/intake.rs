@@ -220,7 +220,7 @@ struct LaneCounters {
 }
 
 struct Shared<T> {
-    /// `shards × 5` lanes, index `shard * 5 + priority`.
+    /// `shards × 5` lanes, at `lane_index(shard, priority)`.
     lanes: Box<[Lane<T>]>,
     /// Per shard: batch insert operations that inserted at least one item.
     batch_insertions: Box<[CachePadded<AtomicU64>]>,
@@ -241,7 +241,7 @@ impl<T> Shared<T> {
     }
 
     fn lane(&self, shard: usize, priority: Priority) -> &Lane<T> {
-        &self.lanes[shard * Priority::COUNT + priority.index()]
+        &self.lanes[lane_index(shard, priority)]
     }
 
     fn stats(&self) -> IntakeStats {
@@ -616,6 +616,12 @@ impl<T> Intake<T> {
     }
 }
 
+/// Where a lane sits in `Shared::lanes` and `IntakeConsumer::rings`: one
+/// layout for the producer and consumer ends.
+fn lane_index(shard: usize, priority: Priority) -> usize {
+    shard * Priority::COUNT + priority.index()
+}
+
 /// The single consumer: the collector's end of the intake.
 pub struct IntakeConsumer<T> {
     shared: Arc<Shared<T>>,
@@ -673,7 +679,7 @@ impl<T> IntakeConsumer<T> {
         let mut n = 0;
         for i in 0..shards {
             let shard = (start + i) % shards;
-            let ring = &mut self.rings[shard * Priority::COUNT + priority.index()];
+            let ring = &mut self.rings[lane_index(shard, priority)];
             while n < max {
                 let Some(slot) = ring.take() else { break };
                 let Some(entry) = slot else {
@@ -741,10 +747,7 @@ impl<T> IntakeConsumer<T> {
     }
 
     fn free(&mut self, shard: usize, priority: Priority, n: usize) {
-        if let Some(ring) = self
-            .rings
-            .get_mut(shard * Priority::COUNT + priority.index())
-        {
+        if let Some(ring) = self.rings.get_mut(lane_index(shard, priority)) {
             ring.free(n);
         }
     }
