@@ -127,6 +127,16 @@ struct CompareArgs {
     keep_intake: bool,
 }
 
+impl Common {
+    /// The seeded priority mix for rows without a priority.
+    fn mix(&self) -> PriorityMix {
+        PriorityMix {
+            seed: self.seed,
+            ..PriorityMix::default()
+        }
+    }
+}
+
 /// A user error: printed, exit code 2.
 struct Fail(String);
 
@@ -281,10 +291,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
     let options = ReplayOptions {
         config,
         speedup: args.speedup,
-        mix: PriorityMix {
-            seed: args.common.seed,
-            ..PriorityMix::default()
-        },
+        mix: args.common.mix(),
         limit: args.common.limit,
         duration,
         ..ReplayOptions::default()
@@ -395,10 +402,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
                 ..config.clone()
             },
             speedup,
-            mix: PriorityMix {
-                seed: args.common.seed,
-                ..PriorityMix::default()
-            },
+            mix: args.common.mix(),
             limit: args.common.limit,
             duration: Some(duration),
             cycle: true,
