@@ -1388,11 +1388,23 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return;
         }
         let mut admissions = Vec::with_capacity(gone.len());
+        self.end_each_follower(gone, &failure, how, &mut admissions);
+        self.intake.release_all(admissions);
+    }
+
+    /// Ends each follower with `failure`, collecting its admission for the
+    /// caller's one release.
+    fn end_each_follower(
+        &self,
+        gone: Vec<Follower<O>>,
+        failure: &Failure,
+        how: Ended,
+        admissions: &mut Vec<Admission>,
+    ) {
         for f in gone {
             admissions.push(f.admission);
-            self.end_one(f.completer, f.priority, &failure, how);
+            self.end_one(f.completer, f.priority, failure, how);
         }
-        self.intake.release_all(admissions);
     }
 
     /// Delivers `failure` to one unlaunched request, counted as `how` (or
@@ -1421,10 +1433,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let mut admissions = Vec::with_capacity(entries.len());
         for ((job, adm), _) in entries {
             self.forget_group(&job);
-            for f in job.followers {
-                admissions.push(f.admission);
-                self.end_one(f.completer, f.priority, &failure, how);
-            }
+            self.end_each_follower(job.followers, &failure, how, &mut admissions);
             admissions.push(adm);
             self.end_one(job.completer, job.priority, &failure, how);
         }
