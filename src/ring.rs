@@ -9,34 +9,41 @@
 //! # The slot protocol
 //!
 //! Positions are unbounded counters (wrapping `usize`); position `p` lives in
-//! slot `p & mask`. Each slot carries a `stamp`:
+//! slot `p & mask`. Three counters and one stamp per slot carry the protocol:
 //!
-//! * `stamp == 2p`: the slot is free for the producer that claims position `p`;
-//! * `stamp == 2p + 1`: the slot holds the value written for position `p`, or
-//!   held it and the consumer has taken the value but not freed the slot;
-//! * when the consumer frees position `p` it stores `stamp = 2(p + capacity)`,
-//!   which frees the slot for position `p + capacity`, one lap later.
+//! * `tail`: the next position a producer may claim, moved with a CAS;
+//! * `taken` and `freed`, the consumer's own, `freed ≤ taken ≤ tail`:
+//!   positions below `taken` were read, positions below `freed` were given
+//!   back, so position `p` may be claimed once `p < freed + capacity`;
+//! * a slot's `stamp` is `2p + 1` once the value for position `p` is written
+//!   (an odd number; slots start at 0, which no position writes).
 //!
-//! The low bit tells *written* from *free*. Without it a ring of capacity 1
-//! could not tell "holds `p`" (`p + 1`) from "free for `p + 1`" (crossbeam
-//! pads its lap to a larger power of two for the same reason).
+//! A producer claims positions by moving `tail`, writes the value, then
+//! publishes it with a `Release` store of the stamp. The consumer:
 //!
-//! Producers claim positions by moving `tail` with a CAS, write the value,
-//! then publish it with a `Release` store of the stamp. The consumer keeps
-//! two positions of its own, `freed ≤ taken ≤ tail`:
-//!
-//! * [`Consumer::take`] reads the value at `taken` after an `Acquire` load of
-//!   its stamp shows `2·taken + 1`, and moves `taken` on. The slot stays
-//!   marked written, so producers still see it occupied.
-//! * [`Consumer::free`] frees the oldest taken positions, `freed` upwards,
-//!   with a `Release` store of their next-lap stamps. Which taken value a
-//!   slot held does not matter: freeing is by count.
+//! * [`Consumer::take`] reads the value at `taken` after an `Acquire` load
+//!   of its stamp shows `2·taken + 1`, and moves `taken` on. The slot stays
+//!   occupied, so producers cannot reuse it yet;
+//! * [`Consumer::free`] gives the `n` oldest taken positions back with one
+//!   `Release` store of `freed`. Which taken value a slot held does not
+//!   matter: freeing is by count;
 //! * [`Consumer::pop`] is a take followed by a free of one.
 //!
-//! Because the single consumer frees slots strictly in position order, a slot
-//! that is free for position `q` proves that every position below `q -
-//! capacity` was freed too. That is what makes [`Producer::push_all`]
-//! cheap: it checks only the stamp of the last of its `k` slots.
+//! The consumer never writes a slot. A slot's line travels from the producer
+//! that wrote it to the consumer and back on the next lap, and nothing else:
+//! freeing 64 slots is one store, not 64 stores to 16 lines that producers
+//! are writing beside.
+//!
+//! Producers do not read `freed` on every claim either. They keep `limit`,
+//! a bound `freed + capacity` some producer read, beside `tail` on their own
+//! line. A claim within `limit` needs no other line; a claim past it reads
+//! `freed` (an `Acquire` load), and stores the fresh bound (`Release`) so
+//! the next producers inherit the consumer's free through it. Any `limit`
+//! ever stored was a true bound when stored and `freed` only grows, so a
+//! stale one is merely conservative.
+//!
+//! All-or-nothing [`Producer::push_all`] claims `k` positions in one CAS
+//! once the bound covers the last of them.
 //!
 //! # Example
 //!
@@ -107,38 +114,52 @@ impl<T> PushAllError<T> {
 }
 
 struct Slot<T> {
-    /// Which position this slot serves and whether it is written; see the
-    /// module docs for the three states.
+    /// `2p + 1` once the value for position `p` is written (see the module
+    /// docs); 0 before the first lap.
     stamp: AtomicUsize,
     /// Initialised exactly when `stamp == 2·position + 1`.
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
-/// The stamp of a slot free for position `pos`.
+/// The stamp of a slot written for position `pos`.
 #[inline]
-fn free_stamp(pos: usize) -> usize {
-    pos.wrapping_mul(2)
+fn written(pos: usize) -> usize {
+    pos.wrapping_mul(2) | 1
 }
 
-/// The consumer's two positions. Written only by the consumer, with
-/// `Relaxed` stores: they are its own bookkeeping (the slot stamps carry the
-/// synchronisation); other threads read `freed` only for [`Producer::len`].
-/// Atomics rather than plain cells so that `len` may read them and so that
-/// `Drop` (which may run on a producer's thread) sees the consumer's last
-/// values through the `Arc`'s own synchronisation.
+/// Whether position `end` lies beyond `bound` (wrapping comparison).
+#[inline]
+fn beyond(end: usize, bound: usize) -> bool {
+    (end.wrapping_sub(bound) as isize) > 0
+}
+
+/// The consumer's two positions, written only by the consumer. Atomics
+/// rather than plain cells because producers read `freed` (when their
+/// `limit` runs out, and for [`Producer::len`]) and because `Drop` may run on
+/// a producer's thread.
 struct Positions {
     /// Next position [`Ring::take`] reads.
     taken: AtomicUsize,
-    /// Next position [`Ring::free`] gives back; `freed ≤ taken`.
+    /// Next position [`Ring::free`] gives back; `freed ≤ taken`. Its
+    /// `Release` store is what hands freed slots to producers.
     freed: AtomicUsize,
+}
+
+/// The producers' line: what every claim reads and most claims only read.
+struct Claims {
+    /// Next position a producer may claim.
+    tail: AtomicUsize,
+    /// A bound `freed + capacity` read by some producer: positions below it
+    /// are free to claim. Only ever behind the truth, never ahead.
+    limit: AtomicUsize,
 }
 
 struct Ring<T> {
     /// The consumer's positions, on a line of their own so producers' CAS
     /// traffic on `tail` does not evict them.
     consumer: CachePadded<Positions>,
-    /// Next position a producer may claim.
-    tail: CachePadded<AtomicUsize>,
+    /// `tail` and `limit`, on the producers' line.
+    claims: CachePadded<Claims>,
     slots: Box<[Slot<T>]>,
     mask: usize,
 }
@@ -165,7 +186,7 @@ impl<T> Ring<T> {
     fn len(&self) -> usize {
         // Relaxed: a snapshot for statistics; tail is loaded first so a
         // concurrent free cannot make `freed` pass it and the difference wrap.
-        let tail = self.tail.load(Ordering::Relaxed);
+        let tail = self.claims.tail.load(Ordering::Relaxed);
         let freed = self.consumer.freed.load(Ordering::Relaxed);
         tail.wrapping_sub(freed).min(self.capacity())
     }
@@ -173,7 +194,7 @@ impl<T> Ring<T> {
     /// Claimed and not yet taken (consumer only: `taken` is exact there).
     fn pending(&self) -> usize {
         // Relaxed on both: see `len`.
-        let tail = self.tail.load(Ordering::Relaxed);
+        let tail = self.claims.tail.load(Ordering::Relaxed);
         let taken = self.consumer.taken.load(Ordering::Relaxed);
         tail.wrapping_sub(taken).min(self.capacity())
     }
@@ -189,42 +210,51 @@ impl<T> Ring<T> {
     /// fewer than `k` free slots at a moment during the call.
     fn claim(&self, k: usize) -> Option<usize> {
         debug_assert!(k >= 1 && k <= self.capacity());
-        // Relaxed: `tail` only hands out positions; the data is synchronised
-        // by the slot stamps below, never by `tail`.
-        let mut tail = self.tail.load(Ordering::Relaxed);
+        // Relaxed: `tail` only hands out positions; which slots are free is
+        // learnt from `limit` or `freed` below, never from `tail`.
+        let mut tail = self.claims.tail.load(Ordering::Relaxed);
         let mut backoff = Backoff::default();
         loop {
-            let last = tail.wrapping_add(k - 1);
-            // Acquire: pairs with the consumer's Release store in `free`, so
-            // its read of the old value (in `take`) happens before our write.
-            // The consumer frees in order, so this also covers the k-1 slots
-            // before `last` (their frees precede this one in its program).
-            let stamp = self.slot(last).stamp.load(Ordering::Acquire);
-            let lag = stamp.wrapping_sub(free_stamp(last)) as isize;
-            if lag == 0 {
-                // Relaxed on both arms: see the load of `tail` above.
-                match self.tail.compare_exchange_weak(
-                    tail,
-                    tail.wrapping_add(k),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Some(tail),
-                    Err(current) => tail = current,
+            let end = tail.wrapping_add(k);
+            // Acquire: pairs with the Release store of `limit` below, by
+            // whichever producer read `freed`; through it, the consumer's
+            // reads of the slots below `limit - capacity` happen before our
+            // writes.
+            let limit = self.claims.limit.load(Ordering::Acquire);
+            if beyond(end, limit) {
+                // Acquire: pairs with the consumer's Release store in
+                // `free`: its reads of the freed slots happen before ours.
+                let freed = self.consumer.freed.load(Ordering::Acquire);
+                let fresh = freed.wrapping_add(self.capacity());
+                if beyond(end, fresh) {
+                    // Relaxed: see the first load of `tail`.
+                    let current = self.claims.tail.load(Ordering::Relaxed);
+                    if current == tail {
+                        // Nobody claimed meanwhile: full, as of `freed`.
+                        return None;
+                    }
+                    // Our `tail` was stale; the room may be there.
+                    tail = current;
+                    backoff.spin();
+                    continue;
                 }
-            } else if lag < 0 {
-                // The slot still holds a value from the previous lap. If no
-                // producer moved `tail` meanwhile, the ring really is full.
-                let current = self.tail.load(Ordering::Relaxed);
-                if current == tail {
-                    return None;
-                }
-                tail = current;
-            } else {
-                // Another producer claimed `tail` already; catch up.
-                tail = self.tail.load(Ordering::Relaxed);
+                // Release: hands the Acquire above on to producers that
+                // claim within `fresh` without reading `freed`. A racing
+                // producer may store an older bound over it; that is still
+                // a true bound, only a smaller one.
+                self.claims.limit.store(fresh, Ordering::Release);
             }
-            // Every path here lost a race with another producer.
+            // Relaxed on both arms: see the first load of `tail`.
+            match self.claims.tail.compare_exchange_weak(
+                tail,
+                end,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(tail),
+                Err(current) => tail = current,
+            }
+            // Lost a race with another producer.
             backoff.spin();
         }
     }
@@ -237,12 +267,13 @@ impl<T> Ring<T> {
     unsafe fn publish(&self, pos: usize, value: T) {
         let slot = self.slot(pos);
         // SAFETY: the caller owns position `pos` (claimed through the CAS on
-        // `tail`), and the stamp showed the consumer done with the slot.
+        // `tail`), and `claim` saw `pos < freed + capacity` (directly or
+        // through `limit`): the consumer is done with the slot's last value.
         slot.value
             .with_mut(|p| unsafe { p.write(MaybeUninit::new(value)) });
         // Release: makes the write above visible to the consumer's Acquire
         // load that sees `2·pos + 1`.
-        slot.stamp.store(free_stamp(pos) | 1, Ordering::Release);
+        slot.stamp.store(written(pos), Ordering::Release);
     }
 
     /// Whether the oldest untaken position is written and ready to take.
@@ -250,7 +281,7 @@ impl<T> Ring<T> {
         // Relaxed: only the consumer writes `taken`, and it is this thread.
         let taken = self.consumer.taken.load(Ordering::Relaxed);
         // Acquire: a `true` is followed by a take that reads the value.
-        self.slot(taken).stamp.load(Ordering::Acquire) == free_stamp(taken) | 1
+        self.slot(taken).stamp.load(Ordering::Acquire) == written(taken)
     }
 
     /// Moves the oldest written value out, leaving its slot occupied until
@@ -260,7 +291,7 @@ impl<T> Ring<T> {
         let taken = self.consumer.taken.load(Ordering::Relaxed);
         let slot = self.slot(taken);
         // Acquire: pairs with the producer's Release in `publish`.
-        if slot.stamp.load(Ordering::Acquire) != free_stamp(taken) | 1 {
+        if slot.stamp.load(Ordering::Acquire) != written(taken) {
             // Empty, or the producer of `taken` has claimed but not yet
             // written; either way nothing is ready in order.
             return None;
@@ -268,7 +299,7 @@ impl<T> Ring<T> {
         // SAFETY: the stamp says the slot holds the value for `taken`, which
         // no take has moved out yet (`taken` only grows), and the single
         // consumer (this thread, via `&mut Consumer`) is its only reader.
-        // Producers do not touch the slot until `free` restamps it.
+        // Producers do not touch the slot until `free` moves `freed` past it.
         let value = slot.value.with(|p| unsafe { p.read().assume_init() });
         // Relaxed: the consumer's own bookkeeping (see `Positions`).
         self.consumer
@@ -281,20 +312,16 @@ impl<T> Ring<T> {
     /// how many (fewer when fewer are taken). Consumer only.
     fn free(&self, n: usize) -> usize {
         let n = n.min(self.held());
-        // Relaxed: the consumer's own bookkeeping.
-        let freed = self.consumer.freed.load(Ordering::Relaxed);
-        for i in 0..n {
-            let pos = freed.wrapping_add(i);
-            let next_lap = free_stamp(pos.wrapping_add(self.capacity()));
-            // Release: the take that read this slot's value happened before
-            // (program order); a producer whose Acquire load sees the new
-            // stamp may overwrite the slot.
-            self.slot(pos).stamp.store(next_lap, Ordering::Release);
+        if n > 0 {
+            // Relaxed: the consumer's own value.
+            let freed = self.consumer.freed.load(Ordering::Relaxed);
+            // Release: the takes that read these slots happened before (in
+            // program order); a producer whose Acquire load sees the new
+            // `freed` (or a `limit` made from it) may overwrite them.
+            self.consumer
+                .freed
+                .store(freed.wrapping_add(n), Ordering::Release);
         }
-        // Relaxed: a statistic for other threads (`len`).
-        self.consumer
-            .freed
-            .store(freed.wrapping_add(n), Ordering::Relaxed);
         n
     }
 
@@ -329,8 +356,8 @@ pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingErr
         return Err(RingError::NotPowerOfTwo(capacity));
     }
     let slots = (0..capacity)
-        .map(|i| Slot {
-            stamp: AtomicUsize::new(free_stamp(i)),
+        .map(|_| Slot {
+            stamp: AtomicUsize::new(0),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         })
         .collect();
@@ -339,7 +366,10 @@ pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingErr
             taken: AtomicUsize::new(0),
             freed: AtomicUsize::new(0),
         }),
-        tail: CachePadded::new(AtomicUsize::new(0)),
+        claims: CachePadded::new(Claims {
+            tail: AtomicUsize::new(0),
+            limit: AtomicUsize::new(capacity),
+        }),
         slots,
         mask: capacity - 1,
     });
@@ -478,7 +508,7 @@ impl<T> Producer<T> {
     /// ```
     pub fn pushed(&self) -> usize {
         // Relaxed: a statistic.
-        self.ring.tail.load(Ordering::Relaxed)
+        self.ring.claims.tail.load(Ordering::Relaxed)
     }
 }
 
