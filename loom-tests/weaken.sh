@@ -8,10 +8,13 @@ export RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom
 status=0
 # file @ exact line fragment @ replacement @ test binary @ test name
 cases=(
-  "src/ring.rs@slot.stamp.store(free_stamp(pos) | 1, Ordering::Release);@slot.stamp.store(free_stamp(pos) | 1, Ordering::Relaxed);@ring@two_producers_one_consumer_full_and_wrap"
-  "src/ring.rs@let stamp = self.slot(last).stamp.load(Ordering::Acquire);@let stamp = self.slot(last).stamp.load(Ordering::Relaxed);@ring@push_all_races_single_push"
-  "src/ring.rs@self.slot(pos).stamp.store(next_lap, Ordering::Release);@self.slot(pos).stamp.store(next_lap, Ordering::Relaxed);@ring@take_holds_the_slot_until_free"
-  "src/ring.rs@let stamp = self.slot(last).stamp.load(Ordering::Acquire);@let stamp = self.slot(last).stamp.load(Ordering::Relaxed);@intake@all_or_nothing_rollback_races_push_and_release"
+  "src/ring.rs@slot.stamp.store(written(pos), Ordering::Release);@slot.stamp.store(written(pos), Ordering::Relaxed);@ring@two_producers_one_consumer_full_and_wrap"
+  "src/ring.rs@if slot.stamp.load(Ordering::Acquire) != written(taken) {@if slot.stamp.load(Ordering::Relaxed) != written(taken) {@ring@two_producers_one_consumer_full_and_wrap"
+  "src/ring.rs@let freed = self.consumer.freed.load(Ordering::Acquire);@let freed = self.consumer.freed.load(Ordering::Relaxed);@ring@push_all_races_single_push"
+  "src/ring.rs@.store(freed.wrapping_add(n), Ordering::Release);@.store(freed.wrapping_add(n), Ordering::Relaxed);@ring@take_holds_the_slot_until_free"
+  "src/ring.rs@let limit = self.claims.limit.load(Ordering::Acquire);@let limit = self.claims.limit.load(Ordering::Relaxed);@ring@a_cached_limit_carries_the_free_to_the_next_producer"
+  "src/ring.rs@self.claims.limit.store(fresh, Ordering::Release);@self.claims.limit.store(fresh, Ordering::Relaxed);@ring@a_cached_limit_carries_the_free_to_the_next_producer"
+  "src/ring.rs@let freed = self.consumer.freed.load(Ordering::Acquire);@let freed = self.consumer.freed.load(Ordering::Relaxed);@intake@all_or_nothing_rollback_races_push_and_release"
   "src/ticket.rs@let prev = inner.state.fetch_or(COMPLETE, Ordering::AcqRel);@let prev = inner.state.fetch_or(COMPLETE, Ordering::Acquire);@ticket@complete_races_wait"
   "src/ticket.rs@let prev = self.inner.state.fetch_or(CLOSED, Ordering::AcqRel);@let prev = self.inner.state.fetch_or(CLOSED, Ordering::Release);@ticket@complete_races_cancel"
   "src/doorbell.rs@let producer_fence = Ordering::SeqCst;@let producer_fence = Ordering::Release;@runtime_protocols@doorbell_never_loses_a_wakeup"

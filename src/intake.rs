@@ -376,7 +376,10 @@ impl<T> Intake<T> {
         let mut lanes = Vec::with_capacity(n);
         let mut consumers = Vec::with_capacity(n);
         for _ in 0..n {
-            let (tx, rx) = ring::channel(config.lane_capacity)?;
+            // Spread: a producer's pushes alternate between its shard's five
+            // lanes, the case that layout is for (2.4-2.8x the drain rate of
+            // a sequential layout in the intake bench, BENCHMARKS.md).
+            let (tx, rx) = ring::channel_with(config.lane_capacity, ring::Layout::Spread)?;
             lanes.push(Lane {
                 ring: tx,
                 counters: CachePadded::new(LaneCounters {

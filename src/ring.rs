@@ -162,6 +162,33 @@ struct Ring<T> {
     claims: CachePadded<Claims>,
     slots: Box<[Slot<T>]>,
     mask: usize,
+    spread: Spread,
+}
+
+/// How [`Ring::slot`] rotates a position's index; see [`Layout`].
+#[derive(Clone, Copy)]
+struct Spread {
+    low_mask: usize,
+    low_bits: u32,
+    high_bits: u32,
+}
+
+impl Spread {
+    /// The rotation for `layout` at `capacity` (a power of two).
+    fn new(layout: Layout, capacity: usize) -> Self {
+        let bits = capacity.trailing_zeros();
+        // Four ways, and only where each way still holds four slots: below
+        // that a ring is a line or two and the layout cannot matter.
+        let low_bits = match layout {
+            Layout::Spread if bits >= 4 => 2,
+            _ => 0,
+        };
+        Spread {
+            low_mask: (1 << low_bits) - 1,
+            low_bits,
+            high_bits: bits - low_bits,
+        }
+    }
 }
 
 // SAFETY: values move between threads (producer writes, consumer reads), so
@@ -178,7 +205,12 @@ impl<T> Ring<T> {
     }
 
     fn slot(&self, pos: usize) -> &Slot<T> {
-        &self.slots[pos & self.mask]
+        let i = pos & self.mask;
+        // A rotation of the index's bits (the identity when `Sequential`):
+        // a bijection on `0..capacity`, so each position of a lap has a
+        // slot of its own, and `p` and `p + capacity` share one.
+        let i = (i >> self.spread.low_bits) | ((i & self.spread.low_mask) << self.spread.high_bits);
+        &self.slots[i]
     }
 
     /// Claimed and not yet freed: written, being written, or taken and
@@ -340,7 +372,32 @@ impl<T> Drop for Ring<T> {
     }
 }
 
-/// Creates a ring of `capacity` slots and returns its two ends.
+/// How positions are laid out over the slots. Only speed depends on it:
+/// order, capacity and every guarantee are the same.
+///
+/// A cache line holds several small slots. Which positions share a line
+/// decides how often the line crosses between a producer's core and the
+/// consumer's while the consumer keeps pace, reading each item as soon as
+/// it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Position `p` in slot `p mod capacity`: a line holds consecutive
+    /// positions. Best when pushes come in runs: a producer fills a line
+    /// in a burst, and the line crosses once.
+    #[default]
+    Sequential,
+    /// Four consecutive positions land a quarter of the ring apart, so a
+    /// line holds positions four apart. Best when a producer spreads its
+    /// pushes over several rings, as the intake's producers do over the
+    /// five priority lanes: with `Sequential`, such a producer comes back to
+    /// a lane's line every few pushes, and a consumer keeping pace reads
+    /// the line between two of them every time. Rings under 16 slots stay
+    /// sequential.
+    Spread,
+}
+
+/// Creates a ring of `capacity` slots with the [`Layout::Sequential`]
+/// layout and returns its two ends.
 ///
 /// ```
 /// let (tx, rx) = convoy::ring::channel::<String>(8).unwrap();
@@ -349,6 +406,23 @@ impl<T> Drop for Ring<T> {
 /// # drop(rx);
 /// ```
 pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingError> {
+    channel_with(capacity, Layout::Sequential)
+}
+
+/// Creates a ring of `capacity` slots laid out as `layout`.
+///
+/// ```
+/// use convoy::ring::{channel_with, Layout};
+/// let (tx, mut rx) = channel_with::<u32>(64, Layout::Spread).unwrap();
+/// tx.push_all((0..64).collect()).unwrap();
+/// let mut out = vec![];
+/// rx.drain_into(&mut out, 64);
+/// assert_eq!(out, (0..64).collect::<Vec<_>>()); // the same FIFO
+/// ```
+pub fn channel_with<T>(
+    capacity: usize,
+    layout: Layout,
+) -> Result<(Producer<T>, Consumer<T>), RingError> {
     if capacity == 0 {
         return Err(RingError::ZeroCapacity);
     }
@@ -372,6 +446,7 @@ pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingErr
         }),
         slots,
         mask: capacity - 1,
+        spread: Spread::new(layout, capacity),
     });
     Ok((Producer { ring: ring.clone() }, Consumer { ring }))
 }
@@ -792,6 +867,29 @@ mod tests {
         assert_eq!(rx.pop(), Some(1));
         assert_eq!(rx.pop(), Some(2));
         assert_eq!(rx.pop(), None);
+    }
+
+    #[test]
+    fn spread_gives_each_position_of_a_lap_its_own_slot() {
+        for cap in [16usize, 64, 1024] {
+            let (tx, _rx) = channel_with::<u8>(cap, Layout::Spread).unwrap();
+            let ring = &tx.ring;
+            let base = ring.slots.as_ptr() as usize;
+            let size = std::mem::size_of::<Slot<u8>>();
+            let index =
+                |pos: usize| ((ring.slot(pos) as *const Slot<u8> as usize - base) / size) as isize;
+            let mut seen: Vec<isize> = (0..cap).map(index).collect();
+            // Consecutive positions are a quarter of the ring apart...
+            assert_eq!(seen[1] - seen[0], (cap / 4) as isize);
+            // ...position p and p + capacity share a slot...
+            assert!((0..cap).all(|p| index(p) == index(p + 3 * cap)));
+            // ...and a lap covers every slot once.
+            seen.sort_unstable();
+            assert_eq!(seen, (0..cap as isize).collect::<Vec<_>>());
+        }
+        // Under 16 slots, sequential.
+        let (tx, _rx) = channel_with::<u8>(8, Layout::Spread).unwrap();
+        assert_eq!(tx.ring.spread.low_bits, 0);
     }
 
     #[test]

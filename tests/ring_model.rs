@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use convoy::ring::{self, Full, PushAllError};
+use convoy::ring::{self, Full, Layout, PushAllError};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -34,11 +34,17 @@ proptest! {
     /// answers: full hands back, k-push all-or-nothing, drain in order.
     /// Taken values keep their slots until freed, so the model's bound is
     /// queued plus held. Long sequences on small rings cover many laps of
-    /// wrap-around, with slots held across laps.
+    /// wrap-around, with slots held across laps. Both layouts, and rings of 16 and 32 where `Spread` rotates the
+    /// slot index.
     #[test]
-    fn ring_matches_vecdeque(cap_log in 0u32..4, ops in prop::collection::vec(op(), 1..300)) {
+    fn ring_matches_vecdeque(
+        cap_log in 0u32..6,
+        spread in any::<bool>(),
+        ops in prop::collection::vec(op(), 1..300),
+    ) {
         let cap = 1usize << cap_log;
-        let (tx, mut rx) = ring::channel::<u32>(cap).unwrap();
+        let layout = if spread { Layout::Spread } else { Layout::Sequential };
+        let (tx, mut rx) = ring::channel_with::<u32>(cap, layout).unwrap();
         let mut model: VecDeque<u32> = VecDeque::new();
         // Taken and not yet freed.
         let mut held = 0usize;
@@ -103,7 +109,9 @@ proptest! {
 fn many_producers_exactly_once_in_order() {
     const N: u64 = 4;
     const M: u64 = 50_000;
-    let (tx, mut rx) = ring::channel::<u64>(64).unwrap();
+    // Spread, as the intake's lanes are: its slot rotation is then under
+    // real threads too.
+    let (tx, mut rx) = ring::channel_with::<u64>(64, Layout::Spread).unwrap();
     let producers: Vec<_> = (0..N)
         .map(|p| {
             let tx = tx.clone();

@@ -122,3 +122,40 @@ fn take_holds_the_slot_until_free() {
         assert_eq!(rx.pop(), None);
     });
 }
+
+/// The producers' cached bound: a ring of 2 starts full, the consumer takes
+/// both values and frees both while two producers push. One producer may
+/// read `freed` and store the fresh `limit`; the other may then claim
+/// within that `limit` without reading `freed` itself, and write the slot
+/// the consumer read. That write must still come after the consumer's
+/// read: the bound carries the free from one producer to the next.
+#[test]
+fn a_cached_limit_carries_the_free_to_the_next_producer() {
+    loom::model(|| {
+        let (tx, mut rx) = ring::channel::<u32>(2).unwrap();
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        let pushers: Vec<_> = [10u32, 20]
+            .into_iter()
+            .map(|v| {
+                let tx = tx.clone();
+                thread::spawn(move || tx.push(v).ok().map(|()| v))
+            })
+            .collect();
+        drop(tx);
+        assert_eq!(rx.take(), Some(1));
+        assert_eq!(rx.take(), Some(2));
+        assert_eq!(rx.free(2), 2);
+        let mut sent: Vec<u32> = pushers
+            .into_iter()
+            .filter_map(|p| p.join().unwrap())
+            .collect();
+        let mut got = Vec::new();
+        while let Some(v) = rx.pop() {
+            got.push(v);
+        }
+        got.sort_unstable();
+        sent.sort_unstable();
+        assert_eq!(got, sent, "each accepted value received exactly once");
+    });
+}
