@@ -377,7 +377,7 @@ impl<T> Intake<T> {
         let mut consumers = Vec::with_capacity(n);
         for _ in 0..n {
             // Spread: a producer's pushes alternate between its shard's five
-            // lanes, the case that layout is for (2.4-2.8x the drain rate of
+            // lanes, the case that layout is for (1.5-2.8x the throughput of
             // a sequential layout in the intake bench, BENCHMARKS.md).
             let (tx, rx) = ring::channel_with(config.lane_capacity, ring::Layout::Spread)?;
             lanes.push(Lane {
