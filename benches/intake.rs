@@ -90,16 +90,11 @@ fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
         || {
             let intake = intake.clone();
             move |v| {
-                let mut v = v;
-                loop {
-                    match intake.push(prio(v), v, InsertPolicy::Enqueue) {
-                        Ok(()) => return,
-                        Err(full) => {
-                            v = full.item;
-                            std::thread::yield_now();
-                        }
-                    }
-                }
+                push_until_in(v, |v| {
+                    intake
+                        .push(prio(v), v, InsertPolicy::Enqueue)
+                        .map_err(|full| full.item)
+                })
             }
         },
         || {

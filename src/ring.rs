@@ -117,7 +117,9 @@ struct Slot<T> {
     /// `2p + 1` once the value for position `p` is written (see the module
     /// docs); 0 before the first lap.
     stamp: AtomicUsize,
-    /// Initialised exactly when `stamp == 2·position + 1`.
+    /// Initialised from the write of the position it serves (which sets
+    /// `stamp` to `2·position + 1`) until the consumer takes that position.
+    /// The stamp stays as it is after the take: `taken` tells the two apart.
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
@@ -193,7 +195,8 @@ impl Spread {
 
 // SAFETY: values move between threads (producer writes, consumer reads), so
 // `T: Send` is required and sufficient; a slot is accessed by one thread at a
-// time, as the stamp protocol hands it over with Release/Acquire.
+// time: the stamp (Release/Acquire) hands it from producer to consumer, and
+// `freed` (Release/Acquire, directly or through `limit`) hands it back.
 unsafe impl<T: Send> Send for Ring<T> {}
 // SAFETY: as above; `&Ring` only lets a thread push (move a `T` in) or, via
 // the unique `Consumer`, pop (move a `T` out). No `&T` is ever shared.

@@ -34,8 +34,8 @@ proptest! {
     /// answers: full hands back, k-push all-or-nothing, drain in order.
     /// Taken values keep their slots until freed, so the model's bound is
     /// queued plus held. Long sequences on small rings cover many laps of
-    /// wrap-around, with slots held across laps. Both layouts, and rings of 16 and 32 where `Spread` rotates the
-    /// slot index.
+    /// wrap-around, with slots held across laps. Both layouts, and rings of
+    /// 16 and 32 where `Spread` rotates the slot index.
     #[test]
     fn ring_matches_vecdeque(
         cap_log in 0u32..6,
