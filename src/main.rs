@@ -308,7 +308,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
     bar.finish_and_clear();
     print!("{}", report.render());
     if let Some(path) = &args.common.json {
-        write(path, &serde_json::to_string_pretty(&report)?)?;
+        write(path, &serde_json::to_string_pretty(&report.to_json())?)?;
     }
     if let Some(path) = &args.metrics_out {
         write(path, &report.metrics)?;
@@ -417,7 +417,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
             "capacity_rps": capacity,
             "load": args.load,
             "speedup": speedup,
-            "policies": reports,
+            "policies": reports.iter().map(replay::Report::to_json).collect::<Vec<_>>(),
         });
         write(path, &serde_json::to_string_pretty(&json)?)?;
     }

@@ -211,6 +211,32 @@ impl Report {
         &self.priorities[p.index()]
     }
 
+    /// The report as JSON: its fields, plus `per_priority`, the same lines
+    /// as `priorities` keyed by level name (`report["per_priority"]["high"]
+    /// ["p99_ms"]`), for readers that look a level up rather than scan.
+    ///
+    /// ```
+    /// let r = convoy::replay::Report::default();
+    /// let json = r.to_json();
+    /// assert_eq!(json["lost"], 0);
+    /// assert!(json["per_priority"].is_object());
+    /// ```
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("a report is plain numbers and strings");
+        let by_name: serde_json::Map<String, serde_json::Value> = self
+            .priorities
+            .iter()
+            .map(|p| {
+                let line = serde_json::to_value(p).expect("a line is plain numbers and strings");
+                (p.priority.clone(), line)
+            })
+            .collect();
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("per_priority".into(), by_name.into());
+        }
+        json
+    }
+
     /// The report as a table for a terminal.
     pub fn render(&self) -> String {
         use std::fmt::Write;

@@ -97,7 +97,7 @@ pub enum TraceError {
 ///
 /// ```no_run
 /// let trace = convoy::trace::load("data/azure_llm_conv_2023.csv".as_ref())?;
-/// assert_eq!(trace.requests.len(), 19_365);
+/// assert_eq!(trace.requests.len(), 19_366);
 /// # Ok::<(), convoy::trace::TraceError>(())
 /// ```
 pub fn load(path: &Path) -> Result<Trace, TraceError> {
@@ -127,6 +127,8 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
         line,
         reason,
     };
+    // A spreadsheet's export may start with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
@@ -138,18 +140,19 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
             path: name.to_owned(),
         });
     };
-    let azure = first.starts_with("TIMESTAMP");
+    let header = first.to_ascii_lowercase();
+    let azure = header.starts_with("timestamp") || header.starts_with("\"timestamp");
     if azure {
-        let cols: Vec<_> = first.split(',').map(str::trim).collect();
-        if cols != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"] {
+        let cols: Vec<_> = fields(&header);
+        if cols != ["timestamp", "contexttokens", "generatedtokens"] {
             return Err(malformed(
                 first_no,
                 format!("expected header TIMESTAMP,ContextTokens,GeneratedTokens, got {first:?}"),
             ));
         }
         lines.next();
-    } else if first.starts_with("arrival_s") {
-        let cols: Vec<_> = first.split(',').map(str::trim).collect();
+    } else if header.starts_with("arrival_s") || header.starts_with("\"arrival_s") {
+        let cols: Vec<_> = fields(&header);
         if !(cols == ["arrival_s", "priority", "tokens"]
             || cols == ["arrival_s", "priority", "tokens", "deadline_ms"])
         {
@@ -159,10 +162,9 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
             ));
         }
         lines.next();
-    } else if first
-        .split(',')
-        .next()
-        .is_none_or(|f| f.trim().parse::<f64>().is_err())
+    } else if fields(first)
+        .first()
+        .is_none_or(|f| f.parse::<f64>().is_err())
     {
         return Err(malformed(
             first_no,
@@ -175,7 +177,7 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
     // Arrivals in ns, absolute (Azure) or from the start (generic).
     let mut rows: Vec<(u64, TraceRequest)> = Vec::new();
     for (no, line) in lines {
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let fields = fields(line);
         let row = if azure {
             parse_azure(&fields)
         } else {
@@ -201,6 +203,20 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
         source: name.to_owned(),
         requests,
     })
+}
+
+/// A line's comma-separated fields, trimmed and unquoted (the traces hold
+/// no commas inside a field, so quotes only ever wrap a whole one).
+fn fields(line: &str) -> Vec<&str> {
+    line.split(',')
+        .map(|f| {
+            let f = f.trim();
+            f.strip_prefix('"')
+                .and_then(|f| f.strip_suffix('"'))
+                .unwrap_or(f)
+                .trim()
+        })
+        .collect()
 }
 
 fn count(field: &str, what: &str) -> Result<u32, String> {
@@ -270,16 +286,33 @@ fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
     ))
 }
 
-/// `YYYY-MM-DD HH:MM:SS[.fraction]` (UTC, no zone) to ns since 1970.
+/// A TIMESTAMP to ns since 1970: `YYYY-MM-DD HH:MM:SS[.fraction]` (the 2023
+/// trace's form, read as UTC), with `T` for the space and an optional zone
+/// (`Z`, `+HH:MM`, `-HHMM`, `+HH`) as the later Azure traces and ISO 8601
+/// write it, or plain seconds (a Unix time or an offset), as other
+/// exporters do. Only differences between rows matter to a replay.
 fn parse_timestamp(s: &str) -> Result<u64, String> {
-    let bad = || format!("TIMESTAMP must look like 2023-11-16 18:15:46.6805900, got {s:?}");
-    let (date, time) = s.split_once(' ').ok_or_else(bad)?;
+    let bad = || {
+        format!(
+            "TIMESTAMP must look like 2023-11-16 18:15:46.6805900 (optionally with T and a zone such as +00:00) or be seconds, got {s:?}"
+        )
+    };
+    if s.parse::<f64>().is_ok() {
+        return decimal_seconds(s).ok_or_else(bad);
+    }
+    let (date, time) = s.split_once([' ', 'T']).ok_or_else(bad)?;
+    let (time, offset_s) = split_zone(time).ok_or_else(bad)?;
     let d: Vec<&str> = date.split('-').collect();
     let t: Vec<&str> = time.split(':').collect();
     if d.len() != 3 || t.len() != 3 {
         return Err(bad());
     }
-    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
+    let num = |x: &str| {
+        if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        x.parse::<i64>().map_err(|_| bad())
+    };
     let (year, month, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
     let (hour, minute) = (num(t[0])?, num(t[1])?);
     let (secs, frac) = t[2].split_once('.').unwrap_or((t[2], ""));
@@ -301,8 +334,54 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
         num(frac)? * 10i64.pow(9 - frac.len() as u32)
     };
     let days = days_from_civil(year, month, day);
-    let total_s = days * 86_400 + hour * 3_600 + minute * 60 + secs;
+    let total_s = days * 86_400 + hour * 3_600 + minute * 60 + secs - offset_s;
     u64::try_from(total_s * 1_000_000_000 + frac_ns).map_err(|_| bad())
+}
+
+/// `SECONDS[.fraction]` to ns, exactly (an f64 would round a Unix time's
+/// microseconds); `None` for a sign, an exponent, over 9 fraction digits or
+/// more than 1e11 s.
+fn decimal_seconds(s: &str) -> Option<u64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || whole.len() > 11 || frac.len() > 9 || !digits(whole) || !digits(frac) {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let frac_ns: u64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u64>().ok()? * 10u64.pow(9 - frac.len() as u32)
+    };
+    (whole <= 100_000_000_000).then(|| whole * 1_000_000_000 + frac_ns)
+}
+
+/// Splits a zone suffix off a time of day: the time and the zone's offset
+/// east of UTC in seconds (0 without a zone or for `Z`); `None` for a
+/// malformed zone.
+fn split_zone(time: &str) -> Option<(&str, i64)> {
+    if let Some(t) = time.strip_suffix(['Z', 'z']) {
+        return Some((t, 0));
+    }
+    let Some(at) = time.rfind(['+', '-']) else {
+        return Some((time, 0));
+    };
+    let (t, zone) = time.split_at(at);
+    let sign = if zone.starts_with('-') { -1 } else { 1 };
+    let digits: String = zone[1..].chars().filter(|&c| c != ':').collect();
+    if !(digits.len() == 2 || digits.len() == 4) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i64 = digits[..2].parse().ok()?;
+    let minutes: i64 = if digits.len() == 4 {
+        digits[2..].parse().ok()?
+    } else {
+        0
+    };
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((t, sign * (hours * 3_600 + minutes * 60)))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
@@ -395,6 +474,57 @@ mod tests {
             Duration::from_nanos(((5 * 3600 + 44 * 60 + 13) * 1_000_000_000) + 319_410_000)
         );
         assert!(t.requests.iter().all(|r| r.priority.is_none()));
+    }
+
+    #[test]
+    fn timestamps_in_iso_and_zoned_forms_agree() {
+        let at = |s: &str| parse_timestamp(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        let base = at("2024-05-10 00:00:00.009930");
+        for same in [
+            "2024-05-10T00:00:00.009930",
+            "2024-05-10 00:00:00.009930+00:00",
+            "2024-05-10T00:00:00.009930Z",
+            "2024-05-10 02:00:00.009930+02:00",
+            "2024-05-09 19:30:00.009930-0430",
+            "2024-05-10 01:00:00.009930+01",
+        ] {
+            assert_eq!(at(same), base, "{same}");
+        }
+        // 2024-05-10 00:00:00 UTC is Unix time 1715299200.
+        assert_eq!(at("1715299200.00993"), base);
+        assert_eq!(at("0.5"), 500_000_000);
+        for bad in [
+            "2024-05-10 00:00:00+25:00",
+            "2024-05-10 00:00:00+0",
+            "2024-05-10 00:00:00+ab:cd",
+            "2024-05-10",
+            "-1",
+            "inf",
+            "2024-05-10 +1:00:00",
+        ] {
+            assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exports_with_bom_quotes_and_header_case_load() {
+        let t = parse(
+            "x.csv",
+            "\u{feff}timestamp,contexttokens,generatedtokens\r\n\
+             \"2024-05-10 00:00:01+00:00\",\"12\",\"3\"\r\n\
+             \"2024-05-10 00:00:00+00:00\",7,1\r\n",
+        )
+        .unwrap();
+        assert_eq!(t.requests.len(), 2);
+        assert_eq!(t.requests[0].tokens, 7);
+        assert_eq!(t.requests[1].arrival, Duration::from_secs(1));
+        let t = parse(
+            "g.csv",
+            "\u{feff}Arrival_s,Priority,Tokens\n0.25,\"high\",4\n",
+        )
+        .unwrap();
+        assert_eq!(t.requests[0].priority, Some(Priority::High));
+        assert_eq!(t.requests[0].arrival, Duration::from_millis(250));
     }
 
     #[test]

@@ -182,6 +182,15 @@ fn the_binary_replays_and_writes_json_metrics_and_plot() {
         report["accepted"].as_u64().unwrap() + report["refused"].as_u64().unwrap(),
         400
     );
+    // Each level both in order and by name, the two lines alike.
+    for (i, name) in ["critical", "high", "normal", "low", "background"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(report["priorities"][i]["priority"], *name);
+        assert_eq!(report["per_priority"][name], report["priorities"][i]);
+        assert!(report["per_priority"][name]["slo_compliance"].is_number());
+    }
     assert!(std::fs::read_to_string(&metrics)
         .unwrap()
         .contains("convoy_batches_total"));
