@@ -88,10 +88,10 @@ struct ReplayArgs {
     #[command(flatten)]
     common: Common,
     /// Trace time runs this many times faster than real time.
-    #[arg(long, default_value_t = 1600.0)]
+    #[arg(long, default_value_t = 1600.0, allow_negative_numbers = true)]
     speedup: f64,
     /// Stop submitting after this many seconds of real time.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     duration: Option<f64>,
     /// Ordering policy: aging (convoy), strict_priority or fifo.
     #[arg(long, default_value = "aging")]
@@ -113,13 +113,13 @@ struct CompareArgs {
     #[command(flatten)]
     common: Common,
     /// Offered load as a multiple of the capacity measured first.
-    #[arg(long, default_value_t = 1.2)]
+    #[arg(long, default_value_t = 1.2, allow_negative_numbers = true)]
     load: f64,
     /// Seconds of real time each policy is replayed for.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, allow_negative_numbers = true)]
     duration: f64,
     /// Seconds of the capacity measurement.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     calibrate: f64,
     /// Keep the config's intake bound instead of sizing it from the
     /// measured capacity (see `replay::wait_bounded_lane_capacity`).
