@@ -288,7 +288,7 @@ fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
 
 /// A TIMESTAMP to ns since 1970: `YYYY-MM-DD HH:MM:SS[.fraction]` (the 2023
 /// trace's form, read as UTC), with `T` for the space and an optional zone
-/// (`Z`, `+HH:MM`, `-HHMM`, `+HH`) as the later Azure traces and ISO 8601
+/// (`Z`, `UTC`, `+HH:MM`, `-HHMM`, `+HH`, after a space or not) as the later Azure traces and ISO 8601
 /// write it, or plain seconds (a Unix time or an offset), as other
 /// exporters do. Only differences between rows matter to a replay.
 fn parse_timestamp(s: &str) -> Result<u64, String> {
@@ -360,13 +360,17 @@ fn decimal_seconds(s: &str) -> Option<u64> {
 /// east of UTC in seconds (0 without a zone or for `Z`); `None` for a
 /// malformed zone.
 fn split_zone(time: &str) -> Option<(&str, i64)> {
-    if let Some(t) = time.strip_suffix(['Z', 'z']) {
-        return Some((t, 0));
+    if let Some(t) = time
+        .strip_suffix("UTC")
+        .or_else(|| time.strip_suffix(['Z', 'z']))
+    {
+        return Some((t.trim_end(), 0));
     }
     let Some(at) = time.rfind(['+', '-']) else {
         return Some((time, 0));
     };
     let (t, zone) = time.split_at(at);
+    let t = t.trim_end();
     let sign = if zone.starts_with('-') { -1 } else { 1 };
     let digits: String = zone[1..].chars().filter(|&c| c != ':').collect();
     if !(digits.len() == 2 || digits.len() == 4) || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -487,6 +491,8 @@ mod tests {
             "2024-05-10 02:00:00.009930+02:00",
             "2024-05-09 19:30:00.009930-0430",
             "2024-05-10 01:00:00.009930+01",
+            "2024-05-10 00:00:00.009930 +00:00",
+            "2024-05-10 00:00:00.009930 UTC",
         ] {
             assert_eq!(at(same), base, "{same}");
         }
