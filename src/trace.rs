@@ -288,9 +288,10 @@ fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
 
 /// A TIMESTAMP to ns since 1970: `YYYY-MM-DD HH:MM:SS[.fraction]` (the 2023
 /// trace's form, read as UTC), with `T` for the space and an optional zone
-/// (`Z`, `UTC`, `+HH:MM`, `-HHMM`, `+HH`, after a space or not) as the later Azure traces and ISO 8601
-/// write it, or plain seconds (a Unix time or an offset), as other
-/// exporters do. Only differences between rows matter to a replay.
+/// (`Z`, `UTC`, `+HH:MM`, `-HHMM`, `+HH`, after a space or not) as the
+/// later Azure traces and ISO 8601 write it, or plain seconds (a Unix time
+/// or an offset), as other exporters do. Only differences between rows
+/// matter to a replay.
 fn parse_timestamp(s: &str) -> Result<u64, String> {
     let bad = || {
         format!(
