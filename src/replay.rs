@@ -223,13 +223,13 @@ impl Report {
     /// ```
     pub fn to_json(&self) -> serde_json::Value {
         let mut json = serde_json::to_value(self).expect("a report is plain numbers and strings");
+        // The lines already serialized under `priorities`, named.
+        let lines = json["priorities"].as_array().cloned().unwrap_or_default();
         let by_name: serde_json::Map<String, serde_json::Value> = self
             .priorities
             .iter()
-            .map(|p| {
-                let line = serde_json::to_value(p).expect("a line is plain numbers and strings");
-                (p.priority.clone(), line)
-            })
+            .map(|p| p.priority.clone())
+            .zip(lines)
             .collect();
         if let Some(fields) = json.as_object_mut() {
             fields.insert("per_priority".into(), by_name.into());

@@ -141,9 +141,10 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
         });
     };
     let header = first.to_ascii_lowercase();
-    let azure = header.starts_with("timestamp") || header.starts_with("\"timestamp");
+    let cols = fields(&header);
+    let named = |name: &str| cols.first().is_some_and(|c| c.starts_with(name));
+    let azure = named("timestamp");
     if azure {
-        let cols: Vec<_> = fields(&header);
         if cols != ["timestamp", "contexttokens", "generatedtokens"] {
             return Err(malformed(
                 first_no,
@@ -151,8 +152,7 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
             ));
         }
         lines.next();
-    } else if header.starts_with("arrival_s") || header.starts_with("\"arrival_s") {
-        let cols: Vec<_> = fields(&header);
+    } else if named("arrival_s") {
         if !(cols == ["arrival_s", "priority", "tokens"]
             || cols == ["arrival_s", "priority", "tokens", "deadline_ms"])
         {
@@ -162,10 +162,7 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
             ));
         }
         lines.next();
-    } else if fields(first)
-        .first()
-        .is_none_or(|f| f.parse::<f64>().is_err())
-    {
+    } else if cols.first().is_none_or(|f| f.parse::<f64>().is_err()) {
         return Err(malformed(
             first_no,
             format!(
@@ -309,7 +306,7 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     let num = |x: &str| {
-        if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_digits(x) {
             return Err(bad());
         }
         x.parse::<i64>().map_err(|_| bad())
@@ -324,16 +321,10 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
         || !(0..60).contains(&minute)
         || !(0..=60).contains(&secs)
         || !(1970..=9999).contains(&year)
-        || frac.len() > 9
-        || !frac.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(bad());
     }
-    let frac_ns = if frac.is_empty() {
-        0
-    } else {
-        num(frac)? * 10i64.pow(9 - frac.len() as u32)
-    };
+    let frac_ns = fraction_ns(frac).ok_or_else(bad)? as i64;
     let days = days_from_civil(year, month, day);
     let total_s = days * 86_400 + hour * 3_600 + minute * 60 + secs - offset_s;
     u64::try_from(total_s * 1_000_000_000 + frac_ns).map_err(|_| bad())
@@ -344,17 +335,28 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
 /// more than 1e11 s.
 fn decimal_seconds(s: &str) -> Option<u64> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || whole.len() > 11 || frac.len() > 9 || !digits(whole) || !digits(frac) {
+    if whole.len() > 11 || !is_digits(whole) {
         return None;
     }
+    let frac_ns = fraction_ns(frac)?;
     let whole: u64 = whole.parse().ok()?;
-    let frac_ns: u64 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse::<u64>().ok()? * 10u64.pow(9 - frac.len() as u32)
-    };
     (whole <= 100_000_000_000).then(|| whole * 1_000_000_000 + frac_ns)
+}
+
+/// The digits after a decimal point (none, or up to 9) as nanoseconds.
+fn fraction_ns(frac: &str) -> Option<u64> {
+    if frac.is_empty() {
+        return Some(0);
+    }
+    if frac.len() > 9 || !is_digits(frac) {
+        return None;
+    }
+    Some(frac.parse::<u64>().ok()? * 10u64.pow(9 - frac.len() as u32))
+}
+
+/// One or more ASCII digits and nothing else (no sign, no space).
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Splits a zone suffix off a time of day: the time and the zone's offset
@@ -374,7 +376,7 @@ fn split_zone(time: &str) -> Option<(&str, i64)> {
     let t = t.trim_end();
     let sign = if zone.starts_with('-') { -1 } else { 1 };
     let digits: String = zone[1..].chars().filter(|&c| c != ':').collect();
-    if !(digits.len() == 2 || digits.len() == 4) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !(digits.len() == 2 || digits.len() == 4) || !is_digits(&digits) {
         return None;
     }
     let hours: i64 = digits[..2].parse().ok()?;
