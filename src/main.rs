@@ -3,7 +3,7 @@
 //! the same trace and load.
 //!
 //! ```text
-//! convoy [replay] [--trace PATH] [--speedup 1600] [--json FILE] [--metrics-out FILE] [--plot FILE]
+//! convoy [replay] [--trace PATH] [--speedup 1600] [--json FILE] [--metrics-out FILE] [--plot FILE] [--window S]
 //! convoy compare [--load 1.2] [--duration 8] [--json FILE]
 //! convoy serve [--addr 127.0.0.1:8080] [--config FILE]
 //! ```
@@ -102,6 +102,10 @@ struct ReplayArgs {
     /// Draw latency percentiles over time per priority (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Seconds per window of the latency timeline (the plot and the JSON
+    /// `timeline`); default: about 50 windows over the expected run.
+    #[arg(long, allow_negative_numbers = true)]
+    window: Option<f64>,
     /// Run the workers on the GPU (the CUDA pool-dense kernel, one worker
     /// per configured worker); without one, falls back to CPU workers.
     #[arg(long)]
@@ -267,6 +271,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         .duration
         .map(|d| seconds("--duration", d))
         .transpose()?;
+    let window = args.window.map(|w| seconds("--window", w)).transpose()?;
     let (trace, mut config, model) = load_common(&args.common)?;
     config.ordering = policy;
     let workers = config.fleet().len();
@@ -275,6 +280,16 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         .limit
         .unwrap_or(usize::MAX)
         .min(trace.requests.len());
+    let window = window.unwrap_or_else(|| {
+        // The real time the submits take: the replayed rows' span at the
+        // speed-up, or the duration when that ends them sooner.
+        let span = rows
+            .checked_sub(1)
+            .map_or(Duration::ZERO, |last| trace.requests[last].arrival);
+        let expected =
+            Duration::try_from_secs_f64(span.as_secs_f64() / args.speedup).unwrap_or(Duration::MAX);
+        replay::timeline_window(duration.map_or(expected, |d| d.min(expected)))
+    });
     let gpu = if args.gpu {
         gpu_fleet(&model, &mut config, workers)
     } else {
@@ -294,6 +309,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         mix: args.common.mix(),
         limit: args.common.limit,
         duration,
+        window,
         ..ReplayOptions::default()
     };
     let bar = progress_bar(rows as u64);
@@ -358,14 +374,24 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     let duration = seconds("--duration", args.duration)?;
     let calibrate = seconds("--calibrate", args.calibrate)?;
     let (trace, mut config, model) = load_common(&args.common)?;
-    if trace.rate() <= 0.0 {
+    // The rows replayed (cycled), and their rate in trace time: `--limit`
+    // replays the first rows only, whose rate may differ from the whole's.
+    let rows = &trace.requests[..args
+        .common
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(trace.requests.len())];
+    let period = replay::cycle_period(rows);
+    if period.is_zero() {
         return Err(Fail(format!(
-            "{}: all requests arrive at once; compare needs arrival times",
-            trace.source
+            "{}: the {} replayed requests all arrive at once; compare needs arrival times",
+            trace.source,
+            rows.len()
         )));
     }
+    let rate = rows.len() as f64 / period.as_secs_f64();
     let capacity = replay::calibrate(&trace, model.clone(), &config, calibrate, DEFAULT_VOCAB)?;
-    let speedup = args.load * capacity / trace.rate();
+    let speedup = args.load * capacity / rate;
     if !args.keep_intake {
         config.intake.lane_capacity =
             replay::wait_bounded_lane_capacity(capacity, config.max_wait, config.intake.shards);

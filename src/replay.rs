@@ -35,7 +35,7 @@ use crate::request::Request;
 use crate::runtime::{BuildError, Runtime};
 use crate::stats::BATCH_SIZE_BOUNDS;
 use crate::ticket::Ticket;
-use crate::trace::{PriorityMix, Trace};
+use crate::trace::{PriorityMix, Trace, TraceRequest};
 
 /// How a replay runs.
 #[derive(Debug, Clone)]
@@ -51,8 +51,10 @@ pub struct ReplayOptions {
     /// Stop submitting after this much real time.
     pub duration: Option<Duration>,
     /// Start the trace over when it ends (until `duration`, which must
-    /// then be set): cycle `k` replays row `i` at `k × (span + mean gap) +
-    /// arrival(i)`, as request `k × rows + i` (fresh token ids).
+    /// then be set): cycle `k` replays row `i` at `k × period + arrival(i)`,
+    /// as request `k × rows + i` (fresh token ids), where the period is the
+    /// span plus one mean gap ([`cycle_period`]). Rows that all arrive at
+    /// once cannot be cycled (an error).
     pub cycle: bool,
     /// Width of the time windows of [`Report::timeline`].
     pub window: Duration,
@@ -489,22 +491,92 @@ pub fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Refuses a speed-up that is not a finite number above 0, so a caller can
+/// Refuses a speed-up that is not a finite number of at least
+/// [`MIN_SPEEDUP`], so a caller can
 /// check it before it prints or builds anything.
 ///
 /// ```
 /// assert!(convoy::replay::check_speedup(0.0).is_err());
+/// assert!(convoy::replay::check_speedup(1e-300).is_err());
 /// assert!(convoy::replay::check_speedup(1600.0).is_ok());
 /// ```
 pub fn check_speedup(speedup: f64) -> Result<(), ReplayError> {
-    if speedup.is_finite() && speedup > 0.0 {
+    // Below a millionth, one second of trace takes over eleven days: a
+    // typo, not a replay (and its due times soon outgrow `Duration`).
+    if speedup.is_finite() && speedup >= MIN_SPEEDUP {
         Ok(())
     } else {
         Err(ReplayError::Option {
             option: "--speedup",
-            reason: format!("must be a finite number > 0, got {speedup}"),
+            reason: format!("must be a finite number ≥ {MIN_SPEEDUP}, got {speedup}"),
         })
     }
+}
+
+/// The slowest replay [`check_speedup`] accepts.
+pub const MIN_SPEEDUP: f64 = 1e-6;
+
+/// The arrival of the last of `rows` (relative to the first).
+fn span_of(rows: &[TraceRequest]) -> Duration {
+    rows.last().map_or(Duration::ZERO, |r| r.arrival)
+}
+
+/// How far apart two cycles of `rows` start in trace time: their span plus
+/// one mean gap, so the last row of a cycle and the first of the next are as
+/// far apart as an average pair. Zero when the rows all arrive at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use convoy::trace::TraceRequest;
+/// let at = |s: u64| TraceRequest { arrival: Duration::from_secs(s), priority: None, tokens: 1, generated: None, deadline: None };
+/// // Three rows over 4 s: gaps of 2 s on average, so a cycle is 6 s.
+/// assert_eq!(convoy::replay::cycle_period(&[at(0), at(1), at(4)]), Duration::from_secs(6));
+/// assert_eq!(convoy::replay::cycle_period(&[at(0)]), Duration::ZERO);
+/// ```
+pub fn cycle_period(rows: &[TraceRequest]) -> Duration {
+    match rows.len() {
+        0 | 1 => Duration::ZERO,
+        n => {
+            let span = span_of(rows);
+            span + span / u32::try_from(n - 1).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+/// When the row at `arrival` of cycle `round` is due, after the start, at
+/// `speedup`: `None` when that is too far for a `Duration`.
+fn due_offset(period: Duration, round: u64, arrival: Duration, speedup: f64) -> Option<Duration> {
+    let trace_s = period.as_secs_f64() * round as f64 + arrival.as_secs_f64();
+    Duration::try_from_secs_f64(trace_s / speedup).ok()
+}
+
+/// A timeline window for a replay expected to last `expected` of real time:
+/// about 50 windows, on a 1-2-5 step, from 10 ms to 60 s. A fixed 1 s
+/// window gave the default replay (2.2 s) a three-point chart; an hour at
+/// 1× would have had 3,600 points.
+///
+/// ```
+/// use std::time::Duration;
+/// use convoy::replay::timeline_window;
+/// assert_eq!(timeline_window(Duration::from_secs_f64(2.2)), Duration::from_millis(50));
+/// assert_eq!(timeline_window(Duration::from_secs(3600)), Duration::from_secs(60));
+/// assert_eq!(timeline_window(Duration::ZERO), Duration::from_millis(10));
+/// ```
+pub fn timeline_window(expected: Duration) -> Duration {
+    const STEPS_MS: [u64; 12] = [
+        10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 60_000,
+    ];
+    let ideal_ms = expected.as_secs_f64() * 1e3 / 50.0;
+    // The step nearest the ideal on a log scale; the last one caps it.
+    let ms = STEPS_MS
+        .iter()
+        .copied()
+        .min_by(|&a, &b| {
+            let d = |s: u64| (s as f64 / ideal_ms.max(1e-3)).ln().abs();
+            d(a).total_cmp(&d(b))
+        })
+        .expect("a non-empty table");
+    Duration::from_millis(ms)
 }
 
 /// Replays `trace` through a runtime running `executor`, calling
@@ -521,6 +593,33 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         return Err(ReplayError::Option {
             option: "cycle",
             reason: "a cycled replay needs a duration".into(),
+        });
+    }
+    let rows = &trace.requests[..options
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(trace.requests.len())];
+    let period = cycle_period(rows);
+    if options.cycle && period.is_zero() {
+        // Every cycle would be due at the start: the driver would submit
+        // forever without the clock passing `duration`.
+        return Err(ReplayError::Option {
+            option: "cycle",
+            reason: format!(
+                "the {} replayed rows all arrive at once; a cycled replay needs arrival times",
+                rows.len()
+            ),
+        });
+    }
+    if options.duration.is_none() && due_offset(period, 0, span_of(rows), options.speedup).is_none()
+    {
+        return Err(ReplayError::Option {
+            option: "--speedup",
+            reason: format!(
+                "at {}× the trace's {:.0} s would take longer than this clock can count; give a duration or a larger speed-up",
+                options.speedup,
+                span_of(rows).as_secs_f64()
+            ),
         });
     }
     if options.window.is_zero() {
@@ -540,10 +639,6 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     let workers = options.config.fleet().len().max(1);
     let handle = rt.handle();
     let woken: Arc<SegQueue<(usize, Instant)>> = Arc::new(SegQueue::new());
-    let rows = &trace.requests[..options
-        .limit
-        .unwrap_or(usize::MAX)
-        .min(trace.requests.len())];
     let mut pending: Vec<Option<Pending>> = Vec::with_capacity(rows.len());
     let start = Instant::now();
     let mut tally = Tally {
@@ -574,10 +669,6 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         }
     };
 
-    let period = rows.last().map_or(Duration::ZERO, |r| r.arrival)
-        + rows
-            .last()
-            .map_or(Duration::ZERO, |r| r.arrival / rows.len().max(1) as u32);
     let total = if options.cycle {
         usize::MAX
     } else {
@@ -587,8 +678,14 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         let Some(row) = rows.get(i % rows.len().max(1)) else {
             break;
         };
-        let round = u32::try_from(i / rows.len()).unwrap_or(u32::MAX);
-        let due = start + (period * round + row.arrival).div_f64(options.speedup);
+        let round = (i / rows.len()) as u64;
+        // `None`: beyond what `Instant` can hold, so beyond any duration
+        // (without one, the check above ruled this out).
+        let Some(due) = due_offset(period, round, row.arrival, options.speedup)
+            .and_then(|offset| start.checked_add(offset))
+        else {
+            break;
+        };
         if options.duration.is_some_and(|d| due > start + d) {
             break;
         }

@@ -101,13 +101,42 @@ fn a_cycled_replay_with_delayed_deadlines_runs_past_the_trace() {
 fn bad_options_are_typed_errors() {
     let trace = tiny_trace();
     let model = PoolDense::seeded(64, 8, 1).unwrap();
-    for speedup in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+    // 1e-300 once panicked: its due times overflowed `Duration`.
+    for speedup in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300] {
         let options = ReplayOptions {
             speedup,
             ..ReplayOptions::default()
         };
         let e = replay(&trace, model.clone(), &options, &|_| {}).unwrap_err();
         assert!(e.to_string().contains("--speedup"), "{e}");
+    }
+}
+
+#[test]
+fn rows_that_all_arrive_at_once_are_not_cycled() {
+    // One row, or several at the same instant: every cycle would be due at
+    // the start, so the driver once submitted forever.
+    let same = parse("same", "arrival_s,priority,tokens\n0,high,3\n0,low,4\n").unwrap();
+    for (trace, limit) in [(tiny_trace(), Some(1)), (same, None)] {
+        let options = ReplayOptions {
+            cycle: true,
+            limit,
+            duration: Some(Duration::from_millis(100)),
+            vocab: 64,
+            ..ReplayOptions::default()
+        };
+        let model = PoolDense::seeded(64, 8, 1).unwrap();
+        // On a thread, so a regression fails here instead of hanging the
+        // suite: the error comes at once, the minute is only a backstop.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(replay(&trace, model, &options, &|_| {}).map(|r| r.offered));
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a cycle of rows with no span is refused, not replayed forever");
+        let e = result.unwrap_err();
+        assert!(e.to_string().contains("all arrive at once"), "{e}");
     }
 }
 
@@ -155,6 +184,15 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
     let (code, err) = convoy(&["replay", "--policy", "random"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--policy"), "{err}");
+    // One row has no rate to scale to a load (this hung before).
+    let (code, err) = convoy(&["compare", "--limit", "1", "--duration", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("all arrive at once"), "{err}");
+    for window in ["0", "-1"] {
+        let (code, err) = convoy(&["replay", "--window", window]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--window: must be"), "{err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -199,5 +237,9 @@ fn the_binary_replays_and_writes_json_metrics_and_plot() {
         .unwrap()
         .contains("convoy_batches_total"));
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    // The timeline's window fits the run (tens of ms here), not a fixed 1 s
+    // that left a short run's chart with two or three points.
+    let window = report["timeline"]["window_s"].as_f64().unwrap();
+    assert!(window > 0.0 && window < 1.0, "window {window} s");
     std::fs::remove_dir_all(&dir).unwrap();
 }
