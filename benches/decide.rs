@@ -111,6 +111,7 @@ impl ConvoyDecider {
         for _ in 0..n {
             let r = self.rng.next();
             self.seq += 1;
+            let tokens = 1 + (r >> 20) % 512;
             let meta = Meta {
                 level: Priority::ALL[(r % 5) as usize],
                 arrival: self.now,
@@ -122,13 +123,10 @@ impl ConvoyDecider {
                 expire_at: u64::MAX,
                 front: r % 97 == 0,
                 seq: self.seq,
+                tokens,
+                bytes: 0,
             };
-            self.planner.insert(
-                Req {
-                    tokens: 1 + (r >> 20) % 512,
-                },
-                meta,
-            );
+            self.planner.insert(Req { tokens }, meta);
         }
     }
 

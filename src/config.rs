@@ -544,7 +544,10 @@ fn millis(key: &str, ms: f64, positive: bool) -> Result<Duration, ConfigError> {
             format!("{ms} is not {want} number of milliseconds"),
         ));
     }
-    Ok(Duration::from_secs_f64(ms / 1000.0))
+    // Finite but past what a `Duration` holds (about 5.8e14 years) is a
+    // typo; `from_secs_f64` would panic on it.
+    Duration::try_from_secs_f64(ms / 1000.0)
+        .map_err(|_| invalid(key, format!("{ms} milliseconds is too long")))
 }
 
 impl Config {

@@ -87,6 +87,8 @@ mod tests {
             expire_at: u64::MAX,
             front: false,
             seq: 3,
+            tokens: 1,
+            bytes: 0,
         };
         let m = group_meta(
             base,

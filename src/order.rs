@@ -57,6 +57,11 @@ pub struct Meta {
     pub front: bool,
     /// Arrival sequence, the final tie-breaker (unique per request).
     pub seq: u64,
+    /// Its cost in tokens, summed over the waiting set so the collector
+    /// can tell a batch is full by tokens before it forms one.
+    pub tokens: u64,
+    /// Its cost in bytes, summed likewise.
+    pub bytes: u64,
 }
 
 /// Names one waiting request, for as long as it waits: once it leaves
@@ -93,6 +98,10 @@ pub(crate) struct Waiting<T> {
     /// Deadlines of requests that expire, earliest first.
     deadlines: BinaryHeap<Reverse<(u64, Id)>>,
     len: usize,
+    /// Sums of `Meta::tokens` and `Meta::bytes` over the waiting requests:
+    /// u128, so even requests of `u64::MAX` bytes cannot overflow them.
+    tokens: u128,
+    bytes: u128,
     max_wait: u64,
     aging_step: u64,
     policy: OrderingPolicy,
@@ -110,6 +119,8 @@ impl<T> Waiting<T> {
             fifo: VecDeque::new(),
             deadlines: BinaryHeap::new(),
             len: 0,
+            tokens: 0,
+            bytes: 0,
             max_wait,
             aging_step: (max_wait / Priority::COUNT as u64).max(1),
             policy: OrderingPolicy::Aging,
@@ -135,6 +146,16 @@ impl<T> Waiting<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Tokens of every waiting request together.
+    pub fn tokens(&self) -> u128 {
+        self.tokens
+    }
+
+    /// Bytes of every waiting request together.
+    pub fn bytes(&self) -> u128 {
+        self.bytes
     }
 
     /// Adds a request; the key finds it while it waits.
@@ -164,6 +185,8 @@ impl<T> Waiting<T> {
             self.deadlines.push(Reverse((meta.expire_at, id)));
         }
         self.len += 1;
+        self.tokens += u128::from(meta.tokens);
+        self.bytes += u128::from(meta.bytes);
         WaitKey(id)
     }
 
@@ -187,6 +210,8 @@ impl<T> Waiting<T> {
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(id.index);
         self.len -= 1;
+        self.tokens -= u128::from(meta.tokens);
+        self.bytes -= u128::from(meta.bytes);
         (item, meta)
     }
 
@@ -319,6 +344,8 @@ mod tests {
                 expire_at: u64::MAX,
                 front: false,
                 seq: self.0,
+                tokens: 1,
+                bytes: 0,
             }
         }
     }

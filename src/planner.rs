@@ -160,9 +160,42 @@ impl<T: Plannable> Planner<T> {
         }
     }
 
-    /// Adds a waiting request.
+    /// Adds a waiting request. Its cost in `meta` is taken from the item,
+    /// so the waiting set's sums agree with what forming will reserve.
     pub fn insert(&mut self, item: T, meta: Meta) {
+        let cost = item.cost();
+        let meta = Meta {
+            tokens: cost.tokens,
+            bytes: cost.bytes,
+            ..meta
+        };
         self.waiting.insert(item, meta);
+    }
+
+    /// Whether the waiting requests already fill a batch, so waiting out
+    /// the queue delay could not make it larger: by count (the batch limit,
+    /// or the most slots any worker up has), by tokens (`max_batch_tokens`,
+    /// or the most tokens such a worker holds) or by bytes likewise.
+    /// `most` is that largest worker capacity, per resource; `None` when no
+    /// worker is up (then only the batch limits count).
+    ///
+    /// Without the worker and token terms, a worker of 2 slots under a
+    /// batch limit of 32 made every batch wait out the whole delay.
+    pub fn is_full(&self, most: Option<Capacity>) -> bool {
+        let w = &self.waiting;
+        let mut count = self.batch_limit as u128;
+        let mut tokens = u128::from(self.limits.max_batch_tokens);
+        let mut bytes = u128::from(self.limits.max_batch_bytes);
+        if let Some(m) = most {
+            count = count.min(u128::from(m.slots));
+            tokens = tokens.min(u128::from(m.tokens));
+            bytes = bytes.min(u128::from(m.bytes));
+        }
+        // A sum of 0 fills nothing: requests that cost no bytes never fill
+        // a worker that holds none.
+        w.len() as u128 >= count.max(1)
+            || (w.tokens() > 0 && w.tokens() >= tokens)
+            || (w.bytes() > 0 && w.bytes() >= bytes)
     }
 
     /// Changes the ordering rule (a config reload).
@@ -381,6 +414,8 @@ mod tests {
             expire_at: u64::MAX,
             front: false,
             seq,
+            tokens: 1,
+            bytes: 0,
         };
         p.waiting.insert(Grouped(1), meta(1));
         let old = p.waiting.insert(Grouped(2), meta(2));
@@ -401,5 +436,106 @@ mod tests {
         assert!(p.waiting.remove(old).is_none(), "the old key is stale");
         let (item, m) = p.waiting.remove(moved[0].1).expect("the new key finds it");
         assert_eq!((item.0, m.seq), (2, 2));
+    }
+
+    /// A request of `tokens` tokens and `bytes` bytes.
+    struct Costs(u64, u64);
+
+    impl Plannable for Costs {
+        fn cost(&self) -> Capacity {
+            Capacity {
+                slots: 1,
+                tokens: self.0,
+                bytes: self.1,
+            }
+        }
+    }
+
+    /// Full by count, by tokens, by bytes, or by the largest worker; and
+    /// the sums follow requests out of the waiting set.
+    #[test]
+    fn a_batch_is_full_by_any_limit() {
+        let limits = BatchingConfig {
+            max_batch_size: 8,
+            max_batch_tokens: 100,
+            max_batch_bytes: 1000,
+            max_queue_delay: Duration::ZERO,
+            target_batch_time: None,
+            preferred_batch_sizes: PreferredBatchSizes::NONE,
+        };
+        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
+        let mut p = Planner::<Costs>::new(1, Duration::from_secs(1), limits, placer);
+        let meta = |seq| Meta {
+            level: Priority::Normal,
+            arrival: 0,
+            deadline: u64::MAX,
+            expire_at: u64::MAX,
+            front: false,
+            seq,
+            // Overridden by `insert` from the item's cost.
+            tokens: 0,
+            bytes: 0,
+        };
+        let roomy = Capacity {
+            slots: 64,
+            tokens: u64::MAX,
+            bytes: u64::MAX,
+        };
+        p.insert(Costs(60, 0), meta(1));
+        assert!(!p.is_full(Some(roomy)) && !p.is_full(None));
+        // A worker of one slot is full with one request.
+        let one_slot = Capacity { slots: 1, ..roomy };
+        assert!(p.is_full(Some(one_slot)));
+        // A worker holding 50 tokens is full with 60 waiting.
+        let small = Capacity {
+            tokens: 50,
+            ..roomy
+        };
+        assert!(p.is_full(Some(small)));
+        // 120 tokens reach max_batch_tokens (100).
+        p.insert(Costs(60, 0), meta(2));
+        assert!(p.is_full(Some(roomy)) && p.is_full(None));
+        let mut abandoned = Vec::new();
+        let spec = WorkerSpec {
+            name: "w".into(),
+            capacity: roomy,
+            speed: 1.0,
+            cost_per_hour: 0.0,
+        };
+        let workers = [Candidate {
+            index: 0,
+            spec: &spec,
+            up: true,
+        }];
+        // Forming takes one (two would pass 100 tokens); 60 remain.
+        let Plan::Batch { formed, .. } = p.form(0, &workers, &mut abandoned, 8) else {
+            panic!("a batch forms");
+        };
+        assert_eq!(formed.items.len(), 1);
+        assert_eq!(p.waiting.tokens(), 60);
+        assert!(!p.is_full(Some(roomy)));
+        // Bytes: 600 + 600 reach max_batch_bytes (1000).
+        p.insert(Costs(1, 600), meta(3));
+        assert!(!p.is_full(Some(roomy)));
+        p.insert(Costs(1, 600), meta(4));
+        assert!(p.is_full(Some(roomy)));
+        // Count: eight requests of nothing much.
+        let mut q = Planner::<Costs>::new(
+            1,
+            Duration::from_secs(1),
+            BatchingConfig {
+                max_batch_tokens: u64::MAX,
+                ..limits
+            },
+            Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32),
+        );
+        for seq in 0..7 {
+            q.insert(Costs(1, 0), meta(seq));
+        }
+        assert!(!q.is_full(Some(roomy)));
+        q.insert(Costs(1, 0), meta(7));
+        assert!(q.is_full(Some(roomy)));
+        assert_eq!(q.waiting.drain_all().len(), 8);
+        assert_eq!((q.waiting.tokens(), q.waiting.bytes()), (0, 0));
     }
 }

@@ -686,7 +686,11 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         else {
             break;
         };
-        if options.duration.is_some_and(|d| due > start + d) {
+        // A duration past what `Instant` holds ends nothing.
+        if options
+            .duration
+            .is_some_and(|d| start.checked_add(d).is_some_and(|end| due > end))
+        {
             break;
         }
         // Sleep until the row is due, never spin: the driver shares the

@@ -320,8 +320,22 @@ impl Knobs {
 
 impl Shared {
     fn ns_since_epoch(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        nanos(t.saturating_duration_since(self.epoch))
     }
+}
+
+/// `d` in nanoseconds, saturating: a configured "forever" (say
+/// `Duration::MAX`, 584 years past `u64` nanoseconds) stays the largest
+/// value instead of wrapping to an arbitrary one.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `d` after `now`, or a year after it where `Instant` cannot hold the sum:
+/// past any run, so it reads as "never".
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(86_400 * 365))
 }
 
 /// Builds a [`Runtime`].
@@ -976,10 +990,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             Some(Deadline::After(d)) if d.is_zero() => {
                 return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
             }
-            Some(Deadline::After(d)) => Some(
-                now.checked_add(d)
-                    .unwrap_or(now + Duration::from_secs(86_400 * 365)),
-            ),
+            Some(Deadline::After(d)) => Some(after(now, d)),
             Some(Deadline::At(t)) if t <= now => {
                 return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
             }
@@ -1079,7 +1090,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             if mode == ABORTING {
                 self.fail_all_waiting();
             } else if mode == DRAINING {
-                let deadline = *drain_deadline.get_or_insert(now + self.shutdown_timeout);
+                let deadline =
+                    *drain_deadline.get_or_insert_with(|| after(now, self.shutdown_timeout));
                 if now >= deadline {
                     self.fail_all_waiting();
                 }
@@ -1120,7 +1132,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .oldest_arrival()
             .filter(|_| !self.stalled)
         {
-            let due = a.saturating_add(self.applied.batching.max_queue_delay.as_nanos() as u64);
+            let due = a.saturating_add(nanos(self.applied.batching.max_queue_delay));
             timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
         }
         if closing {
@@ -1278,6 +1290,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 expire_at: job.expire_at,
                 front: d.front,
                 seq: self.seq,
+                tokens: u64::from(job.cost.tokens),
+                bytes: job.cost.bytes,
             };
             match job.dedup.filter(|_| self.cloner.is_some()) {
                 Some(k) => self.join_or_start_group(k, job, d.admission, meta),
@@ -1442,15 +1456,17 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// How many requests a batch formed now should take, or `None` while
     /// the batch is not due: see `planner::batch_size_now` (forced by the
-    /// queue delay or shutdown, full, or a preferred size reachable).
-    fn batch_due(&mut self, now_ns: u64, closing: bool) -> Option<usize> {
+    /// queue delay or shutdown, full by any limit (`Planner::is_full`,
+    /// given `most`, the largest worker up), or a preferred size
+    /// reachable).
+    fn batch_due(&mut self, now_ns: u64, closing: bool, most: Option<Capacity>) -> Option<usize> {
         let waiting = self.planner.len();
         if waiting == 0 {
             return None;
         }
-        let delay =
-            u64::try_from(self.applied.batching.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
+        let delay = nanos(self.applied.batching.max_queue_delay);
         let forced = closing
+            || self.planner.is_full(most)
             || self
                 .planner
                 .waiting
@@ -1483,7 +1499,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 up: w.health == Health::Up && self.workers[index].is_some(),
             })
             .collect();
-        let urgent_slack = self.planner.placer_mut().urgent_slack.as_nanos() as u64;
+        let urgent_slack = nanos(self.planner.placer_mut().urgent_slack);
         let urgent_waiting = self
             .planner
             .waiting
@@ -1499,7 +1515,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let mut admissions = Vec::new();
         let mut short_now = false;
         self.stalled = false;
-        while let Some(size) = self.batch_due(now_ns, closing) {
+        // The most any worker up could hold, per resource: a batch that
+        // reaches it is full however long it waits. None up: only the
+        // batch limits count.
+        let most = Some(fleet.max).filter(|m| m.slots > 0);
+        while let Some(size) = self.batch_due(now_ns, closing, most) {
             let deciding = Instant::now();
             let (formed, shortfall) =
                 match self.planner.form(now_ns, &candidates, &mut abandoned, size) {

@@ -97,6 +97,8 @@ fn every_error_names_its_key() {
             "batching.max_queue_delay_ms",
         ),
         ("[ordering]\nmax_wait_ms = 0", "ordering.max_wait_ms"),
+        // Finite but past what a Duration holds: once a panic.
+        ("[ordering]\nmax_wait_ms = 1e300", "ordering.max_wait_ms"),
         ("[intake]\nlane_capacity = 12", "intake.lane_capacity"),
         ("[intake]\nshards = 0", "intake.shards"),
         ("[intake]\nshards = -2", "shards"),

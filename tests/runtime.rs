@@ -903,3 +903,81 @@ fn batches_are_cut_to_preferred_sizes() {
         "sizes {sizes:?}"
     );
 }
+
+/// Every duration set to "forever" (`Duration::MAX`): the arithmetic on
+/// them saturates, where it once wrapped (the queue delay and the urgent
+/// slack, cast to u64 nanoseconds) or would have panicked (the drain
+/// deadline, `Instant + Duration`). Full batches still launch, a request
+/// with a forever deadline completes, and the drain finishes the rest.
+#[test]
+fn forever_durations_neither_wrap_nor_panic() {
+    let forever = Duration::MAX;
+    let mut cfg = config(vec![worker(2, 1 << 20)], 4, 0);
+    cfg.batching.max_queue_delay = forever;
+    cfg.batching.target_batch_time = Some(forever);
+    cfg.max_wait = forever;
+    cfg.urgent_slack = forever;
+    cfg.shutdown_timeout = forever;
+    for t in &mut cfg.slo {
+        t.p95 = forever;
+        t.p99 = forever;
+        t.timeout = forever;
+    }
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(|xs: &[u32]| xs.iter().map(|x| x * 2).collect())
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    // Two full batches of 4: launched although the queue delay never ends.
+    let full: Vec<_> = (0..8)
+        .map(|i| h.submit(Request::new(i).deadline(forever)).unwrap())
+        .collect();
+    for (i, t) in full.into_iter().enumerate() {
+        assert_eq!(t.wait(), Ok(2 * i as u32));
+    }
+    // A partial batch waits for the delay, so only the drain launches it.
+    let partial: Vec<_> = (0..3).map(|i| h.submit(Request::new(i)).unwrap()).collect();
+    rt.shutdown();
+    for (i, t) in partial.into_iter().enumerate() {
+        assert_eq!(t.wait(), Ok(2 * i as u32));
+    }
+    let s = rt.stats();
+    assert_eq!(s.total().completed, 11);
+    assert_eq!(s.total().inserted, 11);
+}
+
+/// Requests whose tokens fill `max_batch_tokens`, or that fill the only
+/// worker's slots, launch at once: waiting out the queue delay (an hour
+/// here) could not make their batch larger. Before, only `max_batch_size`
+/// waiting requests counted as full.
+#[test]
+fn a_batch_full_by_tokens_or_worker_slots_does_not_wait_out_the_delay() {
+    let hour = Duration::from_secs(3600);
+    // The minute is a backstop that turns a regression into a failure
+    // instead of an hour-long hang; the batches launch at once.
+    let backstop = Duration::from_secs(60);
+    for (slots, max_tokens) in [(64, 100), (2, 1 << 20)] {
+        let mut cfg = config(vec![worker(slots, 1 << 20)], 32, 0);
+        cfg.batching.max_batch_tokens = max_tokens;
+        cfg.batching.max_queue_delay = hour;
+        let rt = Runtime::builder()
+            .config(cfg)
+            .batch_fn(|xs: &[u32]| xs.to_vec())
+            .build()
+            .unwrap();
+        let h = rt.handle();
+        let mut tickets: Vec<_> = (0..2)
+            .map(|i| h.submit(Request::new(i).tokens(50)).unwrap())
+            .collect();
+        for (i, t) in tickets.iter_mut().enumerate() {
+            assert_eq!(
+                t.wait_timeout(backstop),
+                Some(Ok(i as u32)),
+                "{slots} slots, max_batch_tokens {max_tokens}"
+            );
+        }
+        assert_eq!(rt.stats().batches, 1, "one full batch of both");
+        rt.shutdown();
+    }
+}
