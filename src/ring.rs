@@ -77,6 +77,16 @@ pub enum RingError {
     /// Slots are found with a mask, so the capacity must be a power of two.
     #[error("ring capacity {0} is not a power of two")]
     NotPowerOfTwo(usize),
+    /// The slots could not be allocated (a capacity far beyond memory,
+    /// usually a typo in a config): refused rather than aborting the
+    /// process, which an infallible allocation would do.
+    #[error("ring capacity {capacity} needs {bytes} bytes of slots, which could not be allocated")]
+    TooLarge {
+        /// The capacity asked for.
+        capacity: usize,
+        /// What its slots would take (saturated at `usize::MAX`).
+        bytes: usize,
+    },
 }
 
 /// A single push found the ring full; the value is handed back.
@@ -406,6 +416,7 @@ pub enum Layout {
 /// let (tx, rx) = convoy::ring::channel::<String>(8).unwrap();
 /// assert_eq!(tx.capacity(), 8);
 /// assert!(convoy::ring::channel::<u8>(6).is_err()); // not a power of two
+/// assert!(convoy::ring::channel::<u64>(1 << 60).is_err()); // beyond memory
 /// # drop(rx);
 /// ```
 pub fn channel<T>(capacity: usize) -> Result<(Producer<T>, Consumer<T>), RingError> {
@@ -432,12 +443,18 @@ pub fn channel_with<T>(
     if !capacity.is_power_of_two() {
         return Err(RingError::NotPowerOfTwo(capacity));
     }
-    let slots = (0..capacity)
-        .map(|_| Slot {
-            stamp: AtomicUsize::new(0),
-            value: UnsafeCell::new(MaybeUninit::uninit()),
-        })
-        .collect();
+    let mut slots = Vec::new();
+    slots
+        .try_reserve_exact(capacity)
+        .map_err(|_| RingError::TooLarge {
+            capacity,
+            bytes: capacity.saturating_mul(std::mem::size_of::<Slot<T>>()),
+        })?;
+    slots.extend((0..capacity).map(|_| Slot {
+        stamp: AtomicUsize::new(0),
+        value: UnsafeCell::new(MaybeUninit::uninit()),
+    }));
+    let slots = slots.into_boxed_slice();
     let ring = Arc::new(Ring {
         consumer: CachePadded::new(Positions {
             taken: AtomicUsize::new(0),

@@ -307,6 +307,13 @@ fn bad_input_is_a_typed_error() {
         Runtime::builder().build().map(|_: Runtime<u8, u8>| ()),
         Err(BuildError::NoExecutor)
     ));
+    // 2^40 slots per lane: a typed error naming the key, where the
+    // allocation once aborted the process.
+    let mut huge = Config::default();
+    huge.intake.lane_capacity = 1 << 40;
+    assert!(
+        matches!(build(huge), Err(BuildError::Config(e)) if e.to_string().contains("intake.lane_capacity"))
+    );
 
     let rt = build(Config {
         cpu_workers: 1,
