@@ -364,6 +364,30 @@ mod tests {
 
     struct Grouped(u64);
 
+    /// A worker of `capacity`, speed 1.
+    fn worker(capacity: Capacity) -> WorkerSpec {
+        WorkerSpec {
+            name: "w".into(),
+            capacity,
+            speed: 1.0,
+            cost_per_hour: 0.0,
+        }
+    }
+
+    /// A Normal request arriving at 0, the `seq`-th, of one token.
+    fn normal(seq: u64) -> Meta {
+        Meta {
+            level: Priority::Normal,
+            arrival: 0,
+            deadline: u64::MAX,
+            expire_at: u64::MAX,
+            front: false,
+            seq,
+            tokens: 1,
+            bytes: 0,
+        }
+    }
+
     impl Plannable for Grouped {
         fn cost(&self) -> Capacity {
             Capacity {
@@ -392,31 +416,17 @@ mod tests {
         };
         let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
         let mut p = Planner::new(1, Duration::from_secs(1), limits, placer);
-        let spec = WorkerSpec {
-            name: "w".into(),
-            capacity: Capacity {
-                slots: 1,
-                tokens: 16,
-                bytes: u64::MAX,
-            },
-            speed: 1.0,
-            cost_per_hour: 0.0,
-        };
+        let spec = worker(Capacity {
+            slots: 1,
+            tokens: 16,
+            bytes: u64::MAX,
+        });
         let workers = [Candidate {
             index: 0,
             spec: &spec,
             up: true,
         }];
-        let meta = |seq| Meta {
-            level: Priority::Normal,
-            arrival: 0,
-            deadline: u64::MAX,
-            expire_at: u64::MAX,
-            front: false,
-            seq,
-            tokens: 1,
-            bytes: 0,
-        };
+        let meta = normal;
         p.waiting.insert(Grouped(1), meta(1));
         let old = p.waiting.insert(Grouped(2), meta(2));
         let mut abandoned = Vec::new();
@@ -465,17 +475,8 @@ mod tests {
         };
         let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
         let mut p = Planner::<Costs>::new(1, Duration::from_secs(1), limits, placer);
-        let meta = |seq| Meta {
-            level: Priority::Normal,
-            arrival: 0,
-            deadline: u64::MAX,
-            expire_at: u64::MAX,
-            front: false,
-            seq,
-            // Overridden by `insert` from the item's cost.
-            tokens: 0,
-            bytes: 0,
-        };
+        // Its cost (1 token) is overridden by `insert` from the item's.
+        let meta = normal;
         let roomy = Capacity {
             slots: 64,
             tokens: u64::MAX,
@@ -496,12 +497,7 @@ mod tests {
         p.insert(Costs(60, 0), meta(2));
         assert!(p.is_full(Some(roomy)) && p.is_full(None));
         let mut abandoned = Vec::new();
-        let spec = WorkerSpec {
-            name: "w".into(),
-            capacity: roomy,
-            speed: 1.0,
-            cost_per_hour: 0.0,
-        };
+        let spec = worker(roomy);
         let workers = [Candidate {
             index: 0,
             spec: &spec,
