@@ -275,21 +275,8 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
     let (trace, mut config, model) = load_common(&args.common)?;
     config.ordering = policy;
     let workers = config.fleet().len();
-    let rows = args
-        .common
-        .limit
-        .unwrap_or(usize::MAX)
-        .min(trace.requests.len());
-    let window = window.unwrap_or_else(|| {
-        // The real time the submits take: the replayed rows' span at the
-        // speed-up, or the duration when that ends them sooner.
-        let span = rows
-            .checked_sub(1)
-            .map_or(Duration::ZERO, |last| trace.requests[last].arrival);
-        let expected =
-            Duration::try_from_secs_f64(span.as_secs_f64() / args.speedup).unwrap_or(Duration::MAX);
-        replay::timeline_window(duration.map_or(expected, |d| d.min(expected)))
-    });
+    let rows = trace.first(args.common.limit);
+    let window = window.unwrap_or_else(|| replay::default_window(rows, args.speedup, duration));
     let gpu = if args.gpu {
         gpu_fleet(&model, &mut config, workers)
     } else {
@@ -312,7 +299,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         window,
         ..ReplayOptions::default()
     };
-    let bar = progress_bar(rows as u64);
+    let bar = progress_bar(rows.len() as u64);
     let progress = |n| bar.set_position(n);
     let report = match gpu {
         #[cfg(feature = "cuda")]
@@ -376,11 +363,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     let (trace, mut config, model) = load_common(&args.common)?;
     // The rows replayed (cycled), and their rate in trace time: `--limit`
     // replays the first rows only, whose rate may differ from the whole's.
-    let rows = &trace.requests[..args
-        .common
-        .limit
-        .unwrap_or(usize::MAX)
-        .min(trace.requests.len())];
+    let rows = trace.first(args.common.limit);
     let period = replay::cycle_period(rows);
     if period.is_zero() {
         return Err(Fail(format!(

@@ -44,6 +44,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use crate::clock::nanos;
 use crate::config::OrderingPolicy;
 use crate::priority::Priority;
 
@@ -117,9 +118,7 @@ pub(crate) struct Waiting<T> {
 
 impl<T> Waiting<T> {
     pub fn new(max_wait: Duration) -> Self {
-        let max_wait = u64::try_from(max_wait.as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let max_wait = nanos(max_wait).max(1);
         Self {
             slots: Vec::new(),
             free: Vec::new(),

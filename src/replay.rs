@@ -27,6 +27,7 @@ use crossbeam::queue::SegQueue;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::clock::nanos;
 use crate::config::{Config, OrderingPolicy};
 use crate::executor::{Executor, Lane};
 use crate::outcome::Failure;
@@ -347,7 +348,7 @@ struct Busy<E> {
 }
 
 fn add_busy(busy_ns: &AtomicU64, since: Instant) {
-    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let ns = nanos(since.elapsed());
     // Relaxed: an independent sum read after the workers are joined.
     busy_ns.fetch_add(ns, Ordering::Relaxed);
 }
@@ -550,6 +551,21 @@ fn due_offset(period: Duration, round: u64, arrival: Duration, speedup: f64) -> 
     Duration::try_from_secs_f64(trace_s / speedup).ok()
 }
 
+/// The timeline window for replaying `rows` at `speedup`: the real time
+/// the submits take (the rows' span at the speed-up, or `duration` where
+/// that ends them sooner), cut as [`timeline_window`] does.
+///
+/// ```
+/// use std::time::Duration;
+/// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n44,low,2\n").unwrap();
+/// // 44 s of trace at 20× is 2.2 s of real time.
+/// assert_eq!(convoy::replay::default_window(&t.requests, 20.0, None), Duration::from_millis(50));
+/// ```
+pub fn default_window(rows: &[TraceRequest], speedup: f64, duration: Option<Duration>) -> Duration {
+    let expected = due_offset(Duration::ZERO, 0, span_of(rows), speedup).unwrap_or(Duration::MAX);
+    timeline_window(duration.map_or(expected, |d| d.min(expected)))
+}
+
 /// A timeline window for a replay expected to last `expected` of real time:
 /// about 50 windows, on a 1-2-5 step, from 10 ms to 60 s. A fixed 1 s
 /// window gave the default replay (2.2 s) a three-point chart; an hour at
@@ -595,10 +611,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
             reason: "a cycled replay needs a duration".into(),
         });
     }
-    let rows = &trace.requests[..options
-        .limit
-        .unwrap_or(usize::MAX)
-        .min(trace.requests.len())];
+    let rows = trace.first(options.limit);
     let period = cycle_period(rows);
     if options.cycle && period.is_zero() {
         // Every cycle would be due at the start: the driver would submit

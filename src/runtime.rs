@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::clock::{after, nanos};
 use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
     WorkerSpec,
@@ -322,20 +323,6 @@ impl Shared {
     fn ns_since_epoch(&self, t: Instant) -> u64 {
         nanos(t.saturating_duration_since(self.epoch))
     }
-}
-
-/// `d` in nanoseconds, saturating: a configured "forever" (say
-/// `Duration::MAX`, 584 years past `u64` nanoseconds) stays the largest
-/// value instead of wrapping to an arbitrary one.
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// `d` after `now`, or a year after it where `Instant` cannot hold the sum:
-/// past any run, so it reads as "never".
-fn after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or(now + Duration::from_secs(86_400 * 365))
 }
 
 /// Builds a [`Runtime`].

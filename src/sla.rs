@@ -378,7 +378,7 @@ impl SlaRecorder {
 
     /// Collector: one batch was decided in `took`.
     pub fn decision(&mut self, took: Duration) {
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let ns = crate::clock::nanos(took).max(1);
         self.data.decision.saturating_record(ns);
         self.unpublished += 1;
     }

@@ -53,6 +53,20 @@ impl Trace {
         self.requests.last().map_or(Duration::ZERO, |r| r.arrival)
     }
 
+    /// The first `limit` requests (all of them for `None`): what a replay
+    /// with that `--limit` submits.
+    ///
+    /// ```
+    /// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n1,low,2\n").unwrap();
+    /// assert_eq!(t.first(Some(1)).len(), 1);
+    /// assert_eq!(t.first(Some(9)).len(), 2);
+    /// assert_eq!(t.first(None).len(), 2);
+    /// ```
+    pub fn first(&self, limit: Option<usize>) -> &[TraceRequest] {
+        let n = limit.unwrap_or(usize::MAX).min(self.requests.len());
+        &self.requests[..n]
+    }
+
     /// Mean arrival rate in requests per second of trace time.
     pub fn rate(&self) -> f64 {
         let span = self.span().as_secs_f64();
