@@ -75,8 +75,8 @@ struct Common {
     /// A TOML config (see config/convoy.example.toml); default: built-in.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Replay at most this many rows.
-    #[arg(long)]
+    /// Replay at most this many rows (≥ 1).
+    #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
     /// Write the report as JSON here.
     #[arg(long)]
@@ -139,6 +139,33 @@ impl Common {
             ..PriorityMix::default()
         }
     }
+}
+
+/// `--limit`'s parser: a count of rows, and a replay of none is a mistake.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("must be a whole number ≥ 1, got {s:?}")),
+    }
+}
+
+/// Fails before the run rather than after it when an output file cannot be
+/// written (a missing folder, a directory, no permission): a replay or a
+/// comparison takes seconds to minutes, and its report would be lost. A
+/// file that did not exist is not left behind.
+fn check_output(option: &str, path: Option<&Path>) -> Result<(), Fail> {
+    let Some(path) = path else { return Ok(()) };
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Fail(format!("{option} {}: {e}", path.display())))?;
+    if !existed {
+        // Best effort: the write after the run creates it again.
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// A user error: printed, exit code 2.
@@ -272,6 +299,9 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         .map(|d| seconds("--duration", d))
         .transpose()?;
     let window = args.window.map(|w| seconds("--window", w)).transpose()?;
+    check_output("--json", args.common.json.as_deref())?;
+    check_output("--metrics-out", args.metrics_out.as_deref())?;
+    check_output("--plot", args.plot.as_deref())?;
     let (trace, mut config, model) = load_common(&args.common)?;
     config.ordering = policy;
     let workers = config.fleet().len();
@@ -360,6 +390,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     }
     let duration = seconds("--duration", args.duration)?;
     let calibrate = seconds("--calibrate", args.calibrate)?;
+    check_output("--json", args.common.json.as_deref())?;
     let (trace, mut config, model) = load_common(&args.common)?;
     // The rows replayed (cycled), and their rate in trace time: `--limit`
     // replays the first rows only, whose rate may differ from the whole's.

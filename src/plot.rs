@@ -17,7 +17,8 @@ const COLOURS: [RGBColor; Priority::COUNT] = [
     RGBColor(120, 120, 120),
 ];
 
-/// Draws `report.timeline` into an SVG file at `path`.
+/// Draws `report.timeline` into an SVG file at `path`; the error names the
+/// file when it cannot be written.
 pub fn latency_svg(report: &Report, path: &Path) -> Result<(), String> {
     let t = &report.timeline;
     let (lo, hi) = t
@@ -27,20 +28,29 @@ pub fn latency_svg(report: &Report, path: &Path) -> Result<(), String> {
         .fold((f64::MAX, 0f64), |(lo, hi), &(p50, p99)| {
             (lo.min(p50), hi.max(p99))
         });
-    if t.windows.is_empty() || hi <= 0.0 {
-        return Err("nothing completed: no latency to plot".into());
-    }
-    let lo = (lo * 0.8).max(0.01);
-    let hi = hi * 1.25;
-    let x_max = t.windows.len() as f64 * t.window_s;
+    // A replay that completed nothing (every request refused, expired or
+    // cancelled, or no rows) still gets a chart: empty axes that say so,
+    // rather than an error after a report that did run.
+    let empty = t.windows.is_empty() || hi <= 0.0;
+    let (lo, hi) = if empty {
+        (0.1, 10.0)
+    } else {
+        ((lo * 0.8).max(0.01), hi * 1.25)
+    };
+    let x_max = (t.windows.len() as f64 * t.window_s)
+        .max(t.window_s)
+        .max(1e-3);
     let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
     let err = |e: DrawingAreaErrorKind<_>| format!("{}: {e}", path.display());
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "convoy replay: end-to-end latency per {:.1} s window ({}, {})",
-                t.window_s, report.policy, report.trace
+                "convoy replay: end-to-end latency per {} s window ({}, {}){}",
+                t.window_s,
+                report.policy,
+                report.trace,
+                if empty { ": nothing completed" } else { "" }
             ),
             ("sans-serif", 18),
         )

@@ -193,6 +193,60 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("--window: must be"), "{err}");
     }
+    // A replay of no rows is a mistake, not an empty report.
+    let (code, err) = convoy(&["replay", "--limit", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--limit") && err.contains("≥ 1"), "{err}");
+    // An output that cannot be written is found before the run (here even
+    // before the trace is read), not after it, when the report is lost.
+    let missing = dir.join("no-such-folder").join("out");
+    let missing = missing.to_str().unwrap();
+    let no_trace = ["--trace", "/nonexistent/trace.csv"];
+    for (command, option) in [
+        ("replay", "--json"),
+        ("replay", "--metrics-out"),
+        ("replay", "--plot"),
+        ("compare", "--json"),
+    ] {
+        let (code, err) = convoy(&[&[command, option, missing][..], &no_trace].concat());
+        assert_eq!(code, 2, "{command} {option}: {err}");
+        assert!(err.contains(&format!("{option} {missing}")), "{err}");
+    }
+    let (code, err) =
+        convoy(&[&["replay", "--json", dir.to_str().unwrap()][..], &no_trace].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--json"),
+        "a directory is no output file: {err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_replay_that_completes_nothing_still_plots() {
+    let dir = std::env::temp_dir().join(format!("convoy-cli-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // No worker holds 10^9 tokens: every row is refused at submit.
+    let trace = dir.join("huge.csv");
+    std::fs::write(
+        &trace,
+        "arrival_s,priority,tokens\n0,high,1000000000\n0.001,low,1000000000\n",
+    )
+    .unwrap();
+    let plot = dir.join("p.svg");
+    let (code, err) = convoy(&[
+        "replay",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("nothing completed"),
+        "{svg}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
