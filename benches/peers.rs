@@ -52,7 +52,11 @@ fn requests() -> Vec<Vec<u32>> {
     // elsewhere (scripts/gpu-check.sh runs it from its own folder).
     let built = concat!(env!("CARGO_MANIFEST_DIR"), "/data/azure_llm_conv_2023.csv");
     let beside = std::path::Path::new("data/azure_llm_conv_2023.csv");
-    let path = if beside.exists() { beside } else { built.as_ref() };
+    let path = if beside.exists() {
+        beside
+    } else {
+        built.as_ref()
+    };
     let trace = convoy::trace::load(path).expect("the bundled trace loads");
     trace
         .requests

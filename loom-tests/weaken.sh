@@ -19,6 +19,8 @@ cases=(
   "src/ticket.rs@let prev = self.inner.state.fetch_or(CLOSED, Ordering::AcqRel);@let prev = self.inner.state.fetch_or(CLOSED, Ordering::Release);@ticket@complete_races_cancel"
   "src/doorbell.rs@let producer_fence = Ordering::SeqCst;@let producer_fence = Ordering::Release;@runtime_protocols@doorbell_never_loses_a_wakeup"
   "src/gate.rs@self.0.state.fetch_sub(1, Ordering::Release);@self.0.state.fetch_sub(1, Ordering::Relaxed);@runtime_protocols@gate_lets_no_submit_slip_past_close"
+  "src/clearing.rs@self.asked.store(true, Ordering::Release);@self.asked.store(true, Ordering::Relaxed);@runtime_protocols@clearing_is_answered_or_told_gone_and_sees_prior_submits"
+  "src/clearing.rs@self.asked.swap(false, Ordering::Acquire)@self.asked.swap(false, Ordering::Relaxed)@runtime_protocols@clearing_is_answered_or_told_gone_and_sees_prior_submits"
 )
 for c in "${cases[@]}"; do
   IFS='@' read -r file from to bin name <<<"$c"

@@ -63,6 +63,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod clearing;
 mod clock;
 mod config;
 #[cfg(feature = "cuda")]
@@ -110,6 +111,7 @@ pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_exports {
+    pub use crate::clearing::Clearing;
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
 }

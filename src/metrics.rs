@@ -9,6 +9,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `convoy_queue_depth` | gauge | `priority` |
+//! | `convoy_queue_capacity` | gauge | `priority` (the bound of each level) |
 //! | `convoy_requests_inserted_total` | counter | `priority` |
 //! | `convoy_requests_rejected_full_total` | counter | `priority` |
 //! | `convoy_requests_ended_total` | counter | `priority`, `outcome` (completed, expired, cancelled, failed, shut_down) |
@@ -169,6 +170,17 @@ impl Collector for Snapshot {
         )?;
         for p in Priority::ALL {
             gauge(&mut m, &prio(p), s.of(p).queue_depth as f64)?;
+        }
+        // Beside the depth, so `depth / capacity` (how near a level is to
+        // refusing work) is one PromQL division.
+        let mut m = e.encode_descriptor(
+            "convoy_queue_capacity",
+            "Accepted, unlaunched requests a level may hold before submits are refused",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in Priority::ALL {
+            gauge(&mut m, &prio(p), s.queue_capacity as f64)?;
         }
         let mut m = e.encode_descriptor(
             "convoy_requests_inserted",

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::clearing::Clearing;
 use crate::clock::{after, nanos};
 use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
@@ -291,6 +292,8 @@ struct Shared {
     reserved: ArcSwap<Vec<Capacity>>,
     /// Built with `Builder::deduplicate`: dedup keys are honoured.
     dedup: bool,
+    /// `clear_waiting`'s handshake with the collector (control path).
+    clearing: Clearing,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -424,6 +427,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             sla: SlaBoard::default(),
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
+            clearing: Clearing::new(),
         });
 
         let mut worker_threads = Vec::new();
@@ -788,6 +792,33 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
         Ok(())
     }
 
+    /// Cancels every request accepted and not yet launched, at every level,
+    /// and returns how many: each ticket reports `Cancelled` (counted as
+    /// cancelled), its queue room is free again, and batches already
+    /// running finish. Requests submitted before the call are covered;
+    /// submits racing it may land either side. Blocks until the collector
+    /// has done it (one pass); 0 once the runtime has stopped. A control
+    /// operation (seed 000's `clear_waiting`): it takes a mutex, never the
+    /// hot path's.
+    ///
+    /// ```
+    /// use convoy::{Failure, Request, Runtime};
+    /// use std::time::Duration;
+    /// let rt = Runtime::builder()
+    ///     .batch_fn(|xs: &[u32]| { std::thread::sleep(Duration::from_millis(100)); xs.to_vec() })
+    ///     .build()?;
+    /// let h = rt.handle();
+    /// let tickets: Vec<_> = (0..1000).map(|i| h.submit(Request::new(i)).unwrap()).collect();
+    /// let cleared = rt.clear_waiting();
+    /// let cancelled = tickets.into_iter().map(|t| t.wait()).filter(|o| *o == Err(Failure::Cancelled)).count();
+    /// assert_eq!(cancelled, cleared); // the rest had launched and completed
+    /// assert!(cleared > 0);
+    /// # Ok::<(), convoy::BuildError>(())
+    /// ```
+    pub fn clear_waiting(&self) -> usize {
+        self.handle.clear_waiting()
+    }
+
     /// Stops intake (submits get their request back with `ShuttingDown`),
     /// finishes every accepted request within `shutdown_timeout`, fails the
     /// rest with `ShutDown`, and joins every thread. Idempotent.
@@ -809,6 +840,15 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
 impl<I, O> Drop for Runtime<I, O> {
     fn drop(&mut self) {
         stop(&self.shared, &self.threads, ABORTING);
+    }
+}
+
+/// Marks the collector gone for `clear_waiting` when dropped.
+struct CollectorGone(Arc<Shared>);
+
+impl Drop for CollectorGone {
+    fn drop(&mut self) {
+        self.0.clearing.gone();
     }
 }
 
@@ -849,6 +889,13 @@ impl<I, O> Clone for Handle<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
+    /// [`Runtime::clear_waiting`], from a handle (an admin endpoint of a
+    /// server that holds only handles); 0 once the runtime is gone.
+    pub fn clear_waiting(&self) -> usize {
+        let shared = &self.shared;
+        shared.clearing.ask(|| shared.doorbell.ring()).unwrap_or(0)
+    }
+
     /// Submits one request; its ticket delivers exactly one outcome.
     pub fn submit(&self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
         self.submit_with(request, InsertPolicy::Enqueue)
@@ -1058,6 +1105,9 @@ fn as_capacity(cost: Cost) -> Capacity {
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     fn run(mut self) {
         self.shared.doorbell.register_current();
+        // However the loop ends (a panic in convoy's own code included), a
+        // `clear_waiting` caller must not wait for a collector that left.
+        let _gone = CollectorGone(self.shared.clone());
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -1074,6 +1124,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let mode = self.shared.mode.load(StdOrdering::Acquire);
             self.drain_intake(now_ns);
             self.expire(now_ns);
+            if self.shared.clearing.take() {
+                let cleared = self.clear_waiting(now_ns);
+                self.shared.clearing.answer(cleared);
+            }
             if mode == ABORTING {
                 self.fail_all_waiting();
             } else if mode == DRAINING {
@@ -1130,9 +1184,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
         let intake = &self.intake;
         let releases = &self.releases;
-        self.shared
-            .doorbell
-            .sleep(|| intake.has_ready() || releases.has_ready(), Some(timeout));
+        let clearing = &self.shared.clearing;
+        self.shared.doorbell.sleep(
+            || intake.has_ready() || releases.has_ready() || clearing.is_asked(),
+            Some(timeout),
+        );
     }
 
     /// Every `SUMMARY_EVERY`, an info line with the queues, outcomes and
@@ -1416,6 +1472,20 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             Err(_) => Ended::Cancelled,
         };
         self.shared.counters.ended(level, ended, 1);
+    }
+
+    /// Cancels every request accepted and not launched (the intake's
+    /// too, so a submit that returned before the ask is covered), dedup
+    /// twins included; returns how many ended.
+    fn clear_waiting(&mut self, now_ns: u64) -> usize {
+        self.drain_intake(now_ns);
+        let all = self.planner.waiting.drain_all();
+        let cleared = all
+            .iter()
+            .map(|((job, _), _)| 1 + job.followers.len())
+            .sum();
+        self.end_unlaunched(all, Failure::Cancelled, Ended::Cancelled);
+        cleared
     }
 
     fn fail_all_waiting(&mut self) {

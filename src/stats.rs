@@ -117,6 +117,7 @@ impl Counters {
             aging_promotions: self.aging_promotions.load(Ordering::Relaxed),
             deduplicated: self.deduplicated.load(Ordering::Relaxed),
             batch_insertions: intake.batch_insertions,
+            queue_capacity: intake.capacity_per_priority,
             placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
             adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
             batch_limit: self.batch_limit.load(Ordering::Relaxed),
@@ -215,6 +216,10 @@ pub struct Stats {
     pub deduplicated: u64,
     /// `submit_batch` calls that inserted at least one request.
     pub batch_insertions: u64,
+    /// The bound on accepted, unlaunched requests of each level
+    /// (`intake.shards × intake.lane_capacity`): `queue_depth` never
+    /// exceeds it, and a submit past it is refused.
+    pub queue_capacity: usize,
     /// Batches placed per reason, indexed by `PlacementReason as usize`.
     pub placements: [u64; PlacementReason::COUNT],
     /// Mode switches of the `Adaptive` policy.
@@ -239,6 +244,27 @@ impl Stats {
         self.per_priority[p.index()]
     }
 
+    /// Queue depth over capacity, all levels together, in `[0, 1]`: how
+    /// close the runtime is to refusing work (0 when there is no bound).
+    ///
+    /// ```
+    /// let mut s = convoy::Stats { queue_capacity: 100, ..Default::default() };
+    /// s.per_priority[0].queue_depth = 50;
+    /// s.per_priority[4].queue_depth = 100;
+    /// assert_eq!(s.utilization(), 0.3);
+    /// assert_eq!(s.utilization_of(convoy::Priority::Background), 1.0);
+    /// ```
+    pub fn utilization(&self) -> f64 {
+        let depth: usize = self.per_priority.iter().map(|p| p.queue_depth).sum();
+        ratio(depth, self.queue_capacity * Priority::COUNT)
+    }
+
+    /// One level's queue depth over its capacity, in `[0, 1]`: at 1 its
+    /// submits are refused.
+    pub fn utilization_of(&self, p: Priority) -> f64 {
+        ratio(self.of(p).queue_depth, self.queue_capacity)
+    }
+
     /// All levels summed.
     pub fn total(&self) -> PriorityStats {
         self.per_priority
@@ -253,5 +279,14 @@ impl Stats {
                 failed: a.failed + s.failed,
                 shut_down: a.shut_down + s.shut_down,
             })
+    }
+}
+
+/// `part / whole`, 0 for an empty whole.
+fn ratio(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }

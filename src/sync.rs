@@ -2,7 +2,8 @@
 //!
 //! Every lock-free structure in convoy (the ring, the ticket, the ledger's
 //! release queue) takes its atomics, cells, `Arc` and thread primitives from
-//! here. Built normally this is `std`; built with `RUSTFLAGS="--cfg loom"` it
+//! here, and so do the control-path handshakes that meet them (the mutex
+//! and condvar of `clearing.rs`). Built normally this is `std`; built with `RUSTFLAGS="--cfg loom"` it
 //! is `loom`, so the models in `loom-tests/` exercise the very code that ships
 //! (the same pattern as tokio's `loom/std` and `loom/mocked`).
 
@@ -13,7 +14,7 @@
 mod imp {
     pub use loom::cell::UnsafeCell;
     pub use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    pub use loom::sync::Arc;
+    pub use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
     pub use loom::thread;
 
     /// Under loom a spin is a yield, so the model explores the other threads.
@@ -40,7 +41,7 @@ mod imp {
 #[cfg(not(loom))]
 mod imp {
     pub use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    pub use std::sync::Arc;
+    pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
     pub use std::thread;
 
     /// `std::cell::UnsafeCell` with loom's closure API, so the same call sites

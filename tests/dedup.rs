@@ -252,6 +252,33 @@ fn shutdown_now_fails_every_member_of_a_waiting_group() {
 }
 
 #[test]
+fn clear_waiting_cancels_every_member_and_frees_the_key() {
+    let (rt, hold, ran) = blocked(8);
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let twins: Vec<_> = (0..3)
+        .map(|_| h.submit(Request::new(1).dedup_key("w")).unwrap())
+        .collect();
+    let other = h.submit(Request::new(2)).unwrap();
+    eventually("twins merged", || rt.stats().deduplicated == 2);
+    assert_eq!(rt.clear_waiting(), 4, "each member counts, not the group");
+    for t in twins.into_iter().chain([other]) {
+        assert_eq!(t.wait(), Err(Failure::Cancelled));
+    }
+    // The key is free: a new twin starts a new group and runs.
+    let again = h.submit(Request::new(1).dedup_key("w")).unwrap();
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(again.wait(), Ok(10));
+    assert_eq!(count(&ran, 1), 1, "the cleared group never ran");
+    assert_eq!(count(&ran, 2), 0);
+    rt.shutdown();
+    let s = rt.stats().total();
+    assert_eq!((s.inserted, s.cancelled), (s.ended(), 4));
+}
+
+#[test]
 fn a_key_without_deduplicate_is_refused_and_handed_back() {
     let rt = echo_runtime(1);
     let e = rt

@@ -57,6 +57,10 @@ fn exposition_matches_the_counters() {
         );
         assert_eq!(value(&text, &format!("convoy_queue_depth{{{l}}}")), 0.0);
         assert_eq!(
+            value(&text, &format!("convoy_queue_capacity{{{l}}}")),
+            s.queue_capacity as f64
+        );
+        assert_eq!(
             value(
                 &text,
                 &format!("convoy_request_latency_seconds_count{{{l}}}")

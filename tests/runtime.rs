@@ -353,6 +353,12 @@ fn full_queue_hands_the_request_back() {
         (full.kind, full.request.into_input()),
         (SubmitErrorKind::QueueFull, 3)
     );
+    // The full level reads as such: its two waiting requests fill its bound.
+    let s = rt.stats();
+    assert_eq!(s.queue_capacity, 2);
+    assert_eq!(s.utilization_of(Priority::Normal), 1.0);
+    assert_eq!(s.utilization_of(Priority::High), 0.0);
+    assert_eq!(s.utilization(), 0.2);
     let all = h
         .submit_batch(
             vec![Request::new(4), Request::new(5)],
@@ -365,6 +371,77 @@ fn full_queue_hands_the_request_back() {
     for t in [t0, t1, t2] {
         assert!(t.wait().is_ok());
     }
+}
+
+#[test]
+fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.intake = convoy::IntakeConfig {
+        shards: 1,
+        lane_capacity: 4,
+    };
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    assert_eq!(rt.clear_waiting(), 0, "nothing waits yet");
+    let running = h.submit(Request::new(0)).unwrap();
+    eventually("the first request launched", || rt.stats().batches == 1);
+    // Four levels, a front insert and a batch insert: all of it waits.
+    let mut waiting = vec![
+        h.submit(Request::new(1).priority(Priority::Critical))
+            .unwrap(),
+        h.submit_with(Request::new(2), InsertPolicy::Front).unwrap(),
+        h.submit(Request::new(3).priority(Priority::Background))
+            .unwrap(),
+    ];
+    let batch = h
+        .submit_batch(
+            (4..8)
+                .map(|i| Request::new(i).priority(Priority::Low))
+                .collect(),
+            InsertPolicy::AllOrNothing,
+        )
+        .unwrap();
+    waiting.extend(batch);
+    let full = h
+        .submit(Request::new(8).priority(Priority::Low))
+        .unwrap_err();
+    assert_eq!(full.kind, SubmitErrorKind::QueueFull);
+
+    assert_eq!(
+        h.clear_waiting(),
+        7,
+        "every waiting request, from a handle too"
+    );
+    for t in waiting {
+        assert_eq!(t.wait(), Err(Failure::Cancelled));
+    }
+    let s = rt.stats();
+    assert_eq!(s.total().cancelled, 7);
+    assert_eq!(s.total().queue_depth, 0, "nothing waits; one runs");
+    // The cleared room is free again, and the runtime goes on serving.
+    let again: Vec<_> = (10..14)
+        .map(|i| h.submit(Request::new(i).priority(Priority::Low)).unwrap())
+        .collect();
+    hold.open();
+    assert_eq!(running.wait(), Ok(0), "a launched request is not cleared");
+    for (t, want) in again.into_iter().zip(10..) {
+        assert_eq!(t.wait(), Ok(want));
+    }
+    let ran = ran.lock().unwrap().clone();
+    assert!(
+        ran.iter().all(|&x| x == 0 || x >= 10),
+        "cleared ones never ran: {ran:?}"
+    );
+    rt.shutdown();
+    let s = rt.stats().total();
+    assert_eq!(s.inserted, s.ended(), "nothing lost: {s}");
+    // After the collector has gone, a clear answers at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.clear_waiting());
+    });
+    let late = rx.recv_timeout(Duration::from_secs(60));
+    assert_eq!(late, Ok(0), "a clear after shutdown does not wait");
 }
 
 #[test]

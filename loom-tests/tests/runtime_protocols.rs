@@ -1,8 +1,9 @@
 //! loom models of the runtime's two small protocols, on the real code.
 #![cfg(loom)]
 
-use convoy::loom_exports::{Doorbell, Gate};
+use convoy::loom_exports::{Clearing, Doorbell, Gate};
 use convoy::ring;
+use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -59,5 +60,39 @@ fn gate_lets_no_submit_slip_past_close() {
             drained.is_some(),
             "accepted iff the final drain saw it"
         );
+    });
+}
+
+/// `clear_waiting` racing the collector's last two passes and its exit.
+/// The asker gets the collector's count exactly when the collector took its
+/// ask, and `None` otherwise: it never waits on a collector that has gone
+/// (a hang is a loom deadlock). What the asker did before asking (here a
+/// Relaxed store standing for its submits) is seen by the clear.
+#[test]
+fn clearing_is_answered_or_told_gone_and_sees_prior_submits() {
+    loom::model(|| {
+        let clearing = Arc::new(Clearing::new());
+        let submitted = Arc::new(AtomicUsize::new(0));
+        let (c, s) = (clearing.clone(), submitted.clone());
+        let collector = thread::spawn(move || {
+            let mut seen = None;
+            for _ in 0..2 {
+                if c.take() {
+                    let n = s.load(Ordering::Relaxed);
+                    c.answer(n);
+                    seen = Some(n);
+                }
+                thread::yield_now();
+            }
+            c.gone();
+            seen
+        });
+        submitted.store(3, Ordering::Relaxed);
+        let got = clearing.ask(|| {});
+        let seen = collector.join().unwrap();
+        assert_eq!(got, seen, "answered iff the collector took the ask");
+        if let Some(n) = got {
+            assert_eq!(n, 3, "the clear saw the submits made before the ask");
+        }
     });
 }
