@@ -6,7 +6,7 @@
 //! | `POST /v1/infer` | JSON `{"tokens": [u32…]}` or `{"vector": [f32…]}`, optional `priority`, `deadline_ms`, `tenant`, `dedup_key`; answers `{"output": [f32…]}` |
 //! | `GET /metrics` | the runtime's Prometheus text |
 //! | `GET /healthz` | `ok` (503 once shutting down) |
-//! | `GET /v1/stats` | outcome counts per priority, JSON |
+//! | `GET /v1/stats` | outcome counts per priority, queue capacity per level and utilization, JSON |
 //!
 //! Handlers submit without blocking (the intake is lock-free) and await
 //! the ticket as a future: no thread blocks per request. A client that
@@ -310,6 +310,8 @@ pub fn stats_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> s
         "priorities": per,
         "batches": s.batches,
         "deduplicated": s.deduplicated,
+        "queue_capacity": s.queue_capacity,
+        "utilization": s.utilization(),
     })
 }
 

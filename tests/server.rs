@@ -229,6 +229,8 @@ async fn each_error_has_its_status_and_a_json_reason() {
         .await
         .unwrap();
     assert_eq!(stats["total"]["completed"], 2);
+    assert!(stats["queue_capacity"].as_u64().unwrap() > 0);
+    assert_eq!(stats["utilization"], 0.0, "nothing waits");
     let final_stats = s.stop().await;
     assert_eq!(final_stats.total().inserted, final_stats.total().ended());
 }
