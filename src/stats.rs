@@ -265,6 +265,56 @@ impl Stats {
         ratio(self.of(p).queue_depth, self.queue_capacity)
     }
 
+    /// What happened between `earlier` and this snapshot: counters become
+    /// differences, gauges (queue depth and capacity, the batch limit) keep
+    /// this snapshot's value. The counters themselves never reset (they
+    /// are Prometheus counters); this is the "reset insertion stats" of a
+    /// dashboard or a test, without a write. Saturating, so snapshots
+    /// passed in the wrong order give zeros, not a wrap.
+    ///
+    /// ```
+    /// # use convoy::{Priority, Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let h = rt.handle();
+    /// h.submit(Request::new(1))?.wait().unwrap();
+    /// let before = rt.stats();
+    /// h.submit(Request::new(2))?.wait().unwrap();
+    /// let delta = rt.stats().since(&before);
+    /// assert_eq!(delta.of(Priority::Normal).inserted, 1);
+    /// assert_eq!(delta.total().completed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Stats {
+            per_priority: std::array::from_fn(|i| {
+                let (n, e) = (self.per_priority[i], earlier.per_priority[i]);
+                PriorityStats {
+                    inserted: d(n.inserted, e.inserted),
+                    rejected_full: d(n.rejected_full, e.rejected_full),
+                    queue_depth: n.queue_depth,
+                    completed: d(n.completed, e.completed),
+                    expired: d(n.expired, e.expired),
+                    cancelled: d(n.cancelled, e.cancelled),
+                    failed: d(n.failed, e.failed),
+                    shut_down: d(n.shut_down, e.shut_down),
+                }
+            }),
+            batches: d(self.batches, earlier.batches),
+            batched_requests: d(self.batched_requests, earlier.batched_requests),
+            capacity_shortfall: d(self.capacity_shortfall, earlier.capacity_shortfall),
+            aging_promotions: d(self.aging_promotions, earlier.aging_promotions),
+            deduplicated: d(self.deduplicated, earlier.deduplicated),
+            batch_insertions: d(self.batch_insertions, earlier.batch_insertions),
+            queue_capacity: self.queue_capacity,
+            placements: std::array::from_fn(|i| d(self.placements[i], earlier.placements[i])),
+            adaptive_switches: d(self.adaptive_switches, earlier.adaptive_switches),
+            batch_limit: self.batch_limit,
+            batch_limit_decreases: d(self.batch_limit_decreases, earlier.batch_limit_decreases),
+            batch_sizes: std::array::from_fn(|i| d(self.batch_sizes[i], earlier.batch_sizes[i])),
+        }
+    }
+
     /// All levels summed.
     pub fn total(&self) -> PriorityStats {
         self.per_priority
