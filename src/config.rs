@@ -248,6 +248,12 @@ pub struct Config {
     pub ordering: OrderingPolicy,
     /// Per priority (index by `Priority::index`).
     pub deadline_action: [DeadlineAction; Priority::COUNT],
+    /// Per priority, the deadline a request gets when it brings none, and
+    /// the latest one it may bring (Triton's `default_timeout_microseconds`
+    /// with timeout override: a request may shorten it, never extend it).
+    /// Counted from submit. `None` (the default): no deadline unless the
+    /// request sets one. Reloadable; applies to submits after the reload.
+    pub default_deadline: [Option<Duration>; Priority::COUNT],
     /// Worker choice per batch.
     pub placement: PlacementPolicy,
     /// A request with less time than this left to its deadline counts as
@@ -279,6 +285,7 @@ impl Default for Config {
             max_wait: Duration::from_millis(500),
             ordering: OrderingPolicy::Aging,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
+            default_deadline: [None; Priority::COUNT],
             placement: PlacementPolicy::LeastLoaded,
             urgent_slack: Duration::from_millis(50),
             workers: Vec::new(),
@@ -387,6 +394,14 @@ impl Config {
         if self.max_wait.is_zero() {
             return Err(invalid("ordering.max_wait_ms", "must be greater than 0"));
         }
+        for (p, d) in Priority::ALL.into_iter().zip(&self.default_deadline) {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(
+                    format!("deadlines.default_ms.{p}"),
+                    "must be greater than 0 (leave it out for no deadline)",
+                ));
+            }
+        }
         for (p, t) in Priority::ALL.into_iter().zip(&self.slo) {
             for (name, d) in [
                 ("p95_ms", t.p95),
@@ -478,6 +493,17 @@ struct FileDeadlines {
     normal: Option<FileDeadlineAction>,
     low: Option<FileDeadlineAction>,
     background: Option<FileDeadlineAction>,
+    default_ms: Option<FileDefaultDeadlines>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDefaultDeadlines {
+    critical: Option<f64>,
+    high: Option<f64>,
+    normal: Option<f64>,
+    low: Option<f64>,
+    background: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -604,6 +630,18 @@ impl Config {
                         FileDeadlineAction::Reject => DeadlineAction::Reject,
                         FileDeadlineAction::Delay => DeadlineAction::Delay,
                     };
+                }
+            }
+            if let Some(dm) = d.default_ms {
+                let levels = [dm.critical, dm.high, dm.normal, dm.low, dm.background];
+                for ((p, slot), ms) in Priority::ALL
+                    .into_iter()
+                    .zip(c.default_deadline.iter_mut())
+                    .zip(levels)
+                {
+                    if let Some(ms) = ms {
+                        *slot = Some(millis(&format!("deadlines.default_ms.{p}"), ms, true)?);
+                    }
                 }
             }
         }

@@ -303,6 +303,7 @@ struct Knobs {
     max_wait: Duration,
     ordering: OrderingPolicy,
     deadline_action: [DeadlineAction; Priority::COUNT],
+    default_deadline: [Option<Duration>; Priority::COUNT],
     placement: PlacementPolicy,
     urgent_slack: Duration,
     slo: [SloTarget; Priority::COUNT],
@@ -315,6 +316,7 @@ impl Knobs {
             max_wait: c.max_wait,
             ordering: c.ordering,
             deadline_action: c.deadline_action,
+            default_deadline: c.default_deadline,
             placement: c.placement,
             urgent_slack: c.urgent_slack,
             slo: c.slo,
@@ -1002,7 +1004,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
         let max = self.shared.fleet.load().max;
         let cost = request.cost;
-        let limits = self.shared.knobs.load().batching;
+        let knobs = self.shared.knobs.load();
+        let limits = knobs.batching;
         if u64::from(cost.tokens) > max.tokens.min(limits.max_batch_tokens)
             || cost.bytes > max.bytes.min(limits.max_batch_bytes)
             || max.slots == 0
@@ -1030,6 +1033,14 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             }
             Some(Deadline::At(t)) => Some(t),
         };
+        // The level's default deadline applies when the request brings
+        // none, and caps one it brings (it may be shorter, not longer).
+        let default_at = knobs.default_deadline[request.priority.index()].map(|d| after(now, d));
+        let deadline_at = match (deadline_at, default_at) {
+            (Some(own), Some(default)) => Some(own.min(default)),
+            (own, default) => own.or(default),
+        };
+        drop(knobs);
         let (completer, ticket) = ticket::pair();
         let job = Job {
             deadline_ns: deadline_at.map_or(u64::MAX, |t| self.shared.ns_since_epoch(t)),

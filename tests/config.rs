@@ -30,6 +30,9 @@ fn every_key_is_read() {
         max_wait_ms = 100
         [deadlines]
         low = "delay"
+        [deadlines.default_ms]
+        critical = 40
+        background = 60000
         [placement]
         policy = "cost_optimized"
         urgent_slack_ms = 7
@@ -65,6 +68,16 @@ fn every_key_is_read() {
     assert_eq!(
         c.deadline_action[Priority::High.index()],
         DeadlineAction::Reject
+    );
+    assert_eq!(
+        c.default_deadline,
+        [
+            Some(Duration::from_millis(40)),
+            None,
+            None,
+            None,
+            Some(Duration::from_secs(60))
+        ]
     );
     assert_eq!(c.placement, PlacementPolicy::CostOptimized);
     assert_eq!(c.urgent_slack, Duration::from_millis(7));
@@ -105,6 +118,15 @@ fn every_error_names_its_key() {
         ("cpu_workers = 0", "cpu_workers"),
         ("shutdown_timeout_ms = -5", "shutdown_timeout_ms"),
         ("[deadlines]\nlow = \"later\"", "later"),
+        (
+            "[deadlines.default_ms]\nhigh = 0",
+            "deadlines.default_ms.high",
+        ),
+        (
+            "[deadlines.default_ms]\nlow = -5",
+            "deadlines.default_ms.low",
+        ),
+        ("[deadlines.default_ms]\nurgent = 5", "urgent"),
         ("[placement]\npolicy = \"random\"", "random"),
         (
             "[placement]\nurgent_slack_ms = -1",

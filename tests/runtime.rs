@@ -227,6 +227,47 @@ fn deadline_passing_in_queue_expires_without_running() {
 }
 
 #[test]
+fn a_levels_default_deadline_applies_to_requests_without_one_and_caps_longer_ones() {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.default_deadline[Priority::Normal.index()] = Some(Duration::from_millis(20));
+    let (rt, hold, ran) = blocked_runtime_with(cfg.clone());
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0).priority(Priority::High)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let bare = h.submit(Request::new(1)).unwrap();
+    let longer = h
+        .submit(Request::new(2).deadline(Duration::from_secs(3600)))
+        .unwrap();
+    let other_level = h.submit(Request::new(3).priority(Priority::Low)).unwrap();
+    assert_eq!(bare.wait(), Err(Failure::Expired), "the default applies");
+    assert_eq!(
+        longer.wait(),
+        Err(Failure::Expired),
+        "and caps a longer one"
+    );
+    // A reload sets Low's default; it applies to submits after it.
+    cfg.default_deadline[Priority::Low.index()] = Some(Duration::from_millis(20));
+    rt.reload_config(cfg).unwrap();
+    let after_reload = h.submit(Request::new(4).priority(Priority::Low)).unwrap();
+    assert_eq!(after_reload.wait(), Err(Failure::Expired));
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(
+        other_level.wait(),
+        Ok(3),
+        "submitted before Low had a default"
+    );
+    rt.shutdown();
+    assert_eq!(*ran.lock().unwrap(), [0, 3]);
+    assert_eq!(rt.stats().total().expired, 3);
+    // A zero default is refused, naming the key.
+    let mut zero = Config::default();
+    zero.default_deadline[Priority::High.index()] = Some(Duration::ZERO);
+    let e = zero.validate().unwrap_err().to_string();
+    assert!(e.contains("deadlines.default_ms.high"), "{e}");
+}
+
+#[test]
 fn cancel_before_launch_never_runs() {
     let (rt, hold, ran) = blocked_runtime();
     let h = rt.handle();
