@@ -9,30 +9,24 @@ out=.gpu
 rm -rf "$out" && mkdir -p "$out"
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.gpu/' >> .git/info/exclude; }
 
-# Test binaries: cargo prints each executable's path as JSON.
+# Copies each executable of kind $1 ("test" or "bench") that cargo names in
+# its JSON messages (stdin) to $out/$1-<target name>.
+copy_executables() {
+  python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == [sys.argv[1]]:
+        print(m["target"]["name"], m["executable"])' "$1" \
+    | while read -r name exe; do cp "$exe" "$out/$1-$name"; done
+}
+
 cargo test --release --features cuda --test gpu --test lane --no-run --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["target"]["name"], m["executable"])' \
-  | while read -r name exe; do cp "$exe" "$out/test-$name"; done
-cargo bench --features cuda --bench gpu --no-run --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
-        print(m["executable"])' \
-  | while read -r exe; do cp "$exe" "$out/bench-gpu"; done
-# CPU benches whose goals this 2-core VM cannot settle (issues 2 and 6): the
-# GPU machine has 16 cores, so gpu-check.sh runs them there too.
-cargo bench --bench intake --bench peers --no-run --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
-        print(m["target"]["name"], m["executable"])' \
-  | while read -r name exe; do cp "$exe" "$out/bench-$name"; done
+  | copy_executables test
+# bench-gpu, and CPU benches whose goals this 2-core VM cannot settle
+# (issues 2 and 6): the GPU machine has 16 cores, so gpu-check.sh runs
+# bench-intake and bench-peers there too.
+cargo bench --features cuda --bench gpu --bench intake --bench peers --no-run --message-format=json \
+  | copy_executables bench
 cargo build --release --features cuda --bin convoy --example custom_kernel
 cp target/release/convoy "$out/convoy"
 cp target/release/examples/custom_kernel "$out/custom_kernel"
