@@ -87,6 +87,21 @@ impl Clearing {
         (st.answered >= mine).then_some(st.cleared)
     }
 
+    /// Collector thread (a callback it runs, such as the shortfall hook):
+    /// asks without waiting, since the collector cannot answer while it is
+    /// the one waiting. The clear happens on its next pass.
+    pub fn ask_later(&self) {
+        let mut st = self.lock();
+        if st.gone {
+            return;
+        }
+        if st.asked == st.answered {
+            st.asked += 1;
+        }
+        // Release: as in `ask`.
+        self.asked.store(true, Ordering::Release);
+    }
+
     /// Collector, once per pass: whether a clear was asked (and takes it).
     #[inline]
     pub fn take(&self) -> bool {
@@ -141,5 +156,26 @@ mod tests {
         c.gone();
         assert_eq!(c.ask(|| panic!("no wake")), None, "no collector: no wait");
         assert!(!c.take(), "an ask after the collector left sets nothing");
+    }
+
+    #[test]
+    fn an_ask_from_the_collector_thread_is_taken_on_its_next_pass() {
+        let c = Clearing::new();
+        c.ask_later();
+        c.ask_later(); // one outstanding clear, asked twice
+        assert!(c.take());
+        c.answer(2);
+        assert!(!c.take());
+        // A later ask from another thread is not held up by the first.
+        let c = std::sync::Arc::new(c);
+        let other = {
+            let c = c.clone();
+            std::thread::spawn(move || c.ask(|| {}))
+        };
+        while !c.take() {
+            std::thread::yield_now();
+        }
+        c.answer(0);
+        assert_eq!(other.join().unwrap(), Some(0));
     }
 }

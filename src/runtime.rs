@@ -294,6 +294,9 @@ struct Shared {
     dedup: bool,
     /// `clear_waiting`'s handshake with the collector (control path).
     clearing: Clearing,
+    /// The collector's thread, so a `clear_waiting` from one of its
+    /// callbacks does not wait on itself.
+    collector_thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -430,6 +433,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
             clearing: Clearing::new(),
+            collector_thread: std::sync::OnceLock::new(),
         });
 
         let mut worker_threads = Vec::new();
@@ -799,7 +803,9 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// cancelled), its queue room is free again, and batches already
     /// running finish. Requests submitted before the call are covered;
     /// submits racing it may land either side. Blocks until the collector
-    /// has done it (one pass); 0 once the runtime has stopped. A control
+    /// has done it (one pass); 0 once the runtime has stopped, and 0 at
+    /// once from a callback on the collector's own thread (the clear then
+    /// happens on its next pass). A control
     /// operation (seed 000's `clear_waiting`): it takes a mutex, never the
     /// hot path's.
     ///
@@ -893,8 +899,17 @@ impl<I, O> Clone for Handle<I, O> {
 impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// [`Runtime::clear_waiting`], from a handle (an admin endpoint of a
     /// server that holds only handles); 0 once the runtime is gone.
+    ///
+    /// Called on the collector's own thread (from the
+    /// `on_capacity_shortfall` callback, say), it cannot wait for the
+    /// collector: it asks, returns 0 at once, and the clear happens on the
+    /// collector's next pass.
     pub fn clear_waiting(&self) -> usize {
         let shared = &self.shared;
+        if shared.collector_thread.get() == Some(&std::thread::current().id()) {
+            shared.clearing.ask_later();
+            return 0;
+        }
         shared.clearing.ask(|| shared.doorbell.ring()).unwrap_or(0)
     }
 
@@ -1116,6 +1131,10 @@ fn as_capacity(cost: Cost) -> Capacity {
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     fn run(mut self) {
         self.shared.doorbell.register_current();
+        let _ = self
+            .shared
+            .collector_thread
+            .set(std::thread::current().id());
         // However the loop ends (a panic in convoy's own code included), a
         // `clear_waiting` caller must not wait for a collector that left.
         let _gone = CollectorGone(self.shared.clone());

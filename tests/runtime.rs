@@ -486,6 +486,54 @@ fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
 }
 
 #[test]
+fn clear_waiting_from_the_shortfall_callback_does_not_wait_on_itself() {
+    // The callback runs on the collector thread: a clear there must ask and
+    // return, or the collector would wait for itself forever.
+    let handle: Arc<std::sync::OnceLock<convoy::Handle<u32, u32>>> = Arc::default();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (h2, a2) = (handle.clone(), asked.clone());
+    let hold = Hold::default();
+    let hold2 = hold.clone();
+    let rt = Runtime::builder()
+        .config(config(vec![worker(1, 100)], 1, 0))
+        .batch_fn(move |xs: &[u32]| {
+            if xs[0] == 0 {
+                hold2.wait();
+            }
+            xs.to_vec()
+        })
+        .on_capacity_shortfall(move |_| {
+            if let Some(h) = h2.get() {
+                assert_eq!(h.clear_waiting(), 0, "asked, not waited for");
+                a2.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let _ = handle.set(h.clone());
+    let blocker = h.submit(Request::new(0).tokens(60)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    // 60 of 100 tokens are held: this one fits no worker now.
+    let waiting = h.submit(Request::new(1).tokens(60)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiting.wait());
+    });
+    let Ok(outcome) = rx.recv_timeout(Duration::from_secs(60)) else {
+        // A collector stuck waiting on itself would also hang the drop's
+        // join: leak the runtime so the test fails instead of hanging.
+        std::mem::forget(rt);
+        panic!("clear_waiting from the collector's callback deadlocked it");
+    };
+    assert_eq!(outcome, Err(Failure::Cancelled), "cleared on the next pass");
+    assert!(asked.load(Ordering::Relaxed) >= 1);
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    rt.shutdown();
+}
+
+#[test]
 fn shutdown_drains_and_refuses_new_work() {
     let rt = Runtime::builder()
         .config(config(vec![worker(4, 1 << 20)], 4, 5))
