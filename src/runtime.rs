@@ -389,7 +389,9 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
     }
 
     /// Called on the collector thread when a request fits no worker right
-    /// now (seed 003's "need a new worker" signal). Keep it short.
+    /// now (seed 003's "need a new worker" signal). Keep it short: the
+    /// collector waits for it. A panic in it is caught and logged, and the
+    /// collector goes on.
     pub fn on_capacity_shortfall(mut self, f: impl Fn(Cost) + Send + 'static) -> Self {
         self.on_shortfall = Some(Box::new(f));
         self
@@ -1623,10 +1625,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 if !self.short_last_pass && !short_now {
                     self.shared.counters.shortfall();
                     if let Some(f) = &self.on_shortfall {
-                        f(Cost {
+                        let cost = Cost {
                             tokens: u32::try_from(cost.tokens).unwrap_or(u32::MAX),
                             bytes: cost.bytes,
-                        });
+                        };
+                        // A panicking hook must not take the collector (and
+                        // with it every waiting request) down with it.
+                        if catch_unwind(AssertUnwindSafe(|| f(cost))).is_err() {
+                            tracing::warn!("on_capacity_shortfall callback panicked; ignored");
+                        }
                     }
                 }
                 short_now = true;

@@ -534,6 +534,33 @@ fn clear_waiting_from_the_shortfall_callback_does_not_wait_on_itself() {
 }
 
 #[test]
+fn a_panicking_shortfall_callback_does_not_stop_the_collector() {
+    let hold = Hold::default();
+    let hold2 = hold.clone();
+    let rt = Runtime::builder()
+        .config(config(vec![worker(1, 100)], 1, 0))
+        .batch_fn(move |xs: &[u32]| {
+            if xs[0] == 0 {
+                hold2.wait();
+            }
+            xs.to_vec()
+        })
+        .on_capacity_shortfall(|_| panic!("a buggy hook"))
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let blocker = h.submit(Request::new(0).tokens(60)).unwrap();
+    eventually("blocker running", || rt.stats().batches == 1);
+    let short = h.submit(Request::new(1).tokens(60)).unwrap();
+    eventually("shortfall signalled", || rt.stats().capacity_shortfall == 1);
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(short.wait(), Ok(1), "the collector lived on and ran it");
+    assert_eq!(h.submit(Request::new(2)).unwrap().wait(), Ok(2));
+    rt.shutdown();
+}
+
+#[test]
 fn shutdown_drains_and_refuses_new_work() {
     let rt = Runtime::builder()
         .config(config(vec![worker(4, 1 << 20)], 4, 5))
