@@ -38,6 +38,14 @@ impl Doorbell {
         let _ = self.sleeper.set(thread::current());
     }
 
+    /// Whether the calling thread is the one registered to sleep (so a
+    /// caller can tell it would be waiting on itself).
+    pub fn is_sleeper_current(&self) -> bool {
+        self.sleeper
+            .get()
+            .is_some_and(|t| t.id() == thread::current().id())
+    }
+
     /// Producer side: call after the work is published.
     pub fn ring(&self) {
         // SeqCst fence: orders the publication above before the load of
@@ -94,13 +102,18 @@ mod tests {
                 b.sleep(|| w.load(Ordering::Relaxed) > seen, None);
             }
         });
+        assert!(!bell.is_sleeper_current(), "none registered yet, or not us");
         while bell.sleeper.get().is_none() {
             std::thread::yield_now();
         }
+        assert!(!bell.is_sleeper_current(), "the ringer is not the sleeper");
         for _ in 0..2000 {
             work.fetch_add(1, Ordering::Relaxed);
             bell.ring();
         }
         sleeper.join().unwrap();
+        let own = Doorbell::new();
+        own.register_current();
+        assert!(own.is_sleeper_current());
     }
 }

@@ -294,9 +294,6 @@ struct Shared {
     dedup: bool,
     /// `clear_waiting`'s handshake with the collector (control path).
     clearing: Clearing,
-    /// The collector's thread, so a `clear_waiting` from one of its
-    /// callbacks does not wait on itself.
-    collector_thread: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -435,7 +432,6 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
             clearing: Clearing::new(),
-            collector_thread: std::sync::OnceLock::new(),
         });
 
         let mut worker_threads = Vec::new();
@@ -908,7 +904,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// collector's next pass.
     pub fn clear_waiting(&self) -> usize {
         let shared = &self.shared;
-        if shared.collector_thread.get() == Some(&std::thread::current().id()) {
+        // The doorbell's sleeper is the collector thread.
+        if shared.doorbell.is_sleeper_current() {
             shared.clearing.ask_later();
             return 0;
         }
@@ -1133,10 +1130,6 @@ fn as_capacity(cost: Cost) -> Capacity {
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     fn run(mut self) {
         self.shared.doorbell.register_current();
-        let _ = self
-            .shared
-            .collector_thread
-            .set(std::thread::current().id());
         // However the loop ends (a panic in convoy's own code included), a
         // `clear_waiting` caller must not wait for a collector that left.
         let _gone = CollectorGone(self.shared.clone());
@@ -1157,7 +1150,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.drain_intake(now_ns);
             self.expire(now_ns);
             if self.shared.clearing.take() {
-                let cleared = self.clear_waiting(now_ns);
+                let cleared = self.end_all_waiting(now_ns, Failure::Cancelled, Ended::Cancelled);
                 self.shared.clearing.answer(cleared);
             }
             if mode == ABORTING {
@@ -1506,24 +1499,23 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared.counters.ended(level, ended, 1);
     }
 
-    /// Cancels every request accepted and not launched (the intake's
-    /// too, so a submit that returned before the ask is covered), dedup
-    /// twins included; returns how many ended.
-    fn clear_waiting(&mut self, now_ns: u64) -> usize {
+    /// Ends every request accepted and not launched with `failure` (the
+    /// intake's too, so a submit that returned before is covered), dedup
+    /// twins included; returns how many ended. `shutdown_now` and the
+    /// drain deadline fail them `ShutDown`; `clear_waiting` cancels them.
+    fn end_all_waiting(&mut self, now_ns: u64, failure: Failure, how: Ended) -> usize {
         self.drain_intake(now_ns);
         let all = self.planner.waiting.drain_all();
-        let cleared = all
+        let ended = all
             .iter()
             .map(|((job, _), _)| 1 + job.followers.len())
             .sum();
-        self.end_unlaunched(all, Failure::Cancelled, Ended::Cancelled);
-        cleared
+        self.end_unlaunched(all, failure, how);
+        ended
     }
 
     fn fail_all_waiting(&mut self) {
-        self.drain_intake(u64::MAX);
-        let all = self.planner.waiting.drain_all();
-        self.end_unlaunched(all, Failure::ShutDown, Ended::ShutDown);
+        self.end_all_waiting(u64::MAX, Failure::ShutDown, Ended::ShutDown);
     }
 
     /// Ends requests that never launched with `failure`, counted as `how`
