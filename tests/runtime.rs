@@ -36,21 +36,35 @@ fn blocked_runtime() -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
 }
 
 fn blocked_runtime_with(cfg: Config) -> (Runtime<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
+    let (builder, hold, ran) = blocked_builder(cfg);
+    (builder.build().unwrap(), hold, ran)
+}
+
+/// `blocked_runtime_with`'s builder, before `build`, for tests that add to
+/// it (a shortfall hook).
+fn blocked_builder(cfg: Config) -> (convoy::Builder<u32, u32>, Hold, Arc<Mutex<Vec<u32>>>) {
     let hold = Hold::default();
     let ran = Arc::new(Mutex::new(Vec::new()));
     let (h2, r2) = (hold.clone(), ran.clone());
-    let rt = Runtime::builder()
-        .config(cfg)
-        .batch_fn(move |xs: &[u32]| {
-            if xs[0] == 0 {
-                h2.wait();
-            }
-            r2.lock().unwrap().extend_from_slice(xs);
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
-    (rt, hold, ran)
+    let builder = Runtime::builder().config(cfg).batch_fn(move |xs: &[u32]| {
+        if xs[0] == 0 {
+            h2.wait();
+        }
+        r2.lock().unwrap().extend_from_slice(xs);
+        xs.to_vec()
+    });
+    (builder, hold, ran)
+}
+
+/// One worker, batches of one, and an intake of one shard whose lanes hold
+/// `lane_capacity`: each level's bound is `lane_capacity`.
+fn one_lane_config(lane_capacity: usize) -> Config {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.intake = convoy::IntakeConfig {
+        shards: 1,
+        lane_capacity,
+    };
+    cfg
 }
 
 #[test]
@@ -378,12 +392,7 @@ fn bad_input_is_a_typed_error() {
 
 #[test]
 fn full_queue_hands_the_request_back() {
-    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
-    cfg.intake = convoy::IntakeConfig {
-        shards: 1,
-        lane_capacity: 2,
-    };
-    let (rt, hold, _) = blocked_runtime_with(cfg);
+    let (rt, hold, _) = blocked_runtime_with(one_lane_config(2));
     let h = rt.handle();
     let t0 = h.submit(Request::new(0)).unwrap();
     eventually("first launched", || rt.stats().batches == 1);
@@ -416,12 +425,7 @@ fn full_queue_hands_the_request_back() {
 
 #[test]
 fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
-    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
-    cfg.intake = convoy::IntakeConfig {
-        shards: 1,
-        lane_capacity: 4,
-    };
-    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));
     let h = rt.handle();
     assert_eq!(rt.clear_waiting(), 0, "nothing waits yet");
     let running = h.submit(Request::new(0)).unwrap();
@@ -492,16 +496,8 @@ fn clear_waiting_from_the_shortfall_callback_does_not_wait_on_itself() {
     let handle: Arc<std::sync::OnceLock<convoy::Handle<u32, u32>>> = Arc::default();
     let asked = Arc::new(AtomicUsize::new(0));
     let (h2, a2) = (handle.clone(), asked.clone());
-    let hold = Hold::default();
-    let hold2 = hold.clone();
-    let rt = Runtime::builder()
-        .config(config(vec![worker(1, 100)], 1, 0))
-        .batch_fn(move |xs: &[u32]| {
-            if xs[0] == 0 {
-                hold2.wait();
-            }
-            xs.to_vec()
-        })
+    let (builder, hold, _) = blocked_builder(config(vec![worker(1, 100)], 1, 0));
+    let rt = builder
         .on_capacity_shortfall(move |_| {
             if let Some(h) = h2.get() {
                 assert_eq!(h.clear_waiting(), 0, "asked, not waited for");
@@ -535,16 +531,8 @@ fn clear_waiting_from_the_shortfall_callback_does_not_wait_on_itself() {
 
 #[test]
 fn a_panicking_shortfall_callback_does_not_stop_the_collector() {
-    let hold = Hold::default();
-    let hold2 = hold.clone();
-    let rt = Runtime::builder()
-        .config(config(vec![worker(1, 100)], 1, 0))
-        .batch_fn(move |xs: &[u32]| {
-            if xs[0] == 0 {
-                hold2.wait();
-            }
-            xs.to_vec()
-        })
+    let (builder, hold, _) = blocked_builder(config(vec![worker(1, 100)], 1, 0));
+    let rt = builder
         .on_capacity_shortfall(|_| panic!("a buggy hook"))
         .build()
         .unwrap();
