@@ -426,9 +426,8 @@ mod tests {
             spec: &spec,
             up: true,
         }];
-        let meta = normal;
-        p.waiting.insert(Grouped(1), meta(1));
-        let old = p.waiting.insert(Grouped(2), meta(2));
+        p.waiting.insert(Grouped(1), normal(1));
+        let old = p.waiting.insert(Grouped(2), normal(2));
         let mut abandoned = Vec::new();
         // The only slot goes to group 1; group 2 is set aside and put back.
         assert!(matches!(
@@ -476,13 +475,12 @@ mod tests {
         let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
         let mut p = Planner::<Costs>::new(1, Duration::from_secs(1), limits, placer);
         // Its cost (1 token) is overridden by `insert` from the item's.
-        let meta = normal;
         let roomy = Capacity {
             slots: 64,
             tokens: u64::MAX,
             bytes: u64::MAX,
         };
-        p.insert(Costs(60, 0), meta(1));
+        p.insert(Costs(60, 0), normal(1));
         assert!(!p.is_full(Some(roomy)) && !p.is_full(None));
         // A worker of one slot is full with one request.
         let one_slot = Capacity { slots: 1, ..roomy };
@@ -494,7 +492,7 @@ mod tests {
         };
         assert!(p.is_full(Some(small)));
         // 120 tokens reach max_batch_tokens (100).
-        p.insert(Costs(60, 0), meta(2));
+        p.insert(Costs(60, 0), normal(2));
         assert!(p.is_full(Some(roomy)) && p.is_full(None));
         let mut abandoned = Vec::new();
         let spec = worker(roomy);
@@ -511,9 +509,9 @@ mod tests {
         assert_eq!(p.waiting.tokens(), 60);
         assert!(!p.is_full(Some(roomy)));
         // Bytes: 600 + 600 reach max_batch_bytes (1000).
-        p.insert(Costs(1, 600), meta(3));
+        p.insert(Costs(1, 600), normal(3));
         assert!(!p.is_full(Some(roomy)));
-        p.insert(Costs(1, 600), meta(4));
+        p.insert(Costs(1, 600), normal(4));
         assert!(p.is_full(Some(roomy)));
         // Count: eight requests of nothing much.
         let mut q = Planner::<Costs>::new(
@@ -526,10 +524,10 @@ mod tests {
             Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32),
         );
         for seq in 0..7 {
-            q.insert(Costs(1, 0), meta(seq));
+            q.insert(Costs(1, 0), normal(seq));
         }
         assert!(!q.is_full(Some(roomy)));
-        q.insert(Costs(1, 0), meta(7));
+        q.insert(Costs(1, 0), normal(7));
         assert!(q.is_full(Some(roomy)));
         assert_eq!(q.waiting.drain_all().len(), 8);
         assert_eq!((q.waiting.tokens(), q.waiting.bytes()), (0, 0));
