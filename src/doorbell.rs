@@ -24,6 +24,13 @@ pub struct Doorbell {
     sleeper: OnceLock<thread::Thread>,
 }
 
+impl Default for Doorbell {
+    /// A doorbell nobody sleeps on yet.
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Doorbell {
     /// A doorbell nobody sleeps on yet.
     pub fn new() -> Self {

@@ -28,6 +28,13 @@ impl Drop for Pass<'_> {
     }
 }
 
+impl Default for Gate {
+    /// An open gate.
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Gate {
     /// An open gate.
     pub fn new() -> Self {
