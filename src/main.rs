@@ -65,7 +65,8 @@ struct ServeArgs {
 #[derive(Args, Clone)]
 struct Common {
     /// Trace file: Azure `TIMESTAMP,ContextTokens,GeneratedTokens` or
-    /// generic `arrival_s,priority,tokens[,deadline_ms]`.
+    /// generic `arrival_s,priority,tokens[,deadline_ms]` (with a header: any
+    /// order, priority and deadline optional).
     #[arg(long, default_value = BUNDLED_TRACE)]
     trace: PathBuf,
     /// Seed of the priority mix (5% critical, 15% high, 40% normal, 25% low,

@@ -10,8 +10,12 @@
 //!   no priority: [`PriorityMix`] assigns one.
 //! * **Generic**: `arrival_s,priority,tokens[,deadline_ms]`, with or
 //!   without that header line. `arrival_s` is seconds from the start (≥ 0),
-//!   `priority` a level name (`critical` … `background`), `deadline_ms`
-//!   optional (> 0), relative to the arrival.
+//!   `priority` a level name (`critical` … `background`) or index, `deadline_ms`
+//!   optional (> 0), relative to the arrival. With a header the columns are
+//!   found by name, in any order, and `priority` and `deadline_ms` may be
+//!   absent; an empty priority is left to [`PriorityMix`]. An unknown or
+//!   repeated column is an error (a misspelt `deadline_ms` must not replay
+//!   as "no deadlines").
 //!
 //! Blank lines and lines starting with `#` are skipped. Any other line that
 //! does not parse is an error naming the file and the line number.
@@ -132,6 +136,8 @@ pub fn load(path: &Path) -> Result<Trace, TraceError> {
 /// assert_eq!(t.requests[1].deadline, Some(std::time::Duration::from_millis(200)));
 /// let t = parse("inline", "arrival_s,priority,tokens\n0,2,1\n").unwrap(); // or by index
 /// assert_eq!(t.requests[0].priority, Some(convoy::Priority::Normal));
+/// let t = parse("inline", "tokens,arrival_s\n7,0.25\n").unwrap(); // by name, no priority
+/// assert_eq!((t.requests[0].tokens, t.requests[0].priority), (7, None));
 /// let e = parse("inline", "arrival_s,priority,tokens\n0,urgent,1\n").unwrap_err();
 /// assert_eq!(e.to_string(), "inline:2: unknown priority \"urgent\" (expected critical, high, normal, low, background, or 0 to 4 with 0 the most urgent)");
 /// ```
@@ -156,8 +162,8 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
     };
     let header = first.to_ascii_lowercase();
     let cols = fields(&header);
-    let named = |name: &str| cols.first().is_some_and(|c| c.starts_with(name));
-    let azure = named("timestamp");
+    let azure = cols.first().is_some_and(|c| c.starts_with("timestamp"));
+    let mut columns = Columns::POSITIONAL;
     if azure {
         if cols != ["timestamp", "contexttokens", "generatedtokens"] {
             return Err(malformed(
@@ -166,15 +172,8 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
             ));
         }
         lines.next();
-    } else if named("arrival_s") {
-        if !(cols == ["arrival_s", "priority", "tokens"]
-            || cols == ["arrival_s", "priority", "tokens", "deadline_ms"])
-        {
-            return Err(malformed(
-                first_no,
-                format!("expected header arrival_s,priority,tokens[,deadline_ms], got {first:?}"),
-            ));
-        }
+    } else if cols.contains(&"arrival_s") {
+        columns = Columns::from_header(&cols).map_err(|reason| malformed(first_no, reason))?;
         lines.next();
     } else if cols.first().is_none_or(|f| f.parse::<f64>().is_err()) {
         return Err(malformed(
@@ -192,7 +191,7 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
         let row = if azure {
             parse_azure(&fields)
         } else {
-            parse_generic(&fields)
+            parse_generic(&columns, &fields)
         };
         rows.push(row.map_err(|reason| malformed(no, reason))?);
     }
@@ -256,26 +255,98 @@ fn parse_azure(f: &[&str]) -> Result<(u64, TraceRequest), String> {
     ))
 }
 
-fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
-    if !(3..=4).contains(&f.len()) {
-        return Err(format!(
-            "expected 3 or 4 fields (arrival_s,priority,tokens[,deadline_ms]), got {}",
-            f.len()
-        ));
+/// Where the generic format's columns sit: from its header, in any order,
+/// or positionally (`arrival_s,priority,tokens[,deadline_ms]`) in a file
+/// without one.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    arrival: usize,
+    priority: Option<usize>,
+    tokens: usize,
+    deadline: Option<usize>,
+    /// Fields a row may have: every column of the header.
+    count: usize,
+}
+
+impl Columns {
+    const POSITIONAL: Self = Self {
+        arrival: 0,
+        priority: Some(1),
+        tokens: 2,
+        deadline: Some(3),
+        count: 4,
+    };
+    const NAMES: &'static str = "arrival_s, tokens, and optionally priority and deadline_ms";
+
+    /// Reads a lower-cased header. An unknown or repeated column is an
+    /// error rather than ignored: a misspelt `deadline_ms` would otherwise
+    /// replay without deadlines and nobody would notice.
+    fn from_header(cols: &[&str]) -> Result<Self, String> {
+        let (mut arrival, mut priority, mut tokens, mut deadline) = (None, None, None, None);
+        for (i, &name) in cols.iter().enumerate() {
+            let slot = match name {
+                "arrival_s" => &mut arrival,
+                "priority" => &mut priority,
+                "tokens" => &mut tokens,
+                "deadline_ms" => &mut deadline,
+                other => {
+                    return Err(format!(
+                        "unknown column {other:?} in the header (expected {})",
+                        Self::NAMES
+                    ))
+                }
+            };
+            if slot.replace(i).is_some() {
+                return Err(format!("column {name:?} appears twice in the header"));
+            }
+        }
+        let need = |c: Option<usize>, name: &str| {
+            c.ok_or_else(|| format!("the header has no {name} column (expected {})", Self::NAMES))
+        };
+        Ok(Self {
+            arrival: need(arrival, "arrival_s")?,
+            tokens: need(tokens, "tokens")?,
+            priority,
+            deadline,
+            count: cols.len(),
+        })
     }
-    let arrival: f64 = f[0]
+
+    /// Fields a row needs at least: up to its last required column (the
+    /// optional ones after it may be left off).
+    fn required(&self) -> usize {
+        self.arrival.max(self.tokens) + 1
+    }
+}
+
+fn parse_generic(c: &Columns, f: &[&str]) -> Result<(u64, TraceRequest), String> {
+    if !(c.required()..=c.count).contains(&f.len()) {
+        let want = if c.required() == c.count {
+            c.count.to_string()
+        } else {
+            format!("{} to {}", c.required(), c.count)
+        };
+        return Err(format!("expected {want} fields, got {}", f.len()));
+    }
+    // A column the row stops short of reads as empty.
+    let cell = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
+    let arrival: f64 = f[c.arrival]
         .parse()
-        .map_err(|_| format!("arrival_s must be a number, got {:?}", f[0]))?;
+        .map_err(|_| format!("arrival_s must be a number, got {:?}", f[c.arrival]))?;
     if !arrival.is_finite() || !(0.0..=1e9).contains(&arrival) {
         return Err(format!(
             "arrival_s must be finite, ≥ 0 and ≤ 1e9, got {}",
-            f[0]
+            f[c.arrival]
         ));
     }
-    let priority = Priority::from_str(f[1]).map_err(|e| e.to_string())?;
-    let deadline = match f.get(3) {
-        None | Some(&"") => None,
-        Some(d) => {
+    // An empty priority is left to the seeded mix, as Azure rows are.
+    let priority = match cell(c.priority) {
+        "" => None,
+        p => Some(Priority::from_str(p).map_err(|e| e.to_string())?),
+    };
+    let deadline = match cell(c.deadline) {
+        "" => None,
+        d => {
             let ms: f64 = d
                 .parse()
                 .map_err(|_| format!("deadline_ms must be a number, got {d:?}"))?;
@@ -289,8 +360,8 @@ fn parse_generic(f: &[&str]) -> Result<(u64, TraceRequest), String> {
         (arrival * 1e9) as u64,
         TraceRequest {
             arrival: Duration::ZERO,
-            priority: Some(priority),
-            tokens: count(f[2], "tokens")?,
+            priority,
+            tokens: count(f[c.tokens], "tokens")?,
             generated: None,
             deadline,
         },
@@ -530,6 +601,43 @@ mod tests {
     }
 
     #[test]
+    fn generic_columns_are_found_by_name_and_optional_ones_may_be_absent() {
+        // Reordered, with the deadline first and the priority last.
+        let t = parse(
+            "t.csv",
+            "deadline_ms,tokens,arrival_s,priority\n250,9,0.5,low\n,4,0,\n",
+        )
+        .unwrap();
+        let [first, second] = &t.requests[..] else {
+            panic!("two rows expected, got {:?}", t.requests)
+        };
+        assert_eq!(first.tokens, 4);
+        assert_eq!(first.arrival, Duration::ZERO);
+        assert_eq!((first.priority, first.deadline), (None, None));
+        assert_eq!(second.tokens, 9);
+        assert_eq!(second.arrival, Duration::from_millis(500));
+        assert_eq!(second.priority, Some(Priority::Low));
+        assert_eq!(second.deadline, Some(Duration::from_millis(250)));
+
+        // No priority column: every row goes to the mix, which gives the
+        // same level to the same row index every time.
+        let t = parse("t.csv", "arrival_s,tokens\n0,1\n0.1,2\n").unwrap();
+        assert!(t.requests.iter().all(|r| r.priority.is_none()));
+        let mix = PriorityMix::default();
+        assert_eq!(mix.of(1, &t.requests[1]), mix.assign(1));
+
+        // Trailing optional columns may be left off a row; an empty
+        // priority in the positional form goes to the mix as well.
+        let t = parse("t.csv", "arrival_s,tokens,priority,deadline_ms\n0,3\n").unwrap();
+        assert_eq!(
+            (t.requests[0].priority, t.requests[0].deadline),
+            (None, None)
+        );
+        let t = parse("t.csv", "0,,3\n").unwrap();
+        assert_eq!((t.requests[0].tokens, t.requests[0].priority), (3, None));
+    }
+
+    #[test]
     fn exports_with_bom_quotes_and_header_case_load() {
         let t = parse(
             "x.csv",
@@ -572,9 +680,13 @@ mod tests {
             ("arrival_s,priority,tokens\n-1,high,1\n", 2, "arrival_s must be finite"),
             ("arrival_s,priority,tokens\nNaN,high,1\n", 2, "arrival_s must be finite"),
             ("0,high,1,0\n", 1, "deadline_ms must be > 0"),
-            ("0,high,1\n1,high\n", 2, "expected 3 or 4 fields"),
+            ("0,high,1\n1,high\n", 2, "expected 3 to 4 fields, got 2"),
+            ("0,high,1,5,9\n", 1, "expected 3 to 4 fields, got 5"),
+            ("arrival_s,tokens\n0,1,2\n", 2, "expected 2 fields, got 3"),
             ("time,tokens\n", 1, "unknown format"),
-            ("arrival_s,tokens\n", 1, "expected header arrival_s"),
+            ("arrival_s,priority\n", 1, "no tokens column"),
+            ("arrival_s,tokens,deadline\n", 1, "unknown column \"deadline\""),
+            ("arrival_s,tokens,tokens\n", 1, "\"tokens\" appears twice"),
         ];
         for (text, line, reason) in cases {
             match parse("t.csv", text) {
