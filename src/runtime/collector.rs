@@ -1,0 +1,738 @@
+//! The collector: the one thread that owns the waiting set. Each pass it
+//! absorbs capacity releases, drains the intake, expires overdue requests,
+//! and while a batch is due and a worker has room, pops requests in order,
+//! reserves their cost in its ledger and hands the batch to the worker's
+//! ring. What it holds (the waiting set, the ledger, the dedup index) is
+//! its own, so none of it needs a lock or an atomic; it talks to the other
+//! threads only through the intake, the rings, the counters and the
+//! `ArcSwap` snapshots. The one lock it may take, on `new_links`, is the
+//! control path of a worker added at run time.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering as StdOrdering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::worker::{fail_batch, WorkerLink};
+use super::{Batch, BuildError, Health, Job, Knobs, Release, Shared, ABORTING, DRAINING, RUNNING};
+use crate::clock::{after, nanos};
+use crate::config::{Capacity, Config, DeadlineAction};
+use crate::dedup::Follower;
+use crate::intake::{Admission, IntakeConsumer};
+use crate::order::{Meta, WaitKey};
+use crate::outcome::Failure;
+use crate::placement::{Candidate, Placer};
+use crate::planner::{batch_size_now, Formed, Plan, Plannable, Planner};
+use crate::priority::Priority;
+use crate::request::Cost;
+use crate::ring;
+use crate::sla::SlaRecorder;
+use crate::stats::Ended;
+use crate::ticket::Completer;
+
+/// What the builder hands the collector it starts.
+pub(super) struct Start<I, O> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) intake: IntakeConsumer<Job<I, O>>,
+    pub(super) releases: ring::Consumer<Release>,
+    /// One per configured worker, in the fleet's order.
+    pub(super) workers: Vec<Option<WorkerLink<I, O>>>,
+    pub(super) new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
+    pub(super) on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+    pub(super) cloner: Option<fn(&O) -> O>,
+}
+
+/// Marks the collector gone for `clear_waiting` when dropped.
+struct CollectorGone(Arc<Shared>);
+
+impl Drop for CollectorGone {
+    fn drop(&mut self) {
+        self.0.clearing.gone();
+    }
+}
+
+type Entry<I, O> = (Job<I, O>, Admission);
+
+pub(super) struct Collector<I, O> {
+    shared: Arc<Shared>,
+    intake: IntakeConsumer<Job<I, O>>,
+    planner: Planner<Entry<I, O>>,
+    releases: ring::Consumer<Release>,
+    /// `None` once a removed worker has been let go.
+    workers: Vec<Option<WorkerLink<I, O>>>,
+    /// Links of workers added at run time (control path, see `fleet_changed`).
+    new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
+    /// A removed worker may still have work in flight: check each pass.
+    retiring: bool,
+
+    /// The knobs this collector runs with; replaced when a reload lands.
+    applied: Arc<Knobs>,
+    /// Queue waits and expiries (single-owner).
+    sla: SlaRecorder,
+    reserved_published: Instant,
+    summary_logged: Instant,
+    shutdown_timeout: Duration,
+    on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+    /// Copies outputs for deduplicated twins; `None`: dedup is off.
+    cloner: Option<fn(&O) -> O>,
+    /// The waiting group of each dedup key (see `dedup.rs`).
+    dedup: HashMap<u64, WaitKey>,
+    seq: u64,
+    drained: Vec<crate::intake::Drained<Job<I, O>>>,
+    /// The last pass had a batch due but could place nothing: wait for a
+    /// release (the doorbell) rather than for the queue delay.
+    stalled: bool,
+    /// The last pass met a request that fitted no worker (shortfall episode).
+    short_last_pass: bool,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
+    /// Builds the collector from `config` and starts its thread.
+    pub(super) fn start(s: Start<I, O>, config: &Config) -> Result<JoinHandle<()>, BuildError> {
+        let mut collector = Collector {
+            planner: Planner::new(
+                s.workers.len(),
+                config.max_wait,
+                config.batching,
+                Placer::new(
+                    config.placement,
+                    config.urgent_slack,
+                    config.batching.max_batch_size,
+                    config.batching.max_batch_size.saturating_mul(8),
+                ),
+            ),
+            intake: s.intake,
+            releases: s.releases,
+            workers: s.workers,
+            new_links: s.new_links,
+            retiring: false,
+            applied: s.shared.knobs.load_full(),
+            sla: s.shared.sla.recorder(s.shared.epoch),
+            reserved_published: Instant::now(),
+            summary_logged: Instant::now(),
+            shutdown_timeout: config.shutdown_timeout,
+            on_shortfall: s.on_shortfall,
+            cloner: s.cloner,
+            dedup: HashMap::new(),
+            seq: 0,
+            drained: Vec::new(),
+            stalled: false,
+            short_last_pass: false,
+            shared: s.shared,
+        };
+        collector.planner.set_ordering(config.ordering);
+        std::thread::Builder::new()
+            .name("convoy-collector".into())
+            .spawn(move || collector.run())
+            .map_err(|e| BuildError::Spawn(e.to_string()))
+    }
+}
+
+fn as_capacity(cost: Cost) -> Capacity {
+    Capacity {
+        slots: 1,
+        tokens: u64::from(cost.tokens),
+        bytes: cost.bytes,
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
+    fn run(mut self) {
+        self.shared.doorbell.register_current();
+        // However the loop ends (a panic in convoy's own code included), a
+        // `clear_waiting` caller must not wait for a collector that left.
+        let _gone = CollectorGone(self.shared.clone());
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let now_ns = self.shared.ns_since_epoch(now);
+            self.absorb_releases();
+            // Acquire: pairs with the Release in add/remove_worker.
+            if self.shared.fleet_changed.swap(false, StdOrdering::Acquire) {
+                self.apply_fleet_changes();
+            }
+            if self.retiring {
+                self.let_go_of_retired();
+            }
+            self.apply_reload();
+            let mode = self.shared.mode.load(StdOrdering::Acquire);
+            self.drain_intake(now_ns);
+            self.expire(now_ns);
+            if self.shared.clearing.take() {
+                let cleared = self.end_all_waiting(now_ns, Failure::Cancelled, Ended::Cancelled);
+                self.shared.clearing.answer(cleared);
+            }
+            if mode == ABORTING {
+                self.fail_all_waiting();
+            } else if mode == DRAINING {
+                let deadline =
+                    *drain_deadline.get_or_insert_with(|| after(now, self.shutdown_timeout));
+                if now >= deadline {
+                    self.fail_all_waiting();
+                }
+            }
+            let closing = mode != RUNNING;
+            self.launch(now_ns, closing);
+            self.sla.maybe_publish(now);
+            self.publish_reserved(now);
+            self.log_summary(now);
+
+            let in_flight = !self.planner.ledger().is_idle();
+            if closing
+                && self.shared.gate.is_drained()
+                && !self.intake.has_pending()
+                && self.planner.waiting.is_empty()
+                && !in_flight
+            {
+                break;
+            }
+            self.sleep(now_ns, closing);
+        }
+        // Drop the producing ends first, then wake: a worker that finds its
+        // ring empty with no producer exits.
+        let threads: Vec<_> = self.workers.drain(..).flatten().map(|w| w.thread).collect();
+        for t in threads {
+            t.unpark();
+        }
+    }
+
+    fn sleep(&mut self, now_ns: u64, closing: bool) {
+        let mut timeout = Duration::from_millis(50);
+        if let Some(d) = self.planner.waiting.next_deadline() {
+            timeout = timeout.min(Duration::from_nanos(d.saturating_sub(now_ns)));
+        }
+        if let Some(a) = self
+            .planner
+            .waiting
+            .oldest_arrival()
+            .filter(|_| !self.stalled)
+        {
+            let due = a.saturating_add(nanos(self.applied.batching.max_queue_delay));
+            timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
+        }
+        if closing {
+            timeout = timeout.min(Duration::from_millis(1));
+        }
+        if timeout.is_zero() {
+            return;
+        }
+        let intake = &self.intake;
+        let releases = &self.releases;
+        let clearing = &self.shared.clearing;
+        self.shared.doorbell.sleep(
+            || intake.has_ready() || releases.has_ready() || clearing.is_asked(),
+            Some(timeout),
+        );
+    }
+
+    /// Every `SUMMARY_EVERY`, an info line with the queues, outcomes and
+    /// promotions since start.
+    fn log_summary(&mut self, now: Instant) {
+        const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+        if now.saturating_duration_since(self.summary_logged) < SUMMARY_EVERY
+            || !tracing::enabled!(tracing::Level::INFO)
+        {
+            return;
+        }
+        self.summary_logged = now;
+        let stats = self.shared.counters.snapshot(self.intake.stats());
+        let total = stats.total();
+        tracing::info!(
+            queued = total.queue_depth,
+            inserted = total.inserted,
+            completed = total.completed,
+            expired = total.expired,
+            cancelled = total.cancelled,
+            failed = total.failed,
+            batches = stats.batches,
+            aging_promotions = stats.aging_promotions,
+            capacity_shortfall = stats.capacity_shortfall,
+            "convoy summary"
+        );
+    }
+
+    /// Publishes the ledger for metrics, at most every 100 ms and only when
+    /// it changed (one small allocation then, none per request).
+    fn publish_reserved(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.reserved_published) < Duration::from_millis(100) {
+            return;
+        }
+        let ledger = self.planner.ledger();
+        let current = self.shared.reserved.load();
+        let changed = current.len() != ledger.workers()
+            || (0..ledger.workers()).any(|w| current[w] != ledger.reserved(w));
+        if changed {
+            let snapshot = (0..ledger.workers()).map(|w| ledger.reserved(w)).collect();
+            self.shared.reserved.store(Arc::new(snapshot));
+        }
+        self.reserved_published = now;
+    }
+
+    /// Takes up knobs a `reload_config` stored since the last pass. One
+    /// pointer compare per pass when nothing changed.
+    fn apply_reload(&mut self) {
+        let knobs = self.shared.knobs.load_full();
+        if Arc::ptr_eq(&knobs, &self.applied) {
+            return;
+        }
+        let b = knobs.batching;
+        self.planner.set_limits(b, knobs.max_wait);
+        self.planner.set_ordering(knobs.ordering);
+        self.planner.placer_mut().set_policy(
+            knobs.placement,
+            knobs.urgent_slack,
+            b.max_batch_size,
+            b.max_batch_size.saturating_mul(8),
+        );
+        self.applied = knobs;
+    }
+
+    /// Takes links of added workers (the one place the collector locks the
+    /// control mutex, and only after `fleet_changed` said so), then looks at
+    /// removed workers.
+    fn apply_fleet_changes(&mut self) {
+        let added: Vec<_> = self
+            .new_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for link in added {
+            self.planner.add_worker();
+            self.workers.push(Some(link));
+        }
+        self.retiring = true;
+    }
+
+    /// Lets go of removed workers with nothing in flight (their thread then
+    /// exits); `retiring` stays set while one still has work, so the next
+    /// passes look again without touching the control path.
+    fn let_go_of_retired(&mut self) {
+        let fleet = self.shared.fleet.load();
+        let mut waiting_on_retired = false;
+        for (i, w) in fleet.workers.iter().enumerate().take(self.workers.len()) {
+            if !w.retired || self.workers[i].is_none() {
+                continue;
+            }
+            if self.planner.ledger().reserved(i).slots == 0 {
+                if let Some(link) = self.workers[i].take() {
+                    let thread = link.thread.clone();
+                    drop(link);
+                    thread.unpark();
+                }
+            } else {
+                waiting_on_retired = true;
+            }
+        }
+        self.retiring = waiting_on_retired;
+    }
+
+    fn absorb_releases(&mut self) {
+        let fleet = self.shared.fleet.load();
+        while let Some(r) = self.releases.pop() {
+            // A release is the exact total a batch reserved, sent once by the
+            // worker that ran it; an over-release would be a convoy bug.
+            let over = self.planner.release(r.worker, &r.amount);
+            debug_assert!(over.is_ok(), "{over:?}");
+            if let Some(w) = fleet.workers.get(r.worker) {
+                self.planner
+                    .placer_mut()
+                    .observe_batch(r.took, w.spec.speed);
+            }
+            self.planner.observe_batch_time(r.took);
+        }
+        self.shared
+            .counters
+            .set_batch_limit(self.planner.batch_limit(), self.planner.limit_decreases());
+    }
+
+    fn drain_intake(&mut self, now_ns: u64) {
+        self.intake.drain(usize::MAX, &mut self.drained);
+        let mut drained = std::mem::take(&mut self.drained);
+        for d in drained.drain(..) {
+            let mut job = d.item;
+            self.seq += 1;
+            let level = job.priority;
+            job.arrival_ns = self.shared.ns_since_epoch(job.submitted).min(now_ns);
+            job.expire_at = if self.applied.deadline_action[level.index()] == DeadlineAction::Reject
+            {
+                job.deadline_ns
+            } else {
+                u64::MAX
+            };
+            let meta = Meta {
+                level,
+                arrival: job.arrival_ns,
+                deadline: job.deadline_ns,
+                expire_at: job.expire_at,
+                front: d.front,
+                seq: self.seq,
+                tokens: u64::from(job.cost.tokens),
+                bytes: job.cost.bytes,
+            };
+            match job.dedup.filter(|_| self.cloner.is_some()) {
+                Some(k) => self.join_or_start_group(k, job, d.admission, meta),
+                None => {
+                    self.planner.waiting.insert((job, d.admission), meta);
+                }
+            }
+        }
+        self.drained = drained;
+    }
+
+    /// Merges `job` into the waiting group of key `k`, or makes it one.
+    fn join_or_start_group(&mut self, k: u64, job: Job<I, O>, admission: Admission, meta: Meta) {
+        let existing = self
+            .dedup
+            .get(&k)
+            .and_then(|&key| self.planner.waiting.remove(key));
+        let entry = match existing {
+            Some(((mut head, head_admission), head_meta)) => {
+                head.followers.push(Follower {
+                    completer: job.completer,
+                    priority: job.priority,
+                    submitted: job.submitted,
+                    arrival: job.arrival_ns,
+                    deadline: job.deadline_ns,
+                    expire_at: job.expire_at,
+                    admission,
+                });
+                self.shared.counters.deduplicated();
+                let meta = head.group_meta(Meta {
+                    front: head_meta.front || meta.front,
+                    ..head_meta
+                });
+                ((head, head_admission), meta)
+            }
+            None => ((job, admission), meta),
+        };
+        let key = self.planner.waiting.insert(entry.0, entry.1);
+        self.dedup.insert(k, key);
+    }
+
+    /// A group left the waiting set: its key is free again.
+    fn forget_group(&mut self, job: &Job<I, O>) {
+        if let Some(k) = job.dedup {
+            self.dedup.remove(&k);
+        }
+    }
+
+    fn expire(&mut self, now_ns: u64) {
+        let mut expired = Vec::new();
+        let mut regrouped = Vec::new();
+        let now = Instant::now();
+        while let Some(((mut job, mut adm), meta)) = self.planner.waiting.pop_expired(now_ns) {
+            // A group expires member by member: those past their own
+            // expiry leave, the others wait on under a new head if needed.
+            let mut gone = Vec::new();
+            let mut i = 0;
+            while i < job.followers.len() {
+                if job.followers[i].expire_at <= now_ns {
+                    gone.push(job.followers.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if job.expire_at <= now_ns && !job.followers.is_empty() {
+                let mut f = job.followers.swap_remove(0);
+                job.swap_head(&mut adm, &mut f);
+                gone.push(f);
+            }
+            for f in &gone {
+                self.record_expiry(f.priority, f.submitted, now);
+            }
+            if job.expire_at > now_ns {
+                // The head survives: the group goes back with fresh ordering
+                // (its expiry now that of the members left).
+                let meta = job.group_meta(meta);
+                regrouped.push(((job, adm), meta));
+                self.end_followers(gone, Failure::Expired, Ended::Expired);
+                continue;
+            }
+            self.end_followers(gone, Failure::Expired, Ended::Expired);
+            self.record_expiry(job.priority, job.submitted, now);
+            expired.push(((job, adm), meta));
+        }
+        for ((job, adm), meta) in regrouped {
+            let k = job.dedup;
+            let key = self.planner.waiting.insert((job, adm), meta);
+            if let Some(k) = k {
+                self.dedup.insert(k, key);
+            }
+        }
+        self.end_unlaunched(expired, Failure::Expired, Ended::Expired);
+    }
+
+    fn record_expiry(&mut self, level: Priority, submitted: Instant, now: Instant) {
+        let timeout = self.applied.slo[level.index()].timeout;
+        self.sla.expired(
+            level,
+            now.saturating_duration_since(submitted),
+            timeout,
+            now,
+        );
+    }
+
+    /// Ends followers that leave their group unlaunched.
+    fn end_followers(&mut self, gone: Vec<Follower<O>>, failure: Failure, how: Ended) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut admissions = Vec::with_capacity(gone.len());
+        self.end_each_follower(gone, &failure, how, &mut admissions);
+        self.intake.release_all(admissions);
+    }
+
+    /// Ends each follower with `failure`, collecting its admission for the
+    /// caller's one release.
+    fn end_each_follower(
+        &self,
+        gone: Vec<Follower<O>>,
+        failure: &Failure,
+        how: Ended,
+        admissions: &mut Vec<Admission>,
+    ) {
+        for f in gone {
+            admissions.push(f.admission);
+            self.end_one(f.completer, f.priority, failure, how);
+        }
+    }
+
+    /// Delivers `failure` to one unlaunched request, counted as `how` (or
+    /// as cancelled when its ticket had already closed).
+    fn end_one(&self, completer: Completer<O>, level: Priority, failure: &Failure, how: Ended) {
+        let ended = match completer.complete(Err(failure.clone())) {
+            Ok(()) => how,
+            Err(_) => Ended::Cancelled,
+        };
+        self.shared.counters.ended(level, ended, 1);
+    }
+
+    /// Ends every request accepted and not launched with `failure` (the
+    /// intake's too, so a submit that returned before is covered), dedup
+    /// twins included; returns how many ended. `shutdown_now` and the
+    /// drain deadline fail them `ShutDown`; `clear_waiting` cancels them.
+    fn end_all_waiting(&mut self, now_ns: u64, failure: Failure, how: Ended) -> usize {
+        self.drain_intake(now_ns);
+        let all = self.planner.waiting.drain_all();
+        let ended = all
+            .iter()
+            .map(|((job, _), _)| 1 + job.followers.len())
+            .sum();
+        self.end_unlaunched(all, failure, how);
+        ended
+    }
+
+    fn fail_all_waiting(&mut self) {
+        self.end_all_waiting(u64::MAX, Failure::ShutDown, Ended::ShutDown);
+    }
+
+    /// Ends requests that never launched with `failure`, counted as `how`
+    /// (or as cancelled when the ticket had already closed), and gives their
+    /// queue room back.
+    fn end_unlaunched(&mut self, entries: Vec<(Entry<I, O>, Meta)>, failure: Failure, how: Ended) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut admissions = Vec::with_capacity(entries.len());
+        for ((job, adm), _) in entries {
+            self.forget_group(&job);
+            self.end_each_follower(job.followers, &failure, how, &mut admissions);
+            admissions.push(adm);
+            self.end_one(job.completer, job.priority, &failure, how);
+        }
+        self.intake.release_all(admissions);
+    }
+
+    /// How many requests a batch formed now should take, or `None` while
+    /// the batch is not due: see `planner::batch_size_now` (forced by the
+    /// queue delay or shutdown, full by any limit (`Planner::is_full`,
+    /// given `most`, the largest worker up), or a preferred size
+    /// reachable).
+    fn batch_due(&mut self, now_ns: u64, closing: bool, most: Option<Capacity>) -> Option<usize> {
+        let waiting = self.planner.len();
+        if waiting == 0 {
+            return None;
+        }
+        let delay = nanos(self.applied.batching.max_queue_delay);
+        let forced = closing
+            || self.planner.is_full(most)
+            || self
+                .planner
+                .waiting
+                .oldest_arrival()
+                .is_some_and(|a| now_ns.saturating_sub(a) >= delay);
+        batch_size_now(
+            waiting,
+            self.planner.batch_limit(),
+            forced,
+            self.applied.batching.preferred_batch_sizes.as_slice(),
+        )
+    }
+
+    fn launch(&mut self, now_ns: u64, closing: bool) {
+        // Again here, after the drain: a request drained this pass was
+        // submitted after any reload that returned before it, so it is
+        // batched under the new limits.
+        self.apply_reload();
+        let fleet = self.shared.fleet.load_full();
+        // Only workers whose link the collector holds: one added a moment ago
+        // is in the snapshot before its link arrives.
+        let candidates: Vec<Candidate<'_>> = fleet
+            .workers
+            .iter()
+            .enumerate()
+            .take(self.workers.len())
+            .map(|(index, w)| Candidate {
+                index,
+                spec: &w.spec,
+                up: w.health == Health::Up && self.workers[index].is_some(),
+            })
+            .collect();
+        let urgent_slack = nanos(self.planner.placer_mut().urgent_slack);
+        let urgent_waiting = self
+            .planner
+            .waiting
+            .next_deadline()
+            .is_some_and(|d| d.saturating_sub(now_ns) < urgent_slack);
+        let waiting = self.planner.len();
+        let placer = self.planner.placer_mut();
+        placer.update_load(waiting, urgent_waiting);
+        let switches = placer.switches().0;
+        self.shared.counters.set_adaptive_switches(switches);
+
+        let mut abandoned = Vec::new();
+        let mut admissions = Vec::new();
+        let mut short_now = false;
+        self.stalled = false;
+        // The most any worker up could hold, per resource: a batch that
+        // reaches it is full however long it waits. None up: only the
+        // batch limits count.
+        let most = Some(fleet.max).filter(|m| m.slots > 0);
+        while let Some(size) = self.batch_due(now_ns, closing, most) {
+            let deciding = Instant::now();
+            let (formed, shortfall) =
+                match self.planner.form(now_ns, &candidates, &mut abandoned, size) {
+                    Plan::Batch { formed, shortfall } => (Some(formed), shortfall),
+                    Plan::Stalled { shortfall } => (None, Some(shortfall)),
+                    Plan::Empty => (None, None),
+                };
+            for (k, key) in self.planner.take_moved() {
+                self.dedup.insert(k, key);
+            }
+            if let Some(cost) = shortfall {
+                // One signal per episode: consecutive passes that meet a
+                // request fitting no worker count once.
+                if !self.short_last_pass && !short_now {
+                    self.shared.counters.shortfall();
+                    if let Some(f) = &self.on_shortfall {
+                        let cost = Cost {
+                            tokens: u32::try_from(cost.tokens).unwrap_or(u32::MAX),
+                            bytes: cost.bytes,
+                        };
+                        // A panicking hook must not take the collector (and
+                        // with it every waiting request) down with it.
+                        if catch_unwind(AssertUnwindSafe(|| f(cost))).is_err() {
+                            tracing::warn!("on_capacity_shortfall callback panicked; ignored");
+                        }
+                    }
+                }
+                short_now = true;
+            }
+            let Some(formed) = formed else {
+                self.stalled = shortfall.is_some();
+                break;
+            };
+            self.launch_formed(formed, &mut admissions);
+            self.sla.decision(deciding.elapsed());
+        }
+        self.short_last_pass = short_now;
+        self.intake.release_all(admissions);
+        self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
+    }
+
+    /// Hands a formed batch to its worker.
+    fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, admissions: &mut Vec<Admission>) {
+        let now = Instant::now();
+        let counters = &self.shared.counters;
+        counters.placement(formed.reason);
+        for _ in 0..formed.aged {
+            counters.aging_promotion();
+        }
+        counters.batch(formed.items.len());
+        let mut batch = Batch {
+            inputs: Vec::with_capacity(formed.items.len()),
+            completers: Vec::with_capacity(formed.items.len()),
+            followers: Vec::new(),
+            cloner: self.cloner,
+            reserved: formed.reserved,
+        };
+        for ((mut job, adm), _) in formed.items {
+            if job.dedup.is_some() {
+                self.forget_group(&job);
+                let index = batch.inputs.len();
+                for f in std::mem::take(&mut job.followers) {
+                    self.sla
+                        .queue_wait(f.priority, now.saturating_duration_since(f.submitted));
+                    batch
+                        .followers
+                        .push((index, f.completer, f.priority, f.submitted));
+                    admissions.push(f.admission);
+                }
+            }
+            batch.inputs.push(job.input);
+            self.sla
+                .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
+            batch
+                .completers
+                .push((job.completer, job.priority, job.submitted));
+            admissions.push(adm);
+        }
+        let worker = formed.worker;
+        // The level check comes first inside the macro: with debug off,
+        // nothing is formatted.
+        tracing::debug!(
+            worker,
+            size = batch.inputs.len(),
+            tokens = batch.reserved.tokens,
+            reason = ?formed.reason,
+            aged = formed.aged,
+            "batch launched"
+        );
+        let link = self.workers[worker]
+            .as_ref()
+            .expect("placement only offers workers whose link is held");
+        if let Err(ring::Full(batch)) = link.jobs.push(batch) {
+            // The ring holds one batch per slot; only a capacity raised past
+            // the ring's size at run time gets here.
+            let undone = self.planner.release(worker, &batch.reserved);
+            debug_assert!(undone.is_ok(), "{undone:?}");
+            fail_batch(
+                &self.shared,
+                batch.completers,
+                batch.followers,
+                "worker queue full",
+            );
+        } else {
+            link.thread.unpark();
+        }
+    }
+}
+
+impl<I, O> Plannable for Entry<I, O> {
+    fn cost(&self) -> Capacity {
+        as_capacity(self.0.cost)
+    }
+
+    fn group(&self) -> Option<u64> {
+        self.0.dedup
+    }
+
+    /// A group is dropped unrun only when every member cancelled.
+    fn abandoned(&self) -> bool {
+        self.0.completer.is_cancelled()
+            && self.0.followers.iter().all(|f| f.completer.is_cancelled())
+    }
+}

@@ -1,0 +1,329 @@
+//! The workers: one thread each, running the executor on the batches the
+//! collector hands over, delivering every ticket's outcome and sending each
+//! batch's capacity back through the release ring. A device executor's
+//! lane keeps several batches in flight; a panic or error fails only its
+//! batch, and the worker lives on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Batch, BuildError, Release, Shared};
+use crate::config::{Capacity, ConfigError, WorkerSpec};
+use crate::executor::{Executor, Lane};
+use crate::outcome::{Failure, Outcome};
+use crate::priority::Priority;
+use crate::ring;
+use crate::sla::SlaRecorder;
+use crate::stats::Ended;
+use crate::ticket::Completer;
+
+pub(super) struct WorkerLink<I, O> {
+    pub(super) jobs: ring::Producer<Batch<I, O>>,
+    pub(super) thread: std::thread::Thread,
+}
+
+pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
+    index: usize,
+    spec: &WorkerSpec,
+    executor: &Arc<dyn Executor<I, O>>,
+    releases: &ring::Producer<Release>,
+    shared: &Arc<Shared>,
+) -> Result<(WorkerLink<I, O>, JoinHandle<()>), BuildError> {
+    let depth = (spec.capacity.slots as usize)
+        .clamp(2, 1 << 16)
+        .next_power_of_two();
+    let (tx, rx) = ring::channel::<Batch<I, O>>(depth).map_err(|e| {
+        BuildError::Config(ConfigError::Invalid {
+            key: format!("workers[{index}].capacity.slots"),
+            reason: e.to_string(),
+        })
+    })?;
+    let worker = Worker {
+        index,
+        sla: shared.sla.recorder(shared.epoch),
+        jobs: rx,
+        executor: executor.clone(),
+        releases: releases.clone(),
+        shared: shared.clone(),
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("convoy-{}", spec.name))
+        .spawn(move || worker.run())
+        .map_err(|e| BuildError::Spawn(e.to_string()))?;
+    let link = WorkerLink {
+        jobs: tx,
+        thread: handle.thread().clone(),
+    };
+    Ok((link, handle))
+}
+
+pub(super) fn fail_batch<O>(
+    shared: &Shared,
+    completers: Vec<(Completer<O>, Priority, Instant)>,
+    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    why: &str,
+) {
+    let failure = Failure::ExecutorFailed(why.to_owned());
+    let outcomes = completers
+        .into_iter()
+        .chain(followers.into_iter().map(|(_, c, p, at)| (c, p, at)))
+        .map(|(c, p, at)| (c, p, at, Err(failure.clone())));
+    deliver(shared, outcomes, Ended::Failed, |_, _| {});
+}
+
+/// Delivers a launched batch's outcomes, counted as `how` per priority, or
+/// as cancelled where the ticket had closed (the result is dropped). One
+/// counter update per priority per batch, not per request.
+/// `delivered` is called with the level and submit time of each outcome a
+/// ticket received.
+pub(super) fn deliver<O>(
+    shared: &Shared,
+    outcomes: impl Iterator<Item = (Completer<O>, Priority, Instant, Outcome<O>)>,
+    how: Ended,
+    mut delivered: impl FnMut(Priority, Instant),
+) {
+    let mut counts = [[0u64; 2]; Priority::COUNT];
+    for (c, p, submitted, outcome) in outcomes {
+        let closed = c.complete(outcome).is_err();
+        if !closed {
+            delivered(p, submitted);
+        }
+        counts[p.index()][usize::from(closed)] += 1;
+    }
+    for p in Priority::ALL {
+        shared.counters.ended(p, how, counts[p.index()][0]);
+        shared
+            .counters
+            .ended(p, Ended::Cancelled, counts[p.index()][1]);
+    }
+}
+
+struct Worker<I, O> {
+    index: usize,
+    /// This worker's own SLA histograms (single-owner).
+    sla: SlaRecorder,
+    jobs: ring::Consumer<Batch<I, O>>,
+    executor: Arc<dyn Executor<I, O>>,
+    releases: ring::Producer<Release>,
+    shared: Arc<Shared>,
+}
+
+/// A batch handed to the executor, waiting for its outputs: everything of
+/// [`Batch`] but the inputs.
+struct Pending<O> {
+    completers: Vec<(Completer<O>, Priority, Instant)>,
+    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    cloner: Option<fn(&O) -> O>,
+    reserved: Capacity,
+    started: Instant,
+}
+
+/// What running a batch gave: outputs, an executor error, or a panic's
+/// message.
+type RunResult<O> = Result<Result<Vec<O>, String>, String>;
+
+/// A worker's wait for work: a bounded spin (`idle` counts it), then a
+/// park of at most `park`, so threads sharing a core never spin for long.
+fn pause(idle: &mut u32, park: Duration) {
+    if *idle < crate::sync::SPIN_LIMIT {
+        *idle += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::park_timeout(park);
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned());
+    format!("executor panicked: {why}")
+}
+
+impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
+    fn run(mut self) {
+        // A device executor gives this worker its own pipelined lane; a
+        // lane that cannot be made (a panic) leaves the plain path.
+        let mut lane = catch_unwind(AssertUnwindSafe(|| self.executor.lane(self.index)))
+            .ok()
+            .flatten();
+        let depth = lane.as_ref().map_or(1, |l| l.depth().max(1));
+        // Launched batches, oldest first: a lane finishes them in order.
+        let mut in_flight: std::collections::VecDeque<Pending<O>> =
+            std::collections::VecDeque::with_capacity(depth);
+        let mut idle = 0u32;
+        loop {
+            if in_flight.len() < depth {
+                if let Some(batch) = self.jobs.pop() {
+                    idle = 0;
+                    match lane.as_mut() {
+                        None => self.execute(batch),
+                        Some(lane) => {
+                            if let Some(p) = self.launch(lane.as_mut(), batch) {
+                                in_flight.push_back(p);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            if let (Some(lane), false) = (lane.as_mut(), in_flight.is_empty()) {
+                // Finish the oldest when the lane is full (nothing else to
+                // do), when it is done, or when no more work can come.
+                let ready = in_flight.len() >= depth
+                    || catch_unwind(AssertUnwindSafe(|| lane.is_ready())).unwrap_or(true)
+                    || self.collector_gone();
+                if ready {
+                    idle = 0;
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| lane.finish())).map_err(panic_message);
+                    let p = in_flight.pop_front().expect("checked non-empty just above");
+                    self.settle(p, result);
+                } else {
+                    // The device is busy and there is room for one more
+                    // batch: the collector unparks us when it pushes one;
+                    // the device's progress is polled at this period.
+                    pause(&mut idle, Duration::from_micros(50));
+                }
+                continue;
+            }
+            // Nothing in flight and no batch waiting.
+            if self.collector_gone() {
+                return;
+            }
+            self.sla.maybe_publish(Instant::now());
+            // The collector unparks us after every push; the timeout only
+            // bounds a shutdown race.
+            pause(&mut idle, Duration::from_millis(20));
+        }
+    }
+
+    fn collector_gone(&self) -> bool {
+        // Only the collector holds the producing end of the job ring.
+        self.jobs.is_empty() && self.jobs.producers() == 0
+    }
+
+    /// Splits a batch into its inputs and what waits for the outputs.
+    fn split(batch: Batch<I, O>) -> (Vec<I>, Pending<O>) {
+        let Batch {
+            inputs,
+            completers,
+            followers,
+            cloner,
+            reserved,
+        } = batch;
+        let pending = Pending {
+            completers,
+            followers,
+            cloner,
+            reserved,
+            started: Instant::now(),
+        };
+        (inputs, pending)
+    }
+
+    /// Runs a batch on the plain path and settles it.
+    fn execute(&mut self, batch: Batch<I, O>) {
+        let (inputs, pending) = Self::split(batch);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.executor.execute(self.index, &inputs)
+        }))
+        .map_err(panic_message);
+        drop(inputs);
+        self.settle(pending, result);
+    }
+
+    /// Starts a batch on the lane; a batch that could not be launched is
+    /// settled (failed) at once.
+    fn launch(&mut self, lane: &mut dyn Lane<I, O>, batch: Batch<I, O>) -> Option<Pending<O>> {
+        let (inputs, pending) = Self::split(batch);
+        match catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs))) {
+            Ok(Ok(())) => Some(pending),
+            Ok(Err(e)) => {
+                self.settle(pending, Ok(Err(e)));
+                None
+            }
+            Err(panic) => {
+                self.settle(pending, Err(panic_message(panic)));
+                None
+            }
+        }
+    }
+
+    /// Hands a finished batch's outcomes to its tickets and its capacity
+    /// back to the collector.
+    fn settle(&mut self, pending: Pending<O>, result: RunResult<O>) {
+        let Pending {
+            completers,
+            followers,
+            cloner,
+            reserved,
+            started,
+        } = pending;
+        match result {
+            Ok(Ok(outputs)) if outputs.len() == completers.len() => {
+                let exec = started.elapsed();
+                let slo = self.shared.knobs.load().slo;
+                // Twins first, while the outputs they copy are still here.
+                let copies: Vec<_> = followers
+                    .into_iter()
+                    .map(|(i, c, p, at)| {
+                        let out = match (cloner, outputs.get(i)) {
+                            (Some(clone), Some(o)) => Ok(clone(o)),
+                            _ => Err(Failure::ExecutorFailed(
+                                "no output to share with a deduplicated twin".into(),
+                            )),
+                        };
+                        (c, p, at, out)
+                    })
+                    .collect();
+                let outcomes = copies.into_iter().chain(
+                    completers
+                        .into_iter()
+                        .zip(outputs)
+                        .map(|((c, p, at), out)| (c, p, at, Ok(out))),
+                );
+                let sla = &mut self.sla;
+                deliver(&self.shared, outcomes, Ended::Completed, |p, submitted| {
+                    let now = Instant::now();
+                    let e2e = now.saturating_duration_since(submitted);
+                    sla.completed(p, exec, e2e, slo[p.index()].timeout, now);
+                });
+                sla.maybe_publish(Instant::now());
+            }
+            Ok(Ok(outputs)) => {
+                let why = format!(
+                    "executor returned {} outputs for {} inputs",
+                    outputs.len(),
+                    completers.len()
+                );
+                fail_batch(&self.shared, completers, followers, &why);
+            }
+            Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, &e),
+        }
+        let mut release = Release {
+            worker: self.index,
+            amount: reserved,
+            took: started.elapsed(),
+        };
+        // The release ring holds one entry per slot of the whole fleet, so it
+        // has room; should it not, wait for the collector rather than lose a
+        // release.
+        let mut spins = 0u32;
+        while let Err(ring::Full(back)) = self.releases.push(release) {
+            release = back;
+            spins += 1;
+            if spins < crate::sync::SPIN_LIMIT {
+                std::hint::spin_loop();
+            } else {
+                self.shared.doorbell.ring();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        self.shared.doorbell.ring();
+    }
+}
