@@ -543,6 +543,23 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     }
 
     /// Counters per priority and totals; lock-free.
+    ///
+    /// An outcome is counted before its ticket can see it, so once a
+    /// `wait()` has returned (or a `try_take()` given a result), a snapshot
+    /// taken after it includes that request. The one blur: a ticket
+    /// cancelled while its result is being delivered is counted as
+    /// delivered (completed, failed, expired), though the ticket reports
+    /// `Cancelled`; every request is still counted exactly once.
+    ///
+    /// ```
+    /// # use convoy::{Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// for i in 0..10 {
+    ///     rt.handle().submit(Request::new(i))?.wait().unwrap();
+    ///     assert_eq!(rt.stats().total().completed, u64::from(i) + 1);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.handle.stats()
     }
@@ -947,6 +964,23 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     }
 
     /// Counters per priority and totals; lock-free.
+    ///
+    /// An outcome is counted before its ticket can see it, so once a
+    /// `wait()` has returned (or a `try_take()` given a result), a snapshot
+    /// taken after it includes that request. The one blur: a ticket
+    /// cancelled while its result is being delivered is counted as
+    /// delivered (completed, failed, expired), though the ticket reports
+    /// `Cancelled`; every request is still counted exactly once.
+    ///
+    /// ```
+    /// # use convoy::{Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// for i in 0..10 {
+    ///     rt.handle().submit(Request::new(i))?.wait().unwrap();
+    ///     assert_eq!(rt.stats().total().completed, u64::from(i) + 1);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot(self.intake.stats())
     }

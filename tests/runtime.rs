@@ -67,6 +67,44 @@ fn one_lane_config(lane_capacity: usize) -> Config {
     cfg
 }
 
+/// A caller whose ticket has its result finds it counted: outcomes are
+/// counted before any ticket of the batch is completed. Each round sends
+/// one full batch of 256 and reads the counters the moment its first
+/// ticket is ready, while the worker is still completing the other 255;
+/// counting after the deliveries (as convoy once did) fails here.
+#[test]
+fn a_ready_ticket_is_already_counted() {
+    const BATCH: usize = 256;
+    let rt = Runtime::builder()
+        .config(config(vec![worker(BATCH as u32, 1 << 20)], BATCH, 10_000))
+        .batch_fn(|xs: &[u32]| xs.to_vec())
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    for round in 0..20u64 {
+        let mut tickets: Vec<_> = (0..BATCH as u32)
+            .map(|i| h.submit(Request::new(i)).unwrap())
+            .collect();
+        let before = round * BATCH as u64;
+        let first = loop {
+            if let Some(out) = tickets[0].try_take() {
+                break out;
+            }
+            std::hint::spin_loop();
+        };
+        let counted = rt.stats().total().completed;
+        assert_eq!(first, Ok(0));
+        assert!(
+            counted > before,
+            "round {round}: ticket 0 had its result but completed was still {counted} (≤ {before})"
+        );
+        for t in tickets.drain(1..) {
+            t.wait().unwrap();
+        }
+        assert_eq!(rt.stats().total().completed, before + BATCH as u64);
+    }
+}
+
 #[test]
 fn serves_a_request() {
     let rt = Runtime::builder()

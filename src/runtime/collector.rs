@@ -501,13 +501,19 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// Delivers `failure` to one unlaunched request, counted as `how` (or
-    /// as cancelled when its ticket had already closed).
+    /// as cancelled when its ticket had already closed). Counted first, so
+    /// a caller woken by the failure finds it in `stats()`; see `deliver`
+    /// for a ticket that closes in between.
     fn end_one(&self, completer: Completer<O>, level: Priority, failure: &Failure, how: Ended) {
-        let ended = match completer.complete(Err(failure.clone())) {
-            Ok(()) => how,
-            Err(_) => Ended::Cancelled,
+        let ended = if completer.is_cancelled() {
+            Ended::Cancelled
+        } else {
+            how
         };
         self.shared.counters.ended(level, ended, 1);
+        // An Err hands the failure back from a ticket that closed after the
+        // check above; it was counted as `how`, and there is no one to tell.
+        let _ = completer.complete(Err(failure.clone()));
     }
 
     /// Ends every request accepted and not launched with `failure` (the

@@ -47,6 +47,7 @@ pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
         executor: executor.clone(),
         releases: releases.clone(),
         shared: shared.clone(),
+        delivering: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name(format!("convoy-{}", spec.name))
@@ -66,37 +67,50 @@ pub(super) fn fail_batch<O>(
     why: &str,
 ) {
     let failure = Failure::ExecutorFailed(why.to_owned());
-    let outcomes = completers
+    let mut outcomes: Vec<Delivery<O>> = completers
         .into_iter()
         .chain(followers.into_iter().map(|(_, c, p, at)| (c, p, at)))
-        .map(|(c, p, at)| (c, p, at, Err(failure.clone())));
-    deliver(shared, outcomes, Ended::Failed, |_, _| {});
+        .map(|(c, p, at)| (c, p, at, Err(failure.clone())))
+        .collect();
+    deliver(shared, &mut outcomes, Ended::Failed, |_, _| {});
 }
 
-/// Delivers a launched batch's outcomes, counted as `how` per priority, or
-/// as cancelled where the ticket had closed (the result is dropped). One
-/// counter update per priority per batch, not per request.
-/// `delivered` is called with the level and submit time of each outcome a
-/// ticket received.
+/// One outcome on its way: the ticket's completer, its level, its submit
+/// time, and what it gets.
+type Delivery<O> = (Completer<O>, Priority, Instant, Outcome<O>);
+
+/// Delivers a launched batch's outcomes (draining `outcomes`), counted as
+/// `how` per priority, or as cancelled where the ticket had closed (the
+/// result is dropped). One counter update per priority per batch, not per
+/// request. `delivered` is called with the level and submit time of each
+/// outcome a ticket received.
+///
+/// The counts go in **before** any ticket is completed, so a caller whose
+/// `wait()` has returned finds its request in `stats()` (the counters are
+/// sequenced before the ticket's Release of its value, which the waiter
+/// Acquires). A ticket that closes between the count and its delivery is
+/// counted as `how`, like one that closes just after: the result was on its
+/// way, and the ticket drops it.
 pub(super) fn deliver<O>(
     shared: &Shared,
-    outcomes: impl Iterator<Item = (Completer<O>, Priority, Instant, Outcome<O>)>,
+    outcomes: &mut Vec<Delivery<O>>,
     how: Ended,
     mut delivered: impl FnMut(Priority, Instant),
 ) {
     let mut counts = [[0u64; 2]; Priority::COUNT];
-    for (c, p, submitted, outcome) in outcomes {
-        let closed = c.complete(outcome).is_err();
-        if !closed {
-            delivered(p, submitted);
-        }
-        counts[p.index()][usize::from(closed)] += 1;
+    for (c, p, _, _) in outcomes.iter() {
+        counts[p.index()][usize::from(c.is_cancelled())] += 1;
     }
     for p in Priority::ALL {
         shared.counters.ended(p, how, counts[p.index()][0]);
         shared
             .counters
             .ended(p, Ended::Cancelled, counts[p.index()][1]);
+    }
+    for (c, p, submitted, outcome) in outcomes.drain(..) {
+        if c.complete(outcome).is_ok() {
+            delivered(p, submitted);
+        }
     }
 }
 
@@ -108,6 +122,8 @@ struct Worker<I, O> {
     executor: Arc<dyn Executor<I, O>>,
     releases: ring::Producer<Release>,
     shared: Arc<Shared>,
+    /// Reused for each batch's outcomes: no allocation per batch.
+    delivering: Vec<Delivery<O>>,
 }
 
 /// A batch handed to the executor, waiting for its outputs: everything of
@@ -269,19 +285,17 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 let exec = started.elapsed();
                 let slo = self.shared.knobs.load().slo;
                 // Twins first, while the outputs they copy are still here.
-                let copies: Vec<_> = followers
-                    .into_iter()
-                    .map(|(i, c, p, at)| {
-                        let out = match (cloner, outputs.get(i)) {
-                            (Some(clone), Some(o)) => Ok(clone(o)),
-                            _ => Err(Failure::ExecutorFailed(
-                                "no output to share with a deduplicated twin".into(),
-                            )),
-                        };
-                        (c, p, at, out)
-                    })
-                    .collect();
-                let outcomes = copies.into_iter().chain(
+                let outcomes = &mut self.delivering;
+                outcomes.extend(followers.into_iter().map(|(i, c, p, at)| {
+                    let out = match (cloner, outputs.get(i)) {
+                        (Some(clone), Some(o)) => Ok(clone(o)),
+                        _ => Err(Failure::ExecutorFailed(
+                            "no output to share with a deduplicated twin".into(),
+                        )),
+                    };
+                    (c, p, at, out)
+                }));
+                outcomes.extend(
                     completers
                         .into_iter()
                         .zip(outputs)
