@@ -21,6 +21,10 @@ cases=(
   "src/gate.rs@self.0.state.fetch_sub(1, Ordering::Release);@self.0.state.fetch_sub(1, Ordering::Relaxed);@runtime_protocols@gate_lets_no_submit_slip_past_close"
   "src/clearing.rs@self.asked.store(true, Ordering::Release);@self.asked.store(true, Ordering::Relaxed);@runtime_protocols@clearing_is_answered_or_told_gone_and_sees_prior_submits"
   "src/clearing.rs@self.asked.swap(false, Ordering::Acquire)@self.asked.swap(false, Ordering::Relaxed)@runtime_protocols@clearing_is_answered_or_told_gone_and_sees_prior_submits"
+  "src/refresh.rs@self.answered.store(generation, Ordering::Release);@self.answered.store(generation, Ordering::Relaxed);@runtime_protocols@refresh_answer_covers_what_the_asker_saw"
+  "src/refresh.rs@self.answered.load(Ordering::Acquire) >= generation@self.answered.load(Ordering::Relaxed) >= generation@runtime_protocols@refresh_answer_covers_what_the_asker_saw"
+  "src/refresh.rs@self.live.store(false, Ordering::Release);@self.live.store(false, Ordering::Relaxed);@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
+  "src/refresh.rs@!self.live.load(Ordering::Acquire)@!self.live.load(Ordering::Relaxed)@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
 )
 for c in "${cases[@]}"; do
   IFS='@' read -r file from to bin name <<<"$c"

@@ -83,6 +83,7 @@ pub mod placement;
 pub mod planner;
 pub mod plot;
 mod priority;
+mod refresh;
 pub mod replay;
 mod request;
 pub mod ring;
@@ -103,6 +104,7 @@ pub use executor::{BatchFn, Executor, Lane};
 pub use request::{Cost, Deadline, Request};
 pub use runtime::{
     BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,
+    SLA_REFRESH_WAIT,
 };
 pub use sla::{SlaReport, SloTarget};
 pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
@@ -114,6 +116,7 @@ pub mod loom_exports {
     pub use crate::clearing::Clearing;
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
+    pub use crate::refresh::{Answers, Refresh};
 }
 
 pub use intake::{Intake, IntakeConfig};

@@ -49,6 +49,10 @@ mod worker;
 use collector::Collector;
 use worker::{spawn_worker, WorkerLink};
 
+/// The longest [`Runtime::sla_report`] and [`Runtime::metrics_text`] wait
+/// for the collector and the workers to publish fresh SLA copies.
+pub const SLA_REFRESH_WAIT: Duration = Duration::from_millis(50);
+
 /// Why a runtime could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -583,7 +587,10 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             .collect();
         crate::metrics::render(crate::metrics::Snapshot {
             stats: self.stats(),
-            sla: self.sla_report(),
+            sla: {
+                self.refresh_sla();
+                self.published_sla_report()
+            },
             e2e_buckets: self
                 .shared
                 .sla
@@ -607,12 +614,65 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     }
 
     /// Latency percentiles (queue wait, execution, end to end), SLO
-    /// violations and compliance per priority. Recorders publish every
-    /// 100 ms, so a report is at most that stale while running and exact
-    /// after `shutdown`.
+    /// violations and compliance per priority.
+    ///
+    /// The collector and each worker record into histograms of their own
+    /// and publish a copy every 100 ms. A report first asks each of them
+    /// for a fresh copy and waits for the answers, at most
+    /// [`SLA_REFRESH_WAIT`]: so it includes every request whose ticket had
+    /// its outcome before the call. A worker still inside a batch longer
+    /// than that answers too late and is read from its last copy (at most
+    /// 100 ms older than its previous batch). After `shutdown` a report
+    /// is exact and does not wait.
+    ///
+    /// ```
+    /// # use convoy::{Priority, Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// for i in 0..3 {
+    ///     rt.handle().submit(Request::new(i).priority(Priority::High))?.wait().unwrap();
+    /// }
+    /// let high = rt.sla_report().of(Priority::High).clone();
+    /// assert_eq!((high.end_to_end.count, high.queue_wait.count), (3, 3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sla_report(&self) -> SlaReport {
+        self.refresh_sla();
+        self.published_sla_report()
+    }
+
+    /// The report from the copies as they are, without asking for fresh
+    /// ones.
+    fn published_sla_report(&self) -> SlaReport {
         let now = self.shared.epoch.elapsed();
         self.shared.sla.report(&self.shared.knobs.load().slo, now)
+    }
+
+    /// Asks the collector and the workers for fresh SLA copies and wakes
+    /// them so that idle ones answer at once (control path). Called from
+    /// one of those threads (a shortfall hook, a batch function), it does
+    /// not ask: that thread cannot answer while it waits.
+    fn refresh_sla(&self) {
+        let me = std::thread::current().id();
+        let workers: Vec<std::thread::Thread> = {
+            let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            threads
+                .iter()
+                .flat_map(|t| &t.workers)
+                .map(|w| w.thread().clone())
+                .collect()
+        };
+        if self.shared.doorbell.is_sleeper_current() || workers.iter().any(|w| w.id() == me) {
+            return;
+        }
+        self.shared.sla.refresh(
+            || {
+                self.shared.doorbell.ring();
+                for w in &workers {
+                    w.unpark();
+                }
+            },
+            SLA_REFRESH_WAIT,
+        );
     }
 
     /// Changes a worker's capacity (control path). New reservations see it

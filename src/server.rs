@@ -264,14 +264,23 @@ fn build_request(b: InferBody, limits: &Limits) -> Result<Request<Input>, Respon
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.runtime.metrics_text(),
-    )
-        .into_response()
+    // metrics_text may wait (up to SLA_REFRESH_WAIT) for fresh SLA copies:
+    // off the async workers.
+    let rt = state.runtime.clone();
+    match tokio::task::spawn_blocking(move || rt.metrics_text()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering metrics failed: {e}"),
+        ),
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

@@ -8,10 +8,13 @@
 //! execution and end-to-end latency) owns an `SlaRecorder`: plain HDR
 //! histograms and counters, no atomics, no lock and no allocation per
 //! request. Every 100 ms, or every 4,096 records, and when its thread exits,
-//! a recorder publishes a copy of itself through an `ArcSwap`. So a report
-//! is at most that stale while running, and exact after shutdown.
-//! [`Runtime::sla_report`](crate::Runtime::sla_report) merges the latest
-//! copies.
+//! a recorder publishes a copy of itself through an `ArcSwap`; it also
+//! publishes when a report asks for a fresh copy (`refresh.rs`), which it
+//! checks at each of its thread's loop points.
+//! [`Runtime::sla_report`](crate::Runtime::sla_report) asks, waits for the
+//! answers (bounded), and merges the latest copies: while running it
+//! includes every request finished before the call, and after shutdown it
+//! is exact.
 //!
 //! A completed request **violates** its SLO when its end-to-end latency
 //! exceeds its priority's `timeout`. An expired request is a violation too.
@@ -28,6 +31,7 @@ use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 
 use crate::priority::Priority;
+use crate::refresh::{Answers, Refresh};
 
 /// Latency objectives of one priority level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,16 +220,27 @@ impl SlaShard {
     }
 }
 
+/// One recorder's latest copy and its answers to refresh asks.
+struct Slot {
+    copy: ArcSwap<SlaShard>,
+    answers: Answers,
+}
+
 /// Where recorders publish; the report reads every slot.
 #[derive(Default)]
 pub(crate) struct SlaBoard {
     /// Control path: a recorder registers once; the report locks to list.
-    slots: Mutex<Vec<Arc<ArcSwap<SlaShard>>>>,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Asks for fresh copies (see `refresh.rs`).
+    refresh: Arc<Refresh>,
 }
 
 impl SlaBoard {
     pub fn recorder(&self, epoch: Instant) -> SlaRecorder {
-        let slot = Arc::new(ArcSwap::from_pointee(SlaShard::new()));
+        let slot = Arc::new(Slot {
+            copy: ArcSwap::from_pointee(SlaShard::new()),
+            answers: Answers::new(),
+        });
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -233,9 +248,38 @@ impl SlaBoard {
         SlaRecorder {
             data: SlaShard::new(),
             slot,
+            refresh: self.refresh.clone(),
+            answered: 0,
             epoch,
             unpublished: 0,
             last_publish: Instant::now(),
+        }
+    }
+
+    /// Asks every recorder for a fresh copy, calls `wake` so that idle
+    /// recorder threads get to a loop point, and waits until each live
+    /// recorder has answered or `within` has passed (a recorder in the
+    /// middle of a long batch answers after it). Returns whether every one
+    /// answered. Control path: a bounded spin, then short sleeps.
+    pub fn refresh(&self, wake: impl FnOnce(), within: Duration) -> bool {
+        let generation = self.refresh.ask();
+        wake();
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let deadline = Instant::now() + within;
+        let mut spins = 0u32;
+        loop {
+            if slots.iter().all(|s| s.answers.has_answered(generation)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if spins < crate::sync::SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
         }
     }
 
@@ -245,7 +289,7 @@ impl SlaBoard {
         let mut recent: Vec<Violation> = Vec::new();
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for slot in slots {
-            let shard = slot.load();
+            let shard = slot.copy.load();
             for (m, h) in merged.hist.iter_mut().zip(&shard.hist) {
                 m.add(h).expect("histograms share bounds");
             }
@@ -363,7 +407,10 @@ impl SlaBoard {
 /// One thread's recorder. Single-owner: `&mut self` everywhere.
 pub(crate) struct SlaRecorder {
     data: SlaShard,
-    slot: Arc<ArcSwap<SlaShard>>,
+    slot: Arc<Slot>,
+    refresh: Arc<Refresh>,
+    /// The newest refresh generation this recorder answered.
+    answered: u64,
     epoch: Instant,
     unpublished: u32,
     last_publish: Instant,
@@ -431,9 +478,18 @@ impl SlaRecorder {
         self.data.recent.push_back(v);
     }
 
-    /// Publishes if enough was recorded or enough time passed.
+    /// Publishes if a report asked for a fresh copy (and answers it), or
+    /// if enough was recorded or enough time passed. Called at each of the
+    /// owning thread's loop points.
     pub fn maybe_publish(&mut self, now: Instant) {
-        if self.unpublished >= PUBLISH_EVERY
+        let wanted = self.refresh.wanted();
+        if wanted > self.answered {
+            if self.unpublished > 0 {
+                self.publish(now);
+            }
+            self.answered = wanted;
+            self.slot.answers.answer(wanted);
+        } else if self.unpublished >= PUBLISH_EVERY
             || (self.unpublished > 0
                 && now.saturating_duration_since(self.last_publish) >= PUBLISH_AFTER)
         {
@@ -443,7 +499,7 @@ impl SlaRecorder {
 
     /// Publishes a copy now (one allocation per publish, never per request).
     pub fn publish(&mut self, now: Instant) {
-        self.slot.store(Arc::new(self.data.clone()));
+        self.slot.copy.store(Arc::new(self.data.clone()));
         self.unpublished = 0;
         self.last_publish = now;
     }
@@ -451,8 +507,10 @@ impl SlaRecorder {
 
 impl Drop for SlaRecorder {
     fn drop(&mut self) {
-        // The final copy: a report after shutdown is exact.
+        // The final copy: a report after shutdown is exact, and no report
+        // waits for this recorder again.
         self.publish(Instant::now());
+        self.slot.answers.retire();
     }
 }
 

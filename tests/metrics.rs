@@ -107,6 +107,43 @@ fn exposition_matches_the_counters() {
     assert!(!text.contains("# EOF"));
 }
 
+/// While the runtime runs (no shutdown), a report includes every request
+/// whose ticket already has its outcome: it asks the collector and the
+/// workers for fresh copies first. Without that, their copies come every
+/// 100 ms and the first rounds here read zeros.
+#[test]
+fn a_running_report_includes_every_finished_request() {
+    let rt = echo_runtime(2);
+    let h = rt.handle();
+    for round in 1..=20u64 {
+        for p in Priority::ALL {
+            let t = h.submit(Request::new(round as u32).priority(p)).unwrap();
+            assert!(t.wait().is_ok());
+        }
+        let report = rt.sla_report();
+        for p in Priority::ALL {
+            let sla = report.of(p);
+            assert_eq!(
+                (sla.end_to_end.count, sla.queue_wait.count),
+                (round, round),
+                "round {round}, {p:?}"
+            );
+        }
+        let text = rt.metrics_text();
+        assert_eq!(
+            value(
+                &text,
+                "convoy_request_latency_seconds_count{priority=\"low\"}"
+            ),
+            round as f64,
+            "round {round}"
+        );
+    }
+    rt.shutdown();
+    // After shutdown every recorder has retired with its final copy.
+    assert_eq!(rt.sla_report().of(Priority::High).end_to_end.count, 20);
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     let text = loaded_runtime().metrics_text();

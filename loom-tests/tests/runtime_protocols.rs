@@ -1,7 +1,7 @@
 //! loom models of the runtime's two small protocols, on the real code.
 #![cfg(loom)]
 
-use convoy::loom_exports::{Clearing, Doorbell, Gate};
+use convoy::loom_exports::{Answers, Clearing, Doorbell, Gate, Refresh};
 use convoy::ring;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -95,4 +95,83 @@ fn clearing_is_answered_or_told_gone_and_sees_prior_submits() {
             assert_eq!(n, 3, "the clear saw the submits made before the ask");
         }
     });
+}
+
+/// One recorder loop point (`SlaRecorder::maybe_publish`'s refresh branch):
+/// a new generation is answered after publishing the copy. The real copy
+/// is an `ArcSwap`, which loom cannot see, so a loom atomic stands in for
+/// it; `Refresh` and `Answers` are the real code.
+fn loop_point(
+    refresh: &Refresh,
+    answers: &Answers,
+    answered: &mut u64,
+    copy: &AtomicUsize,
+    records: usize,
+) -> bool {
+    let wanted = refresh.wanted();
+    if wanted > *answered {
+        copy.store(records, Ordering::Relaxed);
+        *answered = wanted;
+        answers.answer(wanted);
+        return true;
+    }
+    false
+}
+
+/// A recorder delivers a ticket, then records it, with loop points before
+/// and after; a reporter that saw the ticket asks for a refresh and waits
+/// for the answer (or, with `retire`, for the recorder's final copy, as a
+/// worker that exits gives). The copy it then reads must hold the record:
+/// no loop point before the delivery can answer an ask made after it, and
+/// the answer carries the copy published before it.
+fn refresh_covers_what_the_asker_saw(retire: bool) {
+    loom::model(move || {
+        let refresh = Arc::new(Refresh::default());
+        let answers = Arc::new(Answers::new());
+        let ticket = Arc::new(AtomicUsize::new(0));
+        let copy = Arc::new(AtomicUsize::new(0));
+        let (r, a, t, c) = (
+            refresh.clone(),
+            answers.clone(),
+            ticket.clone(),
+            copy.clone(),
+        );
+        let recorder = thread::spawn(move || {
+            let mut answered = 0;
+            loop_point(&r, &a, &mut answered, &c, 0);
+            t.store(1, Ordering::Release); // the ticket's outcome
+            let records = 1; // recorded after delivering, as a worker does
+            if retire {
+                c.store(records, Ordering::Relaxed); // the final copy
+                a.retire();
+            } else {
+                while !loop_point(&r, &a, &mut answered, &c, records) {
+                    thread::yield_now();
+                }
+            }
+        });
+        while ticket.load(Ordering::Acquire) == 0 {
+            thread::yield_now();
+        }
+        let generation = refresh.ask();
+        while !answers.has_answered(generation) {
+            thread::yield_now();
+        }
+        assert_eq!(
+            copy.load(Ordering::Relaxed),
+            1,
+            "the report read a copy without the request the asker saw finish"
+        );
+        recorder.join().unwrap();
+    });
+}
+
+#[test]
+fn refresh_answer_covers_what_the_asker_saw() {
+    refresh_covers_what_the_asker_saw(false);
+}
+
+#[test]
+fn refresh_retired_recorder_covers_what_the_asker_saw() {
+    refresh_covers_what_the_asker_saw(true);
 }
