@@ -321,6 +321,32 @@ impl<T> Waiting<T> {
         self.fifo.front().map(|&(a, _, _)| a)
     }
 
+    /// Takes the waiting requests `keep_not` picks among the slots
+    /// `from .. from + limit`, into `out`; returns where the next call
+    /// should go on, or `None` once the last slot was looked at. A sweep in
+    /// bounded steps: each call costs at most `limit` slot checks. Index
+    /// entries of what it takes go stale and are dropped lazily.
+    pub fn take_where(
+        &mut self,
+        from: usize,
+        limit: usize,
+        keep_not: impl Fn(&T) -> bool,
+        out: &mut Vec<(T, Meta)>,
+    ) -> Option<usize> {
+        let end = from.saturating_add(limit).min(self.slots.len());
+        for index in from..end {
+            let slot = &self.slots[index];
+            if slot.entry.as_ref().is_some_and(|(item, _)| keep_not(item)) {
+                let id = Id {
+                    index: u32::try_from(index).expect("slot indices are u32 by construction"),
+                    gen: slot.gen,
+                };
+                out.push(self.take(id));
+            }
+        }
+        (end < self.slots.len()).then_some(end)
+    }
+
     /// Takes every request, in arrival order (for shutdown).
     pub fn drain_all(&mut self) -> Vec<(T, Meta)> {
         let mut out = Vec::with_capacity(self.len);
@@ -565,6 +591,30 @@ mod tests {
         assert_eq!(w.pop(6 * MS).unwrap().0, 3);
         assert!(w.pop_expired(100 * MS).is_none());
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn take_where_sweeps_in_steps_and_leaves_the_order_intact() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_secs(1));
+        for i in 0..10u32 {
+            let level = if i % 2 == 0 { High } else { Low };
+            w.insert(i, g.meta(level, u64::from(i)));
+        }
+        let mut out = Vec::new();
+        let mut from = Some(0);
+        let mut steps = 0;
+        while let Some(at) = from {
+            from = w.take_where(at, 3, |&i| i % 3 == 0, &mut out);
+            steps += 1;
+        }
+        assert_eq!(steps, 4, "10 slots in steps of 3");
+        let mut taken: Vec<u32> = out.iter().map(|(i, _)| *i).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, [0, 3, 6, 9]);
+        assert_eq!(w.len(), 6);
+        // The rest still comes out in order: High before Low, FIFO within.
+        assert_eq!(order(&mut w, 0), [2, 4, 8, 1, 5, 7]);
     }
 
     #[test]

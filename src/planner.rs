@@ -243,6 +243,18 @@ impl<T: Plannable> Planner<T> {
         self.ledger.release(worker, amount)
     }
 
+    /// One step of a sweep for abandoned requests (every ticket closed),
+    /// over at most `limit` slots from `from`: see `Waiting::take_where`.
+    /// What it takes goes to `out`, unplanned and unreserved.
+    pub fn sweep_abandoned(
+        &mut self,
+        from: usize,
+        limit: usize,
+        out: &mut Vec<(T, Meta)>,
+    ) -> Option<usize> {
+        self.waiting.take_where(from, limit, T::abandoned, out)
+    }
+
     /// Forms one batch of at most `max_items` (and the batch limit) at time
     /// `now_ns` over `workers`. Abandoned requests met on the way are moved
     /// to `abandoned` (unplanned, unreserved).

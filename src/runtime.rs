@@ -302,6 +302,13 @@ struct Shared {
     dedup: bool,
     /// `clear_waiting`'s handshake with the collector (control path).
     clearing: Clearing,
+    /// A submit was refused for a full queue since the collector last
+    /// looked: it sweeps its waiting set for cancelled requests, whose room
+    /// it frees otherwise only when their turn comes. A hint with no data
+    /// behind it (the sweep reads each ticket's own state, with its own
+    /// Acquire), so every access is Relaxed; `Doorbell::ring` wakes a
+    /// sleeping collector, whose re-check reads it.
+    sweep_wanted: AtomicBool,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -333,6 +340,15 @@ impl Knobs {
 }
 
 impl Shared {
+    /// See `sweep_wanted`. Called only on a refusal, never on the accepting
+    /// path.
+    fn want_sweep(&self) {
+        if !self.sweep_wanted.load(StdOrdering::Relaxed) {
+            self.sweep_wanted.store(true, StdOrdering::Relaxed);
+        }
+        self.doorbell.ring();
+    }
+
     fn ns_since_epoch(&self, t: Instant) -> u64 {
         nanos(t.saturating_duration_since(self.epoch))
     }
@@ -440,6 +456,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
             clearing: Clearing::new(),
+            sweep_wanted: AtomicBool::new(false),
         });
 
         let mut worker_threads = Vec::new();
@@ -946,7 +963,10 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
                 self.shared.doorbell.ring();
                 Ok(ticket)
             }
-            Err(full) => Err(refused(SubmitErrorKind::QueueFull, full.item)),
+            Err(full) => {
+                self.shared.want_sweep();
+                Err(refused(SubmitErrorKind::QueueFull, full.item))
+            }
         }
     }
 
@@ -1001,6 +1021,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             Err(e) => {
                 if e.inserted > 0 {
                     self.shared.doorbell.ring();
+                }
+                if matches!(e.reason, BatchRejectReason::Full) {
+                    self.shared.want_sweep();
                 }
                 let kind = match e.reason {
                     BatchRejectReason::Oversized { .. }

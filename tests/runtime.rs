@@ -461,6 +461,54 @@ fn full_queue_hands_the_request_back() {
     }
 }
 
+/// A cancelled request keeps its room only until a submit is refused for
+/// it: the refusal asks the collector to sweep for cancelled requests, and
+/// a retry then gets in, while the only worker is still busy (so no batch
+/// forms, and the cancelled request's turn never comes). Without the sweep
+/// the retry stays refused until the worker frees (checked: the test then
+/// times out in `eventually`).
+#[test]
+fn a_refused_submit_gets_the_room_of_a_cancelled_request() {
+    // A long max_wait: aging would otherwise bring the cancelled request to
+    // the head within half a second, where batch forming meets it anyway.
+    let mut cfg = one_lane_config(2);
+    cfg.max_wait = Duration::from_secs(600);
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let running = h.submit(Request::new(0)).unwrap();
+    eventually("the first request launched", || rt.stats().batches == 1);
+    // The head of the order stays; the one behind it goes, so the
+    // collector's batch forming (which stops at the head it cannot place)
+    // never meets it.
+    let kept = h.submit(Request::new(1)).unwrap();
+    let gone = h.submit(Request::new(2)).unwrap();
+    drop(gone); // cancels request 2 (not launched)
+    let retried = std::cell::RefCell::new(None);
+    eventually("a retry gets the cancelled request's room", || {
+        match h.submit(Request::new(3)) {
+            Ok(t) => {
+                *retried.borrow_mut() = Some(t);
+                true
+            }
+            Err(e) => {
+                assert_eq!(e.kind, SubmitErrorKind::QueueFull);
+                false
+            }
+        }
+    });
+    assert!(!hold.is_open(), "the worker was busy all along");
+    let s = rt.stats();
+    assert_eq!(s.of(Priority::Normal).cancelled, 1);
+    assert_eq!(s.of(Priority::Normal).queue_depth, 2);
+    hold.open();
+    let retried = retried.into_inner().expect("accepted above");
+    assert!(running.wait().is_ok() && kept.wait().is_ok() && retried.wait().is_ok());
+    rt.shutdown();
+    let ran = ran.lock().unwrap().clone();
+    assert!(!ran.contains(&2), "a cancelled request never runs: {ran:?}");
+    assert!(ran.contains(&3), "the retry ran: {ran:?}");
+}
+
 #[test]
 fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
     let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));

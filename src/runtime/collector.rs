@@ -86,7 +86,14 @@ pub(super) struct Collector<I, O> {
     stalled: bool,
     /// The last pass met a request that fitted no worker (shortfall episode).
     short_last_pass: bool,
+    /// Where a sweep for cancelled requests goes on next pass, while one
+    /// is under way (see `sweep_step`).
+    sweep: Option<usize>,
 }
+
+/// Slots of the waiting set a sweep for cancelled requests looks at per
+/// pass: bounds the pass's extra work (one ticket-state load per slot).
+const SWEEP_STEP: usize = 1024;
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// Builds the collector from `config` and starts its thread.
@@ -120,6 +127,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             drained: Vec::new(),
             stalled: false,
             short_last_pass: false,
+            sweep: None,
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
@@ -160,6 +168,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let mode = self.shared.mode.load(StdOrdering::Acquire);
             self.drain_intake(now_ns);
             self.expire(now_ns);
+            self.sweep_step();
             if self.shared.clearing.take() {
                 let cleared = self.end_all_waiting(now_ns, Failure::Cancelled, Ended::Cancelled);
                 self.shared.clearing.answer(cleared);
@@ -198,7 +207,31 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
     }
 
+    /// A cancelled request keeps its room until its turn comes in the
+    /// order. Once a submit has been refused for a full queue, that room is
+    /// wanted now: sweep the waiting set for requests nobody waits for,
+    /// `SWEEP_STEP` slots a pass, ending them as cancelled and freeing
+    /// their room.
+    fn sweep_step(&mut self) {
+        if self.sweep.is_none()
+            && self.shared.sweep_wanted.load(StdOrdering::Relaxed)
+            && self.shared.sweep_wanted.swap(false, StdOrdering::Relaxed)
+        {
+            self.sweep = Some(0);
+        }
+        let Some(from) = self.sweep else {
+            return;
+        };
+        let mut swept = Vec::new();
+        self.sweep = self.planner.sweep_abandoned(from, SWEEP_STEP, &mut swept);
+        self.end_unlaunched(swept, Failure::Cancelled, Ended::Cancelled);
+    }
+
     fn sleep(&mut self, now_ns: u64, closing: bool) {
+        if self.sweep.is_some() {
+            // A sweep is under way: go on with it next pass.
+            return;
+        }
         let mut timeout = Duration::from_millis(50);
         if let Some(d) = self.planner.waiting.next_deadline() {
             timeout = timeout.min(Duration::from_nanos(d.saturating_sub(now_ns)));
@@ -221,8 +254,14 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let intake = &self.intake;
         let releases = &self.releases;
         let clearing = &self.shared.clearing;
+        let sweep_wanted = &self.shared.sweep_wanted;
         self.shared.doorbell.sleep(
-            || intake.has_ready() || releases.has_ready() || clearing.is_asked(),
+            || {
+                intake.has_ready()
+                    || releases.has_ready()
+                    || clearing.is_asked()
+                    || sweep_wanted.load(StdOrdering::Relaxed)
+            },
             Some(timeout),
         );
     }
