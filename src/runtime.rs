@@ -604,10 +604,8 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             .collect();
         crate::metrics::render(crate::metrics::Snapshot {
             stats: self.stats(),
-            sla: {
-                self.refresh_sla();
-                self.published_sla_report()
-            },
+            // Asks for fresh copies first, so the buckets below read them too.
+            sla: self.sla_report(),
             e2e_buckets: self
                 .shared
                 .sla
@@ -654,12 +652,6 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// ```
     pub fn sla_report(&self) -> SlaReport {
         self.refresh_sla();
-        self.published_sla_report()
-    }
-
-    /// The report from the copies as they are, without asking for fresh
-    /// ones.
-    fn published_sla_report(&self) -> SlaReport {
         let now = self.shared.epoch.elapsed();
         self.shared.sla.report(&self.shared.knobs.load().slo, now)
     }

@@ -259,20 +259,19 @@ impl SlaBoard {
     /// Asks every recorder for a fresh copy, calls `wake` so that idle
     /// recorder threads get to a loop point, and waits until each live
     /// recorder has answered or `within` has passed (a recorder in the
-    /// middle of a long batch answers after it). Returns whether every one
-    /// answered. Control path: a bounded spin, then short sleeps.
-    pub fn refresh(&self, wake: impl FnOnce(), within: Duration) -> bool {
+    /// middle of a long batch answers after it). Control path: a bounded
+    /// spin, then short sleeps.
+    pub fn refresh(&self, wake: impl FnOnce(), within: Duration) {
         let generation = self.refresh.ask();
         wake();
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let deadline = Instant::now() + within;
         let mut spins = 0u32;
         loop {
-            if slots.iter().all(|s| s.answers.has_answered(generation)) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
+            if slots.iter().all(|s| s.answers.has_answered(generation))
+                || Instant::now() >= deadline
+            {
+                return;
             }
             if spins < crate::sync::SPIN_LIMIT {
                 spins += 1;
