@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{echo_runtime, eventually, worker, Hold};
+use common::{echo_runtime, eventually, occupy_the_worker, worker, Hold};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,8 +56,7 @@ fn count(ran: &Ran, x: u32) -> usize {
 fn identical_keys_execute_once_and_every_ticket_gets_the_output() {
     let (rt, hold, ran) = blocked(8);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let levels = [
         Priority::Low,
         Priority::Critical,
@@ -101,8 +100,7 @@ fn identical_keys_execute_once_and_every_ticket_gets_the_output() {
 fn a_group_is_ordered_as_its_most_urgent_member() {
     let (rt, hold, ran) = blocked(1);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let slow = h
         .submit(
             Request::new(5)
@@ -132,8 +130,7 @@ fn a_group_is_ordered_as_its_most_urgent_member() {
 fn members_expire_one_by_one_and_the_rest_still_run() {
     let (rt, hold, ran) = blocked(4);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     // The head of the group expires; its twins must survive it.
     let head = h
         .submit(
@@ -168,8 +165,7 @@ fn members_expire_one_by_one_and_the_rest_still_run() {
 fn a_group_runs_while_any_member_waits_and_not_when_all_cancelled() {
     let (rt, hold, ran) = blocked(4);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let mut head = h.submit(Request::new(4).dedup_key("live")).unwrap();
     let follower = h.submit(Request::new(4).dedup_key("live")).unwrap();
     let mut gone_a = h.submit(Request::new(6).dedup_key("gone")).unwrap();
@@ -194,8 +190,7 @@ fn a_group_runs_while_any_member_waits_and_not_when_all_cancelled() {
 fn a_failed_group_fails_every_member() {
     let (rt, hold, _ran) = blocked(4);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let tickets: Vec<_> = (0..3)
         .map(|_| h.submit(Request::new(99).dedup_key("bad")).unwrap())
         .collect();
@@ -228,8 +223,7 @@ fn a_key_is_free_again_once_its_group_launched() {
 fn shutdown_now_fails_every_member_of_a_waiting_group() {
     let (rt, hold, _ran) = blocked(1);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let tickets: Vec<_> = (0..3)
         .map(|_| h.submit(Request::new(1).dedup_key("w")).unwrap())
         .collect();
@@ -255,8 +249,7 @@ fn shutdown_now_fails_every_member_of_a_waiting_group() {
 fn clear_waiting_cancels_every_member_and_frees_the_key() {
     let (rt, hold, ran) = blocked(8);
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let twins: Vec<_> = (0..3)
         .map(|_| h.submit(Request::new(1).dedup_key("w")).unwrap())
         .collect();

@@ -152,10 +152,17 @@ fn convoy(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// A fresh directory under the system's temp dir, named for the test and
+/// this process so parallel test binaries do not share it.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn the_binary_exits_2_on_bad_input_with_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("convoy-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("convoy-cli");
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "arrival_s,priority,tokens\n0,high,1\n0.1,nope,2\n").unwrap();
     let bad = bad.to_str().unwrap();
@@ -224,8 +231,7 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
 
 #[test]
 fn a_replay_that_completes_nothing_still_plots() {
-    let dir = std::env::temp_dir().join(format!("convoy-cli-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("convoy-cli-empty");
     // No worker holds 10^9 tokens: every row is refused at submit.
     let trace = dir.join("huge.csv");
     std::fs::write(
@@ -252,8 +258,7 @@ fn a_replay_that_completes_nothing_still_plots() {
 
 #[test]
 fn the_binary_replays_and_writes_json_metrics_and_plot() {
-    let dir = std::env::temp_dir().join(format!("convoy-cli-ok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("convoy-cli-ok");
     let json = dir.join("r.json");
     let metrics = dir.join("m.txt");
     let plot = dir.join("p.svg");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{eventually, worker, Hold};
+use common::{eventually, occupy_the_worker, worker, Hold};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -264,8 +264,7 @@ fn mixed_workload_is_all_scheduled() {
 fn deadline_passing_in_queue_expires_without_running() {
     let (rt, hold, ran) = blocked_runtime();
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let doomed = h
         .submit(Request::new(1).deadline(Duration::from_millis(5)))
         .unwrap();
@@ -323,8 +322,7 @@ fn a_levels_default_deadline_applies_to_requests_without_one_and_caps_longer_one
 fn cancel_before_launch_never_runs() {
     let (rt, hold, ran) = blocked_runtime();
     let h = rt.handle();
-    let blocker = h.submit(Request::new(0)).unwrap();
-    eventually("blocker running", || rt.stats().batches == 1);
+    let blocker = occupy_the_worker(&rt);
     let mut cancelled = h.submit(Request::new(1)).unwrap();
     let dropped = h.submit(Request::new(2)).unwrap();
     let kept = h.submit(Request::new(3)).unwrap();
@@ -432,8 +430,7 @@ fn bad_input_is_a_typed_error() {
 fn full_queue_hands_the_request_back() {
     let (rt, hold, _) = blocked_runtime_with(one_lane_config(2));
     let h = rt.handle();
-    let t0 = h.submit(Request::new(0)).unwrap();
-    eventually("first launched", || rt.stats().batches == 1);
+    let t0 = occupy_the_worker(&rt);
     let t1 = h.submit(Request::new(1)).unwrap();
     let t2 = h.submit(Request::new(2)).unwrap();
     let full = h.submit(Request::new(3)).unwrap_err();
@@ -475,8 +472,7 @@ fn a_refused_submit_gets_the_room_of_a_cancelled_request() {
     cfg.max_wait = Duration::from_secs(600);
     let (rt, hold, ran) = blocked_runtime_with(cfg);
     let h = rt.handle();
-    let running = h.submit(Request::new(0)).unwrap();
-    eventually("the first request launched", || rt.stats().batches == 1);
+    let running = occupy_the_worker(&rt);
     // The head of the order stays; the one behind it goes, so the
     // collector's batch forming (which stops at the head it cannot place)
     // never meets it.
@@ -514,8 +510,7 @@ fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
     let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));
     let h = rt.handle();
     assert_eq!(rt.clear_waiting(), 0, "nothing waits yet");
-    let running = h.submit(Request::new(0)).unwrap();
-    eventually("the first request launched", || rt.stats().batches == 1);
+    let running = occupy_the_worker(&rt);
     // Four levels, a front insert and a batch insert: all of it waits.
     let mut waiting = vec![
         h.submit(Request::new(1).priority(Priority::Critical))
@@ -669,8 +664,7 @@ fn shutdown_now_and_drop_fail_what_waits() {
     for via_drop in [false, true] {
         let (rt, hold, _) = blocked_runtime();
         let h = rt.handle();
-        let running = h.submit(Request::new(0)).unwrap();
-        eventually("first launched", || rt.stats().batches == 1);
+        let running = occupy_the_worker(&rt);
         let waiting: Vec<_> = (1..50)
             .map(|i| h.submit(Request::new(i)).unwrap())
             .collect();

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use convoy::{Capacity, Config, Runtime, WorkerSpec};
+use convoy::{Capacity, Config, Request, Runtime, Ticket, WorkerSpec};
 
 /// A worker named `w` holding `slots` requests and `tokens` tokens.
 pub fn worker(slots: u32, tokens: u64) -> WorkerSpec {
@@ -64,6 +64,15 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.open();
     }
+}
+
+/// Submits request 0, which the blocked executors of these tests hold until
+/// their `Hold` opens, and waits until its batch has launched: from then on
+/// the worker it went to is busy and what follows waits behind it.
+pub fn occupy_the_worker(rt: &Runtime<u32, u32>) -> Ticket<u32> {
+    let blocker = rt.handle().submit(Request::new(0)).unwrap();
+    eventually("the blocker runs", || rt.stats().batches == 1);
+    blocker
 }
 
 /// Waits until `f` holds; fails the test after 10 s (a hang, not a timing).
