@@ -321,22 +321,24 @@ impl<T> Waiting<T> {
         self.fifo.front().map(|&(a, _, _)| a)
     }
 
-    /// Takes the waiting requests `keep_not` picks among the slots
-    /// `from .. from + limit`, into `out`; returns where the next call
-    /// should go on, or `None` once the last slot was looked at. A sweep in
-    /// bounded steps: each call costs at most `limit` slot checks. Index
-    /// entries of what it takes go stale and are dropped lazily.
+    /// Visits the waiting requests among the slots `from .. from + limit`
+    /// and takes those `visit` returns `true` for, into `out`; returns where
+    /// the next call should go on, or `None` once the last slot was looked
+    /// at. A sweep in bounded steps: each call costs at most `limit` slot
+    /// visits. `visit` may change a request it keeps (a dedup group sheds
+    /// its cancelled members) but not its ordering, which stays as inserted.
+    /// Index entries of what it takes go stale and are dropped lazily.
     pub fn take_where(
         &mut self,
         from: usize,
         limit: usize,
-        keep_not: impl Fn(&T) -> bool,
+        mut visit: impl FnMut(&mut T) -> bool,
         out: &mut Vec<(T, Meta)>,
     ) -> Option<usize> {
         let end = from.saturating_add(limit).min(self.slots.len());
         for index in from..end {
-            let slot = &self.slots[index];
-            if slot.entry.as_ref().is_some_and(|(item, _)| keep_not(item)) {
+            let slot = &mut self.slots[index];
+            if slot.entry.as_mut().is_some_and(|(item, _)| visit(item)) {
                 let id = Id {
                     index: u32::try_from(index).expect("slot indices are u32 by construction"),
                     gen: slot.gen,
@@ -605,7 +607,7 @@ mod tests {
         let mut from = Some(0);
         let mut steps = 0;
         while let Some(at) = from {
-            from = w.take_where(at, 3, |&i| i % 3 == 0, &mut out);
+            from = w.take_where(at, 3, |&mut i| i % 3 == 0, &mut out);
             steps += 1;
         }
         assert_eq!(steps, 4, "10 slots in steps of 3");

@@ -228,6 +228,28 @@ impl<I, O> Job<I, O> {
         std::mem::swap(admission, &mut f.admission);
     }
 
+    /// Moves the members of this group whose callers gave up into `gone`,
+    /// so their room comes back before the group launches. A cancelled
+    /// head hands the input to a live follower (see `swap_head`); with
+    /// none left, the head stays, cancelled, for the caller to end. The
+    /// group keeps the ordering it had: at worst more urgent than its live
+    /// members, never less.
+    fn shed_cancelled(&mut self, admission: &mut Admission, gone: &mut Vec<Follower<O>>) {
+        let mut i = 0;
+        while i < self.followers.len() {
+            if self.followers[i].completer.is_cancelled() {
+                gone.push(self.followers.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if self.completer.is_cancelled() && !self.followers.is_empty() {
+            let mut f = self.followers.swap_remove(0);
+            self.swap_head(admission, &mut f);
+            gone.push(f);
+        }
+    }
+
     /// The group's ordering: its members' most urgent values.
     fn group_meta(&self, base: Meta) -> Meta {
         let head = (
@@ -304,10 +326,13 @@ struct Shared {
     clearing: Clearing,
     /// A submit was refused for a full queue since the collector last
     /// looked: it sweeps its waiting set for cancelled requests, whose room
-    /// it frees otherwise only when their turn comes. A hint with no data
+    /// it frees otherwise at their turn or the next periodic sweep. A hint with no data
     /// behind it (the sweep reads each ticket's own state, with its own
     /// Acquire), so every access is Relaxed; `Doorbell::ring` wakes a
-    /// sleeping collector, whose re-check reads it.
+    /// sleeping collector, whose re-check reads it. Only the refusal that
+    /// sets it rings: one that finds it set comes after a ring whose sweep
+    /// has not started yet (the collector clears it as it starts one), so
+    /// that sweep covers it too.
     sweep_wanted: AtomicBool,
 }
 
@@ -345,8 +370,8 @@ impl Shared {
     fn want_sweep(&self) {
         if !self.sweep_wanted.load(StdOrdering::Relaxed) {
             self.sweep_wanted.store(true, StdOrdering::Relaxed);
+            self.doorbell.ring();
         }
-        self.doorbell.ring();
     }
 
     fn ns_since_epoch(&self, t: Instant) -> u64 {

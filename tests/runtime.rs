@@ -505,6 +505,35 @@ fn a_refused_submit_gets_the_room_of_a_cancelled_request() {
     assert!(ran.contains(&3), "the retry ran: {ran:?}");
 }
 
+/// A dropped ticket's request is ended as cancelled, and its room given
+/// back, while every worker stays busy and no submit was refused: the
+/// stalled collector sweeps its waiting set every `SWEEP_EVERY`. Without
+/// that sweep the cancel is counted only when the request's turn comes
+/// (checked: `eventually` then times out).
+#[test]
+fn a_dropped_ticket_ends_while_every_worker_is_busy() {
+    let mut cfg = one_lane_config(4);
+    cfg.max_wait = Duration::from_secs(600);
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let running = occupy_the_worker(&rt);
+    let kept = h.submit(Request::new(1)).unwrap();
+    let gone = h.submit(Request::new(2)).unwrap();
+    drop(gone);
+    eventually("the cancel is counted", || {
+        rt.stats().of(Priority::Normal).cancelled == 1
+    });
+    assert!(!hold.is_open(), "the worker was busy all along");
+    let s = rt.stats();
+    assert_eq!(s.of(Priority::Normal).queue_depth, 1, "its room is back");
+    assert_eq!(s.of(Priority::Normal).rejected_full, 0);
+    hold.open();
+    assert!(running.wait().is_ok() && kept.wait().is_ok());
+    rt.shutdown();
+    let ran = ran.lock().unwrap().clone();
+    assert!(!ran.contains(&2), "a cancelled request never runs: {ran:?}");
+}
+
 #[test]
 fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
     let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));

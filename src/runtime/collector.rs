@@ -89,11 +89,25 @@ pub(super) struct Collector<I, O> {
     /// Where a sweep for cancelled requests goes on next pass, while one
     /// is under way (see `sweep_step`).
     sweep: Option<usize>,
+    /// When the last sweep started, what its steps have cost so far, and
+    /// how soon the next may start (see `sweep_step`).
+    sweep_started: Instant,
+    sweep_spent: Duration,
+    sweep_allowed: Instant,
 }
 
 /// Slots of the waiting set a sweep for cancelled requests looks at per
 /// pass: bounds the pass's extra work (one ticket-state load per slot).
 const SWEEP_STEP: usize = 1024;
+
+/// How often a collector stalled on busy workers sweeps for cancelled
+/// requests: how long a dropped ticket's room may stay taken while nothing
+/// can launch. A sweep costs one ticket-state load per waiting request.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Sweeps take at most about one part in `SWEEP_SHARE` of the collector's
+/// time: each waits this many times the last one's cost after it ended.
+const SWEEP_SHARE: u32 = 100;
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// Builds the collector from `config` and starts its thread.
@@ -128,6 +142,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             stalled: false,
             short_last_pass: false,
             sweep: None,
+            sweep_started: Instant::now(),
+            sweep_spent: Duration::ZERO,
+            sweep_allowed: Instant::now(),
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
@@ -168,7 +185,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let mode = self.shared.mode.load(StdOrdering::Acquire);
             self.drain_intake(now_ns);
             self.expire(now_ns);
-            self.sweep_step();
+            self.sweep_step(now);
             if self.shared.clearing.take() {
                 let cleared = self.end_all_waiting(now_ns, Failure::Cancelled, Ended::Cancelled);
                 self.shared.clearing.answer(cleared);
@@ -197,7 +214,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             {
                 break;
             }
-            self.sleep(now_ns, closing);
+            self.sleep(now, now_ns, closing);
         }
         // Drop the producing ends first, then wake: a worker that finds its
         // ring empty with no producer exits.
@@ -208,26 +225,61 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// A cancelled request keeps its room until its turn comes in the
-    /// order. Once a submit has been refused for a full queue, that room is
-    /// wanted now: sweep the waiting set for requests nobody waits for,
+    /// order, and while every worker is busy that turn may be far off. So
+    /// the collector sweeps its waiting set for requests nobody waits for,
     /// `SWEEP_STEP` slots a pass, ending them as cancelled and freeing
-    /// their room.
-    fn sweep_step(&mut self) {
-        if self.sweep.is_none()
-            && self.shared.sweep_wanted.load(StdOrdering::Relaxed)
-            && self.shared.sweep_wanted.swap(false, StdOrdering::Relaxed)
-        {
+    /// their room (a dedup group sheds its cancelled members and launches
+    /// for the rest). A sweep starts when a submit was refused for a full
+    /// queue, where the room is wanted now, and otherwise every
+    /// `SWEEP_EVERY` while the collector is stalled on busy workers; either
+    /// way no sooner than `SWEEP_SHARE` times the last sweep's cost after
+    /// it, since under sustained overload submits are refused all the time
+    /// and back-to-back sweeps of a deep set would take a share of the
+    /// collector's time for nothing.
+    fn sweep_step(&mut self, now: Instant) {
+        if self.sweep.is_none() && self.sweep_due(now) {
             self.sweep = Some(0);
+            self.sweep_started = now;
+            self.sweep_spent = Duration::ZERO;
         }
         let Some(from) = self.sweep else {
             return;
         };
+        let stepping = Instant::now();
         let mut swept = Vec::new();
-        self.sweep = self.planner.sweep_abandoned(from, SWEEP_STEP, &mut swept);
+        let mut shed = Vec::new();
+        self.sweep = self.planner.sweep(
+            from,
+            SWEEP_STEP,
+            |(job, admission)| {
+                job.shed_cancelled(admission, &mut shed);
+                job.completer.is_cancelled()
+            },
+            &mut swept,
+        );
+        self.end_followers(shed, Failure::Cancelled, Ended::Cancelled);
         self.end_unlaunched(swept, Failure::Cancelled, Ended::Cancelled);
+        let done = Instant::now();
+        self.sweep_spent += done.saturating_duration_since(stepping);
+        if self.sweep.is_none() {
+            self.sweep_allowed = after(done, self.sweep_spent.saturating_mul(SWEEP_SHARE));
+        }
     }
 
-    fn sleep(&mut self, now_ns: u64, closing: bool) {
+    /// Whether a sweep should start now (taking the refusal hint if so).
+    fn sweep_due(&self, now: Instant) -> bool {
+        if now < self.sweep_allowed {
+            return false;
+        }
+        let refused = self.shared.sweep_wanted.load(StdOrdering::Relaxed)
+            && self.shared.sweep_wanted.swap(false, StdOrdering::Relaxed);
+        refused
+            || (self.stalled
+                && !self.planner.waiting.is_empty()
+                && now.saturating_duration_since(self.sweep_started) >= SWEEP_EVERY)
+    }
+
+    fn sleep(&mut self, now: Instant, now_ns: u64, closing: bool) {
         if self.sweep.is_some() {
             // A sweep is under way: go on with it next pass.
             return;
@@ -248,19 +300,26 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if closing {
             timeout = timeout.min(Duration::from_millis(1));
         }
+        // Until the next sweep may start, a refusal's hint must not wake
+        // the collector (it would spin on it); the timeout covers it.
+        let sweep_wait = self.sweep_allowed.saturating_duration_since(now);
+        let sweep_wanted = &self.shared.sweep_wanted;
+        let watch_sweep = sweep_wait.is_zero();
+        if !watch_sweep && sweep_wanted.load(StdOrdering::Relaxed) {
+            timeout = timeout.min(sweep_wait);
+        }
         if timeout.is_zero() {
             return;
         }
         let intake = &self.intake;
         let releases = &self.releases;
         let clearing = &self.shared.clearing;
-        let sweep_wanted = &self.shared.sweep_wanted;
         self.shared.doorbell.sleep(
             || {
                 intake.has_ready()
                     || releases.has_ready()
                     || clearing.is_asked()
-                    || sweep_wanted.load(StdOrdering::Relaxed)
+                    || (watch_sweep && sweep_wanted.load(StdOrdering::Relaxed))
             },
             Some(timeout),
         );
