@@ -220,6 +220,80 @@ fn cancelled_members_leave_a_waiting_group_before_it_runs() {
     assert_eq!(s.inserted, s.ended());
 }
 
+/// Twins cancelled at random, heads included, some before a sweep and
+/// some after, while the worker is busy: every member ends once, the
+/// cancelled ones `Cancelled` (counted before the groups launch) and the
+/// rest with their group's output, and each group with a live member runs
+/// once.
+#[test]
+fn twins_cancelled_at_random_each_end_once() {
+    let (rt, hold, ran) = blocked(64);
+    let h = rt.handle();
+    let blocker = occupy_the_worker(&rt);
+    let mut state = 0x2545_F491u32;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    let mut tickets: Vec<_> = (0..300)
+        .map(|_| {
+            let r = next();
+            let x = 1 + r % 10;
+            let p = Priority::ALL[(r >> 8) as usize % 5];
+            (
+                x,
+                h.submit(Request::new(x).priority(p).dedup_key(x)).unwrap(),
+            )
+        })
+        .collect();
+    eventually("all merged", || rt.stats().deduplicated == 290);
+    let mut cancelled = 0;
+    for (_, t) in tickets.iter_mut() {
+        if next() % 3 == 0 {
+            assert!(t.cancel());
+            cancelled += 1;
+        }
+    }
+    eventually("the first cancels are swept", || {
+        rt.stats().total().cancelled == cancelled
+    });
+    // Every member of key 10 goes, after the sweep: its group never runs.
+    for (x, t) in tickets.iter_mut() {
+        if *x == 10 && t.cancel() {
+            cancelled += 1;
+        }
+    }
+    eventually("the second cancels are swept", || {
+        rt.stats().total().cancelled == cancelled
+    });
+    assert!(!hold.is_open(), "the worker was busy all along");
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    let mut live = [0usize; 11];
+    for (x, t) in tickets {
+        match t.wait() {
+            Ok(y) => {
+                assert_eq!(y, x * 10);
+                live[x as usize] += 1;
+            }
+            Err(Failure::Cancelled) => {}
+            Err(e) => panic!("unexpected outcome {e:?}"),
+        }
+    }
+    rt.shutdown();
+    for x in 1..=10u32 {
+        let runs = if live[x as usize] > 0 { 1 } else { 0 };
+        assert_eq!(count(&ran, x), runs, "key {x}: {} live", live[x as usize]);
+    }
+    assert_eq!(live[10], 0);
+    let s = rt.stats().total();
+    assert_eq!(s.cancelled, cancelled);
+    assert_eq!(s.completed, 1 + live.iter().sum::<usize>() as u64);
+    assert_eq!(s.inserted, s.ended());
+}
+
 #[test]
 fn a_failed_group_fails_every_member() {
     let (rt, hold, _ran) = blocked(4);
