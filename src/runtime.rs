@@ -328,9 +328,9 @@ struct Shared {
     /// looked: it sweeps its waiting set for cancelled requests, whose room
     /// it frees otherwise at their turn or the next periodic sweep. A hint
     /// with no data behind it (the sweep reads each ticket's own state,
-    /// with its own Acquire), so every access is Relaxed; `Doorbell::ring` wakes a
-    /// sleeping collector, whose re-check reads it. Only the refusal that
-    /// sets it rings: one that finds it set comes after a ring whose sweep
+    /// with its own Acquire), so every access is Relaxed;
+    /// `Doorbell::ring` wakes a sleeping collector, whose re-check reads
+    /// it. Only the refusal that sets it rings: one that finds it set comes after a ring whose sweep
     /// has not started yet (the collector clears it as it starts one), so
     /// that sweep covers it too.
     sweep_wanted: AtomicBool,
