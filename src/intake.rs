@@ -315,12 +315,23 @@ impl IntakeStats {
 
     /// Depth over capacity, all levels, in `[0, 1]`.
     pub fn utilization(&self) -> f64 {
-        self.depth() as f64 / (self.capacity_per_priority * Priority::COUNT) as f64
+        fill(self.depth(), self.capacity_per_priority * Priority::COUNT)
     }
 
     /// Depth over capacity of one level, in `[0, 1]`.
     pub fn utilization_of(&self, p: Priority) -> f64 {
-        self.of(p).depth as f64 / self.capacity_per_priority as f64
+        fill(self.of(p).depth, self.capacity_per_priority)
+    }
+}
+
+/// `depth / capacity`, 0 for no capacity (a default `Stats`: an intake
+/// always has some). The one utilization formula of `IntakeStats` and
+/// `Stats`.
+pub(crate) fn fill(depth: usize, capacity: usize) -> f64 {
+    if capacity == 0 {
+        0.0
+    } else {
+        depth as f64 / capacity as f64
     }
 }
 

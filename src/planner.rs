@@ -243,19 +243,6 @@ impl<T: Plannable> Planner<T> {
         self.ledger.release(worker, amount)
     }
 
-    /// One step of a sweep over the waiting set, at most `limit` slots
-    /// from `from`: see `Waiting::take_where`. What `visit` picks goes to
-    /// `out`, unplanned and unreserved.
-    pub fn sweep(
-        &mut self,
-        from: usize,
-        limit: usize,
-        visit: impl FnMut(&mut T) -> bool,
-        out: &mut Vec<(T, Meta)>,
-    ) -> Option<usize> {
-        self.waiting.take_where(from, limit, visit, out)
-    }
-
     /// Forms one batch of at most `max_items` (and the batch limit) at time
     /// `now_ns` over `workers`. Abandoned requests met on the way are moved
     /// to `abandoned` (unplanned, unreserved).

@@ -493,8 +493,8 @@ pub fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
 }
 
 /// Refuses a speed-up that is not a finite number of at least
-/// [`MIN_SPEEDUP`], so a caller can
-/// check it before it prints or builds anything.
+/// [`MIN_SPEEDUP`], so a caller can check it before it prints or builds
+/// anything.
 ///
 /// ```
 /// assert!(convoy::replay::check_speedup(0.0).is_err());

@@ -228,22 +228,30 @@ impl<I, O> Job<I, O> {
         std::mem::swap(admission, &mut f.admission);
     }
 
-    /// Moves the members of this group whose callers gave up into `gone`,
-    /// so their room comes back before the group launches. A cancelled
-    /// head hands the input to a live follower (see `swap_head`); with
-    /// none left, the head stays, cancelled, for the caller to end. The
-    /// group keeps the ordering it had: at worst more urgent than its live
-    /// members, never less.
-    fn shed_cancelled(&mut self, admission: &mut Admission, gone: &mut Vec<Follower<O>>) {
+    /// Moves the members of this group that `leaves` picks (given each
+    /// member's completer and expiry) into `gone`, so their room comes back
+    /// before the group launches: members past their expiry, or whose
+    /// callers gave up. A leaving head hands the input to a staying
+    /// follower (see `swap_head`); with none left, the head stays for the
+    /// caller to end. The ordering is the caller's: expiry re-inserts the
+    /// group with fresh ordering, a sweep keeps the old one (at worst more
+    /// urgent than the members left, never less).
+    fn shed_members(
+        &mut self,
+        admission: &mut Admission,
+        gone: &mut Vec<Follower<O>>,
+        leaves: impl Fn(&Completer<O>, u64) -> bool,
+    ) {
         let mut i = 0;
         while i < self.followers.len() {
-            if self.followers[i].completer.is_cancelled() {
+            let f = &self.followers[i];
+            if leaves(&f.completer, f.expire_at) {
                 gone.push(self.followers.swap_remove(i));
             } else {
                 i += 1;
             }
         }
-        if self.completer.is_cancelled() && !self.followers.is_empty() {
+        if leaves(&self.completer, self.expire_at) && !self.followers.is_empty() {
             let mut f = self.followers.swap_remove(0);
             self.swap_head(admission, &mut f);
             gone.push(f);
@@ -330,9 +338,9 @@ struct Shared {
     /// with no data behind it (the sweep reads each ticket's own state,
     /// with its own Acquire), so every access is Relaxed;
     /// `Doorbell::ring` wakes a sleeping collector, whose re-check reads
-    /// it. Only the refusal that sets it rings: one that finds it set comes after a ring whose sweep
-    /// has not started yet (the collector clears it as it starts one), so
-    /// that sweep covers it too.
+    /// it. Only the refusal that sets it rings: one that finds it set
+    /// comes after a ring whose sweep has not started yet (the collector
+    /// clears it as it starts one), so that sweep covers it too.
     sweep_wanted: AtomicBool,
 }
 
@@ -859,9 +867,8 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// submits racing it may land either side. Blocks until the collector
     /// has done it (one pass); 0 once the runtime has stopped, and 0 at
     /// once from a callback on the collector's own thread (the clear then
-    /// happens on its next pass). A control
-    /// operation (seed 000's `clear_waiting`): it takes a mutex, never the
-    /// hot path's.
+    /// happens on its next pass). A control operation (seed 000's
+    /// `clear_waiting`): it takes a mutex, never the hot path's.
     ///
     /// ```
     /// use convoy::{Failure, Request, Runtime};
@@ -1063,24 +1070,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         }
     }
 
-    /// Counters per priority and totals; lock-free.
-    ///
-    /// An outcome is counted before its ticket can see it, so once a
-    /// `wait()` has returned (or a `try_take()` given a result), a snapshot
-    /// taken after it includes that request. The one blur: a ticket
-    /// cancelled while its result is being delivered is counted as
-    /// delivered (completed, failed, expired), though the ticket reports
-    /// `Cancelled`; every request is still counted exactly once.
-    ///
-    /// ```
-    /// # use convoy::{Request, Runtime};
-    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
-    /// for i in 0..10 {
-    ///     rt.handle().submit(Request::new(i))?.wait().unwrap();
-    ///     assert_eq!(rt.stats().total().completed, u64::from(i) + 1);
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
+    /// Counters per priority and totals; lock-free. The same snapshot as
+    /// [`Runtime::stats`], whose docs say what a caller can rely on.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot(self.intake.stats())
     }

@@ -264,7 +264,7 @@ impl SlaBoard {
     pub fn refresh(&self, wake: impl FnOnce(), within: Duration) {
         let generation = self.refresh.ask();
         wake();
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let slots = self.listed();
         let deadline = Instant::now() + within;
         let mut spins = 0u32;
         loop {
@@ -282,11 +282,17 @@ impl SlaBoard {
         }
     }
 
+    /// The registered recorders' slots (control path: the lock is held
+    /// only to copy the list).
+    fn listed(&self) -> Vec<Arc<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Every recorder's latest copy, merged.
     fn merged(&self) -> (SlaShard, Vec<Violation>) {
         let mut merged = SlaShard::new();
         let mut recent: Vec<Violation> = Vec::new();
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let slots = self.listed();
         for slot in slots {
             let shard = slot.copy.load();
             for (m, h) in merged.hist.iter_mut().zip(&shard.hist) {

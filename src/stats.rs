@@ -1,7 +1,7 @@
 //! Outcome counters, per priority, written without a lock.
 
 use crate::config::PlacementReason;
-use crate::intake::IntakeStats;
+use crate::intake::{fill, IntakeStats};
 use crate::priority::Priority;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -256,13 +256,13 @@ impl Stats {
     /// ```
     pub fn utilization(&self) -> f64 {
         let depth: usize = self.per_priority.iter().map(|p| p.queue_depth).sum();
-        ratio(depth, self.queue_capacity * Priority::COUNT)
+        fill(depth, self.queue_capacity * Priority::COUNT)
     }
 
     /// One level's queue depth over its capacity, in `[0, 1]`: at 1 its
     /// submits are refused.
     pub fn utilization_of(&self, p: Priority) -> f64 {
-        ratio(self.of(p).queue_depth, self.queue_capacity)
+        fill(self.of(p).queue_depth, self.queue_capacity)
     }
 
     /// What happened between `earlier` and this snapshot: counters become
@@ -329,14 +329,5 @@ impl Stats {
                 failed: a.failed + s.failed,
                 shut_down: a.shut_down + s.shut_down,
             })
-    }
-}
-
-/// `part / whole`, 0 for an empty whole.
-fn ratio(part: usize, whole: usize) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
     }
 }

@@ -3,9 +3,10 @@
 //! Every lock-free structure in convoy (the ring, the ticket, the ledger's
 //! release queue) takes its atomics, cells, `Arc` and thread primitives from
 //! here, and so do the control-path handshakes that meet them (the mutex
-//! and condvar of `clearing.rs`). Built normally this is `std`; built with `RUSTFLAGS="--cfg loom"` it
-//! is `loom`, so the models in `loom-tests/` exercise the very code that ships
-//! (the same pattern as tokio's `loom/std` and `loom/mocked`).
+//! and condvar of `clearing.rs`). Built normally this is `std`; built with
+//! `RUSTFLAGS="--cfg loom"` it is `loom`, so the models in `loom-tests/`
+//! exercise the very code that ships (the same pattern as tokio's
+//! `loom/std` and `loom/mocked`).
 
 // Not every structure uses every primitive; the switch offers them all.
 #![allow(unused_imports)]

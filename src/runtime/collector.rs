@@ -248,11 +248,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let stepping = Instant::now();
         let mut swept = Vec::new();
         let mut shed = Vec::new();
-        self.sweep = self.planner.sweep(
+        self.sweep = self.planner.waiting.take_where(
             from,
             SWEEP_STEP,
             |(job, admission)| {
-                job.shed_cancelled(admission, &mut shed);
+                job.shed_members(admission, &mut shed, |c, _| c.is_cancelled());
                 job.completer.is_cancelled()
             },
             &mut swept,
@@ -525,19 +525,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             // A group expires member by member: those past their own
             // expiry leave, the others wait on under a new head if needed.
             let mut gone = Vec::new();
-            let mut i = 0;
-            while i < job.followers.len() {
-                if job.followers[i].expire_at <= now_ns {
-                    gone.push(job.followers.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            if job.expire_at <= now_ns && !job.followers.is_empty() {
-                let mut f = job.followers.swap_remove(0);
-                job.swap_head(&mut adm, &mut f);
-                gone.push(f);
-            }
+            job.shed_members(&mut adm, &mut gone, |_, expire_at| expire_at <= now_ns);
             for f in &gone {
                 self.record_expiry(f.priority, f.submitted, now);
             }
