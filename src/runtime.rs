@@ -600,7 +600,9 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     ///
     /// An outcome is counted before its ticket can see it, so once a
     /// `wait()` has returned (or a `try_take()` given a result), a snapshot
-    /// taken after it includes that request. The one blur: a ticket
+    /// taken after it includes that request, and no longer counts it in
+    /// `queue_depth` (its room is given back before it is told). The one
+    /// blur: a ticket
     /// cancelled while its result is being delivered is counted as
     /// delivered (completed, failed, expired), though the ticket reports
     /// `Cancelled`; every request is still counted exactly once.
@@ -611,6 +613,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// for i in 0..10 {
     ///     rt.handle().submit(Request::new(i))?.wait().unwrap();
     ///     assert_eq!(rt.stats().total().completed, u64::from(i) + 1);
+    ///     assert_eq!(rt.stats().total().queue_depth, 0);
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

@@ -92,17 +92,55 @@ fn a_ready_ticket_is_already_counted() {
             }
             std::hint::spin_loop();
         };
-        let counted = rt.stats().total().completed;
+        let s = rt.stats().total();
         assert_eq!(first, Ok(0));
         assert!(
-            counted > before,
-            "round {round}: ticket 0 had its result but completed was still {counted} (≤ {before})"
+            s.completed > before,
+            "round {round}: ticket 0 had its result but completed was still {} (≤ {before})",
+            s.completed
         );
+        assert_eq!(s.queue_depth, 0, "round {round}: launched, so no room held");
         for t in tickets.drain(1..) {
             t.wait().unwrap();
         }
         assert_eq!(rt.stats().total().completed, before + BATCH as u64);
     }
+}
+
+/// The same for room: a caller told its request expired finds its room
+/// already given back. Each round lets 256 requests expire together behind
+/// a busy worker (one deadline instant, so one collector pass ends them
+/// all) and reads the depth the moment the first is told; giving
+/// the room back after telling all 256 (as convoy once did) fails here.
+#[test]
+fn an_expired_ticket_finds_its_room_given_back() {
+    const N: usize = 256;
+    let (rt, hold, _) = blocked_runtime_with(one_lane_config(N));
+    let h = rt.handle();
+    let running = occupy_the_worker(&rt);
+    for round in 0..10 {
+        // One instant for all, so they expire in one collector pass.
+        let at = Instant::now() + Duration::from_millis(100);
+        let mut tickets: Vec<_> = (1..=N as u32)
+            .map(|i| h.submit(Request::new(i).deadline_at(at)).unwrap())
+            .collect();
+        let first = loop {
+            if let Some(out) = tickets[0].try_take() {
+                break out;
+            }
+            std::hint::spin_loop();
+        };
+        let depth = rt.stats().of(Priority::Normal).queue_depth;
+        assert_eq!(first, Err(Failure::Expired));
+        assert_eq!(depth, 0, "round {round}: told before its room was back");
+        for t in tickets.drain(1..) {
+            assert_eq!(t.wait(), Err(Failure::Expired));
+        }
+    }
+    hold.open();
+    assert!(running.wait().is_ok());
+    let s = rt.stats().of(Priority::Normal);
+    assert_eq!((s.expired, s.lost()), (10 * N as u64, 0));
 }
 
 #[test]
@@ -516,6 +554,39 @@ fn a_cancelled_request_gives_its_room_back_while_every_worker_is_busy() {
     assert!(
         !ran.contains(&2) && !ran.contains(&3),
         "a cancelled request never runs: {ran:?}"
+    );
+}
+
+/// The same while the worker is idle and a batch is filling under a queue
+/// delay far longer than the test: nothing is due, so the collector is not
+/// stalled, and only the periodic sweep can end the dropped request. Once
+/// it did, and it ran on a stalled collector alone, this timed out
+/// (checked).
+#[test]
+fn a_cancelled_request_gives_its_room_back_while_its_batch_fills() {
+    let rt = Runtime::builder()
+        .config(config(vec![worker(8, 1 << 20)], 8, 600_000))
+        .batch_fn(|xs: &[u32]| xs.to_vec())
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let kept = h.submit(Request::new(1)).unwrap();
+    let mut gone = h.submit(Request::new(2)).unwrap();
+    assert_eq!(rt.stats().of(Priority::Normal).queue_depth, 2);
+    assert!(gone.cancel(), "not launched: the batch is still filling");
+    eventually("the cancel is counted", || {
+        rt.stats().of(Priority::Normal).cancelled == 1
+    });
+    let s = rt.stats().of(Priority::Normal);
+    assert_eq!((s.queue_depth, s.completed), (1, 0), "the kept one waits");
+    assert_eq!(gone.wait(), Err(Failure::Cancelled));
+    // Shutdown launches what waits: the kept request still runs.
+    rt.shutdown();
+    assert_eq!(kept.wait(), Ok(1));
+    let s = rt.stats().of(Priority::Normal);
+    assert_eq!(
+        (s.inserted, s.completed, s.cancelled, s.lost()),
+        (2, 1, 1, 0)
     );
 }
 

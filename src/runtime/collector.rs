@@ -96,13 +96,37 @@ pub(super) struct Collector<I, O> {
     sweep_allowed: Instant,
 }
 
+/// Requests leaving unlaunched, gathered so that their room is given back
+/// before any of them is told (see `Collector::end_leaving`).
+struct Leaving<O> {
+    completers: Vec<(Completer<O>, Priority)>,
+    admissions: Vec<Admission>,
+}
+
+impl<O> Leaving<O> {
+    fn with_capacity(n: usize) -> Self {
+        Leaving {
+            completers: Vec::with_capacity(n),
+            admissions: Vec::with_capacity(n),
+        }
+    }
+
+    fn followers(&mut self, gone: Vec<Follower<O>>) {
+        for f in gone {
+            self.admissions.push(f.admission);
+            self.completers.push((f.completer, f.priority));
+        }
+    }
+}
+
 /// Slots of the waiting set a sweep for cancelled requests looks at per
 /// pass: bounds the pass's extra work (one ticket-state load per slot).
 const SWEEP_STEP: usize = 1024;
 
-/// How often a collector stalled on busy workers sweeps for cancelled
-/// requests: how long a dropped ticket's room may stay taken while nothing
-/// can launch. A sweep costs one ticket-state load per waiting request.
+/// How often a collector with requests waiting sweeps for cancelled ones:
+/// how long a dropped ticket's room may stay taken while its turn does not
+/// come (every worker busy, or a batch still filling under a long queue
+/// delay). A sweep costs one ticket-state load per waiting request.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// Sweeps take at most about one part in `SWEEP_SHARE` of the collector's
@@ -225,16 +249,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// A cancelled request keeps its room until its turn comes in the
-    /// order, and while every worker is busy that turn may be far off. So
-    /// the collector sweeps its waiting set for requests nobody waits for,
-    /// `SWEEP_STEP` slots a pass, ending them as cancelled and freeing
-    /// their room (a dedup group sheds its cancelled members and launches
-    /// for the rest). A sweep starts when a submit was refused for a full
-    /// queue, where the room is wanted now, and otherwise every
-    /// `SWEEP_EVERY` while the collector is stalled on busy workers; either
-    /// way no sooner than `SWEEP_SHARE` times the last sweep's cost after
-    /// it, since under sustained overload submits are refused all the time
-    /// and back-to-back sweeps of a deep set would take a share of the
+    /// order, and that turn may be far off: every worker busy, or a batch
+    /// filling under a long `max_queue_delay`. So the collector sweeps its
+    /// waiting set for requests nobody waits for, `SWEEP_STEP` slots a
+    /// pass, ending them as cancelled and freeing their room (a dedup group
+    /// sheds its cancelled members and launches for the rest). A sweep
+    /// starts when a submit was refused for a full queue, where the room is
+    /// wanted now, and otherwise every `SWEEP_EVERY` while anything waits;
+    /// either way no sooner than `SWEEP_SHARE` times the last sweep's cost
+    /// after it, since under sustained overload submits are refused all the
+    /// time and back-to-back sweeps of a deep set would take a share of the
     /// collector's time for nothing.
     fn sweep_step(&mut self, now: Instant) {
         if self.sweep.is_none() && self.sweep_due(now) {
@@ -274,8 +298,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let refused = self.shared.sweep_wanted.load(StdOrdering::Relaxed)
             && self.shared.sweep_wanted.swap(false, StdOrdering::Relaxed);
         refused
-            || (self.stalled
-                && !self.planner.waiting.is_empty()
+            || (!self.planner.waiting.is_empty()
                 && now.saturating_duration_since(self.sweep_started) >= SWEEP_EVERY)
     }
 
@@ -563,26 +586,18 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// Ends followers that leave their group unlaunched.
     fn end_followers(&mut self, gone: Vec<Follower<O>>, failure: Failure, how: Ended) {
-        if gone.is_empty() {
-            return;
-        }
-        let mut admissions = Vec::with_capacity(gone.len());
-        self.end_each_follower(gone, &failure, how, &mut admissions);
-        self.intake.release_all(admissions);
+        let mut leaving = Leaving::with_capacity(gone.len());
+        leaving.followers(gone);
+        self.end_leaving(leaving, &failure, how);
     }
 
-    /// Ends each follower with `failure`, collecting its admission for the
-    /// caller's one release.
-    fn end_each_follower(
-        &self,
-        gone: Vec<Follower<O>>,
-        failure: &Failure,
-        how: Ended,
-        admissions: &mut Vec<Admission>,
-    ) {
-        for f in gone {
-            admissions.push(f.admission);
-            self.end_one(f.completer, f.priority, failure, how);
+    /// Gives the room of requests leaving unlaunched back, then tells each
+    /// one: a caller woken by its failure finds the queue depth already
+    /// down, as it finds the outcome already counted.
+    fn end_leaving(&mut self, leaving: Leaving<O>, failure: &Failure, how: Ended) {
+        self.intake.release_all(leaving.admissions);
+        for (completer, level) in leaving.completers {
+            self.end_one(completer, level, failure, how);
         }
     }
 
@@ -628,14 +643,14 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if entries.is_empty() {
             return;
         }
-        let mut admissions = Vec::with_capacity(entries.len());
+        let mut leaving = Leaving::with_capacity(entries.len());
         for ((job, adm), _) in entries {
             self.forget_group(&job);
-            self.end_each_follower(job.followers, &failure, how, &mut admissions);
-            admissions.push(adm);
-            self.end_one(job.completer, job.priority, &failure, how);
+            leaving.followers(job.followers);
+            leaving.admissions.push(adm);
+            leaving.completers.push((job.completer, job.priority));
         }
-        self.intake.release_all(admissions);
+        self.end_leaving(leaving, &failure, how);
     }
 
     /// How many requests a batch formed now should take, or `None` while
@@ -696,6 +711,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared.counters.set_adaptive_switches(switches);
 
         let mut abandoned = Vec::new();
+        // Reused by each launch, which gives its batch's room back.
         let mut admissions = Vec::new();
         let mut short_now = false;
         self.stalled = false;
@@ -741,7 +757,6 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.sla.decision(deciding.elapsed());
         }
         self.short_last_pass = short_now;
-        self.intake.release_all(admissions);
         self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
     }
 
@@ -782,6 +797,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 .push((job.completer, job.priority, job.submitted));
             admissions.push(adm);
         }
+        // Launched: the room goes back before the worker can complete any
+        // of them, so a caller woken by its result finds the depth down.
+        self.intake.release_all(admissions.drain(..));
         let worker = formed.worker;
         // The level check comes first inside the macro: with debug off,
         // nothing is formatted.
