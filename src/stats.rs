@@ -315,6 +315,42 @@ impl Stats {
         }
     }
 
+    /// Accepted at submit, all levels (seed 000's `total_inserted`).
+    ///
+    /// ```
+    /// # use convoy::{Request, Runtime};
+    /// // A batch function that returns no output for a 0 fails its batch.
+    /// let rt = Runtime::builder()
+    ///     .batch_fn(|xs: &[u32]| xs.iter().copied().filter(|&x| x != 0).collect())
+    ///     .build()?;
+    /// assert!(rt.handle().submit(Request::new(0))?.wait().is_err());
+    /// let s = rt.stats();
+    /// assert_eq!((s.inserted(), s.rejected(), s.dropped(), s.queue_depth()), (1, 0, 1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn inserted(&self) -> u64 {
+        self.total().inserted
+    }
+
+    /// Refused at submit because the level was full, all levels: each was
+    /// handed back to its caller inside the error, so none is lost.
+    pub fn rejected(&self) -> u64 {
+        self.total().rejected_full
+    }
+
+    /// Accepted and ended without an output (expired, cancelled, failed or
+    /// shut down), all levels. Every one of them got that outcome on its
+    /// ticket: nothing is dropped silently.
+    pub fn dropped(&self) -> u64 {
+        let t = self.total();
+        t.ended() - t.completed
+    }
+
+    /// Accepted and not yet launched, all levels.
+    pub fn queue_depth(&self) -> usize {
+        self.total().queue_depth
+    }
+
     /// All levels summed.
     pub fn total(&self) -> PriorityStats {
         self.per_priority
