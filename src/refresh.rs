@@ -21,6 +21,15 @@
 //! | `wanted`   | reports (`fetch_add`) | recorders | the newest generation asked for |
 //! | `answered` | its recorder (Release) | reports (Acquire) | the newest generation this recorder published for |
 //! | `live`     | its recorder, once, on drop (Release) | reports (Acquire) | false: the final copy is out, do not wait |
+//! | `busy`     | its recorder (Relaxed) | reports (Relaxed) | inside a call that may run long (a batch): answers only after it |
+//!
+//! `busy` is a hint that carries no data: it only tells a report how long
+//! to wait. A recorder between batches answers at its next loop point, so
+//! a report waits for it as long as the OS takes to run its thread (up to
+//! a generous cap); one inside a batch may take as long as the batch, so a
+//! report waits for it only briefly and reads its last copy. A stale
+//! `false` makes a report wait longer, a stale `true` shorter; neither
+//! changes what an answer covers.
 
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
@@ -53,6 +62,7 @@ impl Refresh {
 pub struct Answers {
     answered: AtomicU64,
     live: AtomicBool,
+    busy: AtomicBool,
 }
 
 impl Default for Answers {
@@ -67,7 +77,21 @@ impl Answers {
         Self {
             answered: AtomicU64::new(0),
             live: AtomicBool::new(true),
+            busy: AtomicBool::new(false),
         }
+    }
+
+    /// The recorder enters (`true`) or leaves (`false`) a call that may run
+    /// long and during which it cannot answer.
+    pub fn set_busy(&self, busy: bool) {
+        // Relaxed: a hint for how long a report waits (module docs).
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// Whether the recorder said it is inside a long call.
+    pub fn is_busy(&self) -> bool {
+        // Relaxed: see `set_busy`.
+        self.busy.load(Ordering::Relaxed)
     }
 
     /// The recorder published a copy that answers `generation`.
@@ -111,5 +135,8 @@ mod tests {
             "an old answer does not cover a new ask"
         );
         assert!(b.has_answered(g2), "a retired recorder is never waited for");
+        assert!(!a.is_busy());
+        a.set_busy(true);
+        assert!(a.is_busy() && !a.has_answered(g2), "busy is not an answer");
     }
 }

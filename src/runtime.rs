@@ -50,7 +50,9 @@ use collector::Collector;
 use worker::{spawn_worker, WorkerLink};
 
 /// The longest [`Runtime::sla_report`] and [`Runtime::metrics_text`] wait
-/// for the collector and the workers to publish fresh SLA copies.
+/// for a worker inside a batch to publish a fresh SLA copy. One between
+/// batches is waited for until it answers (at most a second, should the
+/// OS not run its thread), since it answers at its next loop point.
 pub const SLA_REFRESH_WAIT: Duration = Duration::from_millis(50);
 
 /// Why a runtime could not be built.
@@ -669,12 +671,12 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     ///
     /// The collector and each worker record into histograms of their own
     /// and publish a copy every 100 ms. A report first asks each of them
-    /// for a fresh copy and waits for the answers, at most
-    /// [`SLA_REFRESH_WAIT`]: so it includes every request whose ticket had
-    /// its outcome before the call. A worker still inside a batch longer
-    /// than that answers too late and is read from its last copy (at most
-    /// 100 ms older than its previous batch). After `shutdown` a report
-    /// is exact and does not wait.
+    /// for a fresh copy and waits for the answers: so it includes every
+    /// request whose ticket had its outcome before the call. A worker
+    /// still inside a batch after [`SLA_REFRESH_WAIT`] answers too late
+    /// and is read from its last copy (at most 100 ms older than its
+    /// previous batch). After `shutdown` a report is exact and does not
+    /// wait.
     ///
     /// ```
     /// # use convoy::{Priority, Request, Runtime};

@@ -264,7 +264,8 @@ fn build_request(b: InferBody, limits: &Limits) -> Result<Request<Input>, Respon
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // metrics_text may wait (up to SLA_REFRESH_WAIT) for fresh SLA copies:
+    // metrics_text may wait (SLA_REFRESH_WAIT for a busy worker, longer
+    // for one the OS has not run yet) for fresh SLA copies:
     // off the async workers.
     let rt = state.runtime.clone();
     match tokio::task::spawn_blocking(move || rt.metrics_text()).await {

@@ -164,9 +164,13 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     fn run(mut self) {
         // A device executor gives this worker its own pipelined lane; a
         // lane that cannot be made (a panic) leaves the plain path.
+        // Busy: making a device lane may take seconds (a context, a
+        // compile), and a report should not wait that long for this worker.
+        self.sla.set_busy(true);
         let mut lane = catch_unwind(AssertUnwindSafe(|| self.executor.lane(self.index)))
             .ok()
             .flatten();
+        self.sla.set_busy(false);
         let depth = lane.as_ref().map_or(1, |l| l.depth().max(1));
         // Launched batches, oldest first: a lane finishes them in order.
         let mut in_flight: std::collections::VecDeque<Pending<O>> =
@@ -195,14 +199,19 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                     || self.collector_gone();
                 if ready {
                     idle = 0;
+                    // `finish` blocks until the device is done.
+                    self.sla.set_busy(true);
                     let result =
                         catch_unwind(AssertUnwindSafe(|| lane.finish())).map_err(panic_message);
+                    self.sla.set_busy(false);
                     let p = in_flight.pop_front().expect("checked non-empty just above");
                     self.settle(p, result);
                 } else {
                     // The device is busy and there is room for one more
                     // batch: the collector unparks us when it pushes one;
-                    // the device's progress is polled at this period.
+                    // the device's progress is polled at this period. A
+                    // loop point: a report's ask is answered here too.
+                    self.sla.maybe_publish(Instant::now());
                     pause(&mut idle, Duration::from_micros(50));
                 }
                 continue;
@@ -245,10 +254,12 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     /// Runs a batch on the plain path and settles it.
     fn execute(&mut self, batch: Batch<I, O>) {
         let (inputs, pending) = Self::split(batch);
+        self.sla.set_busy(true);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.executor.execute(self.index, &inputs)
         }))
         .map_err(panic_message);
+        self.sla.set_busy(false);
         drop(inputs);
         self.settle(pending, result);
     }
@@ -257,7 +268,10 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     /// settled (failed) at once.
     fn launch(&mut self, lane: &mut dyn Lane<I, O>, batch: Batch<I, O>) -> Option<Pending<O>> {
         let (inputs, pending) = Self::split(batch);
-        match catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs))) {
+        self.sla.set_busy(true);
+        let launched = catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs)));
+        self.sla.set_busy(false);
+        match launched {
             Ok(Ok(())) => Some(pending),
             Ok(Err(e)) => {
                 self.settle(pending, Ok(Err(e)));
