@@ -128,8 +128,10 @@ pub struct SlaReport {
     /// Indexed by `Priority::index`.
     pub per_priority: Vec<PrioritySla>,
     /// The collector's decision time per launched batch: from the start of
-    /// forming it (ordering, placement, reservation) to its hand-off to the
-    /// worker. Kept in nanoseconds, reported as `Duration`s.
+    /// forming it (ordering, placement, reservation) up to its hand-off to
+    /// the worker, not including it: the unpark there may give the woken
+    /// worker the collector's core, which would time the OS scheduler.
+    /// Kept in nanoseconds, reported as `Duration`s.
     pub decision: Percentiles,
 }
 
