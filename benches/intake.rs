@@ -13,6 +13,9 @@
 //! total; a producer that finds it full yields and retries. Throughput is
 //! items/s; ratios go in BENCHMARKS.md.
 //!
+//! `convoy_exclusive` is the intake with each producer owning its shard
+//! (`Intake::exclusive`: claims by plain store, no CAS) on sequential lanes.
+//!
 //! Three more rows take the intake apart, to show where its cost over
 //! ArrayQueue comes from: `convoy_one_level` (every item at one level, so
 //! one lane per shard), `ring_deferred` (the bare ring with one lane's
@@ -29,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoy::intake::{Intake, IntakeConfig};
+use convoy::ring::Layout;
 use convoy::{InsertPolicy, Priority};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam::queue::ArrayQueue;
@@ -76,12 +80,27 @@ fn run<P: FnMut(u64) + Send>(
     start.elapsed()
 }
 
-fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
+/// How the intake's producers push.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Shared handles (`Intake::push`, a CAS per claim) on `Spread` lanes:
+    /// what the runtime's submit does.
+    Shared,
+    /// Each producer owns a shard (`Intake::exclusive`, a plain store per
+    /// claim) on `Sequential` lanes.
+    Exclusive,
+}
+
+fn convoy_run(producers: u64, prio: fn(u64) -> Priority, mode: Mode) -> Duration {
     let shards = producers.next_power_of_two() as usize;
-    let (intake, mut consumer) = Intake::<u64>::new(IntakeConfig {
+    let config = IntakeConfig {
         shards,
         lane_capacity: (CAPACITY_PER_LEVEL / shards).next_power_of_two(),
-    })
+    };
+    let (intake, mut consumer) = match mode {
+        Mode::Shared => Intake::<u64>::new(config),
+        Mode::Exclusive => Intake::<u64>::with_layout(config, Layout::Sequential),
+    }
     .expect("valid bench config");
     let mut out = Vec::with_capacity(DRAIN_CHUNK);
     let mut held = Vec::with_capacity(2 * DRAIN_CHUNK);
@@ -89,11 +108,17 @@ fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
         producers,
         || {
             let intake = intake.clone();
+            let mut own = match mode {
+                Mode::Shared => None,
+                Mode::Exclusive => Some(intake.exclusive().expect("a shard per producer")),
+            };
             move |v| {
                 push_until_in(v, |v| {
-                    intake
-                        .push(prio(v), v, InsertPolicy::Enqueue)
-                        .map_err(|full| full.item)
+                    match own.as_mut() {
+                        Some(own) => own.push(prio(v), v, InsertPolicy::Enqueue),
+                        None => intake.push(prio(v), v, InsertPolicy::Enqueue),
+                    }
+                    .map_err(|full| full.item)
                 })
             }
         },
@@ -114,7 +139,7 @@ fn convoy_run(producers: u64, prio: fn(u64) -> Priority) -> Duration {
 }
 
 /// Pushes `v` with `push`, yielding and retrying while it is handed back.
-fn push_until_in(mut v: u64, push: impl Fn(u64) -> Result<(), u64>) {
+fn push_until_in(mut v: u64, mut push: impl FnMut(u64) -> Result<(), u64>) {
     while let Err(back) = push(v) {
         v = back;
         std::thread::yield_now();
@@ -238,7 +263,22 @@ fn throughput(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("convoy", producers),
             &producers,
-            |b, &p| b.iter_custom(|iters| (0..iters).map(|_| convoy_run(p, prio)).sum()),
+            |b, &p| {
+                b.iter_custom(|iters| (0..iters).map(|_| convoy_run(p, prio, Mode::Shared)).sum())
+            },
+        );
+        // Each producer owns its shard: plain-store claims, sequential
+        // lanes (`Intake::exclusive`).
+        g.bench_with_input(
+            BenchmarkId::new("convoy_exclusive", producers),
+            &producers,
+            |b, &p| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| convoy_run(p, prio, Mode::Exclusive))
+                        .sum()
+                })
+            },
         );
         // Every item at one level: one lane per shard instead of five, so
         // the consumer polls one head slot per shard. Tells the cost of the
@@ -249,7 +289,7 @@ fn throughput(c: &mut Criterion) {
             |b, &p| {
                 b.iter_custom(|iters| {
                     (0..iters)
-                        .map(|_| convoy_run(p, |_| Priority::Normal))
+                        .map(|_| convoy_run(p, |_| Priority::Normal, Mode::Shared))
                         .sum()
                 })
             },

@@ -76,10 +76,7 @@ impl Clearing {
         }
         st.asked += 1;
         let mine = st.asked;
-        // Release: what this thread did before asking (its submits among
-        // them) happens-before the collector's Acquire swap, so the clear
-        // sees those requests in the intake.
-        self.asked.store(true, Ordering::Release);
+        self.raise();
         wake();
         while !st.gone && st.answered < mine {
             st = self.answered.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -98,7 +95,14 @@ impl Clearing {
         if st.asked == st.answered {
             st.asked += 1;
         }
-        // Release: as in `ask`.
+        self.raise();
+    }
+
+    /// Raises the flag the collector takes.
+    fn raise(&self) {
+        // Release: what this thread did before asking (its submits among
+        // them) happens-before the collector's Acquire swap, so the clear
+        // sees those requests in the intake.
         self.asked.store(true, Ordering::Release);
     }
 

@@ -27,6 +27,17 @@
 //! thread. Per-producer FIFO holds within a lane; a collector that needs
 //! global arrival order across a spill orders by an arrival stamp.
 //!
+//! # Exclusive producers
+//!
+//! A thread that submits a lot may take a shard for itself with
+//! [`Intake::exclusive`]: it then owns that shard's five rings
+//! ([`ring::Producer::own`]) and claims slots by plain store instead of the
+//! CAS, which is what a push waits on when the consumer keeps pace (see
+//! `BENCHMARKS.md`). While it lives, the shard's room serves its owner
+//! only: other threads spill past it, and a level counts as full to them
+//! when every other shard's lane is. The owner itself spills into shared
+//! shards when its own lane is full.
+//!
 //! An all-or-nothing batch that spans levels reserves a run of slots in one
 //! lane per level. If a later level has no room, the runs already reserved
 //! cannot be unclaimed, so they are written with placeholders that the
@@ -244,6 +255,38 @@ impl<T> Shared<T> {
         &self.lanes[lane_index(shard, priority)]
     }
 
+    /// Pushes `slot` into the `priority` lane of the first shard, from
+    /// `first` on and `tries` shards in all, that takes it (owned lanes
+    /// refuse); on refusal everywhere counts it against `home` and hands
+    /// the item back.
+    fn push_from(
+        &self,
+        home: usize,
+        first: usize,
+        tries: usize,
+        priority: Priority,
+        mut slot: Slot<T>,
+    ) -> Result<(), QueueFull<T>> {
+        let mut shard = first;
+        for step in 0..tries {
+            if step > 0 {
+                shard = self.next_shard(shard);
+            }
+            match self.lane(shard, priority).ring.push(slot) {
+                Ok(()) => return Ok(()),
+                Err(ring::Full(back)) => slot = back,
+            }
+        }
+        // Relaxed: a statistic.
+        let lane = self.lane(home, priority);
+        lane.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+        let entry = slot.expect("a full ring hands back the Some it was given");
+        Err(QueueFull {
+            item: entry.item,
+            priority,
+        })
+    }
+
     fn stats(&self) -> IntakeStats {
         let mut stats = IntakeStats {
             per_priority: [PriorityIntakeStats::default(); Priority::COUNT],
@@ -377,6 +420,29 @@ impl<T> Intake<T> {
     /// assert!(Intake::<u8>::new(IntakeConfig { shards: 3, lane_capacity: 8 }).is_ok());
     /// ```
     pub fn new(config: IntakeConfig) -> Result<(Intake<T>, IntakeConsumer<T>), IntakeError> {
+        // Spread: a shared producer's pushes alternate between its shard's
+        // five lanes, the case that layout is for (1.5-2.8x the throughput
+        // of a sequential layout in the intake bench, BENCHMARKS.md).
+        Self::with_layout(config, ring::Layout::Spread)
+    }
+
+    /// [`new`](Self::new) with the lanes laid out as `layout`.
+    /// `Sequential` suits exclusive producers: with no CAS to wait on a
+    /// slot's line, a producer fills a line in a run and the consumer reads
+    /// it once (BENCHMARKS.md); shared producers do better on `Spread`, the
+    /// default.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig};
+    /// use convoy::ring::Layout;
+    /// let config = IntakeConfig { shards: 4, lane_capacity: 1024 };
+    /// let (intake, _c) = Intake::<u64>::with_layout(config, Layout::Sequential).unwrap();
+    /// assert!(intake.exclusive().is_some());
+    /// ```
+    pub fn with_layout(
+        config: IntakeConfig,
+        layout: ring::Layout,
+    ) -> Result<(Intake<T>, IntakeConsumer<T>), IntakeError> {
         if config.shards == 0 {
             return Err(IntakeError::ZeroShards);
         }
@@ -387,10 +453,7 @@ impl<T> Intake<T> {
         let mut lanes = Vec::with_capacity(n);
         let mut consumers = Vec::with_capacity(n);
         for _ in 0..n {
-            // Spread: a producer's pushes alternate between its shard's five
-            // lanes, the case that layout is for (1.5-2.8x the throughput of
-            // a sequential layout in the intake bench, BENCHMARKS.md).
-            let (tx, rx) = ring::channel_with(config.lane_capacity, ring::Layout::Spread)?;
+            let (tx, rx) = ring::channel_with(config.lane_capacity, layout)?;
             lanes.push(Lane {
                 ring: tx,
                 counters: CachePadded::new(LaneCounters {
@@ -450,28 +513,55 @@ impl<T> Intake<T> {
         policy: InsertPolicy,
     ) -> Result<(), QueueFull<T>> {
         let home = self.home();
-        let mut slot = Some(Entry {
+        let slot = Some(Entry {
             item,
             front: policy == InsertPolicy::Front,
         });
+        self.shared
+            .push_from(home, home, self.shared.shards, priority, slot)
+    }
+
+    /// Takes a shard for this thread alone, or `None` when every shard is
+    /// owned (module docs). Its pushes claim by plain store; dropping it
+    /// gives the shard back.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority};
+    /// let (intake, mut c) = Intake::new(IntakeConfig { shards: 2, lane_capacity: 1 }).unwrap();
+    /// let mut mine = intake.exclusive().expect("a shard is free");
+    /// mine.push(Priority::High, 1, InsertPolicy::Enqueue).unwrap();
+    /// mine.push(Priority::High, 2, InsertPolicy::Enqueue).unwrap(); // spills to the shared shard
+    /// assert_eq!(intake.push(Priority::High, 3, InsertPolicy::Enqueue).unwrap_err().item, 3);
+    /// assert!(intake.push(Priority::Low, 4, InsertPolicy::Enqueue).is_ok()); // the other shard
+    /// let _second = intake.exclusive().expect("the other shard");
+    /// assert!(intake.exclusive().is_none(), "both owned");
+    /// let mut out = vec![];
+    /// c.drain(8, &mut out);
+    /// assert_eq!(out.iter().map(|d| d.item).collect::<Vec<_>>(), [1, 2, 4]);
+    /// ```
+    pub fn exclusive(&self) -> Option<ExclusiveProducer<T>> {
+        let home = self.home();
         let mut shard = home;
         for step in 0..self.shared.shards {
             if step > 0 {
                 shard = self.shared.next_shard(shard);
             }
-            match self.shared.lane(shard, priority).ring.push(slot) {
-                Ok(()) => return Ok(()),
-                Err(ring::Full(back)) => slot = back,
+            // All five lanes or none: a partial set drops, giving back
+            // what it took.
+            let owners: Vec<_> = Priority::ALL
+                .into_iter()
+                .map_while(|p| self.shared.lane(shard, p).ring.own())
+                .collect();
+            if owners.len() == Priority::COUNT {
+                return Some(ExclusiveProducer {
+                    shared: self.shared.clone(),
+                    shard,
+                    owners,
+                });
             }
         }
-        // Relaxed: a statistic.
-        let lane = self.shared.lane(home, priority);
-        lane.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
-        let entry = slot.expect("a full ring hands back the Some it was given");
-        Err(QueueFull {
-            item: entry.item,
-            priority,
-        })
+        None
     }
 
     /// Submits a batch of `(priority, item)` pairs under `policy`.
@@ -632,6 +722,63 @@ impl<T> Intake<T> {
 
 /// Where a lane sits in `Shared::lanes` and `IntakeConsumer::rings`: one
 /// layout for the producer and consumer ends.
+/// A producer that owns one shard's five lanes (see
+/// [`Intake::exclusive`]). Not `Clone`: one thread pushes through it, by
+/// `&mut self`. Dropping it gives the shard back to shared producers.
+pub struct ExclusiveProducer<T> {
+    shared: Arc<Shared<T>>,
+    shard: usize,
+    /// The shard's lanes, indexed by `Priority::index`.
+    owners: Vec<ring::Owner<Slot<T>>>,
+}
+
+impl<T> fmt::Debug for ExclusiveProducer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExclusiveProducer")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ExclusiveProducer<T> {
+    /// Submits one item at `priority` into this producer's own lane, or,
+    /// when that is full, into a shared shard's; hands it back when every
+    /// one it may use is full. As [`Intake::push`] otherwise.
+    ///
+    /// ```
+    /// use convoy::intake::{Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority};
+    /// let (intake, _c) = Intake::new(IntakeConfig { shards: 1, lane_capacity: 1 }).unwrap();
+    /// let mut mine = intake.exclusive().unwrap();
+    /// mine.push(Priority::Low, 'a', InsertPolicy::Enqueue).unwrap();
+    /// assert_eq!(mine.push(Priority::Low, 'b', InsertPolicy::Front).unwrap_err().item, 'b');
+    /// ```
+    pub fn push(
+        &mut self,
+        priority: Priority,
+        item: T,
+        policy: InsertPolicy,
+    ) -> Result<(), QueueFull<T>> {
+        let slot = Some(Entry {
+            item,
+            front: policy == InsertPolicy::Front,
+        });
+        match self.owners[priority.index()].push(slot) {
+            Ok(()) => Ok(()),
+            Err(ring::Full(slot)) => {
+                let shared = &*self.shared;
+                let next = shared.next_shard(self.shard);
+                shared.push_from(self.shard, next, shared.shards - 1, priority, slot)
+            }
+        }
+    }
+
+    /// The shard this producer owns.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+}
+
 fn lane_index(shard: usize, priority: Priority) -> usize {
     shard * Priority::COUNT + priority.index()
 }

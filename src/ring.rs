@@ -45,6 +45,20 @@
 //! All-or-nothing [`Producer::push_all`] claims `k` positions in one CAS
 //! once the bound covers the last of them.
 //!
+//! # Owned rings
+//!
+//! The CAS on `tail` is a locked instruction, and a locked instruction
+//! waits until this core's earlier stores are done: the previous push's
+//! slot store, whose line the consumer may be reading right then. A ring
+//! with one producer needs no CAS. [`Producer::own`] makes an [`Owner`]:
+//! one CAS sets `tail`'s top bit (`OWNED`), after which every shared claim
+//! fails (its CAS expects the bit clear, and a claim that sees the bit
+//! treats the ring as full), so the owner is the only thread that moves
+//! `tail` and claims with a plain store. Dropping the owner stores `tail`
+//! with the bit clear, and shared claims work again. Positions live in the
+//! other bits: a ring pushed 10⁹ times a second reaches the top bit after
+//! 292 years.
+//!
 //! # Example
 //!
 //! ```
@@ -145,6 +159,9 @@ fn beyond(end: usize, bound: usize) -> bool {
     (end.wrapping_sub(bound) as isize) > 0
 }
 
+/// The bit of `tail` that marks a ring owned by an [`Owner`] (module docs).
+const OWNED: usize = 1 << (usize::BITS - 1);
+
 /// The consumer's two positions, written only by the consumer. Atomics
 /// rather than plain cells because producers read `freed` (when their
 /// `limit` runs out, and for [`Producer::len`]) and because `Drop` may run on
@@ -159,7 +176,8 @@ struct Positions {
 
 /// The producers' line: what every claim reads and most claims only read.
 struct Claims {
-    /// Next position a producer may claim.
+    /// Next position a producer may claim, with `OWNED` set while an
+    /// [`Owner`] holds the ring.
     tail: AtomicUsize,
     /// A bound `freed + capacity` read by some producer: positions below it
     /// are free to claim. Only ever behind the truth, never ahead.
@@ -231,7 +249,7 @@ impl<T> Ring<T> {
     fn len(&self) -> usize {
         // Relaxed: a snapshot for statistics; tail is loaded first so a
         // concurrent free cannot make `freed` pass it and the difference wrap.
-        let tail = self.claims.tail.load(Ordering::Relaxed);
+        let tail = self.claims.tail.load(Ordering::Relaxed) & !OWNED;
         let freed = self.consumer.freed.load(Ordering::Relaxed);
         tail.wrapping_sub(freed).min(self.capacity())
     }
@@ -239,7 +257,7 @@ impl<T> Ring<T> {
     /// Claimed and not yet taken (consumer only: `taken` is exact there).
     fn pending(&self) -> usize {
         // Relaxed on both: see `len`.
-        let tail = self.claims.tail.load(Ordering::Relaxed);
+        let tail = self.claims.tail.load(Ordering::Relaxed) & !OWNED;
         let taken = self.consumer.taken.load(Ordering::Relaxed);
         tail.wrapping_sub(taken).min(self.capacity())
     }
@@ -252,7 +270,8 @@ impl<T> Ring<T> {
     }
 
     /// Claims `k` consecutive positions, or returns `None` when the ring has
-    /// fewer than `k` free slots at a moment during the call.
+    /// fewer than `k` free slots at a moment during the call, or an
+    /// [`Owner`] holds it.
     fn claim(&self, k: usize) -> Option<usize> {
         debug_assert!(k >= 1 && k <= self.capacity());
         // Relaxed: `tail` only hands out positions; which slots are free is
@@ -260,6 +279,11 @@ impl<T> Ring<T> {
         let mut tail = self.claims.tail.load(Ordering::Relaxed);
         let mut backoff = Backoff::default();
         loop {
+            if tail & OWNED != 0 {
+                // Owned: closed to shared claims. Every path back here
+                // reloads `tail`, and the CAS below expects the bit clear.
+                return None;
+            }
             let end = tail.wrapping_add(k);
             // Acquire: pairs with the Release store of `limit` below, by
             // whichever producer read `freed`; through it, the consumer's
@@ -603,7 +627,132 @@ impl<T> Producer<T> {
     /// ```
     pub fn pushed(&self) -> usize {
         // Relaxed: a statistic.
-        self.ring.claims.tail.load(Ordering::Relaxed)
+        self.ring.claims.tail.load(Ordering::Relaxed) & !OWNED
+    }
+
+    /// Makes this thread the ring's only producer until the [`Owner`]
+    /// drops, or returns `None` while another owner holds it. Meanwhile
+    /// shared pushes are refused as if the ring were full (module docs).
+    ///
+    /// ```
+    /// let (tx, mut rx) = convoy::ring::channel(4).unwrap();
+    /// tx.push(1).unwrap();
+    /// let mut owner = tx.own().expect("nobody owns it yet");
+    /// assert!(tx.own().is_none());
+    /// owner.push(2).unwrap();
+    /// assert_eq!(tx.push(3), Err(convoy::ring::Full(3))); // owned
+    /// drop(owner);
+    /// tx.push(3).unwrap();
+    /// assert_eq!((rx.pop(), rx.pop(), rx.pop()), (Some(1), Some(2), Some(3)));
+    /// ```
+    pub fn own(&self) -> Option<Owner<T>> {
+        // Relaxed: as for a claim, `tail` hands out positions only; which
+        // slots are free the owner learns from `freed` (see `Owner::push`).
+        let mut tail = self.ring.claims.tail.load(Ordering::Relaxed);
+        let mut backoff = Backoff::default();
+        loop {
+            if tail & OWNED != 0 {
+                return None;
+            }
+            // Relaxed on both arms: see the load above. A shared claim that
+            // moved `tail` meanwhile fails this CAS; one that comes after
+            // it fails its own.
+            match self.ring.claims.tail.compare_exchange_weak(
+                tail,
+                tail | OWNED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(current) => tail = current,
+            }
+            backoff.spin();
+        }
+        Some(Owner {
+            ring: self.ring.clone(),
+            tail,
+            // Behind the truth: the first push reads `freed`.
+            limit: tail,
+        })
+    }
+}
+
+/// A ring's only producer while it lives (see [`Producer::own`]): it claims
+/// by plain store, with no locked instruction. Dropping it opens the ring
+/// to shared pushes again.
+pub struct Owner<T> {
+    ring: Arc<Ring<T>>,
+    /// The next position to claim: `tail` without the bit. Only this owner
+    /// moves `tail`, so its own copy is exact.
+    tail: usize,
+    /// `freed + capacity` as last read: positions below it are free.
+    limit: usize,
+}
+
+impl<T> fmt::Debug for Owner<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Owner")
+            .field("capacity", &self.capacity())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<T> Owner<T> {
+    /// Pushes one value, or hands it back when the ring is full.
+    ///
+    /// ```
+    /// let (tx, _rx) = convoy::ring::channel(1).unwrap();
+    /// let mut owner = tx.own().unwrap();
+    /// assert_eq!(owner.push('a'), Ok(()));
+    /// assert_eq!(owner.push('b'), Err(convoy::ring::Full('b')));
+    /// ```
+    pub fn push(&mut self, value: T) -> Result<(), Full<T>> {
+        let pos = self.tail;
+        let end = pos.wrapping_add(1);
+        if beyond(end, self.limit) {
+            // Acquire: pairs with the consumer's Release store in `free`:
+            // its reads of the freed slots happen before our writes.
+            let freed = self.ring.consumer.freed.load(Ordering::Acquire);
+            self.limit = freed.wrapping_add(self.ring.capacity());
+            if beyond(end, self.limit) {
+                return Err(Full(value));
+            }
+        }
+        // Relaxed: no other thread moves `tail` while the bit is set; its
+        // readers take positions or statistics from it, never slot data.
+        // A plain store: the point of owning the ring.
+        self.ring.claims.tail.store(end | OWNED, Ordering::Relaxed);
+        self.tail = end;
+        // SAFETY: `pos` is claimed by this owner alone (the bit shuts every
+        // other claim out) and lies below `freed + capacity`: the consumer
+        // is done with the slot's last value.
+        unsafe { self.ring.publish(pos, value) };
+        Ok(())
+    }
+
+    /// The number of slots.
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity()
+    }
+
+    /// Slots in use (claimed and not yet freed by the consumer); a snapshot.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Drop for Owner<T> {
+    fn drop(&mut self) {
+        // Relaxed: every position this owner claimed is published (a push
+        // claims and publishes in one call), and a shared producer learns
+        // which slots are free from `freed`, as always.
+        self.ring.claims.tail.store(self.tail, Ordering::Relaxed);
     }
 }
 
@@ -923,5 +1072,103 @@ mod tests {
         drop(tx);
         drop(rx);
         assert_eq!(std::sync::Arc::strong_count(&marker), 1);
+    }
+
+    /// An owner wraps many laps, is refused when full, and counts in `len`
+    /// and `pushed` like any producer; shared pushes are refused while it
+    /// lives and go on in order after it drops.
+    #[test]
+    fn an_owner_wraps_is_refused_when_full_and_hands_the_ring_back() {
+        for layout in [Layout::Sequential, Layout::Spread] {
+            let (tx, mut rx) = channel_with(16, layout).unwrap();
+            tx.push(0u32).unwrap();
+            let mut owner = tx.own().unwrap();
+            assert!(tx.own().is_none(), "one owner at a time");
+            assert_eq!(tx.push(99), Err(Full(99)), "owned: shared pushes refused");
+            assert_eq!(
+                tx.push_all(vec![98, 97]),
+                Err(PushAllError::Full(vec![98, 97]))
+            );
+            let mut next = 1u32;
+            let mut expect = 0u32;
+            for _ in 0..40 {
+                while owner.push(next).is_ok() {
+                    next += 1;
+                }
+                assert_eq!(owner.len(), 16, "refused only when full");
+                assert_eq!(owner.push(next), Err(Full(next)));
+                for _ in 0..5 {
+                    assert_eq!(rx.pop(), Some(expect));
+                    expect += 1;
+                }
+            }
+            assert_eq!(tx.pushed(), next as usize);
+            drop(owner);
+            tx.push(next).unwrap();
+            let again = tx.own().expect("free again once dropped");
+            drop(again);
+            tx.push(next + 1).unwrap();
+            while let Some(v) = rx.pop() {
+                assert_eq!(v, expect);
+                expect += 1;
+            }
+            assert_eq!(
+                expect,
+                next + 2,
+                "everything pushed came out once, in order"
+            );
+            assert_eq!((tx.len(), tx.pushed()), (0, next as usize + 2));
+        }
+    }
+
+    /// Threads take turns owning the ring while others push shared and the
+    /// consumer drains: each accepted value arrives exactly once, and each
+    /// thread's values in its order.
+    #[test]
+    fn owners_and_shared_producers_take_turns_and_lose_nothing() {
+        const PER: u64 = 20_000;
+        let (tx, mut rx) = channel_with(64, Layout::Spread).unwrap();
+        let producers: Vec<_> = (0..3u64)
+            .map(|t| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while i < PER {
+                        let v = t << 32 | i;
+                        // Thread 0 only pushes shared; the others own the
+                        // ring for one push when they can.
+                        let owned = if t == 0 { None } else { tx.own() };
+                        let pushed = match owned {
+                            Some(mut owner) => owner.push(v).is_ok(),
+                            None => tx.push(v).is_ok(),
+                        };
+                        if pushed {
+                            i += 1;
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut next = [0u64; 3];
+        let mut got = 0;
+        while got < 3 * PER {
+            match rx.pop() {
+                Some(v) => {
+                    let (t, i) = ((v >> 32) as usize, v & 0xffff_ffff);
+                    assert_eq!(i, next[t], "thread {t}: in order, once");
+                    next[t] += 1;
+                    got += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!(rx.pop(), None);
+        assert_eq!(next, [PER; 3]);
     }
 }

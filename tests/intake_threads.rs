@@ -10,10 +10,22 @@ use convoy::{InsertPolicy, Priority};
 
 #[test]
 fn producers_and_collector_lose_nothing_and_respect_the_bound() {
+    lose_nothing_and_respect_the_bound(2, 0);
+}
+
+/// The same with two of the four producers owning a shard each (plain-store
+/// claims, spilling into the shared shards when their own lane is full)
+/// while the other two push shared around them.
+#[test]
+fn exclusive_and_shared_producers_lose_nothing_and_respect_the_bound() {
+    lose_nothing_and_respect_the_bound(4, 2);
+}
+
+fn lose_nothing_and_respect_the_bound(shards: usize, exclusive: u64) {
     const N: u64 = 4;
     const M: u64 = 20_000;
     let cfg = IntakeConfig {
-        shards: 2,
+        shards,
         lane_capacity: 16,
     };
     let (intake, mut collector) = Intake::<u64>::new(cfg).unwrap();
@@ -22,12 +34,17 @@ fn producers_and_collector_lose_nothing_and_respect_the_bound() {
         .map(|p| {
             let intake = intake.clone();
             std::thread::spawn(move || {
+                let mut own = (p < exclusive).then(|| intake.exclusive().expect("a free shard"));
                 let mut rejected = 0u64;
                 for s in 0..M {
                     let prio = Priority::ALL[(s % 5) as usize];
                     let mut item = p << 32 | s;
                     loop {
-                        match intake.push(prio, item, InsertPolicy::Enqueue) {
+                        let pushed = match own.as_mut() {
+                            Some(own) => own.push(prio, item, InsertPolicy::Enqueue),
+                            None => intake.push(prio, item, InsertPolicy::Enqueue),
+                        };
+                        match pushed {
                             Ok(()) => break,
                             Err(full) => {
                                 assert_eq!(full.priority, prio);

@@ -159,3 +159,53 @@ fn a_cached_limit_carries_the_free_to_the_next_producer() {
         assert_eq!(got, sent, "each accepted value received exactly once");
     });
 }
+
+/// An owner races a shared producer for a ring of 2 that holds position 1
+/// (0 was pushed and popped, so the owner's pushes wrap onto slot 0 and
+/// then slot 1), while the consumer pops. The owner takes the ring, pushes
+/// two values by plain store and hands the ring back; the shared push
+/// lands before, after, or is refused while the ring is owned. The
+/// owner's second push may only write slot 1 once the consumer freed
+/// position 1 (the owner's own read of `freed`), no two threads ever claim
+/// one position (loom would see two writes of one slot), and every
+/// accepted value arrives once, the owner's in order.
+#[test]
+fn an_owner_races_a_shared_push_and_hands_the_ring_back() {
+    loom::model(|| {
+        let (tx, mut rx) = ring::channel::<u32>(2).unwrap();
+        tx.push(0).unwrap();
+        tx.push(1).unwrap();
+        assert_eq!(rx.pop(), Some(0));
+        let tx2 = tx.clone();
+        let owner = thread::spawn(move || {
+            let mut sent = Vec::new();
+            if let Some(mut owner) = tx.own() {
+                for v in [10u32, 11] {
+                    if owner.push(v).is_ok() {
+                        sent.push(v);
+                    }
+                }
+            }
+            sent
+        });
+        let shared = thread::spawn(move || tx2.push(20).ok().map(|()| 20u32));
+        thread::yield_now(); // as in the first model
+        let mut got: Vec<u32> = (0..2).filter_map(|_| rx.pop()).collect();
+        let owner_sent = owner.join().unwrap();
+        let mut sent = owner_sent.clone();
+        sent.extend(shared.join().unwrap());
+        sent.push(1);
+        while let Some(v) = rx.pop() {
+            got.push(v);
+        }
+        let owner_got: Vec<u32> = got
+            .iter()
+            .copied()
+            .filter(|v| (10..20).contains(v))
+            .collect();
+        assert_eq!(owner_got, owner_sent, "the owner's values in order");
+        got.sort_unstable();
+        sent.sort_unstable();
+        assert_eq!(got, sent, "each accepted value received exactly once");
+    });
+}
