@@ -104,7 +104,7 @@ pub use executor::{BatchFn, Executor, Lane};
 pub use request::{Cost, Deadline, Request};
 pub use runtime::{
     BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,
-    SLA_REFRESH_WAIT,
+    Submitter, SLA_REFRESH_WAIT,
 };
 pub use sla::{SlaReport, SloTarget};
 pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};

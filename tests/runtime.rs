@@ -590,6 +590,60 @@ fn a_cancelled_request_gives_its_room_back_while_its_batch_fills() {
     );
 }
 
+/// A submitter owns a shard of the intake. With two shards of one slot per
+/// level and the worker held: the submitter's first request takes its own
+/// lane and the second spills into the shared shard; a plain handle is then
+/// refused (its home is owned or full) with the request handed back; the
+/// second shard can be owned too, and then no third. Dropping the
+/// submitters gives the room back to everyone, everything accepted runs
+/// once, and after shutdown a submitter is refused like a handle.
+#[test]
+fn a_submitter_owns_a_shard_until_dropped() {
+    let mut cfg = one_lane_config(1);
+    cfg.intake.shards = 2;
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let running = occupy_the_worker(&rt);
+    let mut sub = h.submitter().expect("a free shard");
+    let accepted = vec![
+        sub.submit(Request::new(1)).unwrap(),
+        sub.submit(Request::new(2)).unwrap(),
+    ];
+    let full = sub.submit(Request::new(3)).unwrap_err();
+    assert_eq!(
+        (full.kind, *full.request.input()),
+        (SubmitErrorKind::QueueFull, 3)
+    );
+    let refused = h.submit(Request::new(4)).unwrap_err();
+    assert_eq!(
+        (refused.kind, *refused.request.input()),
+        (SubmitErrorKind::QueueFull, 4)
+    );
+    let second = h.submitter().expect("the other shard is free to own");
+    assert!(h.submitter().is_none(), "both shards owned");
+    drop(second);
+    drop(sub);
+    let s = rt.stats().of(Priority::Normal);
+    assert_eq!((s.inserted, s.rejected_full, s.queue_depth), (3, 2, 2));
+    hold.open();
+    assert!(running.wait().is_ok());
+    for t in accepted {
+        assert!(t.wait().is_ok());
+    }
+    let mut later = h.submitter().expect("given back on drop");
+    assert_eq!(later.submit(Request::new(5)).unwrap().wait(), Ok(5));
+    assert_eq!(h.submit(Request::new(6)).unwrap().wait(), Ok(6));
+    rt.shutdown();
+    let after = later.submit(Request::new(7)).unwrap_err();
+    assert_eq!(
+        (after.kind, *after.request.input()),
+        (SubmitErrorKind::ShuttingDown, 7)
+    );
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort_unstable();
+    assert_eq!(ran, [0, 1, 2, 5, 6], "every accepted request ran once");
+}
+
 #[test]
 fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
     let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));
