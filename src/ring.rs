@@ -692,8 +692,8 @@ pub struct Owner<T> {
 impl<T> fmt::Debug for Owner<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Owner")
-            .field("capacity", &self.capacity())
-            .field("len", &self.len())
+            .field("capacity", &self.ring.capacity())
+            .field("len", &self.ring.len())
             .finish()
     }
 }
@@ -729,21 +729,6 @@ impl<T> Owner<T> {
         // is done with the slot's last value.
         unsafe { self.ring.publish(pos, value) };
         Ok(())
-    }
-
-    /// The number of slots.
-    pub fn capacity(&self) -> usize {
-        self.ring.capacity()
-    }
-
-    /// Slots in use (claimed and not yet freed by the consumer); a snapshot.
-    pub fn len(&self) -> usize {
-        self.ring.len()
-    }
-
-    /// Whether [`len`](Self::len) is zero.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -1095,7 +1080,7 @@ mod tests {
                 while owner.push(next).is_ok() {
                     next += 1;
                 }
-                assert_eq!(owner.len(), 16, "refused only when full");
+                assert_eq!(tx.len(), 16, "refused only when full");
                 assert_eq!(owner.push(next), Err(Full(next)));
                 for _ in 0..5 {
                     assert_eq!(rx.pop(), Some(expect));
