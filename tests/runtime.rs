@@ -631,7 +631,12 @@ fn a_submitter_owns_a_shard_until_dropped() {
         assert!(t.wait().is_ok());
     }
     let mut later = h.submitter().expect("given back on drop");
-    assert_eq!(later.submit(Request::new(5)).unwrap().wait(), Ok(5));
+    // A submitter is for a dedicated thread: it moves there.
+    let later = std::thread::spawn(move || {
+        assert_eq!(later.submit(Request::new(5)).unwrap().wait(), Ok(5));
+        later
+    });
+    let mut later = later.join().unwrap();
     assert_eq!(h.submit(Request::new(6)).unwrap().wait(), Ok(6));
     rt.shutdown();
     let after = later.submit(Request::new(7)).unwrap_err();
