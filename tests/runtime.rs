@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{eventually, occupy_the_worker, worker, Hold};
+use common::{echo_runtime_with, eventually, occupy_the_worker, worker, Hold};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,11 +75,7 @@ fn one_lane_config(lane_capacity: usize) -> Config {
 #[test]
 fn a_ready_ticket_is_already_counted() {
     const BATCH: usize = 256;
-    let rt = Runtime::builder()
-        .config(config(vec![worker(BATCH as u32, 1 << 20)], BATCH, 10_000))
-        .batch_fn(|xs: &[u32]| xs.to_vec())
-        .build()
-        .unwrap();
+    let rt = echo_runtime_with(config(vec![worker(BATCH as u32, 1 << 20)], BATCH, 10_000));
     let h = rt.handle();
     for round in 0..20u64 {
         let mut tickets: Vec<_> = (0..BATCH as u32)
@@ -564,11 +560,7 @@ fn a_cancelled_request_gives_its_room_back_while_every_worker_is_busy() {
 /// (checked).
 #[test]
 fn a_cancelled_request_gives_its_room_back_while_its_batch_fills() {
-    let rt = Runtime::builder()
-        .config(config(vec![worker(8, 1 << 20)], 8, 600_000))
-        .batch_fn(|xs: &[u32]| xs.to_vec())
-        .build()
-        .unwrap();
+    let rt = echo_runtime_with(config(vec![worker(8, 1 << 20)], 8, 600_000));
     let h = rt.handle();
     let kept = h.submit(Request::new(1)).unwrap();
     let mut gone = h.submit(Request::new(2)).unwrap();
@@ -1373,11 +1365,7 @@ fn a_batch_full_by_tokens_or_worker_slots_does_not_wait_out_the_delay() {
         let mut cfg = config(vec![worker(slots, 1 << 20)], 32, 0);
         cfg.batching.max_batch_tokens = max_tokens;
         cfg.batching.max_queue_delay = hour;
-        let rt = Runtime::builder()
-            .config(cfg)
-            .batch_fn(|xs: &[u32]| xs.to_vec())
-            .build()
-            .unwrap();
+        let rt = echo_runtime_with(cfg);
         let h = rt.handle();
         let mut tickets: Vec<_> = (0..2)
             .map(|i| h.submit(Request::new(i).tokens(50)).unwrap())

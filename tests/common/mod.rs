@@ -23,11 +23,16 @@ pub fn worker(slots: u32, tokens: u64) -> WorkerSpec {
 /// A runtime on `cpu_workers` default CPU workers whose batch function
 /// hands each input back.
 pub fn echo_runtime(cpu_workers: usize) -> Runtime<u32, u32> {
+    echo_runtime_with(Config {
+        cpu_workers,
+        ..Config::default()
+    })
+}
+
+/// A runtime under `config` whose batch function hands each input back.
+pub fn echo_runtime_with(config: Config) -> Runtime<u32, u32> {
     Runtime::builder()
-        .config(Config {
-            cpu_workers,
-            ..Config::default()
-        })
+        .config(config)
         .batch_fn(|xs: &[u32]| xs.to_vec())
         .build()
         .unwrap()
