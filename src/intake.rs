@@ -210,6 +210,16 @@ struct Entry<T> {
     front: bool,
 }
 
+impl<T> Entry<T> {
+    /// A single push's slot: `Front` is carried as the flag.
+    fn slot(item: T, policy: InsertPolicy) -> Slot<T> {
+        Some(Entry {
+            item,
+            front: policy == InsertPolicy::Front,
+        })
+    }
+}
+
 /// What a lane's slot carries: an entry, or `None` for a placeholder written
 /// by a rolled-back all-or-nothing push. `Option` costs nothing here for
 /// small items: it uses `front`'s spare bit patterns.
@@ -251,6 +261,12 @@ impl<T> Shared<T> {
         }
     }
 
+    /// `n` shards in turn from `first`, wrapping: the order a push, a
+    /// batch reservation and an exclusive producer try them in.
+    fn shards_from(&self, first: usize, n: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::successors(Some(first), |&s| Some(self.next_shard(s))).take(n)
+    }
+
     fn lane(&self, shard: usize, priority: Priority) -> &Lane<T> {
         &self.lanes[lane_index(shard, priority)]
     }
@@ -267,11 +283,7 @@ impl<T> Shared<T> {
         priority: Priority,
         mut slot: Slot<T>,
     ) -> Result<(), QueueFull<T>> {
-        let mut shard = first;
-        for step in 0..tries {
-            if step > 0 {
-                shard = self.next_shard(shard);
-            }
+        for shard in self.shards_from(first, tries) {
             match self.lane(shard, priority).ring.push(slot) {
                 Ok(()) => return Ok(()),
                 Err(ring::Full(back)) => slot = back,
@@ -513,10 +525,7 @@ impl<T> Intake<T> {
         policy: InsertPolicy,
     ) -> Result<(), QueueFull<T>> {
         let home = self.home();
-        let slot = Some(Entry {
-            item,
-            front: policy == InsertPolicy::Front,
-        });
+        let slot = Entry::slot(item, policy);
         self.shared
             .push_from(home, home, self.shared.shards, priority, slot)
     }
@@ -541,12 +550,7 @@ impl<T> Intake<T> {
     /// assert_eq!(out.iter().map(|d| d.item).collect::<Vec<_>>(), [1, 2, 4]);
     /// ```
     pub fn exclusive(&self) -> Option<ExclusiveProducer<T>> {
-        let home = self.home();
-        let mut shard = home;
-        for step in 0..self.shared.shards {
-            if step > 0 {
-                shard = self.shared.next_shard(shard);
-            }
+        for shard in self.shared.shards_from(self.home(), self.shared.shards) {
             // All five lanes or none: a partial set drops, giving back
             // what it took.
             let owners: Vec<_> = Priority::ALL
@@ -665,8 +669,8 @@ impl<T> Intake<T> {
             if k == 0 {
                 continue;
             }
-            reserved[p.index()] = (0..shared.shards)
-                .map(|i| (home + i) % shared.shards)
+            reserved[p.index()] = shared
+                .shards_from(home, shared.shards)
                 .find_map(|s| shared.lane(s, p).ring.reserve(k).map(|r| (s, r)));
             if reserved[p.index()].is_none() {
                 for q in Priority::ALL {
@@ -720,8 +724,6 @@ impl<T> Intake<T> {
     }
 }
 
-/// Where a lane sits in `Shared::lanes` and `IntakeConsumer::rings`: one
-/// layout for the producer and consumer ends.
 /// A producer that owns one shard's five lanes (see
 /// [`Intake::exclusive`]). Not `Clone`: one thread pushes through it, by
 /// `&mut self`. Dropping it gives the shard back to shared producers.
@@ -759,11 +761,7 @@ impl<T> ExclusiveProducer<T> {
         item: T,
         policy: InsertPolicy,
     ) -> Result<(), QueueFull<T>> {
-        let slot = Some(Entry {
-            item,
-            front: policy == InsertPolicy::Front,
-        });
-        match self.owners[priority.index()].push(slot) {
+        match self.owners[priority.index()].push(Entry::slot(item, policy)) {
             Ok(()) => Ok(()),
             Err(ring::Full(slot)) => {
                 let shared = &*self.shared;
@@ -779,6 +777,8 @@ impl<T> ExclusiveProducer<T> {
     }
 }
 
+/// Where a lane sits in `Shared::lanes` and `IntakeConsumer::rings`: one
+/// layout for the producer and consumer ends.
 fn lane_index(shard: usize, priority: Priority) -> usize {
     shard * Priority::COUNT + priority.index()
 }
