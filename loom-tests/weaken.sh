@@ -25,7 +25,7 @@ cases=(
   "src/refresh.rs@self.answered.load(Ordering::Acquire) >= generation@self.answered.load(Ordering::Relaxed) >= generation@runtime_protocols@refresh_answer_covers_what_the_asker_saw"
   "src/refresh.rs@self.live.store(false, Ordering::Release);@self.live.store(false, Ordering::Relaxed);@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
   "src/refresh.rs@!self.live.load(Ordering::Acquire)@!self.live.load(Ordering::Relaxed)@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
-  "src/ring.rs@let freed = self.ring.consumer.freed.load(Ordering::Acquire);@let freed = self.ring.consumer.freed.load(Ordering::Relaxed);@ring@an_owner_races_a_shared_push_and_hands_the_ring_back"
+  "src/ring.rs@let freed = self.consumer.freed.load(Ordering::Acquire);@let freed = self.consumer.freed.load(Ordering::Relaxed);@ring@an_owner_races_a_shared_push_and_hands_the_ring_back"
 )
 for c in "${cases[@]}"; do
   IFS='@' read -r file from to bin name <<<"$c"

@@ -269,6 +269,22 @@ impl<T> Ring<T> {
         taken.wrapping_sub(self.consumer.freed.load(Ordering::Relaxed))
     }
 
+    /// `freed + capacity` read now: positions below it are free to claim.
+    fn fresh_limit(&self) -> usize {
+        // Acquire: pairs with the consumer's Release store in `free`: its
+        // reads of the freed slots happen before the claimer's writes.
+        let freed = self.consumer.freed.load(Ordering::Acquire);
+        freed.wrapping_add(self.capacity())
+    }
+
+    /// The `Debug` of each end: capacity and current length.
+    fn describe(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("capacity", &self.capacity())
+            .field("len", &self.len())
+            .finish()
+    }
+
     /// Claims `k` consecutive positions, or returns `None` when the ring has
     /// fewer than `k` free slots at a moment during the call, or an
     /// [`Owner`] holds it.
@@ -291,10 +307,7 @@ impl<T> Ring<T> {
             // writes.
             let limit = self.claims.limit.load(Ordering::Acquire);
             if beyond(end, limit) {
-                // Acquire: pairs with the consumer's Release store in
-                // `free`: its reads of the freed slots happen before ours.
-                let freed = self.consumer.freed.load(Ordering::Acquire);
-                let fresh = freed.wrapping_add(self.capacity());
+                let fresh = self.fresh_limit();
                 if beyond(end, fresh) {
                     // Relaxed: see the first load of `tail`.
                     let current = self.claims.tail.load(Ordering::Relaxed);
@@ -510,10 +523,7 @@ impl<T> Clone for Producer<T> {
 
 impl<T> fmt::Debug for Producer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Producer")
-            .field("capacity", &self.capacity())
-            .field("len", &self.len())
-            .finish()
+        self.ring.describe("Producer", f)
     }
 }
 
@@ -691,10 +701,7 @@ pub struct Owner<T> {
 
 impl<T> fmt::Debug for Owner<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Owner")
-            .field("capacity", &self.ring.capacity())
-            .field("len", &self.ring.len())
-            .finish()
+        self.ring.describe("Owner", f)
     }
 }
 
@@ -711,10 +718,7 @@ impl<T> Owner<T> {
         let pos = self.tail;
         let end = pos.wrapping_add(1);
         if beyond(end, self.limit) {
-            // Acquire: pairs with the consumer's Release store in `free`:
-            // its reads of the freed slots happen before our writes.
-            let freed = self.ring.consumer.freed.load(Ordering::Acquire);
-            self.limit = freed.wrapping_add(self.ring.capacity());
+            self.limit = self.ring.fresh_limit();
             if beyond(end, self.limit) {
                 return Err(Full(value));
             }
@@ -788,10 +792,7 @@ pub struct Consumer<T> {
 
 impl<T> fmt::Debug for Consumer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Consumer")
-            .field("capacity", &self.ring.capacity())
-            .field("len", &self.ring.len())
-            .finish()
+        self.ring.describe("Consumer", f)
     }
 }
 
