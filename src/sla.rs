@@ -520,10 +520,13 @@ impl SlaRecorder {
         }
     }
 
-    /// Enters (`true`) or leaves (`false`) a call that may run long, such
-    /// as a batch: a report then waits for this recorder only briefly.
-    pub fn set_busy(&mut self, busy: bool) {
-        self.slot.answers.set_busy(busy);
+    /// Runs `call`, which may run long (a batch), marked busy: a report
+    /// meanwhile waits for this recorder only briefly.
+    pub fn busy<R>(&mut self, call: impl FnOnce() -> R) -> R {
+        self.slot.answers.set_busy(true);
+        let r = call();
+        self.slot.answers.set_busy(false);
+        r
     }
 
     /// Publishes a copy now (one allocation per publish, never per request).

@@ -166,11 +166,12 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         // lane that cannot be made (a panic) leaves the plain path.
         // Busy: making a device lane may take seconds (a context, a
         // compile), and a report should not wait that long for this worker.
-        self.sla.set_busy(true);
-        let mut lane = catch_unwind(AssertUnwindSafe(|| self.executor.lane(self.index)))
+        let (executor, index) = (&self.executor, self.index);
+        let mut lane = self
+            .sla
+            .busy(|| catch_unwind(AssertUnwindSafe(|| executor.lane(index))))
             .ok()
             .flatten();
-        self.sla.set_busy(false);
         let depth = lane.as_ref().map_or(1, |l| l.depth().max(1));
         // Launched batches, oldest first: a lane finishes them in order.
         let mut in_flight: std::collections::VecDeque<Pending<O>> =
@@ -200,10 +201,10 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 if ready {
                     idle = 0;
                     // `finish` blocks until the device is done.
-                    self.sla.set_busy(true);
-                    let result =
-                        catch_unwind(AssertUnwindSafe(|| lane.finish())).map_err(panic_message);
-                    self.sla.set_busy(false);
+                    let result = self
+                        .sla
+                        .busy(|| catch_unwind(AssertUnwindSafe(|| lane.finish())))
+                        .map_err(panic_message);
                     let p = in_flight.pop_front().expect("checked non-empty just above");
                     self.settle(p, result);
                 } else {
@@ -254,12 +255,11 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     /// Runs a batch on the plain path and settles it.
     fn execute(&mut self, batch: Batch<I, O>) {
         let (inputs, pending) = Self::split(batch);
-        self.sla.set_busy(true);
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            self.executor.execute(self.index, &inputs)
-        }))
-        .map_err(panic_message);
-        self.sla.set_busy(false);
+        let (executor, index) = (&self.executor, self.index);
+        let result = self
+            .sla
+            .busy(|| catch_unwind(AssertUnwindSafe(|| executor.execute(index, &inputs))))
+            .map_err(panic_message);
         drop(inputs);
         self.settle(pending, result);
     }
@@ -268,10 +268,10 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     /// settled (failed) at once.
     fn launch(&mut self, lane: &mut dyn Lane<I, O>, batch: Batch<I, O>) -> Option<Pending<O>> {
         let (inputs, pending) = Self::split(batch);
-        self.sla.set_busy(true);
-        let launched = catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs)));
-        self.sla.set_busy(false);
-        match launched {
+        match self
+            .sla
+            .busy(|| catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs))))
+        {
             Ok(Ok(())) => Some(pending),
             Ok(Err(e)) => {
                 self.settle(pending, Ok(Err(e)));
