@@ -111,10 +111,15 @@ impl<O> Leaving<O> {
         }
     }
 
+    /// One request leaving: its room and whom to tell.
+    fn add(&mut self, admission: Admission, completer: Completer<O>, level: Priority) {
+        self.admissions.push(admission);
+        self.completers.push((completer, level));
+    }
+
     fn followers(&mut self, gone: Vec<Follower<O>>) {
         for f in gone {
-            self.admissions.push(f.admission);
-            self.completers.push((f.completer, f.priority));
+            self.add(f.admission, f.completer, f.priority);
         }
     }
 }
@@ -647,8 +652,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         for ((job, adm), _) in entries {
             self.forget_group(&job);
             leaving.followers(job.followers);
-            leaving.admissions.push(adm);
-            leaving.completers.push((job.completer, job.priority));
+            leaving.add(adm, job.completer, job.priority);
         }
         self.end_leaving(leaving, &failure, how);
     }
@@ -711,8 +715,6 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared.counters.set_adaptive_switches(switches);
 
         let mut abandoned = Vec::new();
-        // Reused by each launch, which gives its batch's room back.
-        let mut admissions = Vec::new();
         let mut short_now = false;
         self.stalled = false;
         // The most any worker up could hold, per resource: a batch that
@@ -753,7 +755,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 self.stalled = shortfall.is_some();
                 break;
             };
-            self.launch_formed(formed, &mut admissions, deciding);
+            self.launch_formed(formed, deciding);
         }
         self.short_last_pass = short_now;
         self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
@@ -761,12 +763,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// Hands a formed batch to its worker; the decision begun at `deciding`
     /// is timed up to the hand-off.
-    fn launch_formed(
-        &mut self,
-        formed: Formed<Entry<I, O>>,
-        admissions: &mut Vec<Admission>,
-        deciding: Instant,
-    ) {
+    fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, deciding: Instant) {
         let now = Instant::now();
         let counters = &self.shared.counters;
         counters.placement(formed.reason);
@@ -781,6 +778,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             cloner: self.cloner,
             reserved: formed.reserved,
         };
+        let mut admissions = Vec::with_capacity(formed.items.len());
         for ((mut job, adm), _) in formed.items {
             if job.dedup.is_some() {
                 self.forget_group(&job);
@@ -804,7 +802,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
         // Launched: the room goes back before the worker can complete any
         // of them, so a caller woken by its result finds the depth down.
-        self.intake.release_all(admissions.drain(..));
+        self.intake.release_all(admissions);
         let worker = formed.worker;
         // The level check comes first inside the macro: with debug off,
         // nothing is formatted.
