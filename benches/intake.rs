@@ -80,6 +80,9 @@ fn run<P: FnMut(u64) + Send>(
     start.elapsed()
 }
 
+/// Which level each item goes to.
+type Levels = fn(u64) -> Priority;
+
 /// How the intake's producers push.
 #[derive(Clone, Copy)]
 enum Mode {
@@ -91,7 +94,7 @@ enum Mode {
     Exclusive,
 }
 
-fn convoy_run(producers: u64, prio: fn(u64) -> Priority, mode: Mode) -> Duration {
+fn convoy_run(producers: u64, prio: Levels, mode: Mode) -> Duration {
     let shards = producers.next_power_of_two() as usize;
     let config = IntakeConfig {
         shards,
@@ -260,40 +263,21 @@ fn throughput(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(4));
     g.warm_up_time(Duration::from_secs(1));
     for producers in [1u64, 2, 4] {
-        g.bench_with_input(
-            BenchmarkId::new("convoy", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| (0..iters).map(|_| convoy_run(p, prio, Mode::Shared)).sum())
-            },
-        );
-        // Each producer owns its shard: plain-store claims, sequential
-        // lanes (`Intake::exclusive`).
-        g.bench_with_input(
-            BenchmarkId::new("convoy_exclusive", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| convoy_run(p, prio, Mode::Exclusive))
-                        .sum()
-                })
-            },
-        );
-        // Every item at one level: one lane per shard instead of five, so
-        // the consumer polls one head slot per shard. Tells the cost of the
-        // ring from the cost of polling five lanes.
-        g.bench_with_input(
-            BenchmarkId::new("convoy_one_level", producers),
-            &producers,
-            |b, &p| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| convoy_run(p, |_| Priority::Normal, Mode::Shared))
-                        .sum()
-                })
-            },
-        );
+        let rows: [(&str, Levels, Mode); 3] = [
+            ("convoy", prio, Mode::Shared),
+            // Each producer owns its shard: plain-store claims, sequential
+            // lanes (`Intake::exclusive`).
+            ("convoy_exclusive", prio, Mode::Exclusive),
+            // Every item at one level: one lane per shard instead of five,
+            // so the consumer polls one head slot per shard. Tells the cost
+            // of the ring from the cost of polling five lanes.
+            ("convoy_one_level", |_| Priority::Normal, Mode::Shared),
+        ];
+        for (name, level, mode) in rows {
+            g.bench_with_input(BenchmarkId::new(name, producers), &producers, |b, &p| {
+                b.iter_custom(|iters| (0..iters).map(|_| convoy_run(p, level, mode)).sum())
+            });
+        }
         g.bench_with_input(
             BenchmarkId::new("ring_deferred", producers),
             &producers,
