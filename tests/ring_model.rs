@@ -135,9 +135,52 @@ fn many_producers_exactly_once_in_order() {
         })
         .collect();
     drop(tx);
-    let mut next = [0u64; N as usize];
+    receive_each_once_in_order(&mut rx, producers, M);
+}
+
+/// Threads take turns owning the ring (one push per ownership) while
+/// thread 0 only pushes shared: ownership changes hands all the time, and
+/// the consumer still receives every item once, each thread's in order.
+#[test]
+fn owners_and_shared_producers_take_turns_exactly_once_in_order() {
+    const M: u64 = 20_000;
+    let (tx, mut rx) = ring::channel_with::<u64>(64, Layout::Spread).unwrap();
+    let producers: Vec<_> = (0..3u64)
+        .map(|p| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                while seq < M {
+                    let v = p << 32 | seq;
+                    let owned = if p == 0 { None } else { tx.own() };
+                    let pushed = match owned {
+                        Some(mut owner) => owner.push(v).is_ok(),
+                        None => tx.push(v).is_ok(),
+                    };
+                    if pushed {
+                        seq += 1;
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    receive_each_once_in_order(&mut rx, producers, M);
+}
+
+/// Pops until every producer's `per` items (tagged `producer << 32 | seq`)
+/// arrived, checking each producer's come once and in order, then that
+/// nothing else follows once the producers are joined.
+fn receive_each_once_in_order(
+    rx: &mut ring::Consumer<u64>,
+    producers: Vec<std::thread::JoinHandle<()>>,
+    per: u64,
+) {
+    let mut next = vec![0u64; producers.len()];
     let mut received = 0;
-    while received < N * M {
+    while received < per * producers.len() as u64 {
         match rx.pop() {
             Some(v) => {
                 let (p, s) = ((v >> 32) as usize, v & 0xffff_ffff);
@@ -152,5 +195,5 @@ fn many_producers_exactly_once_in_order() {
         p.join().unwrap();
     }
     assert_eq!(rx.pop(), None, "nothing beyond what was pushed");
-    assert!(next.iter().all(|&n| n == M));
+    assert!(next.iter().all(|&n| n == per));
 }
