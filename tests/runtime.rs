@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{echo_runtime_with, eventually, occupy_the_worker, worker, Hold};
+use common::{echo_runtime_with, eventually, occupy_the_worker, worker, Hold, Rng, Seen};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -830,6 +830,18 @@ fn shutdown_now_and_drop_fail_what_waits() {
     }
 }
 
+/// Waits every pending ticket, checks each output is its own request's,
+/// and counts the outcomes.
+fn settle(pending: &mut Vec<(u64, convoy::Ticket<u64>)>, seen: &mut Seen) {
+    for (id, t) in pending.drain(..) {
+        let out = t.wait();
+        if let Ok(v) = &out {
+            assert_eq!(*v, id, "a request got another's result");
+        }
+        seen.outcome(&out);
+    }
+}
+
 /// 8 producers × 50k requests of mixed priorities, random cancels, drops and
 /// deadlines, ~1% of batches failing, and a shutdown in the middle of the
 /// load. Every accepted request ends in exactly one outcome, the client's
@@ -862,33 +874,16 @@ fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    #[derive(Default, Debug, Clone, Copy)]
-    struct Seen {
-        ok: u64,
-        expired: u64,
-        cancelled: u64,
-        failed: u64,
-        shut_down: u64,
-        dropped: u64,
-        accepted: u64,
-        refused: u64,
-    }
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             let h = rt.handle();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut rng = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let mut next = move || {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng
-                };
+                let mut rng = Rng::for_thread(p);
                 let mut seen = Seen::default();
                 let mut pending = Vec::new();
                 for i in 0..PER {
-                    let r = next();
+                    let r = rng.next();
                     let prio = Priority::ALL[(r % 5) as usize];
                     // Independent bits of `r` for each choice.
                     let fail = (r >> 16) % 100 == 0;
@@ -921,32 +916,10 @@ fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
                         }
                     }
                     if pending.len() >= 256 || stop.load(Ordering::Relaxed) {
-                        for (id, t) in pending.drain(..) {
-                            match t.wait() {
-                                Ok(v) => {
-                                    assert_eq!(v, id, "a request got another's result");
-                                    seen.ok += 1;
-                                }
-                                Err(Failure::Expired) => seen.expired += 1,
-                                Err(Failure::Cancelled) => seen.cancelled += 1,
-                                Err(Failure::ExecutorFailed(_)) => seen.failed += 1,
-                                Err(Failure::ShutDown) => seen.shut_down += 1,
-                            }
-                        }
+                        settle(&mut pending, &mut seen);
                     }
                 }
-                for (id, t) in pending.drain(..) {
-                    match t.wait() {
-                        Ok(v) => {
-                            assert_eq!(v, id);
-                            seen.ok += 1;
-                        }
-                        Err(Failure::Expired) => seen.expired += 1,
-                        Err(Failure::Cancelled) => seen.cancelled += 1,
-                        Err(Failure::ExecutorFailed(_)) => seen.failed += 1,
-                        Err(Failure::ShutDown) => seen.shut_down += 1,
-                    }
-                }
+                settle(&mut pending, &mut seen);
                 seen
             })
         })
@@ -959,15 +932,7 @@ fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
     rt.shutdown();
     let mut total = Seen::default();
     for p in producers {
-        let s = p.join().unwrap();
-        total.ok += s.ok;
-        total.expired += s.expired;
-        total.cancelled += s.cancelled;
-        total.failed += s.failed;
-        total.shut_down += s.shut_down;
-        total.dropped += s.dropped;
-        total.accepted += s.accepted;
-        total.refused += s.refused;
+        total.add(p.join().unwrap());
     }
     let s = rt.stats().total();
     assert_eq!(
@@ -980,9 +945,8 @@ fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
         "every accepted request ended exactly once: {s:?}"
     );
     assert_eq!(s.queue_depth, 0);
-    let client_ended = total.ok + total.expired + total.cancelled + total.failed + total.shut_down;
     assert_eq!(
-        client_ended + total.dropped,
+        total.ended() + total.dropped,
         total.accepted,
         "every kept ticket got one outcome"
     );

@@ -91,3 +91,70 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A seeded xorshift generator: varied choices, the same mix every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator for thread `p` (any `p`; the state is never 0).
+    pub fn for_thread(p: u64) -> Self {
+        Self(p.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a client saw of its requests, for "nothing lost" checks against
+/// the runtime's own counters.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Seen {
+    pub accepted: u64,
+    pub refused: u64,
+    /// Tickets dropped unread (their outcome is the server's to count).
+    pub dropped: u64,
+    pub ok: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+    pub shut_down: u64,
+}
+
+impl Seen {
+    pub fn add(&mut self, o: Seen) {
+        self.accepted += o.accepted;
+        self.refused += o.refused;
+        self.dropped += o.dropped;
+        self.ok += o.ok;
+        self.expired += o.expired;
+        self.cancelled += o.cancelled;
+        self.failed += o.failed;
+        self.shut_down += o.shut_down;
+    }
+
+    /// Counts one ticket's outcome; checking an output is the caller's.
+    pub fn outcome<O>(&mut self, o: &Result<O, convoy::Failure>) {
+        use convoy::Failure;
+        match o {
+            Ok(_) => self.ok += 1,
+            Err(Failure::Expired) => self.expired += 1,
+            Err(Failure::Cancelled) => self.cancelled += 1,
+            Err(Failure::ExecutorFailed(_)) => self.failed += 1,
+            Err(Failure::ShutDown) => self.shut_down += 1,
+        }
+    }
+
+    /// Tickets read to an outcome.
+    pub fn ended(&self) -> u64 {
+        self.ok + self.expired + self.cancelled + self.failed + self.shut_down
+    }
+}
