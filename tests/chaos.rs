@@ -367,6 +367,16 @@ fn nothing_lost_when_everything_happens_at_once() {
             })
             .collect();
         let admin = s.spawn(|| control(&rt, &stop));
+        // Stops the control thread however this closure ends: a failed
+        // assertion here must fail the test, not leave the scope waiting
+        // on a thread that never stops.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
         eventually("the load is half way", || {
             rt.stats().total().inserted >= PRODUCERS * PER / 2
         });
