@@ -817,6 +817,15 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
+            // Join removed workers whose threads have exited: an unjoined
+            // thread keeps its stack, so a fleet that scales up and down
+            // for days would grow by one per removal.
+            let (exited, running): (Vec<_>, Vec<_>) =
+                t.workers.drain(..).partition(|w| w.is_finished());
+            t.workers = running;
+            for w in exited {
+                let _ = w.join();
+            }
             t.workers.push(handle);
         }
         workers.push(WorkerState {

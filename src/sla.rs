@@ -204,6 +204,49 @@ impl SlaShard {
         }
     }
 
+    /// Adds `other`'s samples and counts to these. The per-second buckets
+    /// are appended, not folded: a report sums every entry of a second.
+    fn add(&mut self, other: &SlaShard) {
+        for (m, h) in self.hist.iter_mut().zip(&other.hist) {
+            m.add(h).expect("histograms share bounds");
+        }
+        self.decision
+            .add(&other.decision)
+            .expect("histograms share bounds");
+        for (m, t) in self.totals.iter_mut().zip(other.totals) {
+            m.0 += t.0;
+            m.1 += t.1;
+        }
+        self.buckets.extend(other.buckets.iter().copied());
+        self.recent.extend(other.recent.iter().copied());
+    }
+
+    /// Folds a gone recorder's final shard into this one, keeping its size
+    /// bounded: buckets stay one ring of `WINDOW_SECS` (a second already
+    /// here adds up; an older one in the same place is past every window),
+    /// and only the newest `RECENT` violations stay.
+    fn fold(&mut self, other: &SlaShard) {
+        let buckets = std::mem::take(&mut self.buckets);
+        let recent = std::mem::take(&mut self.recent);
+        self.add(other);
+        self.buckets = buckets;
+        for &(second, counts) in other.buckets.iter().filter(|b| b.0 != u64::MAX) {
+            let slot = &mut self.buckets[(second % WINDOW_SECS as u64) as usize];
+            if slot.0 == second {
+                for (m, c) in slot.1.iter_mut().zip(counts) {
+                    m.0 += c.0;
+                    m.1 += c.1;
+                }
+            } else if slot.0 == u64::MAX || slot.0 < second {
+                *slot = (second, counts);
+            }
+        }
+        let mut all: Vec<Violation> = recent.into_iter().chain(self.recent.drain(..)).collect();
+        all.sort_by_key(|v| v.at);
+        let keep = all.len().saturating_sub(RECENT);
+        self.recent = all.into_iter().skip(keep).collect();
+    }
+
     fn hist(&mut self, p: Priority, kind: usize) -> &mut Histogram<u64> {
         &mut self.hist[p.index() * KINDS + kind]
     }
@@ -233,11 +276,24 @@ struct Slot {
     answers: Answers,
 }
 
+/// The recorders a report merges: the live ones' slots, and what every
+/// recorder that has gone (a removed worker's) left behind, folded into one
+/// shard. Folding keeps a runtime that adds and removes workers for days at
+/// the size of its live fleet: each recorder holds some hundreds of KiB of
+/// histograms, and the slots of gone ones used to stay listed forever.
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Arc<Slot>>,
+    gone: Option<SlaShard>,
+}
+
 /// Where recorders publish; the report reads every slot.
 #[derive(Default)]
 pub(crate) struct SlaBoard {
-    /// Control path: a recorder registers once; the report locks to list.
-    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Control path: a recorder registers once and leaves once; a report
+    /// merges under the lock, so a leaving recorder is counted exactly once
+    /// (in its slot or in `gone`).
+    registry: Arc<Mutex<Registry>>,
     /// Asks for fresh copies (see `refresh.rs`).
     refresh: Arc<Refresh>,
 }
@@ -248,13 +304,15 @@ impl SlaBoard {
             copy: ArcSwap::from_pointee(SlaShard::new()),
             answers: Answers::new(),
         });
-        self.slots
+        self.registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .slots
             .push(slot.clone());
         SlaRecorder {
             data: SlaShard::new(),
             slot,
+            registry: self.registry.clone(),
             refresh: self.refresh.clone(),
             answered: 0,
             epoch,
@@ -303,30 +361,31 @@ impl SlaBoard {
     /// The registered recorders' slots (control path: the lock is held
     /// only to copy the list).
     fn listed(&self) -> Vec<Arc<Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slots
+            .clone()
     }
 
-    /// Every recorder's latest copy, merged.
+    /// How many recorders are listed (live ones; gone ones are folded).
+    #[cfg(test)]
+    fn listed_len(&self) -> usize {
+        self.listed().len()
+    }
+
+    /// Every recorder's latest copy, and what gone ones left, merged.
     fn merged(&self) -> (SlaShard, Vec<Violation>) {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let mut merged = SlaShard::new();
-        let mut recent: Vec<Violation> = Vec::new();
-        let slots = self.listed();
-        for slot in slots {
-            let shard = slot.copy.load();
-            for (m, h) in merged.hist.iter_mut().zip(&shard.hist) {
-                m.add(h).expect("histograms share bounds");
-            }
-            merged
-                .decision
-                .add(&shard.decision)
-                .expect("histograms share bounds");
-            for (m, t) in merged.totals.iter_mut().zip(shard.totals) {
-                m.0 += t.0;
-                m.1 += t.1;
-            }
-            merged.buckets.extend(shard.buckets.iter().copied());
-            recent.extend(shard.recent.iter().copied());
+        if let Some(gone) = &registry.gone {
+            merged.add(gone);
         }
+        for slot in &registry.slots {
+            merged.add(&slot.copy.load());
+        }
+        drop(registry);
+        let mut recent: Vec<Violation> = merged.recent.drain(..).collect();
         recent.sort_by_key(|v| v.at);
         (merged, recent)
     }
@@ -431,6 +490,8 @@ impl SlaBoard {
 pub(crate) struct SlaRecorder {
     data: SlaShard,
     slot: Arc<Slot>,
+    /// Where this recorder leaves its final copy when it goes.
+    registry: Arc<Mutex<Registry>>,
     refresh: Arc<Refresh>,
     /// The newest refresh generation this recorder answered.
     answered: u64,
@@ -539,10 +600,17 @@ impl SlaRecorder {
 
 impl Drop for SlaRecorder {
     fn drop(&mut self) {
-        // The final copy: a report after shutdown is exact, and no report
-        // waits for this recorder again.
-        self.publish(Instant::now());
+        // The final copy, folded into what gone recorders left and the slot
+        // unlisted, in one step under the lock: a report after shutdown (or
+        // after this worker was removed) is exact, and no report waits for
+        // this recorder again.
         self.slot.answers.retire();
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.slots.retain(|s| !Arc::ptr_eq(s, &self.slot));
+        match &mut registry.gone {
+            Some(gone) => gone.fold(&self.data),
+            None => registry.gone = Some(self.data.clone()),
+        }
     }
 }
 
@@ -597,6 +665,61 @@ mod tests {
             report.of(Priority::Low).p99_met,
             "no samples: nothing missed"
         );
+    }
+
+    /// Recorders that go (removed workers) leave their counts behind and
+    /// their slot unlisted: after 200 come and go, one is listed and the
+    /// report holds every sample, its violations in the windows and the
+    /// newest violations. Kept listed (as convoy once did), the slots
+    /// grew by some hundreds of KiB per removed worker.
+    #[test]
+    fn gone_recorders_are_folded_and_unlisted() {
+        let board = SlaBoard::default();
+        let epoch = Instant::now();
+        let mut stays = board.recorder(epoch);
+        stays.completed(
+            Priority::Low,
+            Duration::from_micros(5),
+            Duration::from_micros(70),
+            Duration::from_secs(1),
+            epoch,
+        );
+        for i in 0..200u64 {
+            let mut r = board.recorder(epoch);
+            // Every fourth one misses its 1 ms target.
+            let e2e = if i % 4 == 0 { 2_000 } else { 100 + i };
+            r.completed(
+                Priority::High,
+                Duration::from_micros(5),
+                Duration::from_micros(e2e),
+                Duration::from_millis(1),
+                epoch + Duration::from_millis(i),
+            );
+            drop(r);
+            assert_eq!(board.listed_len(), 1, "a gone recorder stays listed");
+        }
+        let report = board.report(&SloTarget::defaults(), Duration::from_secs(1));
+        let high = report.of(Priority::High);
+        assert_eq!(high.end_to_end.count, 200);
+        assert_eq!(high.violations, 50);
+        assert_eq!(high.compliance_1m, Some(0.75));
+        assert_eq!(high.compliance_total, Some(0.75));
+        assert_eq!(high.recent_violations.len(), RECENT);
+        assert!(
+            high.recent_violations
+                .windows(2)
+                .all(|w| w[0].at <= w[1].at),
+            "oldest first"
+        );
+        assert_eq!(
+            high.recent_violations.last().map(|v| v.at),
+            Some(Duration::from_millis(196)),
+            "the newest kept"
+        );
+        stays.publish(epoch);
+        let report = board.report(&SloTarget::defaults(), Duration::from_secs(1));
+        assert_eq!(report.of(Priority::Low).end_to_end.count, 1);
+        assert_eq!(report.of(Priority::High).end_to_end.count, 200);
     }
 
     /// A recorder between batches whose thread is slow to run (here: it

@@ -1120,6 +1120,31 @@ fn fleet_changes_apply_at_run_time() {
     );
 }
 
+/// A fleet that scales up and down keeps every finished request in the SLA
+/// report: each removed worker's counts are folded into the board when its
+/// thread exits (its recorder is no longer listed; `sla.rs` tests that),
+/// and the report after 30 add/serve/remove cycles holds all 30.
+#[test]
+fn removed_workers_leave_their_sla_counts_behind() {
+    let rt = echo_runtime_with(config(vec![worker(8, 1 << 20)], 8, 0));
+    rt.set_health(0, convoy::Health::Draining).unwrap();
+    let h = rt.handle();
+    for i in 0..30 {
+        let w = rt.add_worker(worker(8, 1 << 20)).unwrap();
+        let t = h.submit(Request::new(i).priority(Priority::High)).unwrap();
+        assert_eq!(t.wait(), Ok(i));
+        rt.remove_worker(w).unwrap();
+    }
+    // By now most removed workers' threads have exited and their recorders
+    // are folded; the last may still be listed. Either way each counts once.
+    rt.set_health(0, convoy::Health::Up).unwrap();
+    let report = rt.sla_report();
+    assert_eq!(report.of(Priority::High).end_to_end.count, 30);
+    assert_eq!(report.of(Priority::High).violations, 0);
+    rt.shutdown();
+    assert_eq!(rt.sla_report().of(Priority::High).end_to_end.count, 30);
+}
+
 /// The SLA report counts what ran, per priority, and counts every request
 /// over its timeout as a violation.
 #[test]
