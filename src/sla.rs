@@ -204,9 +204,8 @@ impl SlaShard {
         }
     }
 
-    /// Adds `other`'s samples and counts to these. The per-second buckets
-    /// are appended, not folded: a report sums every entry of a second.
-    fn add(&mut self, other: &SlaShard) {
+    /// Adds `other`'s histograms and totals to these.
+    fn add_samples(&mut self, other: &SlaShard) {
         for (m, h) in self.hist.iter_mut().zip(&other.hist) {
             m.add(h).expect("histograms share bounds");
         }
@@ -217,6 +216,13 @@ impl SlaShard {
             m.0 += t.0;
             m.1 += t.1;
         }
+    }
+
+    /// Adds `other` for a report: its per-second buckets and violations are
+    /// appended, not folded (a report sums every entry of a second and
+    /// sorts the violations).
+    fn add(&mut self, other: &SlaShard) {
+        self.add_samples(other);
         self.buckets.extend(other.buckets.iter().copied());
         self.recent.extend(other.recent.iter().copied());
     }
@@ -226,10 +232,7 @@ impl SlaShard {
     /// here adds up; an older one in the same place is past every window),
     /// and only the newest `RECENT` violations stay.
     fn fold(&mut self, other: &SlaShard) {
-        let buckets = std::mem::take(&mut self.buckets);
-        let recent = std::mem::take(&mut self.recent);
-        self.add(other);
-        self.buckets = buckets;
+        self.add_samples(other);
         for &(second, counts) in other.buckets.iter().filter(|b| b.0 != u64::MAX) {
             let slot = &mut self.buckets[(second % WINDOW_SECS as u64) as usize];
             if slot.0 == second {
@@ -241,10 +244,14 @@ impl SlaShard {
                 *slot = (second, counts);
             }
         }
-        let mut all: Vec<Violation> = recent.into_iter().chain(self.recent.drain(..)).collect();
+        let mut all: Vec<Violation> = self
+            .recent
+            .drain(..)
+            .chain(other.recent.iter().copied())
+            .collect();
         all.sort_by_key(|v| v.at);
-        let keep = all.len().saturating_sub(RECENT);
-        self.recent = all.into_iter().skip(keep).collect();
+        let older = all.len().saturating_sub(RECENT);
+        self.recent = all.into_iter().skip(older).collect();
     }
 
     fn hist(&mut self, p: Priority, kind: usize) -> &mut Histogram<u64> {

@@ -136,22 +136,19 @@ fn keep(
     match rng.below(40) {
         0 => {
             ticket.cancel();
-            kept.push(Kept {
-                ticket,
-                value,
-                deadline,
-            });
         }
         1 => {
             drop(ticket);
             seen.dropped += 1;
+            return;
         }
-        _ => kept.push(Kept {
-            ticket,
-            value,
-            deadline,
-        }),
+        _ => {}
     }
+    kept.push(Kept {
+        ticket,
+        value,
+        deadline,
+    });
 }
 
 fn producer(rt_handle: convoy::Handle<In, u64>, p: u64) -> Seen {
