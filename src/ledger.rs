@@ -48,6 +48,10 @@ pub const NOTHING: Capacity = Capacity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger {
     reserved: Vec<Capacity>,
+    /// How many workers hold anything: `is_idle` runs every collector
+    /// pass, and a fleet that has added and removed thousands of workers
+    /// keeps every index, so a scan would grow with them.
+    busy: usize,
 }
 
 impl Ledger {
@@ -55,6 +59,7 @@ impl Ledger {
     pub fn new(workers: usize) -> Self {
         Self {
             reserved: vec![NOTHING; workers],
+            busy: 0,
         }
     }
 
@@ -72,9 +77,13 @@ impl Ledger {
             return false;
         }
         let held = &mut self.reserved[worker];
+        let was_idle = *held == NOTHING;
         held.slots += cost.slots;
         held.tokens += cost.tokens;
         held.bytes += cost.bytes;
+        if was_idle && *held != NOTHING {
+            self.busy += 1;
+        }
         true
     }
 
@@ -92,6 +101,9 @@ impl Ledger {
         h.slots -= amount.slots;
         h.tokens -= amount.tokens;
         h.bytes -= amount.bytes;
+        if held != NOTHING && *h == NOTHING {
+            self.busy -= 1;
+        }
         Ok(())
     }
 
@@ -107,7 +119,7 @@ impl Ledger {
 
     /// Nothing reserved anywhere.
     pub fn is_idle(&self) -> bool {
-        self.reserved.iter().all(|c| *c == NOTHING)
+        self.busy == 0
     }
 
     /// Tracks one more worker (index = the previous count), idle.
@@ -119,5 +131,39 @@ impl Ledger {
     /// Number of workers tracked.
     pub fn workers(&self) -> usize {
         self.reserved.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reservation of nothing leaves a worker idle, and idleness is
+    /// counted per worker, not per reservation (the proptest in
+    /// `tests/ledger_model.rs` walks the rest).
+    #[test]
+    fn idle_counts_workers_holding_something() {
+        let cap = Capacity {
+            slots: 4,
+            tokens: 40,
+            bytes: 0,
+        };
+        let one = Capacity {
+            slots: 1,
+            tokens: 5,
+            bytes: 0,
+        };
+        let mut l = Ledger::new(2);
+        assert!(l.reserve(0, &cap, &NOTHING));
+        assert!(l.is_idle());
+        assert!(l.reserve(0, &cap, &one) && l.reserve(0, &cap, &one));
+        assert!(l.reserve(1, &cap, &one));
+        l.release(0, &one).expect("held");
+        l.release(1, &one).expect("held");
+        assert!(!l.is_idle(), "worker 0 still holds one");
+        assert!(l.release(1, &one).is_err());
+        assert!(!l.is_idle(), "a refused release changes nothing");
+        l.release(0, &one).expect("held");
+        assert!(l.is_idle());
     }
 }

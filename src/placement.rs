@@ -25,7 +25,10 @@ use crate::priority::Priority;
 /// What placement sees of one worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
-    /// Index in the fleet.
+    /// Index in the fleet (and the ledger). Candidates need not be every
+    /// worker nor in index order: the collector offers only workers it
+    /// still holds, so a fleet that has added and removed many workers
+    /// is not scanned in full on every launch.
     pub index: usize,
     /// Its spec (capacity, speed, cost).
     pub spec: &'a WorkerSpec,
@@ -161,41 +164,56 @@ impl Placer {
         head.slack.is_some_and(|s| s < self.urgent_slack)
     }
 
-    /// Picks a worker with room for the head, or `None` (shortfall).
+    /// Picks a worker with room for the head, or `None` (shortfall): its
+    /// fleet index and why.
     pub fn place(
         &self,
         workers: &[Candidate<'_>],
         ledger: &Ledger,
         head: &Head,
     ) -> Option<(usize, PlacementReason)> {
-        let fits = |c: &&Candidate<'_>| c.up && ledger.fits(c.index, &c.spec.capacity, &head.cost);
-        let least_loaded = || {
+        self.place_at(workers, ledger, head)
+            .map(|(at, reason)| (workers[at].index, reason))
+    }
+
+    /// As `place`, but names the pick by its position in `workers`, so the
+    /// planner reaches its spec without a search.
+    pub(crate) fn place_at(
+        &self,
+        workers: &[Candidate<'_>],
+        ledger: &Ledger,
+        head: &Head,
+    ) -> Option<(usize, PlacementReason)> {
+        // Ties go to the lower fleet index whatever the candidates' order.
+        let fitting = || {
             workers
                 .iter()
-                .filter(fits)
-                .max_by_key(|c| {
+                .enumerate()
+                .filter(|(_, c)| c.up && ledger.fits(c.index, &c.spec.capacity, &head.cost))
+        };
+        let least_loaded = || {
+            fitting()
+                .max_by_key(|(_, c)| {
                     (
                         ledger.free_slots(c.index, &c.spec.capacity),
                         std::cmp::Reverse(c.index),
                     )
                 })
-                .map(|c| (c.index, PlacementReason::LeastLoaded))
+                .map(|(at, _)| (at, PlacementReason::LeastLoaded))
         };
         let fastest = |reason| {
-            workers
-                .iter()
-                .filter(fits)
-                .max_by(|a, b| {
+            fitting()
+                .max_by(|(_, a), (_, b)| {
                     a.spec
                         .speed
                         .total_cmp(&b.spec.speed)
                         .then(b.index.cmp(&a.index))
                 })
-                .map(|c| (c.index, reason))
+                .map(|(at, _)| (at, reason))
         };
         let cheapest = || {
             let price = |c: &Candidate<'_>| c.spec.cost_per_hour / c.spec.speed;
-            let meets = |c: &&Candidate<'_>| match head.slack {
+            let meets = |c: &Candidate<'_>| match head.slack {
                 None => true,
                 Some(slack) => {
                     let busy = ledger.reserved(c.index).slots > 0;
@@ -204,18 +222,16 @@ impl Placer {
                     finish_ns <= slack.as_nanos() as f64
                 }
             };
-            workers
-                .iter()
-                .filter(fits)
-                .filter(meets)
-                .min_by(|a, b| price(a).total_cmp(&price(b)).then(a.index.cmp(&b.index)))
-                .map(|c| {
+            fitting()
+                .filter(|(_, c)| meets(c))
+                .min_by(|(_, a), (_, b)| price(a).total_cmp(&price(b)).then(a.index.cmp(&b.index)))
+                .map(|(at, _)| {
                     let reason = if head.slack.is_some() {
                         PlacementReason::CheapestMeetingDeadline
                     } else {
                         PlacementReason::Cheapest
                     };
-                    (c.index, reason)
+                    (at, reason)
                 })
                 // No worker meets the deadline: fall back to the fastest.
                 .or_else(|| fastest(PlacementReason::FastestForUrgent))
@@ -323,6 +339,38 @@ mod tests {
         assert_eq!(
             placer(PlacementPolicy::CostOptimized).place(&ws, &ledger, &relaxed),
             Some((0, Cheapest))
+        );
+    }
+
+    /// Candidates come in any order (the collector's held workers): the
+    /// pick and its ties are by fleet index, not position.
+    #[test]
+    fn the_order_of_candidates_does_not_change_the_pick() {
+        let specs = vec![spec(4, 1.0, 1.0), spec(4, 1.0, 1.0), spec(8, 4.0, 8.0)];
+        let mut ws = candidates(&specs);
+        ws.reverse();
+        let ledger = Ledger::new(3);
+        use PlacementReason::*;
+        let p = placer(PlacementPolicy::CostOptimized);
+        // Workers 0 and 1 tie on price: the lower index wins.
+        assert_eq!(
+            p.place(&ws, &ledger, &head(Priority::Low, None)),
+            Some((0, Cheapest))
+        );
+        assert_eq!(
+            p.place_at(&ws, &ledger, &head(Priority::Low, None)),
+            Some((2, Cheapest))
+        );
+        assert_eq!(
+            placer(PlacementPolicy::Priority).place(&ws, &ledger, &head(Priority::High, None)),
+            Some((2, FastestForUrgent))
+        );
+        let equal = vec![spec(4, 1.0, 1.0); 3];
+        let mut ws = candidates(&equal);
+        ws.swap(0, 2);
+        assert_eq!(
+            placer(PlacementPolicy::LeastLoaded).place(&ws, &ledger, &head(Priority::Low, None)),
+            Some((0, LeastLoaded))
         );
     }
 

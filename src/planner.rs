@@ -256,7 +256,7 @@ impl<T: Plannable> Planner<T> {
         let mut shortfall = None;
         let cap = self.batch_limit.min(max_items).max(1);
         // The head decides the worker.
-        let (worker, mut formed) = loop {
+        let (worker, worker_cap, mut formed) = loop {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 return self.finish_without_batch(shortfall);
             };
@@ -271,14 +271,16 @@ impl<T: Plannable> Planner<T> {
                 slack: (meta.deadline != u64::MAX)
                     .then(|| Duration::from_nanos(meta.deadline.saturating_sub(now_ns))),
             };
-            match self.placer.place(workers, &self.ledger, &head) {
-                Some((w, reason)) => {
-                    let fitted = self.ledger.reserve(w, &workers[w].spec.capacity, &cost);
+            match self.placer.place_at(workers, &self.ledger, &head) {
+                Some((at, reason)) => {
+                    let w = workers[at].index;
+                    let fitted = self.ledger.reserve(w, &workers[at].spec.capacity, &cost);
                     debug_assert!(fitted, "placement only offers workers where the head fits");
                     let mut items = Vec::with_capacity(cap);
                     items.push((item, meta));
                     break (
                         w,
+                        workers[at].spec.capacity,
                         Formed {
                             worker: w,
                             reason,
@@ -300,7 +302,6 @@ impl<T: Plannable> Planner<T> {
                 }
             }
         };
-        let worker_cap = workers[worker].spec.capacity;
         let mut skipped = 0;
         while formed.items.len() < cap && skipped < MAX_DEFERRED {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
@@ -445,6 +446,65 @@ mod tests {
         assert!(p.waiting.remove(old).is_none(), "the old key is stale");
         let (item, m) = p.waiting.remove(moved[0].1).expect("the new key finds it");
         assert_eq!((item.0, m.seq), (2, 2));
+    }
+
+    /// The collector offers only the workers it still holds, in any
+    /// order: a batch goes to the picked candidate's fleet index, with
+    /// that candidate's capacity (not the spec at the same position).
+    #[test]
+    fn candidates_may_be_a_subset_of_the_fleet_in_any_order() {
+        let limits = BatchingConfig {
+            max_batch_size: 8,
+            max_batch_tokens: u64::MAX,
+            max_batch_bytes: u64::MAX,
+            max_queue_delay: Duration::ZERO,
+            target_batch_time: None,
+            preferred_batch_sizes: PreferredBatchSizes::NONE,
+        };
+        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
+        // Five workers ever; 0, 1 and 3 are gone.
+        let mut p = Planner::<Grouped>::new(5, Duration::from_secs(1), limits, placer);
+        let roomy = |slots| {
+            worker(Capacity {
+                slots,
+                tokens: u64::MAX,
+                bytes: u64::MAX,
+            })
+        };
+        let (three, one) = (roomy(3), roomy(1));
+        let workers = [
+            Candidate {
+                index: 4,
+                spec: &three,
+                up: true,
+            },
+            Candidate {
+                index: 2,
+                spec: &one,
+                up: true,
+            },
+        ];
+        for seq in 0..5 {
+            p.insert(Grouped(100 + seq), normal(seq));
+        }
+        let mut abandoned = Vec::new();
+        let Plan::Batch { formed, .. } = p.form(0, &workers, &mut abandoned, 8) else {
+            panic!("a batch forms on worker 4");
+        };
+        assert_eq!((formed.worker, formed.items.len()), (4, 3));
+        assert_eq!(p.ledger().reserved(4).slots, 3);
+        let Plan::Batch { formed, .. } = p.form(0, &workers, &mut abandoned, 8) else {
+            panic!("a batch forms on worker 2");
+        };
+        assert_eq!((formed.worker, formed.items.len()), (2, 1));
+        assert_eq!(p.ledger().reserved(2).slots, 1);
+        for gone in [0, 1, 3] {
+            assert_eq!(p.ledger().reserved(gone).slots, 0);
+        }
+        assert!(matches!(
+            p.form(0, &workers, &mut abandoned, 8),
+            Plan::Stalled { .. }
+        ));
     }
 
     /// A request of `tokens` tokens and `bytes` bytes.

@@ -107,6 +107,8 @@ proptest! {
             for w in 0..WORKERS {
                 prop_assert_eq!(ledger.reserved(w), sum(&outstanding, w), "ledger = sum of outstanding");
             }
+            // `is_idle` is a count kept on the way, not a scan: it must agree.
+            prop_assert_eq!(ledger.is_idle(), outstanding.is_empty(), "idle = nothing outstanding");
         }
         for (w, c) in outstanding.drain(..) {
             prop_assert!(ledger.release(w, &c).is_ok());

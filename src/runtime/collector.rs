@@ -62,6 +62,10 @@ pub(super) struct Collector<I, O> {
     releases: ring::Consumer<Release>,
     /// `None` once a removed worker has been let go.
     workers: Vec<Option<WorkerLink<I, O>>>,
+    /// The indices whose link is held, ascending: what a launch and a
+    /// retirement check look at, so their cost follows the workers there
+    /// are, not every worker ever added.
+    held: Vec<usize>,
     /// Links of workers added at run time (control path, see `fleet_changed`).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
     /// A removed worker may still have work in flight: check each pass.
@@ -155,6 +159,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             ),
             intake: s.intake,
             releases: s.releases,
+            held: (0..s.workers.len())
+                .filter(|&i| s.workers[i].is_some())
+                .collect(),
             workers: s.workers,
             new_links: s.new_links,
             retiring: false,
@@ -427,6 +434,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .collect();
         for link in added {
             self.planner.add_worker();
+            self.held.push(self.workers.len());
             self.workers.push(Some(link));
         }
         self.retiring = true;
@@ -438,20 +446,23 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     fn let_go_of_retired(&mut self) {
         let fleet = self.shared.fleet.load();
         let mut waiting_on_retired = false;
-        for (i, w) in fleet.workers.iter().enumerate().take(self.workers.len()) {
-            if !w.retired || self.workers[i].is_none() {
-                continue;
+        let workers = &mut self.workers;
+        let ledger = self.planner.ledger();
+        self.held.retain(|&i| {
+            if !fleet.workers.get(i).is_some_and(|w| w.retired) {
+                return true;
             }
-            if self.planner.ledger().reserved(i).slots == 0 {
-                if let Some(link) = self.workers[i].take() {
-                    let thread = link.thread.clone();
-                    drop(link);
-                    thread.unpark();
-                }
-            } else {
+            if ledger.reserved(i).slots > 0 {
                 waiting_on_retired = true;
+                return true;
             }
-        }
+            if let Some(link) = workers[i].take() {
+                let thread = link.thread.clone();
+                drop(link);
+                thread.unpark();
+            }
+            false
+        });
         self.retiring = waiting_on_retired;
     }
 
@@ -690,16 +701,18 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.apply_reload();
         let fleet = self.shared.fleet.load_full();
         // Only workers whose link the collector holds: one added a moment ago
-        // is in the snapshot before its link arrives.
-        let candidates: Vec<Candidate<'_>> = fleet
-            .workers
+        // is in the snapshot before its link arrives, and one removed and let
+        // go is in it for good (indices stay stable for `remove_worker`).
+        let candidates: Vec<Candidate<'_>> = self
+            .held
             .iter()
-            .enumerate()
-            .take(self.workers.len())
-            .map(|(index, w)| Candidate {
-                index,
-                spec: &w.spec,
-                up: w.health == Health::Up && self.workers[index].is_some(),
+            .filter_map(|&index| {
+                let w = fleet.workers.get(index)?;
+                Some(Candidate {
+                    index,
+                    spec: &w.spec,
+                    up: w.health == Health::Up,
+                })
             })
             .collect();
         let urgent_slack = nanos(self.planner.placer_mut().urgent_slack);
