@@ -31,6 +31,12 @@
 //! | `convoy_aging_promotions_total` | counter | |
 //! | `convoy_adaptive_switches_total` | counter | |
 //! | `convoy_deduplicated_total` | counter | |
+//!
+//! The `worker` label is the worker's name. Workers removed at run time
+//! leave the exposition (their series end), so a fleet that scales up and
+//! down does not grow it. Names should be unique; where two listed workers
+//! share one, each of them is labelled `name#index` (its fleet index), so
+//! that no two series carry the same labels, which a scraper would drop.
 
 use std::fmt;
 
@@ -68,6 +74,8 @@ pub const DECISION_BOUNDS_S: &[f64] = &[
 /// One worker as a scrape sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerSnapshot {
+    /// Its fleet index, which tells apart workers of the same name.
+    pub index: usize,
     pub name: String,
     pub capacity: Capacity,
     pub reserved: Capacity,
@@ -84,6 +92,25 @@ pub(crate) struct Snapshot {
     pub wait_buckets: Vec<BucketedLatency>,
     pub decision: BucketedLatency,
     pub workers: Vec<WorkerSnapshot>,
+}
+
+/// The `worker` label of each listed worker: its name, or `name#index`
+/// where the name is shared (see the module docs).
+fn worker_labels(workers: &[WorkerSnapshot]) -> Vec<String> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for w in workers {
+        *seen.entry(w.name.as_str()).or_default() += 1;
+    }
+    workers
+        .iter()
+        .map(|w| {
+            if seen[w.name.as_str()] > 1 {
+                format!("{}#{}", w.name, w.index)
+            } else {
+                w.name.clone()
+            }
+        })
+        .collect()
 }
 
 /// Renders a snapshot as Prometheus text (format 0.0.4).
@@ -343,6 +370,7 @@ impl Collector for Snapshot {
             }
         }
 
+        let worker_labels = worker_labels(&self.workers);
         for (name, help, pick) in [
             (
                 "convoy_worker_capacity",
@@ -356,17 +384,15 @@ impl Collector for Snapshot {
             ),
         ] {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for w in &self.workers {
+            for (w, label) in self.workers.iter().zip(&worker_labels) {
                 let c = if pick { w.capacity } else { w.reserved };
                 for (resource, v) in [
                     ("slots", f64::from(c.slots)),
                     ("tokens", c.tokens as f64),
                     ("bytes", c.bytes as f64),
                 ] {
-                    let l: Labels = vec![
-                        ("worker", w.name.clone()),
-                        ("resource", resource.to_owned()),
-                    ];
+                    let l: Labels =
+                        vec![("worker", label.clone()), ("resource", resource.to_owned())];
                     gauge(&mut m, &l, v)?;
                 }
             }
@@ -377,10 +403,10 @@ impl Collector for Snapshot {
             None,
             MetricType::Gauge,
         )?;
-        for w in &self.workers {
+        for (w, label) in self.workers.iter().zip(&worker_labels) {
             gauge(
                 &mut m,
-                &vec![("worker", w.name.clone())],
+                &vec![("worker", label.clone())],
                 if w.up { 1.0 } else { 0.0 },
             )?;
         }

@@ -634,11 +634,14 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     pub fn metrics_text(&self) -> String {
         let fleet = self.shared.fleet.load();
         let reserved = self.shared.reserved.load();
+        // Removed workers leave the exposition (see `convoy::metrics`).
         let workers = fleet
             .workers
             .iter()
             .enumerate()
+            .filter(|(_, w)| !w.retired)
             .map(|(i, w)| crate::metrics::WorkerSnapshot {
+                index: i,
                 name: w.spec.name.clone(),
                 capacity: w.spec.capacity,
                 reserved: reserved.get(i).copied().unwrap_or(crate::ledger::NOTHING),

@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::echo_runtime;
+use common::{echo_runtime, echo_runtime_with, worker};
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use convoy::{Priority, Request, Runtime};
+use convoy::{Config, Priority, Request, Runtime, WorkerSpec};
 
 fn loaded_runtime() -> Runtime<u32, u32> {
     let rt = echo_runtime(2);
@@ -105,6 +105,61 @@ fn exposition_matches_the_counters() {
         "classic format names counters with _total"
     );
     assert!(!text.contains("# EOF"));
+}
+
+/// The sample lines of `text` (not comments), each as its series (name and
+/// labels), which must be unique within one exposition.
+fn series(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').expect("a sample has a value").0)
+        .collect()
+}
+
+/// Worker series stay distinct when names repeat (each such worker is
+/// labelled `name#index`), and a removed worker's series leave the
+/// exposition, so a fleet that scales up and down does not grow it.
+#[test]
+fn worker_series_are_distinct_and_removed_workers_leave() {
+    let named = |name: &str| WorkerSpec {
+        name: name.into(),
+        ..worker(4, 1 << 20)
+    };
+    let rt = echo_runtime_with(Config {
+        workers: vec![named("w"), named("solo"), named("w")],
+        ..Config::default()
+    });
+    let text = rt.metrics_text();
+    let all = series(&text);
+    let mut unique = all.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "a series repeats in:\n{text}");
+    for w in ["w#0", "solo", "w#2"] {
+        assert_eq!(
+            value(&text, &format!("convoy_worker_up{{worker=\"{w}\"}}")),
+            1.0
+        );
+    }
+    assert!(!text.contains("worker=\"w\""), "{text}");
+    for _ in 0..20 {
+        let added = rt.add_worker(named("extra")).unwrap();
+        rt.remove_worker(added).unwrap();
+    }
+    rt.remove_worker(2).unwrap();
+    let text = rt.metrics_text();
+    // 3 resources × 2 families + `up`, for each worker left.
+    let workers: Vec<_> = series(&text)
+        .into_iter()
+        .filter(|s| s.starts_with("convoy_worker_"))
+        .collect();
+    assert_eq!(workers.len(), 2 * 7, "{workers:#?}");
+    assert_eq!(value(&text, "convoy_worker_up{worker=\"w\"}"), 1.0);
+    assert_eq!(value(&text, "convoy_worker_up{worker=\"solo\"}"), 1.0);
+    assert!(!text.contains("extra"), "{text}");
+    let h = rt.handle();
+    assert_eq!(h.submit(Request::new(7)).unwrap().wait(), Ok(7));
+    rt.shutdown();
 }
 
 /// While the runtime runs (no shutdown), a report includes every request
