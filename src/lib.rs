@@ -103,8 +103,8 @@ pub use config::{
 pub use executor::{BatchFn, Executor, Lane};
 pub use request::{Cost, Deadline, Request};
 pub use runtime::{
-    BatchSubmitError, BuildError, Builder, Handle, Health, Runtime, SubmitError, SubmitErrorKind,
-    Submitter, SLA_REFRESH_WAIT,
+    BatchSubmitError, BatchSubmitErrorKind, BuildError, Builder, Handle, Health, Runtime,
+    SubmitError, SubmitErrorKind, Submitter, SLA_REFRESH_WAIT,
 };
 pub use sla::{SlaReport, SloTarget};
 pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};

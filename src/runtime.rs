@@ -128,17 +128,34 @@ impl<I> std::fmt::Debug for SubmitError<I> {
 
 /// A batch submit that did not accept every request.
 #[derive(thiserror::Error)]
-#[error("batch submit: {} accepted, {} refused", accepted.len(), rejected.len())]
+#[error("{}", match kind {
+    BatchSubmitErrorKind::EmptyBatch => "batch submit: the batch is empty (no requests to submit)".to_owned(),
+    BatchSubmitErrorKind::Refused => format!("batch submit: {} accepted, {} refused", accepted.len(), rejected.len()),
+})]
 pub struct BatchSubmitError<I, O> {
+    /// Why: an empty batch, or some (or all) requests refused.
+    pub kind: BatchSubmitErrorKind,
     /// Tickets of the requests that went in (none for `AllOrNothing`).
     pub accepted: Vec<Ticket<O>>,
     /// Every refused request with its reason.
     pub rejected: Vec<SubmitError<I>>,
 }
 
+/// Why a batch submit failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSubmitErrorKind {
+    /// No requests were given: nothing was submitted and nothing is
+    /// handed back. A caller bug rather than back-pressure.
+    EmptyBatch,
+    /// Some or all requests were refused; each is in `rejected` with its
+    /// own reason (a full queue, a bad deadline, a cost no worker holds).
+    Refused,
+}
+
 impl<I, O> std::fmt::Debug for BatchSubmitError<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchSubmitError")
+            .field("kind", &self.kind)
             .field("accepted", &self.accepted.len())
             .field("rejected", &self.rejected.len())
             .finish()
@@ -1100,12 +1117,34 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// Submits many requests under one policy. `AllOrNothing` accepts all or
     /// none; `Enqueue`/`Front` accept what fits. Invalid requests (bad
     /// deadline, impossible cost) are refused individually, and with
-    /// `AllOrNothing` they make the whole batch refused.
+    /// `AllOrNothing` they make the whole batch refused. An empty `requests`
+    /// is an error of kind [`BatchSubmitErrorKind::EmptyBatch`].
+    ///
+    /// ```
+    /// use convoy::{BatchSubmitErrorKind, InsertPolicy, Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let h = rt.handle();
+    /// let tickets = h
+    ///     .submit_batch(vec![Request::new(1), Request::new(2)], InsertPolicy::AllOrNothing)
+    ///     .map_err(|e| e.to_string())?;
+    /// let outs: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    /// assert_eq!(outs, [Ok(1), Ok(2)]);
+    /// let empty = h.submit_batch(Vec::new(), InsertPolicy::Enqueue).unwrap_err();
+    /// assert_eq!(empty.kind, BatchSubmitErrorKind::EmptyBatch);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit_batch(
         &self,
         requests: Vec<Request<I>>,
         policy: InsertPolicy,
     ) -> Result<Vec<Ticket<O>>, BatchSubmitError<I, O>> {
+        if requests.is_empty() {
+            return Err(BatchSubmitError {
+                kind: BatchSubmitErrorKind::EmptyBatch,
+                accepted: Vec::new(),
+                rejected: Vec::new(),
+            });
+        }
         let now = Instant::now();
         let mut jobs = Vec::with_capacity(requests.len());
         let mut tickets = Vec::with_capacity(requests.len());
@@ -1123,6 +1162,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             |jobs: Vec<(Priority, Job<I, O>)>, mut rejected: Vec<SubmitError<I>>, kind| {
                 rejected.extend(jobs.into_iter().map(|(_, j)| refused(kind, j)));
                 BatchSubmitError {
+                    kind: BatchSubmitErrorKind::Refused,
                     accepted: Vec::new(),
                     rejected,
                 }
@@ -1141,6 +1181,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             Ok(_) => {
                 self.shared.doorbell.ring();
                 Err(BatchSubmitError {
+                    kind: BatchSubmitErrorKind::Refused,
                     accepted: tickets,
                     rejected,
                 })
@@ -1168,7 +1209,11 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
                     .filter(|t| !refused_completers.iter().any(|j| j.completer.is_for(t)))
                     .collect();
                 rejected.extend(refused_completers.into_iter().map(|j| refused(kind, j)));
-                Err(BatchSubmitError { accepted, rejected })
+                Err(BatchSubmitError {
+                    kind: BatchSubmitErrorKind::Refused,
+                    accepted,
+                    rejected,
+                })
             }
         }
     }

@@ -456,8 +456,16 @@ fn bad_input_is_a_typed_error() {
         (e.kind, e.request.into_input()),
         (SubmitErrorKind::DeadlinePassed, 2)
     );
-    let e = h.submit_batch(vec![], InsertPolicy::Enqueue).unwrap_err();
-    assert!(e.accepted.is_empty() && e.rejected.is_empty());
+    for policy in [
+        InsertPolicy::Enqueue,
+        InsertPolicy::Front,
+        InsertPolicy::AllOrNothing,
+    ] {
+        let e = h.submit_batch(vec![], policy).unwrap_err();
+        assert_eq!(e.kind, convoy::BatchSubmitErrorKind::EmptyBatch);
+        assert!(e.accepted.is_empty() && e.rejected.is_empty());
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
 }
 
 #[test]
@@ -486,6 +494,7 @@ fn full_queue_hands_the_request_back() {
         .unwrap_err();
     assert!(all.accepted.is_empty());
     assert_eq!(all.rejected.len(), 2);
+    assert_eq!(all.kind, convoy::BatchSubmitErrorKind::Refused);
     hold.open();
     for t in [t0, t1, t2] {
         assert!(t.wait().is_ok());
