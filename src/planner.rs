@@ -389,6 +389,24 @@ mod tests {
         }
     }
 
+    /// Batches of up to `max_batch_size`, no token or byte limit, no delay.
+    fn limits(max_batch_size: usize) -> BatchingConfig {
+        BatchingConfig {
+            max_batch_size,
+            max_batch_tokens: u64::MAX,
+            max_batch_bytes: u64::MAX,
+            max_queue_delay: Duration::ZERO,
+            target_batch_time: None,
+            preferred_batch_sizes: PreferredBatchSizes::NONE,
+        }
+    }
+
+    /// A planner over `workers` workers placing least loaded first.
+    fn least_loaded<T: Plannable>(workers: usize, limits: BatchingConfig) -> Planner<T> {
+        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
+        Planner::new(workers, Duration::from_secs(1), limits, placer)
+    }
+
     impl Plannable for Grouped {
         fn cost(&self) -> Capacity {
             Capacity {
@@ -407,16 +425,7 @@ mod tests {
     /// true (a lost key would stop deduplication under load).
     #[test]
     fn put_back_reports_the_new_key_of_grouped_requests() {
-        let limits = BatchingConfig {
-            max_batch_size: 4,
-            max_batch_tokens: u64::MAX,
-            max_batch_bytes: u64::MAX,
-            max_queue_delay: Duration::ZERO,
-            target_batch_time: None,
-            preferred_batch_sizes: PreferredBatchSizes::NONE,
-        };
-        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
-        let mut p = Planner::new(1, Duration::from_secs(1), limits, placer);
+        let mut p = least_loaded(1, limits(4));
         let spec = worker(Capacity {
             slots: 1,
             tokens: 16,
@@ -453,17 +462,8 @@ mod tests {
     /// that candidate's capacity (not the spec at the same position).
     #[test]
     fn candidates_may_be_a_subset_of_the_fleet_in_any_order() {
-        let limits = BatchingConfig {
-            max_batch_size: 8,
-            max_batch_tokens: u64::MAX,
-            max_batch_bytes: u64::MAX,
-            max_queue_delay: Duration::ZERO,
-            target_batch_time: None,
-            preferred_batch_sizes: PreferredBatchSizes::NONE,
-        };
-        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
         // Five workers ever; 0, 1 and 3 are gone.
-        let mut p = Planner::<Grouped>::new(5, Duration::from_secs(1), limits, placer);
+        let mut p = least_loaded::<Grouped>(5, limits(8));
         let roomy = |slots| {
             worker(Capacity {
                 slots,
@@ -524,16 +524,14 @@ mod tests {
     /// the sums follow requests out of the waiting set.
     #[test]
     fn a_batch_is_full_by_any_limit() {
-        let limits = BatchingConfig {
-            max_batch_size: 8,
-            max_batch_tokens: 100,
-            max_batch_bytes: 1000,
-            max_queue_delay: Duration::ZERO,
-            target_batch_time: None,
-            preferred_batch_sizes: PreferredBatchSizes::NONE,
-        };
-        let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
-        let mut p = Planner::<Costs>::new(1, Duration::from_secs(1), limits, placer);
+        let mut p = least_loaded::<Costs>(
+            1,
+            BatchingConfig {
+                max_batch_tokens: 100,
+                max_batch_bytes: 1000,
+                ..limits(8)
+            },
+        );
         // Its cost (1 token) is overridden by `insert` from the item's.
         let roomy = Capacity {
             slots: 64,
@@ -574,15 +572,7 @@ mod tests {
         p.insert(Costs(1, 600), normal(4));
         assert!(p.is_full(Some(roomy)));
         // Count: eight requests of nothing much.
-        let mut q = Planner::<Costs>::new(
-            1,
-            Duration::from_secs(1),
-            BatchingConfig {
-                max_batch_tokens: u64::MAX,
-                ..limits
-            },
-            Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32),
-        );
+        let mut q = least_loaded::<Costs>(1, limits(8));
         for seq in 0..7 {
             q.insert(Costs(1, 0), normal(seq));
         }
