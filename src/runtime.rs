@@ -14,8 +14,11 @@
 //! The fleet (capacity, speed, health) is an `ArcSwap` snapshot, loaded once
 //! per collector pass; changing it is a control path behind a named mutex.
 //!
-//! This file holds the public types and the submit path; the collector's
-//! loop is in `runtime/collector.rs`, the workers' in `runtime/worker.rs`.
+//! This file holds [`Runtime`] (its control paths) and the state the
+//! threads share; the builder is in `runtime/builder.rs`, the submit path
+//! in `runtime/handle.rs`, the errors in `runtime/error.rs`, the
+//! collector's loop in `runtime/collector.rs` and the workers' in
+//! `runtime/worker.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
@@ -25,28 +28,33 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::clearing::Clearing;
-use crate::clock::{after, nanos};
+use crate::clock::nanos;
 use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
     WorkerSpec,
 };
 use crate::dedup::{group_meta, Follower};
 use crate::doorbell::Doorbell;
-use crate::executor::{BatchFn, Executor};
+use crate::executor::Executor;
 use crate::gate::Gate;
-use crate::intake::{Admission, BatchRejectReason, ExclusiveProducer, Intake, IntakeError};
+use crate::intake::Admission;
 use crate::order::Meta;
-use crate::priority::{InsertPolicy, Priority};
+use crate::priority::Priority;
 use crate::request::{Cost, Deadline, Request};
 use crate::ring;
 use crate::sla::{SlaBoard, SlaReport, SloTarget};
 use crate::stats::{Counters, Stats};
-use crate::ticket::{self, Completer, Ticket};
+use crate::ticket::{Completer, Ticket};
 
+mod builder;
 mod collector;
+mod error;
+mod handle;
 mod worker;
 
-use collector::Collector;
+pub use builder::Builder;
+pub use error::{BatchSubmitError, BatchSubmitErrorKind, BuildError, SubmitError, SubmitErrorKind};
+pub use handle::{Handle, Submitter};
 use worker::{spawn_worker, WorkerLink};
 
 /// The longest [`Runtime::sla_report`] and [`Runtime::metrics_text`] wait
@@ -54,113 +62,6 @@ use worker::{spawn_worker, WorkerLink};
 /// batches is waited for until it answers (at most a second, should the
 /// OS not run its thread), since it answers at its next loop point.
 pub const SLA_REFRESH_WAIT: Duration = Duration::from_millis(50);
-
-/// Why a runtime could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The config is invalid.
-    #[error("invalid config: {0}")]
-    Config(#[from] ConfigError),
-    /// No executor was given.
-    #[error("no executor: call .batch_fn(..) or .executor(..)")]
-    NoExecutor,
-    /// A thread could not be started.
-    #[error("could not start thread: {0}")]
-    Spawn(String),
-}
-
-impl From<IntakeError> for BuildError {
-    fn from(e: IntakeError) -> Self {
-        BuildError::Config(e.into())
-    }
-}
-
-/// Why a submit was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmitErrorKind {
-    /// The request's level is full; retry later.
-    QueueFull,
-    /// The runtime is shutting down or gone.
-    ShuttingDown,
-    /// The cost exceeds what any worker (or a batch) can ever hold.
-    CostNeverFits,
-    /// The deadline is zero or already past.
-    DeadlinePassed,
-    /// The request has a dedup key but the runtime was built without
-    /// [`Builder::deduplicate`].
-    DedupNotEnabled,
-    /// The executor can never run this input ([`Executor::check`]): a
-    /// token outside the model's vocabulary, a request over its maximum
-    /// length. [`SubmitError::reason`] says which.
-    Invalid,
-}
-
-/// A refused submit; the request is handed back untouched.
-#[derive(Clone, PartialEq, thiserror::Error)]
-#[error("submit refused: {kind:?}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
-pub struct SubmitError<I> {
-    /// Why.
-    pub kind: SubmitErrorKind,
-    /// The executor's words for an [`Invalid`](SubmitErrorKind::Invalid)
-    /// input; `None` for the other kinds.
-    pub reason: Option<String>,
-    /// The request, as given.
-    pub request: Request<I>,
-}
-
-impl<I> SubmitError<I> {
-    fn new(kind: SubmitErrorKind, request: Request<I>) -> Self {
-        Self {
-            kind,
-            reason: None,
-            request,
-        }
-    }
-}
-
-impl<I> std::fmt::Debug for SubmitError<I> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubmitError")
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A batch submit that did not accept every request.
-#[derive(thiserror::Error)]
-#[error("{}", match kind {
-    BatchSubmitErrorKind::EmptyBatch => "batch submit: the batch is empty (no requests to submit)".to_owned(),
-    BatchSubmitErrorKind::Refused => format!("batch submit: {} accepted, {} refused", accepted.len(), rejected.len()),
-})]
-pub struct BatchSubmitError<I, O> {
-    /// Why: an empty batch, or some (or all) requests refused.
-    pub kind: BatchSubmitErrorKind,
-    /// Tickets of the requests that went in (none for `AllOrNothing`).
-    pub accepted: Vec<Ticket<O>>,
-    /// Every refused request with its reason.
-    pub rejected: Vec<SubmitError<I>>,
-}
-
-/// Why a batch submit failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchSubmitErrorKind {
-    /// No requests were given: nothing was submitted and nothing is
-    /// handed back. A caller bug rather than back-pressure.
-    EmptyBatch,
-    /// Some or all requests were refused; each is in `rejected` with its
-    /// own reason (a full queue, a bad deadline, a cost no worker holds).
-    Refused,
-}
-
-impl<I, O> std::fmt::Debug for BatchSubmitError<I, O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchSubmitError")
-            .field("kind", &self.kind)
-            .field("accepted", &self.accepted.len())
-            .field("rejected", &self.rejected.len())
-            .finish()
-    }
-}
 
 /// Health of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,159 +310,6 @@ impl Shared {
     }
 }
 
-/// Builds a [`Runtime`].
-pub struct Builder<I, O> {
-    config: Config,
-    executor: Option<Arc<dyn Executor<I, O>>>,
-    on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
-    cloner: Option<fn(&O) -> O>,
-}
-
-impl<I: Send + 'static, O: Clone + Send + 'static> Builder<I, O> {
-    /// Honours [`Request::dedup_key`]: requests with the same key waiting
-    /// at the same time run once and each ticket gets a clone of the
-    /// output (the rule is in `convoy::dedup`'s source docs). Without this,
-    /// a request with a key is refused with `DedupNotEnabled`.
-    ///
-    /// ```
-    /// use convoy::{Config, Request, Runtime};
-    /// let rt = Runtime::builder()
-    ///     .config(Config { cpu_workers: 1, ..Config::default() })
-    ///     .batch_fn(|xs: &[u32]| xs.iter().map(|x| x + 1).collect())
-    ///     .deduplicate()
-    ///     .build()?;
-    /// let h = rt.handle();
-    /// let a = h.submit(Request::new(1).dedup_key("same")).unwrap();
-    /// let b = h.submit(Request::new(1).dedup_key("same")).unwrap();
-    /// assert_eq!((a.wait(), b.wait()), (Ok(2), Ok(2)));
-    /// rt.shutdown();
-    /// # Ok::<(), convoy::BuildError>(())
-    /// ```
-    pub fn deduplicate(mut self) -> Self {
-        self.cloner = Some(<O as Clone>::clone);
-        self
-    }
-}
-
-impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
-    /// Sets the config (default: `Config::default()`).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// A CPU executor from a closure run on each worker's thread.
-    pub fn batch_fn<F>(self, f: F) -> Self
-    where
-        F: Fn(&[I]) -> Vec<O> + Send + Sync + 'static,
-    {
-        self.executor(BatchFn(f))
-    }
-
-    /// Any executor.
-    pub fn executor(mut self, executor: impl Executor<I, O>) -> Self {
-        self.executor = Some(Arc::new(executor));
-        self
-    }
-
-    /// Called on the collector thread when a request fits no worker right
-    /// now (seed 003's "need a new worker" signal). Keep it short: the
-    /// collector waits for it. A panic in it is caught and logged, and the
-    /// collector goes on.
-    pub fn on_capacity_shortfall(mut self, f: impl Fn(Cost) + Send + 'static) -> Self {
-        self.on_shortfall = Some(Box::new(f));
-        self
-    }
-
-    /// Validates the config and starts the collector and worker threads.
-    pub fn build(self) -> Result<Runtime<I, O>, BuildError> {
-        self.config.validate()?;
-        let executor = self.executor.ok_or(BuildError::NoExecutor)?;
-        let specs = self.config.fleet();
-        let (intake, intake_rx) = Intake::new(self.config.intake)?;
-        let total_slots: usize = specs.iter().map(|w| w.capacity.slots as usize).sum();
-        let (release_tx, release_rx) = ring::channel::<Release>(
-            total_slots.clamp(2, 1 << 20).next_power_of_two(),
-        )
-        .map_err(|e| {
-            BuildError::Config(ConfigError::Invalid {
-                key: "workers".into(),
-                reason: e.to_string(),
-            })
-        })?;
-        let shared = Arc::new(Shared {
-            gate: Gate::new(),
-            doorbell: Doorbell::new(),
-            counters: Counters::new(),
-            fleet: ArcSwap::from_pointee(Fleet::new(
-                specs
-                    .iter()
-                    .map(|spec| {
-                        Arc::new(WorkerState {
-                            spec: spec.clone(),
-                            health: Health::Up,
-                            retired: false,
-                        })
-                    })
-                    .collect(),
-            )),
-            epoch: Instant::now(),
-            mode: AtomicU8::new(RUNNING),
-            fleet_changed: AtomicBool::new(false),
-            knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
-            sla: SlaBoard::default(),
-            reserved: ArcSwap::from_pointee(Vec::new()),
-            dedup: self.cloner.is_some(),
-            clearing: Clearing::new(),
-            sweep_wanted: AtomicBool::new(false),
-        });
-
-        let mut worker_threads = Vec::new();
-        let mut worker_rings = Vec::new();
-        for (index, spec) in specs.iter().enumerate() {
-            let (link, handle) = spawn_worker(index, spec, &executor, &release_tx, &shared)?;
-            worker_rings.push(Some(link));
-            worker_threads.push(handle);
-        }
-        let checker = executor.clone();
-        let new_links = Arc::new(Mutex::new(Vec::new()));
-        let spawner = Spawner {
-            config: self.config.clone(),
-            executor,
-            releases: release_tx.clone(),
-            new_links: new_links.clone(),
-        };
-        drop(release_tx);
-
-        let collector = Collector::start(
-            collector::Start {
-                shared: shared.clone(),
-                intake: intake_rx,
-                releases: release_rx,
-                workers: worker_rings,
-                new_links,
-                on_shortfall: self.on_shortfall,
-                cloner: self.cloner,
-            },
-            &self.config,
-        )?;
-
-        Ok(Runtime {
-            handle: Handle {
-                intake,
-                shared: shared.clone(),
-                executor: checker,
-            },
-            shared,
-            threads: Mutex::new(Some(Threads {
-                collector,
-                workers: worker_threads,
-            })),
-            control: Mutex::new(spawner),
-        })
-    }
-}
-
 struct Threads {
     collector: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
@@ -600,18 +348,6 @@ struct Spawner<I, O> {
     releases: ring::Producer<Release>,
     /// Links of added workers, waiting for the collector (control path).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
-}
-
-impl Runtime<(), ()> {
-    /// Starts a builder.
-    pub fn builder<I: Send + 'static, O: Send + 'static>() -> Builder<I, O> {
-        Builder {
-            config: Config::default(),
-            executor: None,
-            on_shortfall: None,
-            cloner: None,
-        }
-    }
 }
 
 impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
@@ -966,324 +702,4 @@ fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, mode: u8) {
             let _ = w.join();
         }
     }
-}
-
-/// A [`Handle`] that owns a shard of the intake, for one thread that
-/// submits a lot (see [`Handle::submitter`]). Not `Clone`; submits take
-/// `&mut self`. Everything else a handle does, it does through
-/// [`handle`](Self::handle).
-pub struct Submitter<I, O> {
-    handle: Handle<I, O>,
-    own: ExclusiveProducer<Job<I, O>>,
-}
-
-impl<I, O> std::fmt::Debug for Submitter<I, O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Submitter")
-            .field("shard", &self.own.shard())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<I: Send + 'static, O: Send + 'static> Submitter<I, O> {
-    /// [`Handle::submit`] through this submitter's own shard.
-    pub fn submit(&mut self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
-        self.submit_with(request, InsertPolicy::Enqueue)
-    }
-
-    /// [`Handle::submit_with`] through this submitter's own shard.
-    pub fn submit_with(
-        &mut self,
-        request: Request<I>,
-        policy: InsertPolicy,
-    ) -> Result<Ticket<O>, SubmitError<I>> {
-        self.handle
-            .submit_through(request, policy, Some(&mut self.own))
-    }
-
-    /// The plain handle, for batches, stats and the rest.
-    pub fn handle(&self) -> &Handle<I, O> {
-        &self.handle
-    }
-}
-
-/// The producer's handle: `Clone + Send + Sync`, usable after the runtime is
-/// gone (submits are then refused with `ShuttingDown`).
-pub struct Handle<I, O> {
-    intake: Intake<Job<I, O>>,
-    shared: Arc<Shared>,
-    /// For [`Executor::check`] at submit.
-    executor: Arc<dyn Executor<I, O>>,
-}
-
-impl<I, O> Clone for Handle<I, O> {
-    fn clone(&self) -> Self {
-        Self {
-            intake: self.intake.clone(),
-            shared: self.shared.clone(),
-            executor: self.executor.clone(),
-        }
-    }
-}
-
-impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
-    /// [`Runtime::clear_waiting`], from a handle (an admin endpoint of a
-    /// server that holds only handles); 0 once the runtime is gone.
-    ///
-    /// Called on the collector's own thread (from the
-    /// `on_capacity_shortfall` callback, say), it cannot wait for the
-    /// collector: it asks, returns 0 at once, and the clear happens on the
-    /// collector's next pass.
-    pub fn clear_waiting(&self) -> usize {
-        let shared = &self.shared;
-        // The doorbell's sleeper is the collector thread.
-        if shared.doorbell.is_sleeper_current() {
-            shared.clearing.ask_later();
-            return 0;
-        }
-        shared.clearing.ask(|| shared.doorbell.ring()).unwrap_or(0)
-    }
-
-    /// Submits one request; its ticket delivers exactly one outcome.
-    pub fn submit(&self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
-        self.submit_with(request, InsertPolicy::Enqueue)
-    }
-
-    /// Submits one request with an insert policy (`Front` jumps its level).
-    pub fn submit_with(
-        &self,
-        request: Request<I>,
-        policy: InsertPolicy,
-    ) -> Result<Ticket<O>, SubmitError<I>> {
-        self.submit_through(request, policy, None)
-    }
-
-    /// A submitter for one thread that submits a lot: it owns a shard of
-    /// the intake, and its submits claim queue slots by plain store rather
-    /// than a CAS (`Intake::exclusive`; 2–3× the intake's throughput in
-    /// `benches/intake.rs`). `None` when every shard is owned already.
-    ///
-    /// While it lives, its shard's room serves it alone: other handles'
-    /// submits spill past it, and a level is full to them once the other
-    /// shards' lanes are. Its own submits spill into shared shards when
-    /// its lane is full. Dropping it gives the shard back.
-    ///
-    /// ```
-    /// # use convoy::{Request, Runtime};
-    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
-    /// let mut submitter = rt.handle().submitter().expect("a free shard");
-    /// let tickets: Vec<_> = (0..100).map(|i| submitter.submit(Request::new(i))).collect::<Result<_, _>>()?;
-    /// for (i, t) in tickets.into_iter().enumerate() {
-    ///     assert_eq!(t.wait(), Ok(i as u32));
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn submitter(&self) -> Option<Submitter<I, O>> {
-        let own = self.intake.exclusive()?;
-        Some(Submitter {
-            handle: self.clone(),
-            own,
-        })
-    }
-
-    /// `submit_with`, through `own` when given, else the shared intake.
-    fn submit_through(
-        &self,
-        request: Request<I>,
-        policy: InsertPolicy,
-        own: Option<&mut ExclusiveProducer<Job<I, O>>>,
-    ) -> Result<Ticket<O>, SubmitError<I>> {
-        let now = Instant::now();
-        let (job, ticket) = self.prepare(request, now)?;
-        let Some(_pass) = self.shared.gate.enter() else {
-            return Err(refused(SubmitErrorKind::ShuttingDown, job));
-        };
-        let pushed = match own {
-            Some(own) => own.push(job.priority, job, policy),
-            None => self.intake.push(job.priority, job, policy),
-        };
-        match pushed {
-            Ok(()) => {
-                self.shared.doorbell.ring();
-                Ok(ticket)
-            }
-            Err(full) => {
-                self.shared.want_sweep();
-                Err(refused(SubmitErrorKind::QueueFull, full.item))
-            }
-        }
-    }
-
-    /// Submits many requests under one policy. `AllOrNothing` accepts all or
-    /// none; `Enqueue`/`Front` accept what fits. Invalid requests (bad
-    /// deadline, impossible cost) are refused individually, and with
-    /// `AllOrNothing` they make the whole batch refused. An empty `requests`
-    /// is an error of kind [`BatchSubmitErrorKind::EmptyBatch`].
-    ///
-    /// ```
-    /// use convoy::{BatchSubmitErrorKind, InsertPolicy, Request, Runtime};
-    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
-    /// let h = rt.handle();
-    /// let tickets = h
-    ///     .submit_batch(vec![Request::new(1), Request::new(2)], InsertPolicy::AllOrNothing)
-    ///     .map_err(|e| e.to_string())?;
-    /// let outs: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
-    /// assert_eq!(outs, [Ok(1), Ok(2)]);
-    /// let empty = h.submit_batch(Vec::new(), InsertPolicy::Enqueue).unwrap_err();
-    /// assert_eq!(empty.kind, BatchSubmitErrorKind::EmptyBatch);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn submit_batch(
-        &self,
-        requests: Vec<Request<I>>,
-        policy: InsertPolicy,
-    ) -> Result<Vec<Ticket<O>>, BatchSubmitError<I, O>> {
-        if requests.is_empty() {
-            return Err(BatchSubmitError {
-                kind: BatchSubmitErrorKind::EmptyBatch,
-                accepted: Vec::new(),
-                rejected: Vec::new(),
-            });
-        }
-        let now = Instant::now();
-        let mut jobs = Vec::with_capacity(requests.len());
-        let mut tickets = Vec::with_capacity(requests.len());
-        let mut rejected = Vec::new();
-        for r in requests {
-            match self.prepare(r, now) {
-                Ok((job, ticket)) => {
-                    jobs.push((job.priority, job));
-                    tickets.push(ticket);
-                }
-                Err(e) => rejected.push(e),
-            }
-        }
-        let refuse_all =
-            |jobs: Vec<(Priority, Job<I, O>)>, mut rejected: Vec<SubmitError<I>>, kind| {
-                rejected.extend(jobs.into_iter().map(|(_, j)| refused(kind, j)));
-                BatchSubmitError {
-                    kind: BatchSubmitErrorKind::Refused,
-                    accepted: Vec::new(),
-                    rejected,
-                }
-            };
-        if jobs.is_empty() || (policy == InsertPolicy::AllOrNothing && !rejected.is_empty()) {
-            return Err(refuse_all(jobs, rejected, SubmitErrorKind::QueueFull));
-        }
-        let Some(_pass) = self.shared.gate.enter() else {
-            return Err(refuse_all(jobs, rejected, SubmitErrorKind::ShuttingDown));
-        };
-        match self.intake.push_batch(jobs, policy) {
-            Ok(_) if rejected.is_empty() => {
-                self.shared.doorbell.ring();
-                Ok(tickets)
-            }
-            Ok(_) => {
-                self.shared.doorbell.ring();
-                Err(BatchSubmitError {
-                    kind: BatchSubmitErrorKind::Refused,
-                    accepted: tickets,
-                    rejected,
-                })
-            }
-            Err(e) => {
-                if e.inserted > 0 {
-                    self.shared.doorbell.ring();
-                }
-                if matches!(e.reason, BatchRejectReason::Full) {
-                    self.shared.want_sweep();
-                }
-                let kind = match e.reason {
-                    BatchRejectReason::Oversized { .. }
-                    | BatchRejectReason::Full
-                    | BatchRejectReason::Empty => SubmitErrorKind::QueueFull,
-                };
-                // Tickets of refused jobs: their completers come back inside
-                // the jobs and are dropped with them (delivering ShutDown to
-                // tickets nobody holds), so keep only accepted tickets. The
-                // intake preserves order, so accepted jobs are the ones not
-                // handed back.
-                let refused_completers: Vec<_> = e.rejected.into_iter().map(|(_, j)| j).collect();
-                let accepted = tickets
-                    .into_iter()
-                    .filter(|t| !refused_completers.iter().any(|j| j.completer.is_for(t)))
-                    .collect();
-                rejected.extend(refused_completers.into_iter().map(|j| refused(kind, j)));
-                Err(BatchSubmitError {
-                    kind: BatchSubmitErrorKind::Refused,
-                    accepted,
-                    rejected,
-                })
-            }
-        }
-    }
-
-    /// Counters per priority and totals; lock-free. The same snapshot as
-    /// [`Runtime::stats`], whose docs say what a caller can rely on.
-    pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.intake.stats())
-    }
-
-    fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
-        let max = self.shared.fleet.load().max;
-        let cost = request.cost;
-        let knobs = self.shared.knobs.load();
-        let limits = knobs.batching;
-        if u64::from(cost.tokens) > max.tokens.min(limits.max_batch_tokens)
-            || cost.bytes > max.bytes.min(limits.max_batch_bytes)
-            || max.slots == 0
-        {
-            return Err(SubmitError::new(SubmitErrorKind::CostNeverFits, request));
-        }
-        if let Err(reason) = self.executor.check(&request.input) {
-            return Err(SubmitError {
-                kind: SubmitErrorKind::Invalid,
-                reason: Some(reason),
-                request,
-            });
-        }
-        if request.dedup_key.is_some() && !self.shared.dedup {
-            return Err(SubmitError::new(SubmitErrorKind::DedupNotEnabled, request));
-        }
-        let deadline_at = match request.deadline {
-            None => None,
-            Some(Deadline::After(d)) if d.is_zero() => {
-                return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
-            }
-            Some(Deadline::After(d)) => Some(after(now, d)),
-            Some(Deadline::At(t)) if t <= now => {
-                return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
-            }
-            Some(Deadline::At(t)) => Some(t),
-        };
-        // The level's default deadline applies when the request brings
-        // none, and caps one it brings (it may be shorter, not longer).
-        let default_at = knobs.default_deadline[request.priority.index()].map(|d| after(now, d));
-        let deadline_at = match (deadline_at, default_at) {
-            (Some(own), Some(default)) => Some(own.min(default)),
-            (own, default) => own.or(default),
-        };
-        drop(knobs);
-        let (completer, ticket) = ticket::pair();
-        let job = Job {
-            deadline_ns: deadline_at.map_or(u64::MAX, |t| self.shared.ns_since_epoch(t)),
-            input: request.input,
-            completer,
-            priority: request.priority,
-            deadline: request.deadline,
-            cost,
-            submitted: now,
-            arrival_ns: 0,
-            expire_at: u64::MAX,
-            dedup: request.dedup_key,
-            followers: Vec::new(),
-        };
-        Ok((job, ticket))
-    }
-}
-
-fn refused<I, O>(kind: SubmitErrorKind, job: Job<I, O>) -> SubmitError<I> {
-    // The completer inside is dropped here; nobody holds its ticket (the
-    // caller gets the request back instead), so its ShutDown goes nowhere.
-    SubmitError::new(kind, job.into_request())
 }

@@ -1,0 +1,186 @@
+//! [`Builder`]: the config, the executor and the callbacks a runtime starts
+//! with, and `build`, which validates them and starts the threads.
+
+use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use super::collector::{self, Collector};
+use super::error::BuildError;
+use super::worker::spawn_worker;
+use super::{
+    Fleet, Handle, Health, Knobs, Release, Runtime, Shared, Spawner, Threads, WorkerState, RUNNING,
+};
+use crate::clearing::Clearing;
+use crate::config::{Config, ConfigError};
+use crate::doorbell::Doorbell;
+use crate::executor::{BatchFn, Executor};
+use crate::gate::Gate;
+use crate::intake::Intake;
+use crate::request::Cost;
+use crate::ring;
+use crate::sla::SlaBoard;
+use crate::stats::Counters;
+
+impl Runtime<(), ()> {
+    /// Starts a builder.
+    pub fn builder<I: Send + 'static, O: Send + 'static>() -> Builder<I, O> {
+        Builder {
+            config: Config::default(),
+            executor: None,
+            on_shortfall: None,
+            cloner: None,
+        }
+    }
+}
+
+/// Builds a [`Runtime`].
+pub struct Builder<I, O> {
+    config: Config,
+    executor: Option<Arc<dyn Executor<I, O>>>,
+    on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
+    cloner: Option<fn(&O) -> O>,
+}
+
+impl<I: Send + 'static, O: Clone + Send + 'static> Builder<I, O> {
+    /// Honours [`Request::dedup_key`](crate::Request::dedup_key): requests
+    /// with the same key waiting at the same time run once and each ticket
+    /// gets a clone of the output (the rule is in `convoy::dedup`'s source docs). Without this,
+    /// a request with a key is refused with `DedupNotEnabled`.
+    ///
+    /// ```
+    /// use convoy::{Config, Request, Runtime};
+    /// let rt = Runtime::builder()
+    ///     .config(Config { cpu_workers: 1, ..Config::default() })
+    ///     .batch_fn(|xs: &[u32]| xs.iter().map(|x| x + 1).collect())
+    ///     .deduplicate()
+    ///     .build()?;
+    /// let h = rt.handle();
+    /// let a = h.submit(Request::new(1).dedup_key("same")).unwrap();
+    /// let b = h.submit(Request::new(1).dedup_key("same")).unwrap();
+    /// assert_eq!((a.wait(), b.wait()), (Ok(2), Ok(2)));
+    /// rt.shutdown();
+    /// # Ok::<(), convoy::BuildError>(())
+    /// ```
+    pub fn deduplicate(mut self) -> Self {
+        self.cloner = Some(<O as Clone>::clone);
+        self
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
+    /// Sets the config (default: `Config::default()`).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A CPU executor from a closure run on each worker's thread.
+    pub fn batch_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&[I]) -> Vec<O> + Send + Sync + 'static,
+    {
+        self.executor(BatchFn(f))
+    }
+
+    /// Any executor.
+    pub fn executor(mut self, executor: impl Executor<I, O>) -> Self {
+        self.executor = Some(Arc::new(executor));
+        self
+    }
+
+    /// Called on the collector thread when a request fits no worker right
+    /// now (seed 003's "need a new worker" signal). Keep it short: the
+    /// collector waits for it. A panic in it is caught and logged, and the
+    /// collector goes on.
+    pub fn on_capacity_shortfall(mut self, f: impl Fn(Cost) + Send + 'static) -> Self {
+        self.on_shortfall = Some(Box::new(f));
+        self
+    }
+
+    /// Validates the config and starts the collector and worker threads.
+    pub fn build(self) -> Result<Runtime<I, O>, BuildError> {
+        self.config.validate()?;
+        let executor = self.executor.ok_or(BuildError::NoExecutor)?;
+        let specs = self.config.fleet();
+        let (intake, intake_rx) = Intake::new(self.config.intake)?;
+        let total_slots: usize = specs.iter().map(|w| w.capacity.slots as usize).sum();
+        let (release_tx, release_rx) = ring::channel::<Release>(
+            total_slots.clamp(2, 1 << 20).next_power_of_two(),
+        )
+        .map_err(|e| {
+            BuildError::Config(ConfigError::Invalid {
+                key: "workers".into(),
+                reason: e.to_string(),
+            })
+        })?;
+        let shared = Arc::new(Shared {
+            gate: Gate::new(),
+            doorbell: Doorbell::new(),
+            counters: Counters::new(),
+            fleet: ArcSwap::from_pointee(Fleet::new(
+                specs
+                    .iter()
+                    .map(|spec| {
+                        Arc::new(WorkerState {
+                            spec: spec.clone(),
+                            health: Health::Up,
+                            retired: false,
+                        })
+                    })
+                    .collect(),
+            )),
+            epoch: Instant::now(),
+            mode: AtomicU8::new(RUNNING),
+            fleet_changed: AtomicBool::new(false),
+            knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
+            sla: SlaBoard::default(),
+            reserved: ArcSwap::from_pointee(Vec::new()),
+            dedup: self.cloner.is_some(),
+            clearing: Clearing::new(),
+            sweep_wanted: AtomicBool::new(false),
+        });
+
+        let mut worker_threads = Vec::new();
+        let mut worker_rings = Vec::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let (link, handle) = spawn_worker(index, spec, &executor, &release_tx, &shared)?;
+            worker_rings.push(Some(link));
+            worker_threads.push(handle);
+        }
+        let checker = executor.clone();
+        let new_links = Arc::new(Mutex::new(Vec::new()));
+        let spawner = Spawner {
+            config: self.config.clone(),
+            executor,
+            releases: release_tx.clone(),
+            new_links: new_links.clone(),
+        };
+        drop(release_tx);
+
+        let collector = Collector::start(
+            collector::Start {
+                shared: shared.clone(),
+                intake: intake_rx,
+                releases: release_rx,
+                workers: worker_rings,
+                new_links,
+                on_shortfall: self.on_shortfall,
+                cloner: self.cloner,
+            },
+            &self.config,
+        )?;
+
+        Ok(Runtime {
+            handle: Handle::new(intake, shared.clone(), checker),
+            shared,
+            threads: Mutex::new(Some(Threads {
+                collector,
+                workers: worker_threads,
+            })),
+            control: Mutex::new(spawner),
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! What building a runtime or submitting to it can refuse, and why. A
+//! refused request is always handed back inside the error.
+
+use crate::config::ConfigError;
+use crate::intake::IntakeError;
+use crate::request::Request;
+use crate::ticket::Ticket;
+
+/// Why a runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The config is invalid.
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    /// No executor was given.
+    #[error("no executor: call .batch_fn(..) or .executor(..)")]
+    NoExecutor,
+    /// A thread could not be started.
+    #[error("could not start thread: {0}")]
+    Spawn(String),
+}
+
+impl From<IntakeError> for BuildError {
+    fn from(e: IntakeError) -> Self {
+        BuildError::Config(e.into())
+    }
+}
+
+/// Why a submit was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitErrorKind {
+    /// The request's level is full; retry later.
+    QueueFull,
+    /// The runtime is shutting down or gone.
+    ShuttingDown,
+    /// The cost exceeds what any worker (or a batch) can ever hold.
+    CostNeverFits,
+    /// The deadline is zero or already past.
+    DeadlinePassed,
+    /// The request has a dedup key but the runtime was built without
+    /// [`Builder::deduplicate`](super::Builder::deduplicate).
+    DedupNotEnabled,
+    /// The executor can never run this input ([`Executor::check`](crate::executor::Executor::check)): a
+    /// token outside the model's vocabulary, a request over its maximum
+    /// length. [`SubmitError::reason`] says which.
+    Invalid,
+}
+
+/// A refused submit; the request is handed back untouched.
+#[derive(Clone, PartialEq, thiserror::Error)]
+#[error("submit refused: {kind:?}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+pub struct SubmitError<I> {
+    /// Why.
+    pub kind: SubmitErrorKind,
+    /// The executor's words for an [`Invalid`](SubmitErrorKind::Invalid)
+    /// input; `None` for the other kinds.
+    pub reason: Option<String>,
+    /// The request, as given.
+    pub request: Request<I>,
+}
+
+impl<I> SubmitError<I> {
+    pub(super) fn new(kind: SubmitErrorKind, request: Request<I>) -> Self {
+        Self {
+            kind,
+            reason: None,
+            request,
+        }
+    }
+}
+
+impl<I> std::fmt::Debug for SubmitError<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A batch submit that did not accept every request.
+#[derive(thiserror::Error)]
+#[error("{}", match kind {
+    BatchSubmitErrorKind::EmptyBatch => "batch submit: the batch is empty (no requests to submit)".to_owned(),
+    BatchSubmitErrorKind::Refused => format!("batch submit: {} accepted, {} refused", accepted.len(), rejected.len()),
+})]
+pub struct BatchSubmitError<I, O> {
+    /// Why: an empty batch, or some (or all) requests refused.
+    pub kind: BatchSubmitErrorKind,
+    /// Tickets of the requests that went in (none for `AllOrNothing`).
+    pub accepted: Vec<Ticket<O>>,
+    /// Every refused request with its reason.
+    pub rejected: Vec<SubmitError<I>>,
+}
+
+/// Why a batch submit failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSubmitErrorKind {
+    /// No requests were given: nothing was submitted and nothing is
+    /// handed back. A caller bug rather than back-pressure.
+    EmptyBatch,
+    /// Some or all requests were refused; each is in `rejected` with its
+    /// own reason (a full queue, a bad deadline, a cost no worker holds).
+    Refused,
+}
+
+impl<I, O> std::fmt::Debug for BatchSubmitError<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSubmitError")
+            .field("kind", &self.kind)
+            .field("accepted", &self.accepted.len())
+            .field("rejected", &self.rejected.len())
+            .finish()
+    }
+}

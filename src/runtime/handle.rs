@@ -1,0 +1,350 @@
+//! The producer's side: [`Handle`] and [`Submitter`], and the submit path
+//! (validate, pass the gate, push into the intake, ring the doorbell: no
+//! lock, no channel).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::error::{BatchSubmitError, BatchSubmitErrorKind, SubmitError, SubmitErrorKind};
+use super::{Job, Prepared, Shared};
+use crate::clock::after;
+use crate::executor::Executor;
+use crate::intake::{BatchRejectReason, ExclusiveProducer, Intake};
+use crate::priority::{InsertPolicy, Priority};
+use crate::request::{Deadline, Request};
+use crate::stats::Stats;
+use crate::ticket::{self, Ticket};
+
+/// A [`Handle`] that owns a shard of the intake, for one thread that
+/// submits a lot (see [`Handle::submitter`]). Not `Clone`; submits take
+/// `&mut self`. Everything else a handle does, it does through
+/// [`handle`](Self::handle).
+pub struct Submitter<I, O> {
+    handle: Handle<I, O>,
+    own: ExclusiveProducer<Job<I, O>>,
+}
+
+impl<I, O> std::fmt::Debug for Submitter<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitter")
+            .field("shard", &self.own.shard())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Submitter<I, O> {
+    /// [`Handle::submit`] through this submitter's own shard.
+    pub fn submit(&mut self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
+        self.submit_with(request, InsertPolicy::Enqueue)
+    }
+
+    /// [`Handle::submit_with`] through this submitter's own shard.
+    pub fn submit_with(
+        &mut self,
+        request: Request<I>,
+        policy: InsertPolicy,
+    ) -> Result<Ticket<O>, SubmitError<I>> {
+        self.handle
+            .submit_through(request, policy, Some(&mut self.own))
+    }
+
+    /// The plain handle, for batches, stats and the rest.
+    pub fn handle(&self) -> &Handle<I, O> {
+        &self.handle
+    }
+}
+
+/// The producer's handle: `Clone + Send + Sync`, usable after the runtime is
+/// gone (submits are then refused with `ShuttingDown`).
+pub struct Handle<I, O> {
+    intake: Intake<Job<I, O>>,
+    shared: Arc<Shared>,
+    /// For [`Executor::check`] at submit.
+    executor: Arc<dyn Executor<I, O>>,
+}
+
+impl<I, O> Clone for Handle<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            intake: self.intake.clone(),
+            shared: self.shared.clone(),
+            executor: self.executor.clone(),
+        }
+    }
+}
+
+impl<I, O> Handle<I, O> {
+    pub(super) fn new(
+        intake: Intake<Job<I, O>>,
+        shared: Arc<Shared>,
+        executor: Arc<dyn Executor<I, O>>,
+    ) -> Self {
+        Self {
+            intake,
+            shared,
+            executor,
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
+    /// [`Runtime::clear_waiting`](super::Runtime::clear_waiting), from a handle (an admin endpoint of a
+    /// server that holds only handles); 0 once the runtime is gone.
+    ///
+    /// Called on the collector's own thread (from the
+    /// `on_capacity_shortfall` callback, say), it cannot wait for the
+    /// collector: it asks, returns 0 at once, and the clear happens on the
+    /// collector's next pass.
+    pub fn clear_waiting(&self) -> usize {
+        let shared = &self.shared;
+        // The doorbell's sleeper is the collector thread.
+        if shared.doorbell.is_sleeper_current() {
+            shared.clearing.ask_later();
+            return 0;
+        }
+        shared.clearing.ask(|| shared.doorbell.ring()).unwrap_or(0)
+    }
+
+    /// Submits one request; its ticket delivers exactly one outcome.
+    pub fn submit(&self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
+        self.submit_with(request, InsertPolicy::Enqueue)
+    }
+
+    /// Submits one request with an insert policy (`Front` jumps its level).
+    pub fn submit_with(
+        &self,
+        request: Request<I>,
+        policy: InsertPolicy,
+    ) -> Result<Ticket<O>, SubmitError<I>> {
+        self.submit_through(request, policy, None)
+    }
+
+    /// A submitter for one thread that submits a lot: it owns a shard of
+    /// the intake, and its submits claim queue slots by plain store rather
+    /// than a CAS (`Intake::exclusive`; 2–3× the intake's throughput in
+    /// `benches/intake.rs`). `None` when every shard is owned already.
+    ///
+    /// While it lives, its shard's room serves it alone: other handles'
+    /// submits spill past it, and a level is full to them once the other
+    /// shards' lanes are. Its own submits spill into shared shards when
+    /// its lane is full. Dropping it gives the shard back.
+    ///
+    /// ```
+    /// # use convoy::{Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let mut submitter = rt.handle().submitter().expect("a free shard");
+    /// let tickets: Vec<_> = (0..100).map(|i| submitter.submit(Request::new(i))).collect::<Result<_, _>>()?;
+    /// for (i, t) in tickets.into_iter().enumerate() {
+    ///     assert_eq!(t.wait(), Ok(i as u32));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submitter(&self) -> Option<Submitter<I, O>> {
+        let own = self.intake.exclusive()?;
+        Some(Submitter {
+            handle: self.clone(),
+            own,
+        })
+    }
+
+    /// `submit_with`, through `own` when given, else the shared intake.
+    fn submit_through(
+        &self,
+        request: Request<I>,
+        policy: InsertPolicy,
+        own: Option<&mut ExclusiveProducer<Job<I, O>>>,
+    ) -> Result<Ticket<O>, SubmitError<I>> {
+        let now = Instant::now();
+        let (job, ticket) = self.prepare(request, now)?;
+        let Some(_pass) = self.shared.gate.enter() else {
+            return Err(refused(SubmitErrorKind::ShuttingDown, job));
+        };
+        let pushed = match own {
+            Some(own) => own.push(job.priority, job, policy),
+            None => self.intake.push(job.priority, job, policy),
+        };
+        match pushed {
+            Ok(()) => {
+                self.shared.doorbell.ring();
+                Ok(ticket)
+            }
+            Err(full) => {
+                self.shared.want_sweep();
+                Err(refused(SubmitErrorKind::QueueFull, full.item))
+            }
+        }
+    }
+
+    /// Submits many requests under one policy. `AllOrNothing` accepts all or
+    /// none; `Enqueue`/`Front` accept what fits. Invalid requests (bad
+    /// deadline, impossible cost) are refused individually, and with
+    /// `AllOrNothing` they make the whole batch refused. An empty `requests`
+    /// is an error of kind [`BatchSubmitErrorKind::EmptyBatch`].
+    ///
+    /// ```
+    /// use convoy::{BatchSubmitErrorKind, InsertPolicy, Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let h = rt.handle();
+    /// let tickets = h
+    ///     .submit_batch(vec![Request::new(1), Request::new(2)], InsertPolicy::AllOrNothing)
+    ///     .map_err(|e| e.to_string())?;
+    /// let outs: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+    /// assert_eq!(outs, [Ok(1), Ok(2)]);
+    /// let empty = h.submit_batch(Vec::new(), InsertPolicy::Enqueue).unwrap_err();
+    /// assert_eq!(empty.kind, BatchSubmitErrorKind::EmptyBatch);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_batch(
+        &self,
+        requests: Vec<Request<I>>,
+        policy: InsertPolicy,
+    ) -> Result<Vec<Ticket<O>>, BatchSubmitError<I, O>> {
+        if requests.is_empty() {
+            return Err(BatchSubmitError {
+                kind: BatchSubmitErrorKind::EmptyBatch,
+                accepted: Vec::new(),
+                rejected: Vec::new(),
+            });
+        }
+        let now = Instant::now();
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut tickets = Vec::with_capacity(requests.len());
+        let mut rejected = Vec::new();
+        for r in requests {
+            match self.prepare(r, now) {
+                Ok((job, ticket)) => {
+                    jobs.push((job.priority, job));
+                    tickets.push(ticket);
+                }
+                Err(e) => rejected.push(e),
+            }
+        }
+        let refuse_all =
+            |jobs: Vec<(Priority, Job<I, O>)>, mut rejected: Vec<SubmitError<I>>, kind| {
+                rejected.extend(jobs.into_iter().map(|(_, j)| refused(kind, j)));
+                BatchSubmitError {
+                    kind: BatchSubmitErrorKind::Refused,
+                    accepted: Vec::new(),
+                    rejected,
+                }
+            };
+        if jobs.is_empty() || (policy == InsertPolicy::AllOrNothing && !rejected.is_empty()) {
+            return Err(refuse_all(jobs, rejected, SubmitErrorKind::QueueFull));
+        }
+        let Some(_pass) = self.shared.gate.enter() else {
+            return Err(refuse_all(jobs, rejected, SubmitErrorKind::ShuttingDown));
+        };
+        match self.intake.push_batch(jobs, policy) {
+            Ok(_) if rejected.is_empty() => {
+                self.shared.doorbell.ring();
+                Ok(tickets)
+            }
+            Ok(_) => {
+                self.shared.doorbell.ring();
+                Err(BatchSubmitError {
+                    kind: BatchSubmitErrorKind::Refused,
+                    accepted: tickets,
+                    rejected,
+                })
+            }
+            Err(e) => {
+                if e.inserted > 0 {
+                    self.shared.doorbell.ring();
+                }
+                if matches!(e.reason, BatchRejectReason::Full) {
+                    self.shared.want_sweep();
+                }
+                let kind = match e.reason {
+                    BatchRejectReason::Oversized { .. }
+                    | BatchRejectReason::Full
+                    | BatchRejectReason::Empty => SubmitErrorKind::QueueFull,
+                };
+                // Tickets of refused jobs: their completers come back inside
+                // the jobs and are dropped with them (delivering ShutDown to
+                // tickets nobody holds), so keep only accepted tickets. The
+                // intake preserves order, so accepted jobs are the ones not
+                // handed back.
+                let refused_completers: Vec<_> = e.rejected.into_iter().map(|(_, j)| j).collect();
+                let accepted = tickets
+                    .into_iter()
+                    .filter(|t| !refused_completers.iter().any(|j| j.completer.is_for(t)))
+                    .collect();
+                rejected.extend(refused_completers.into_iter().map(|j| refused(kind, j)));
+                Err(BatchSubmitError {
+                    kind: BatchSubmitErrorKind::Refused,
+                    accepted,
+                    rejected,
+                })
+            }
+        }
+    }
+
+    /// Counters per priority and totals; lock-free. The same snapshot as
+    /// [`Runtime::stats`](super::Runtime::stats), whose docs say what a caller can rely on.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.intake.stats())
+    }
+
+    fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
+        let max = self.shared.fleet.load().max;
+        let cost = request.cost;
+        let knobs = self.shared.knobs.load();
+        let limits = knobs.batching;
+        if u64::from(cost.tokens) > max.tokens.min(limits.max_batch_tokens)
+            || cost.bytes > max.bytes.min(limits.max_batch_bytes)
+            || max.slots == 0
+        {
+            return Err(SubmitError::new(SubmitErrorKind::CostNeverFits, request));
+        }
+        if let Err(reason) = self.executor.check(&request.input) {
+            return Err(SubmitError {
+                kind: SubmitErrorKind::Invalid,
+                reason: Some(reason),
+                request,
+            });
+        }
+        if request.dedup_key.is_some() && !self.shared.dedup {
+            return Err(SubmitError::new(SubmitErrorKind::DedupNotEnabled, request));
+        }
+        let deadline_at = match request.deadline {
+            None => None,
+            Some(Deadline::After(d)) if d.is_zero() => {
+                return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
+            }
+            Some(Deadline::After(d)) => Some(after(now, d)),
+            Some(Deadline::At(t)) if t <= now => {
+                return Err(SubmitError::new(SubmitErrorKind::DeadlinePassed, request));
+            }
+            Some(Deadline::At(t)) => Some(t),
+        };
+        // The level's default deadline applies when the request brings
+        // none, and caps one it brings (it may be shorter, not longer).
+        let default_at = knobs.default_deadline[request.priority.index()].map(|d| after(now, d));
+        let deadline_at = match (deadline_at, default_at) {
+            (Some(own), Some(default)) => Some(own.min(default)),
+            (own, default) => own.or(default),
+        };
+        drop(knobs);
+        let (completer, ticket) = ticket::pair();
+        let job = Job {
+            deadline_ns: deadline_at.map_or(u64::MAX, |t| self.shared.ns_since_epoch(t)),
+            input: request.input,
+            completer,
+            priority: request.priority,
+            deadline: request.deadline,
+            cost,
+            submitted: now,
+            arrival_ns: 0,
+            expire_at: u64::MAX,
+            dedup: request.dedup_key,
+            followers: Vec::new(),
+        };
+        Ok((job, ticket))
+    }
+}
+
+fn refused<I, O>(kind: SubmitErrorKind, job: Job<I, O>) -> SubmitError<I> {
+    // The completer inside is dropped here; nobody holds its ticket (the
+    // caller gets the request back instead), so its ShutDown goes nowhere.
+    SubmitError::new(kind, job.into_request())
+}
