@@ -88,24 +88,100 @@ struct Id {
 }
 
 /// Within-level key: front first, then deadline, then arrival sequence.
-type LevelKey = (bool, u64, u64, Id);
+type LevelKey = (bool, u64, u64);
 
 struct Slot<T> {
     gen: u32,
     entry: Option<(T, Meta)>,
 }
 
+/// Whether `id` names a request that still waits in `slots`.
+fn live<T>(slots: &[Slot<T>], id: Id) -> bool {
+    let slot = &slots[id.index as usize];
+    slot.gen == id.gen && slot.entry.is_some()
+}
+
+/// One index of the waiting set: ids in key order, for keys that mostly
+/// come in rising order. Requests arrive with rising sequence numbers and
+/// arrival times, and most carry neither a deadline nor `Front`, so most
+/// keys come after the last one pushed: those go on a run, a deque whose
+/// push and pop are O(1). A key that does not (a deadline, a `Front`, a
+/// request put back with its old key) goes into a heap beside the run,
+/// O(log n). The front is the smaller of the two fronts.
+///
+/// Lazy, like every index of the set: an id taken through another index
+/// stays here until it reaches a front and `clean` drops it.
+struct RunHeap<K> {
+    run: VecDeque<(K, Id)>,
+    rest: BinaryHeap<Reverse<(K, Id)>>,
+}
+
+impl<K: Ord + Copy> RunHeap<K> {
+    fn new() -> Self {
+        Self {
+            run: VecDeque::new(),
+            rest: BinaryHeap::new(),
+        }
+    }
+
+    fn push(&mut self, key: K, id: Id) {
+        // Equal keys may go either way: their order is not the rule's.
+        if self.run.back().is_none_or(|&(last, _)| last <= key) {
+            self.run.push_back((key, id));
+        } else {
+            self.rest.push(Reverse((key, id)));
+        }
+    }
+
+    /// Drops ids that no longer wait from both fronts.
+    fn clean(&mut self, live: impl Fn(Id) -> bool) {
+        while self.run.front().is_some_and(|&(_, id)| !live(id)) {
+            self.run.pop_front();
+        }
+        while self.rest.peek().is_some_and(|Reverse((_, id))| !live(*id)) {
+            self.rest.pop();
+        }
+    }
+
+    /// The smallest entry (after `clean`, a live one).
+    fn front(&self) -> Option<(K, Id)> {
+        let run = self.run.front().copied();
+        let rest = self.rest.peek().map(|Reverse(e)| *e);
+        match (run, rest) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes the smallest entry.
+    fn pop_front(&mut self) -> Option<(K, Id)> {
+        let run = self.run.front().map(|&(k, _)| k);
+        let rest = self.rest.peek().map(|Reverse((k, _))| *k);
+        match (run, rest) {
+            (Some(a), Some(b)) if b < a => self.rest.pop().map(|Reverse(e)| e),
+            (Some(_), _) => self.run.pop_front(),
+            (None, _) => self.rest.pop().map(|Reverse(e)| e),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.run.clear();
+        self.rest.clear();
+    }
+}
+
 /// The waiting set. Every index is lazy: an entry taken through one index
 /// stays in the others until it reaches their front and is skipped, which
-/// keeps each operation O(log n) amortised.
+/// keeps each operation O(1) amortised for requests whose keys rise, and
+/// O(log n) for the rest (see [`RunHeap`]).
 pub(crate) struct Waiting<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    levels: [BinaryHeap<Reverse<LevelKey>>; Priority::COUNT],
-    /// Arrival order, for rule 1.
-    fifo: VecDeque<(u64, u64, Id)>,
+    levels: [RunHeap<LevelKey>; Priority::COUNT],
+    /// Arrival order (arrival time, then sequence), for rule 1.
+    fifo: RunHeap<(u64, u64)>,
     /// Deadlines of requests that expire, earliest first.
-    deadlines: BinaryHeap<Reverse<(u64, Id)>>,
+    deadlines: RunHeap<u64>,
     len: usize,
     /// Sums of `Meta::tokens` and `Meta::bytes` over the waiting requests:
     /// u128, so even requests of `u64::MAX` bytes cannot overflow them.
@@ -122,9 +198,9 @@ impl<T> Waiting<T> {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
-            levels: Default::default(),
-            fifo: VecDeque::new(),
-            deadlines: BinaryHeap::new(),
+            levels: std::array::from_fn(|_| RunHeap::new()),
+            fifo: RunHeap::new(),
+            deadlines: RunHeap::new(),
             len: 0,
             tokens: 0,
             bytes: 0,
@@ -186,10 +262,10 @@ impl<T> Waiting<T> {
                 Id { index, gen: 0 }
             }
         };
-        self.levels[meta.level.index()].push(Reverse((!meta.front, meta.deadline, meta.seq, id)));
-        self.fifo.push_back((meta.arrival, meta.seq, id));
+        self.levels[meta.level.index()].push((!meta.front, meta.deadline, meta.seq), id);
+        self.fifo.push((meta.arrival, meta.seq), id);
         if meta.expire_at != u64::MAX {
-            self.deadlines.push(Reverse((meta.expire_at, id)));
+            self.deadlines.push(meta.expire_at, id);
         }
         self.len += 1;
         self.tokens += u128::from(meta.tokens);
@@ -204,8 +280,7 @@ impl<T> Waiting<T> {
     }
 
     fn live(&self, id: Id) -> bool {
-        let slot = &self.slots[id.index as usize];
-        slot.gen == id.gen && slot.entry.is_some()
+        live(&self.slots, id)
     }
 
     fn take(&mut self, id: Id) -> (T, Meta) {
@@ -233,57 +308,44 @@ impl<T> Waiting<T> {
     /// Drops stale entries from the front of every index, so each front is
     /// live (or the index is empty).
     fn clean(&mut self) {
-        while let Some(&(_, _, id)) = self.fifo.front() {
-            if self.live(id) {
-                break;
-            }
-            self.fifo.pop_front();
+        let slots = &self.slots;
+        let live = |id| live(slots, id);
+        self.fifo.clean(live);
+        for level in &mut self.levels {
+            level.clean(live);
         }
-        for l in 0..Priority::COUNT {
-            while let Some(Reverse((_, _, _, id))) = self.levels[l].peek() {
-                if self.live(*id) {
-                    break;
-                }
-                self.levels[l].pop();
-            }
-        }
-        while let Some(Reverse((_, id))) = self.deadlines.peek() {
-            if self.live(*id) {
-                break;
-            }
-            self.deadlines.pop();
-        }
+        self.deadlines.clean(live);
     }
 
     /// The id the rule picks next at time `now`, and whether it was aged.
     fn pick(&mut self, now: u64) -> Option<(Id, bool)> {
         self.clean();
         match self.policy {
-            OrderingPolicy::Fifo => return self.fifo.front().map(|&(_, _, id)| (id, false)),
+            OrderingPolicy::Fifo => return self.fifo.front().map(|(_, id)| (id, false)),
             OrderingPolicy::StrictPriority => {
                 return self
                     .levels
                     .iter()
-                    .find_map(|l| l.peek().map(|Reverse((_, _, _, id))| (*id, false)))
+                    .find_map(|l| l.front().map(|(_, id)| (id, false)))
             }
             OrderingPolicy::Aging => {}
         }
-        if let Some(&(arrival, _, id)) = self.fifo.front() {
+        if let Some(((arrival, _), id)) = self.fifo.front() {
             if now.saturating_sub(arrival) >= self.max_wait {
                 return Some((id, true));
             }
         }
         let mut best: Option<(u64, usize, Id)> = None;
         for l in 0..Priority::COUNT {
-            let Some(Reverse((_, _, _, id))) = self.levels[l].peek() else {
+            let Some((_, id)) = self.levels[l].front() else {
                 continue;
             };
-            let wait = now.saturating_sub(self.meta(*id).arrival);
+            let wait = now.saturating_sub(self.meta(id).arrival);
             // Rule 2: no aging for the first half of `max_wait`.
             let aged_for = wait.saturating_sub(self.max_wait / 2);
             let effective = (l as u64).saturating_sub(aged_for / self.aging_step);
             if best.is_none_or(|(e, bl, _)| (effective, l) < (e, bl)) {
-                best = Some((effective, l, *id));
+                best = Some((effective, l, id));
             }
         }
         best.map(|(_, _, id)| (id, false))
@@ -300,11 +362,11 @@ impl<T> Waiting<T> {
     /// Takes one request whose expiring deadline is at or before `now`.
     pub fn pop_expired(&mut self, now: u64) -> Option<(T, Meta)> {
         self.clean();
-        let Reverse((deadline, id)) = *self.deadlines.peek()?;
+        let (deadline, _) = self.deadlines.front()?;
         if deadline > now {
             return None;
         }
-        self.deadlines.pop();
+        let (_, id) = self.deadlines.pop_front().expect("the front was just read");
         Some(self.take(id))
     }
 
@@ -312,13 +374,13 @@ impl<T> Waiting<T> {
     /// it may sleep.
     pub fn next_deadline(&mut self) -> Option<u64> {
         self.clean();
-        self.deadlines.peek().map(|Reverse((d, _))| *d)
+        self.deadlines.front().map(|(d, _)| d)
     }
 
     /// Arrival time of the oldest waiting request.
     pub fn oldest_arrival(&mut self) -> Option<u64> {
         self.clean();
-        self.fifo.front().map(|&(a, _, _)| a)
+        self.fifo.front().map(|((a, _), _)| a)
     }
 
     /// Visits the waiting requests among the slots `from .. from + limit`
@@ -352,12 +414,12 @@ impl<T> Waiting<T> {
     /// Takes every request, in arrival order (for shutdown).
     pub fn drain_all(&mut self) -> Vec<(T, Meta)> {
         let mut out = Vec::with_capacity(self.len);
-        while let Some((_, _, id)) = self.fifo.pop_front() {
+        while let Some((_, id)) = self.fifo.pop_front() {
             if self.live(id) {
                 out.push(self.take(id));
             }
         }
-        self.levels.iter_mut().for_each(BinaryHeap::clear);
+        self.levels.iter_mut().for_each(RunHeap::clear);
         self.deadlines.clear();
         out
     }
@@ -619,6 +681,40 @@ mod tests {
         assert_eq!(order(&mut w, 0), [2, 4, 8, 1, 5, 7]);
     }
 
+    /// A request put back with its old key (a planner's stalled pass sets
+    /// it aside and re-inserts it) keeps its place in arrival order: rule
+    /// 1 takes it when aged, `oldest_arrival` reports it, shutdown drains
+    /// it first. The arrival index was a plain deque once, where a put-back
+    /// request went to the back: it was aged only after every request
+    /// inserted before its return, and a batch's queue delay was counted
+    /// from a younger request.
+    #[test]
+    fn a_request_put_back_keeps_its_arrival_place() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_millis(100));
+        w.insert(1, g.meta(Background, 0));
+        w.insert(2, g.meta(Low, 10 * MS));
+        w.insert(3, g.meta(Low, 20 * MS));
+        // Picked at 30 ms (Low first), set aside, put back as it was.
+        let (x, m, _) = w.pop(30 * MS).unwrap();
+        assert_eq!(x, 2);
+        w.insert(x, m);
+        assert_eq!(w.oldest_arrival(), Some(0));
+        // At 115 ms requests 1 and 2 are aged: 1, then 2 by arrival, then 3.
+        assert_eq!(
+            w.pop(115 * MS).map(|(x, _, aged)| (x, aged)),
+            Some((1, true))
+        );
+        assert_eq!(w.oldest_arrival(), Some(10 * MS));
+        assert_eq!(
+            w.pop(115 * MS).map(|(x, _, aged)| (x, aged)),
+            Some((2, true))
+        );
+        w.insert(2, m);
+        let drained: Vec<u32> = w.drain_all().into_iter().map(|(x, _)| x).collect();
+        assert_eq!(drained, [2, 3]);
+    }
+
     #[test]
     fn slots_are_reused_without_confusing_stale_entries() {
         let mut g = Gen(0);
@@ -637,5 +733,182 @@ mod tests {
         all.extend(w.drain_all().into_iter().map(|(x, _)| x));
         assert_eq!(all, [0, 1, 2, 3, 4]);
         assert!(w.pop(0).is_none());
+    }
+
+    /// The rule of the module docs, computed the slow way over a plain
+    /// list of what waits: the reference `Waiting` must agree with.
+    struct Reference {
+        live: Vec<(u32, Meta)>,
+        max_wait: u64,
+        aging_step: u64,
+        policy: OrderingPolicy,
+    }
+
+    impl Reference {
+        fn within_level(m: &Meta) -> (bool, u64, u64) {
+            (!m.front, m.deadline, m.seq)
+        }
+
+        fn pick(&self, now: u64) -> Option<(usize, bool)> {
+            let by = |key: &dyn Fn(&Meta) -> (bool, u64, u64), filter: &dyn Fn(&Meta) -> bool| {
+                (0..self.live.len())
+                    .filter(|&i| filter(&self.live[i].1))
+                    .min_by_key(|&i| key(&self.live[i].1))
+            };
+            let arrival = |m: &Meta| (false, m.arrival, m.seq);
+            let head = |l: usize| by(&Self::within_level, &|m: &Meta| m.level.index() == l);
+            match self.policy {
+                OrderingPolicy::Fifo => return by(&arrival, &|_| true).map(|i| (i, false)),
+                OrderingPolicy::StrictPriority => {
+                    return (0..Priority::COUNT).find_map(head).map(|i| (i, false))
+                }
+                OrderingPolicy::Aging => {}
+            }
+            let aged = |m: &Meta| now.saturating_sub(m.arrival) >= self.max_wait;
+            if let Some(i) = by(&arrival, &aged) {
+                return Some((i, true));
+            }
+            (0..Priority::COUNT)
+                .filter_map(|l| head(l).map(|i| (l, i)))
+                .min_by_key(|&(l, i)| {
+                    let wait = now.saturating_sub(self.live[i].1.arrival);
+                    let aged_for = wait.saturating_sub(self.max_wait / 2);
+                    ((l as u64).saturating_sub(aged_for / self.aging_step), l)
+                })
+                .map(|(_, i)| (i, false))
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A new request: level, front, relative deadline and expiry (ms).
+        Insert(usize, bool, Option<u64>, Option<u64>),
+        /// Time passes (ms).
+        Tick(u64),
+        Pop,
+        /// Pop, then insert it again as it was (a planner's put-back).
+        PutBack,
+        PopExpired,
+        /// Remove the `n`-th waiting request by its key.
+        Remove(usize),
+        /// Take every request whose value is divisible by `n`.
+        TakeWhere(u32),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..Priority::COUNT, prop::bool::weighted(0.1),
+                  prop::option::weighted(0.3, 1u64..200), prop::option::weighted(0.2, 1u64..200))
+                .prop_map(|(l, f, d, e)| Op::Insert(l, f, d, e)),
+            2 => (0u64..80).prop_map(Op::Tick),
+            3 => Just(Op::Pop),
+            2 => Just(Op::PutBack),
+            1 => Just(Op::PopExpired),
+            1 => any::<usize>().prop_map(Op::Remove),
+            1 => (2u32..6).prop_map(Op::TakeWhere),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Every pick, expiry, removal and sweep agrees with the rule
+        /// computed the slow way, under every policy, with requests put
+        /// back with their old arrival and sequence (as a stalled batch
+        /// does) and slots reused.
+        #[test]
+        fn waiting_agrees_with_the_rule(
+            ops in proptest::collection::vec(op(), 1..300),
+            policy in 0usize..3,
+        ) {
+            let policy = [OrderingPolicy::Aging, OrderingPolicy::StrictPriority, OrderingPolicy::Fifo][policy];
+            let max_wait = 100 * MS;
+            let mut w = Waiting::new(Duration::from_nanos(max_wait));
+            w.set_policy(policy);
+            let mut r = Reference { live: Vec::new(), max_wait, aging_step: w.aging_step, policy };
+            let mut keys: Vec<(u32, WaitKey)> = Vec::new();
+            let (mut now, mut seq, mut next) = (0u64, 0u64, 0u32);
+            for op in ops {
+                match op {
+                    Op::Insert(l, front, deadline, expire) => {
+                        seq += 1;
+                        next += 1;
+                        let m = Meta {
+                            level: Priority::ALL[l],
+                            arrival: now,
+                            deadline: deadline.map_or(u64::MAX, |d| now + d * MS),
+                            expire_at: expire.map_or(u64::MAX, |e| now + e * MS),
+                            front,
+                            seq,
+                            tokens: u64::from(next % 7),
+                            bytes: 0,
+                        };
+                        keys.push((next, w.insert(next, m)));
+                        r.live.push((next, m));
+                    }
+                    Op::Tick(ms) => now += ms * MS,
+                    Op::Pop | Op::PutBack => {
+                        let want = r.pick(now);
+                        let got = w.pop(now);
+                        proptest::prop_assert_eq!(got.is_some(), want.is_some());
+                        if let (Some((x, m, aged)), Some((i, want_aged))) = (got, want) {
+                            proptest::prop_assert_eq!((x, aged), (r.live[i].0, want_aged), "now {}", now);
+                            r.live.swap_remove(i);
+                            if matches!(op, Op::PutBack) {
+                                keys.push((x, w.insert(x, m)));
+                                r.live.push((x, m));
+                            }
+                        }
+                    }
+                    Op::PopExpired => {
+                        let due = r.live.iter().map(|(_, m)| m.expire_at).filter(|&e| e <= now).min();
+                        let got = w.pop_expired(now);
+                        proptest::prop_assert_eq!(got.as_ref().map(|(_, m)| m.expire_at), due);
+                        if let Some((x, _)) = got {
+                            let i = r.live.iter().position(|(y, _)| *y == x).expect("it waited");
+                            r.live.swap_remove(i);
+                        }
+                    }
+                    Op::Remove(n) if !keys.is_empty() => {
+                        let (x, key) = keys[n % keys.len()];
+                        let got = w.remove(key).map(|(y, _)| y);
+                        let i = r.live.iter().position(|(y, _)| *y == x);
+                        // A key is stale once its request left, even if
+                        // the request came back under a new key.
+                        if got.is_some() {
+                            proptest::prop_assert_eq!(got, Some(x));
+                            r.live.swap_remove(i.expect("it waited"));
+                        }
+                    }
+                    Op::Remove(_) => {}
+                    Op::TakeWhere(n) => {
+                        let mut out = Vec::new();
+                        let mut from = Some(0);
+                        while let Some(at) = from {
+                            from = w.take_where(at, 7, |x| *x % n == 0, &mut out);
+                        }
+                        let mut got: Vec<u32> = out.iter().map(|(x, _)| *x).collect();
+                        got.sort_unstable();
+                        let mut want: Vec<u32> = r.live.iter().map(|(x, _)| *x).filter(|x| x % n == 0).collect();
+                        want.sort_unstable();
+                        proptest::prop_assert_eq!(got, want);
+                        r.live.retain(|(x, _)| x % n != 0);
+                    }
+                }
+                proptest::prop_assert_eq!(w.len(), r.live.len());
+                let tokens: u128 = r.live.iter().map(|(_, m)| u128::from(m.tokens)).sum();
+                proptest::prop_assert_eq!(w.tokens(), tokens);
+                let expiring = r.live.iter().map(|(_, m)| m.expire_at).filter(|&e| e != u64::MAX).min();
+                proptest::prop_assert_eq!(w.next_deadline(), expiring);
+                let oldest = r.live.iter().map(|(_, m)| m.arrival).min();
+                proptest::prop_assert_eq!(w.oldest_arrival(), oldest);
+            }
+            // Shutdown takes the rest in arrival order.
+            let rest: Vec<(u64, u64)> = w.drain_all().iter().map(|(_, m)| (m.arrival, m.seq)).collect();
+            let mut want: Vec<(u64, u64)> = r.live.iter().map(|(_, m)| (m.arrival, m.seq)).collect();
+            want.sort_unstable();
+            proptest::prop_assert_eq!(rest, want);
+        }
     }
 }
