@@ -582,4 +582,143 @@ mod tests {
         assert_eq!(q.waiting.drain_all().len(), 8);
         assert_eq!((q.waiting.tokens(), q.waiting.bytes()), (0, 0));
     }
+
+    /// A request with an id, for the property below.
+    struct Req {
+        id: u32,
+        tokens: u64,
+        bytes: u64,
+    }
+
+    impl Plannable for Req {
+        fn cost(&self) -> Capacity {
+            Capacity {
+                slots: 1,
+                tokens: self.tokens,
+                bytes: self.bytes,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// The priority invariant (DESIGN.md): a batch never defers a request
+        /// for one of lower urgency that it could have placed instead. For
+        /// every request X left waiting and every request Y in the batch
+        /// that the rule ranks after X, the batch with X in Y's place breaks
+        /// a limit (the batch's tokens or bytes, or the worker's room).
+        /// Also: the batch keeps every limit, the ledger holds exactly the
+        /// batch, nothing is lost, and a stalled pass found no request it
+        /// could place among those it looked at.
+        #[test]
+        fn a_batch_never_defers_a_request_it_could_have_placed_for_a_less_urgent_one(
+            reqs in proptest::collection::vec(
+                (0..Priority::COUNT, 1u64..120, 0u64..300, proptest::option::weighted(0.3, 1u64..500),
+                 proptest::bool::weighted(0.05), 0u64..400),
+                1..60),
+            max_batch_size in 1usize..24,
+            batch_tokens in 120u64..600,
+            batch_bytes in proptest::option::of(300u64..3000),
+            slots in 1u32..32,
+            cap_tokens in 120u64..900,
+            cap_bytes in proptest::option::of(300u64..5000),
+            held in (0u32..8, 0u64..200, 0u64..300),
+            policy in 0usize..3,
+        ) {
+            let ms = 1_000_000;
+            let now = 400 * ms;
+            let limits = BatchingConfig {
+                max_batch_tokens: batch_tokens,
+                max_batch_bytes: batch_bytes.unwrap_or(u64::MAX),
+                ..limits(max_batch_size)
+            };
+            let cap = Capacity { slots, tokens: cap_tokens, bytes: cap_bytes.unwrap_or(u64::MAX) };
+            let policy = [
+                crate::config::OrderingPolicy::Aging,
+                crate::config::OrderingPolicy::StrictPriority,
+                crate::config::OrderingPolicy::Fifo,
+            ][policy];
+            let mut p = least_loaded::<Req>(1, limits);
+            let mut rank = least_loaded::<Req>(1, limits);
+            p.set_ordering(policy);
+            rank.set_ordering(policy);
+            let held = Capacity { slots: held.0, tokens: held.1, bytes: held.2 };
+            let _ = p.ledger.reserve(0, &cap, &held);
+            let held = p.ledger().reserved(0);
+            let mut cost = std::collections::HashMap::new();
+            for (i, &(level, tokens, bytes, deadline, front, age)) in reqs.iter().enumerate() {
+                let id = i as u32;
+                let meta = Meta {
+                    level: Priority::ALL[level],
+                    arrival: now - age * ms,
+                    deadline: deadline.map_or(u64::MAX, |d| now + d * ms),
+                    expire_at: u64::MAX,
+                    front,
+                    seq: i as u64,
+                    tokens: 0,
+                    bytes: 0,
+                };
+                p.insert(Req { id, tokens, bytes }, meta);
+                rank.insert(Req { id, tokens, bytes }, meta);
+                cost.insert(id, (tokens, bytes));
+            }
+            let order: Vec<u32> = std::iter::from_fn(|| rank.waiting.pop(now).map(|(r, _, _)| r.id)).collect();
+            let at: std::collections::HashMap<u32, usize> = order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+            let spec = worker(cap);
+            let workers = [Candidate { index: 0, spec: &spec, up: true }];
+            let mut abandoned = Vec::new();
+            let free_tokens = cap.tokens.saturating_sub(held.tokens);
+            let free_bytes = cap.bytes.saturating_sub(held.bytes);
+            let free_slots = cap.slots.saturating_sub(held.slots);
+            match p.form(now, &workers, &mut abandoned, usize::MAX) {
+                Plan::Batch { formed, .. } => {
+                    let ids: Vec<u32> = formed.items.iter().map(|(r, _)| r.id).collect();
+                    let tokens: u64 = ids.iter().map(|id| cost[id].0).sum();
+                    let bytes: u64 = ids.iter().map(|id| cost[id].1).sum();
+                    proptest::prop_assert!(ids.len() <= max_batch_size && ids.len() as u32 <= free_slots);
+                    proptest::prop_assert!(tokens <= free_tokens && bytes <= free_bytes);
+                    // The head alone may pass the batch's own limits only if
+                    // nothing could ever (it is refused at submit then);
+                    // here every request fits them.
+                    if ids.len() > 1 {
+                        proptest::prop_assert!(tokens <= batch_tokens);
+                        proptest::prop_assert!(bytes <= batch_bytes.unwrap_or(u64::MAX));
+                    }
+                    let reserved = p.ledger().reserved(0);
+                    proptest::prop_assert_eq!(
+                        (reserved.slots, reserved.tokens, reserved.bytes),
+                        (held.slots + ids.len() as u32, held.tokens + tokens, held.bytes + bytes)
+                    );
+                    for &x in order.iter().filter(|x| !ids.contains(x)) {
+                        for &y in ids.iter().filter(|&&y| at[&y] > at[&x]) {
+                            let t = tokens - cost[&y].0 + cost[&x].0;
+                            let b = bytes - cost[&y].1 + cost[&x].1;
+                            let breaks = t > free_tokens
+                                || b > free_bytes
+                                || (ids.len() > 1 && (t > batch_tokens || b > batch_bytes.unwrap_or(u64::MAX)));
+                            proptest::prop_assert!(
+                                breaks,
+                                "request {} (rank {}) was left for {} (rank {}) though it fits in its place",
+                                x, at[&x], y, at[&y]
+                            );
+                        }
+                    }
+                    proptest::prop_assert_eq!(p.len() + ids.len(), reqs.len());
+                }
+                Plan::Stalled { .. } => {
+                    for x in order.iter().take(MAX_DEFERRED) {
+                        let (t, b) = cost[x];
+                        proptest::prop_assert!(
+                            free_slots == 0 || t > free_tokens || b > free_bytes,
+                            "stalled though request {} fits", x
+                        );
+                    }
+                    proptest::prop_assert_eq!(p.len(), reqs.len());
+                }
+                Plan::Empty => proptest::prop_assert!(reqs.is_empty()),
+            }
+            proptest::prop_assert!(abandoned.is_empty());
+        }
+    }
 }
