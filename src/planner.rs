@@ -256,7 +256,7 @@ impl<T: Plannable> Planner<T> {
         let mut shortfall = None;
         let cap = self.batch_limit.min(max_items).max(1);
         // The head decides the worker.
-        let (worker, worker_cap, mut formed) = loop {
+        let (picked, mut formed) = loop {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 return self.finish_without_batch(shortfall);
             };
@@ -273,16 +273,17 @@ impl<T: Plannable> Planner<T> {
             };
             match self.placer.place_at(workers, &self.ledger, &head) {
                 Some((at, reason)) => {
-                    let w = workers[at].index;
-                    let fitted = self.ledger.reserve(w, &workers[at].spec.capacity, &cost);
+                    let picked = workers[at];
+                    let fitted = self
+                        .ledger
+                        .reserve(picked.index, &picked.spec.capacity, &cost);
                     debug_assert!(fitted, "placement only offers workers where the head fits");
                     let mut items = Vec::with_capacity(cap);
                     items.push((item, meta));
                     break (
-                        w,
-                        workers[at].spec.capacity,
+                        picked,
                         Formed {
-                            worker: w,
+                            worker: picked.index,
                             reason,
                             items,
                             reserved: cost,
@@ -315,7 +316,12 @@ impl<T: Plannable> Planner<T> {
             let tokens_ok = formed.reserved.tokens + cost.tokens <= self.limits.max_batch_tokens;
             let bytes_ok =
                 formed.reserved.bytes.saturating_add(cost.bytes) <= self.limits.max_batch_bytes;
-            if !tokens_ok || !bytes_ok || !self.ledger.reserve(worker, &worker_cap, &cost) {
+            if !tokens_ok
+                || !bytes_ok
+                || !self
+                    .ledger
+                    .reserve(picked.index, &picked.spec.capacity, &cost)
+            {
                 self.deferred.push((item, meta));
                 skipped += 1;
                 continue;
