@@ -26,6 +26,9 @@ cases=(
   "src/refresh.rs@self.live.store(false, Ordering::Release);@self.live.store(false, Ordering::Relaxed);@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
   "src/refresh.rs@!self.live.load(Ordering::Acquire)@!self.live.load(Ordering::Relaxed)@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
   "src/ring.rs@let freed = self.consumer.freed.load(Ordering::Acquire);@let freed = self.consumer.freed.load(Ordering::Relaxed);@ring@an_owner_races_a_shared_push_and_hands_the_ring_back"
+  "src/gate.rs@self.0.state.fetch_sub(1, Ordering::Release);@self.0.state.fetch_sub(1, Ordering::Relaxed);@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
+  # Not an ordering: the check itself, as it was before the model found it.
+  "src/gate.rs@self.state.load(Ordering::Acquire) == CLOSED@self.state.load(Ordering::Acquire) & !CLOSED == 0@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
 )
 for c in "${cases[@]}"; do
   IFS='@' read -r file from to bin name <<<"$c"

@@ -69,10 +69,36 @@ impl Gate {
         self.state.load(Ordering::Acquire) & CLOSED != 0
     }
 
-    /// After `close`: whether every submit that got in has left.
+    /// Whether the gate is closed and every submit that got in has left:
+    /// from then on nothing more can be pushed, so one more drain is the
+    /// last. An open gate is never drained, however few submits are inside:
+    /// the collector reads the shutdown mode before `close` has run, and an
+    /// open gate that read as drained let it exit while a submit could
+    /// still enter and be accepted with no one left to drain it (the loom
+    /// model `the_collector_exits_only_after_every_accepted_submit`).
     pub fn is_drained(&self) -> bool {
         // Acquire: pairs with `Pass::drop`'s Release, so their pushes are
         // visible to the drain that follows.
-        self.state.load(Ordering::Acquire) & !CLOSED == 0
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Gate;
+
+    #[test]
+    fn drained_means_closed_with_no_submit_inside() {
+        let gate = Gate::new();
+        assert!(!gate.is_drained(), "open: a submit may still come");
+        let pass = gate.enter().expect("open");
+        assert!(!gate.is_drained());
+        assert!(gate.close(), "this call closed it");
+        assert!(!gate.close(), "idempotent");
+        assert!(!gate.is_drained(), "closed, one submit still inside");
+        assert!(gate.enter().is_none(), "closed: refused");
+        drop(pass);
+        assert!(gate.is_drained());
+        assert!(gate.is_closed());
     }
 }

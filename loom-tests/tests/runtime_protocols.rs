@@ -63,6 +63,57 @@ fn gate_lets_no_submit_slip_past_close() {
     });
 }
 
+/// The runtime's shutdown as it really runs: `stop` raises the mode and
+/// then closes the gate on the caller's thread, while the collector, on
+/// its own, drains and exits once it has seen the mode raised and the gate
+/// drained with nothing left in the ring. A submit races both. Either it is
+/// refused, or the collector drains it before it exits. (A gate that
+/// reported "drained" before it was closed let the collector leave between
+/// the two steps of `stop`, and a submit accepted then was never drained.)
+#[test]
+fn the_collector_exits_only_after_every_accepted_submit() {
+    const RUNNING: usize = 0;
+    const DRAINING: usize = 1;
+    loom::model(|| {
+        let gate = Arc::new(Gate::new());
+        let mode = Arc::new(AtomicUsize::new(RUNNING));
+        let (tx, mut rx) = ring::channel::<u32>(2).unwrap();
+        let g = gate.clone();
+        let submitter = thread::spawn(move || match g.enter() {
+            Some(_pass) => {
+                tx.push(1).unwrap();
+                true
+            }
+            None => false,
+        });
+        let (g, m) = (gate.clone(), mode.clone());
+        let stopper = thread::spawn(move || {
+            // `stop`'s order: the mode first, then the gate.
+            m.fetch_max(DRAINING, Ordering::AcqRel);
+            g.close();
+        });
+        let mut drained = 0;
+        loop {
+            // The collector's pass: the mode is read before the drain.
+            let closing = mode.load(Ordering::Acquire) != RUNNING;
+            while rx.pop().is_some() {
+                drained += 1;
+            }
+            if closing && gate.is_drained() && !rx.has_ready() {
+                break;
+            }
+            thread::yield_now();
+        }
+        stopper.join().unwrap();
+        let accepted = submitter.join().unwrap();
+        assert_eq!(
+            usize::from(accepted),
+            drained,
+            "accepted iff the collector drained it before exiting"
+        );
+    });
+}
+
 /// `clear_waiting` racing the collector's last two passes and its exit.
 /// The asker gets the collector's count exactly when the collector took its
 /// ask, and `None` otherwise: it never waits on a collector that has gone

@@ -229,7 +229,11 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     }
 
     fn collector_gone(&self) -> bool {
-        // Only the collector holds the producing end of the job ring.
+        // Only the collector holds the producing end of the job ring, and
+        // it lets go only once its ledger is idle: every batch it pushed
+        // has been settled, so the ring is empty by then. That is why the
+        // two reads need no order between them (the count is a Relaxed
+        // load and does not synchronise with the drop).
         self.jobs.is_empty() && self.jobs.producers() == 0
     }
 
