@@ -114,6 +114,32 @@ fn the_collector_exits_only_after_every_accepted_submit() {
     });
 }
 
+/// A shutdown that begins while the collector is on its way to sleep: the
+/// pass read "running", `stop` closes the gate and rings, and the
+/// collector announces its sleep and re-checks, the gate among what it
+/// re-checks. However the ring and the announcement interleave, the
+/// collector does not park (a lost wake-up here would cost a shutdown the
+/// collector's full sleep; with no timeout, loom reports it as a deadlock).
+#[test]
+fn a_shutdown_during_the_collectors_pass_wakes_it() {
+    loom::model(|| {
+        let bell = Arc::new(Doorbell::new());
+        let gate = Arc::new(Gate::new());
+        bell.register_current();
+        let (b, g) = (bell.clone(), gate.clone());
+        // Not joined, as in the doorbell model above.
+        thread::spawn(move || {
+            g.close();
+            b.ring();
+        });
+        let closing = gate.is_closed();
+        if !closing {
+            bell.sleep(|| !closing && gate.is_closed(), None);
+        }
+        assert!(gate.is_closed(), "woken only by the close's ring");
+    });
+}
+
 /// `clear_waiting` racing the collector's last two passes and its exit.
 /// The asker gets the collector's count exactly when the collector took its
 /// ask, and `None` otherwise: it never waits on a collector that has gone

@@ -349,12 +349,19 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let intake = &self.intake;
         let releases = &self.releases;
         let clearing = &self.shared.clearing;
+        let gate = &self.shared.gate;
         self.shared.doorbell.sleep(
             || {
                 intake.has_ready()
                     || releases.has_ready()
                     || clearing.is_asked()
                     || (watch_sweep && sweep_wanted.load(StdOrdering::Relaxed))
+                    // A shutdown that began after this pass read the mode:
+                    // `stop` closes the gate before it rings, so the
+                    // re-check sees it and the pass that follows drains
+                    // (without it, `stop`'s ring could land before the
+                    // announcement and the collector sleep its full timeout).
+                    || (!closing && gate.is_closed())
             },
             Some(timeout),
         );
