@@ -650,6 +650,42 @@ fn a_submitter_owns_a_shard_until_dropped() {
     assert_eq!(ran, [0, 1, 2, 5, 6], "every accepted request ran once");
 }
 
+/// A partly accepted `Enqueue` batch whose levels fill at different
+/// points: the accepted tickets are exactly the requests that got in, in
+/// the order given, and each refused request comes back with its input.
+#[test]
+fn a_partly_accepted_batch_pairs_each_ticket_with_its_request() {
+    let (rt, hold, ran) = blocked_runtime_with(one_lane_config(2));
+    let h = rt.handle();
+    let running = occupy_the_worker(&rt);
+    let (n, hi) = (Priority::Normal, Priority::High);
+    let levels = [n, hi, n, n, hi, hi, n, hi];
+    let e = h
+        .submit_batch(
+            levels
+                .iter()
+                .zip(1u32..)
+                .map(|(&p, i)| Request::new(i).priority(p))
+                .collect(),
+            InsertPolicy::Enqueue,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, convoy::BatchSubmitErrorKind::Refused);
+    let back: Vec<u32> = e
+        .rejected
+        .into_iter()
+        .map(|r| r.request.into_input())
+        .collect();
+    assert_eq!(back, [4, 6, 7, 8], "each level's third and later, in order");
+    hold.open();
+    assert_eq!(running.wait(), Ok(0));
+    let got: Vec<_> = e.accepted.into_iter().map(|t| t.wait()).collect();
+    assert_eq!(got, [Ok(1), Ok(2), Ok(3), Ok(5)]);
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort_unstable();
+    assert_eq!(ran, [0, 1, 2, 3, 5], "only what was accepted ran");
+}
+
 #[test]
 fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
     let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));

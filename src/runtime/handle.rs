@@ -262,13 +262,19 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
                 // Tickets of refused jobs: their completers come back inside
                 // the jobs and are dropped with them (delivering ShutDown to
                 // tickets nobody holds), so keep only accepted tickets. The
-                // intake preserves order, so accepted jobs are the ones not
-                // handed back.
+                // intake hands refused jobs back in the order given, which
+                // is the tickets' order, so one merge pass finds them (a
+                // search per ticket was quadratic in the batch).
                 let refused_completers: Vec<_> = e.rejected.into_iter().map(|(_, j)| j).collect();
+                let mut next_refused = refused_completers.iter().peekable();
                 let accepted = tickets
                     .into_iter()
-                    .filter(|t| !refused_completers.iter().any(|j| j.completer.is_for(t)))
+                    .filter(|t| {
+                        let refused = next_refused.next_if(|j| j.completer.is_for(t)).is_some();
+                        !refused
+                    })
                     .collect();
+                debug_assert!(next_refused.peek().is_none(), "every refused job matched");
                 rejected.extend(refused_completers.into_iter().map(|j| refused(kind, j)));
                 Err(BatchSubmitError {
                     kind: BatchSubmitErrorKind::Refused,
