@@ -34,6 +34,19 @@ fn doorbell_never_loses_a_wakeup() {
     });
 }
 
+/// A submit as `Handle::submit` makes one: pass the gate, push, leave. The
+/// thread returns whether it was accepted.
+fn submit_through_the_gate(gate: &Arc<Gate>, tx: ring::Producer<u32>) -> thread::JoinHandle<bool> {
+    let g = gate.clone();
+    thread::spawn(move || match g.enter() {
+        Some(_pass) => {
+            tx.push(1).unwrap();
+            true
+        }
+        None => false,
+    })
+}
+
 /// A submit races the close: either it is refused, or the collector, which
 /// waits for the gate to drain before its final drain, sees its item.
 #[test]
@@ -41,14 +54,7 @@ fn gate_lets_no_submit_slip_past_close() {
     loom::model(|| {
         let gate = Arc::new(Gate::new());
         let (tx, mut rx) = ring::channel::<u32>(2).unwrap();
-        let g = gate.clone();
-        let submitter = thread::spawn(move || match g.enter() {
-            Some(_pass) => {
-                tx.push(1).unwrap();
-                true
-            }
-            None => false,
-        });
+        let submitter = submit_through_the_gate(&gate, tx);
         gate.close();
         while !gate.is_drained() {
             thread::yield_now();
@@ -78,14 +84,7 @@ fn the_collector_exits_only_after_every_accepted_submit() {
         let gate = Arc::new(Gate::new());
         let mode = Arc::new(AtomicUsize::new(RUNNING));
         let (tx, mut rx) = ring::channel::<u32>(2).unwrap();
-        let g = gate.clone();
-        let submitter = thread::spawn(move || match g.enter() {
-            Some(_pass) => {
-                tx.push(1).unwrap();
-                true
-            }
-            None => false,
-        });
+        let submitter = submit_through_the_gate(&gate, tx);
         let (g, m) = (gate.clone(), mode.clone());
         let stopper = thread::spawn(move || {
             // `stop`'s order: the mode first, then the gate.
