@@ -316,6 +316,28 @@ struct Threads {
     workers: Vec<JoinHandle<()>>,
 }
 
+impl Threads {
+    fn ids(&self) -> Vec<std::thread::ThreadId> {
+        std::iter::once(&self.collector)
+            .chain(&self.workers)
+            .map(|t| t.thread().id())
+            .collect()
+    }
+}
+
+/// Whose joins are under way, so that every `shutdown` returns only once
+/// the threads are joined: the first caller takes the threads and joins
+/// them; a later one waits here until it is done. The lock is not held
+/// through the joins: a batch function or a shortfall hook may take the
+/// runtime's other control locks (an SLA report, `add_worker`) while the
+/// first caller waits on its thread.
+#[derive(Default)]
+struct Joining {
+    /// The runtime's own threads, once taken; `done` when all are joined.
+    state: Mutex<(Option<Vec<std::thread::ThreadId>>, bool)>,
+    done: std::sync::Condvar,
+}
+
 /// A running batcher. Dropping it is [`shutdown_now`](Runtime::shutdown_now).
 ///
 /// ```
@@ -336,6 +358,8 @@ pub struct Runtime<I, O> {
     shared: Arc<Shared>,
     /// Control path: joined once by shutdown.
     threads: Mutex<Option<Threads>>,
+    /// Control path: lets a second `shutdown` wait for the first's joins.
+    joining: Joining,
     /// Control path: serialises fleet changes and holds what adding a
     /// worker needs (never touched by submit or the collector loop).
     control: Mutex<Spawner<I, O>>,
@@ -666,41 +690,75 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
 
     /// Stops intake (submits get their request back with `ShuttingDown`),
     /// finishes every accepted request within `shutdown_timeout`, fails the
-    /// rest with `ShutDown`, and joins every thread. Idempotent.
+    /// rest with `ShutDown`, and joins every thread. Idempotent, and every
+    /// caller returns only once the threads are joined: a second call,
+    /// from another thread, waits for the first's joins. Called from one
+    /// of the runtime's own threads (a batch function, a shortfall hook),
+    /// it asks for the stop and returns at once: that thread cannot join
+    /// itself, and the collector waits for the batch it is in; a later
+    /// call from outside (or `Drop`) joins.
     pub fn shutdown(&self) {
         self.stop(DRAINING);
     }
 
     /// Stops intake and fails every waiting request with `ShutDown` at once;
-    /// batches already running finish. Joins every thread.
+    /// batches already running finish. Joins every thread, as
+    /// [`shutdown`](Self::shutdown) does (the same rules for a second caller
+    /// and for a call from the runtime's own threads).
     pub fn shutdown_now(&self) {
         self.stop(ABORTING);
     }
 
     fn stop(&self, mode: u8) {
-        stop(&self.shared, &self.threads, mode);
+        stop(&self.shared, &self.threads, &self.joining, mode);
     }
 }
 
 impl<I, O> Drop for Runtime<I, O> {
     fn drop(&mut self) {
-        stop(&self.shared, &self.threads, ABORTING);
+        stop(&self.shared, &self.threads, &self.joining, ABORTING);
     }
 }
 
 /// Shared by `shutdown`, `shutdown_now` and `Drop`.
-fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, mode: u8) {
+fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mode: u8) {
     // The strongest mode asked for wins (abort beats drain).
     shared.mode.fetch_max(mode, StdOrdering::AcqRel);
     shared.gate.close();
     shared.doorbell.ring();
-    let taken = threads.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(t) = taken {
-        // A panic inside convoy's own threads is a bug; the joins still
-        // complete so shutdown returns.
-        let _ = t.collector.join();
-        for w in t.workers {
-            let _ = w.join();
+    let me = std::thread::current().id();
+    let taken = {
+        let mut threads = threads.lock().unwrap_or_else(|p| p.into_inner());
+        if threads.as_ref().is_some_and(|t| t.ids().contains(&me)) {
+            // One of the runtime's own threads (a batch function, a
+            // shortfall hook): it cannot join itself, nor wait for the
+            // collector, which waits for the batch it is in. The stop is
+            // asked; a caller outside (a later `shutdown`, `Drop`) joins.
+            return;
         }
+        let taken = threads.take();
+        if let Some(t) = &taken {
+            // Recorded under the threads lock, so a caller that finds them
+            // taken finds this too.
+            joining.state.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(t.ids());
+        }
+        taken
+    };
+    let Some(t) = taken else {
+        let mut state = joining.state.lock().unwrap_or_else(|p| p.into_inner());
+        // One of the runtime's own threads (a batch function, a shortfall
+        // hook) cannot wait for its own join.
+        while state.0.as_ref().is_some_and(|ids| !ids.contains(&me)) && !state.1 {
+            state = joining.done.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        return;
+    };
+    // A panic inside convoy's own threads is a bug; the joins still
+    // complete so shutdown returns.
+    let _ = t.collector.join();
+    for w in t.workers {
+        let _ = w.join();
     }
+    joining.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+    joining.done.notify_all();
 }

@@ -650,6 +650,75 @@ fn a_submitter_owns_a_shard_until_dropped() {
     assert_eq!(ran, [0, 1, 2, 5, 6], "every accepted request ran once");
 }
 
+/// `shutdown` returns when every thread is joined, whoever calls it: a
+/// second caller, arriving while the first is still waiting for a running
+/// batch, waits too. (It once found the threads already taken and returned
+/// at once, with the batch still running.) The sleeps only order the calls;
+/// what is checked is that the running request has its outcome when the
+/// second call returns.
+#[test]
+fn a_second_shutdown_returns_only_once_every_thread_is_joined() {
+    let (rt, hold, _ran) = blocked_runtime_with(one_lane_config(4));
+    let h = rt.handle();
+    let mut running = occupy_the_worker(&rt);
+    std::thread::scope(|s| {
+        s.spawn(|| rt.shutdown());
+        eventually("the first shutdown closed intake", || {
+            h.submit(Request::new(1)).is_err()
+        });
+        // Let the first call reach its joins.
+        std::thread::sleep(Duration::from_millis(50));
+        let opener = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            hold.open();
+        });
+        rt.shutdown();
+        assert_eq!(
+            running.try_take(),
+            Some(Ok(0)),
+            "the running batch finished before shutdown returned"
+        );
+        opener.join().unwrap();
+    });
+}
+
+/// A batch function that shuts its own runtime down: the call asks for the
+/// stop and returns (the worker cannot join itself, and the collector
+/// waits for the very batch that asked), the batch delivers, and a caller
+/// outside then joins. It once deadlocked: the worker joined the collector,
+/// which waited for the worker's batch.
+#[test]
+fn a_shutdown_from_inside_a_batch_returns_and_an_outside_one_joins() {
+    type Rt = Runtime<u32, u32>;
+    let slot: Arc<std::sync::OnceLock<Arc<Rt>>> = Arc::default();
+    let inner = slot.clone();
+    let rt: Arc<Rt> = Arc::new(
+        Runtime::builder()
+            .config(config(vec![worker(4, 1 << 20)], 4, 0))
+            .batch_fn(move |xs: &[u32]| {
+                if xs.contains(&7) {
+                    if let Some(rt) = inner.get() {
+                        rt.shutdown();
+                    }
+                }
+                xs.to_vec()
+            })
+            .build()
+            .unwrap(),
+    );
+    assert!(slot.set(rt.clone()).is_ok());
+    let t = rt.handle().submit(Request::new(7)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(t.wait()).unwrap());
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the batch that asked for the stop delivers (no deadlock)");
+    assert_eq!(got, Ok(7));
+    let refused = rt.handle().submit(Request::new(8)).unwrap_err();
+    assert_eq!(refused.kind, SubmitErrorKind::ShuttingDown);
+    rt.shutdown(); // joins; the runtime and the batch function hold each other
+}
+
 /// A partly accepted `Enqueue` batch whose levels fill at different
 /// points: the accepted tickets are exactly the requests that got in, in
 /// the order given, and each refused request comes back with its input.

@@ -180,6 +180,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
                 collector,
                 workers: worker_threads,
             })),
+            joining: Default::default(),
             control: Mutex::new(spawner),
         })
     }
