@@ -333,9 +333,16 @@ impl Threads {
 /// first caller waits on its thread.
 #[derive(Default)]
 struct Joining {
-    /// The runtime's own threads, once taken; `done` when all are joined.
-    state: Mutex<(Option<Vec<std::thread::ThreadId>>, bool)>,
+    state: Mutex<JoinState>,
     done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct JoinState {
+    /// The runtime's own threads, once a caller has taken them to join.
+    ids: Option<Vec<std::thread::ThreadId>>,
+    /// Every one of them is joined.
+    joined: bool,
 }
 
 /// A running batcher. Dropping it is [`shutdown_now`](Runtime::shutdown_now).
@@ -740,7 +747,7 @@ fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mo
         if let Some(t) = &taken {
             // Recorded under the threads lock, so a caller that finds them
             // taken finds this too.
-            joining.state.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(t.ids());
+            joining.state.lock().unwrap_or_else(|p| p.into_inner()).ids = Some(t.ids());
         }
         taken
     };
@@ -748,7 +755,7 @@ fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mo
         let mut state = joining.state.lock().unwrap_or_else(|p| p.into_inner());
         // One of the runtime's own threads (a batch function, a shortfall
         // hook) cannot wait for its own join.
-        while state.0.as_ref().is_some_and(|ids| !ids.contains(&me)) && !state.1 {
+        while state.ids.as_ref().is_some_and(|ids| !ids.contains(&me)) && !state.joined {
             state = joining.done.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         return;
@@ -759,6 +766,10 @@ fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mo
     for w in t.workers {
         let _ = w.join();
     }
-    joining.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+    joining
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .joined = true;
     joining.done.notify_all();
 }
