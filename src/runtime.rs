@@ -736,25 +736,24 @@ fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mo
     let me = std::thread::current().id();
     let taken = {
         let mut threads = threads.lock().unwrap_or_else(|p| p.into_inner());
-        if threads.as_ref().is_some_and(|t| t.ids().contains(&me)) {
+        let ids = threads.as_ref().map(Threads::ids);
+        if ids.as_ref().is_some_and(|ids| ids.contains(&me)) {
             // One of the runtime's own threads (a batch function, a
             // shortfall hook): it cannot join itself, nor wait for the
             // collector, which waits for the batch it is in. The stop is
             // asked; a caller outside (a later `shutdown`, `Drop`) joins.
             return;
         }
-        let taken = threads.take();
-        if let Some(t) = &taken {
+        if ids.is_some() {
             // Recorded under the threads lock, so a caller that finds them
             // taken finds this too.
-            joining.state.lock().unwrap_or_else(|p| p.into_inner()).ids = Some(t.ids());
+            joining.state.lock().unwrap_or_else(|p| p.into_inner()).ids = ids;
         }
-        taken
+        threads.take()
     };
     let Some(t) = taken else {
         let mut state = joining.state.lock().unwrap_or_else(|p| p.into_inner());
-        // One of the runtime's own threads (a batch function, a shortfall
-        // hook) cannot wait for its own join.
+        // Not for the runtime's own threads, as above.
         while state.ids.as_ref().is_some_and(|ids| !ids.contains(&me)) && !state.joined {
             state = joining.done.wait(state).unwrap_or_else(|p| p.into_inner());
         }
