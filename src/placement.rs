@@ -172,24 +172,26 @@ impl Placer {
         ledger: &Ledger,
         head: &Head,
     ) -> Option<(usize, PlacementReason)> {
-        self.place_at(workers, ledger, head)
+        self.place_at(workers, ledger, head, |_| true)
             .map(|(at, reason)| (workers[at].index, reason))
     }
 
     /// As `place`, but names the pick by its position in `workers`, so the
-    /// planner reaches its spec without a search.
+    /// planner reaches its spec without a search, and offers only the
+    /// workers `open` admits (the planner's rule against fragments,
+    /// `planner::takes_batch`).
     pub(crate) fn place_at(
         &self,
         workers: &[Candidate<'_>],
         ledger: &Ledger,
         head: &Head,
+        open: impl Fn(&Candidate<'_>) -> bool,
     ) -> Option<(usize, PlacementReason)> {
         // Ties go to the lower fleet index whatever the candidates' order.
         let fitting = || {
-            workers
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.up && ledger.fits(c.index, &c.spec.capacity, &head.cost))
+            workers.iter().enumerate().filter(|(_, c)| {
+                c.up && ledger.fits(c.index, &c.spec.capacity, &head.cost) && open(c)
+            })
         };
         let least_loaded = || {
             fitting()
@@ -358,7 +360,7 @@ mod tests {
             Some((0, Cheapest))
         );
         assert_eq!(
-            p.place_at(&ws, &ledger, &head(Priority::Low, None)),
+            p.place_at(&ws, &ledger, &head(Priority::Low, None), |_| true),
             Some((2, Cheapest))
         );
         assert_eq!(

@@ -8,7 +8,9 @@
 //! both the batch limits and that worker's remaining capacity. A request
 //! that does not fit is set aside and put back afterwards, so it keeps its
 //! place. After [`MAX_DEFERRED`] set-asides in a row the pass stops, which
-//! bounds the work one decision can do.
+//! bounds the work one decision can do. A worker that already holds two
+//! batches is offered a third only when a full one still fits it
+//! ([`takes_batch`]), so the leftover room is never cut into fragments.
 
 use crate::config::{BatchingConfig, Capacity, PlacementReason};
 use crate::ledger::{Ledger, OverRelease};
@@ -50,6 +52,54 @@ pub fn batch_size_now(
         .copied()
         .filter(|&p| p <= waiting.min(limit))
         .max()
+}
+
+/// Whether a worker holding `batches` batches that reserve `reserved` of
+/// its `capacity` is offered a new batch of up to `slots` requests under
+/// `limits`. Yes while it holds fewer than two (one to run and one queued
+/// behind it, so it never waits for the collector between them), and
+/// beyond that only when a full batch (each limit clipped to the worker's
+/// capacity; a capacity of `u64::MAX` is unbounded) still fits in its room.
+///
+/// Otherwise a batch formed now would be a fragment cut to the room that
+/// is left, to run only after the two ahead of it anyway. Holding back
+/// loses nothing: when the running batch finishes, the worker starts the
+/// queued one, and the release wakes the collector, which then forms a
+/// full batch, from whatever more urgent work arrived meanwhile. Without
+/// this rule, under a sustained overload of the bundled trace (two CPU
+/// workers that each hold two full batches), about half of all batches
+/// were fragments, most of one request (BENCHMARKS.md, "Fragments").
+///
+/// ```
+/// use convoy::{BatchingConfig, Capacity};
+/// use convoy::planner::takes_batch;
+/// let limits = BatchingConfig { max_batch_size: 8, max_batch_tokens: 100, ..convoy::Config::default().batching };
+/// let capacity = Capacity { slots: 16, tokens: 200, bytes: u64::MAX };
+/// let holding = |slots, tokens| Capacity { slots, tokens, bytes: 0 };
+/// assert!(takes_batch(0, &holding(0, 0), &capacity, 8, &limits)); // idle
+/// assert!(takes_batch(1, &holding(8, 100), &capacity, 8, &limits)); // one running, one may queue
+/// assert!(takes_batch(2, &holding(6, 90), &capacity, 8, &limits)); // a full batch (8, 100) still fits
+/// assert!(!takes_batch(2, &holding(10, 150), &capacity, 8, &limits)); // room for 6 and 50 tokens only
+/// ```
+pub fn takes_batch(
+    batches: u32,
+    reserved: &Capacity,
+    capacity: &Capacity,
+    slots: usize,
+    limits: &BatchingConfig,
+) -> bool {
+    batches < 2
+        || [
+            (
+                u64::from(reserved.slots),
+                u64::from(capacity.slots),
+                slots as u64,
+            ),
+            (reserved.tokens, capacity.tokens, limits.max_batch_tokens),
+            (reserved.bytes, capacity.bytes, limits.max_batch_bytes),
+        ]
+        .iter()
+        .all(|&(held, cap, limit)| cap == u64::MAX || cap.saturating_sub(held) >= limit.min(cap))
 }
 
 /// What the planner needs to know about a waiting item.
@@ -99,6 +149,11 @@ pub enum Plan<T> {
         /// The most urgent set-aside request's cost.
         shortfall: Capacity,
     },
+    /// Requests wait, and the workers with room for them each hold two
+    /// batches already, with room for less than a full third
+    /// ([`takes_batch`]): nothing launches until a batch finishes. Not a
+    /// shortfall.
+    Held,
     /// Nothing waits.
     Empty,
 }
@@ -107,6 +162,8 @@ pub enum Plan<T> {
 pub struct Planner<T> {
     pub(crate) waiting: Waiting<T>,
     ledger: Ledger,
+    /// Batches formed and not yet released, per worker (`takes_batch`).
+    batches: Vec<u32>,
     placer: Placer,
     limits: BatchingConfig,
     /// The batch limit in force: `max_batch_size`, or the AIMD limit when
@@ -126,6 +183,7 @@ impl<T: Plannable> Planner<T> {
         Self {
             waiting: Waiting::new(max_wait),
             ledger: Ledger::new(workers),
+            batches: vec![0; workers],
             placer,
             batch_limit: limits.max_batch_size,
             limit_decreases: 0,
@@ -235,12 +293,18 @@ impl<T: Plannable> Planner<T> {
 
     /// Tracks one more worker; returns its index.
     pub fn add_worker(&mut self) -> usize {
+        self.batches.push(0);
         self.ledger.add_worker()
     }
 
-    /// Gives a finished batch's reservation back.
+    /// Gives a finished batch's reservation back: exactly what one formed
+    /// batch reserved, once per batch.
     pub fn release(&mut self, worker: usize, amount: &Capacity) -> Result<(), OverRelease> {
-        self.ledger.release(worker, amount)
+        self.ledger.release(worker, amount)?;
+        if let Some(n) = self.batches.get_mut(worker) {
+            *n = n.saturating_sub(1);
+        }
+        Ok(())
     }
 
     /// Forms one batch of at most `max_items` (and the batch limit) at time
@@ -271,7 +335,18 @@ impl<T: Plannable> Planner<T> {
                 slack: (meta.deadline != u64::MAX)
                     .then(|| Duration::from_nanos(meta.deadline.saturating_sub(now_ns))),
             };
-            match self.placer.place_at(workers, &self.ledger, &head) {
+            let (ledger, limits, batches) = (&self.ledger, &self.limits, &self.batches);
+            let open = |c: &Candidate<'_>| {
+                let held = batches.get(c.index).copied().unwrap_or(0);
+                takes_batch(
+                    held,
+                    &ledger.reserved(c.index),
+                    &c.spec.capacity,
+                    cap,
+                    limits,
+                )
+            };
+            match self.placer.place_at(workers, ledger, &head, open) {
                 Some((at, reason)) => {
                     let picked = workers[at];
                     let fitted = self
@@ -292,12 +367,19 @@ impl<T: Plannable> Planner<T> {
                     );
                 }
                 None => {
-                    shortfall.get_or_insert(cost);
-                    self.deferred.push((item, meta));
-                    let any_room = workers
+                    // A shortfall only when no worker up has room for it
+                    // at all: one held back from fragments has room.
+                    let room = workers
                         .iter()
-                        .any(|c| c.up && self.ledger.free_slots(c.index, &c.spec.capacity) > 0);
-                    if self.deferred.len() >= MAX_DEFERRED || !any_room {
+                        .any(|c| c.up && self.ledger.fits(c.index, &c.spec.capacity, &cost));
+                    if !room {
+                        shortfall.get_or_insert(cost);
+                    }
+                    self.deferred.push((item, meta));
+                    let any_open = workers.iter().any(|c| {
+                        c.up && self.ledger.free_slots(c.index, &c.spec.capacity) > 0 && open(c)
+                    });
+                    if self.deferred.len() >= MAX_DEFERRED || !any_open {
                         return self.finish_without_batch(shortfall);
                     }
                 }
@@ -333,13 +415,18 @@ impl<T: Plannable> Planner<T> {
             formed.items.push((item, meta));
         }
         self.put_back();
+        if let Some(n) = self.batches.get_mut(formed.worker) {
+            *n += 1;
+        }
         Plan::Batch { formed, shortfall }
     }
 
     fn finish_without_batch(&mut self, shortfall: Option<Capacity>) -> Plan<T> {
+        let held = !self.deferred.is_empty();
         self.put_back();
         match shortfall {
             Some(shortfall) => Plan::Stalled { shortfall },
+            None if held => Plan::Held,
             None => Plan::Empty,
         }
     }
@@ -461,6 +548,116 @@ mod tests {
         assert!(p.waiting.remove(old).is_none(), "the old key is stale");
         let (item, m) = p.waiting.remove(moved[0].1).expect("the new key finds it");
         assert_eq!((item.0, m.seq), (2, 2));
+    }
+
+    /// A request of one slot and one token.
+    #[derive(Debug)]
+    struct One;
+
+    impl Plannable for One {
+        fn cost(&self) -> Capacity {
+            Capacity {
+                slots: 1,
+                tokens: 1,
+                bytes: 0,
+            }
+        }
+    }
+
+    /// A worker that holds two batches is not cut a fragment from the room
+    /// it has left: the batch goes to a worker that can take a full one
+    /// (here the slower, though urgent work prefers the fastest), or, with
+    /// none, nothing launches and it is no shortfall. Once one of its
+    /// batches finishes it is offered again, and a worker holding one batch
+    /// takes a second whatever its room.
+    #[test]
+    fn a_worker_holding_two_batches_is_not_cut_a_fragment() {
+        let placer = Placer::new(PlacementPolicy::Priority, Duration::ZERO, 4, 32);
+        let mut p: Planner<One> = Planner::new(2, Duration::from_secs(1), limits(4), placer);
+        let capacity = Capacity {
+            slots: 8,
+            tokens: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let fast = WorkerSpec {
+            speed: 2.0,
+            ..worker(capacity)
+        };
+        let slow = worker(capacity);
+        let both = [
+            Candidate {
+                index: 0,
+                spec: &fast,
+                up: true,
+            },
+            Candidate {
+                index: 1,
+                spec: &slow,
+                up: true,
+            },
+        ];
+        let slots = |slots| Capacity {
+            slots,
+            tokens: u64::from(slots),
+            bytes: 0,
+        };
+        // The fast worker runs a batch of 4 with one of 1 queued: room 3.
+        assert!(p.ledger.reserve(0, &capacity, &slots(5)));
+        p.batches[0] = 2;
+        for seq in 0..10 {
+            let high = Meta {
+                level: Priority::High,
+                ..normal(seq)
+            };
+            p.waiting.insert(One, high);
+        }
+        let mut abandoned = Vec::new();
+        match p.form(0, &both, &mut abandoned, 4) {
+            Plan::Batch { formed, shortfall } => {
+                assert_eq!(formed.worker, 1, "not a fragment of 3 on the fast worker");
+                assert_eq!(formed.items.len(), 4);
+                assert!(shortfall.is_none());
+            }
+            other => panic!("expected a batch on the slow worker, got {other:?}"),
+        }
+        assert_eq!(p.batches, [2, 1]);
+        // Only the fast worker offered: held, nothing reserved, nothing lost.
+        assert!(matches!(
+            p.form(0, &both[..1], &mut abandoned, 4),
+            Plan::Held
+        ));
+        assert_eq!((p.ledger().reserved(0), p.len()), (slots(5), 6));
+        // Its running batch finished: one left, so it takes a second.
+        p.release(0, &slots(4)).expect("reserved above");
+        match p.form(0, &both[..1], &mut abandoned, 4) {
+            Plan::Batch { formed, .. } => {
+                assert_eq!((formed.worker, formed.items.len()), (0, 4));
+            }
+            other => panic!("expected a batch on the fast worker, got {other:?}"),
+        }
+        assert!(matches!(
+            p.form(0, &both[..1], &mut abandoned, 4),
+            Plan::Held
+        ));
+        // A worker of 6 slots running one batch of 3 (room 3, under a full
+        // batch of 4) still takes a second behind it.
+        let six = worker(Capacity {
+            slots: 6,
+            ..capacity
+        });
+        let small = [Candidate {
+            index: 1,
+            spec: &six,
+            up: true,
+        }];
+        p.release(1, &slots(4)).expect("the slow worker's batch");
+        assert!(p.ledger.reserve(1, &six.capacity, &slots(3)));
+        p.batches[1] = 1;
+        match p.form(0, &small, &mut abandoned, 4) {
+            Plan::Batch { formed, .. } => assert_eq!(formed.items.len(), 2),
+            other => panic!("expected a second batch behind the first, got {other:?}"),
+        }
+        assert!(abandoned.is_empty());
     }
 
     /// The collector offers only the workers it still holds, in any
@@ -630,6 +827,7 @@ mod tests {
             cap_tokens in 120u64..900,
             cap_bytes in proptest::option::of(300u64..5000),
             held in (0u32..8, 0u64..200, 0u64..300),
+            held_batches in 0u32..4,
             policy in 0usize..3,
         ) {
             let ms = 1_000_000;
@@ -652,6 +850,7 @@ mod tests {
             let held = Capacity { slots: held.0, tokens: held.1, bytes: held.2 };
             let _ = p.ledger.reserve(0, &cap, &held);
             let held = p.ledger().reserved(0);
+            p.batches[0] = held_batches;
             let mut cost = std::collections::HashMap::new();
             for (i, &(level, tokens, bytes, deadline, front, age)) in reqs.iter().enumerate() {
                 let id = i as u32;
@@ -677,8 +876,16 @@ mod tests {
             let free_tokens = cap.tokens.saturating_sub(held.tokens);
             let free_bytes = cap.bytes.saturating_sub(held.bytes);
             let free_slots = cap.slots.saturating_sub(held.slots);
+            // Whether the worker is offered a batch at all (no fragments).
+            let open = takes_batch(held_batches, &held, &cap, max_batch_size, &limits);
+            let head_fits = |x: &u32| {
+                let (t, b) = cost[x];
+                free_slots > 0 && t <= free_tokens && b <= free_bytes
+            };
             match p.form(now, &workers, &mut abandoned, usize::MAX) {
                 Plan::Batch { formed, .. } => {
+                    proptest::prop_assert!(open, "a fragment: the worker held two batches and had room for less than a full one");
+                    proptest::prop_assert_eq!(p.batches[0], held_batches + 1);
                     let ids: Vec<u32> = formed.items.iter().map(|(r, _)| r.id).collect();
                     let tokens: u64 = ids.iter().map(|id| cost[id].0).sum();
                     let bytes: u64 = ids.iter().map(|id| cost[id].1).sum();
@@ -711,6 +918,15 @@ mod tests {
                         }
                     }
                     proptest::prop_assert_eq!(p.len() + ids.len(), reqs.len());
+                }
+                Plan::Stalled { .. } if !open => {
+                    // Not offered: only the head was looked at, and it fits nowhere.
+                    proptest::prop_assert!(!head_fits(&order[0]), "a shortfall though the head fits");
+                    proptest::prop_assert_eq!(p.len(), reqs.len());
+                }
+                Plan::Held => {
+                    proptest::prop_assert!(!open && head_fits(&order[0]));
+                    proptest::prop_assert_eq!(p.len(), reqs.len());
                 }
                 Plan::Stalled { .. } => {
                     for x in order.iter().take(MAX_DEFERRED) {

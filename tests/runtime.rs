@@ -263,6 +263,83 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
     );
 }
 
+/// A worker that holds two batches is not cut a fragment from the room it
+/// has left: the requests wait for its running batch to finish and then go
+/// together, and the wait is no shortfall. The worker holds 200 tokens and
+/// a batch 100. Batch A (100 tokens) is held running; batch B (60) queues
+/// behind it (a worker takes a second batch whatever its room); two
+/// requests of 5 tokens then fit the 40 tokens left but would only queue
+/// behind B as a third batch. Without the rule they launched within the
+/// 1 ms queue delay (checked).
+#[test]
+fn a_busy_worker_takes_no_fragment_and_the_wait_is_no_shortfall() {
+    let mut cfg = config(vec![worker(64, 200)], 64, 1);
+    cfg.batching.max_batch_tokens = 100;
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let a = h.submit(Request::new(0).tokens(100)).unwrap();
+    eventually("batch A runs", || rt.stats().batches == 1);
+    let b = h.submit(Request::new(1).tokens(60)).unwrap();
+    eventually("batch B queues behind it", || rt.stats().batches == 2);
+    let small: Vec<_> = (2..4)
+        .map(|i| h.submit(Request::new(i).tokens(5)).unwrap())
+        .collect();
+    // Far past the queue delay: still no third batch.
+    std::thread::sleep(Duration::from_millis(100));
+    let s = rt.stats();
+    assert_eq!(s.batches, 2, "a fragment launched behind a full worker");
+    assert_eq!(s.capacity_shortfall, 0, "holding back is no shortfall");
+    assert_eq!(s.of(Priority::Normal).queue_depth, 2);
+    hold.open();
+    assert_eq!((a.wait(), b.wait()), (Ok(0), Ok(1)));
+    for (t, i) in small.into_iter().zip(2..) {
+        assert_eq!(t.wait(), Ok(i));
+    }
+    let s = rt.stats();
+    assert_eq!(s.batches, 3, "the two small requests went together");
+    assert_eq!(s.capacity_shortfall, 0);
+    assert_eq!(*ran.lock().unwrap(), vec![0, 1, 2, 3]);
+}
+
+/// Holding back from a fragment neither starts nor ends a shortfall
+/// episode. Same worker as above, A running and B queued (40 tokens
+/// left): a request of 50 fits nowhere (episode 1); a Critical one of 5
+/// then heads the order and fits the room but is held back; once it is
+/// cancelled the 50 heads the order again. Ending the episode on the held
+/// pass counted that as a second episode (checked).
+#[test]
+fn holding_back_neither_starts_nor_ends_a_shortfall_episode() {
+    let mut cfg = config(vec![worker(64, 200)], 64, 1);
+    cfg.batching.max_batch_tokens = 100;
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let a = h.submit(Request::new(0).tokens(100)).unwrap();
+    eventually("batch A runs", || rt.stats().batches == 1);
+    let b = h.submit(Request::new(1).tokens(60)).unwrap();
+    eventually("batch B queues behind it", || rt.stats().batches == 2);
+    let x = h.submit(Request::new(2).tokens(50)).unwrap();
+    eventually("a shortfall", || rt.stats().capacity_shortfall == 1);
+    let mut c = h
+        .submit(Request::new(3).tokens(5).priority(Priority::Critical))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(c.cancel(), "held back, not launched");
+    // An arrival wakes the collector, which meets the cancelled head and
+    // then the 50 again.
+    let y = h.submit(Request::new(4).tokens(5)).unwrap();
+    eventually("the cancel is counted", || {
+        rt.stats().of(Priority::Critical).cancelled == 1
+    });
+    assert_eq!(rt.stats().capacity_shortfall, 1, "one episode");
+    hold.open();
+    assert_eq!(
+        (a.wait(), b.wait(), x.wait(), y.wait()),
+        (Ok(0), Ok(1), Ok(2), Ok(4))
+    );
+    assert_eq!(rt.stats().capacity_shortfall, 1);
+    assert!(!ran.lock().unwrap().contains(&3));
+}
+
 /// Seed 001 mixed workload: every request of every level is scheduled.
 #[test]
 fn mixed_workload_is_all_scheduled() {

@@ -743,11 +743,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let most = Some(fleet.max).filter(|m| m.slots > 0);
         while let Some(size) = self.batch_due(now_ns, closing, most) {
             let deciding = Instant::now();
-            let (formed, shortfall) =
+            // `stalled`: nothing launches until a batch finishes (or a
+            // worker comes), so the sleep waits for that and not for the
+            // queue delay, which has passed.
+            let (formed, shortfall, stalled) =
                 match self.planner.form(now_ns, &candidates, &mut abandoned, size) {
-                    Plan::Batch { formed, shortfall } => (Some(formed), shortfall),
-                    Plan::Stalled { shortfall } => (None, Some(shortfall)),
-                    Plan::Empty => (None, None),
+                    Plan::Batch { formed, shortfall } => (Some(formed), shortfall, false),
+                    Plan::Stalled { shortfall } => (None, Some(shortfall), true),
+                    Plan::Held => (None, None, true),
+                    Plan::Empty => (None, None, false),
                 };
             for (k, key) in self.planner.take_moved() {
                 self.dedup.insert(k, key);
@@ -772,7 +776,12 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 short_now = true;
             }
             let Some(formed) = formed else {
-                self.stalled = shortfall.is_some();
+                self.stalled = stalled;
+                // Holding back for a fuller batch neither starts nor ends
+                // a shortfall episode: the room it keeps is a fragment's,
+                // and an overload that alternates between the two would
+                // otherwise signal hundreds of times a second.
+                short_now |= stalled && shortfall.is_none() && self.short_last_pass;
                 break;
             };
             self.launch_formed(formed, deciding);
