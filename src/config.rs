@@ -221,8 +221,8 @@ pub struct BatchingConfig {
     /// Most bytes (the requests' `Cost::bytes`) in one batch, a memory
     /// budget per batch (≥ 1; default unlimited).
     pub max_batch_bytes: u64,
-    /// A batch launches when full, or when its oldest request has waited
-    /// this long.
+    /// A batch launches when full, when its oldest request has waited
+    /// this long, or when a waiting request would expire within this long.
     pub max_queue_delay: Duration,
     /// Triton's preferred batch sizes: unless the queue delay forces a
     /// launch, a batch is cut to the largest preferred size the waiting

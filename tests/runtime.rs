@@ -388,6 +388,30 @@ fn deadline_passing_in_queue_expires_without_running() {
     assert_eq!(rt.stats().of(Priority::Normal).expired, 1);
 }
 
+/// A batch waits for company at most until a member is one queue delay
+/// from expiring. With a minute's delay and a batch of 8 that never fills,
+/// a request with a 500 ms deadline launches at once (with the one that
+/// waited beside it) instead of expiring; a request without a deadline
+/// then waits for the delay as before, until shutdown launches it.
+/// Without the rule the first two expired (checked).
+#[test]
+fn a_request_that_expires_within_the_queue_delay_launches_at_once() {
+    let rt = echo_runtime_with(config(vec![worker(8, 1 << 20)], 8, 60_000));
+    let h = rt.handle();
+    let company = h.submit(Request::new(1)).unwrap();
+    let urgent = h
+        .submit(Request::new(2).deadline(Duration::from_millis(500)))
+        .unwrap();
+    assert_eq!((urgent.wait(), company.wait()), (Ok(2), Ok(1)));
+    let patient = h.submit(Request::new(3)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let s = rt.stats();
+    assert_eq!((s.batches, s.of(Priority::Normal).queue_depth), (1, 1));
+    rt.shutdown();
+    assert_eq!(patient.wait(), Ok(3));
+    assert_eq!(rt.stats().of(Priority::Normal).expired, 0);
+}
+
 #[test]
 fn a_levels_default_deadline_applies_to_requests_without_one_and_caps_longer_ones() {
     let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);

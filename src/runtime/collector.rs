@@ -320,8 +320,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return;
         }
         let mut timeout = Duration::from_millis(50);
+        let delay = nanos(self.applied.batching.max_queue_delay);
         if let Some(d) = self.planner.waiting.next_deadline() {
-            timeout = timeout.min(Duration::from_nanos(d.saturating_sub(now_ns)));
+            // Its expiry, or (with room to launch) one queue delay before
+            // it, when the batch falls due (`batch_due`).
+            let due = if self.stalled {
+                d
+            } else {
+                d.saturating_sub(delay)
+            };
+            timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
         }
         if let Some(a) = self
             .planner
@@ -329,7 +337,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .oldest_arrival()
             .filter(|_| !self.stalled)
         {
-            let due = a.saturating_add(nanos(self.applied.batching.max_queue_delay));
+            let due = a.saturating_add(delay);
             timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
         }
         if closing {
@@ -677,9 +685,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// How many requests a batch formed now should take, or `None` while
     /// the batch is not due: see `planner::batch_size_now` (forced by the
-    /// queue delay or shutdown, full by any limit (`Planner::is_full`,
-    /// given `most`, the largest worker up), or a preferred size
-    /// reachable).
+    /// queue delay, a near deadline or shutdown, full by any limit
+    /// (`Planner::is_full`, given `most`, the largest worker up), or a
+    /// preferred size reachable).
+    ///
+    /// A near deadline: a waiting request that expires within one queue
+    /// delay. The delay is how long a request may wait for company, and
+    /// one that would expire first has no such time to spend (with a 2 ms
+    /// delay, a request with a 1 ms deadline on an idle worker expired
+    /// waiting for a batch that was not due).
     fn batch_due(&mut self, now_ns: u64, closing: bool, most: Option<Capacity>) -> Option<usize> {
         let waiting = self.planner.len();
         if waiting == 0 {
@@ -692,7 +706,12 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 .planner
                 .waiting
                 .oldest_arrival()
-                .is_some_and(|a| now_ns.saturating_sub(a) >= delay);
+                .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
+            || self
+                .planner
+                .waiting
+                .next_deadline()
+                .is_some_and(|d| d.saturating_sub(now_ns) <= delay);
         batch_size_now(
             waiting,
             self.planner.batch_limit(),
