@@ -263,6 +263,36 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
     );
 }
 
+/// A runtime whose only worker holds 200 tokens under batches of 100,
+/// with batch A (request 0, 100 tokens) held running on `hold` and batch
+/// B (request 1, 60 tokens) queued behind it: 40 tokens of room left, in
+/// two batches.
+struct TwoBatchesHeld {
+    rt: Runtime<u32, u32>,
+    hold: Hold,
+    ran: Arc<Mutex<Vec<u32>>>,
+    a: convoy::Ticket<u32>,
+    b: convoy::Ticket<u32>,
+}
+
+fn two_batches_held() -> TwoBatchesHeld {
+    let mut cfg = config(vec![worker(64, 200)], 64, 1);
+    cfg.batching.max_batch_tokens = 100;
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let a = h.submit(Request::new(0).tokens(100)).unwrap();
+    eventually("batch A runs", || rt.stats().batches == 1);
+    let b = h.submit(Request::new(1).tokens(60)).unwrap();
+    eventually("batch B queues behind it", || rt.stats().batches == 2);
+    TwoBatchesHeld {
+        rt,
+        hold,
+        ran,
+        a,
+        b,
+    }
+}
+
 /// A worker that holds two batches is not cut a fragment from the room it
 /// has left: the requests wait for its running batch to finish and then go
 /// together, and the wait is no shortfall. The worker holds 200 tokens and
@@ -273,14 +303,14 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
 /// 1 ms queue delay (checked).
 #[test]
 fn a_busy_worker_takes_no_fragment_and_the_wait_is_no_shortfall() {
-    let mut cfg = config(vec![worker(64, 200)], 64, 1);
-    cfg.batching.max_batch_tokens = 100;
-    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let TwoBatchesHeld {
+        rt,
+        hold,
+        ran,
+        a,
+        b,
+    } = two_batches_held();
     let h = rt.handle();
-    let a = h.submit(Request::new(0).tokens(100)).unwrap();
-    eventually("batch A runs", || rt.stats().batches == 1);
-    let b = h.submit(Request::new(1).tokens(60)).unwrap();
-    eventually("batch B queues behind it", || rt.stats().batches == 2);
     let small: Vec<_> = (2..4)
         .map(|i| h.submit(Request::new(i).tokens(5)).unwrap())
         .collect();
@@ -309,14 +339,14 @@ fn a_busy_worker_takes_no_fragment_and_the_wait_is_no_shortfall() {
 /// pass counted that as a second episode (checked).
 #[test]
 fn holding_back_neither_starts_nor_ends_a_shortfall_episode() {
-    let mut cfg = config(vec![worker(64, 200)], 64, 1);
-    cfg.batching.max_batch_tokens = 100;
-    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let TwoBatchesHeld {
+        rt,
+        hold,
+        ran,
+        a,
+        b,
+    } = two_batches_held();
     let h = rt.handle();
-    let a = h.submit(Request::new(0).tokens(100)).unwrap();
-    eventually("batch A runs", || rt.stats().batches == 1);
-    let b = h.submit(Request::new(1).tokens(60)).unwrap();
-    eventually("batch B queues behind it", || rt.stats().batches == 2);
     let x = h.submit(Request::new(2).tokens(50)).unwrap();
     eventually("a shortfall", || rt.stats().capacity_shortfall == 1);
     let mut c = h
