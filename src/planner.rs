@@ -58,8 +58,12 @@ pub fn batch_size_now(
 /// its `capacity` is offered a new batch of up to `slots` requests under
 /// `limits`. Yes while it holds fewer than two (one to run and one queued
 /// behind it, so it never waits for the collector between them), and
-/// beyond that only when a full batch (each limit clipped to the worker's
-/// capacity; a capacity of `u64::MAX` is unbounded) still fits in its room.
+/// beyond that only when a full batch still fits in its room: per
+/// resource, the batch limit clipped to the worker's capacity. A resource
+/// the batch limits leave unbounded (`max_batch_bytes` by default), or
+/// the worker does (`u64::MAX`), defines no full batch and is not
+/// counted: otherwise a GPU worker, whose byte capacity is finite, would
+/// take a third batch only when empty, however small its two were.
 ///
 /// Otherwise a batch formed now would be a fragment cut to the room that
 /// is left, to run only after the two ahead of it anyway. Holding back
@@ -80,6 +84,10 @@ pub fn batch_size_now(
 /// assert!(takes_batch(1, &holding(8, 100), &capacity, 8, &limits)); // one running, one may queue
 /// assert!(takes_batch(2, &holding(6, 90), &capacity, 8, &limits)); // a full batch (8, 100) still fits
 /// assert!(!takes_batch(2, &holding(10, 150), &capacity, 8, &limits)); // room for 6 and 50 tokens only
+/// // Bytes bounded by the worker, not by the limits: not counted.
+/// let gpu = Capacity { bytes: 1 << 30, ..capacity };
+/// let some_bytes = Capacity { bytes: 1 << 20, ..holding(6, 90) };
+/// assert!(takes_batch(2, &some_bytes, &gpu, 8, &limits));
 /// ```
 pub fn takes_batch(
     batches: u32,
@@ -99,7 +107,9 @@ pub fn takes_batch(
             (reserved.bytes, capacity.bytes, limits.max_batch_bytes),
         ]
         .iter()
-        .all(|&(held, cap, limit)| cap == u64::MAX || cap.saturating_sub(held) >= limit.min(cap))
+        .all(|&(held, cap, limit)| {
+            cap == u64::MAX || limit == u64::MAX || cap.saturating_sub(held) >= limit.min(cap)
+        })
 }
 
 /// What the planner needs to know about a waiting item.
