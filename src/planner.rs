@@ -59,11 +59,7 @@ pub fn batch_size_now(
 /// `limits`. Yes while it holds fewer than two (one to run and one queued
 /// behind it, so it never waits for the collector between them), and
 /// beyond that only when a full batch still fits in its room: per
-/// resource, the batch limit clipped to the worker's capacity. A resource
-/// the batch limits leave unbounded (`max_batch_bytes` by default), or
-/// the worker does (`u64::MAX`), defines no full batch and is not
-/// counted: otherwise a GPU worker, whose byte capacity is finite, would
-/// take a third batch only when empty, however small its two were.
+/// resource, the batch limit clipped to the worker's capacity.
 ///
 /// Otherwise a batch formed now would be a fragment cut to the room that
 /// is left, to run only after the two ahead of it anyway. Holding back
@@ -73,6 +69,11 @@ pub fn batch_size_now(
 /// this rule, under a sustained overload of the bundled trace (two CPU
 /// workers that each hold two full batches), about half of all batches
 /// were fragments, most of one request (BENCHMARKS.md, "Fragments").
+///
+/// A resource the batch limits leave unbounded (`max_batch_bytes` by
+/// default), or the worker does (`u64::MAX`), defines no full batch and is
+/// not counted: otherwise a GPU worker, whose byte capacity is finite,
+/// would take a third batch only when empty, however small its two were.
 ///
 /// ```
 /// use convoy::{BatchingConfig, Capacity};
