@@ -214,16 +214,49 @@ impl<T: Plannable> Planner<T> {
         self.limit_decreases
     }
 
-    /// Adaptive batch sizing: feeds one finished batch's execution time.
-    /// Slower than `target_batch_time` halves the limit (at least 1);
+    /// Adaptive batch sizing: feeds one finished batch of `size` requests
+    /// and its execution time. Slower than `target_batch_time` lowers the
+    /// limit to half that batch's size (at least 1; never raises it);
     /// within it adds one (at most `max_batch_size`). No target: no change.
-    pub fn observe_batch_time(&mut self, took: Duration) {
+    ///
+    /// Half the size of the slow batch, not half the limit: batches formed
+    /// under the old limit finish slow after the first decrease too, and
+    /// halving the limit again for each of them collapsed it. With two
+    /// workers each holding two batches, three stale batches took a limit
+    /// of 64 to 4 on one overload (the bundled trace under a 2 ms target
+    /// had a fifth of its batches of one request; BENCHMARKS.md, "AIMD").
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use convoy::planner::Planner;
+    /// # use convoy::{Capacity, PlacementPolicy};
+    /// # struct R;
+    /// # impl convoy::planner::Plannable for R {
+    /// #     fn cost(&self) -> Capacity { Capacity { slots: 1, tokens: 1, bytes: 0 } }
+    /// # }
+    /// let mut limits = convoy::Config::default().batching;
+    /// limits.target_batch_time = Some(Duration::from_millis(8));
+    /// let placer = convoy::placement::Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
+    /// let mut p: Planner<R> = Planner::new(1, Duration::from_secs(1), limits, placer);
+    /// let slow = Duration::from_millis(20);
+    /// p.observe_batch_time(slow, 64);
+    /// assert_eq!(p.batch_limit(), 32);
+    /// p.observe_batch_time(slow, 64); // formed before the decrease
+    /// assert_eq!((p.batch_limit(), p.limit_decreases()), (32, 1));
+    /// p.observe_batch_time(slow, 32);
+    /// p.observe_batch_time(Duration::from_millis(5), 16);
+    /// assert_eq!((p.batch_limit(), p.limit_decreases()), (17, 2));
+    /// ```
+    pub fn observe_batch_time(&mut self, took: Duration, size: usize) {
         let Some(target) = self.limits.target_batch_time else {
             return;
         };
         if took > target {
-            self.batch_limit = (self.batch_limit / 2).max(1);
-            self.limit_decreases += 1;
+            let halved = (size / 2).max(1);
+            if halved < self.batch_limit {
+                self.batch_limit = halved;
+                self.limit_decreases += 1;
+            }
         } else {
             self.batch_limit = (self.batch_limit + 1).min(self.limits.max_batch_size);
         }
@@ -669,6 +702,33 @@ mod tests {
             other => panic!("expected a second batch behind the first, got {other:?}"),
         }
         assert!(abandoned.is_empty());
+    }
+
+    /// AIMD lowers the limit to half the slow batch's size, never raises
+    /// it on a slow batch, never goes below 1, and counts only real
+    /// decreases; a batch within the target adds one up to the maximum.
+    #[test]
+    fn a_slow_batch_lowers_the_limit_to_half_its_size() {
+        let mut l = limits(64);
+        l.target_batch_time = Some(Duration::from_millis(8));
+        let mut p = least_loaded::<One>(1, l);
+        let (slow, quick) = (Duration::from_millis(9), Duration::from_millis(8));
+        p.observe_batch_time(slow, 20);
+        assert_eq!((p.batch_limit(), p.limit_decreases()), (10, 1));
+        p.observe_batch_time(slow, 64);
+        assert_eq!(
+            (p.batch_limit(), p.limit_decreases()),
+            (10, 1),
+            "stale: no raise"
+        );
+        p.observe_batch_time(slow, 1);
+        assert_eq!((p.batch_limit(), p.limit_decreases()), (1, 2));
+        p.observe_batch_time(slow, 1);
+        assert_eq!((p.batch_limit(), p.limit_decreases()), (1, 2), "at least 1");
+        for _ in 0..100 {
+            p.observe_batch_time(quick, 1);
+        }
+        assert_eq!(p.batch_limit(), 64);
     }
 
     /// The collector offers only the workers it still holds, in any

@@ -493,7 +493,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     .placer_mut()
                     .observe_batch(r.took, w.spec.speed);
             }
-            self.planner.observe_batch_time(r.took);
+            // The batch's size in the limit's terms: one slot per request
+            // it launched (deduplicated followers ride free).
+            self.planner
+                .observe_batch_time(r.took, r.amount.slots as usize);
         }
         self.shared
             .counters
