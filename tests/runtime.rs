@@ -303,13 +303,8 @@ fn two_batches_held() -> TwoBatchesHeld {
 /// 1 ms queue delay (checked).
 #[test]
 fn a_busy_worker_takes_no_fragment_and_the_wait_is_no_shortfall() {
-    let TwoBatchesHeld {
-        rt,
-        hold,
-        ran,
-        a,
-        b,
-    } = two_batches_held();
+    let t = two_batches_held();
+    let (rt, hold, ran, a, b) = (t.rt, t.hold, t.ran, t.a, t.b);
     let h = rt.handle();
     let small: Vec<_> = (2..4)
         .map(|i| h.submit(Request::new(i).tokens(5)).unwrap())
@@ -339,13 +334,8 @@ fn a_busy_worker_takes_no_fragment_and_the_wait_is_no_shortfall() {
 /// pass counted that as a second episode (checked).
 #[test]
 fn holding_back_neither_starts_nor_ends_a_shortfall_episode() {
-    let TwoBatchesHeld {
-        rt,
-        hold,
-        ran,
-        a,
-        b,
-    } = two_batches_held();
+    let t = two_batches_held();
+    let (rt, hold, ran, a, b) = (t.rt, t.hold, t.ran, t.a, t.b);
     let h = rt.handle();
     let x = h.submit(Request::new(2).tokens(50)).unwrap();
     eventually("a shortfall", || rt.stats().capacity_shortfall == 1);
