@@ -143,24 +143,32 @@ impl<K: Ord + Copy> RunHeap<K> {
         }
     }
 
+    /// Whether the smallest entry is the heap's: its key is below the
+    /// run's front, or the run is empty (ties go to the run). `front` and
+    /// `pop_front` both ask this, so what one reads the other takes.
+    fn rest_first(&self) -> bool {
+        match (self.run.front(), self.rest.peek()) {
+            (Some((a, _)), Some(Reverse((b, _)))) => b < a,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+
     /// The smallest entry (after `clean`, a live one).
     fn front(&self) -> Option<(K, Id)> {
-        let run = self.run.front().copied();
-        let rest = self.rest.peek().map(|Reverse(e)| *e);
-        match (run, rest) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-            (a, b) => a.or(b),
+        if self.rest_first() {
+            self.rest.peek().map(|Reverse(e)| *e)
+        } else {
+            self.run.front().copied()
         }
     }
 
     /// Removes the smallest entry.
     fn pop_front(&mut self) -> Option<(K, Id)> {
-        let run = self.run.front().map(|&(k, _)| k);
-        let rest = self.rest.peek().map(|Reverse((k, _))| *k);
-        match (run, rest) {
-            (Some(a), Some(b)) if b < a => self.rest.pop().map(|Reverse(e)| e),
-            (Some(_), _) => self.run.pop_front(),
-            (None, _) => self.rest.pop().map(|Reverse(e)| e),
+        if self.rest_first() {
+            self.rest.pop().map(|Reverse(e)| e)
+        } else {
+            self.run.pop_front()
         }
     }
 
