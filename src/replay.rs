@@ -16,6 +16,7 @@
 //! counted, and the client checks that each accepted ticket got exactly one
 //! outcome.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,7 @@ use crate::executor::{Executor, Lane};
 use crate::outcome::Failure;
 use crate::priority::Priority;
 use crate::request::Request;
-use crate::runtime::{BuildError, Runtime};
+use crate::runtime::{BuildError, Runtime, SubmitErrorKind};
 use crate::stats::BATCH_SIZE_BOUNDS;
 use crate::ticket::Ticket;
 use crate::trace::{PriorityMix, Trace, TraceRequest};
@@ -103,7 +104,7 @@ pub struct PriorityReport {
     pub offered: u64,
     /// Accepted by the runtime.
     pub accepted: u64,
-    /// Refused at submit (queue full), handed back.
+    /// Refused at submit and handed back (why: [`Report::refused_by`]).
     pub refused: u64,
     /// Outcomes.
     pub completed: u64,
@@ -171,6 +172,11 @@ pub struct Report {
     pub accepted: u64,
     /// Refused at submit.
     pub refused: u64,
+    /// The refusals by reason ([`SubmitErrorKind::as_str`]; in JSON an
+    /// object, `{"queue_full": 12}`), reasons that never happened left
+    /// out: `queue_full` is load, while `cost_never_fits` or `invalid` is
+    /// a trace row this fleet can never run.
+    pub refused_by: BTreeMap<String, u64>,
     /// Accepted minus every outcome the runtime counted: 0 unless a
     /// request was lost.
     pub lost: u64,
@@ -315,6 +321,14 @@ impl Report {
             self.shortfall,
             self.aging_promotions
         );
+        if !self.refused_by.is_empty() {
+            let why: Vec<String> = self
+                .refused_by
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(s, "refused at submit: {}", why.join(", "));
+        }
         let _ = writeln!(
             s,
             "offered {} = refused {} + accepted {}; accepted {} = completed {} + other outcomes; lost: {}",
@@ -702,6 +716,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     };
     let mut offered = [0u64; Priority::COUNT];
     let mut refused = [0u64; Priority::COUNT];
+    let mut refused_by = [0u64; SubmitErrorKind::ALL.len()];
     let mut accepted = 0u64;
     let mut last_due = start;
 
@@ -758,7 +773,11 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         last_due = due;
         let level = options.mix.of(i, row);
         offered[level.index()] += 1;
-        let mut request = Request::new(tokens_of(i, row.tokens, options.vocab))
+        // A row no worker can hold is refused by its cost; its input is
+        // built no longer than what could be held, so a row of a billion
+        // tokens costs no gigabytes to refuse.
+        let most = handle.max_cost().map_or(1, |max| max.tokens);
+        let mut request = Request::new(tokens_of(i, row.tokens.min(most), options.vocab))
             .priority(level)
             .tokens(row.tokens.max(1));
         if let Some(d) = row.deadline {
@@ -787,7 +806,10 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
                     })),
                 }
             }
-            Err(_) => refused[level.index()] += 1,
+            Err(e) => {
+                refused[level.index()] += 1;
+                refused_by[e.kind.index()] += 1;
+            }
         }
         if i % 256 == 255 {
             progress(i as u64 + 1);
@@ -874,6 +896,12 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         offered: offered_total,
         accepted: total.inserted,
         refused: refused.iter().sum(),
+        refused_by: SubmitErrorKind::ALL
+            .iter()
+            .zip(refused_by)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str().to_owned(), n))
+            .collect(),
         lost: total.lost(),
         client_unresolved: accepted.saturating_sub(tally.resolved)
             + pending.iter().filter(|p| p.is_some()).count() as u64,

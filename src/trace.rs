@@ -230,9 +230,12 @@ fn fields(line: &str) -> Vec<&str> {
 }
 
 fn count(field: &str, what: &str) -> Result<u32, String> {
-    field
-        .parse::<u32>()
-        .map_err(|_| format!("{what} must be a whole number ≥ 0, got {field:?}"))
+    field.parse::<u32>().map_err(|_| {
+        format!(
+            "{what} must be a whole number from 0 to {}, got {field:?}",
+            u32::MAX
+        )
+    })
 }
 
 fn parse_azure(f: &[&str]) -> Result<(u64, TraceRequest), String> {
@@ -677,6 +680,11 @@ mod tests {
                 "ContextTokens must be a whole number",
             ),
             ("arrival_s,priority,tokens\n0,high,x\n", 2, "tokens must be"),
+            (
+                "arrival_s,priority,tokens\n0,high,1\n1,high,4294967296\n",
+                3,
+                "tokens must be a whole number from 0 to 4294967295",
+            ),
             ("arrival_s,priority,tokens\n-1,high,1\n", 2, "arrival_s must be finite"),
             ("arrival_s,priority,tokens\nNaN,high,1\n", 2, "arrival_s must be finite"),
             ("0,high,1,0\n", 1, "deadline_ms must be > 0"),

@@ -41,6 +41,7 @@ fn a_tiny_replay_accounts_for_every_request() {
     let report = replay(&trace, model, &options, &|_| {}).unwrap();
     assert_eq!(report.offered, 200);
     assert_eq!(report.offered, report.accepted + report.refused);
+    assert_eq!(report.refused, report.refused_by.values().sum::<u64>());
     assert_eq!(report.lost, 0);
     assert_eq!(report.client_unresolved, 0);
     let outcomes: u64 = report
@@ -79,6 +80,38 @@ fn a_tiny_replay_accounts_for_every_request() {
     assert_eq!(json["accepted"], report.accepted);
     assert!(json["priorities"][0]["p99_ms"].is_number());
     assert!(json["priorities"][0]["slo_compliance"].is_number());
+}
+
+#[test]
+fn a_refused_row_is_counted_by_its_reason() {
+    // One row no worker can ever hold among rows that fit: refused at
+    // submit as `cost_never_fits`, not lumped in with a full queue.
+    let trace = parse(
+        "mixed",
+        "arrival_s,priority,tokens\n0,high,10\n0.001,low,4000000000\n0.002,normal,20\n",
+    )
+    .unwrap();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let options = ReplayOptions {
+        config: Config {
+            cpu_workers: 1,
+            ..Config::default()
+        },
+        vocab: 64,
+        ..ReplayOptions::default()
+    };
+    let report = replay(&trace, model, &options, &|_| {}).unwrap();
+    assert_eq!((report.offered, report.accepted, report.refused), (3, 2, 1));
+    assert_eq!(report.of(Priority::Low).refused, 1);
+    assert_eq!(
+        report.refused_by,
+        [("cost_never_fits".to_owned(), 1)].into_iter().collect()
+    );
+    assert_eq!(report.lost, 0);
+    assert!(report
+        .render()
+        .contains("refused at submit: cost_never_fits 1"));
+    assert_eq!(report.to_json()["refused_by"]["cost_never_fits"], 1);
 }
 
 #[test]

@@ -1267,6 +1267,50 @@ fn placement_policies_serve_everything_by_their_rule() {
     }
 }
 
+/// `max_cost` is what submit checks against: the largest Up worker,
+/// clipped by the batch limits, following health, capacity and reloads,
+/// and `None` with no worker up. A cost at the answer is accepted, one
+/// token over it refused.
+#[test]
+fn max_cost_follows_the_fleet_and_the_limits() {
+    let rt = echo_runtime_with(config(vec![worker(8, 100), worker(8, 300)], 4, 0));
+    let h = rt.handle();
+    let tokens = |h: &convoy::Handle<u32, u32>| h.max_cost().map(|c| c.tokens);
+    let at_the_edge = |h: &convoy::Handle<u32, u32>, max: u32| {
+        assert_eq!(h.submit(Request::new(1).tokens(max)).unwrap().wait(), Ok(1));
+        let e = h.submit(Request::new(2).tokens(max + 1)).unwrap_err();
+        assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
+    };
+    assert_eq!(tokens(&h), Some(300));
+    assert_eq!(h.max_cost().unwrap().bytes, u64::MAX);
+    at_the_edge(&h, 300);
+    // The larger worker drains: only Up workers count.
+    rt.set_health(1, convoy::Health::Draining).unwrap();
+    assert_eq!(tokens(&h), Some(100));
+    at_the_edge(&h, 100);
+    rt.set_capacity(
+        0,
+        Capacity {
+            slots: 8,
+            tokens: 40,
+            bytes: 1000,
+        },
+    )
+    .unwrap();
+    assert_eq!(h.max_cost().map(|c| (c.tokens, c.bytes)), Some((40, 1000)));
+    // The batch limits clip it too.
+    let mut tighter = rt.config();
+    tighter.batching.max_batch_tokens = 25;
+    rt.reload_config(tighter).unwrap();
+    assert_eq!(tokens(&h), Some(25));
+    at_the_edge(&h, 25);
+    rt.set_health(0, convoy::Health::Down).unwrap();
+    assert_eq!(h.max_cost(), None, "no worker up");
+    let e = h.submit(Request::new(3)).unwrap_err();
+    assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
+    rt.shutdown();
+}
+
 /// A drained worker takes no new batch; capacity changes are checked.
 #[test]
 fn fleet_changes_apply_at_run_time() {

@@ -46,6 +46,42 @@ pub enum SubmitErrorKind {
     Invalid,
 }
 
+impl SubmitErrorKind {
+    /// Every kind, for tallies that keep one count per kind.
+    pub const ALL: [SubmitErrorKind; 6] = [
+        SubmitErrorKind::QueueFull,
+        SubmitErrorKind::ShuttingDown,
+        SubmitErrorKind::CostNeverFits,
+        SubmitErrorKind::DeadlinePassed,
+        SubmitErrorKind::DedupNotEnabled,
+        SubmitErrorKind::Invalid,
+    ];
+
+    /// A stable snake_case name, for reports and logs that a program
+    /// reads: the `Debug` form is Rust's, not a format to parse.
+    ///
+    /// ```
+    /// use convoy::SubmitErrorKind;
+    /// assert_eq!(SubmitErrorKind::CostNeverFits.as_str(), "cost_never_fits");
+    /// assert!(SubmitErrorKind::ALL.iter().all(|k| !k.as_str().is_empty()));
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubmitErrorKind::QueueFull => "queue_full",
+            SubmitErrorKind::ShuttingDown => "shutting_down",
+            SubmitErrorKind::CostNeverFits => "cost_never_fits",
+            SubmitErrorKind::DeadlinePassed => "deadline_passed",
+            SubmitErrorKind::DedupNotEnabled => "dedup_not_enabled",
+            SubmitErrorKind::Invalid => "invalid",
+        }
+    }
+
+    /// Position in [`ALL`](Self::ALL).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// A refused submit; the request is handed back untouched.
 #[derive(Clone, PartialEq, thiserror::Error)]
 #[error("submit refused: {kind:?}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]

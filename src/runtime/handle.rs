@@ -8,10 +8,11 @@ use std::time::Instant;
 use super::error::{BatchSubmitError, BatchSubmitErrorKind, SubmitError, SubmitErrorKind};
 use super::{Job, Prepared, Shared};
 use crate::clock::after;
+use crate::config::{BatchingConfig, Capacity};
 use crate::executor::Executor;
 use crate::intake::{BatchRejectReason, ExclusiveProducer, Intake};
 use crate::priority::{InsertPolicy, Priority};
-use crate::request::{Deadline, Request};
+use crate::request::{Cost, Deadline, Request};
 use crate::stats::Stats;
 use crate::ticket::{self, Ticket};
 
@@ -291,15 +292,33 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         self.shared.counters.snapshot(self.intake.stats())
     }
 
+    /// The largest cost a request may bring and still be accepted now:
+    /// the largest `Up` worker's capacity, clipped by the batch limits.
+    /// `None` while no worker is up. A caller can check a cost here before
+    /// it builds an input that would only be refused (a trace row of a
+    /// billion tokens), or validate up front as a server does with its
+    /// maximum input length. It can change with the fleet and the config.
+    ///
+    /// ```
+    /// # use convoy::{Config, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let max = rt.handle().max_cost().expect("the default fleet is up");
+    /// assert_eq!(u64::from(max.tokens), Config::default().batching.max_batch_tokens);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_cost(&self) -> Option<Cost> {
+        max_cost(
+            self.shared.fleet.load().max,
+            &self.shared.knobs.load().batching,
+        )
+    }
+
     fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {
-        let max = self.shared.fleet.load().max;
         let cost = request.cost;
         let knobs = self.shared.knobs.load();
-        let limits = knobs.batching;
-        if u64::from(cost.tokens) > max.tokens.min(limits.max_batch_tokens)
-            || cost.bytes > max.bytes.min(limits.max_batch_bytes)
-            || max.slots == 0
-        {
+        let fits = max_cost(self.shared.fleet.load().max, &knobs.batching)
+            .is_some_and(|max| cost.tokens <= max.tokens && cost.bytes <= max.bytes);
+        if !fits {
             return Err(SubmitError::new(SubmitErrorKind::CostNeverFits, request));
         }
         if let Err(reason) = self.executor.check(&request.input) {
@@ -353,4 +372,14 @@ fn refused<I, O>(kind: SubmitErrorKind, job: Job<I, O>) -> SubmitError<I> {
     // The completer inside is dropped here; nobody holds its ticket (the
     // caller gets the request back instead), so its ShutDown goes nowhere.
     SubmitError::new(kind, job.into_request())
+}
+
+/// What [`Handle::max_cost`] says, from the fleet's largest capacity and
+/// the batch limits (one function, so the check and the answer agree).
+fn max_cost(max: Capacity, limits: &BatchingConfig) -> Option<Cost> {
+    (max.slots > 0).then(|| Cost {
+        // A worker may hold more than `u32::MAX` tokens; no cost can.
+        tokens: u32::try_from(max.tokens.min(limits.max_batch_tokens)).unwrap_or(u32::MAX),
+        bytes: max.bytes.min(limits.max_batch_bytes),
+    })
 }
