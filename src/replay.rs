@@ -955,6 +955,11 @@ pub fn wait_bounded_lane_capacity(capacity_rps: f64, max_wait: Duration, shards:
 /// queue) for `duration`, cycling through the trace's rows. Returns
 /// completed requests per second. `convoy compare` sets its offered load
 /// as a multiple of this.
+///
+/// A row refused for what it is (a cost no worker holds, an input the
+/// executor rejects) is skipped, as the replays refuse it too; the rate
+/// is of the rows that run. An error when no row can run, or when
+/// nothing completes in `duration`: a rate of 0 is no load to scale.
 pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
     trace: &Trace,
     executor: E,
@@ -978,14 +983,48 @@ pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
     let start = Instant::now();
     let mut completed = 0u64;
     let mut i = 0usize;
+    // Rows refused for what they are (too large, invalid), one after
+    // another: a whole cycle of them means no row can run at all.
+    let mut unfit_run = 0usize;
     while start.elapsed() < duration {
         while outstanding.len() < window {
             let row = &trace.requests[i % trace.requests.len()];
-            let r = Request::new(tokens_of(i, row.tokens, vocab)).tokens(row.tokens.max(1));
+            // As in `replay`: a row beyond what any worker holds is
+            // refused by its cost, its input never built in full.
+            let most = h.max_cost().map_or(1, |max| max.tokens);
+            let r =
+                Request::new(tokens_of(i, row.tokens.min(most), vocab)).tokens(row.tokens.max(1));
             i += 1;
             match h.submit(r) {
-                Ok(t) => outstanding.push_back(t),
-                Err(_) => break,
+                Ok(t) => {
+                    unfit_run = 0;
+                    outstanding.push_back(t);
+                }
+                // Load: wait for an outcome, then fill again.
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        SubmitErrorKind::QueueFull | SubmitErrorKind::ShuttingDown
+                    ) =>
+                {
+                    break
+                }
+                // This row never runs here; the replays refuse it too.
+                // Measure the rows that do.
+                Err(e) => {
+                    unfit_run += 1;
+                    if unfit_run >= trace.requests.len() {
+                        rt.shutdown_now();
+                        return Err(ReplayError::Option {
+                            option: "--trace",
+                            reason: format!(
+                                "{}: no row can run on this fleet (each is refused: {})",
+                                trace.source,
+                                e.kind.as_str()
+                            ),
+                        });
+                    }
+                }
             }
         }
         match outstanding.pop_front() {
@@ -996,6 +1035,16 @@ pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
     let elapsed = start.elapsed();
     drop(outstanding); // cancels what has not launched
     rt.shutdown_now();
+    if completed == 0 {
+        // A rate of 0 would scale the replays to a speed-up of 0.
+        return Err(ReplayError::Option {
+            option: "--calibrate",
+            reason: format!(
+                "nothing completed in {:.1} s, so there is no capacity to set the load from",
+                elapsed.as_secs_f64()
+            ),
+        });
+    }
     Ok(completed as f64 / elapsed.as_secs_f64())
 }
 

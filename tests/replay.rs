@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use convoy::model::PoolDense;
-use convoy::replay::{replay, ReplayOptions};
+use convoy::replay::{calibrate, replay, ReplayOptions};
 use convoy::trace::parse;
 use convoy::{Config, DeadlineAction, Priority};
 
@@ -112,6 +112,38 @@ fn a_refused_row_is_counted_by_its_reason() {
         .render()
         .contains("refused at submit: cost_never_fits 1"));
     assert_eq!(report.to_json()["refused_by"]["cost_never_fits"], 1);
+}
+
+#[test]
+fn calibration_measures_the_rows_that_run_and_refuses_a_trace_with_none() {
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let config = Config {
+        cpu_workers: 1,
+        ..Config::default()
+    };
+    let measure = |text: &str| {
+        let trace = parse("cal", text).unwrap();
+        calibrate(
+            &trace,
+            model.clone(),
+            &config,
+            Duration::from_millis(200),
+            64,
+        )
+    };
+    // A row no worker holds is skipped, not taken for a full queue: the
+    // rows beside it are measured (once, 0 req/s and a speed-up of 0).
+    let rate =
+        measure("arrival_s,priority,tokens\n0,high,10\n0.1,low,4000000000\n0.2,low,20\n").unwrap();
+    assert!(rate > 0.0, "{rate}");
+    // Every row too large: an error naming the trace and why, not a rate
+    // of 0 or a loop that never fills.
+    let e = measure("arrival_s,priority,tokens\n0,high,4000000000\n0.1,low,100000\n").unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("cal: no row can run") && e.contains("cost_never_fits"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -234,6 +266,18 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
     let (code, err) = convoy(&["compare", "--limit", "1", "--duration", "1"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("all arrive at once"), "{err}");
+    // Rows none of which a worker can hold leave no capacity to scale to
+    // (once a "capacity 0", then a speed-up of 0).
+    let huge = dir.join("huge.csv");
+    std::fs::write(
+        &huge,
+        "arrival_s,priority,tokens\n0,high,4000000000\n1,low,100000\n",
+    )
+    .unwrap();
+    let huge = huge.to_str().unwrap();
+    let (code, err) = convoy(&["compare", "--trace", huge, "--duration", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{huge}: no row can run")), "{err}");
     for window in ["0", "-1"] {
         let (code, err) = convoy(&["replay", "--window", window]);
         assert_eq!(code, 2, "{err}");
