@@ -25,6 +25,11 @@ use convoy::{Config, OrderingPolicy, Priority};
 
 const BUNDLED_TRACE: &str = "data/azure_llm_conv_2023.csv";
 
+/// The bundled trace, built into the binary: `cargo run` from a
+/// subfolder, or the binary run from anywhere, still has its default
+/// trace (719 KB).
+const BUNDLED_TEXT: &str = include_str!("../data/azure_llm_conv_2023.csv");
+
 #[derive(Parser)]
 #[command(
     name = "convoy",
@@ -197,7 +202,11 @@ fn main() -> ExitCode {
 }
 
 fn load_common(c: &Common) -> Result<(Trace, Config, PoolDense), Fail> {
-    let trace = convoy::trace::load(&c.trace)?;
+    let trace = if c.trace == Path::new(BUNDLED_TRACE) && !c.trace.exists() {
+        convoy::trace::parse(BUNDLED_TRACE, BUNDLED_TEXT)?
+    } else {
+        convoy::trace::load(&c.trace)?
+    };
     Ok((trace, load_config(c.config.as_deref())?, builtin_model()?))
 }
 

@@ -313,6 +313,34 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
 }
 
 #[test]
+fn the_default_trace_replays_from_any_folder() {
+    // Outside the repository (no `data/` there) the bundled trace is the
+    // copy built into the binary; a path given is still read from disk.
+    let dir = scratch_dir("convoy-cli-elsewhere");
+    let json = dir.join("r.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["replay", "--limit", "200", "--json", "r.json"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["trace"], "data/azure_llm_conv_2023.csv");
+    assert_eq!(report["offered"], 200);
+    assert_eq!(report["lost"], 0);
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["replay", "--trace", "data/other.csv"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data/other.csv"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_replay_that_completes_nothing_still_plots() {
     let dir = scratch_dir("convoy-cli-empty");
     // No worker holds 10^9 tokens: every row is refused at submit.
