@@ -148,7 +148,8 @@ pub struct PriorityReport {
 /// Latency over time: per window, per priority, p50 and p99 in ms.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Timeline {
-    /// Window width, s.
+    /// Window width, s: the one asked for, or a power-of-two multiple of
+    /// it where the run would have needed more than [`MAX_WINDOWS`].
     pub window_s: f64,
     /// Per window (by completion time): per priority `(p50_ms, p99_ms)`,
     /// `None` where nothing of that level completed in the window.
@@ -514,15 +515,48 @@ impl Tally {
             let e2e = at.saturating_duration_since(submitted);
             let us = u64::try_from(e2e.as_micros()).unwrap_or(u64::MAX).max(1);
             self.e2e[level.index()].saturating_record(us);
-            let w = (at.saturating_duration_since(self.start).as_nanos()
-                / self.window.as_nanos().max(1)) as usize;
+            let w = self.window_of(at);
             if self.windows.len() <= w {
                 self.windows.resize_with(w + 1, Default::default);
             }
             self.windows[w][level.index()].push(u32::try_from(us).unwrap_or(u32::MAX));
         }
     }
+
+    /// The window `at` falls in, widening the windows first if it lies
+    /// beyond [`MAX_WINDOWS`] of them.
+    fn window_of(&mut self, at: Instant) -> usize {
+        let since = at.saturating_duration_since(self.start).as_nanos();
+        loop {
+            let w = since / self.window.as_nanos().max(1);
+            if w < MAX_WINDOWS as u128 {
+                return w as usize;
+            }
+            self.widen();
+        }
+    }
+
+    /// Doubles the window width, merging each pair of neighbours: the
+    /// samples stay, the timeline gets coarser.
+    fn widen(&mut self) {
+        self.window = self.window.max(Duration::from_nanos(1)).saturating_mul(2);
+        let mut old = std::mem::take(&mut self.windows).into_iter();
+        while let Some(mut first) = old.next() {
+            if let Some(second) = old.next() {
+                for (into, from) in first.iter_mut().zip(second) {
+                    into.extend(from);
+                }
+            }
+            self.windows.push(first);
+        }
+    }
 }
+
+/// The most windows a [`Timeline`] holds. A `--window` too fine for the
+/// run (a nanosecond over seconds once asked for 2·10⁹ windows, gigabytes)
+/// is doubled, neighbours merged, until the run fits;
+/// [`Timeline::window_s`] says the width used.
+pub const MAX_WINDOWS: usize = 4096;
 
 /// Token ids of row `i`: `len` ids (at least one) spread over the
 /// vocabulary, fixed by the row index, so every run, policy and bench sends
@@ -865,7 +899,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         .collect();
     let total = stats.total();
     let timeline = Timeline {
-        window_s: options.window.as_secs_f64(),
+        window_s: tally.window.as_secs_f64(),
         windows: tally
             .windows
             .iter_mut()
@@ -1051,4 +1085,62 @@ pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
 /// The name `ordering.policy` uses ([`OrderingPolicy::as_str`]).
 pub fn policy_name(p: OrderingPolicy) -> &'static str {
     p.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(window: Duration) -> Tally {
+        let start = Instant::now();
+        Tally {
+            e2e: (0..Priority::COUNT)
+                .map(|_| Histogram::new(3).expect("valid"))
+                .collect(),
+            windows: Vec::new(),
+            window,
+            start,
+            last_outcome: start,
+            resolved: 0,
+        }
+    }
+
+    #[test]
+    fn a_window_too_fine_for_the_run_is_widened_and_keeps_every_sample() {
+        let mut t = tally(Duration::from_nanos(1));
+        let at = |ms: u64| t.start + Duration::from_millis(ms);
+        let (early, late) = (at(1), at(2_000));
+        let submitted = t.start;
+        t.record(Priority::High, submitted, early, Ok(vec![]));
+        t.record(Priority::Low, submitted, late, Ok(vec![]));
+        t.record(Priority::Low, submitted, late, Err(Failure::Expired));
+        assert!(
+            t.windows.len() <= MAX_WINDOWS,
+            "{} windows",
+            t.windows.len()
+        );
+        // 2 s over at most 4096 windows: 2^19 ns (524 µs) is the first
+        // power-of-two width that fits.
+        assert_eq!(t.window, Duration::from_nanos(1 << 19));
+        let kept: usize = t.windows.iter().flatten().map(Vec::len).sum();
+        assert_eq!(kept, 2, "both completions, not the failure");
+        assert_eq!(
+            t.windows[1][Priority::High.index()].len(),
+            1,
+            "1 ms in window 1"
+        );
+        assert_eq!(t.windows.last().unwrap()[Priority::Low.index()].len(), 1);
+    }
+
+    #[test]
+    fn widening_merges_neighbours_in_order() {
+        let mut t = tally(Duration::from_millis(1));
+        t.windows = (0..5u32)
+            .map(|i| std::array::from_fn(|p| if p == 0 { vec![i] } else { vec![] }))
+            .collect();
+        t.widen();
+        assert_eq!(t.window, Duration::from_millis(2));
+        let firsts: Vec<Vec<u32>> = t.windows.iter().map(|w| w[0].clone()).collect();
+        assert_eq!(firsts, [vec![0, 1], vec![2, 3], vec![4]]);
+    }
 }
