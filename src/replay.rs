@@ -784,11 +784,16 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         else {
             break;
         };
-        // A duration past what `Instant` holds ends nothing.
-        if options
-            .duration
-            .is_some_and(|d| start.checked_add(d).is_some_and(|end| due > end))
-        {
+        // A duration past what `Instant` holds ends nothing. The end is
+        // real time: a row due after it, or a driver still submitting
+        // when it passes (behind schedule: at a speed-up so large that a
+        // cycle of the trace is due within nanoseconds, due times hardly
+        // advance and the run never ended).
+        if options.duration.is_some_and(|d| {
+            start
+                .checked_add(d)
+                .is_some_and(|end| due > end || Instant::now() > end)
+        }) {
             break;
         }
         // Sleep until the row is due, never spin: the driver shares the

@@ -211,6 +211,37 @@ fn rows_that_all_arrive_at_once_are_not_cycled() {
     }
 }
 
+#[test]
+fn a_cycled_replay_ends_on_real_time_however_large_the_speed_up() {
+    // At 10^15× a cycle of the tiny trace is due within a nanosecond: due
+    // times hardly advance, and a run that stopped only on a row due
+    // after its duration never stopped (`compare --load 1e9` did this).
+    let options = ReplayOptions {
+        config: Config {
+            cpu_workers: 1,
+            ..Config::default()
+        },
+        speedup: 1e15,
+        cycle: true,
+        duration: Some(Duration::from_millis(100)),
+        vocab: 64,
+        ..ReplayOptions::default()
+    };
+    let trace = tiny_trace();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(replay(&trace, model, &options, &|_| {}).unwrap());
+    });
+    // The minute is a backstop, so a regression fails rather than hangs.
+    let report = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the replay stops submitting once its duration has passed");
+    assert!(report.offered > 200, "cycled: {} rows", report.offered);
+    assert_eq!(report.offered, report.accepted + report.refused);
+    assert_eq!(report.lost, 0);
+}
+
 fn convoy(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
         .args(args)
