@@ -25,18 +25,25 @@ fn tiny_trace() -> convoy::trace::Trace {
     parse("tiny", &text).unwrap()
 }
 
-#[test]
-fn a_tiny_replay_accounts_for_every_request() {
-    let trace = tiny_trace();
-    let model = PoolDense::seeded(64, 8, 1).unwrap();
-    let options = ReplayOptions {
+/// Replay options for the tiny model: one CPU worker, a 64-token vocabulary.
+fn one_worker() -> ReplayOptions {
+    ReplayOptions {
         config: Config {
             cpu_workers: 1,
             ..Config::default()
         },
         vocab: 64,
-        window: Duration::from_millis(50),
         ..ReplayOptions::default()
+    }
+}
+
+#[test]
+fn a_tiny_replay_accounts_for_every_request() {
+    let trace = tiny_trace();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let options = ReplayOptions {
+        window: Duration::from_millis(50),
+        ..one_worker()
     };
     let report = replay(&trace, model, &options, &|_| {}).unwrap();
     assert_eq!(report.offered, 200);
@@ -92,14 +99,7 @@ fn a_refused_row_is_counted_by_its_reason() {
     )
     .unwrap();
     let model = PoolDense::seeded(64, 8, 1).unwrap();
-    let options = ReplayOptions {
-        config: Config {
-            cpu_workers: 1,
-            ..Config::default()
-        },
-        vocab: 64,
-        ..ReplayOptions::default()
-    };
+    let options = one_worker();
     let report = replay(&trace, model, &options, &|_| {}).unwrap();
     assert_eq!((report.offered, report.accepted, report.refused), (3, 2, 1));
     assert_eq!(report.of(Priority::Low).refused, 1);
@@ -218,15 +218,10 @@ fn a_cycled_replay_ends_on_real_time_however_large_the_speed_up() {
     // times hardly advance, and a run that stopped only on a row due
     // after its duration never stopped (`compare --load 1e9` did this).
     let options = ReplayOptions {
-        config: Config {
-            cpu_workers: 1,
-            ..Config::default()
-        },
         speedup: 1e15,
         cycle: true,
         duration: Some(Duration::from_millis(100)),
-        vocab: 64,
-        ..ReplayOptions::default()
+        ..one_worker()
     };
     let trace = tiny_trace();
     let model = PoolDense::seeded(64, 8, 1).unwrap();
