@@ -148,3 +148,21 @@ impl<I, O> std::fmt::Debug for BatchSubmitError<I, O> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SubmitErrorKind;
+
+    #[test]
+    fn each_kind_sits_at_its_index_with_its_own_name() {
+        // Tallies index by `index()`: a reordered `ALL` or enum would
+        // count one reason under another's name.
+        for (i, k) in SubmitErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
+        let mut names: Vec<_> = SubmitErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SubmitErrorKind::ALL.len());
+    }
+}
