@@ -504,8 +504,9 @@ fn render_comparison(reports: &[Report]) -> String {
             let l = r.of(p);
             let _ = write!(
                 s,
-                " | {:>8.1} {:>8.0} {:>9.1} {:>7.2}%",
+                " | {:>7.1}{} {:>8.0} {:>9.1} {:>7.2}%",
                 l.p99_ms,
+                if l.p99_met { ' ' } else { '!' },
                 l.slo_p99_ms,
                 l.queue_wait_max_ms,
                 l.slo_compliance * 100.0
@@ -532,5 +533,9 @@ fn render_comparison(reports: &[Report]) -> String {
         }
         let _ = writeln!(s);
     }
+    let _ = writeln!(
+        s,
+        "! p99 over its objective (SLO ms; expired and failed requests count as slower); SLO ok: share within the level's timeout"
+    );
     s
 }

@@ -340,6 +340,64 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
 }
 
 #[test]
+fn compare_runs_every_policy_and_marks_a_missed_p99() {
+    let dir = scratch_dir("convoy-cli-compare");
+    let json = dir.join("c.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["compare", "--limit", "2000", "--duration", "0.5"])
+        .args(["--calibrate", "0.3", "--json", json.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let policies = report["policies"].as_array().unwrap();
+    let names: Vec<&str> = policies
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fifo", "strict_priority", "aging"]);
+    assert!(report["capacity_rps"].as_f64().unwrap() > 0.0);
+    for p in policies {
+        assert_eq!(p["lost"], 0, "{}", p["policy"]);
+        assert!(p["offered"].as_u64().unwrap() > 0);
+    }
+    // The table: a row per level, and a `!` beside each p99 that missed
+    // its objective, exactly where the JSON says it did.
+    for name in [
+        "fifo",
+        "strict_priority",
+        "aging",
+        "critical",
+        "background",
+        "lost",
+    ] {
+        assert!(stdout.contains(name), "{name} missing:\n{stdout}");
+    }
+    for (level, line) in ["critical", "high", "normal", "low", "background"]
+        .iter()
+        .map(|l| (l, stdout.lines().find(|x| x.starts_with(l)).unwrap()))
+    {
+        let marks: Vec<bool> = line
+            .split(" | ")
+            .skip(1)
+            .map(|cell| cell.contains('!'))
+            .collect();
+        let missed: Vec<bool> = policies
+            .iter()
+            .map(|p| !p["per_priority"][level]["p99_met"].as_bool().unwrap())
+            .collect();
+        assert_eq!(marks, missed, "{line}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn the_default_trace_replays_from_any_folder() {
     // Outside the repository (no `data/` there) the bundled trace is the
     // copy built into the binary; a path given is still read from disk.
