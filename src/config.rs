@@ -262,7 +262,7 @@ pub struct Config {
     /// The fleet. Empty means `cpu_workers` identical CPU workers.
     pub workers: Vec<WorkerSpec>,
     /// How many CPU workers when `workers` is empty (default: available
-    /// parallelism).
+    /// parallelism), at most [`MAX_WORKERS`].
     pub cpu_workers: usize,
     /// How long `shutdown()` lets accepted requests finish.
     pub shutdown_timeout: Duration,
@@ -289,7 +289,9 @@ impl Default for Config {
             placement: PlacementPolicy::LeastLoaded,
             urgent_slack: Duration::from_millis(50),
             workers: Vec::new(),
-            cpu_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_workers: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS),
             shutdown_timeout: Duration::from_secs(5),
             slo: SloTarget::defaults(),
         }
@@ -331,6 +333,12 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         reason: reason.into(),
     }
 }
+
+/// The most workers a config may start with. Each is a thread with its
+/// own SLA recorder (about 0.9 MB, README "SLA and metrics"), so a typo of
+/// a few zeros in `cpu_workers` once started threads until the machine ran
+/// out of memory. `Runtime::add_worker` is not bounded by it.
+pub const MAX_WORKERS: usize = 4096;
 
 impl Config {
     /// The fleet this config describes: `workers`, or `cpu_workers` default
@@ -417,6 +425,21 @@ impl Config {
             return Err(invalid(
                 "cpu_workers",
                 "zero workers: nothing could ever run",
+            ));
+        }
+        if self.workers.is_empty() && self.cpu_workers > MAX_WORKERS {
+            return Err(invalid(
+                "cpu_workers",
+                format!("{} exceeds the maximum of {MAX_WORKERS}", self.cpu_workers),
+            ));
+        }
+        if self.workers.len() > MAX_WORKERS {
+            return Err(invalid(
+                "workers",
+                format!(
+                    "{} listed, more than the maximum of {MAX_WORKERS}",
+                    self.workers.len()
+                ),
             ));
         }
         for (i, w) in self.workers.iter().enumerate() {

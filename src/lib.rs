@@ -98,7 +98,7 @@ pub mod trace;
 
 pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
-    PlacementReason, PreferredBatchSizes, UnknownPolicy, WorkerSpec,
+    PlacementReason, PreferredBatchSizes, UnknownPolicy, WorkerSpec, MAX_WORKERS,
 };
 pub use executor::{BatchFn, Executor, Lane};
 pub use request::{Cost, Deadline, Request};

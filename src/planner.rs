@@ -397,7 +397,10 @@ impl<T: Plannable> Planner<T> {
                         .ledger
                         .reserve(picked.index, &picked.spec.capacity, &cost);
                     debug_assert!(fitted, "placement only offers workers where the head fits");
-                    let mut items = Vec::with_capacity(cap);
+                    // No more than wait (the head and the rest): the limit
+                    // is a config value, and a limit of 10^12 once
+                    // asked for 224 TB here.
+                    let mut items = Vec::with_capacity(cap.min(self.waiting.len() + 1));
                     items.push((item, meta));
                     break (
                         picked,
@@ -605,6 +608,35 @@ mod tests {
                 tokens: 1,
                 bytes: 0,
             }
+        }
+    }
+
+    /// A batch limit of any size is a config value, not an allocation:
+    /// the batch's vector holds what waits (a limit of 10^12 once aborted
+    /// the process asking for 224 TB).
+    #[test]
+    fn a_huge_batch_limit_allocates_only_what_waits() {
+        let mut p: Planner<One> = least_loaded(1, limits(usize::MAX));
+        let spec = worker(Capacity {
+            slots: u32::MAX,
+            tokens: u64::MAX,
+            bytes: u64::MAX,
+        });
+        let workers = [Candidate {
+            index: 0,
+            spec: &spec,
+            up: true,
+        }];
+        for seq in 0..3 {
+            p.waiting.insert(One, normal(seq));
+        }
+        let mut abandoned = Vec::new();
+        match p.form(0, &workers, &mut abandoned, usize::MAX) {
+            Plan::Batch { formed, .. } => {
+                assert_eq!(formed.items.len(), 3);
+                assert!(formed.items.capacity() < 16, "{}", formed.items.capacity());
+            }
+            Plan::Stalled { .. } | Plan::Held | Plan::Empty => panic!("expected a batch"),
         }
     }
 

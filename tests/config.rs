@@ -116,6 +116,8 @@ fn every_error_names_its_key() {
         ("[intake]\nshards = 0", "intake.shards"),
         ("[intake]\nshards = -2", "shards"),
         ("cpu_workers = 0", "cpu_workers"),
+        // A typo of a few zeros once started threads until memory ran out.
+        ("cpu_workers = 100000000", "cpu_workers"),
         ("shutdown_timeout_ms = -5", "shutdown_timeout_ms"),
         ("[deadlines]\nlow = \"later\"", "later"),
         (
@@ -157,6 +159,14 @@ fn every_error_names_its_key() {
             "{text:?}: error {err:?} does not name {key:?}"
         );
     }
+    let mut too_many = Config {
+        cpu_workers: convoy::MAX_WORKERS,
+        ..Config::default()
+    };
+    assert!(too_many.validate().is_ok(), "the maximum itself is fine");
+    too_many.workers = vec![too_many.fleet()[0].clone(); convoy::MAX_WORKERS + 1];
+    let err = too_many.validate().unwrap_err().to_string();
+    assert!(err.contains("workers") && err.contains("4096"), "{err}");
     let missing = Config::from_toml_file("/nonexistent/convoy.toml").unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/convoy.toml"));
 }

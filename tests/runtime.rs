@@ -1267,6 +1267,30 @@ fn placement_policies_serve_everything_by_their_rule() {
     }
 }
 
+/// A batch limit far beyond any real batch, at build and by reload, is a
+/// limit and not an allocation: once the collector asked for 224 TB for a
+/// limit of 10^12 and the process aborted.
+#[test]
+fn a_huge_batch_limit_serves_as_usual() {
+    let rt = echo_runtime_with(config(vec![worker(8, 1 << 20)], usize::MAX, 0));
+    let h = rt.handle();
+    let served = |h: &convoy::Handle<u32, u32>| {
+        let ts: Vec<_> = (0..40)
+            .map(|i| h.submit(Request::new(i)).unwrap())
+            .collect();
+        for (i, t) in ts.into_iter().enumerate() {
+            assert_eq!(t.wait(), Ok(i as u32));
+        }
+    };
+    served(&h);
+    let mut huge = rt.config();
+    huge.batching.max_batch_size = 1_000_000_000_000;
+    rt.reload_config(huge).unwrap();
+    served(&h);
+    rt.shutdown();
+    assert_eq!(rt.stats().total().lost(), 0);
+}
+
 /// `max_cost` is what submit checks against: the largest Up worker,
 /// clipped by the batch limits, following health, capacity and reloads,
 /// and `None` with no worker up. A cost at the answer is accepted, one
