@@ -238,12 +238,18 @@ fn a_cycled_replay_ends_on_real_time_however_large_the_speed_up() {
     assert_eq!(report.lost, 0);
 }
 
-fn convoy(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+/// The `convoy` binary run with `args` in `dir`.
+fn convoy_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_convoy"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The binary run in the repository: its exit code and stderr.
+fn convoy(args: &[&str]) -> (i32, String) {
+    let out = convoy_in(env!("CARGO_MANIFEST_DIR").as_ref(), args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -343,12 +349,20 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
 fn compare_runs_every_policy_and_marks_a_missed_p99() {
     let dir = scratch_dir("convoy-cli-compare");
     let json = dir.join("c.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["compare", "--limit", "2000", "--duration", "0.5"])
-        .args(["--calibrate", "0.3", "--json", json.to_str().unwrap()])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let out = convoy_in(
+        env!("CARGO_MANIFEST_DIR").as_ref(),
+        &[
+            "compare",
+            "--limit",
+            "2000",
+            "--duration",
+            "0.5",
+            "--calibrate",
+            "0.3",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -403,11 +417,7 @@ fn the_default_trace_replays_from_any_folder() {
     // copy built into the binary; a path given is still read from disk.
     let dir = scratch_dir("convoy-cli-elsewhere");
     let json = dir.join("r.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["replay", "--limit", "200", "--json", "r.json"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let out = convoy_in(&dir, &["replay", "--limit", "200", "--json", "r.json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let report: serde_json::Value =
@@ -415,11 +425,7 @@ fn the_default_trace_replays_from_any_folder() {
     assert_eq!(report["trace"], "data/azure_llm_conv_2023.csv");
     assert_eq!(report["offered"], 200);
     assert_eq!(report["lost"], 0);
-    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["replay", "--trace", "data/other.csv"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let out = convoy_in(&dir, &["replay", "--trace", "data/other.csv"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("data/other.csv"));
     std::fs::remove_dir_all(&dir).unwrap();
