@@ -34,7 +34,7 @@ use crate::executor::{Executor, Lane};
 use crate::outcome::Failure;
 use crate::priority::Priority;
 use crate::request::Request;
-use crate::runtime::{BuildError, Runtime, SubmitErrorKind};
+use crate::runtime::{BuildError, Handle, Runtime, SubmitErrorKind};
 use crate::stats::BATCH_SIZE_BOUNDS;
 use crate::ticket::Ticket;
 use crate::trace::{PriorityMix, Trace, TraceRequest};
@@ -576,6 +576,20 @@ pub fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Row `i` as a request: its token ids ([`tokens_of`]) at a cost of its
+/// token count. A row no worker can hold is refused by that cost, so its
+/// input is built no longer than what `handle` accepts now: a row of a
+/// billion tokens costs no gigabytes to refuse.
+fn row_request(
+    handle: &Handle<Vec<u32>, Vec<f32>>,
+    i: usize,
+    row: &TraceRequest,
+    vocab: usize,
+) -> Request<Vec<u32>> {
+    let most = handle.max_cost().map_or(1, |max| max.tokens);
+    Request::new(tokens_of(i, row.tokens.min(most), vocab)).tokens(row.tokens.max(1))
+}
+
 /// Refuses a speed-up that is not a finite number of at least
 /// [`MIN_SPEEDUP`], so a caller can check it before it prints or builds
 /// anything.
@@ -812,13 +826,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         last_due = due;
         let level = options.mix.of(i, row);
         offered[level.index()] += 1;
-        // A row no worker can hold is refused by its cost; its input is
-        // built no longer than what could be held, so a row of a billion
-        // tokens costs no gigabytes to refuse.
-        let most = handle.max_cost().map_or(1, |max| max.tokens);
-        let mut request = Request::new(tokens_of(i, row.tokens.min(most), options.vocab))
-            .priority(level)
-            .tokens(row.tokens.max(1));
+        let mut request = row_request(&handle, i, row, options.vocab).priority(level);
         if let Some(d) = row.deadline {
             request = request.deadline(d);
         }
@@ -1028,11 +1036,7 @@ pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
     while start.elapsed() < duration {
         while outstanding.len() < window {
             let row = &trace.requests[i % trace.requests.len()];
-            // As in `replay`: a row beyond what any worker holds is
-            // refused by its cost, its input never built in full.
-            let most = h.max_cost().map_or(1, |max| max.tokens);
-            let r =
-                Request::new(tokens_of(i, row.tokens.min(most), vocab)).tokens(row.tokens.max(1));
+            let r = row_request(&h, i, row, vocab);
             i += 1;
             match h.submit(r) {
                 Ok(t) => {
