@@ -500,6 +500,22 @@ struct Tally {
 }
 
 impl Tally {
+    /// Nothing recorded yet; windows of `window` from `start`.
+    fn new(start: Instant, window: Duration) -> Self {
+        Tally {
+            e2e: (0..Priority::COUNT)
+                .map(|_| {
+                    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static, valid bounds")
+                })
+                .collect(),
+            windows: Vec::new(),
+            window,
+            start,
+            last_outcome: start,
+            resolved: 0,
+        }
+    }
+
     fn record(
         &mut self,
         level: Priority,
@@ -752,16 +768,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     let woken: Arc<SegQueue<(usize, Instant)>> = Arc::new(SegQueue::new());
     let mut pending: Vec<Option<Pending>> = Vec::with_capacity(rows.len());
     let start = Instant::now();
-    let mut tally = Tally {
-        e2e: (0..Priority::COUNT)
-            .map(|_| Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static, valid bounds"))
-            .collect(),
-        windows: Vec::new(),
-        window: options.window,
-        start,
-        last_outcome: start,
-        resolved: 0,
-    };
+    let mut tally = Tally::new(start, options.window);
     let mut offered = [0u64; Priority::COUNT];
     let mut refused = [0u64; Priority::COUNT];
     let mut refused_by = [0u64; SubmitErrorKind::ALL.len()];
@@ -1101,17 +1108,7 @@ mod tests {
     use super::*;
 
     fn tally(window: Duration) -> Tally {
-        let start = Instant::now();
-        Tally {
-            e2e: (0..Priority::COUNT)
-                .map(|_| Histogram::new(3).expect("valid"))
-                .collect(),
-            windows: Vec::new(),
-            window,
-            start,
-            last_outcome: start,
-            resolved: 0,
-        }
+        Tally::new(Instant::now(), window)
     }
 
     #[test]
