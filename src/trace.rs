@@ -11,7 +11,9 @@
 //! * **Generic**: `arrival_s,priority,tokens[,deadline_ms]`, with or
 //!   without that header line. `arrival_s` is seconds from the start (≥ 0),
 //!   `priority` a level name (`critical` … `background`) or index, `deadline_ms`
-//!   optional (> 0), relative to the arrival. With a header the columns are
+//!   optional (> 0), relative to the arrival and in real time: a replay
+//!   does not scale it by its speed-up, since a deadline is what the
+//!   caller tolerates, not a trace interval. With a header the columns are
 //!   found by name, in any order, and `priority` and `deadline_ms` may be
 //!   absent; an empty priority is left to [`PriorityMix`]. An unknown or
 //!   repeated column is an error (a misspelt `deadline_ms` must not replay
