@@ -504,12 +504,12 @@ fn render_comparison(reports: &[Report]) -> String {
             let l = r.of(p);
             let _ = write!(
                 s,
-                " | {:>7.1}{} {:>8.0} {:>9.1} {:>7.2}%",
-                l.p99_ms,
+                " | {:>7}{} {:>8.0} {:>9} {:>8}",
+                l.figure(l.p99_ms, 1),
                 if l.p99_met { ' ' } else { '!' },
                 l.slo_p99_ms,
-                l.queue_wait_max_ms,
-                l.slo_compliance * 100.0
+                l.figure(l.queue_wait_max_ms, 1),
+                l.compliance_text()
             );
         }
         let _ = writeln!(s);

@@ -145,6 +145,33 @@ pub struct PriorityReport {
     pub p99_met: bool,
 }
 
+impl PriorityReport {
+    /// A level with no request accepted has no latency to show: its
+    /// figures (0, and compliance 1.0 in the JSON) are placeholders, so a
+    /// table shows "–" rather than a latency of 0.0 ms.
+    pub fn measured(&self) -> bool {
+        self.accepted > 0
+    }
+
+    /// `v` with `decimals` for a table, or "–" when not [`measured`](Self::measured).
+    pub fn figure(&self, v: f64, decimals: usize) -> String {
+        if self.measured() {
+            format!("{v:.decimals$}")
+        } else {
+            "–".to_owned()
+        }
+    }
+
+    /// `slo_compliance` as a percentage for a table, or "–".
+    pub fn compliance_text(&self) -> String {
+        if self.measured() {
+            format!("{:.2}%", self.slo_compliance * 100.0)
+        } else {
+            "–".to_owned()
+        }
+    }
+}
+
 /// Latency over time: per window, per priority, p50 and p99 in ms.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Timeline {
@@ -275,19 +302,20 @@ impl Report {
             "other"
         );
         for p in &self.priorities {
+            let f = |v: f64, decimals: usize| p.figure(v, decimals);
             let _ = writeln!(
                 s,
-                "{:<11} {:>7} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.0} {:>7.2}% {:>8} {:>6}",
+                "{:<11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9.0} {:>8} {:>8} {:>6}",
                 p.priority,
                 p.offered,
                 p.completed,
-                p.p50_ms,
-                p.p95_ms,
-                p.p99_ms,
-                p.queue_wait_p99_ms,
-                p.queue_wait_max_ms,
+                f(p.p50_ms, 1),
+                f(p.p95_ms, 1),
+                f(p.p99_ms, 1),
+                f(p.queue_wait_p99_ms, 1),
+                f(p.queue_wait_max_ms, 1),
                 p.slo_p99_ms,
-                p.slo_compliance * 100.0,
+                p.compliance_text(),
                 p.expired,
                 p.refused + p.cancelled + p.failed + p.shut_down,
             );

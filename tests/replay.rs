@@ -108,9 +108,25 @@ fn a_refused_row_is_counted_by_its_reason() {
         [("cost_never_fits".to_owned(), 1)].into_iter().collect()
     );
     assert_eq!(report.lost, 0);
-    assert!(report
-        .render()
-        .contains("refused at submit: cost_never_fits 1"));
+    let text = report.render();
+    assert!(text.contains("refused at submit: cost_never_fits 1"));
+    // Critical and Background had no rows and Low's one was refused:
+    // nothing was measured there, so the table shows no 0.0 ms latency
+    // and no 100% compliance for them.
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("a {name} line in\n{text}"))
+            .to_owned()
+    };
+    for empty in ["critical", "low", "background"] {
+        let l = line(empty);
+        assert!(l.contains('–') && !l.contains('%'), "{l}");
+    }
+    for served in ["high", "normal"] {
+        let l = line(served);
+        assert!(l.contains("100.00%") && !l.contains('–'), "{l}");
+    }
     assert_eq!(report.to_json()["refused_by"]["cost_never_fits"], 1);
 }
 
