@@ -537,5 +537,23 @@ fn render_comparison(reports: &[Report]) -> String {
         s,
         "! p99 over its objective (SLO ms; expired and failed requests count as slower); SLO ok: share within the level's timeout"
     );
+    let _ = writeln!(
+        s,
+        "goal: critical and high within their p99 objective and ≥ 99.9% within timeout; every accepted low and background request served within max_wait + one batch interval; nothing lost"
+    );
+    for r in reports {
+        let goal = r.goal();
+        let verdict = if goal.met {
+            "met".to_owned()
+        } else {
+            format!("missed: {}", goal.missed.join("; "))
+        };
+        let _ = writeln!(
+            s,
+            "  {:<16} {verdict} (starvation bound {:.0} ms)",
+            r.policy,
+            r.starvation_bound_ms()
+        );
+    }
     s
 }

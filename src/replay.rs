@@ -235,6 +235,11 @@ pub struct Report {
     /// The ordering's `max_wait` (the starvation bound, less one batch
     /// interval), ms.
     pub max_wait_ms: f64,
+    /// One batch interval as this run saw it, ms: the configured
+    /// `max_queue_delay` (forming a batch) plus the slowest level's p99
+    /// batch execution time (a worker finishing the batch it holds). The
+    /// starvation bound is `max_wait_ms + batch_interval_ms`.
+    pub batch_interval_ms: f64,
     /// Per priority, in level order.
     pub priorities: Vec<PriorityReport>,
     /// Latency over time.
@@ -244,10 +249,119 @@ pub struct Report {
     pub metrics: String,
 }
 
+/// The `compare` goal judged on one run: see [`Report::goal`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Goal {
+    /// Every part held.
+    pub met: bool,
+    /// Each part that did not, in words (`"high p99 134.1 ms > 100"`).
+    pub missed: Vec<String>,
+}
+
 impl Report {
     /// One level's line.
     pub fn of(&self, p: Priority) -> &PriorityReport {
         &self.priorities[p.index()]
+    }
+
+    /// The starvation bound this run is held to, ms: `max_wait` plus one
+    /// batch interval ([`Report::batch_interval_ms`]).
+    pub fn starvation_bound_ms(&self) -> f64 {
+        self.max_wait_ms + self.batch_interval_ms
+    }
+
+    /// The goal `compare` is run for, judged on this run:
+    ///
+    /// * Critical and High meet their p99 objective (expired and failed
+    ///   requests counted as slower, [`PriorityReport::p99_met`]) with at
+    ///   least 99.9% of them within their timeout;
+    /// * every accepted Low and Background request is served (completed:
+    ///   none expired, failed or shut down) after a queue wait within the
+    ///   starvation bound ([`Report::starvation_bound_ms`]);
+    /// * nothing is lost.
+    ///
+    /// A level with nothing accepted has nothing to miss. Requests refused
+    /// at submit are not part of it: at a load over capacity some must be,
+    /// and each is handed back.
+    ///
+    /// ```
+    /// use convoy::replay::{PriorityReport, Report};
+    /// let line = |name: &str| PriorityReport { priority: name.into(), accepted: 10, completed: 10,
+    ///     p99_met: true, slo_compliance: 1.0, ..Default::default() };
+    /// let mut r = Report { max_wait_ms: 500.0, batch_interval_ms: 10.0,
+    ///     priorities: ["critical", "high", "normal", "low", "background"].map(line).to_vec(),
+    ///     ..Default::default() };
+    /// assert!(r.goal().met);
+    /// r.priorities[1].p99_met = false;
+    /// r.priorities[1].p99_ms = 134.0;
+    /// r.priorities[1].slo_p99_ms = 100.0;
+    /// r.priorities[4].queue_wait_max_ms = 600.0;
+    /// let goal = r.goal();
+    /// assert!(!goal.met);
+    /// assert_eq!(goal.missed, ["high p99 134.0 ms > 100", "background waited 600 ms > 510"]);
+    /// ```
+    pub fn goal(&self) -> Goal {
+        let mut missed = Vec::new();
+        // `get`, not `of`: a report built by hand may lack levels.
+        let line = |p: Priority| self.priorities.get(p.index());
+        for l in [Priority::Critical, Priority::High]
+            .into_iter()
+            .filter_map(line)
+        {
+            if !l.measured() {
+                continue;
+            }
+            if !l.p99_met {
+                let misses = l.expired + l.failed;
+                missed.push(if misses > 0 {
+                    format!(
+                        "{} p99 {:.1} ms > {:.0} ({misses} expired or failed)",
+                        l.priority, l.p99_ms, l.slo_p99_ms
+                    )
+                } else {
+                    format!(
+                        "{} p99 {:.1} ms > {:.0}",
+                        l.priority, l.p99_ms, l.slo_p99_ms
+                    )
+                });
+            }
+            if l.slo_compliance < 0.999 {
+                missed.push(format!(
+                    "{} {:.2}% within timeout < 99.9%",
+                    l.priority,
+                    l.slo_compliance * 100.0
+                ));
+            }
+        }
+        let bound = self.starvation_bound_ms();
+        for l in [Priority::Low, Priority::Background]
+            .into_iter()
+            .filter_map(line)
+        {
+            let unserved = l.accepted.saturating_sub(l.completed);
+            if unserved > 0 {
+                missed.push(format!(
+                    "{} {unserved} of {} accepted not served",
+                    l.priority, l.accepted
+                ));
+            }
+            if l.queue_wait_max_ms > bound {
+                missed.push(format!(
+                    "{} waited {:.0} ms > {bound:.0}",
+                    l.priority, l.queue_wait_max_ms
+                ));
+            }
+        }
+        if self.lost > 0 || self.client_unresolved > 0 {
+            missed.push(format!(
+                "lost {} (unresolved tickets {})",
+                self.lost, self.client_unresolved
+            ));
+        }
+        Goal {
+            met: missed.is_empty(),
+            missed,
+        }
     }
 
     /// The report as JSON: its fields, plus `per_priority`, the same lines
@@ -270,8 +384,14 @@ impl Report {
             .map(|p| p.priority.clone())
             .zip(lines)
             .collect();
+        let goal = serde_json::to_value(self.goal()).expect("a goal is a flag and strings");
         if let Some(fields) = json.as_object_mut() {
             fields.insert("per_priority".into(), by_name.into());
+            fields.insert(
+                "starvation_bound_ms".into(),
+                self.starvation_bound_ms().into(),
+            );
+            fields.insert("goal".into(), goal);
         }
         json
     }
@@ -1003,6 +1123,12 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         shortfall: stats.capacity_shortfall,
         aging_promotions: stats.aging_promotions,
         max_wait_ms: ms(options.config.max_wait),
+        batch_interval_ms: ms(options.config.batching.max_queue_delay)
+            + sla
+                .per_priority
+                .iter()
+                .map(|l| ms(l.execution.p99))
+                .fold(0.0, f64::max),
         priorities,
         timeline,
         metrics: rt.metrics_text(),
@@ -1137,6 +1263,74 @@ mod tests {
 
     fn tally(window: Duration) -> Tally {
         Tally::new(Instant::now(), window)
+    }
+
+    /// Each part of the compare goal misses on its own, with its reason;
+    /// a level with nothing accepted misses nothing.
+    #[test]
+    fn the_goal_names_each_part_missed() {
+        let served = |p: Priority| PriorityReport {
+            priority: p.as_str().into(),
+            accepted: 100,
+            completed: 100,
+            p99_met: true,
+            slo_compliance: 1.0,
+            queue_wait_max_ms: 100.0,
+            ..Default::default()
+        };
+        let fine = Report {
+            max_wait_ms: 500.0,
+            batch_interval_ms: 20.0,
+            priorities: Priority::ALL.map(served).to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            fine.goal(),
+            Goal {
+                met: true,
+                missed: vec![]
+            }
+        );
+        let missed = |change: &dyn Fn(&mut Report)| {
+            let mut r = fine.clone();
+            change(&mut r);
+            let goal = r.goal();
+            assert!(!goal.met);
+            goal.missed
+        };
+        assert_eq!(
+            missed(&|r| r.priorities[0].slo_compliance = 0.998),
+            ["critical 99.80% within timeout < 99.9%"]
+        );
+        assert_eq!(
+            missed(&|r| {
+                let l = &mut r.priorities[1];
+                (l.p99_met, l.p99_ms, l.slo_p99_ms, l.expired) = (false, 90.0, 100.0, 3);
+            }),
+            ["high p99 90.0 ms > 100 (3 expired or failed)"]
+        );
+        assert_eq!(
+            missed(&|r| {
+                r.priorities[3].completed = 97;
+                r.priorities[3].expired = 3;
+            }),
+            ["low 3 of 100 accepted not served"]
+        );
+        assert_eq!(
+            missed(&|r| r.priorities[4].queue_wait_max_ms = 521.0),
+            ["background waited 521 ms > 520"]
+        );
+        assert_eq!(missed(&|r| r.lost = 1), ["lost 1 (unresolved tickets 0)"]);
+        // Normal is not part of the goal; an empty Critical has no p99.
+        let mut r = fine.clone();
+        r.priorities[2].queue_wait_max_ms = 10_000.0;
+        r.priorities[0] = PriorityReport {
+            priority: "critical".into(),
+            p99_met: false,
+            slo_compliance: 0.0,
+            ..Default::default()
+        };
+        assert!(r.goal().met, "{:?}", r.goal());
     }
 
     #[test]

@@ -424,6 +424,25 @@ fn compare_runs_every_policy_and_marks_a_missed_p99() {
             .collect();
         assert_eq!(marks, missed, "{line}");
     }
+    // The verdict: one line per policy, "met" exactly where the JSON's
+    // goal is, and a missed p99 of Critical or High among its reasons.
+    for p in policies {
+        let name = p["policy"].as_str().unwrap();
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && l.contains("starvation bound"))
+            .unwrap_or_else(|| panic!("no verdict for {name}:\n{stdout}"));
+        let met = p["goal"]["met"].as_bool().unwrap();
+        assert_eq!(line.contains(" met ("), met, "{line}");
+        assert_eq!(p["goal"]["missed"].as_array().unwrap().is_empty(), met);
+        for level in ["critical", "high"] {
+            if !p["per_priority"][level]["p99_met"].as_bool().unwrap() {
+                assert!(!met && line.contains(&format!("{level} p99")), "{line}");
+            }
+        }
+        let bound = p["starvation_bound_ms"].as_f64().unwrap();
+        assert!(bound > p["max_wait_ms"].as_f64().unwrap(), "{bound}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
