@@ -2,6 +2,7 @@
 # Weakens one memory ordering at a time in the real source and checks that the
 # named loom model then FAILS. Restores the source after each case.
 # Usage: loom-tests/weaken.sh   (from the repository root; takes a few minutes)
+#        ONLY=stats loom-tests/weaken.sh   (one test binary's cases)
 set -u
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom
@@ -27,15 +28,28 @@ cases=(
   "src/refresh.rs@!self.live.load(Ordering::Acquire)@!self.live.load(Ordering::Relaxed)@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
   "src/ring.rs@let freed = self.consumer.freed.load(Ordering::Acquire);@let freed = self.consumer.freed.load(Ordering::Relaxed);@ring@an_owner_races_a_shared_push_and_hands_the_ring_back"
   "src/gate.rs@self.0.state.fetch_sub(1, Ordering::Release);@self.0.state.fetch_sub(1, Ordering::Relaxed);@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
+  "src/stats.rs@self.ended[p.index()][how as usize].fetch_add(n, Ordering::Release);@self.ended[p.index()][how as usize].fetch_add(n, Ordering::Relaxed);@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
+  "src/stats.rs@std::array::from_fn(|how| self.ended[p][how].load(Ordering::Acquire))@std::array::from_fn(|how| self.ended[p][how].load(Ordering::Relaxed))@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
+  "src/stats.rs@self.batches.fetch_add(1, Ordering::Release);@self.batches.fetch_add(1, Ordering::Relaxed);@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
+  "src/stats.rs@let batches = self.batches.load(Ordering::Acquire);@let batches = self.batches.load(Ordering::Relaxed);@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
+  "src/intake.rs@.fetch_add(counts[q.index()] as u64, Ordering::Release);@.fetch_add(counts[q.index()] as u64, Ordering::Relaxed);@stats@a_rolled_back_batch_never_makes_outcomes_exceed_inserts"
+  "src/intake.rs@let voided = lane.counters.voided.load(Ordering::Acquire);@let voided = lane.counters.voided.load(Ordering::Relaxed);@stats@a_rolled_back_batch_never_makes_outcomes_exceed_inserts"
+  # Not orderings: the read orders, as they were before the models.
+  "src/stats.rs@let ended: [[u64; ENDED]; Priority::COUNT] = std::array::from_fn(|p| {\n            std::array::from_fn(|how| self.ended[p][how].load(Ordering::Acquire))\n        });\n        let batches = self.batches.load(Ordering::Acquire);\n        let intake = intake();@let intake = intake();\n        let ended: [[u64; ENDED]; Priority::COUNT] = std::array::from_fn(|p| {\n            std::array::from_fn(|how| self.ended[p][how].load(Ordering::Acquire))\n        });\n        let batches = self.batches.load(Ordering::Acquire);@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
+  "src/intake.rs@let voided = lane.counters.voided.load(Ordering::Acquire);\n                s.depth += lane.ring.len();\n                s.inserted += (lane.ring.pushed() as u64).saturating_sub(voided);@s.depth += lane.ring.len();\n                let pushed = lane.ring.pushed() as u64;\n                let voided = lane.counters.voided.load(Ordering::Acquire);\n                s.inserted += pushed.saturating_sub(voided);@stats@a_rolled_back_batch_never_makes_outcomes_exceed_inserts"
   # Not an ordering: the check itself, as it was before the model found it.
   "src/gate.rs@self.state.load(Ordering::Acquire) == CLOSED@self.state.load(Ordering::Acquire) & !CLOSED == 0@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
 )
 for c in "${cases[@]}"; do
   IFS='@' read -r file from to bin name <<<"$c"
+  # ONLY=<test binary> runs that binary's cases alone.
+  if [ -n "${ONLY:-}" ] && [ "$bin" != "$ONLY" ]; then continue; fi
   cp "$file" "$file.orig"
   python3 - "$file" "$from" "$to" <<'PY'
 import sys
 p, a, b = sys.argv[1:]
+# `\n` in a case stands for a line break (a fragment over several lines).
+a, b = a.replace("\\n", "\n"), b.replace("\\n", "\n")
 s = open(p).read()
 assert s.count(a) == 1, f"{a!r} must occur once in {p}"
 open(p, "w").write(s.replace(a, b))

@@ -309,11 +309,15 @@ impl<T> Shared<T> {
             for p in Priority::ALL {
                 let lane = self.lane(shard, p);
                 let s = &mut stats.per_priority[p.index()];
-                // Relaxed: independent statistics, each monotonic or bounded;
-                // no decision depends on their mutual consistency.
+                // `voided` before the claims, with Acquire (it is raised with
+                // Release after the claim it voids): a void seen is a claim
+                // seen, so `inserted` may briefly count a rolled-back
+                // batch's placeholders but never undercounts, and a count
+                // of outcomes read before this (`Counters::snapshot`) stays
+                // ≤ it. The rest are Relaxed: independent statistics.
+                let voided = lane.counters.voided.load(Ordering::Acquire);
                 s.depth += lane.ring.len();
-                s.inserted += (lane.ring.pushed() as u64)
-                    .saturating_sub(lane.counters.voided.load(Ordering::Relaxed));
+                s.inserted += (lane.ring.pushed() as u64).saturating_sub(voided);
                 s.rejected_full += lane.counters.rejected_full.load(Ordering::Relaxed);
             }
             stats.batch_insertions += self.batch_insertions[shard].load(Ordering::Relaxed);
@@ -674,14 +678,16 @@ impl<T> Intake<T> {
                 .find_map(|s| shared.lane(s, p).ring.reserve(k).map(|r| (s, r)));
             if reserved[p.index()].is_none() {
                 for q in Priority::ALL {
-                    // Relaxed: statistics. `voided` is raised before the
-                    // placeholders are written, so `inserted` never counts
-                    // them.
+                    // `voided` is raised after the claim (the reservation)
+                    // it voids, with Release, and read before the claims
+                    // with Acquire (`Shared::stats`): a reader never
+                    // subtracts a void whose claim it did not count.
+                    // `rejected_full` is Relaxed: a statistic.
                     if let Some((s, run)) = reserved[q.index()].take() {
                         let lane = shared.lane(s, q);
                         lane.counters
                             .voided
-                            .fetch_add(counts[q.index()] as u64, Ordering::Relaxed);
+                            .fetch_add(counts[q.index()] as u64, Ordering::Release);
                         drop(run); // writes the placeholders
                     }
                     shared

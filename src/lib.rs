@@ -117,6 +117,7 @@ pub mod loom_exports {
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
     pub use crate::refresh::{Answers, Refresh};
+    pub use crate::stats::{Counters, Ended};
 }
 
 pub use intake::{Intake, IntakeConfig};

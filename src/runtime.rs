@@ -399,6 +399,13 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// delivered (completed, failed, expired), though the ticket reports
     /// `Cancelled`; every request is still counted exactly once.
     ///
+    /// The counters are not read at one instant, but in an order that keeps
+    /// two promises while requests are in flight: per level, the outcomes
+    /// never exceed `inserted` (`lost()` never has to saturate), and a
+    /// launched batch counted in `batches` no longer holds room in
+    /// `queue_depth`, so a caller who saw it counted and submits finds the
+    /// room (model-checked: `loom-tests/tests/stats.rs`).
+    ///
     /// ```
     /// # use convoy::{Request, Runtime};
     /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;

@@ -5,21 +5,44 @@ use crate::intake::{fill, IntakeStats};
 use crate::priority::Priority;
 use crate::sync::{AtomicU64, Ordering};
 
-/// Which of the exactly-one outcomes a request ended in.
+/// Which of the exactly-one outcomes a request ended in. (`pub` only for
+/// the loom models; the module is private.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ended {
+pub enum Ended {
+    /// Delivered an output.
     Completed,
+    /// Its deadline passed while queued.
     Expired,
+    /// Cancelled or abandoned by the caller.
     Cancelled,
+    /// The executor failed its batch.
     Failed,
+    /// Failed by shutdown.
     ShutDown,
 }
 
 const ENDED: usize = 5;
 
-/// Counters written by the collector and the workers. Relaxed everywhere:
-/// each is an independent monotonic count read only for reporting.
-pub(crate) struct Counters {
+/// Counters written by the collector and the workers, read for reporting.
+///
+/// Most are Relaxed: independent monotonic counts. Two pairs are not,
+/// because a reader compares them with the intake's counts, which are
+/// read after them ([`Counters::snapshot`]):
+///
+/// * an outcome is counted (Release) only after its request was inserted
+///   (the intake ring's claim, carried to the counting thread by the
+///   ring's and the worker queue's Release/Acquire hand-offs), so a
+///   snapshot that loads it (Acquire) sees that insertion too: in every
+///   snapshot, per level, outcomes ≤ inserted;
+/// * a batch is counted (Release) only after its requests' room was given
+///   back, so a snapshot that counts the batch (Acquire) no longer counts
+///   its requests in `queue_depth`: a caller who waits for `batches` to
+///   move and then submits finds the room.
+///
+/// Reading the intake first (as convoy once did) let a thread descheduled
+/// between the two reads report more outcomes than insertions, and count
+/// a launched batch whose room a submit then did not find.
+pub struct Counters {
     ended: [[AtomicU64; ENDED]; Priority::COUNT],
     batches: AtomicU64,
     batched_requests: AtomicU64,
@@ -38,7 +61,14 @@ pub(crate) struct Counters {
 /// Upper bounds of the batch size histogram; the last catches the rest.
 pub const BATCH_SIZE_BOUNDS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, u64::MAX];
 
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Counters {
+    /// All zero.
     pub fn new() -> Self {
         Self {
             ended: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
@@ -55,28 +85,36 @@ impl Counters {
         }
     }
 
+    /// Counts a batch placed for `reason`.
     pub fn placement(&self, reason: PlacementReason) {
         self.placements[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The adaptive batch limit in force and its decreases so far.
     pub fn set_batch_limit(&self, limit: usize, decreases: u64) {
         self.batch_limit.store(limit as u64, Ordering::Relaxed);
         self.batch_limit_decreases
             .store(decreases, Ordering::Relaxed);
     }
 
+    /// The adaptive placement's switches so far.
     pub fn set_adaptive_switches(&self, n: u64) {
         self.adaptive_switches.store(n, Ordering::Relaxed);
     }
 
+    /// Counts `n` requests of level `p` that ended `how`; called only
+    /// after their insertion was seen (see the type's docs).
     pub fn ended(&self, p: Priority, how: Ended, n: u64) {
         if n > 0 {
-            self.ended[p.index()][how as usize].fetch_add(n, Ordering::Relaxed);
+            // Release: see the type's docs.
+            self.ended[p.index()][how as usize].fetch_add(n, Ordering::Release);
         }
     }
 
+    /// Counts a launched batch; called after its room was given back.
     pub fn batch(&self, size: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        // Release: see the type's docs.
+        self.batches.fetch_add(1, Ordering::Release);
         self.batched_requests
             .fetch_add(size as u64, Ordering::Relaxed);
         let bucket = BATCH_SIZE_BOUNDS
@@ -86,20 +124,31 @@ impl Counters {
         self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a capacity shortfall episode.
     pub fn shortfall(&self) {
         self.shortfall.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a request joined to a waiting one with its dedup key.
     pub fn deduplicated(&self) {
         self.deduplicated.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a request launched ahead of more urgent ones by its age.
     pub fn aging_promotion(&self) {
         self.aging_promotions.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self, intake: IntakeStats) -> Stats {
-        let get = |p: usize, how: Ended| self.ended[p][how as usize].load(Ordering::Relaxed);
+    /// These counters, then the intake's (`intake` is called after the
+    /// outcome and batch counts are loaded, with Acquire: see the type's
+    /// docs).
+    pub fn snapshot(&self, intake: impl FnOnce() -> IntakeStats) -> Stats {
+        let ended: [[u64; ENDED]; Priority::COUNT] = std::array::from_fn(|p| {
+            std::array::from_fn(|how| self.ended[p][how].load(Ordering::Acquire))
+        });
+        let batches = self.batches.load(Ordering::Acquire);
+        let intake = intake();
+        let get = |p: usize, how: Ended| ended[p][how as usize];
         Stats {
             per_priority: std::array::from_fn(|p| PriorityStats {
                 inserted: intake.per_priority[p].inserted,
@@ -111,7 +160,7 @@ impl Counters {
                 failed: get(p, Ended::Failed),
                 shut_down: get(p, Ended::ShutDown),
             }),
-            batches: self.batches.load(Ordering::Relaxed),
+            batches,
             batched_requests: self.batched_requests.load(Ordering::Relaxed),
             capacity_shortfall: self.shortfall.load(Ordering::Relaxed),
             aging_promotions: self.aging_promotions.load(Ordering::Relaxed),

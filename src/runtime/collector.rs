@@ -385,7 +385,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return;
         }
         self.summary_logged = now;
-        let stats = self.shared.counters.snapshot(self.intake.stats());
+        let stats = self.shared.counters.snapshot(|| self.intake.stats());
         let total = stats.total();
         tracing::info!(
             queued = total.queue_depth,
@@ -821,7 +821,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         for _ in 0..formed.aged {
             counters.aging_promotion();
         }
-        counters.batch(formed.items.len());
+        let size = formed.items.len();
         let mut batch = Batch {
             inputs: Vec::with_capacity(formed.items.len()),
             completers: Vec::with_capacity(formed.items.len()),
@@ -852,8 +852,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             admissions.push(adm);
         }
         // Launched: the room goes back before the worker can complete any
-        // of them, so a caller woken by its result finds the depth down.
+        // of them, so a caller woken by its result finds the depth down;
+        // and before the batch is counted, so one who sees the count does
+        // too (`Counters`).
         self.intake.release_all(admissions);
+        self.shared.counters.batch(size);
         let worker = formed.worker;
         // The level check comes first inside the macro: with debug off,
         // nothing is formatted.

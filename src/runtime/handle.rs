@@ -289,7 +289,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// Counters per priority and totals; lock-free. The same snapshot as
     /// [`Runtime::stats`](super::Runtime::stats), whose docs say what a caller can rely on.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.intake.stats())
+        self.shared.counters.snapshot(|| self.intake.stats())
     }
 
     /// The largest cost a request may bring and still be accepted now:
