@@ -394,10 +394,11 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// `wait()` has returned (or a `try_take()` given a result), a snapshot
     /// taken after it includes that request, and no longer counts it in
     /// `queue_depth` (its room is given back before it is told). The one
-    /// blur: a ticket
-    /// cancelled while its result is being delivered is counted as
-    /// delivered (completed, failed, expired), though the ticket reports
-    /// `Cancelled`; every request is still counted exactly once.
+    /// blur: a ticket cancelled while its outcome is being delivered, or
+    /// after it was delivered and before it was taken (`cancel()` then
+    /// returns `false`), is counted as delivered (completed, failed,
+    /// expired), though the ticket reports `Cancelled`; every request is
+    /// still counted exactly once.
     ///
     /// The counters are not read at one instant, but in an order that keeps
     /// two promises while requests are in flight: per level, the outcomes
