@@ -312,18 +312,15 @@ impl Report {
                 continue;
             }
             if !l.p99_met {
+                let mut why = format!(
+                    "{} p99 {:.1} ms > {:.0}",
+                    l.priority, l.p99_ms, l.slo_p99_ms
+                );
                 let misses = l.expired + l.failed;
-                missed.push(if misses > 0 {
-                    format!(
-                        "{} p99 {:.1} ms > {:.0} ({misses} expired or failed)",
-                        l.priority, l.p99_ms, l.slo_p99_ms
-                    )
-                } else {
-                    format!(
-                        "{} p99 {:.1} ms > {:.0}",
-                        l.priority, l.p99_ms, l.slo_p99_ms
-                    )
-                });
+                if misses > 0 {
+                    why.push_str(&format!(" ({misses} expired or failed)"));
+                }
+                missed.push(why);
             }
             if l.slo_compliance < 0.999 {
                 missed.push(format!(

@@ -211,11 +211,6 @@ fn add_histogram(into: &mut Option<Histogram<u64>>, from: &Option<Histogram<u64>
     }
 }
 
-/// An empty ring of per-second buckets.
-fn bucket_ring() -> Vec<(u64, [(u64, u64); Priority::COUNT])> {
-    vec![(u64::MAX, [(0, 0); Priority::COUNT]); WINDOW_SECS]
-}
-
 impl SlaShard {
     fn new() -> Self {
         Self {
@@ -254,11 +249,8 @@ impl SlaShard {
     /// and only the newest `RECENT` violations stay.
     fn fold(&mut self, other: &SlaShard) {
         self.add_samples(other);
-        if self.buckets.is_empty() && !other.buckets.is_empty() {
-            self.buckets = bucket_ring();
-        }
         for &(second, counts) in other.buckets.iter().filter(|b| b.0 != u64::MAX) {
-            let slot = &mut self.buckets[(second % WINDOW_SECS as u64) as usize];
+            let slot = &mut self.ring()[(second % WINDOW_SECS as u64) as usize];
             if slot.0 == second {
                 for (m, c) in slot.1.iter_mut().zip(counts) {
                     m.0 += c.0;
@@ -289,15 +281,20 @@ impl SlaShard {
         self.hist[p.index() * KINDS + kind].as_ref()
     }
 
+    /// The per-second ring to count into, allocated on its first use.
+    fn ring(&mut self) -> &mut [(u64, [(u64, u64); Priority::COUNT])] {
+        if self.buckets.is_empty() {
+            self.buckets = vec![(u64::MAX, [(0, 0); Priority::COUNT]); WINDOW_SECS];
+        }
+        &mut self.buckets
+    }
+
     fn count(&mut self, p: Priority, second: u64, violated: bool) {
         let v = u64::from(violated);
         let t = &mut self.totals[p.index()];
         t.0 += 1;
         t.1 += v;
-        if self.buckets.is_empty() {
-            self.buckets = bucket_ring();
-        }
-        let slot = &mut self.buckets[(second % WINDOW_SECS as u64) as usize];
+        let slot = &mut self.ring()[(second % WINDOW_SECS as u64) as usize];
         if slot.0 != second {
             *slot = (second, [(0, 0); Priority::COUNT]);
         }
