@@ -282,7 +282,7 @@ fn seconds(option: &str, s: f64) -> Result<Duration, Fail> {
         Ok(Duration::from_secs_f64(s))
     } else {
         Err(Fail(format!(
-            "{option}: must be a number of seconds > 0, got {s}"
+            "{option}: must be a number of seconds > 0 and < 1000000, got {s}"
         )))
     }
 }
@@ -394,7 +394,7 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
 fn compare(args: &CompareArgs) -> Result<(), Fail> {
     if !(args.load.is_finite() && args.load > 0.0) {
         return Err(Fail(format!(
-            "--load: must be a number > 0, got {}",
+            "--load: must be a finite number > 0, got {}",
             args.load
         )));
     }

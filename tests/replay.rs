@@ -303,10 +303,24 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
         assert!(err.contains("--speedup: must be"), "{err}");
     }
 
-    for load in [&["--load=0"][..], &["--load=-1"], &["--load", "-1"]] {
+    for load in [
+        &["--load=0"][..],
+        &["--load=-1"],
+        &["--load", "-1"],
+        &["--load", "inf"],
+        &["--load", "NaN"],
+    ] {
         let (code, err) = convoy(&[&["compare"][..], load].concat());
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("--load: must be"), "{err}");
+    }
+    for duration in ["0", "-2", "1e7", "inf"] {
+        let (code, err) = convoy(&["compare", "--duration", duration]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("--duration: must be a number of seconds > 0 and < 1000000"),
+            "{err}"
+        );
     }
     let (code, err) = convoy(&["replay", "--policy", "random"]);
     assert_eq!(code, 2, "{err}");
