@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/infer` | JSON `{"tokens": [u32…]}` or `{"vector": [f32…]}`, optional `priority`, `deadline_ms`, `tenant`, `dedup_key`; answers `{"output": [f32…]}` |
+//! | `POST /v1/infer` | JSON `{"tokens": [u32…]}` or `{"vector": [f32…]}`, optional `priority` (name or level 0–4), `deadline_ms`, `tenant`, `dedup_key`; answers `{"output": [f32…]}` |
 //! | `GET /metrics` | the runtime's Prometheus text |
 //! | `GET /healthz` | `ok` (503 once shutting down) |
 //! | `GET /v1/stats` | outcome counts per priority, queue capacity per level and utilization, JSON |
@@ -118,10 +118,30 @@ pub struct AppState {
 struct InferBody {
     tokens: Option<Vec<u32>>,
     vector: Option<Vec<f32>>,
-    priority: Option<String>,
+    priority: Option<PriorityField>,
     deadline_ms: Option<f64>,
     tenant: Option<String>,
     dedup_key: Option<String>,
+}
+
+/// A priority as a name (`"high"`) or a level number (`1`), the two forms
+/// `Priority::from_str` and the trace loader take: clients that number
+/// their priorities (Triton's `priority` is an integer) need no mapping.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PriorityField {
+    Name(String),
+    Level(i64),
+}
+
+impl PriorityField {
+    fn parse(self) -> Result<Priority, String> {
+        match self {
+            PriorityField::Name(name) => Priority::from_str(&name),
+            PriorityField::Level(level) => Priority::from_str(&level.to_string()),
+        }
+        .map_err(|e| e.to_string())
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -245,7 +265,7 @@ fn build_request(b: InferBody, limits: &Limits) -> Result<Request<Input>, Respon
     };
     let mut request = Request::new(input).tokens(tokens);
     if let Some(p) = b.priority {
-        let p = Priority::from_str(&p).map_err(|e| unprocessable(e.to_string()))?;
+        let p = p.parse().map_err(unprocessable)?;
         request = request.priority(p);
     }
     if let Some(ms) = b.deadline_ms {

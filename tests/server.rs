@@ -147,6 +147,16 @@ async fn each_error_has_its_status_and_a_json_reason() {
             "unknown priority",
         ),
         (
+            json!({"tokens": [1], "priority": 5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority \"5\"",
+        ),
+        (
+            json!({"tokens": [1], "priority": -1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority \"-1\"",
+        ),
+        (
             json!({"tokens": vec![1; 65]}),
             StatusCode::PAYLOAD_TOO_LARGE,
             "at most 64",
@@ -352,4 +362,23 @@ async fn shutdown_under_load_answers_every_request_and_loses_nothing() {
     let t = stats.total();
     assert!(t.inserted > 0);
     assert_eq!(t.inserted, t.ended(), "{t:?}");
+}
+
+/// A priority may be a level number as well as a name, as in a trace: `0`
+/// is critical, `4` background. Each lands on its own level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_may_be_its_level_number() {
+    let s = start().await;
+    for (level, name) in [(0, "critical"), (1, "high"), (3, "low"), (4, "background")] {
+        let (st, body) = s.infer(json!({"tokens": [1, 2], "priority": level})).await;
+        assert_eq!(st, StatusCode::OK, "{level}: {body}");
+        let stats = convoy::server::stats_json(&s.state.runtime);
+        assert_eq!(
+            stats["priorities"][name]["completed"],
+            json!(1),
+            "{level} counted as {name}: {stats}"
+        );
+    }
+    let stats = s.stop().await;
+    assert_eq!(stats.of(convoy::Priority::Normal).inserted, 0);
 }
