@@ -17,6 +17,7 @@
 //! cudarc panics when a library it needs cannot be loaded).
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -215,6 +216,195 @@ impl<I, O> std::fmt::Debug for CudaExecutor<I, O> {
 }
 
 /// NVRTC's log out of a compile error, or its debug form.
+/// Compiles CUDA C `source` to PTX for compute capability `(major, minor)`
+/// with NVRTC alone, and checks that the PTX defines the kernel `function`.
+///
+/// No driver and no device are needed, so a kernel can be checked where
+/// it is built (CI compiles every bundled kernel this way for the H100's
+/// `(9, 0)`), and a source that names its function wrongly, or forgets
+/// `extern "C"` (the name is then mangled), fails here with the name
+/// rather than later at load with a bare driver error. `CudaExecutor::new`
+/// compiles through this for its device's capability.
+///
+/// ```
+/// use convoy::cuda::{compile_ptx, CudaError};
+/// let source = r#"extern "C" __global__ void twice(float *x) { x[threadIdx.x] *= 2.0f; }"#;
+/// match compile_ptx(source, "twice", (9, 0)) {
+///     Ok(ptx) => assert!(ptx.to_src().contains(".entry twice")),
+///     Err(CudaError::NvrtcMissing) => println!("no NVRTC here"), // this machine, say
+///     Err(e) => panic!("{e}"),
+/// }
+/// ```
+pub fn compile_ptx(
+    source: &str,
+    function: &str,
+    (major, minor): (i32, i32),
+) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    if function.is_empty() || function.contains('\0') {
+        return Err(CudaError::Invalid(format!(
+            "kernel function name {function:?} is empty or contains NUL"
+        )));
+    }
+    // SAFETY: only tries to dlopen NVRTC under its known names and drops
+    // the handle; cudarc panics on the compile below if it is missing.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NvrtcMissing);
+    }
+    let options = CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        name: Some(format!("{function}.cu")),
+        ..CompileOptions::default()
+    };
+    let ptx =
+        cudarc::nvrtc::compile_ptx_with_opts(source, options).map_err(|e| CudaError::Compile {
+            function: function.to_owned(),
+            log: compile_log(&e),
+        })?;
+    if !ptx
+        .to_src()
+        .lines()
+        .any(|line| entry_name(line) == Some(function))
+    {
+        return Err(CudaError::Compile {
+            function: function.to_owned(),
+            log: format!(
+                "the source compiled, but defines no kernel `{function}`: is it declared `extern \"C\" __global__` under that name?"
+            ),
+        });
+    }
+    Ok(ptx)
+}
+
+/// Compiles `spec`'s kernel for compute capability `(major, minor)` with
+/// NVRTC alone (see [`compile_ptx`]) and checks its parameters against
+/// the [kernel ABI](crate::kernel#the-kernel-abi): one pointer per weight
+/// buffer, then `words`, `offsets` (pointers), `batch` (a 32-bit int),
+/// `out` (a pointer), `width` (a 32-bit int).
+///
+/// A launch passes those arguments whatever the kernel declares, and the
+/// device would read a mismatch as garbage (a weight missing from the
+/// signature shifts every argument after it); this refuses it, with both
+/// lists, before any device is touched.
+///
+/// ```
+/// use convoy::cuda::{compile_kernel, CudaError};
+/// use convoy::kernel::KernelSpec;
+/// use convoy::model::PoolDense;
+/// let spec = KernelSpec::pool_dense(&PoolDense::seeded(100, 8, 1).unwrap(), 64);
+/// match compile_kernel(&spec, (9, 0)) {
+///     Ok(ptx) => assert!(ptx.to_src().contains(".target sm_90")),
+///     Err(CudaError::NvrtcMissing) => println!("no NVRTC here"),
+///     Err(e) => panic!("{e}"),
+/// }
+/// ```
+pub fn compile_kernel<I, O>(
+    spec: &KernelSpec<I, O>,
+    capability: (i32, i32),
+) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    spec.validate().map_err(CudaError::Invalid)?;
+    let ptx = compile_ptx(&spec.source, &spec.function, capability)?;
+    let want = abi_params(spec.weights.len());
+    let got = entry_params(&ptx.to_src(), &spec.function).unwrap_or_default();
+    if got != want {
+        let list = |ps: &[Param]| {
+            ps.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(CudaError::Invalid(format!(
+            "kernel `{}` takes ({}), but convoy launches it with ({}): {} weight pointer(s), then words, offsets, batch, out, width",
+            spec.function,
+            list(&got),
+            list(&want),
+            spec.weights.len()
+        )));
+    }
+    Ok(ptx)
+}
+
+/// A kernel parameter as PTX declares it, by what a launch must pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Param {
+    /// 64 bits: a pointer (or a 64-bit integer, which a launch cannot tell
+    /// from one).
+    Bits64,
+    /// 32 bits: an `int` or `unsigned` (or a `float`, kept apart below).
+    Int32,
+    /// A 32-bit float.
+    Float32,
+    /// Anything else: a struct (`.b8 name[n]`), a half, a double...
+    Other,
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Param::Bits64 => "pointer",
+            Param::Int32 => "int",
+            Param::Float32 => "float",
+            Param::Other => "other",
+        })
+    }
+}
+
+/// What the ABI passes for `weights` weight buffers.
+fn abi_params(weights: usize) -> Vec<Param> {
+    let mut ps = vec![Param::Bits64; weights + 2];
+    ps.extend([Param::Int32, Param::Bits64, Param::Int32]);
+    ps
+}
+
+/// The parameters of entry `function` in PTX text, or `None` if it has no
+/// such entry. NVRTC writes them as `.param .u64 f_param_0,` one per
+/// line (with `.ptr .global .align n` before the name on some targets).
+fn entry_params(ptx: &str, function: &str) -> Option<Vec<Param>> {
+    let start = ptx
+        .lines()
+        .position(|line| entry_name(line) == Some(function))?;
+    let decl: String = ptx
+        .lines()
+        .skip(start)
+        .take_while(|line| !line.trim_start().starts_with('{'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let open = decl.find('(')?;
+    let close = decl[open..].find(')')? + open;
+    Some(
+        decl[open + 1..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let ty = p
+                    .split_whitespace()
+                    .skip_while(|w| *w != ".param")
+                    .nth(1)
+                    .unwrap_or("");
+                if p.contains('[') {
+                    Param::Other
+                } else {
+                    match ty {
+                        ".u64" | ".s64" | ".b64" => Param::Bits64,
+                        ".u32" | ".s32" | ".b32" => Param::Int32,
+                        ".f32" => Param::Float32,
+                        _ => Param::Other,
+                    }
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The name a PTX line declares with `.entry`, if it declares one.
+fn entry_name(line: &str) -> Option<&str> {
+    let name = line
+        .split_whitespace()
+        .skip_while(|w| *w != ".entry")
+        .nth(1)?;
+    name.split('(').next()
+}
+
 fn compile_log(e: &CompileError) -> String {
     match e {
         CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
@@ -228,11 +418,6 @@ impl<I: Send + Sync + 'static, O: Send + 'static> CudaExecutor<I, O> {
     /// NVRTC or the device is missing or the source does not compile.
     pub fn new(spec: KernelSpec<I, O>, config: CudaConfig) -> Result<Self, CudaError> {
         spec.validate().map_err(CudaError::Invalid)?;
-        if spec.function.contains('\0') {
-            return Err(CudaError::Invalid(
-                "kernel function name contains NUL".into(),
-            ));
-        }
         if spec.shared_bytes > 48 * 1024 {
             return Err(CudaError::Invalid(format!(
                 "{} bytes of shared memory per block is over the 48 KiB a launch gets without opting in",
@@ -246,20 +431,10 @@ impl<I: Send + Sync + 'static, O: Send + 'static> CudaExecutor<I, O> {
         }
         probe(config.device)?;
         let ctx = CudaContext::new(config.device).map_err(driver("opening the device"))?;
-        let (major, minor) = ctx
+        let capability = ctx
             .compute_capability()
             .map_err(driver("reading the compute capability"))?;
-        let options = CompileOptions {
-            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-            name: Some(format!("{}.cu", spec.function)),
-            ..CompileOptions::default()
-        };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(&spec.source, options).map_err(|e| {
-            CudaError::Compile {
-                function: spec.function.clone(),
-                log: compile_log(&e),
-            }
-        })?;
+        let ptx = compile_kernel(&spec, capability)?;
         let module = ctx.load_module(ptx).map_err(driver("loading the module"))?;
         let function = module
             .load_function(&spec.function)
@@ -732,5 +907,83 @@ impl<I, O> CudaLane<I, O> {
             .chunks_exact(width)
             .map(|row| (self.inner.spec.unpack)(row))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header NVRTC 13.0 writes for `kernels/pool_dense.cu` at sm_90.
+    const POOL_DENSE_PTX: &str = "\
+.version 9.0
+.target sm_90
+.address_size 64
+
+	// .globl	pool_dense
+.extern .shared .align 16 .b8 pooled[];
+
+.visible .entry pool_dense(
+	.param .u64 pool_dense_param_0,
+	.param .u64 pool_dense_param_1,
+	.param .u64 pool_dense_param_2,
+	.param .u64 pool_dense_param_3,
+	.param .u64 pool_dense_param_4,
+	.param .u32 pool_dense_param_5,
+	.param .u64 pool_dense_param_6,
+	.param .u32 pool_dense_param_7
+)
+{
+	.reg .pred 	%p<25>;
+";
+
+    #[test]
+    fn the_pool_dense_entry_matches_the_abi_for_three_weights() {
+        assert_eq!(
+            entry_name(".visible .entry pool_dense("),
+            Some("pool_dense")
+        );
+        assert_eq!(
+            entry_params(POOL_DENSE_PTX, "pool_dense"),
+            Some(abi_params(3))
+        );
+        assert_ne!(
+            entry_params(POOL_DENSE_PTX, "pool_dense"),
+            Some(abi_params(2))
+        );
+        assert_eq!(entry_params(POOL_DENSE_PTX, "pool_dens"), None);
+        assert_eq!(entry_params(POOL_DENSE_PTX, "pool_dense_param_0"), None);
+    }
+
+    #[test]
+    fn params_are_read_by_their_type_whatever_comes_before_the_name() {
+        let ptx = "\
+.entry f(
+	.param .u64 .ptr .global .align 4 f_param_0,
+	.param .s32 f_param_1,
+	.param .f32 f_param_2,
+	.param .align 4 .b8 f_param_3[12],
+	.param .f64 f_param_4
+)
+{
+";
+        assert_eq!(
+            entry_params(ptx, "f"),
+            Some(vec![
+                Param::Bits64,
+                Param::Int32,
+                Param::Float32,
+                Param::Other,
+                Param::Other
+            ])
+        );
+        assert_eq!(entry_params(".visible .entry g()\n{\n", "g"), Some(vec![]));
+        assert_eq!(
+            abi_params(1)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["pointer", "pointer", "pointer", "int", "pointer", "int"]
+        );
     }
 }

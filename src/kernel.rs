@@ -264,6 +264,9 @@ impl<I, O> KernelSpec<I, O> {
         if self.function.is_empty() {
             return Err("no kernel function name".into());
         }
+        if self.function.contains('\0') {
+            return Err("kernel function name contains NUL".into());
+        }
         if self.weights.iter().any(Vec::is_empty) {
             return Err("a weight buffer is empty".into());
         }

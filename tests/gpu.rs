@@ -1,13 +1,15 @@
 //! The CUDA executor. Without a GPU (no libcuda, no NVRTC or no device)
 //! the device tests print why they skip, and fail instead when
-//! `CONVOY_REQUIRE_GPU=1` (as `scripts/gpu-check.sh` sets). The error-path
-//! tests run everywhere.
+//! `CONVOY_REQUIRE_GPU=1` (as `scripts/gpu-check.sh` sets). The compile
+//! tests need only NVRTC, no GPU: they skip without it, and fail instead
+//! under `CI=true` (`.ci/run` installs NVRTC) or `CONVOY_REQUIRE_GPU=1`.
+//! The error-path tests run everywhere.
 #![cfg(feature = "cuda")]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use convoy::cuda::{probe, CudaConfig, CudaError, CudaExecutor};
-use convoy::kernel::{KernelSpec, Words};
+use convoy::cuda::{compile_kernel, compile_ptx, probe, CudaConfig, CudaError, CudaExecutor};
+use convoy::kernel::{KernelSpec, Words, POOL_DENSE_SOURCE};
 use convoy::model::{splitmix64, PoolDense};
 use convoy::{Config, Lane, Request, Runtime, SubmitErrorKind};
 
@@ -28,6 +30,41 @@ fn gpu(test: &str) -> bool {
             eprintln!("skipped {test}: no GPU here ({e}); set CONVOY_REQUIRE_GPU=1 to make this a failure");
             false
         }
+    }
+}
+
+/// Whether NVRTC is here (compiling needs no GPU); prints the skip reason,
+/// or fails under `CI=true` or `CONVOY_REQUIRE_GPU=1`.
+fn nvrtc(test: &str) -> bool {
+    match compile_ptx(r#"extern "C" __global__ void k() {}"#, "k", (9, 0)) {
+        Ok(_) => true,
+        Err(CudaError::NvrtcMissing) => {
+            let required = std::env::var("CI").as_deref() == Ok("true")
+                || std::env::var("CONVOY_REQUIRE_GPU").as_deref() == Ok("1");
+            if required {
+                panic!("{test}: NVRTC (libnvrtc.so.13) is required here (CI=true or CONVOY_REQUIRE_GPU=1) but not loadable; .ci/run installs it");
+            }
+            eprintln!(
+                "skipped {test}: no NVRTC here (libnvrtc.so.13 not loadable); .ci/run installs it"
+            );
+            false
+        }
+        Err(e) => panic!("{test}: NVRTC is here, but an empty kernel failed: {e}"),
+    }
+}
+
+/// The CUDA 13 targets worth compiling for: the oldest it supports
+/// (Turing), Ampere, and the Hopper GPUs this project runs on (H100, H200).
+const CAPABILITIES: [(i32, i32); 3] = [(7, 5), (8, 0), (9, 0)];
+
+/// `source`'s kernel `function` with `weights` one-float weight buffers,
+/// packed and unpacked as pool-dense's (only compiling is under test).
+fn spec_of(source: &str, function: &str, weights: usize) -> KernelSpec<Vec<u32>, Vec<f32>> {
+    KernelSpec {
+        source: source.into(),
+        function: function.into(),
+        weights: vec![vec![1.0]; weights],
+        ..KernelSpec::pool_dense(&PoolDense::seeded(10, 4, 1).expect("valid dimensions"), 4)
     }
 }
 
@@ -177,19 +214,107 @@ fn a_bad_spec_is_refused_before_any_device_call() {
 }
 
 #[test]
+fn every_bundled_kernel_compiles_and_matches_the_abi() {
+    if !nvrtc("every_bundled_kernel_compiles_and_matches_the_abi") {
+        return;
+    }
+    let mean_max = include_str!("../kernels/mean_max.cu");
+    for (major, minor) in CAPABILITIES {
+        let pool_dense = KernelSpec::pool_dense(&model(), MAX_TOKENS);
+        for (spec, what) in [
+            (pool_dense, "pool_dense"),
+            (spec_of(mean_max, "mean_max", 1), "mean_max"),
+        ] {
+            let ptx = compile_kernel(&spec, (major, minor))
+                .unwrap_or_else(|e| panic!("{what} at sm_{major}{minor}: {e}"))
+                .to_src();
+            assert!(
+                ptx.contains(&format!(".target sm_{major}{minor}")),
+                "{what}: {ptx}"
+            );
+            assert!(ptx.contains(&format!(".entry {what}(")), "{what}: {ptx}");
+        }
+    }
+}
+
+#[test]
 fn a_kernel_that_does_not_compile_returns_nvrtc_log() {
-    if !gpu("a_kernel_that_does_not_compile_returns_nvrtc_log") {
+    if !nvrtc("a_kernel_that_does_not_compile_returns_nvrtc_log") {
         return;
     }
     let mut spec = KernelSpec::pool_dense(&model(), MAX_TOKENS);
     spec.source
         .push_str("\nextern \"C\" __global__ void broken( { this is not C }\n");
-    match CudaExecutor::new(spec, CudaConfig::default()) {
+    let check = |e: Result<(), CudaError>| match e {
         Err(CudaError::Compile { function, log }) => {
             assert_eq!(function, "pool_dense");
-            assert!(log.contains("error"), "NVRTC log: {log}");
+            // NVRTC names the file after the function, with the line.
+            assert!(
+                log.contains("pool_dense.cu(") && log.contains("error"),
+                "NVRTC log: {log}"
+            );
         }
         other => panic!("expected a compile error, got {other:?}"),
+    };
+    check(compile_kernel(&spec, (9, 0)).map(|_| ()));
+    if gpu("a_kernel_that_does_not_compile_returns_nvrtc_log (on the device)") {
+        check(CudaExecutor::new(spec, CudaConfig::default()).map(|_| ()));
+    }
+}
+
+#[test]
+fn a_kernel_not_found_under_its_name_is_refused_naming_it() {
+    if !nvrtc("a_kernel_not_found_under_its_name_is_refused_naming_it") {
+        return;
+    }
+    let unmangled = POOL_DENSE_SOURCE.replace("extern \"C\" __global__", "__global__");
+    for (source, function) in [
+        (POOL_DENSE_SOURCE.to_owned(), "pool_dens"),
+        // Without extern "C" the name is C++-mangled.
+        (unmangled, "pool_dense"),
+    ] {
+        match compile_kernel(&spec_of(&source, function, 3), (9, 0)) {
+            Err(CudaError::Compile { function: f, log }) => {
+                assert_eq!(f, function);
+                assert!(
+                    log.contains(&format!("defines no kernel `{function}`"))
+                        && log.contains("extern \"C\" __global__"),
+                    "{log}"
+                );
+            }
+            other => panic!(
+                "{function}: expected a compile error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_kernel_whose_signature_is_not_the_abi_is_refused() {
+    if !nvrtc("a_kernel_whose_signature_is_not_the_abi_is_refused") {
+        return;
+    }
+    let mean_max = include_str!("../kernels/mean_max.cu");
+    let float_batch = mean_max.replace("int batch,", "float batch,");
+    assert_ne!(float_batch, mean_max, "the signature to change is there");
+    let cases = [
+        // The spec uploads two weights, the kernel takes one.
+        (
+            spec_of(mean_max, "mean_max", 2),
+            "takes (pointer, pointer, pointer, int, pointer, int), but convoy launches it with (pointer, pointer, pointer, pointer, int, pointer, int)",
+        ),
+        // batch as a float.
+        (
+            spec_of(&float_batch, "mean_max", 1),
+            "takes (pointer, pointer, pointer, float, pointer, int)",
+        ),
+    ];
+    for (spec, want) in cases {
+        match compile_kernel(&spec, (9, 0)) {
+            Err(CudaError::Invalid(why)) => assert!(why.contains(want), "{why}"),
+            other => panic!("expected the ABI refused, got {:?}", other.map(|_| ())),
+        }
     }
 }
 
@@ -307,9 +432,6 @@ fn runtime_on_gpu_workers_matches_cpu_and_loses_nothing() {
 
 #[test]
 fn a_custom_kernel_runs_through_the_same_abi() {
-    if !gpu("a_custom_kernel_runs_through_the_same_abi") {
-        return;
-    }
     // Per request: (mean, max) of a ragged float vector, scaled by w[0].
     let source = r#"
 extern "C" __global__ void mean_max(const float* scale, const unsigned* words,
@@ -342,6 +464,13 @@ extern "C" __global__ void mean_max(const float* scale, const unsigned* words,
             }
         }),
     };
+    // Without a GPU, still check that it compiles and fits the ABI.
+    if nvrtc("a_custom_kernel_runs_through_the_same_abi (compile)") {
+        compile_kernel(&spec, (9, 0)).expect("compiles to the ABI");
+    }
+    if !gpu("a_custom_kernel_runs_through_the_same_abi") {
+        return;
+    }
     let exec = CudaExecutor::new(spec, poisoned()).expect("compiles");
     let mut lane = exec.new_lane(1).unwrap();
     let inputs = vec![vec![1.0, 3.0], vec![], vec![-2.0]];
