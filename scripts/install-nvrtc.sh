@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 url=https://files.pythonhosted.org/packages/c3/68/483a78f5e8f31b08fb1bb671559968c0ca3a065ac7acabfc7cee55214fd6/nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl
 sha256=ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
 dir=$PWD/target/nvrtc
-if [ ! -e "$dir/lib/libnvrtc.so.13" ]; then
+if [ ! -e "$dir/lib/libnvrtc.so.13" ] || [ ! -e "$dir/lib/libnvrtc-builtins.so.13.0" ]; then
   need=()
   command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
   command -v unzip >/dev/null 2>&1 || need+=(unzip)
@@ -23,7 +23,7 @@ if [ ! -e "$dir/lib/libnvrtc.so.13" ]; then
   rm -rf "$dir" && mkdir -p "$dir/lib"
   curl -fsSL --retry 3 -o "$dir/nvrtc.whl" "$url"
   echo "$sha256  $dir/nvrtc.whl" | sha256sum -c --quiet - >&2
-  unzip -q -j -o "$dir/nvrtc.whl" 'nvidia/cu13/lib/*' -d "$dir/lib"
+  unzip -q -j -o "$dir/nvrtc.whl" nvidia/cu13/lib/libnvrtc.so.13 nvidia/cu13/lib/libnvrtc-builtins.so.13.0 -d "$dir/lib"
   rm "$dir/nvrtc.whl"
 fi
 echo "$dir/lib"
