@@ -467,6 +467,8 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
             "capacity_rps": capacity,
             "load": args.load,
             "speedup": speedup,
+            // Over every policy's run, so one field answers "nothing lost".
+            "lost": reports.iter().map(|r| r.lost).sum::<u64>(),
             "policies": reports.iter().map(replay::Report::to_json).collect::<Vec<_>>(),
         });
         write(path, &serde_json::to_string_pretty(&json)?)?;

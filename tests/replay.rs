@@ -407,6 +407,7 @@ fn compare_runs_every_policy_and_marks_a_missed_p99() {
         .collect();
     assert_eq!(names, ["fifo", "strict_priority", "aging"]);
     assert!(report["capacity_rps"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["lost"], 0, "the total over the policies");
     for p in policies {
         assert_eq!(p["lost"], 0, "{}", p["policy"]);
         assert!(p["offered"].as_u64().unwrap() > 0);
