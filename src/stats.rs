@@ -1,7 +1,7 @@
 //! Outcome counters, per priority, written without a lock.
 
 use crate::config::PlacementReason;
-use crate::intake::{fill, IntakeStats};
+use crate::intake::{fill, Admission, IntakeConsumer, IntakeStats};
 use crate::priority::Priority;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -111,8 +111,18 @@ impl Counters {
         }
     }
 
-    /// Counts a launched batch; called after its room was given back.
-    pub fn batch(&self, size: usize) {
+    /// A batch of `size` requests launched: gives their room back to the
+    /// intake (`admissions`), then counts the batch. The order is the
+    /// promise in the type's docs (a counted batch no longer holds room),
+    /// so it lives here, where the collector and the loom model of it both
+    /// call it, rather than in the collector alone.
+    pub fn launched<T>(
+        &self,
+        intake: &mut IntakeConsumer<T>,
+        admissions: impl IntoIterator<Item = Admission>,
+        size: usize,
+    ) {
+        intake.release_all(admissions);
         // Release: see the type's docs.
         self.batches.fetch_add(1, Ordering::Release);
         self.batched_requests

@@ -9,15 +9,15 @@ use convoy::{InsertPolicy, Priority};
 use loom::sync::Arc;
 use loom::thread;
 
-/// The collector's part: launch the High request it finds, if any, as the
-/// runtime does (room back, then the batch counted), then count it ended.
+/// The collector's part: launch the High request it finds, if any, through
+/// the runtime's own `Counters::launched` (room back, then the batch
+/// counted), then count it ended as the worker does.
 fn launch_one(mut collector: IntakeConsumer<u32>, c: Arc<Counters>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut out = Vec::new();
         collector.drain_priority(Priority::High, 1, &mut out);
         for d in out {
-            collector.release(d.admission);
-            c.batch(1);
+            c.launched(&mut collector, [d.admission], 1);
             c.ended(Priority::High, Ended::Completed, 1);
         }
     })

@@ -854,9 +854,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // Launched: the room goes back before the worker can complete any
         // of them, so a caller woken by its result finds the depth down;
         // and before the batch is counted, so one who sees the count does
-        // too (`Counters`).
-        self.intake.release_all(admissions);
-        self.shared.counters.batch(size);
+        // too (`Counters::launched`).
+        self.shared
+            .counters
+            .launched(&mut self.intake, admissions, size);
         let worker = formed.worker;
         // The level check comes first inside the macro: with debug off,
         // nothing is formatted.
