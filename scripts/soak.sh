@@ -5,6 +5,8 @@
 #
 #   scripts/soak.sh [SECONDS] [TEST ...]     default: 600 s, chaos and runtime
 #
+# A TEST is a file in tests/ (without .rs), or `lib` for the unit tests.
+#
 # Each failing run's output is kept in target/soak/fail-N.txt. Exits 1 if any
 # run failed.
 set -euo pipefail
@@ -14,13 +16,15 @@ shift || true
 tests=("$@")
 [ ${#tests[@]} -eq 0 ] && tests=(chaos runtime)
 args=()
-for t in "${tests[@]}"; do args+=(--test "$t"); done
+for t in "${tests[@]}"; do
+  if [ "$t" = lib ]; then args+=(--lib); else args+=(--test "$t"); fi
+done
 # The test binaries, built once: their paths from cargo's JSON messages.
 mapfile -t bins < <(cargo test --release "${args[@]}" --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["executable"])')
 [ ${#bins[@]} -gt 0 ] || { echo "soak: no test binary built for: ${tests[*]}"; exit 2; }
 out=target/soak

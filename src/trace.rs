@@ -19,8 +19,11 @@
 //!   repeated column is an error (a misspelt `deadline_ms` must not replay
 //!   as "no deadlines").
 //!
-//! Blank lines and lines starting with `#` are skipped. Any other line that
-//! does not parse is an error naming the file and the line number.
+//! Both are read as CSV (the `csv` crate: a quoted field may hold a comma
+//! or a doubled quote; fields are trimmed; CRLF and a byte-order mark are
+//! fine). Blank lines and lines starting with `#` are skipped. Any other
+//! line that does not parse is an error naming the file and the line
+//! number, and so is a file that stops being UTF-8 text.
 //! Requests are returned in arrival order (a stable sort).
 
 use std::path::Path;
@@ -122,9 +125,21 @@ pub enum TraceError {
 /// ```
 pub fn load(path: &Path) -> Result<Trace, TraceError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| TraceError::Io {
+    let bytes = std::fs::read(path).map_err(|e| TraceError::Io {
         path: name.clone(),
         reason: e.to_string(),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Name the line, as for any other malformed row.
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        TraceError::Malformed {
+            path: name.clone(),
+            line: 1 + bytes[..valid].iter().filter(|&&b| b == b'\n').count(),
+            reason: format!(
+                "not UTF-8 text (byte {valid} is not valid UTF-8): is this a CSV file?"
+            ),
+        }
     })?;
     parse(&name, &text)
 }
@@ -151,52 +166,54 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
     };
     // A spreadsheet's export may start with a byte-order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .peekable();
-    let Some(&(first_no, first)) = lines.peek() else {
-        return Err(TraceError::Empty {
-            path: name.to_owned(),
-        });
-    };
-    let header = first.to_ascii_lowercase();
-    let cols = fields(&header);
-    let azure = cols.first().is_some_and(|c| c.starts_with("timestamp"));
-    let mut columns = Columns::POSITIONAL;
-    if azure {
-        if cols != ["timestamp", "contexttokens", "generatedtokens"] {
-            return Err(malformed(
-                first_no,
-                format!("expected header TIMESTAMP,ContextTokens,GeneratedTokens, got {first:?}"),
-            ));
-        }
-        lines.next();
-    } else if cols.contains(&"arrival_s") {
-        columns = Columns::from_header(&cols).map_err(|reason| malformed(first_no, reason))?;
-        lines.next();
-    } else if cols.first().is_none_or(|f| f.parse::<f64>().is_err()) {
-        return Err(malformed(
-            first_no,
-            format!(
-                "unknown format: expected a header (TIMESTAMP,... or arrival_s,...) or a generic row, got {first:?}"
-            ),
-        ));
-    }
-
+    // The csv crate reads the quoting (a quoted field may hold a comma or
+    // a doubled quote); each row's field count is checked below, with its
+    // line, so records may be of any length here.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
     // Arrivals in ns, absolute (Azure) or from the start (generic).
     let mut rows: Vec<(u64, TraceRequest)> = Vec::new();
-    for (no, line) in lines {
-        let fields = fields(line);
-        let row = if azure {
+    // The format, once the first row has told it: Azure, or generic with
+    // these columns.
+    let mut format: Option<(bool, Columns)> = None;
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                return Err(malformed(line, e.to_string()));
+            }
+        }
+        let no = record.position().map_or(0, |p| p.line() as usize);
+        // Blank lines, and comments: a first field that starts with `#`.
+        if record.iter().all(str::is_empty) || record.get(0).is_some_and(|f| f.starts_with('#')) {
+            continue;
+        }
+        let (azure, columns) = match &format {
+            Some(f) => f,
+            None => {
+                let (f, header) = detect(&record).map_err(|reason| malformed(no, reason))?;
+                let f = format.insert(f);
+                if header {
+                    continue;
+                }
+                f
+            }
+        };
+        let fields: Vec<&str> = record.iter().collect();
+        let row = if *azure {
             parse_azure(&fields)
         } else {
-            parse_generic(&columns, &fields)
+            parse_generic(columns, &fields)
         };
         rows.push(row.map_err(|reason| malformed(no, reason))?);
     }
+    let azure = format.is_some_and(|(azure, _)| azure);
     let Some(start) = rows.iter().map(|(t, _)| *t).min() else {
         return Err(TraceError::Empty {
             path: name.to_owned(),
@@ -217,18 +234,30 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
     })
 }
 
-/// A line's comma-separated fields, trimmed and unquoted (the traces hold
-/// no commas inside a field, so quotes only ever wrap a whole one).
-fn fields(line: &str) -> Vec<&str> {
-    line.split(',')
-        .map(|f| {
-            let f = f.trim();
-            f.strip_prefix('"')
-                .and_then(|f| f.strip_suffix('"'))
-                .unwrap_or(f)
-                .trim()
-        })
-        .collect()
+/// The format a trace's first row tells: `(azure, columns)`, and whether
+/// that row is a header (to skip) rather than the first request.
+fn detect(first: &csv::StringRecord) -> Result<((bool, Columns), bool), String> {
+    let header: Vec<String> = first.iter().map(str::to_ascii_lowercase).collect();
+    let cols: Vec<&str> = header.iter().map(String::as_str).collect();
+    let text = || first.iter().collect::<Vec<_>>().join(",");
+    if cols.first().is_some_and(|c| c.starts_with("timestamp")) {
+        if cols != ["timestamp", "contexttokens", "generatedtokens"] {
+            return Err(format!(
+                "expected header TIMESTAMP,ContextTokens,GeneratedTokens, got {:?}",
+                text()
+            ));
+        }
+        Ok(((true, Columns::POSITIONAL), true))
+    } else if cols.contains(&"arrival_s") {
+        Ok(((false, Columns::from_header(&cols)?), true))
+    } else if cols.first().is_none_or(|f| f.parse::<f64>().is_err()) {
+        Err(format!(
+            "unknown format: expected a header (TIMESTAMP,... or arrival_s,...) or a generic row, got {:?}",
+            text()
+        ))
+    } else {
+        Ok(((false, Columns::POSITIONAL), false))
+    }
 }
 
 fn count(field: &str, what: &str) -> Result<u32, String> {
@@ -661,6 +690,53 @@ mod tests {
         .unwrap();
         assert_eq!(t.requests[0].priority, Some(Priority::High));
         assert_eq!(t.requests[0].arrival, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn quoting_is_csv_and_comments_may_be_indented() {
+        // A quoted field may hold a comma: it is one field, here an
+        // unknown priority, not a row of four fields.
+        match parse(
+            "q.csv",
+            "arrival_s,priority,tokens\n0,high,1\n0.1,\"hi,gh\",3\n",
+        ) {
+            Err(TraceError::Malformed { line, reason, .. }) => {
+                assert_eq!(line, 3, "{reason}");
+                assert!(reason.contains("unknown priority \"hi,gh\""), "{reason}");
+            }
+            other => panic!("expected a malformed row, got {other:?}"),
+        }
+        let t = parse(
+            "q.csv",
+            "  # exported by hand\narrival_s,\"priority\",tokens\n\"0.5\",\"low\",\"9\"\n   \n",
+        )
+        .unwrap();
+        assert_eq!(t.requests.len(), 1);
+        assert_eq!(
+            (t.requests[0].priority, t.requests[0].tokens),
+            (Some(Priority::Low), 9)
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_its_line() {
+        let dir = std::env::temp_dir().join(format!("convoy-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.csv");
+        std::fs::write(
+            &path,
+            b"arrival_s,priority,tokens\n0,high,1\n0.5,h\xffigh,2\n",
+        )
+        .unwrap();
+        let e = load(&path).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        match &e {
+            TraceError::Malformed { line, reason, .. } => {
+                assert_eq!(*line, 3, "{e}");
+                assert!(reason.contains("not UTF-8"), "{e}");
+            }
+            other => panic!("expected a malformed file, got {other:?}"),
+        }
     }
 
     #[test]
