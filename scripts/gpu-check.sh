@@ -16,7 +16,25 @@ step() { echo; echo "== $*"; }
 
 step "device"
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
-ls /usr/local/cuda*/lib64/libnvrtc* /usr/lib/x86_64-linux-gnu/libnvrtc* 2>/dev/null | head -5
+# cudarc dlopens libcuda.so.1 and libnvrtc.so.13 by name. Where the loader
+# does not know them (CUDA's lib64 not in ld.so.conf, NVRTC only in a pip
+# wheel), put the first copy found on LD_LIBRARY_PATH.
+for lib in libcuda.so.1 libnvrtc.so.13; do
+  if ldconfig -p 2>/dev/null | grep -q " $lib "; then
+    echo "$lib: known to the loader"
+    continue
+  fi
+  found=$(ls /usr/local/nvidia/lib64/$lib /usr/lib/x86_64-linux-gnu/$lib \
+    /usr/local/cuda*/lib64/$lib /usr/local/cuda*/targets/x86_64-linux/lib/$lib \
+    /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib/$lib \
+    /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib/$lib 2>/dev/null | head -1)
+  if [ -n "$found" ]; then
+    echo "$lib: $found (added to LD_LIBRARY_PATH)"
+    export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  else
+    echo "$lib: not found; the tests will say which is missing"
+  fi
+done
 date -u
 
 step "parity and pipelining tests (CONVOY_REQUIRE_GPU=1)"
