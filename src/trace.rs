@@ -449,7 +449,7 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
     let (secs, frac) = t[2].split_once('.').unwrap_or((t[2], ""));
     let secs = num(secs)?;
     if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month(year, month)).contains(&day)
         || !(0..24).contains(&hour)
         || !(0..60).contains(&minute)
         || !(0..=60).contains(&secs)
@@ -460,7 +460,8 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
     let frac_ns = fraction_ns(frac).ok_or_else(bad)? as i64;
     let days = days_from_civil(year, month, day);
     let total_s = days * 86_400 + hour * 3_600 + minute * 60 + secs - offset_s;
-    u64::try_from(total_s * 1_000_000_000 + frac_ns).map_err(|_| bad())
+    // In i128: ns since 1970 pass i64 in 2262 (and u64, the result, in 2554).
+    u64::try_from(i128::from(total_s) * 1_000_000_000 + i128::from(frac_ns)).map_err(|_| bad())
 }
 
 /// `SECONDS[.fraction]` to ns, exactly (an f64 would round a Unix time's
@@ -522,6 +523,18 @@ fn split_zone(time: &str) -> Option<(&str, i64)> {
         return None;
     }
     Some((t, sign * (hours * 3_600 + minutes * 60)))
+}
+
+/// Days in `month` (1 to 12) of `year`, Gregorian: 2023-02-30 is refused,
+/// not read as 2 March.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
@@ -797,6 +810,66 @@ mod tests {
             proptest::prop_assert_eq!(got, want, "{}", text);
             for r in &t.requests {
                 proptest::prop_assert_eq!(r.arrival.as_nanos() % 1_000_000, 0, "arrival {:?} is not whole ms", r.arrival);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// An Azure TIMESTAMP in any of its forms reads as the instant a
+        /// plain count of days, hours and nanoseconds gives, and an
+        /// impossible date (30 February, 31 April) is refused.
+        #[test]
+        fn timestamps_read_as_the_instant_they_name(
+            year in 1970i64..2700,
+            // Month and day ends drawn often: February, 29 to 31.
+            month in proptest::prop_oneof![1i64..=12, proptest::strategy::Just(2i64)],
+            day in proptest::prop_oneof![1i64..=31, 28i64..=31],
+            (hour, minute, second) in (0i64..24, 0i64..60, 0i64..60),
+            digits in 0usize..=9,
+            frac in 0u64..1_000_000_000,
+            zone in -(23 * 60 + 59)..=(23i64 * 60 + 59),
+            form in 0usize..4,
+        ) {
+            // The reference, counted the long way.
+            let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let lengths = |y: i64| [31, if leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let valid = day <= lengths(year)[(month - 1) as usize];
+            let days: i64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum::<i64>()
+                + lengths(year)[..(month - 1) as usize].iter().sum::<i64>()
+                + day - 1;
+            let frac_text = format!("{frac:09}")[..digits].to_owned();
+            let frac_ns = if digits == 0 { 0 } else { frac_text.parse::<u64>().unwrap() * 10u64.pow(9 - digits as u32) };
+            let zone_text = match form {
+                0 => String::new(),
+                1 => "Z".to_owned(),
+                _ => format!(
+                    "{}{:02}:{:02}",
+                    if zone < 0 { '-' } else { '+' },
+                    zone.abs() / 60,
+                    zone.abs() % 60
+                ),
+            };
+            let offset_s = if form >= 2 { zone * 60 } else { 0 };
+            let sep = if form == 3 { 'T' } else { ' ' };
+            let text = format!(
+                "{year:04}-{month:02}-{day:02}{sep}{hour:02}:{minute:02}:{second:02}{}{}{zone_text}",
+                if digits == 0 { "" } else { "." },
+                frac_text
+            );
+            let got = parse_timestamp(&text);
+            if !valid {
+                proptest::prop_assert!(got.is_err(), "{} read as {:?}", text, got);
+            } else {
+                let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_s;
+                let ns = i128::from(secs) * 1_000_000_000 + i128::from(frac_ns);
+                match u64::try_from(ns) {
+                    Ok(ns) => proptest::prop_assert_eq!(got, Ok(ns), "{}", text),
+                    // Before the epoch once the zone is taken off, or past
+                    // what u64 nanoseconds hold (2554).
+                    Err(_) => proptest::prop_assert!(got.is_err(), "{} read as {:?}", text, got),
+                }
             }
         }
     }
