@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -160,8 +161,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn infer(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let limits = state.limits;
+    // A body the extractor refused (over `DefaultBodyLimit`, or cut off)
+    // is answered in JSON like every other error, not axum's plain text.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {} bytes", limits.max_body_bytes),
+            )
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     if body.len() > limits.max_body_bytes {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,

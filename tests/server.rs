@@ -382,3 +382,147 @@ async fn a_priority_may_be_its_level_number() {
     let stats = s.stop().await;
     assert_eq!(stats.of(convoy::Priority::Normal).inserted, 0);
 }
+
+/// splitmix64: fresh bodies every run, with the seed printed so a failure
+/// can be replayed (`CONVOY_SEED=...`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A JSON value of any type, near the shapes the endpoint expects.
+    fn value(&mut self, depth: u32) -> Value {
+        match self.below(if depth > 1 { 7 } else { 9 }) {
+            0 => Value::Null,
+            1 => json!(self.below(2) == 0),
+            2 => json!(self.below(200) as i64 - 50),
+            3 => json!((self.next() as i64) >> self.below(64)),
+            4 => json!((self.below(2_000_001) as f64 - 1e6) / 997.0),
+            5 => json!(
+                ["critical", "high", "Low", "", "urgent", "0", "4", "5", "ü"]
+                    [self.below(9) as usize]
+            ),
+            6 => json!(self.next() as f64 * 1e300),
+            7 => Value::Array((0..self.below(80)).map(|_| self.value(depth + 1)).collect()),
+            _ => {
+                let mut m = serde_json::Map::new();
+                m.insert("tokens".into(), self.value(depth + 1));
+                Value::Object(m)
+            }
+        }
+    }
+
+    /// A body for `/v1/infer`: mostly objects with the endpoint's keys
+    /// (sometimes well-formed), sometimes raw bytes.
+    fn body(&mut self) -> Vec<u8> {
+        if self.below(8) == 0 {
+            return (0..self.below(64)).map(|_| self.next() as u8).collect();
+        }
+        let mut m = serde_json::Map::new();
+        for key in [
+            "tokens",
+            "vector",
+            "priority",
+            "deadline_ms",
+            "tenant",
+            "dedup_key",
+            "extra",
+        ] {
+            if self.below(3) != 0 {
+                continue;
+            }
+            let v = match (key, self.below(2)) {
+                ("tokens", 0) => json!((0..self.below(70))
+                    .map(|_| self.below(110))
+                    .collect::<Vec<_>>()),
+                ("vector", 0) => json!((0..self.below(6))
+                    .map(|_| self.below(9) as f64 - 4.0)
+                    .collect::<Vec<_>>()),
+                ("priority", 0) => json!(self.below(7) as i64 - 1),
+                ("deadline_ms", 0) => json!(self.below(5000)),
+                _ => self.value(0),
+            };
+            m.insert(key.into(), v);
+        }
+        serde_json::to_vec(&Value::Object(m)).expect("a JSON value serializes")
+    }
+}
+
+/// Whatever a client sends, the answer is a status the endpoint documents
+/// (never a 5xx, never a dropped connection), a 200 carries an output of
+/// the model's width, and every request the runtime accepted is answered:
+/// nothing is lost, and the server is still healthy after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_body_gets_a_documented_status_and_loses_nothing() {
+    let seed = std::env::var("CONVOY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("any_body_gets_a_documented_status_and_loses_nothing: seed {seed} (CONVOY_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let s = start().await;
+    s.hold.open(); // token 0 must not block here
+    let client = reqwest::Client::new();
+    let mut ok = 0;
+    for i in 0..400 {
+        let body = rng.body();
+        let r = client
+            .post(format!("{}/v1/infer", s.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "request {i} got no answer ({e}): {}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+        let status = r.status();
+        let answer: Value = r.json().await.unwrap_or(Value::Null);
+        let what = || {
+            format!(
+                "request {i}, seed {seed}: {} -> {status} {answer}",
+                String::from_utf8_lossy(&body)
+            )
+        };
+        match status {
+            StatusCode::OK => {
+                ok += 1;
+                let out = answer["output"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{}", what()));
+                assert_eq!(out.len(), LIMITS.dim, "{}", what());
+            }
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::GATEWAY_TIMEOUT => {
+                assert!(answer["error"].is_string(), "{}", what());
+            }
+            _ => panic!("undocumented status: {}", what()),
+        }
+    }
+    assert!(ok > 0, "seed {seed}: no well-formed body among 400");
+    let health = reqwest::get(format!("{}/healthz", s.url)).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let stats = s.stop().await.total();
+    assert_eq!(stats.ended(), stats.inserted, "seed {seed}: {stats:?}");
+    assert_eq!(stats.failed + stats.shut_down, 0, "seed {seed}: {stats:?}");
+}
