@@ -550,9 +550,14 @@ fn render_comparison(reports: &[Report]) -> String {
         } else {
             format!("missed: {}", goal.missed.join("; "))
         };
+        let excused = goal
+            .excused
+            .iter()
+            .map(|e| format!("; {e}"))
+            .collect::<String>();
         let _ = writeln!(
             s,
-            "  {:<16} {verdict} (starvation bound {:.0} ms)",
+            "  {:<16} {verdict} (starvation bound {:.0} ms{excused})",
             r.policy,
             r.starvation_bound_ms()
         );

@@ -70,7 +70,19 @@ fn a_tiny_replay_accounts_for_every_request() {
         if misses * 100 > p.completed + misses {
             assert!(!p.p99_met, "{}: {misses} misses, p99 met", p.priority);
         }
+        // Every deadline here is 1 ms, far inside the starvation bound: each
+        // expiry is the request's own deadline, timed by the client.
+        assert_eq!(p.expired_before_bound, p.expired, "{}", p.priority);
     }
+    let goal = report.goal();
+    assert!(
+        goal.missed.iter().all(|m| !m.contains("not served")),
+        "expiries by a 1 ms deadline are not starvation: {goal:?}"
+    );
+    eprintln!(
+        "expired (all by their own 1 ms deadline): {}",
+        report.priorities.iter().map(|p| p.expired).sum::<u64>()
+    );
     assert_eq!(
         report.completed,
         report.priorities.iter().map(|p| p.completed).sum::<u64>()
