@@ -215,16 +215,15 @@ impl<I, O> std::fmt::Debug for CudaExecutor<I, O> {
     }
 }
 
-/// NVRTC's log out of a compile error, or its debug form.
 /// Compiles CUDA C `source` to PTX for compute capability `(major, minor)`
 /// with NVRTC alone, and checks that the PTX defines the kernel `function`.
 ///
 /// No driver and no device are needed, so a kernel can be checked where
-/// it is built (CI compiles every bundled kernel this way for the H100's
-/// `(9, 0)`), and a source that names its function wrongly, or forgets
-/// `extern "C"` (the name is then mangled), fails here with the name
-/// rather than later at load with a bare driver error. `CudaExecutor::new`
-/// compiles through this for its device's capability.
+/// it is built (CI compiles every bundled kernel this way, for sm_75,
+/// sm_80 and the H100's sm_90), and a source that names its function
+/// wrongly, or forgets `extern "C"` (the name is then mangled), fails here
+/// with the name rather than later at load with a bare driver error.
+/// `CudaExecutor::new` compiles through this for its device's capability.
 ///
 /// ```
 /// use convoy::cuda::{compile_ptx, CudaError};
@@ -405,6 +404,7 @@ fn entry_name(line: &str) -> Option<&str> {
     name.split('(').next()
 }
 
+/// NVRTC's log out of a compile error, or its debug form.
 fn compile_log(e: &CompileError) -> String {
     match e {
         CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
