@@ -126,8 +126,9 @@ struct InferBody {
 }
 
 /// A priority as a name (`"high"`) or a level number (`1`), the two forms
-/// `Priority::from_str` and the trace loader take: clients that number
-/// their priorities (Triton's `priority` is an integer) need no mapping.
+/// `Priority::from_str` and the trace loader take, so clients that number
+/// their priorities need no name table. The numbering is convoy's (0 is
+/// Critical), not Triton's (where 1 is the highest and 0 the default).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum PriorityField {
