@@ -461,7 +461,15 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
     let days = days_from_civil(year, month, day);
     let total_s = days * 86_400 + hour * 3_600 + minute * 60 + secs - offset_s;
     // In i128: ns since 1970 pass i64 in 2262 (and u64, the result, in 2554).
-    u64::try_from(i128::from(total_s) * 1_000_000_000 + i128::from(frac_ns)).map_err(|_| bad())
+    let ns = i128::from(total_s) * 1_000_000_000 + i128::from(frac_ns);
+    u64::try_from(ns).map_err(|_| {
+        let when = if ns < 0 {
+            "before 1970 UTC"
+        } else {
+            "after 2554 UTC"
+        };
+        format!("TIMESTAMP {s:?} is {when}, outside what nanoseconds since 1970 can hold")
+    })
 }
 
 /// `SECONDS[.fraction]` to ns, exactly (an f64 would round a Unix time's
@@ -958,6 +966,21 @@ mod tests {
                 "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,-3,1\n",
                 2,
                 "ContextTokens must be a whole number",
+            ),
+            (
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n2600-01-01 00:00:00,3,1\n",
+                2,
+                "is after 2554 UTC",
+            ),
+            (
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n1970-01-01 00:30:00+01:00,3,1\n",
+                2,
+                "is before 1970 UTC",
+            ),
+            (
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-02-29 00:00:00,3,1\n",
+                2,
+                "TIMESTAMP must look like",
             ),
             ("arrival_s,priority,tokens\n0,high,x\n", 2, "tokens must be"),
             (
