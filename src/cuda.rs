@@ -244,6 +244,12 @@ pub fn compile_ptx(
             "kernel function name {function:?} is empty or contains NUL"
         )));
     }
+    // cudarc hands the source to NVRTC as a C string and panics on a NUL.
+    if let Some(at) = source.find('\0') {
+        return Err(CudaError::Invalid(format!(
+            "kernel source contains NUL at byte {at}"
+        )));
+    }
     // SAFETY: only tries to dlopen NVRTC under its known names and drops
     // the handle; cudarc panics on the compile below if it is missing.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {

@@ -267,6 +267,10 @@ impl<I, O> KernelSpec<I, O> {
         if self.function.contains('\0') {
             return Err("kernel function name contains NUL".into());
         }
+        // NVRTC takes the source as a C string (cudarc panics on a NUL).
+        if self.source.contains('\0') {
+            return Err("kernel source contains NUL".into());
+        }
         if self.weights.iter().any(Vec::is_empty) {
             return Err("a weight buffer is empty".into());
         }

@@ -202,6 +202,13 @@ fn a_bad_spec_is_refused_before_any_device_call() {
             CudaConfig::default(),
         ),
         (
+            KernelSpec {
+                source: format!("{}\0", good.source),
+                ..good.clone()
+            },
+            CudaConfig::default(),
+        ),
+        (
             good.clone(),
             CudaConfig {
                 depth: 0,
@@ -212,6 +219,18 @@ fn a_bad_spec_is_refused_before_any_device_call() {
         let e = CudaExecutor::new(spec, config).unwrap_err();
         assert!(matches!(e, CudaError::Invalid(_)), "{e}");
     }
+    // Compiling alone refuses them too, before looking for NVRTC (cudarc
+    // would panic on a NUL in the source or the name).
+    for (source, function) in [("__global__ void k() {}\0", "k"), ("", "a\0b"), ("", "")] {
+        let e = compile_ptx(source, function, (9, 0)).unwrap_err();
+        assert!(matches!(e, CudaError::Invalid(_)), "{e}");
+    }
+    let nul = KernelSpec {
+        source: format!("{}\0", good.source),
+        ..good.clone()
+    };
+    let e = compile_kernel(&nul, (9, 0)).unwrap_err();
+    assert!(e.to_string().contains("NUL"), "{e}");
 }
 
 #[test]
