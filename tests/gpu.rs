@@ -253,6 +253,9 @@ fn every_bundled_kernel_compiles_and_matches_the_abi() {
                 "{what}: {ptx}"
             );
             assert!(ptx.contains(&format!(".entry {what}(")), "{what}: {ptx}");
+            // The driver's load takes the PTX as a C string (cudarc
+            // unwraps that conversion): no NUL may ride along.
+            assert!(!ptx.contains('\0'), "{what}: PTX holds a NUL");
         }
     }
 }
