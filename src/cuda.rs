@@ -743,12 +743,16 @@ impl<I, O> CudaLane<I, O> {
             // the destinations are this slot's device buffers, sized by
             // `fit` as well, on this lane's own stream.
             unsafe {
-                result::memcpy_htod_async(
-                    words_ptr,
-                    &words_host[..packed.words.len()],
-                    stream.cu_stream(),
-                )
-                .map_err(driver("copying words in"))?;
+                // A batch of empty requests has no words: no copy to make
+                // (a zero-byte copy is not worth trusting every driver on).
+                if !packed.words.is_empty() {
+                    result::memcpy_htod_async(
+                        words_ptr,
+                        &words_host[..packed.words.len()],
+                        stream.cu_stream(),
+                    )
+                    .map_err(driver("copying words in"))?;
+                }
                 result::memcpy_htod_async(
                     offsets_ptr,
                     &offsets_host[..batch + 1],

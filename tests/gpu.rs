@@ -358,6 +358,14 @@ fn gpu_matches_cpu_on_random_ragged_batches() {
         let want = model.forward_batch(&batch).expect("CPU reference");
         assert_parity(&got, &want, &format!("batch of {size}"));
     }
+    // A batch of empty requests only: no words to copy in.
+    let empty = vec![Vec::new(); 3];
+    lane.launch(&empty).expect("launch empty requests");
+    assert_parity(
+        &lane.finish().expect("finish empty requests"),
+        &model.forward_batch(&empty).expect("CPU reference"),
+        "a batch of empty requests",
+    );
     // Two in flight: finished in launch order, each its own outputs.
     let (a, b) = (rng.batch(40, model.vocab()), rng.batch(9, model.vocab()));
     lane.launch(&a).expect("launch a");
