@@ -29,7 +29,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions};
 
 use crate::config::{Capacity, WorkerSpec};
 use crate::executor::{Executor, Lane};
-use crate::kernel::{KernelSpec, Packed};
+use crate::kernel::{check_c_strings, KernelSpec, Packed};
 
 /// Why the CUDA executor could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,17 +239,7 @@ pub fn compile_ptx(
     function: &str,
     (major, minor): (i32, i32),
 ) -> Result<cudarc::nvrtc::Ptx, CudaError> {
-    if function.is_empty() || function.contains('\0') {
-        return Err(CudaError::Invalid(format!(
-            "kernel function name {function:?} is empty or contains NUL"
-        )));
-    }
-    // cudarc hands the source to NVRTC as a C string and panics on a NUL.
-    if let Some(at) = source.find('\0') {
-        return Err(CudaError::Invalid(format!(
-            "kernel source contains NUL at byte {at}"
-        )));
-    }
+    check_c_strings(source, function).map_err(CudaError::Invalid)?;
     // SAFETY: only tries to dlopen NVRTC under its known names and drops
     // the handle; cudarc panics on the compile below if it is missing.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {

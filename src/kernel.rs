@@ -261,16 +261,7 @@ impl<I, O> KernelSpec<I, O> {
         if self.block_dim == 0 || self.block_dim > 1024 {
             return Err(format!("block_dim {} is outside 1..=1024", self.block_dim));
         }
-        if self.function.is_empty() {
-            return Err("no kernel function name".into());
-        }
-        if self.function.contains('\0') {
-            return Err("kernel function name contains NUL".into());
-        }
-        // NVRTC takes the source as a C string (cudarc panics on a NUL).
-        if self.source.contains('\0') {
-            return Err("kernel source contains NUL".into());
-        }
+        check_c_strings(&self.source, &self.function)?;
         if self.weights.iter().any(Vec::is_empty) {
             return Err("a weight buffer is empty".into());
         }
@@ -279,6 +270,22 @@ impl<I, O> KernelSpec<I, O> {
         }
         Ok(())
     }
+}
+
+/// Checks what NVRTC and the driver take as C strings: a kernel's source
+/// and its function name, which must not be empty. cudarc converts both
+/// and panics on a NUL, so a NUL is refused here with a reason instead.
+pub(crate) fn check_c_strings(source: &str, function: &str) -> Result<(), String> {
+    if function.is_empty() {
+        return Err("no kernel function name".into());
+    }
+    if function.contains('\0') {
+        return Err("kernel function name contains NUL".into());
+    }
+    if let Some(at) = source.find('\0') {
+        return Err(format!("kernel source contains NUL at byte {at}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

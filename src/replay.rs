@@ -1062,14 +1062,6 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     let busy = Duration::from_nanos(busy_ns.load(Ordering::Relaxed));
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let max_wait_ms = ms(options.config.max_wait);
-    let batch_interval_ms = ms(options.config.batching.max_queue_delay)
-        + sla
-            .per_priority
-            .iter()
-            .map(|l| ms(l.execution.p99))
-            .fold(0.0, f64::max);
-    let bound_ms = max_wait_ms + batch_interval_ms;
     let priorities = Priority::ALL
         .into_iter()
         .map(|p| {
@@ -1084,13 +1076,8 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
                 refused: refused[p.index()],
                 completed: s.completed,
                 expired: s.expired,
-                // The client's count stands only if it saw every expiry the
-                // runtime counted; otherwise none is excused.
-                expired_before_bound: expired_before(
-                    &tally.expired_after[p.index()],
-                    s.expired,
-                    bound_ms,
-                ),
+                // Set below, once the report knows its starvation bound.
+                expired_before_bound: 0,
                 cancelled: s.cancelled,
                 failed: s.failed,
                 shut_down: s.shut_down,
@@ -1130,7 +1117,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     };
     let offered_total: u64 = offered.iter().sum();
     let submit_span = last_due.saturating_duration_since(start);
-    Ok(Report {
+    let mut report = Report {
         trace: trace.source.clone(),
         policy: policy_name(options.config.ordering).to_owned(),
         speedup: options.speedup,
@@ -1166,12 +1153,22 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         utilization: (busy.as_secs_f64() / (elapsed.as_secs_f64() * workers as f64)).min(1.0),
         shortfall: stats.capacity_shortfall,
         aging_promotions: stats.aging_promotions,
-        max_wait_ms,
-        batch_interval_ms,
+        max_wait_ms: ms(options.config.max_wait),
+        batch_interval_ms: ms(options.config.batching.max_queue_delay)
+            + sla
+                .per_priority
+                .iter()
+                .map(|l| ms(l.execution.p99))
+                .fold(0.0, f64::max),
         priorities,
         timeline,
         metrics: rt.metrics_text(),
-    })
+    };
+    let bound_ms = report.starvation_bound_ms();
+    for (line, lives) in report.priorities.iter_mut().zip(&tally.expired_after) {
+        line.expired_before_bound = expired_before(lives, line.expired, bound_ms);
+    }
+    Ok(report)
 }
 
 /// How many of a level's `expired` requests (their lives from submit to
@@ -1318,8 +1315,6 @@ mod tests {
         Tally::new(Instant::now(), window)
     }
 
-    /// Each part of the compare goal misses on its own, with its reason;
-    /// a level with nothing accepted misses nothing.
     #[test]
     fn only_expiries_before_the_bound_are_excused() {
         let ms = Duration::from_millis;
@@ -1331,6 +1326,8 @@ mod tests {
         assert_eq!(expired_before(&lives, 6, 510.0), 0);
     }
 
+    /// Each part of the compare goal misses on its own, with its reason;
+    /// a level with nothing accepted misses nothing.
     #[test]
     fn the_goal_names_each_part_missed() {
         let served = |p: Priority| PriorityReport {

@@ -167,23 +167,21 @@ async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let limits = state.limits;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {} bytes", limits.max_body_bytes),
+        )
+    };
     // A body the extractor refused (over `DefaultBodyLimit`, or cut off)
     // is answered in JSON like every other error, not axum's plain text.
     let body = match body {
         Ok(body) => body,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over {} bytes", limits.max_body_bytes),
-            )
-        }
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
         Err(e) => return error(e.status(), e.body_text()),
     };
     if body.len() > limits.max_body_bytes {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {} bytes", limits.max_body_bytes),
-        );
+        return too_large();
     }
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "body is not valid UTF-8");

@@ -176,9 +176,8 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
         .from_reader(text.as_bytes());
     // Arrivals in ns, absolute (Azure) or from the start (generic).
     let mut rows: Vec<(u64, TraceRequest)> = Vec::new();
-    // The format, once the first row has told it: Azure, or generic with
-    // these columns.
-    let mut format: Option<(bool, Columns)> = None;
+    // The format, once the first row has told it.
+    let mut format: Option<Format> = None;
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -194,7 +193,7 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
         if record.iter().all(str::is_empty) || record.get(0).is_some_and(|f| f.starts_with('#')) {
             continue;
         }
-        let (azure, columns) = match &format {
+        let f = match &format {
             Some(f) => f,
             None => {
                 let (f, header) = detect(&record).map_err(|reason| malformed(no, reason))?;
@@ -206,14 +205,13 @@ pub fn parse(name: &str, text: &str) -> Result<Trace, TraceError> {
             }
         };
         let fields: Vec<&str> = record.iter().map(unquoted).collect();
-        let row = if *azure {
-            parse_azure(&fields)
-        } else {
-            parse_generic(columns, &fields)
+        let row = match f {
+            Format::Azure => parse_azure(&fields),
+            Format::Generic(columns) => parse_generic(columns, &fields),
         };
         rows.push(row.map_err(|reason| malformed(no, reason))?);
     }
-    let azure = format.is_some_and(|(azure, _)| azure);
+    let azure = matches!(format, Some(Format::Azure));
     let Some(start) = rows.iter().map(|(t, _)| *t).min() else {
         return Err(TraceError::Empty {
             path: name.to_owned(),
@@ -244,9 +242,17 @@ fn unquoted(field: &str) -> &str {
         .map_or(field, str::trim)
 }
 
-/// The format a trace's first row tells: `(azure, columns)`, and whether
-/// that row is a header (to skip) rather than the first request.
-fn detect(first: &csv::StringRecord) -> Result<((bool, Columns), bool), String> {
+/// A trace's format, as its first row tells it.
+enum Format {
+    /// `TIMESTAMP,ContextTokens,GeneratedTokens`.
+    Azure,
+    /// `arrival_s,priority,tokens[,deadline_ms]`, in these columns.
+    Generic(Columns),
+}
+
+/// The format a trace's first row tells, and whether that row is a header
+/// (to skip) rather than the first request.
+fn detect(first: &csv::StringRecord) -> Result<(Format, bool), String> {
     let header: Vec<String> = first
         .iter()
         .map(|f| unquoted(f).to_ascii_lowercase())
@@ -260,16 +266,16 @@ fn detect(first: &csv::StringRecord) -> Result<((bool, Columns), bool), String> 
                 text()
             ));
         }
-        Ok(((true, Columns::POSITIONAL), true))
+        Ok((Format::Azure, true))
     } else if cols.contains(&"arrival_s") {
-        Ok(((false, Columns::from_header(&cols)?), true))
+        Ok((Format::Generic(Columns::from_header(&cols)?), true))
     } else if cols.first().is_none_or(|f| f.parse::<f64>().is_err()) {
         Err(format!(
             "unknown format: expected a header (TIMESTAMP,... or arrival_s,...) or a generic row, got {:?}",
             text()
         ))
     } else {
-        Ok(((false, Columns::POSITIONAL), false))
+        Ok((Format::Generic(Columns::POSITIONAL), false))
     }
 }
 
