@@ -8,7 +8,7 @@
 //! The error-path tests run everywhere.
 #![cfg(feature = "cuda")]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
 use convoy::cuda::{compile_kernel, compile_ptx, probe, CudaConfig, CudaError, CudaExecutor};
 use convoy::kernel::{KernelSpec, Words, POOL_DENSE_SOURCE};
@@ -75,16 +75,7 @@ struct Rng(u64);
 
 impl Rng {
     fn fresh(test: &str) -> Self {
-        let seed = std::env::var("CONVOY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("{test}: seed {seed} (CONVOY_SEED={seed} replays it)");
-        Self(seed)
+        Self(common::fresh_seed(test))
     }
 
     fn next(&mut self) -> u64 {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{worker, Hold};
+use common::{fresh_seed, worker, Hold, Rng};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -383,23 +383,8 @@ async fn a_priority_may_be_its_level_number() {
     assert_eq!(stats.of(convoy::Priority::Normal).inserted, 0);
 }
 
-/// splitmix64: fresh bodies every run, with the seed printed so a failure
-/// can be replayed (`CONVOY_SEED=...`).
-struct Rng(u64);
-
+/// Bodies for the fuzz test, from the shared seeded generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     /// A JSON value of any type, near the shapes the endpoint expects.
     fn value(&mut self, depth: u32) -> Value {
         match self.below(if depth > 1 { 7 } else { 9 }) {
@@ -476,16 +461,8 @@ impl Rng {
 /// nothing is lost, and the server is still healthy after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_body_gets_a_documented_status_and_loses_nothing() {
-    let seed = std::env::var("CONVOY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("any_body_gets_a_documented_status_and_loses_nothing: seed {seed} (CONVOY_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let seed = fresh_seed("any_body_gets_a_documented_status_and_loses_nothing");
+    let mut rng = Rng::for_thread(seed);
     let s = start().await;
     s.hold.open(); // token 0 must not block here
     let client = reqwest::Client::new();

@@ -92,6 +92,21 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// A fresh seed for `test`, from the clock, or `CONVOY_SEED` to replay
+/// one; printed, so a failure says how to replay it.
+pub fn fresh_seed(test: &str) -> u64 {
+    let seed = std::env::var("CONVOY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: seed {seed} (CONVOY_SEED={seed} replays it)");
+    seed
+}
+
 /// A seeded xorshift generator: varied choices, the same mix every run.
 pub struct Rng(pub u64);
 
