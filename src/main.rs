@@ -183,6 +183,27 @@ impl<E: std::fmt::Display> From<E> for Fail {
     }
 }
 
+/// `print!` that a closed pipe does not stop. `convoy | head -3` closes
+/// stdout early, and `print!` panics on that. Here the reader has what it
+/// wanted, so the rest of stdout is dropped and the run goes on to write
+/// its `--json`, `--metrics-out` and `--plot` files. Any other write error
+/// is a `Fail`.
+fn say(text: std::fmt::Arguments) -> Result<(), Fail> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Fail(format!("writing to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `say` with `format!`'s arguments, returning early on a `Fail`.
+macro_rules! say {
+    ($($arg:tt)*) => { say(format_args!($($arg)*))? };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -220,13 +241,13 @@ fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
 
 /// The GPU executor for `--gpu`, with `config`'s fleet replaced by as many
 /// GPU workers; `None` (after one line saying why) when there is no GPU,
-/// and the replay runs on CPU workers.
+/// and the replay runs on CPU workers. `Err` only when stdout fails.
 #[cfg(feature = "cuda")]
 fn gpu_fleet(
     model: &PoolDense,
     config: &mut Config,
     workers: usize,
-) -> Option<convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>> {
+) -> Result<Option<convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>>, Fail> {
     use convoy::cuda::{CudaConfig, CudaExecutor};
     use convoy::kernel::KernelSpec;
     let made = CudaExecutor::new(
@@ -241,26 +262,30 @@ fn gpu_fleet(
     });
     match made {
         Ok((exec, specs)) => {
-            println!(
-                "convoy: --gpu: {} GPU workers on {}",
+            say!(
+                "convoy: --gpu: {} GPU workers on {}\n",
                 specs.len(),
                 exec.device_name()
             );
             config.workers = specs;
-            Some(exec)
+            Ok(Some(exec))
         }
         Err(e) => {
             eprintln!("convoy: --gpu: no GPU ({e}); running on {workers} CPU workers");
-            None
+            Ok(None)
         }
     }
 }
 
 /// Without the `cuda` feature `--gpu` always falls back.
 #[cfg(not(feature = "cuda"))]
-fn gpu_fleet(_: &PoolDense, _: &mut Config, workers: usize) -> Option<std::convert::Infallible> {
+fn gpu_fleet(
+    _: &PoolDense,
+    _: &mut Config,
+    workers: usize,
+) -> Result<Option<std::convert::Infallible>, Fail> {
     eprintln!("convoy: --gpu: built without the cuda feature; running on {workers} CPU workers");
-    None
+    Ok(None)
 }
 
 /// The longest request a GPU worker takes: above the bundled trace's
@@ -285,6 +310,22 @@ fn seconds(option: &str, s: f64) -> Result<Duration, Fail> {
             "{option}: must be a number of seconds > 0 and < 1000000, got {s}"
         )))
     }
+}
+
+/// "about 2.2 s of submits", or in hours or days when the trace's gaps make
+/// the run that long, so `--speedup` or `--duration` can be chosen first.
+fn about(expected: Duration) -> String {
+    let s = expected.as_secs_f64();
+    let (value, unit) = if s < 120.0 {
+        (s, "s")
+    } else if s < 2.0 * 3600.0 {
+        (s / 60.0, "min")
+    } else if s < 2.0 * 86400.0 {
+        (s / 3600.0, "h")
+    } else {
+        (s / 86400.0, "days")
+    };
+    format!("about {value:.1} {unit} of submits")
 }
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -316,18 +357,20 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
     config.ordering = policy;
     let workers = config.fleet().len();
     let rows = trace.first(args.common.limit);
-    let window = window.unwrap_or_else(|| replay::default_window(rows, args.speedup, duration));
+    let expected = replay::expected_run(rows, args.speedup, duration);
+    let window = window.unwrap_or_else(|| replay::timeline_window(expected));
     let gpu = if args.gpu {
-        gpu_fleet(&model, &mut config, workers)
+        gpu_fleet(&model, &mut config, workers)?
     } else {
         None
     };
-    println!(
-        "convoy replay: {} ({} requests over {:.0} s of trace time) at {}× on {workers} {} workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}",
+    say!(
+        "convoy replay: {} ({} requests over {:.0} s of trace time) at {}× ({}) on {workers} {} workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}\n",
         trace.source,
         trace.requests.len(),
         trace.span().as_secs_f64(),
         args.speedup,
+        about(expected),
         if gpu.is_some() { "GPU" } else { "CPU" },
     );
     let options = ReplayOptions {
@@ -349,7 +392,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         None => replay::replay(&trace, model, &options, &progress)?,
     };
     bar.finish_and_clear();
-    print!("{}", report.render());
+    say!("{}", report.render());
     if let Some(path) = &args.common.json {
         write(path, &serde_json::to_string_pretty(&report.to_json())?)?;
     }
@@ -379,15 +422,15 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
         let listener = tokio::net::TcpListener::bind(&args.addr)
             .await
             .map_err(|e| Fail(format!("--addr {}: {e}", args.addr)))?;
-        println!(
-            "convoy serve: listening on http://{}",
+        say!(
+            "convoy serve: listening on http://{}\n",
             listener.local_addr()?
         );
         convoy::server::serve_until(listener, state, convoy::server::shutdown_signal())
             .await
             .map_err(Fail::from)
     })?;
-    println!("convoy serve: stopped. {}", stats.total());
+    say!("convoy serve: stopped. {}\n", stats.total());
     Ok(())
 }
 
@@ -420,8 +463,8 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
         config.intake.lane_capacity =
             replay::wait_bounded_lane_capacity(capacity, config.max_wait, config.intake.shards);
     }
-    println!(
-        "intake bound: {} per priority ({} shards × {}){}",
+    say!(
+        "intake bound: {} per priority ({} shards × {}){}\n",
         config.intake.shards * config.intake.lane_capacity,
         config.intake.shards,
         config.intake.lane_capacity,
@@ -431,8 +474,8 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
             ", sized from the measured capacity and max_wait"
         }
     );
-    println!(
-        "convoy compare: {} | capacity {capacity:.0} req/s measured over {:.1} s | load {:.2} → {:.0} req/s offered (speed-up {speedup:.1}×) for {:.1} s per policy",
+    say!(
+        "convoy compare: {} | capacity {capacity:.0} req/s measured over {:.1} s | load {:.2} → {:.0} req/s offered (speed-up {speedup:.1}×) for {:.1} s per policy\n",
         trace.source,
         calibrate.as_secs_f64(),
         args.load,
@@ -461,7 +504,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
         eprintln!("  running {} ...", policy_name(policy));
         reports.push(replay::replay(&trace, model.clone(), &options, &|_| {})?);
     }
-    print!("{}", render_comparison(&reports));
+    say!("{}", render_comparison(&reports));
     if let Some(path) = &args.common.json {
         let json = serde_json::json!({
             "capacity_rps": capacity,

@@ -842,19 +842,34 @@ fn due_offset(period: Duration, round: u64, arrival: Duration, speedup: f64) -> 
     Duration::try_from_secs_f64(trace_s / speedup).ok()
 }
 
-/// The timeline window for replaying `rows` at `speedup`: the real time
-/// the submits take (the rows' span at the speed-up, or `duration` where
-/// that ends them sooner), cut as [`timeline_window`] does.
+/// The real time the submits of `rows` take at `speedup`: the rows' span
+/// at the speed-up, or `duration` where that ends them sooner. Printed
+/// before a replay starts, so a trace with a long quiet gap says up front
+/// that it will take a week, not after.
 ///
 /// ```
 /// use std::time::Duration;
 /// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n44,low,2\n").unwrap();
-/// // 44 s of trace at 20× is 2.2 s of real time.
+/// // 44 s of trace at 20× is 2.2 s of real time; a 1 s duration ends it sooner.
+/// assert_eq!(convoy::replay::expected_run(&t.requests, 20.0, None), Duration::from_secs_f64(2.2));
+/// let cut = Some(Duration::from_secs(1));
+/// assert_eq!(convoy::replay::expected_run(&t.requests, 20.0, cut), Duration::from_secs(1));
+/// ```
+pub fn expected_run(rows: &[TraceRequest], speedup: f64, duration: Option<Duration>) -> Duration {
+    let expected = due_offset(Duration::ZERO, 0, span_of(rows), speedup).unwrap_or(Duration::MAX);
+    duration.map_or(expected, |d| d.min(expected))
+}
+
+/// The timeline window for replaying `rows` at `speedup`: the
+/// [`expected_run`], cut as [`timeline_window`] does.
+///
+/// ```
+/// use std::time::Duration;
+/// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n44,low,2\n").unwrap();
 /// assert_eq!(convoy::replay::default_window(&t.requests, 20.0, None), Duration::from_millis(50));
 /// ```
 pub fn default_window(rows: &[TraceRequest], speedup: f64, duration: Option<Duration>) -> Duration {
-    let expected = due_offset(Duration::ZERO, 0, span_of(rows), speedup).unwrap_or(Duration::MAX);
-    timeline_window(duration.map_or(expected, |d| d.min(expected)))
+    timeline_window(expected_run(rows, speedup, duration))
 }
 
 /// A timeline window for a replay expected to last `expected` of real time:

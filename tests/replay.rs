@@ -387,6 +387,33 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `convoy | head -1` closes stdout before the report is printed. That
+/// panicked in `print!` ("failed printing to stdout: Broken pipe") and
+/// left no `--json`. The run must finish, write its files and exit 0.
+#[test]
+fn a_closed_stdout_ends_no_run_and_loses_no_file() {
+    let dir = scratch_dir("convoy-cli-pipe");
+    let json = dir.join("r.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["replay", "--limit", "300", "--json", json.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["accepted"], 300, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn compare_runs_every_policy_and_marks_a_missed_p99() {
     let dir = scratch_dir("convoy-cli-compare");
