@@ -239,6 +239,10 @@ fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
     })
 }
 
+/// The executor `--gpu` runs the built-in model on.
+#[cfg(feature = "cuda")]
+type GpuExecutor = convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>;
+
 /// The GPU executor for `--gpu`, with `config`'s fleet replaced by as many
 /// GPU workers; `None` (after one line saying why) when there is no GPU,
 /// and the replay runs on CPU workers. `Err` only when stdout fails.
@@ -247,7 +251,7 @@ fn gpu_fleet(
     model: &PoolDense,
     config: &mut Config,
     workers: usize,
-) -> Result<Option<convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>>, Fail> {
+) -> Result<Option<GpuExecutor>, Fail> {
     use convoy::cuda::{CudaConfig, CudaExecutor};
     use convoy::kernel::KernelSpec;
     let made = CudaExecutor::new(
