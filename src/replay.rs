@@ -1076,7 +1076,10 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
         .max(Duration::from_micros(1));
     let busy = Duration::from_nanos(busy_ns.load(Ordering::Relaxed));
 
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // Nanoseconds over 1e6, not seconds times 1e3: the division lands on
+    // the float nearest the decimal, so the JSON says 0.979, not
+    // 0.9790000000000001.
+    let ms = |d: Duration| d.as_nanos() as f64 / 1e6;
     let priorities = Priority::ALL
         .into_iter()
         .map(|p| {
