@@ -66,6 +66,7 @@
 mod clearing;
 mod clock;
 mod config;
+mod control;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod dedup;
@@ -114,6 +115,7 @@ pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 #[doc(hidden)]
 pub mod loom_exports {
     pub use crate::clearing::Clearing;
+    pub use crate::control::{Changed, Mode, RunMode};
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
     pub use crate::refresh::{Answers, Refresh};

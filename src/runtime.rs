@@ -20,7 +20,6 @@
 //! collector's loop in `runtime/collector.rs` and the workers' in
 //! `runtime/worker.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +32,7 @@ use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
     WorkerSpec,
 };
+use crate::control::{Changed, Mode, RunMode};
 use crate::dedup::{group_meta, Follower};
 use crate::doorbell::Doorbell;
 use crate::executor::Executor;
@@ -44,6 +44,7 @@ use crate::request::{Cost, Deadline, Request};
 use crate::ring;
 use crate::sla::{SlaBoard, SlaReport, SloTarget};
 use crate::stats::{Counters, Stats};
+use crate::sync::{AtomicBool, Ordering};
 use crate::ticket::{Completer, Ticket};
 
 mod builder;
@@ -229,22 +230,19 @@ struct Release {
     took: Duration,
 }
 
-const RUNNING: u8 = 0;
-const DRAINING: u8 = 1;
-const ABORTING: u8 = 2;
-
 struct Shared {
     gate: Gate,
     doorbell: Doorbell,
     counters: Counters,
     fleet: ArcSwap<Fleet>,
     epoch: Instant,
-    /// RUNNING, DRAINING or ABORTING; written by shutdown (control path).
-    mode: AtomicU8,
-    /// Set by `add_worker`/`remove_worker`: the collector takes the new
-    /// links and retires workers on its next pass. The only thing the
-    /// collector reads of the control path on every pass.
-    fleet_changed: AtomicBool,
+    /// Raised by shutdown (control path); see `control.rs`.
+    mode: Mode,
+    /// Marked by every control operation that changes the fleet or the
+    /// knobs: the collector takes new links, retires workers and reloads
+    /// on its next pass, and its sleep re-check sees a mark it has not
+    /// taken (see `control.rs`).
+    changed: Changed,
     /// The knobs `reload_config` may change, swapped whole.
     knobs: ArcSwap<Knobs>,
     /// Where every SLA recorder publishes.
@@ -300,8 +298,8 @@ impl Shared {
     /// See `sweep_wanted`. Called only on a refusal, never on the accepting
     /// path.
     fn want_sweep(&self) {
-        if !self.sweep_wanted.load(StdOrdering::Relaxed) {
-            self.sweep_wanted.store(true, StdOrdering::Relaxed);
+        if !self.sweep_wanted.load(Ordering::Relaxed) {
+            self.sweep_wanted.store(true, Ordering::Relaxed);
             self.doorbell.ring();
         }
     }
@@ -464,7 +462,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// Whether `shutdown`/`shutdown_now` has begun (new submits are then
     /// refused).
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.mode.load(StdOrdering::Acquire) != RUNNING
+        self.shared.mode.get() != RunMode::Running
     }
 
     /// Latency percentiles (queue wait, execution, end to end), SLO
@@ -576,6 +574,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
         }
         self.shared.knobs.store(Arc::new(Knobs::of(&new)));
         control.config = new;
+        self.shared.changed.mark();
         self.shared.doorbell.ring();
         Ok(())
     }
@@ -635,9 +634,8 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             retired: false,
         }));
         self.shared.fleet.store(Arc::new(Fleet::new(workers)));
-        // Release: the link pushed above is visible to the collector's
-        // Acquire swap of the flag.
-        self.shared.fleet_changed.store(true, StdOrdering::Release);
+        // After the link is pushed and the fleet stored, before the ring.
+        self.shared.changed.mark();
         self.shared.doorbell.ring();
         Ok(index)
     }
@@ -649,10 +647,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             w.health = Health::Down;
             w.retired = true;
             Ok(())
-        })?;
-        self.shared.fleet_changed.store(true, StdOrdering::Release);
-        self.shared.doorbell.ring();
-        Ok(())
+        })
     }
 
     fn update_worker(
@@ -671,6 +666,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             })?;
         f(Arc::make_mut(w)).map_err(|reason| ConfigError::Invalid { key, reason })?;
         self.shared.fleet.store(Arc::new(Fleet::new(workers)));
+        self.shared.changed.mark();
         self.shared.doorbell.ring();
         Ok(())
     }
@@ -713,7 +709,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// itself, and the collector waits for the batch it is in; a later
     /// call from outside (or `Drop`) joins.
     pub fn shutdown(&self) {
-        self.stop(DRAINING);
+        self.stop(RunMode::Draining);
     }
 
     /// Stops intake and fails every waiting request with `ShutDown` at once;
@@ -721,24 +717,29 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     /// [`shutdown`](Self::shutdown) does (the same rules for a second caller
     /// and for a call from the runtime's own threads).
     pub fn shutdown_now(&self) {
-        self.stop(ABORTING);
+        self.stop(RunMode::Aborting);
     }
 
-    fn stop(&self, mode: u8) {
+    fn stop(&self, mode: RunMode) {
         stop(&self.shared, &self.threads, &self.joining, mode);
     }
 }
 
 impl<I, O> Drop for Runtime<I, O> {
     fn drop(&mut self) {
-        stop(&self.shared, &self.threads, &self.joining, ABORTING);
+        stop(
+            &self.shared,
+            &self.threads,
+            &self.joining,
+            RunMode::Aborting,
+        );
     }
 }
 
 /// Shared by `shutdown`, `shutdown_now` and `Drop`.
-fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mode: u8) {
+fn stop(shared: &Shared, threads: &Mutex<Option<Threads>>, joining: &Joining, mode: RunMode) {
     // The strongest mode asked for wins (abort beats drain).
-    shared.mode.fetch_max(mode, StdOrdering::AcqRel);
+    shared.mode.raise(mode);
     shared.gate.close();
     shared.doorbell.ring();
     let me = std::thread::current().id();

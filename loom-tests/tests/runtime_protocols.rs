@@ -1,7 +1,7 @@
 //! loom models of the runtime's two small protocols, on the real code.
 #![cfg(loom)]
 
-use convoy::loom_exports::{Answers, Clearing, Doorbell, Gate, Refresh};
+use convoy::loom_exports::{Answers, Changed, Clearing, Doorbell, Gate, Mode, Refresh, RunMode};
 use convoy::ring;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -78,23 +78,21 @@ fn gate_lets_no_submit_slip_past_close() {
 /// the two steps of `stop`, and a submit accepted then was never drained.)
 #[test]
 fn the_collector_exits_only_after_every_accepted_submit() {
-    const RUNNING: usize = 0;
-    const DRAINING: usize = 1;
     loom::model(|| {
         let gate = Arc::new(Gate::new());
-        let mode = Arc::new(AtomicUsize::new(RUNNING));
+        let mode = Arc::new(Mode::new());
         let (tx, mut rx) = ring::channel::<u32>(2).unwrap();
         let submitter = submit_through_the_gate(&gate, tx);
         let (g, m) = (gate.clone(), mode.clone());
         let stopper = thread::spawn(move || {
             // `stop`'s order: the mode first, then the gate.
-            m.fetch_max(DRAINING, Ordering::AcqRel);
+            m.raise(RunMode::Draining);
             g.close();
         });
         let mut drained = 0;
         loop {
             // The collector's pass: the mode is read before the drain.
-            let closing = mode.load(Ordering::Acquire) != RUNNING;
+            let closing = mode.get() != RunMode::Running;
             while rx.pop().is_some() {
                 drained += 1;
             }
@@ -136,6 +134,44 @@ fn a_shutdown_during_the_collectors_pass_wakes_it() {
             bell.sleep(|| !closing && gate.is_closed(), None);
         }
         assert!(gate.is_closed(), "woken only by the close's ring");
+    });
+}
+
+/// A control operation (`add_worker`, `set_capacity`, `reload_config`…)
+/// that lands while the collector is between its pass and its sleep: it
+/// stores its change, marks it and rings. The collector's pass takes the
+/// mark; if it missed it, its sleep's re-check must see it. With no
+/// timeout a lost wake-up is a loom deadlock (in the runtime it was a
+/// sleep of up to 50 ms before a new worker or a raised capacity was
+/// used). The stored change stands for the fleet swap: a pass that takes
+/// the mark sees it.
+#[test]
+fn a_control_change_during_the_collectors_pass_wakes_it() {
+    loom::model(|| {
+        let bell = Arc::new(Doorbell::new());
+        let changed = Arc::new(Changed::new());
+        let fleet = Arc::new(AtomicUsize::new(1));
+        bell.register_current();
+        let (b, c, f) = (bell.clone(), changed.clone(), fleet.clone());
+        // Not joined, as in the doorbell model above.
+        thread::spawn(move || {
+            f.store(2, Ordering::Relaxed);
+            c.mark();
+            b.ring();
+        });
+        // The collector's pass, then (if it saw nothing) its sleep and the
+        // pass after.
+        let mut seen = changed.take();
+        if !seen {
+            bell.sleep(|| changed.is_marked(), None);
+            seen = changed.take();
+        }
+        assert!(seen, "woken by the ring or kept awake by the re-check");
+        assert_eq!(
+            fleet.load(Ordering::Relaxed),
+            2,
+            "the mark carries the change"
+        );
     });
 }
 

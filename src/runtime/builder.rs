@@ -1,7 +1,6 @@
 //! [`Builder`]: the config, the executor and the callbacks a runtime starts
 //! with, and `build`, which validates them and starts the threads.
 
-use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,10 +10,11 @@ use super::collector::{self, Collector};
 use super::error::BuildError;
 use super::worker::spawn_worker;
 use super::{
-    Fleet, Handle, Health, Knobs, Release, Runtime, Shared, Spawner, Threads, WorkerState, RUNNING,
+    Fleet, Handle, Health, Knobs, Release, Runtime, Shared, Spawner, Threads, WorkerState,
 };
 use crate::clearing::Clearing;
 use crate::config::{Config, ConfigError};
+use crate::control::{Changed, Mode};
 use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
@@ -133,14 +133,14 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
                     .collect(),
             )),
             epoch: Instant::now(),
-            mode: AtomicU8::new(RUNNING),
-            fleet_changed: AtomicBool::new(false),
+            mode: Mode::new(),
+            changed: Changed::new(),
             knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
             sla: SlaBoard::default(),
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
             clearing: Clearing::new(),
-            sweep_wanted: AtomicBool::new(false),
+            sweep_wanted: crate::sync::AtomicBool::new(false),
         });
 
         let mut worker_threads = Vec::new();

@@ -10,15 +10,15 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering as StdOrdering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::worker::{fail_batch, WorkerLink};
-use super::{Batch, BuildError, Health, Job, Knobs, Release, Shared, ABORTING, DRAINING, RUNNING};
+use super::{Batch, BuildError, Health, Job, Knobs, Release, Shared};
 use crate::clock::{after, nanos};
 use crate::config::{Capacity, Config, DeadlineAction};
+use crate::control::RunMode;
 use crate::dedup::Follower;
 use crate::intake::{Admission, IntakeConsumer};
 use crate::order::{Meta, WaitKey};
@@ -30,6 +30,7 @@ use crate::request::Cost;
 use crate::ring;
 use crate::sla::SlaRecorder;
 use crate::stats::Ended;
+use crate::sync::Ordering;
 use crate::ticket::Completer;
 
 /// What the builder hands the collector it starts.
@@ -66,7 +67,7 @@ pub(super) struct Collector<I, O> {
     /// retirement check look at, so their cost follows the workers there
     /// are, not every worker ever added.
     held: Vec<usize>,
-    /// Links of workers added at run time (control path, see `fleet_changed`).
+    /// Links of workers added at run time (control path, see `Changed`).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
     /// A removed worker may still have work in flight: check each pass.
     retiring: bool,
@@ -210,15 +211,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let now = Instant::now();
             let now_ns = self.shared.ns_since_epoch(now);
             self.absorb_releases();
-            // Acquire: pairs with the Release in add/remove_worker.
-            if self.shared.fleet_changed.swap(false, StdOrdering::Acquire) {
+            // Before the fleet and knobs are read below (see `control.rs`).
+            if self.shared.changed.take() {
                 self.apply_fleet_changes();
             }
             if self.retiring {
                 self.let_go_of_retired();
             }
             self.apply_reload();
-            let mode = self.shared.mode.load(StdOrdering::Acquire);
+            let mode = self.shared.mode.get();
             self.drain_intake(now_ns);
             self.expire(now_ns);
             self.sweep_step(now);
@@ -226,16 +227,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 let cleared = self.end_all_waiting(now_ns, Failure::Cancelled, Ended::Cancelled);
                 self.shared.clearing.answer(cleared);
             }
-            if mode == ABORTING {
+            if mode == RunMode::Aborting {
                 self.fail_all_waiting();
-            } else if mode == DRAINING {
+            } else if mode == RunMode::Draining {
                 let deadline =
                     *drain_deadline.get_or_insert_with(|| after(now, self.shutdown_timeout));
                 if now >= deadline {
                     self.fail_all_waiting();
                 }
             }
-            let closing = mode != RUNNING;
+            let closing = mode != RunMode::Running;
             self.launch(now_ns, closing);
             self.sla.maybe_publish(now);
             self.publish_reserved(now);
@@ -307,8 +308,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if now < self.sweep_allowed {
             return false;
         }
-        let refused = self.shared.sweep_wanted.load(StdOrdering::Relaxed)
-            && self.shared.sweep_wanted.swap(false, StdOrdering::Relaxed);
+        let refused = self.shared.sweep_wanted.load(Ordering::Relaxed)
+            && self.shared.sweep_wanted.swap(false, Ordering::Relaxed);
         refused
             || (!self.planner.waiting.is_empty()
                 && now.saturating_duration_since(self.sweep_started) >= SWEEP_EVERY)
@@ -348,7 +349,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let sweep_wait = self.sweep_allowed.saturating_duration_since(now);
         let sweep_wanted = &self.shared.sweep_wanted;
         let watch_sweep = sweep_wait.is_zero();
-        if !watch_sweep && sweep_wanted.load(StdOrdering::Relaxed) {
+        if !watch_sweep && sweep_wanted.load(Ordering::Relaxed) {
             timeout = timeout.min(sweep_wait);
         }
         if timeout.is_zero() {
@@ -358,12 +359,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let releases = &self.releases;
         let clearing = &self.shared.clearing;
         let gate = &self.shared.gate;
+        let changed = &self.shared.changed;
         self.shared.doorbell.sleep(
             || {
                 intake.has_ready()
                     || releases.has_ready()
                     || clearing.is_asked()
-                    || (watch_sweep && sweep_wanted.load(StdOrdering::Relaxed))
+                    // A control operation between this pass's `take` and
+                    // the announcement (see `control.rs`).
+                    || changed.is_marked()
+                    || (watch_sweep && sweep_wanted.load(Ordering::Relaxed))
                     // A shutdown that began after this pass read the mode:
                     // `stop` closes the gate before it rings, so the
                     // re-check sees it and the pass that follows drains
@@ -438,7 +443,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// Takes links of added workers (the one place the collector locks the
-    /// control mutex, and only after `fleet_changed` said so), then looks at
+    /// control mutex, and only after `Changed` said so), then looks at
     /// removed workers.
     fn apply_fleet_changes(&mut self) {
         let added: Vec<_> = self
