@@ -537,6 +537,15 @@ pub(crate) struct SlaRecorder {
 }
 
 impl SlaRecorder {
+    /// Whether a report asked for a fresh copy that this recorder has not
+    /// answered yet. The collector's sleep re-check reads it: a report's
+    /// ring that lands before the collector announces its sleep is lost
+    /// (see `doorbell.rs`), and the report then waited out the sleep, up to
+    /// 50 ms. Relaxed (in `wanted`): the doorbell's fences order it.
+    pub fn is_asked(&self) -> bool {
+        self.refresh.wanted() > self.answered
+    }
+
     /// Collector: a request launched after waiting `wait`.
     pub fn queue_wait(&mut self, p: Priority, wait: Duration) {
         self.data.hist(p, WAIT).saturating_record(micros(wait));

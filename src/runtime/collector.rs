@@ -360,6 +360,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let clearing = &self.shared.clearing;
         let gate = &self.shared.gate;
         let changed = &self.shared.changed;
+        let sla = &self.sla;
         self.shared.doorbell.sleep(
             || {
                 intake.has_ready()
@@ -368,6 +369,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     // A control operation between this pass's `take` and
                     // the announcement (see `control.rs`).
                     || changed.is_marked()
+                    // An SLA report's ask, likewise.
+                    || sla.is_asked()
                     || (watch_sweep && sweep_wanted.load(Ordering::Relaxed))
                     // A shutdown that began after this pass read the mode:
                     // `stop` closes the gate before it rings, so the
