@@ -32,6 +32,7 @@ const HOT: &[&str] = &[
     "src/stats.rs",
     "src/refresh.rs",
     "src/clearing.rs",
+    "src/control.rs",
     "src/sla.rs",
     "src/request.rs",
     "src/executor.rs",
@@ -46,7 +47,7 @@ const ALLOWED: &[(&str, &str, &str)] = &[
     (
         "src/runtime/collector.rs",
         "apply_fleet_changes",
-        "runs only after `fleet_changed` said a worker was added or removed",
+        "runs only after `control::Changed` said a control operation (a worker added or removed, health, capacity, a reload) happened",
     ),
     (
         "src/sla.rs",
