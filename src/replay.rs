@@ -426,17 +426,21 @@ impl Report {
             "trace {} | policy {} | speed-up {:.1}× | offered {:.0} req/s",
             self.trace, self.policy, self.speedup, self.offered_rps
         );
+        // Two header rows: which latency, then the percentile.
+        let _ = writeln!(s, "{:<27} {:<23} queue wait ms", "", "end-to-end ms");
         let _ = writeln!(
             s,
-            "{:<11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+            "{:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6}",
             "priority",
             "offered",
             "done",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "wait p99",
-            "wait max",
+            "p50",
+            "p95",
+            "p99",
+            "p50",
+            "p95",
+            "p99",
+            "max",
             "SLO p99",
             "SLO ok",
             "expired",
@@ -446,13 +450,15 @@ impl Report {
             let f = |v: f64, decimals: usize| p.figure(v, decimals);
             let _ = writeln!(
                 s,
-                "{:<11} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9.0} {:>8} {:>8} {:>6}",
+                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8.0} {:>8} {:>8} {:>6}",
                 p.priority,
                 p.offered,
                 p.completed,
                 f(p.p50_ms, 1),
                 f(p.p95_ms, 1),
                 f(p.p99_ms, 1),
+                f(p.queue_wait_p50_ms, 1),
+                f(p.queue_wait_p95_ms, 1),
                 f(p.queue_wait_p99_ms, 1),
                 f(p.queue_wait_max_ms, 1),
                 p.slo_p99_ms,

@@ -135,9 +135,24 @@ fn a_refused_row_is_counted_by_its_reason() {
         let l = line(empty);
         assert!(l.contains('–') && !l.contains('%'), "{l}");
     }
+    // End-to-end p50/p95/p99 and queue wait p50/p95/p99/max, both.
+    assert!(
+        text.contains("end-to-end ms") && text.contains("queue wait ms"),
+        "{text}"
+    );
+    let header = line("priority");
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        columns[3..10],
+        ["p50", "p95", "p99", "p50", "p95", "p99", "max"],
+        "{header}"
+    );
     for served in ["high", "normal"] {
         let l = line(served);
         assert!(l.contains("100.00%") && !l.contains('–'), "{l}");
+        // The name and 13 figures: offered, done, seven latencies, the
+        // SLO and its compliance, expired, other.
+        assert_eq!(l.split_whitespace().count(), 14, "{l}");
     }
     assert_eq!(report.to_json()["refused_by"]["cost_never_fits"], 1);
 }
