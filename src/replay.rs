@@ -505,14 +505,21 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "refused at submit: {}", why.join(", "));
         }
+        // Every outcome by name, so the line is the arithmetic it claims:
+        // accepted minus their sum is `lost`.
+        let sum = |f: fn(&PriorityReport) -> u64| self.priorities.iter().map(f).sum::<u64>();
         let _ = writeln!(
             s,
-            "offered {} = refused {} + accepted {}; accepted {} = completed {} + other outcomes; lost: {}",
+            "offered {} = refused {} + accepted {}; accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; lost: {}",
             self.offered,
             self.refused,
             self.accepted,
             self.accepted,
             self.completed,
+            sum(|p| p.expired),
+            sum(|p| p.cancelled),
+            sum(|p| p.failed),
+            sum(|p| p.shut_down),
             self.lost
         );
         s

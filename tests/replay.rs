@@ -122,6 +122,15 @@ fn a_refused_row_is_counted_by_its_reason() {
     assert_eq!(report.lost, 0);
     let text = report.render();
     assert!(text.contains("refused at submit: cost_never_fits 1"));
+    // The last line is the lost-count arithmetic, every outcome named.
+    assert_eq!(
+        text.lines().last(),
+        Some(
+            "offered 3 = refused 1 + accepted 2; accepted 2 = completed 2 + expired 0 \
+             + cancelled 0 + failed 0 + shut down 0; lost: 0"
+        ),
+        "{text}"
+    );
     // Critical and Background had no rows and Low's one was refused:
     // nothing was measured there, so the table shows no 0.0 ms latency
     // and no 100% compliance for them.
