@@ -199,6 +199,16 @@ fn say(text: std::fmt::Arguments) -> Result<(), Fail> {
     }
 }
 
+/// `eprintln!` that a closed stderr does not stop (`convoy compare 2>&1 |
+/// head` closes both): a progress or fallback line that cannot be shown
+/// is dropped, where `eprintln!` would panic.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// `say` with `format!`'s arguments, returning early on a `Fail`.
 macro_rules! say {
     ($($arg:tt)*) => { say(format_args!($($arg)*))? };
@@ -216,7 +226,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(message)) => {
-            eprintln!("convoy: {message}");
+            note!("convoy: {message}");
             ExitCode::from(2)
         }
     }
@@ -275,7 +285,7 @@ fn gpu_fleet(
             Ok(Some(exec))
         }
         Err(e) => {
-            eprintln!("convoy: --gpu: no GPU ({e}); running on {workers} CPU workers");
+            note!("convoy: --gpu: no GPU ({e}); running on {workers} CPU workers");
             Ok(None)
         }
     }
@@ -288,7 +298,7 @@ fn gpu_fleet(
     _: &mut Config,
     workers: usize,
 ) -> Result<Option<std::convert::Infallible>, Fail> {
-    eprintln!("convoy: --gpu: built without the cuda feature; running on {workers} CPU workers");
+    note!("convoy: --gpu: built without the cuda feature; running on {workers} CPU workers");
     Ok(None)
 }
 
@@ -505,7 +515,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
             cycle: true,
             ..ReplayOptions::default()
         };
-        eprintln!("  running {} ...", policy_name(policy));
+        note!("  running {} ...", policy_name(policy));
         reports.push(replay::replay(&trace, model.clone(), &options, &|_| {})?);
     }
     say!("{}", render_comparison(&reports));

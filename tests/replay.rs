@@ -413,7 +413,8 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
 
 /// `convoy | head -1` closes stdout before the report is printed. That
 /// panicked in `print!` ("failed printing to stdout: Broken pipe") and
-/// left no `--json`. The run must finish, write its files and exit 0.
+/// left no `--json`. The run must finish, write its files and exit 0;
+/// likewise `compare` with stderr closed as well.
 #[test]
 fn a_closed_stdout_ends_no_run_and_loses_no_file() {
     let dir = scratch_dir("convoy-cli-pipe");
@@ -434,6 +435,25 @@ fn a_closed_stdout_ends_no_run_and_loses_no_file() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["accepted"], 300, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+
+    // `convoy compare 2>&1 | head` closes stderr too, where compare writes
+    // its progress ("running fifo ..."): `eprintln!` panicked there.
+    let json = dir.join("c.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["compare", "--limit", "2000", "--duration", "0.3"])
+        .args(["--calibrate", "0.2", "--json", json.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "compare with both pipes closed");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["lost"], 0, "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
