@@ -411,49 +411,61 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The binary run with `args`, its reader gone before the first line:
+/// stdout closed, and stderr too with `close_stderr`. Returns the exit
+/// code and the stderr it could still write, and the JSON it wrote.
+fn convoy_with_pipes_closed(
+    args: &[&str],
+    json: &std::path::Path,
+    close_stderr: bool,
+) -> (Option<i32>, String, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .args(["--json", json.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    if close_stderr {
+        drop(child.stderr.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        report,
+    )
+}
+
 /// `convoy | head -1` closes stdout before the report is printed. That
 /// panicked in `print!` ("failed printing to stdout: Broken pipe") and
-/// left no `--json`. The run must finish, write its files and exit 0;
-/// likewise `compare` with stderr closed as well.
+/// left no `--json`. The run must finish, write its files and exit 0.
+/// `convoy compare 2>&1 | head` closes stderr too, where compare writes
+/// its progress ("running fifo ..."): `eprintln!` panicked there.
 #[test]
 fn a_closed_stdout_ends_no_run_and_loses_no_file() {
     let dir = scratch_dir("convoy-cli-pipe");
-    let json = dir.join("r.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["replay", "--limit", "300", "--json", json.to_str().unwrap()])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reader goes away before the first line is written.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr, report) =
+        convoy_with_pipes_closed(&["replay", "--limit", "300"], &dir.join("r.json"), false);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(report["accepted"], 300, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
 
-    // `convoy compare 2>&1 | head` closes stderr too, where compare writes
-    // its progress ("running fifo ..."): `eprintln!` panicked there.
-    let json = dir.join("c.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["compare", "--limit", "2000", "--duration", "0.3"])
-        .args(["--calibrate", "0.2", "--json", json.to_str().unwrap()])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    drop(child.stderr.take());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "compare with both pipes closed");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let compare = [
+        "compare",
+        "--limit",
+        "2000",
+        "--duration",
+        "0.3",
+        "--calibrate",
+        "0.2",
+    ];
+    let (code, _, report) = convoy_with_pipes_closed(&compare, &dir.join("c.json"), true);
+    assert_eq!(code, Some(0), "compare with both pipes closed");
     assert_eq!(report["lost"], 0, "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
