@@ -873,22 +873,10 @@ pub fn expected_run(rows: &[TraceRequest], speedup: f64, duration: Option<Durati
     duration.map_or(expected, |d| d.min(expected))
 }
 
-/// The timeline window for replaying `rows` at `speedup`: the
-/// [`expected_run`], cut as [`timeline_window`] does.
-///
-/// ```
-/// use std::time::Duration;
-/// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n44,low,2\n").unwrap();
-/// assert_eq!(convoy::replay::default_window(&t.requests, 20.0, None), Duration::from_millis(50));
-/// ```
-pub fn default_window(rows: &[TraceRequest], speedup: f64, duration: Option<Duration>) -> Duration {
-    timeline_window(expected_run(rows, speedup, duration))
-}
-
-/// A timeline window for a replay expected to last `expected` of real time:
-/// about 50 windows, on a 1-2-5 step, from 10 ms to 60 s. A fixed 1 s
-/// window gave the default replay (2.2 s) a three-point chart; an hour at
-/// 1× would have had 3,600 points.
+/// A timeline window for a replay expected to last `expected` of real time
+/// (the binary passes [`expected_run`]): about 50 windows, on a 1-2-5 step,
+/// from 10 ms to 60 s. A fixed 1 s window gave the default replay (2.2 s) a
+/// three-point chart; an hour at 1× would have had 3,600 points.
 ///
 /// ```
 /// use std::time::Duration;
