@@ -1,17 +1,19 @@
-//! What the control path tells the collector between its passes: the run
-//! mode (`shutdown` and `shutdown_now` raise it) and that the fleet or the
-//! knobs changed (`add_worker`, `remove_worker`, `set_health`,
-//! `set_capacity`, `reload_config`).
+//! What other threads tell the collector between its passes: the run mode
+//! (`shutdown` and `shutdown_now` raise it), and one-bit [`Notice`]s: that
+//! the fleet or the knobs changed (`add_worker`, `remove_worker`,
+//! `set_health`, `set_capacity`, `reload_config`), or that a submit was
+//! refused and a sweep for cancelled requests is wanted.
 //!
-//! Both are read once per pass, so a control operation takes effect on the
-//! pass after it. Each operation then rings the doorbell. That ring wakes
-//! a collector that has announced its sleep; one that has not yet
-//! announced it must find the news in its re-check before parking
-//! (`Doorbell::sleep`'s Dekker pattern). So the re-check reads
-//! [`Changed::is_marked`], and, for a shutdown, the gate that `stop` closes
-//! before it rings. Before the re-check read `Changed`, a worker added or a
-//! capacity raised between a pass and its sleep waited out the sleep's
-//! timeout (up to 50 ms) while requests it could serve queued. The loom
+//! The collector reads each once per pass (the sweep notice only once a
+//! sweep may start), so a control operation takes effect on the pass after
+//! it. Each sender then rings the doorbell. That ring wakes a collector
+//! that has announced its sleep; one that has not yet announced it must
+//! find the news in its re-check before parking (`Doorbell::sleep`'s Dekker
+//! pattern). So the re-check reads [`Notice::is_marked`], and, for a
+//! shutdown, the gate that `stop` closes before it rings. Before the
+//! re-check read the control notice, a worker added or a capacity raised
+//! between a pass and its sleep waited out the sleep's timeout (up to
+//! 50 ms) while requests it could serve queued. The loom
 //! models `a_control_change_during_the_collectors_pass_wakes_it` and
 //! `the_collector_exits_only_after_every_accepted_submit` run this code.
 
@@ -73,36 +75,41 @@ impl Mode {
     }
 }
 
-/// "The fleet or the knobs changed since you last looked."
-pub struct Changed {
+/// A one-bit message to the collector ("the fleet or the knobs changed",
+/// "a sweep is wanted"): a sender marks it after storing what it refers
+/// to and before ringing; the collector takes it once per pass, and its
+/// sleep re-check reads it.
+pub struct Notice {
     flag: AtomicBool,
 }
 
-impl Default for Changed {
-    /// Nothing changed.
+impl Default for Notice {
+    /// Nothing to tell.
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Changed {
-    /// Nothing changed.
+impl Notice {
+    /// Nothing to tell.
     pub fn new() -> Self {
         Self {
             flag: AtomicBool::new(false),
         }
     }
 
-    /// Control path: called after the change is stored (the fleet or knobs
-    /// swapped, a new worker's link pushed) and before the doorbell rings.
+    /// Sender: called after what the notice refers to is stored (the fleet
+    /// or knobs swapped, a new worker's link pushed) and before the
+    /// doorbell rings.
     pub fn mark(&self) {
-        // Release: the change stored before this happens-before the
-        // collector's Acquire `take` that sees the mark.
+        // Release: what was stored before this happens-before the
+        // collector's Acquire `take` that sees the mark. (The sweep notice
+        // carries no data; for it the ordering is only not in the way.)
         self.flag.store(true, Ordering::Release);
     }
 
-    /// Collector, once per pass before it reads the fleet and knobs:
-    /// whether something changed, clearing the mark.
+    /// Collector, once per pass before it reads what the notice refers
+    /// to: whether it was marked, clearing the mark.
     pub fn take(&self) -> bool {
         // Relaxed load first: the common case (nothing changed) writes
         // nothing to the line. Acquire on the swap pairs with `mark`.
@@ -135,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_mark_is_taken_once() {
-        let c = Changed::new();
+        let c = Notice::new();
         assert!(!c.is_marked() && !c.take());
         c.mark();
         c.mark();

@@ -115,7 +115,7 @@ pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 #[doc(hidden)]
 pub mod loom_exports {
     pub use crate::clearing::Clearing;
-    pub use crate::control::{Changed, Mode, RunMode};
+    pub use crate::control::{Mode, Notice, RunMode};
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
     pub use crate::refresh::{Answers, Refresh};

@@ -32,7 +32,7 @@ use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
     WorkerSpec,
 };
-use crate::control::{Changed, Mode, RunMode};
+use crate::control::{Mode, Notice, RunMode};
 use crate::dedup::{group_meta, Follower};
 use crate::doorbell::Doorbell;
 use crate::executor::Executor;
@@ -44,7 +44,6 @@ use crate::request::{Cost, Deadline, Request};
 use crate::ring;
 use crate::sla::{SlaBoard, SlaReport, SloTarget};
 use crate::stats::{Counters, Stats};
-use crate::sync::{AtomicBool, Ordering};
 use crate::ticket::{Completer, Ticket};
 
 mod builder;
@@ -242,7 +241,7 @@ struct Shared {
     /// knobs: the collector takes new links, retires workers and reloads
     /// on its next pass, and its sleep re-check sees a mark it has not
     /// taken (see `control.rs`).
-    changed: Changed,
+    changed: Notice,
     /// The knobs `reload_config` may change, swapped whole.
     knobs: ArcSwap<Knobs>,
     /// Where every SLA recorder publishes.
@@ -258,12 +257,12 @@ struct Shared {
     /// looked: it sweeps its waiting set for cancelled requests, whose room
     /// it frees otherwise at their turn or the next periodic sweep. A hint
     /// with no data behind it (the sweep reads each ticket's own state,
-    /// with its own Acquire), so every access is Relaxed;
-    /// `Doorbell::ring` wakes a sleeping collector, whose re-check reads
-    /// it. Only the refusal that sets it rings: one that finds it set
-    /// comes after a ring whose sweep has not started yet (the collector
-    /// clears it as it starts one), so that sweep covers it too.
-    sweep_wanted: AtomicBool,
+    /// with its own Acquire); `Doorbell::ring` wakes a sleeping collector,
+    /// whose re-check reads it. Only the refusal that marks it rings: one
+    /// that finds it marked comes after a ring whose sweep has not started
+    /// yet (the collector takes it as it starts one), so that sweep covers
+    /// it too.
+    sweep_wanted: Notice,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -298,8 +297,8 @@ impl Shared {
     /// See `sweep_wanted`. Called only on a refusal, never on the accepting
     /// path.
     fn want_sweep(&self) {
-        if !self.sweep_wanted.load(Ordering::Relaxed) {
-            self.sweep_wanted.store(true, Ordering::Relaxed);
+        if !self.sweep_wanted.is_marked() {
+            self.sweep_wanted.mark();
             self.doorbell.ring();
         }
     }

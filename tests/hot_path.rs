@@ -47,7 +47,7 @@ const ALLOWED: &[(&str, &str, &str)] = &[
     (
         "src/runtime/collector.rs",
         "apply_fleet_changes",
-        "runs only after `control::Changed` said a control operation (a worker added or removed, health, capacity, a reload) happened",
+        "runs only after the control `Notice` said a control operation (a worker added or removed, health, capacity, a reload) happened",
     ),
     (
         "src/sla.rs",

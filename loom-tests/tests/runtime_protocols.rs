@@ -1,7 +1,7 @@
 //! loom models of the runtime's two small protocols, on the real code.
 #![cfg(loom)]
 
-use convoy::loom_exports::{Answers, Changed, Clearing, Doorbell, Gate, Mode, Refresh, RunMode};
+use convoy::loom_exports::{Answers, Clearing, Doorbell, Gate, Mode, Notice, Refresh, RunMode};
 use convoy::ring;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -149,7 +149,7 @@ fn a_shutdown_during_the_collectors_pass_wakes_it() {
 fn a_control_change_during_the_collectors_pass_wakes_it() {
     loom::model(|| {
         let bell = Arc::new(Doorbell::new());
-        let changed = Arc::new(Changed::new());
+        let changed = Arc::new(Notice::new());
         let fleet = Arc::new(AtomicUsize::new(1));
         bell.register_current();
         let (b, c, f) = (bell.clone(), changed.clone(), fleet.clone());

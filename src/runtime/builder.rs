@@ -14,7 +14,7 @@ use super::{
 };
 use crate::clearing::Clearing;
 use crate::config::{Config, ConfigError};
-use crate::control::{Changed, Mode};
+use crate::control::{Mode, Notice};
 use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
@@ -134,13 +134,13 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             )),
             epoch: Instant::now(),
             mode: Mode::new(),
-            changed: Changed::new(),
+            changed: Notice::new(),
             knobs: ArcSwap::from_pointee(Knobs::of(&self.config)),
             sla: SlaBoard::default(),
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
             clearing: Clearing::new(),
-            sweep_wanted: crate::sync::AtomicBool::new(false),
+            sweep_wanted: Notice::new(),
         });
 
         let mut worker_threads = Vec::new();

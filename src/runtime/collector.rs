@@ -30,7 +30,6 @@ use crate::request::Cost;
 use crate::ring;
 use crate::sla::SlaRecorder;
 use crate::stats::Ended;
-use crate::sync::Ordering;
 use crate::ticket::Completer;
 
 /// What the builder hands the collector it starts.
@@ -67,7 +66,7 @@ pub(super) struct Collector<I, O> {
     /// retirement check look at, so their cost follows the workers there
     /// are, not every worker ever added.
     held: Vec<usize>,
-    /// Links of workers added at run time (control path, see `Changed`).
+    /// Links of workers added at run time (control path, see `Shared::changed`).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
     /// A removed worker may still have work in flight: check each pass.
     retiring: bool,
@@ -308,8 +307,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if now < self.sweep_allowed {
             return false;
         }
-        let refused = self.shared.sweep_wanted.load(Ordering::Relaxed)
-            && self.shared.sweep_wanted.swap(false, Ordering::Relaxed);
+        let refused = self.shared.sweep_wanted.take();
         refused
             || (!self.planner.waiting.is_empty()
                 && now.saturating_duration_since(self.sweep_started) >= SWEEP_EVERY)
@@ -349,7 +347,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let sweep_wait = self.sweep_allowed.saturating_duration_since(now);
         let sweep_wanted = &self.shared.sweep_wanted;
         let watch_sweep = sweep_wait.is_zero();
-        if !watch_sweep && sweep_wanted.load(Ordering::Relaxed) {
+        if !watch_sweep && sweep_wanted.is_marked() {
             timeout = timeout.min(sweep_wait);
         }
         if timeout.is_zero() {
@@ -371,7 +369,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     || changed.is_marked()
                     // An SLA report's ask, likewise.
                     || sla.is_asked()
-                    || (watch_sweep && sweep_wanted.load(Ordering::Relaxed))
+                    || (watch_sweep && sweep_wanted.is_marked())
                     // A shutdown that began after this pass read the mode:
                     // `stop` closes the gate before it rings, so the
                     // re-check sees it and the pass that follows drains
@@ -446,7 +444,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// Takes links of added workers (the one place the collector locks the
-    /// control mutex, and only after `Changed` said so), then looks at
+    /// control mutex, and only after `Shared::changed` said so), then looks at
     /// removed workers.
     fn apply_fleet_changes(&mut self) {
         let added: Vec<_> = self
