@@ -246,6 +246,19 @@ pub struct Config {
     pub max_wait: Duration,
     /// The ordering rule (`ordering.policy`); reloadable.
     pub ordering: OrderingPolicy,
+    /// Shed levels while the queue runs late (`ordering.shed`, default
+    /// on; reloadable): when the oldest waiting request is late by
+    /// `(9 − l) / 10 × max_wait` beyond the batching delay, submits at
+    /// level `l` are refused with
+    /// [`SubmitErrorKind::Overloaded`](crate::SubmitErrorKind::Overloaded),
+    /// Background (l = 4) from half of `max_wait`, High (1) from 0.8;
+    /// Critical never. Without it, sustained overload drives the oldest
+    /// waits past `max_wait`, where aging serves them first (FIFO) and
+    /// every Critical request queues behind the backlog. With it, the
+    /// accepted requests keep the starvation bound and the urgent levels
+    /// their latency, and the excess of the least urgent levels is handed
+    /// back at submit. Off: only a full queue refuses.
+    pub shed: bool,
     /// Per priority (index by `Priority::index`).
     pub deadline_action: [DeadlineAction; Priority::COUNT],
     /// Per priority, the deadline a request gets when it brings none, and
@@ -284,6 +297,7 @@ impl Default for Config {
             },
             max_wait: Duration::from_millis(500),
             ordering: OrderingPolicy::Aging,
+            shed: true,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
             default_deadline: [None; Priority::COUNT],
             placement: PlacementPolicy::LeastLoaded,
@@ -498,6 +512,7 @@ struct FileBatching {
 struct FileOrdering {
     max_wait_ms: Option<f64>,
     policy: Option<FileOrderingPolicy>,
+    shed: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -644,6 +659,7 @@ impl Config {
                     FileOrderingPolicy::Fifo => OrderingPolicy::Fifo,
                 };
             }
+            c.shed = o.shed.unwrap_or(c.shed);
         }
         if let Some(d) = file.deadlines {
             let levels = [d.critical, d.high, d.normal, d.low, d.background];

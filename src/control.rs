@@ -16,6 +16,9 @@
 //! 50 ms) while requests it could serve queued. The loom
 //! models `a_control_change_during_the_collectors_pass_wakes_it` and
 //! `the_collector_exits_only_after_every_accepted_submit` run this code.
+//!
+//! One message goes the other way, the levels the collector tells submit
+//! to refuse while its queue runs late (`shed.rs`).
 
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 

@@ -91,6 +91,7 @@ pub mod ring;
 mod runtime;
 #[cfg(feature = "server")]
 pub mod server;
+mod shed;
 pub mod sla;
 mod stats;
 mod sync;
@@ -119,6 +120,7 @@ pub mod loom_exports {
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
     pub use crate::refresh::{Answers, Refresh};
+    pub use crate::shed::Shedding;
     pub use crate::stats::{Counters, Ended};
 }
 

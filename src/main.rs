@@ -501,11 +501,18 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
         OrderingPolicy::StrictPriority,
         OrderingPolicy::Aging,
     ];
+    say!(
+        "fifo and strict_priority run as plain queues (no shedding); aging runs with ordering.shed {}\n",
+        if config.shed { "on" } else { "off" }
+    );
     let mut reports = Vec::new();
     for policy in policies {
         let options = ReplayOptions {
             config: Config {
                 ordering: policy,
+                // The baselines stand for schedulers without it (see
+                // `shed.rs`); convoy's own rule keeps the config's.
+                shed: config.shed && policy == OrderingPolicy::Aging,
                 ..config.clone()
             },
             speedup,

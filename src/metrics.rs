@@ -12,6 +12,8 @@
 //! | `convoy_queue_capacity` | gauge | `priority` (the bound of each level) |
 //! | `convoy_requests_inserted_total` | counter | `priority` |
 //! | `convoy_requests_rejected_full_total` | counter | `priority` |
+//! | `convoy_requests_rejected_shed_total` | counter | `priority` (refused while the level was shed, `ordering.shed`) |
+//! | `convoy_level_shed` | gauge | `priority` (1 while submits at the level are shed) |
 //! | `convoy_requests_ended_total` | counter | `priority`, `outcome` (completed, expired, cancelled, failed, shut_down) |
 //! | `convoy_batches_total` | counter | |
 //! | `convoy_batch_size` | histogram | |
@@ -92,6 +94,8 @@ pub(crate) struct Snapshot {
     pub wait_buckets: Vec<BucketedLatency>,
     pub decision: BucketedLatency,
     pub workers: Vec<WorkerSnapshot>,
+    /// The shed levels, a bit per level index (`shed.rs`).
+    pub shed: usize,
 }
 
 /// The `worker` label of each listed worker: its name, or `name#index`
@@ -226,6 +230,25 @@ impl Collector for Snapshot {
         )?;
         for p in Priority::ALL {
             counter(&mut m, &prio(p), s.of(p).rejected_full)?;
+        }
+        let mut m = e.encode_descriptor(
+            "convoy_requests_rejected_shed",
+            "Requests refused because their level was shed while the queue ran late (handed back)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in Priority::ALL {
+            counter(&mut m, &prio(p), s.of(p).rejected_shed)?;
+        }
+        let mut m = e.encode_descriptor(
+            "convoy_level_shed",
+            "1 while submits at the level are refused because the queue runs late",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in Priority::ALL {
+            let shed = self.shed & (1 << p.index()) != 0;
+            gauge(&mut m, &prio(p), if shed { 1.0 } else { 0.0 })?;
         }
         let mut m = e.encode_descriptor(
             "convoy_requests_ended",

@@ -1277,7 +1277,9 @@ pub fn calibrate<E: Executor<Vec<u32>, Vec<f32>>>(
                 Err(e)
                     if matches!(
                         e.kind,
-                        SubmitErrorKind::QueueFull | SubmitErrorKind::ShuttingDown
+                        SubmitErrorKind::QueueFull
+                            | SubmitErrorKind::Overloaded
+                            | SubmitErrorKind::ShuttingDown
                     ) =>
                 {
                     break

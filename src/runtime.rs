@@ -42,6 +42,7 @@ use crate::order::Meta;
 use crate::priority::Priority;
 use crate::request::{Cost, Deadline, Request};
 use crate::ring;
+use crate::shed::Shedding;
 use crate::sla::{SlaBoard, SlaReport, SloTarget};
 use crate::stats::{Counters, Stats};
 use crate::ticket::{Completer, Ticket};
@@ -263,6 +264,9 @@ struct Shared {
     /// yet (the collector takes it as it starts one), so that sweep covers
     /// it too.
     sweep_wanted: Notice,
+    /// The levels submit refuses while the queue runs late, set by the
+    /// collector each pass (see `control.rs`).
+    shedding: Shedding,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -271,6 +275,7 @@ struct Knobs {
     batching: BatchingConfig,
     max_wait: Duration,
     ordering: OrderingPolicy,
+    shed: bool,
     deadline_action: [DeadlineAction; Priority::COUNT],
     default_deadline: [Option<Duration>; Priority::COUNT],
     placement: PlacementPolicy,
@@ -284,6 +289,7 @@ impl Knobs {
             batching: c.batching,
             max_wait: c.max_wait,
             ordering: c.ordering,
+            shed: c.shed,
             deadline_action: c.deadline_action,
             default_deadline: c.default_deadline,
             placement: c.placement,
@@ -455,6 +461,7 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
                 .sla
                 .decision_buckets(crate::metrics::DECISION_BOUNDS_S),
             workers,
+            shed: self.shared.shedding.mask(),
         })
     }
 

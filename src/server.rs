@@ -208,6 +208,14 @@ async fn infer(
                     ),
                 )
                     .into_response(),
+                SubmitErrorKind::Overloaded => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "1")],
+                    Json(serde_json::json!({
+                        "error": "overloaded: this priority is shed while the queue runs late; retry later"
+                    })),
+                )
+                    .into_response(),
                 SubmitErrorKind::ShuttingDown => {
                     error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
                 }

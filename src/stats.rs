@@ -49,6 +49,8 @@ pub struct Counters {
     shortfall: AtomicU64,
     aging_promotions: AtomicU64,
     deduplicated: AtomicU64,
+    /// Submits refused because their level was shed, per level.
+    shed: [AtomicU64; Priority::COUNT],
     placements: [AtomicU64; PlacementReason::COUNT],
     adaptive_switches: AtomicU64,
     /// The batch limit in force (adaptive sizing) and its decreases.
@@ -77,6 +79,7 @@ impl Counters {
             shortfall: AtomicU64::new(0),
             aging_promotions: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
+            shed: std::array::from_fn(|_| AtomicU64::new(0)),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
             batch_limit: AtomicU64::new(0),
@@ -144,6 +147,11 @@ impl Counters {
         self.deduplicated.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a submit at level `p` refused because the level was shed.
+    pub fn shed(&self, p: Priority) {
+        self.shed[p.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a request launched ahead of more urgent ones by its age.
     pub fn aging_promotion(&self) {
         self.aging_promotions.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +171,7 @@ impl Counters {
             per_priority: std::array::from_fn(|p| PriorityStats {
                 inserted: intake.per_priority[p].inserted,
                 rejected_full: intake.per_priority[p].rejected_full,
+                rejected_shed: self.shed[p].load(Ordering::Relaxed),
                 queue_depth: intake.per_priority[p].depth,
                 completed: get(p, Ended::Completed),
                 expired: get(p, Ended::Expired),
@@ -195,6 +204,9 @@ pub struct PriorityStats {
     pub inserted: u64,
     /// Refused because the level was full (handed back to the caller).
     pub rejected_full: u64,
+    /// Refused because the level was shed while the queue ran late
+    /// (`ordering.shed`; handed back to the caller).
+    pub rejected_shed: u64,
     /// Accepted and not yet launched, expired or cancelled.
     pub queue_depth: usize,
     /// Delivered an output.
@@ -351,6 +363,7 @@ impl Stats {
                 PriorityStats {
                     inserted: d(n.inserted, e.inserted),
                     rejected_full: d(n.rejected_full, e.rejected_full),
+                    rejected_shed: d(n.rejected_shed, e.rejected_shed),
                     queue_depth: n.queue_depth,
                     completed: d(n.completed, e.completed),
                     expired: d(n.expired, e.expired),
@@ -417,6 +430,7 @@ impl Stats {
             .fold(PriorityStats::default(), |a, s| PriorityStats {
                 inserted: a.inserted + s.inserted,
                 rejected_full: a.rejected_full + s.rejected_full,
+                rejected_shed: a.rejected_shed + s.rejected_shed,
                 queue_depth: a.queue_depth + s.queue_depth,
                 completed: a.completed + s.completed,
                 expired: a.expired + s.expired,

@@ -235,7 +235,10 @@ fn producer(rt_handle: convoy::Handle<In, u64>, p: u64) -> Seen {
                         seen.refused += 1;
                         match e.kind {
                             SubmitErrorKind::ShuttingDown => break 'load,
-                            SubmitErrorKind::QueueFull => std::thread::yield_now(),
+                            // Backpressure: the level is full or shed.
+                            SubmitErrorKind::QueueFull | SubmitErrorKind::Overloaded => {
+                                std::thread::yield_now()
+                            }
                             other => panic!("unexpected refusal {other:?}"),
                         }
                     }

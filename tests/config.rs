@@ -28,6 +28,7 @@ fn every_key_is_read() {
         max_queue_delay_ms = 0.5
         [ordering]
         max_wait_ms = 100
+        shed = false
         [deadlines]
         low = "delay"
         [deadlines.default_ms]
@@ -61,6 +62,10 @@ fn every_key_is_read() {
     );
     assert_eq!(c.batching.max_queue_delay, Duration::from_micros(500));
     assert_eq!(c.max_wait, Duration::from_millis(100));
+    assert!(
+        !c.shed && Config::default().shed,
+        "shed is on unless turned off"
+    );
     assert_eq!(
         c.deadline_action[Priority::Low.index()],
         DeadlineAction::Delay
@@ -110,6 +115,7 @@ fn every_error_names_its_key() {
             "batching.max_queue_delay_ms",
         ),
         ("[ordering]\nmax_wait_ms = 0", "ordering.max_wait_ms"),
+        ("[ordering]\nshed = \"yes\"", "shed"),
         // Finite but past what a Duration holds: once a panic.
         ("[ordering]\nmax_wait_ms = 1e300", "ordering.max_wait_ms"),
         ("[intake]\nlane_capacity = 12", "intake.lane_capacity"),

@@ -33,6 +33,7 @@ const HOT: &[&str] = &[
     "src/refresh.rs",
     "src/clearing.rs",
     "src/control.rs",
+    "src/shed.rs",
     "src/sla.rs",
     "src/request.rs",
     "src/executor.rs",

@@ -622,6 +622,119 @@ fn full_queue_hands_the_request_back() {
     }
 }
 
+/// A queue that runs late sheds its least urgent levels first and never
+/// Critical (`ordering.shed`, on by default): the only worker is held, so
+/// the waiting request's age only grows, and each level closes at its
+/// share of `max_wait` (Background from 0.5, High from 0.8). A shed submit
+/// hands its request back as `Overloaded`, singly and in a batch; the
+/// levels open again once the queue has drained; nothing accepted is lost.
+/// Without the collector's `shed` step, `eventually` times out here
+/// (checked).
+#[test]
+fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.max_wait = Duration::from_millis(100);
+    let (rt, hold, _) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let t0 = occupy_the_worker(&rt);
+    let t1 = h.submit(Request::new(1)).unwrap();
+    eventually("Background is shed", || h.is_shed(Priority::Background));
+    let back = h
+        .submit(Request::new(2).priority(Priority::Background))
+        .unwrap_err();
+    assert_eq!(
+        (back.kind, back.request.into_input()),
+        (SubmitErrorKind::Overloaded, 2)
+    );
+    eventually("High is shed", || h.is_shed(Priority::High));
+    for level in [Priority::High, Priority::Normal, Priority::Low] {
+        let e = h.submit(Request::new(3).priority(level)).unwrap_err();
+        assert_eq!(
+            (e.kind, e.request.into_input()),
+            (SubmitErrorKind::Overloaded, 3),
+            "{level:?}"
+        );
+    }
+    assert!(!h.is_shed(Priority::Critical), "Critical is never shed");
+    let t4 = h
+        .submit(Request::new(4).priority(Priority::Critical))
+        .unwrap();
+    let mixed = h
+        .submit_batch(
+            vec![
+                Request::new(5).priority(Priority::Background),
+                Request::new(6).priority(Priority::Critical),
+            ],
+            InsertPolicy::Enqueue,
+        )
+        .unwrap_err();
+    assert_eq!(mixed.rejected.len(), 1);
+    assert_eq!(mixed.rejected[0].kind, SubmitErrorKind::Overloaded);
+    assert_eq!(mixed.rejected[0].request.input(), &5);
+    let [t6]: [_; 1] = mixed.accepted.try_into().expect("Critical accepted");
+    let s = rt.stats();
+    assert_eq!(s.of(Priority::Background).rejected_shed, 2);
+    assert_eq!(
+        (
+            s.of(Priority::High).rejected_shed,
+            s.of(Priority::Critical).rejected_shed
+        ),
+        (1, 0)
+    );
+    let text = rt.metrics_text();
+    assert!(
+        text.contains("convoy_level_shed{priority=\"high\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("convoy_level_shed{priority=\"critical\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("convoy_requests_rejected_shed_total{priority=\"background\"} 2"),
+        "{text}"
+    );
+
+    hold.open();
+    for (t, want) in [(t0, 0), (t1, 1), (t4, 4), (t6, 6)] {
+        assert_eq!(t.wait(), Ok(want));
+    }
+    eventually("the drained queue sheds nothing", || {
+        Priority::ALL.iter().all(|&p| !h.is_shed(p))
+    });
+    let t7 = h
+        .submit(Request::new(7).priority(Priority::Background))
+        .unwrap();
+    assert_eq!(t7.wait(), Ok(7));
+    let total = rt.stats().total();
+    assert_eq!((total.inserted, total.completed), (5, 5));
+}
+
+/// `ordering.shed = false`, reloaded while levels are shed, opens them on
+/// the collector's next pass although the queue is as late as before: only
+/// a full queue refuses then.
+#[test]
+fn reloading_shedding_off_opens_every_level() {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.max_wait = Duration::from_millis(100);
+    let (rt, hold, _) = blocked_runtime_with(cfg.clone());
+    let h = rt.handle();
+    let t0 = occupy_the_worker(&rt);
+    let t1 = h.submit(Request::new(1)).unwrap();
+    eventually("High is shed", || h.is_shed(Priority::High));
+    rt.reload_config(Config { shed: false, ..cfg }).unwrap();
+    eventually("nothing is shed", || {
+        Priority::ALL.iter().all(|&p| !h.is_shed(p))
+    });
+    let t2 = h
+        .submit(Request::new(2).priority(Priority::Background))
+        .unwrap();
+    hold.open();
+    for (t, want) in [(t0, 0), (t1, 1), (t2, 2)] {
+        assert_eq!(t.wait(), Ok(want));
+    }
+}
+
 /// A dropped ticket's request is ended as cancelled, and its room given
 /// back, while the only worker stays busy (so no batch forms, and the
 /// cancelled request's turn never comes): the stalled collector sweeps its

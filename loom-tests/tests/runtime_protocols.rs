@@ -1,8 +1,11 @@
 //! loom models of the runtime's two small protocols, on the real code.
 #![cfg(loom)]
 
-use convoy::loom_exports::{Answers, Clearing, Doorbell, Gate, Mode, Notice, Refresh, RunMode};
+use convoy::loom_exports::{
+    Answers, Clearing, Doorbell, Gate, Mode, Notice, Refresh, RunMode, Shedding,
+};
 use convoy::ring;
+use convoy::Priority;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -108,6 +111,56 @@ fn the_collector_exits_only_after_every_accepted_submit() {
             drained,
             "accepted iff the collector drained it before exiting"
         );
+    });
+}
+
+/// A submit reads the shed mask (`Shedding`, Relaxed: advice with no data
+/// behind it) while the collector sheds Background, opens it again and
+/// then shuts down. However they interleave, each of the two submits
+/// (Background, then Critical) ends exactly once: handed back (shed or
+/// shut down) or drained by the collector before it exits; and the mask
+/// never refuses Critical.
+#[test]
+fn a_shed_level_refuses_and_every_submit_ends_once() {
+    loom::model(|| {
+        let gate = Arc::new(Gate::new());
+        let shedding = Arc::new(Shedding::new());
+        let (tx, mut rx) = ring::channel::<Priority>(2).unwrap();
+        let (g, s) = (gate.clone(), shedding.clone());
+        let submitter = thread::spawn(move || {
+            let mut handed_back = 0;
+            for level in [Priority::Background, Priority::Critical] {
+                // `Handle::submit_through`'s order: the mask, then the gate.
+                if s.refuses(level) {
+                    assert_ne!(level, Priority::Critical, "Critical is never shed");
+                    handed_back += 1;
+                    continue;
+                }
+                match g.enter() {
+                    Some(_pass) => tx.push(level).unwrap(),
+                    None => handed_back += 1,
+                }
+            }
+            handed_back
+        });
+        let mut drained = 0;
+        shedding.set(1 << Priority::Background.index());
+        while rx.pop().is_some() {
+            drained += 1;
+        }
+        shedding.set(0);
+        gate.close();
+        loop {
+            while rx.pop().is_some() {
+                drained += 1;
+            }
+            if gate.is_drained() && !rx.has_ready() {
+                break;
+            }
+            thread::yield_now();
+        }
+        let handed_back = submitter.join().unwrap();
+        assert_eq!(handed_back + drained, 2, "each submit ends exactly once");
     });
 }
 

@@ -21,6 +21,7 @@ use crate::gate::Gate;
 use crate::intake::Intake;
 use crate::request::Cost;
 use crate::ring;
+use crate::shed::Shedding;
 use crate::sla::SlaBoard;
 use crate::stats::Counters;
 
@@ -141,6 +142,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             dedup: self.cloner.is_some(),
             clearing: Clearing::new(),
             sweep_wanted: Notice::new(),
+            shedding: Shedding::new(),
         });
 
         let mut worker_threads = Vec::new();

@@ -28,6 +28,7 @@ use crate::planner::{batch_size_now, Formed, Plan, Plannable, Planner};
 use crate::priority::Priority;
 use crate::request::Cost;
 use crate::ring;
+use crate::shed::{levels_to_shed, DrainRate};
 use crate::sla::SlaRecorder;
 use crate::stats::Ended;
 use crate::ticket::Completer;
@@ -98,6 +99,14 @@ pub(super) struct Collector<I, O> {
     sweep_started: Instant,
     sweep_spent: Duration,
     sweep_allowed: Instant,
+    /// The shed levels last published (see `shed.rs`); kept here so an
+    /// unchanged mask is not stored again each pass.
+    shed: usize,
+    /// Time per token, from finished batches, and the total speed of the
+    /// workers up at the last launch: how long the waiting set would take
+    /// to run (`shed.rs`).
+    drain_rate: DrainRate,
+    speed_up: f64,
 }
 
 /// Requests leaving unlaunched, gathered so that their room is given back
@@ -181,6 +190,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             sweep_started: Instant::now(),
             sweep_spent: Duration::ZERO,
             sweep_allowed: Instant::now(),
+            shed: 0,
+            drain_rate: DrainRate::default(),
+            speed_up: 0.0,
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
@@ -237,6 +249,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             }
             let closing = mode != RunMode::Running;
             self.launch(now_ns, closing);
+            self.shed(now_ns, closing);
             self.sla.maybe_publish(now);
             self.publish_reserved(now);
             self.log_summary(now);
@@ -498,6 +511,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 self.planner
                     .placer_mut()
                     .observe_batch(r.took, w.spec.speed);
+                self.drain_rate
+                    .observe(r.took, r.amount.tokens, w.spec.speed);
             }
             // The batch's size in the limit's terms: one slot per request
             // it launched (deduplicated followers ride free).
@@ -750,6 +765,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 })
             })
             .collect();
+        self.speed_up = candidates
+            .iter()
+            .filter(|c| c.up)
+            .map(|c| c.spec.speed)
+            .sum();
         let urgent_slack = nanos(self.planner.placer_mut().urgent_slack);
         let urgent_waiting = self
             .planner
@@ -816,6 +836,32 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
         self.short_last_pass = short_now;
         self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
+    }
+
+    /// After the launches, what still waits says how late the queue runs;
+    /// publishes the levels submit should refuse (`shed.rs`). None while
+    /// closing (the gate refuses everything) or with `ordering.shed` off.
+    fn shed(&mut self, now_ns: u64, closing: bool) {
+        let knobs = &self.applied;
+        let mask = match self.planner.waiting.oldest_arrival() {
+            Some(a) if knobs.shed && !closing => {
+                let late = Duration::from_nanos(
+                    now_ns
+                        .saturating_sub(a)
+                        .saturating_sub(nanos(knobs.batching.max_queue_delay)),
+                );
+                let drain = self
+                    .drain_rate
+                    .drain(self.planner.waiting.tokens(), self.speed_up)
+                    .unwrap_or_default();
+                levels_to_shed(late.max(drain), knobs.max_wait)
+            }
+            _ => 0,
+        };
+        if mask != self.shed {
+            self.shed = mask;
+            self.shared.shedding.set(mask);
+        }
     }
 
     /// Hands a formed batch to its worker; the decision begun at `deciding`

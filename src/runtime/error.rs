@@ -44,17 +44,24 @@ pub enum SubmitErrorKind {
     /// token outside the model's vocabulary, a request over its maximum
     /// length. [`SubmitError::reason`] says which.
     Invalid,
+    /// The queue runs late and the request's level is shed for now
+    /// (`ordering.shed`): taking more of it would push what is already
+    /// accepted past the starvation bound. Retry later, or at a more
+    /// urgent level if the work is. The rule is on
+    /// [`Config::shed`](crate::Config::shed).
+    Overloaded,
 }
 
 impl SubmitErrorKind {
     /// Every kind, for tallies that keep one count per kind.
-    pub const ALL: [SubmitErrorKind; 6] = [
+    pub const ALL: [SubmitErrorKind; 7] = [
         SubmitErrorKind::QueueFull,
         SubmitErrorKind::ShuttingDown,
         SubmitErrorKind::CostNeverFits,
         SubmitErrorKind::DeadlinePassed,
         SubmitErrorKind::DedupNotEnabled,
         SubmitErrorKind::Invalid,
+        SubmitErrorKind::Overloaded,
     ];
 
     /// A stable snake_case name, for reports and logs that a program
@@ -73,6 +80,7 @@ impl SubmitErrorKind {
             SubmitErrorKind::DeadlinePassed => "deadline_passed",
             SubmitErrorKind::DedupNotEnabled => "dedup_not_enabled",
             SubmitErrorKind::Invalid => "invalid",
+            SubmitErrorKind::Overloaded => "overloaded",
         }
     }
 

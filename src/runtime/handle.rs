@@ -157,6 +157,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     ) -> Result<Ticket<O>, SubmitError<I>> {
         let now = Instant::now();
         let (job, ticket) = self.prepare(request, now)?;
+        if self.shared.shedding.refuses(job.priority) {
+            return Err(self.shed(job));
+        }
         let Some(_pass) = self.shared.gate.enter() else {
             return Err(refused(SubmitErrorKind::ShuttingDown, job));
         };
@@ -213,6 +216,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         let mut rejected = Vec::new();
         for r in requests {
             match self.prepare(r, now) {
+                Ok((job, _)) if self.shared.shedding.refuses(job.priority) => {
+                    rejected.push(self.shed(job));
+                }
                 Ok((job, ticket)) => {
                     jobs.push((job.priority, job));
                     tickets.push(ticket);
@@ -286,6 +292,23 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         }
     }
 
+    /// Whether submits at `level` are refused now because the queue runs
+    /// late (`ordering.shed`; the rule is in [`Config::shed`](crate::Config::shed)).
+    /// A load balancer can route a shed level elsewhere before it tries.
+    /// Advice: the collector updates it every pass, so a submit right
+    /// after may see it otherwise.
+    ///
+    /// ```
+    /// # use convoy::{Priority, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// assert!(!rt.handle().is_shed(Priority::Background), "an idle queue sheds nothing");
+    /// assert!(!rt.handle().is_shed(Priority::Critical), "and Critical never");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_shed(&self, level: Priority) -> bool {
+        self.shared.shedding.refuses(level)
+    }
+
     /// Counters per priority and totals; lock-free. The same snapshot as
     /// [`Runtime::stats`](super::Runtime::stats), whose docs say what a caller can rely on.
     pub fn stats(&self) -> Stats {
@@ -311,6 +334,16 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             self.shared.fleet.load().max,
             &self.shared.knobs.load().batching,
         )
+    }
+
+    /// Refuses `job`, whose level is shed (see `shed.rs`): counts
+    /// it and hands its request back. A refusal also asks for a sweep, as
+    /// a full queue's does: a cancelled request at the front of the queue
+    /// makes it look later than it is until a sweep drops it.
+    fn shed(&self, job: Job<I, O>) -> SubmitError<I> {
+        self.shared.counters.shed(job.priority);
+        self.shared.want_sweep();
+        refused(SubmitErrorKind::Overloaded, job)
     }
 
     fn prepare(&self, request: Request<I>, now: Instant) -> Result<Prepared<I, O>, SubmitError<I>> {

@@ -1,0 +1,194 @@
+//! Shedding: which levels submit refuses while the queue runs late
+//! (`ordering.shed`, on by default).
+//!
+//! # Why
+//!
+//! Aging promises that a request which has waited `max_wait` outranks
+//! every later arrival (`order.rs`, rule 1). Under sustained overload that
+//! promise is what hurts the urgent levels: once the oldest waiting
+//! requests are past `max_wait`, every fresh Critical request queues behind
+//! all of them, and the order is FIFO in all but name. On the 2-core VM of
+//! `BENCHMARKS.md`, the default replay at 1.2× capacity, with a queue bound
+//! deeper than `max_wait`, gave Critical 58–90% within its 50 ms
+//! objective. A deeper queue does not help; it only makes the wait longer.
+//! So when the queue runs late, the collector stops taking more of the
+//! levels that would wait longest, least urgent first, and the requests
+//! already accepted keep the starvation bound.
+//!
+//! # The rule
+//!
+//! The queue's *lateness* is the larger of
+//!
+//! * the age of the oldest waiting request less the batching delay
+//!   (`max_queue_delay`, which a request may wait by design): how late the
+//!   queue already is; and
+//! * how long the fleet would take to run every waiting request: their
+//!   tokens × the time per token measured over recent batches (at unit
+//!   speed) ÷ the speed of the workers up. That is how late it is going to
+//!   be. Under a heavy overload the backlog grows faster than its oldest
+//!   request ages, and by the time the age alone says "late", more has been
+//!   accepted than can start within `max_wait` (at 3× capacity, the age
+//!   alone let Critical's p99 reach 760 ms).
+//!
+//! Level `l` (Critical 0 … Background 4) is shed while lateness ≥
+//! `(9 − l) / 10 × max_wait`: Background from half of `max_wait` (where
+//! aging starts), Low from 0.6, Normal from 0.7, High from 0.8. Critical
+//! is never shed; its bound is its queue's room. The collector works the
+//! mask out after each pass's launches, so a level opens again on the first
+//! pass that finds the queue less late. A refused submit gets
+//! [`SubmitErrorKind::Overloaded`](crate::SubmitErrorKind::Overloaded)
+//! with its request handed back, and counts in
+//! [`PriorityStats::rejected_shed`](crate::PriorityStats::rejected_shed).
+//!
+//! A request that waits for room rather than for a worker's time (a large
+//! cost, a worker down) ages too, and sheds the lower levels while it
+//! waits. That is the rule working, not a fault: whatever the reason, a
+//! queue whose oldest request is late is one where a new Background
+//! request would wait past `max_wait`.
+
+use std::time::Duration;
+
+use crate::priority::Priority;
+use crate::sync::{AtomicUsize, Ordering};
+
+/// The shed levels, written by the collector once per pass and read by
+/// every submit.
+///
+/// Relaxed both ways: the mask is advice that carries no data. A submit
+/// that reads a stale mask admits or refuses one request that the fresh
+/// mask would not have; either way the request ends in exactly one outcome
+/// (accepted and served, or handed back). The loom model
+/// `a_shed_level_refuses_and_every_submit_ends_once` runs it with the
+/// intake.
+pub struct Shedding {
+    /// Bit `l` set: level `l` is shed.
+    closed: AtomicUsize,
+}
+
+impl Default for Shedding {
+    /// Nothing shed.
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shedding {
+    /// Nothing shed.
+    pub fn new() -> Self {
+        Self {
+            closed: AtomicUsize::new(0),
+        }
+    }
+
+    /// Submit: whether `level` is shed now.
+    pub fn refuses(&self, level: Priority) -> bool {
+        // Relaxed: see the type's docs.
+        self.closed.load(Ordering::Relaxed) & (1 << level.index()) != 0
+    }
+
+    /// The shed levels, a bit per level index (for metrics).
+    pub fn mask(&self) -> usize {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Collector: publishes the shed levels (see [`levels_to_shed`]).
+    pub fn set(&self, mask: usize) {
+        // Relaxed: see the type's docs.
+        self.closed.store(mask, Ordering::Relaxed);
+    }
+}
+
+/// The levels to shed when the queue is `late` (see the module docs), a
+/// bit per level index.
+pub fn levels_to_shed(late: Duration, max_wait: Duration) -> usize {
+    let late = late.as_nanos();
+    let max_wait = max_wait.as_nanos();
+    Priority::ALL
+        .iter()
+        .skip(1)
+        .filter(|p| late * 10 >= (9 - p.index() as u128) * max_wait)
+        .fold(0, |mask, p| mask | 1 << p.index())
+}
+
+/// The time per token at unit speed, from measured batches: what the
+/// collector needs to say how long its waiting set would take to run.
+/// Single-owner (the collector).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DrainRate {
+    /// An exponentially weighted mean over batches; `None` before the
+    /// first batch finishes.
+    ns_per_token: Option<f64>,
+}
+
+impl DrainRate {
+    /// A batch of `tokens` took `took` on a worker of `speed`.
+    pub fn observe(&mut self, took: Duration, tokens: u64, speed: f64) {
+        let sample = took.as_nanos() as f64 * speed / tokens.max(1) as f64;
+        if !sample.is_finite() {
+            return;
+        }
+        self.ns_per_token = Some(match self.ns_per_token {
+            // The placer's weight for batch times (`placement.rs`).
+            Some(mean) => 0.8 * mean + 0.2 * sample,
+            None => sample,
+        });
+    }
+
+    /// How long workers of total speed `speed_up` would take to run
+    /// `tokens`; `None` before any batch was measured or with no worker
+    /// up (the age of the oldest request then speaks alone).
+    pub fn drain(&self, tokens: u128, speed_up: f64) -> Option<Duration> {
+        let per_token = self.ns_per_token?;
+        if speed_up <= 0.0 || !speed_up.is_finite() {
+            return None;
+        }
+        let ns = tokens as f64 * per_token / speed_up;
+        // `as` saturates: an absurd backlog reads as u64::MAX ns.
+        Some(Duration::from_nanos(ns as u64))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_shed_least_urgent_first_and_critical_never() {
+        let mw = Duration::from_millis(1000);
+        let at = |ms| levels_to_shed(Duration::from_millis(ms), mw);
+        assert_eq!(at(0), 0);
+        assert_eq!(at(499), 0);
+        assert_eq!(at(500), 1 << Priority::Background.index());
+        assert_eq!(at(600), at(500) | 1 << Priority::Low.index());
+        assert_eq!(at(700), at(600) | 1 << Priority::Normal.index());
+        assert_eq!(at(799), at(700));
+        assert_eq!(at(800), at(700) | 1 << Priority::High.index());
+        assert_eq!(at(u64::MAX / 2), at(800), "Critical is never shed");
+        let s = Shedding::new();
+        s.set(at(600));
+        assert!(s.refuses(Priority::Background) && s.refuses(Priority::Low));
+        assert!(!s.refuses(Priority::Normal) && !s.refuses(Priority::Critical));
+        assert_eq!(s.mask(), at(600));
+        s.set(0);
+        assert!(!s.refuses(Priority::Background), "a level opens again");
+    }
+
+    #[test]
+    fn the_drain_follows_measured_batches_and_the_speed_up() {
+        let mut r = DrainRate::default();
+        assert_eq!(r.drain(1000, 2.0), None, "nothing measured yet");
+        // 1,000 tokens in 10 ms on a worker of speed 1: 10 µs a token.
+        r.observe(Duration::from_millis(10), 1000, 1.0);
+        assert_eq!(r.drain(1000, 1.0), Some(Duration::from_millis(10)));
+        assert_eq!(r.drain(1000, 2.0), Some(Duration::from_millis(5)));
+        assert_eq!(r.drain(1000, 0.0), None, "no worker up");
+        // A worker twice as fast took half as long: the same unit time.
+        r.observe(Duration::from_millis(5), 1000, 2.0);
+        assert_eq!(r.drain(1000, 1.0), Some(Duration::from_millis(10)));
+        // Slower batches move the mean a fifth of the way.
+        r.observe(Duration::from_millis(20), 1000, 1.0);
+        assert_eq!(r.drain(1000, 1.0), Some(Duration::from_millis(12)));
+        r.observe(Duration::ZERO, 0, 1.0);
+        assert!(r.drain(u128::MAX, 1e-300).is_some(), "saturates, no panic");
+    }
+}
