@@ -49,7 +49,10 @@
 //! * [`intake`]: `S` shards × 5 [`Priority`] levels of rings, with
 //!   [`InsertPolicy`], an admission bound and lock-free statistics.
 //! * [`ticket`]: the one-shot completion slot.
-//! * [`order`]: the ordering rule and its starvation bound.
+//! * [`order`]: the ordering rule and its starvation bound. Under
+//!   overload the collector sheds the least urgent levels at submit
+//!   ([`Config::shed`], [`SubmitErrorKind::Overloaded`]), so that the bound
+//!   and the urgent levels' latency hold for what it accepts.
 //! * [`ledger`], [`placement`], [`planner`]: one batch decision (order,
 //!   place, reserve), single-owner.
 //! * [`Runtime`]: the collector and worker threads around them.

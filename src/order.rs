@@ -39,6 +39,12 @@
 //! one batch interval, whatever the stream of more urgent work.
 //! `tests::starvation_bound_*` check this against a saturating stream of
 //! Critical and High work.
+//!
+//! When arrivals do outpace service for long, rule 1 turns against the
+//! urgent levels (every new Critical request queues behind the aged
+//! backlog). The runtime then sheds the least urgent levels at submit
+//! (`ordering.shed`, see `Config::shed`), so what it accepts keeps this
+//! bound.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
