@@ -247,11 +247,12 @@ pub struct Config {
     /// The ordering rule (`ordering.policy`); reloadable.
     pub ordering: OrderingPolicy,
     /// Shed levels while the queue runs late (`ordering.shed`, default
-    /// on; reloadable): when the oldest waiting request is late by
-    /// `(9 − l) / 10 × max_wait` beyond the batching delay, submits at
-    /// level `l` are refused with
-    /// [`SubmitErrorKind::Overloaded`](crate::SubmitErrorKind::Overloaded),
-    /// Background (l = 4) from half of `max_wait`, High (1) from 0.8;
+    /// on; reloadable): while the queue is late by `(7 − l) / 10 ×
+    /// max_wait` (the oldest request's wait beyond the batching delay, or
+    /// the measured time to run what waits, whichever is larger), submits
+    /// at level `l` are refused with
+    /// [`SubmitErrorKind::Overloaded`](crate::SubmitErrorKind::Overloaded):
+    /// Background (l = 4) from 0.3 × `max_wait`, High (1) from 0.6;
     /// Critical never. Without it, sustained overload drives the oldest
     /// waits past `max_wait`, where aging serves them first (FIFO) and
     /// every Critical request queues behind the backlog. With it, the

@@ -625,7 +625,7 @@ fn full_queue_hands_the_request_back() {
 /// A queue that runs late sheds its least urgent levels first and never
 /// Critical (`ordering.shed`, on by default): the only worker is held, so
 /// the waiting request's age only grows, and each level closes at its
-/// share of `max_wait` (Background from 0.5, High from 0.8). A shed submit
+/// share of `max_wait` (Background from 0.3, High from 0.6). A shed submit
 /// hands its request back as `Overloaded`, singly and in a batch; the
 /// levels open again once the queue has drained; nothing accepted is lost.
 /// Without the collector's `shed` step, `eventually` times out here
