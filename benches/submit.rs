@@ -95,6 +95,9 @@ fn runtime() -> Runtime<u64, u64> {
                 lane_capacity: 8192,
             },
             cpu_workers: 1,
+            // Nor shed: a burst of 60,000 on a loaded machine could look
+            // late, and a refusal here would end the bench.
+            shed: false,
             ..Config::default()
         })
         .batch_fn(|xs: &[u64]| xs.to_vec())

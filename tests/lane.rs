@@ -114,6 +114,10 @@ fn runtime(depth: usize, batch: usize) -> (Runtime<i64, i64>, Arc<Seen>, Hold) {
             max_queue_delay: Duration::from_millis(1),
             ..Config::default().batching
         },
+        // Workers here are held as long as a test needs; shedding would
+        // refuse submits once a held queue is 0.3 × max_wait late, which a
+        // loaded machine reaches. `tests/runtime.rs` tests it.
+        shed: false,
         ..Config::default()
     };
     let rt = Runtime::builder()

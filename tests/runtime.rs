@@ -25,6 +25,10 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
             preferred_batch_sizes: convoy::PreferredBatchSizes::NONE,
             max_queue_delay: Duration::from_millis(delay_ms),
         },
+        // Workers here are held as long as a test needs; shedding would
+        // refuse submits once a held queue is 0.3 × max_wait late, which a
+        // loaded machine reaches. Its own tests turn it on.
+        shed: false,
         ..Config::default()
     }
 }
@@ -634,6 +638,7 @@ fn full_queue_hands_the_request_back() {
 fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
     let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
     cfg.max_wait = Duration::from_millis(100);
+    cfg.shed = true;
     let (rt, hold, _) = blocked_runtime_with(cfg);
     let h = rt.handle();
     let t0 = occupy_the_worker(&rt);
@@ -717,6 +722,7 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
 fn reloading_shedding_off_opens_every_level() {
     let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
     cfg.max_wait = Duration::from_millis(100);
+    cfg.shed = true;
     let (rt, hold, _) = blocked_runtime_with(cfg.clone());
     let h = rt.handle();
     let t0 = occupy_the_worker(&rt);

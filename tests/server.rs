@@ -48,6 +48,9 @@ async fn start() -> TestServer {
                 max_batch_size: 1,
                 ..Config::default().batching
             },
+            // The blocker holds the worker as long as a test needs; a full
+            // queue, not shedding, is what these tests reach.
+            shed: false,
             ..Config::default()
         })
         .batch_fn(move |xs: &[Input]| {
