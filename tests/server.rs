@@ -34,6 +34,11 @@ struct TestServer {
 }
 
 async fn start() -> TestServer {
+    start_with(None).await
+}
+
+/// `start`, shedding (`ordering.shed`) under this `max_wait` when given.
+async fn start_with(shed_under: Option<Duration>) -> TestServer {
     let hold = Hold::default();
     let h2 = hold.clone();
     let runtime = Runtime::builder()
@@ -48,9 +53,11 @@ async fn start() -> TestServer {
                 max_batch_size: 1,
                 ..Config::default().batching
             },
-            // The blocker holds the worker as long as a test needs; a full
-            // queue, not shedding, is what these tests reach.
-            shed: false,
+            // The blocker holds the worker as long as a test needs: a full
+            // queue, not shedding, is what these tests reach, except the
+            // one that asks `start_with` for shedding.
+            shed: shed_under.is_some(),
+            max_wait: shed_under.unwrap_or(Config::default().max_wait),
             ..Config::default()
         })
         .batch_fn(move |xs: &[Input]| {
@@ -246,6 +253,54 @@ async fn each_error_has_its_status_and_a_json_reason() {
     assert_eq!(stats["utilization"], 0.0, "nothing waits");
     let final_stats = s.stop().await;
     assert_eq!(final_stats.total().inserted, final_stats.total().ended());
+}
+
+/// A level shed while the queue runs late is a 429 with `Retry-After`
+/// that says so, and Critical, never shed, still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_level_is_429_and_critical_still_gets_in() {
+    let s = start_with(Some(Duration::from_millis(100))).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let queued = tokio::spawn(client.post(&url).json(&json!({"tokens": [1]})).send());
+    s.eventually("one waiting", |st| st.total().queue_depth == 1)
+        .await;
+    let handle = s.state.runtime.handle();
+    let start = Instant::now();
+    while !handle.is_shed(convoy::Priority::Background) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never shed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = client
+        .post(&url)
+        .json(&json!({"tokens": [2], "priority": "background"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("overloaded"),
+        "{body}"
+    );
+    let critical = tokio::spawn(
+        client
+            .post(&url)
+            .json(&json!({"tokens": [3], "priority": "critical"}))
+            .send(),
+    );
+    s.eventually("Critical accepted", |st| st.total().queue_depth == 2)
+        .await;
+    s.hold.open();
+    for t in [blocker, queued, critical] {
+        assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let stats = s.stop().await;
+    assert_eq!(stats.of(convoy::Priority::Background).rejected_shed, 1);
+    assert_eq!((stats.total().inserted, stats.total().ended()), (3, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
