@@ -9,7 +9,7 @@
 //! requests are past `max_wait`, every fresh Critical request queues behind
 //! all of them, and the order is FIFO in all but name. On the 2-core VM of
 //! `BENCHMARKS.md`, the default replay at 1.2× capacity, with a queue bound
-//! deeper than `max_wait`, gave Critical 58–90% within its 50 ms
+//! deeper than `max_wait`, gave Critical 52–90% within its 50 ms
 //! objective. A deeper queue does not help; it only makes the wait longer.
 //! So when the queue runs late, the collector stops taking more of the
 //! levels that would wait longest, least urgent first, and the requests
@@ -40,18 +40,27 @@
 //! 0.8 × `max_wait` with waits past `max_wait` (Critical 78% within its
 //! objective); 0.3–0.6 gave 100% (BENCHMARKS.md, "Shedding"). The
 //! thresholds set how deep a standing backlog may grow, not how much is
-//! refused: under a sustained overload the excess is refused either way. The collector works the
-//! mask out after each pass's launches, so a level opens again on the first
-//! pass that finds the queue less late. A refused submit gets
+//! refused: under a sustained overload the excess is refused either way.
+//!
+//! The collector works the mask out after each pass's launches, so a level
+//! opens again on the first pass that finds the queue less late. A
+//! refused submit gets
 //! [`SubmitErrorKind::Overloaded`](crate::SubmitErrorKind::Overloaded)
 //! with its request handed back, and counts in
 //! [`PriorityStats::rejected_shed`](crate::PriorityStats::rejected_shed).
+//!
+//! The drain estimate assumes each worker runs one batch at a time. A
+//! worker that overlaps them (a GPU worker with `CudaConfig::depth` 2)
+//! times each batch from its launch, its wait behind the other included,
+//! so the estimate reads up to twice too long there and shedding starts
+//! early (at 0.15 × `max_wait` for Background). That errs toward refusing,
+//! and it has not been measured on a GPU.
 //!
 //! A request that waits for room rather than for a worker's time (a large
 //! cost, a worker down) ages too, and sheds the lower levels while it
 //! waits. That is the rule working, not a fault: whatever the reason, a
 //! queue whose oldest request is late is one where a new Background
-//! request would wait past `max_wait`.
+//! request would wait long behind it.
 
 use std::time::Duration;
 
