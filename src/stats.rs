@@ -247,14 +247,14 @@ impl PriorityStats {
 /// let s = convoy::PriorityStats { inserted: 3, completed: 2, expired: 1, ..Default::default() };
 /// assert_eq!(
 ///     s.to_string(),
-///     "accepted 3 = completed 2 + expired 1 + cancelled 0 + failed 0 + shut down 0; refused (queue full) 0; lost: 0"
+///     "accepted 3 = completed 2 + expired 1 + cancelled 0 + failed 0 + shut down 0; refused (queue full) 0, (shed) 0; lost: 0"
 /// );
 /// ```
 impl std::fmt::Display for PriorityStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; refused (queue full) {}; lost: {}",
+            "accepted {} = completed {} + expired {} + cancelled {} + failed {} + shut down {}; refused (queue full) {}, (shed) {}; lost: {}",
             self.inserted,
             self.completed,
             self.expired,
@@ -262,6 +262,7 @@ impl std::fmt::Display for PriorityStats {
             self.failed,
             self.shut_down,
             self.rejected_full,
+            self.rejected_shed,
             self.lost()
         )
     }
