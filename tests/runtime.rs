@@ -715,6 +715,50 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
     assert_eq!((total.inserted, total.completed), (5, 5));
 }
 
+/// The queue counts as late as soon as what waits would take long to run,
+/// before anything has waited long: one measured batch sets the time per
+/// token (50 ms for a 1-token request), and a waiting request of 1,000
+/// tokens then reads as 50 s of work, past High's threshold (0.6 × a
+/// 60 s `max_wait`), while it has waited milliseconds. By age
+/// alone nothing would be shed for 18 s, so without the drain estimate
+/// `eventually` times out here (checked).
+#[test]
+fn a_backlog_that_would_take_long_to_run_sheds_before_it_has_waited() {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.max_wait = Duration::from_secs(60);
+    cfg.shed = true;
+    let hold = Hold::default();
+    let h2 = hold.clone();
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            match xs[0] {
+                0 => h2.wait(),
+                5 => std::thread::sleep(Duration::from_millis(50)),
+                _ => {}
+            }
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    // Dropped before `rt` if the test fails, so the runtime's drop can
+    // join the worker it holds.
+    let hold = hold;
+    let h = rt.handle();
+    assert_eq!(h.submit(Request::new(5)).unwrap().wait(), Ok(5));
+    let t0 = h.submit(Request::new(0)).unwrap();
+    eventually("the blocker runs", || rt.stats().batches == 2);
+    let big = h.submit(Request::new(1).tokens(1000)).unwrap();
+    eventually("High is shed", || h.is_shed(Priority::High));
+    assert!(h.is_shed(Priority::Background) && !h.is_shed(Priority::Critical));
+    hold.open();
+    assert_eq!(t0.wait(), Ok(0));
+    assert_eq!(big.wait(), Ok(1));
+    eventually("the drained queue sheds nothing", || {
+        Priority::ALL.iter().all(|&p| !h.is_shed(p))
+    });
+}
+
 /// `ordering.shed = false`, reloaded while levels are shed, opens them on
 /// the collector's next pass although the queue is as late as before: only
 /// a full queue refuses then.
