@@ -150,6 +150,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// A 429 with `Retry-After`: load, not the request, was the reason.
+fn retry_later(message: &str) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
 /// The router for `state`; serve it with `axum::serve`.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_body_bytes;
@@ -200,22 +210,12 @@ async fn infer(
         Ok(t) => t,
         Err(e) => {
             return match e.kind {
-                SubmitErrorKind::QueueFull => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, "1")],
-                    Json(
-                        serde_json::json!({ "error": "queue full for this priority; retry later" }),
-                    ),
-                )
-                    .into_response(),
-                SubmitErrorKind::Overloaded => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, "1")],
-                    Json(serde_json::json!({
-                        "error": "overloaded: this priority is shed while the queue runs late; retry later"
-                    })),
-                )
-                    .into_response(),
+                SubmitErrorKind::QueueFull => {
+                    retry_later("queue full for this priority; retry later")
+                }
+                SubmitErrorKind::Overloaded => retry_later(
+                    "overloaded: this priority is shed while the queue runs late; retry later",
+                ),
                 SubmitErrorKind::ShuttingDown => {
                     error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
                 }
