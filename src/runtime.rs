@@ -265,7 +265,7 @@ struct Shared {
     /// it too.
     sweep_wanted: Notice,
     /// The levels submit refuses while the queue runs late, set by the
-    /// collector each pass (see `control.rs`).
+    /// collector each pass (see `shed.rs`).
     shedding: Shedding,
 }
 

@@ -107,10 +107,15 @@ impl Shedding {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Collector: publishes the shed levels (see [`levels_to_shed`]).
+    /// Collector, once per pass: publishes the shed levels (see
+    /// [`levels_to_shed`]). It stores only a change, so a pass that finds
+    /// the same mask does not write the line every submit reads. The
+    /// collector is the only writer, so the load cannot miss a store.
     pub fn set(&self, mask: usize) {
         // Relaxed: see the type's docs.
-        self.closed.store(mask, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) != mask {
+            self.closed.store(mask, Ordering::Relaxed);
+        }
     }
 }
 

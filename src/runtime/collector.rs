@@ -99,9 +99,6 @@ pub(super) struct Collector<I, O> {
     sweep_started: Instant,
     sweep_spent: Duration,
     sweep_allowed: Instant,
-    /// The shed levels last published (see `shed.rs`); kept here so an
-    /// unchanged mask is not stored again each pass.
-    shed: usize,
     /// Time per token, from finished batches, and the total speed of the
     /// workers up at the last launch: how long the waiting set would take
     /// to run (`shed.rs`).
@@ -190,7 +187,6 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             sweep_started: Instant::now(),
             sweep_spent: Duration::ZERO,
             sweep_allowed: Instant::now(),
-            shed: 0,
             drain_rate: DrainRate::default(),
             speed_up: 0.0,
             shared: s.shared,
@@ -858,10 +854,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             }
             _ => 0,
         };
-        if mask != self.shed {
-            self.shed = mask;
-            self.shared.shedding.set(mask);
-        }
+        self.shared.shedding.set(mask);
     }
 
     /// Hands a formed batch to its worker; the decision begun at `deciding`
