@@ -244,6 +244,32 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
     let never = h.submit(Request::new(101).tokens(101)).unwrap_err();
     assert_eq!(never.kind, SubmitErrorKind::CostNeverFits);
     assert_eq!(never.request.into_input(), 101);
+    // In an all-or-nothing batch the impossible member refuses the rest
+    // for its own reason (retrying them as they are would fail again),
+    // not as `QueueFull`.
+    let whole = h
+        .submit_batch(
+            vec![Request::new(1).tokens(1), Request::new(102).tokens(102)],
+            InsertPolicy::AllOrNothing,
+        )
+        .unwrap_err();
+    let back: Vec<_> = whole
+        .rejected
+        .iter()
+        .map(|e| (e.kind, *e.request.input()))
+        .collect();
+    assert_eq!(
+        back,
+        [
+            (SubmitErrorKind::CostNeverFits, 102),
+            (SubmitErrorKind::CostNeverFits, 1)
+        ]
+    );
+    let why = whole.rejected[1].to_string();
+    assert!(
+        why.contains("all-or-nothing") && why.contains("cost_never_fits"),
+        "{why}"
+    );
     let tickets: Vec<_> = (0..40)
         .map(|i| {
             h.submit(Request::new(30 + i % 40).tokens(30 + i % 40))
@@ -677,8 +703,33 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
     assert_eq!(mixed.rejected[0].kind, SubmitErrorKind::Overloaded);
     assert_eq!(mixed.rejected[0].request.input(), &5);
     let [t6]: [_; 1] = mixed.accepted.try_into().expect("Critical accepted");
+    // All or nothing: the shed member refuses the batch, and the Critical
+    // one comes back as `Overloaded` too (worth retrying later), with a
+    // reason naming its batchmate's refusal; it counts as no shed.
+    let whole = h
+        .submit_batch(
+            vec![
+                Request::new(8).priority(Priority::Critical),
+                Request::new(9).priority(Priority::Background),
+            ],
+            InsertPolicy::AllOrNothing,
+        )
+        .unwrap_err();
+    assert!(whole.accepted.is_empty());
+    let back: Vec<_> = whole
+        .rejected
+        .iter()
+        .map(|e| (e.kind, *e.request.input(), e.reason.is_some()))
+        .collect();
+    assert_eq!(
+        back,
+        [
+            (SubmitErrorKind::Overloaded, 9, false),
+            (SubmitErrorKind::Overloaded, 8, true)
+        ]
+    );
     let s = rt.stats();
-    assert_eq!(s.of(Priority::Background).rejected_shed, 2);
+    assert_eq!(s.of(Priority::Background).rejected_shed, 3);
     assert_eq!(
         (
             s.of(Priority::High).rejected_shed,
@@ -696,7 +747,7 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
         "{text}"
     );
     assert!(
-        text.contains("convoy_requests_rejected_shed_total{priority=\"background\"} 2"),
+        text.contains("convoy_requests_rejected_shed_total{priority=\"background\"} 3"),
         "{text}"
     );
 

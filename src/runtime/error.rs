@@ -97,7 +97,8 @@ pub struct SubmitError<I> {
     /// Why.
     pub kind: SubmitErrorKind,
     /// The executor's words for an [`Invalid`](SubmitErrorKind::Invalid)
-    /// input; `None` for the other kinds.
+    /// input, or, for a request refused only because another in its
+    /// `AllOrNothing` batch was, a line saying so; `None` otherwise.
     pub reason: Option<String>,
     /// The request, as given.
     pub request: Request<I>,

@@ -180,10 +180,14 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     }
 
     /// Submits many requests under one policy. `AllOrNothing` accepts all or
-    /// none; `Enqueue`/`Front` accept what fits. Invalid requests (bad
-    /// deadline, impossible cost) are refused individually, and with
-    /// `AllOrNothing` they make the whole batch refused. An empty `requests`
-    /// is an error of kind [`BatchSubmitErrorKind::EmptyBatch`].
+    /// none; `Enqueue`/`Front` accept what fits. A request refused on its
+    /// own (bad deadline, impossible cost, a shed level) is handed back with
+    /// its kind; with `AllOrNothing` it makes the whole batch refused, and
+    /// the others come back with the first such refusal's kind and a
+    /// [`reason`](SubmitError::reason) saying so (a batch with a shed member
+    /// is `Overloaded` throughout: retry later; one with an invalid member
+    /// is not worth retrying as it is). An empty `requests` is an error of
+    /// kind [`BatchSubmitErrorKind::EmptyBatch`].
     ///
     /// ```
     /// use convoy::{BatchSubmitErrorKind, InsertPolicy, Request, Runtime};
@@ -235,8 +239,32 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
                     rejected,
                 }
             };
-        if jobs.is_empty() || (policy == InsertPolicy::AllOrNothing && !rejected.is_empty()) {
-            return Err(refuse_all(jobs, rejected, SubmitErrorKind::QueueFull));
+        if let (InsertPolicy::AllOrNothing, Some(first)) = (policy, rejected.first()) {
+            // The rest go back for the first refusal's reason, not as
+            // `QueueFull`: a batch refused because one member was shed is
+            // worth retrying later, one with an invalid member is not, and
+            // a caller reading any member's kind should learn which.
+            let (kind, why) = (first.kind, first.kind.as_str());
+            let reason = format!(
+                "refused with its all-or-nothing batch: another request in it was refused ({why})"
+            );
+            rejected.extend(jobs.into_iter().map(|(_, j)| SubmitError {
+                reason: Some(reason.clone()),
+                ..refused(kind, j)
+            }));
+            return Err(BatchSubmitError {
+                kind: BatchSubmitErrorKind::Refused,
+                accepted: Vec::new(),
+                rejected,
+            });
+        }
+        if jobs.is_empty() {
+            // Every member was refused on its own, each with its kind.
+            return Err(BatchSubmitError {
+                kind: BatchSubmitErrorKind::Refused,
+                accepted: Vec::new(),
+                rejected,
+            });
         }
         let Some(_pass) = self.shared.gate.enter() else {
             return Err(refuse_all(jobs, rejected, SubmitErrorKind::ShuttingDown));
