@@ -226,7 +226,10 @@ struct Batch<I, O> {
 struct Release {
     worker: usize,
     amount: Capacity,
-    /// How long the batch ran, for placement's finish estimates.
+    /// How long the batch kept its worker busy (not counting a wait
+    /// behind another batch on a lane: `worker.rs`, `service_time`), for
+    /// placement's finish estimates, the adaptive batch limit and
+    /// shedding's drain estimate.
     took: Duration,
 }
 

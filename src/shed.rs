@@ -49,12 +49,12 @@
 //! with its request handed back, and counts in
 //! [`PriorityStats::rejected_shed`](crate::PriorityStats::rejected_shed).
 //!
-//! The drain estimate assumes each worker runs one batch at a time. A
-//! worker that overlaps them (a GPU worker with `CudaConfig::depth` 2)
-//! times each batch from its launch, its wait behind the other included,
-//! so the estimate reads up to twice too long there and shedding starts
-//! early (at 0.15 × `max_wait` for Background). That errs toward refusing,
-//! and it has not been measured on a GPU.
+//! A worker that overlaps batches (a GPU worker with `CudaConfig::depth`
+//! 2) times each from its launch or the previous batch's release,
+//! whichever is later (`runtime/worker.rs`, `service_time`), so a batch's
+//! wait behind the other on the device is not counted twice and the
+//! estimate holds there as on the plain path. That has not been measured
+//! on a GPU.
 //!
 //! A request that waits for room rather than for a worker's time (a large
 //! cost, a worker down) ages too, and sheds the lower levels while it

@@ -105,6 +105,15 @@ impl Lane<i64, i64> for FakeLane {
 
 /// One worker that holds two batches of `batch` requests.
 fn runtime(depth: usize, batch: usize) -> (Runtime<i64, i64>, Arc<Seen>, Hold) {
+    runtime_with(depth, batch, None)
+}
+
+/// As [`runtime`], with `batching.target_batch_ms` set to `target`.
+fn runtime_with(
+    depth: usize,
+    batch: usize,
+    target: Option<Duration>,
+) -> (Runtime<i64, i64>, Arc<Seen>, Hold) {
     let seen = Arc::new(Seen::default());
     let release = Hold::default();
     let config = Config {
@@ -112,6 +121,7 @@ fn runtime(depth: usize, batch: usize) -> (Runtime<i64, i64>, Arc<Seen>, Hold) {
         batching: BatchingConfig {
             max_batch_size: batch,
             max_queue_delay: Duration::from_millis(1),
+            target_batch_time: target,
             ..Config::default().batching
         },
         // Workers here are held as long as a test needs; shedding would
@@ -161,6 +171,42 @@ fn two_batches_in_flight_on_one_worker_and_outputs_in_order() {
     let total = rt.stats().total();
     assert_eq!(total.completed, 8);
     assert_eq!(total.inserted, total.ended());
+}
+
+/// A batch launched behind another on the lane is timed from that one's
+/// release, not from its own launch: its wait on the device is the first
+/// batch's time, not its own. Both batches sit on the device for 300 ms,
+/// past the 100 ms `target_batch_ms`, and finish together. The first (4
+/// requests) took 300 ms and halves the batch limit to 2; the second (2
+/// requests) took next to nothing after the first's release and raises it
+/// to 3. Timed from its launch it too read 300 ms and halved the limit to 1
+/// (checked); the same time fed shedding's drain estimate and placement.
+#[test]
+fn a_batch_behind_another_on_the_lane_is_not_timed_for_its_wait() {
+    let target = Duration::from_millis(100);
+    let (rt, seen, release) = runtime_with(2, 4, Some(target));
+    let h = rt.handle();
+    let first: Vec<_> = (0..4).map(|i| h.submit(Request::new(i)).unwrap()).collect();
+    eventually("first batch launched", || {
+        seen.launched.load(Ordering::SeqCst) == 1
+    });
+    let second: Vec<_> = (10..12)
+        .map(|i| h.submit(Request::new(i)).unwrap())
+        .collect();
+    eventually("second batch launched behind the first", || {
+        seen.launched.load(Ordering::SeqCst) == 2
+    });
+    std::thread::sleep(3 * target);
+    release.open();
+    for t in first.into_iter().chain(second) {
+        assert!(t.wait().is_ok());
+    }
+    let s = rt.stats();
+    assert_eq!(
+        (s.batch_limit_decreases, s.batch_limit),
+        (1, 3),
+        "only the first batch ran past the target"
+    );
 }
 
 #[test]

@@ -48,6 +48,7 @@ pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
         releases: releases.clone(),
         shared: shared.clone(),
         delivering: Vec::new(),
+        last_release: None,
     };
     let handle = std::thread::Builder::new()
         .name(format!("convoy-{}", spec.name))
@@ -124,6 +125,23 @@ struct Worker<I, O> {
     shared: Arc<Shared>,
     /// Reused for each batch's outcomes: no allocation per batch.
     delivering: Vec<Delivery<O>>,
+    /// When this worker last sent a release: a batch launched behind
+    /// another on a lane starts its own time there (see [`service_time`]).
+    last_release: Option<Instant>,
+}
+
+/// How long a batch kept its worker busy: from its launch, or from the
+/// previous batch's release if that came later. On the plain path a batch
+/// starts after the previous one is released, so this is its run time. On
+/// a lane of depth 2 the second batch is launched while the first runs,
+/// and timing it from its launch would count the first batch's time twice;
+/// from the first's release it is the device's time for this batch alone,
+/// and the times of back-to-back batches add up to the time the worker was
+/// busy. Placement's finish estimates, the adaptive batch limit
+/// (`batching.target_batch_ms`) and shedding's drain estimate all read it
+/// as the worker's time per batch.
+fn service_time(started: Instant, last_release: Option<Instant>, now: Instant) -> Duration {
+    now.saturating_duration_since(last_release.map_or(started, |l| l.max(started)))
 }
 
 /// A batch handed to the executor, waiting for its outputs: everything of
@@ -337,11 +355,13 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             }
             Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, &e),
         }
+        let now = Instant::now();
         let mut release = Release {
             worker: self.index,
             amount: reserved,
-            took: started.elapsed(),
+            took: service_time(started, self.last_release, now),
         };
+        self.last_release = Some(now);
         // The release ring holds one entry per slot of the whole fleet, so it
         // has room; should it not, wait for the collector rather than lose a
         // release.
@@ -357,5 +377,33 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             }
         }
         self.shared.doorbell.ring();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_launched_behind_another_is_timed_from_that_ones_release() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Plain path: launched after the last release, timed from launch.
+        assert_eq!(
+            service_time(ms(10), Some(ms(5)), ms(30)),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            service_time(ms(10), None, ms(30)),
+            Duration::from_millis(20)
+        );
+        // Lane: launched at 10 while the batch before it ran until 40; it
+        // finished at 50, so it had the device for 10 ms, not 40.
+        assert_eq!(
+            service_time(ms(10), Some(ms(40)), ms(50)),
+            Duration::from_millis(10)
+        );
+        // Never negative.
+        assert_eq!(service_time(ms(10), Some(ms(60)), ms(50)), Duration::ZERO);
     }
 }
