@@ -17,7 +17,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let model = PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?;
-    let state = model_runtime(Config::default(), model)?;
+    // A server meets whatever load comes: under sustained overload, hand
+    // back the least urgent levels' excess as 429s (shedding, off in the
+    // library's defaults) so the urgent ones keep their objectives.
+    let config = Config {
+        shed: true,
+        ..Config::default()
+    };
+    let state = model_runtime(config, model)?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let stats = serve_until(listener, state, shutdown_signal()).await?;

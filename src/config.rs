@@ -246,8 +246,9 @@ pub struct Config {
     pub max_wait: Duration,
     /// The ordering rule (`ordering.policy`); reloadable.
     pub ordering: OrderingPolicy,
-    /// Shed levels while the queue runs late (`ordering.shed`, default
-    /// on; reloadable): while the queue is late by `(7 − l) / 10 ×
+    /// Shed levels while the queue runs late (`ordering.shed`; reloadable;
+    /// off by default in the library, on in the `convoy` commands run
+    /// without `--config`): while the queue is late by `(7 − l) / 10 ×
     /// max_wait` (the oldest request's wait beyond the batching delay, or
     /// the measured time to run what waits, whichever is larger), submits
     /// at level `l` are refused with
@@ -259,6 +260,14 @@ pub struct Config {
     /// accepted requests keep the starvation bound and the urgent levels
     /// their latency, and the excess of the least urgent levels is handed
     /// back at submit. Off: only a full queue refuses.
+    ///
+    /// Off by default because it changes what `submit` may answer: with it
+    /// on, a request submitted behind a late queue is refused where the
+    /// aging rule alone would have taken it and served it after the
+    /// backlog (a Background request that has waited `max_wait` outranks a
+    /// later High one only if the High one got in). A server facing
+    /// sustained overload wants it; a caller that expects every submit to
+    /// be accepted while there is room does not.
     pub shed: bool,
     /// Per priority (index by `Priority::index`).
     pub deadline_action: [DeadlineAction; Priority::COUNT],
@@ -298,7 +307,7 @@ impl Default for Config {
             },
             max_wait: Duration::from_millis(500),
             ordering: OrderingPolicy::Aging,
-            shed: true,
+            shed: false,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
             default_deadline: [None; Priority::COUNT],
             placement: PlacementPolicy::LeastLoaded,

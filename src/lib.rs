@@ -50,9 +50,10 @@
 //!   [`InsertPolicy`], an admission bound and lock-free statistics.
 //! * [`ticket`]: the one-shot completion slot.
 //! * [`order`]: the ordering rule and its starvation bound. Under
-//!   overload the collector sheds the least urgent levels at submit
-//!   ([`Config::shed`], [`SubmitErrorKind::Overloaded`]), so that the bound
-//!   and the urgent levels' latency hold for what it accepts.
+//!   overload, with [`Config::shed`] on (off by default), the collector
+//!   sheds the least urgent levels at submit
+//!   ([`SubmitErrorKind::Overloaded`]), so that the bound and the urgent
+//!   levels' latency hold for what it accepts.
 //! * [`ledger`], [`placement`], [`planner`]: one batch decision (order,
 //!   place, reserve), single-owner.
 //! * [`Runtime`]: the collector and worker threads around them.

@@ -62,7 +62,8 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// A TOML config (see config/convoy.example.toml); default: built-in.
+    /// A TOML config (see config/convoy.example.toml); default: the
+    /// library's defaults with ordering.shed on.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -78,7 +79,8 @@ struct Common {
     /// 15% background) for rows without a priority.
     #[arg(long, default_value_t = 2023)]
     seed: u64,
-    /// A TOML config (see config/convoy.example.toml); default: built-in.
+    /// A TOML config (see config/convoy.example.toml); default: the
+    /// library's defaults with ordering.shed on.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Replay at most this many rows (≥ 1).
@@ -241,12 +243,25 @@ fn load_common(c: &Common) -> Result<(Trace, Config, PoolDense), Fail> {
     Ok((trace, load_config(c.config.as_deref())?, builtin_model()?))
 }
 
-/// The config file given, or the built-in defaults.
+/// The config file given, as it is; or the library's defaults with
+/// shedding on. The library leaves `ordering.shed` off so that `submit`
+/// refuses only for a full queue unless asked to; these commands stand for
+/// a server under whatever load comes, where handing back the excess of
+/// the least urgent levels keeps the urgent ones within their objectives
+/// (README, "Shedding under overload"). A config file says for itself.
 fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
     Ok(match path {
         Some(path) => Config::from_toml_file(path)?,
-        None => Config::default(),
+        None => builtin_config(),
     })
+}
+
+/// What the commands run with when no `--config` is given.
+fn builtin_config() -> Config {
+    Config {
+        shed: true,
+        ..Config::default()
+    }
 }
 
 /// The executor `--gpu` runs the built-in model on.

@@ -42,9 +42,9 @@
 //!
 //! When arrivals do outpace service for long, rule 1 turns against the
 //! urgent levels (every new Critical request queues behind the aged
-//! backlog). The runtime then sheds the least urgent levels at submit
-//! (`ordering.shed`, see `Config::shed`), so what it accepts keeps this
-//! bound.
+//! backlog). With `ordering.shed` on (`Config::shed`; off by default) the
+//! runtime then sheds the least urgent levels at submit, so what it
+//! accepts keeps this bound.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

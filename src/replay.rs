@@ -197,6 +197,9 @@ pub struct Report {
     pub trace: String,
     /// Ordering policy name.
     pub policy: String,
+    /// Whether the least urgent levels were shed while the queue ran late
+    /// (`ordering.shed`): with it, `refused_by` may hold `overloaded`.
+    pub shed: bool,
     /// Speed-up applied to the trace's clock.
     pub speedup: f64,
     /// Offered arrival rate, requests/s of real time.
@@ -423,8 +426,12 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "trace {} | policy {} | speed-up {:.1}× | offered {:.0} req/s",
-            self.trace, self.policy, self.speedup, self.offered_rps
+            "trace {} | policy {} | shedding {} | speed-up {:.1}× | offered {:.0} req/s",
+            self.trace,
+            self.policy,
+            if self.shed { "on" } else { "off" },
+            self.speedup,
+            self.offered_rps
         );
         // Two header rows: which latency, then the percentile.
         let _ = writeln!(s, "{:<27} {:<23} queue wait ms", "", "end-to-end ms");
@@ -1139,6 +1146,7 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     let mut report = Report {
         trace: trace.source.clone(),
         policy: policy_name(options.config.ordering).to_owned(),
+        shed: options.config.shed,
         speedup: options.speedup,
         offered_rps: if submit_span.is_zero() {
             0.0

@@ -1,5 +1,7 @@
 //! Shedding: which levels submit refuses while the queue runs late
-//! (`ordering.shed`, on by default).
+//! (`ordering.shed`: off by default in the library, where `submit` refuses
+//! only for a full queue unless asked; on in the `convoy` commands run
+//! without `--config`).
 //!
 //! # Why
 //!

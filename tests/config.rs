@@ -28,7 +28,7 @@ fn every_key_is_read() {
         max_queue_delay_ms = 0.5
         [ordering]
         max_wait_ms = 100
-        shed = false
+        shed = true
         [deadlines]
         low = "delay"
         [deadlines.default_ms]
@@ -63,8 +63,8 @@ fn every_key_is_read() {
     assert_eq!(c.batching.max_queue_delay, Duration::from_micros(500));
     assert_eq!(c.max_wait, Duration::from_millis(100));
     assert!(
-        !c.shed && Config::default().shed,
-        "shed is on unless turned off"
+        c.shed && !Config::default().shed,
+        "shed is off unless turned on"
     );
     assert_eq!(
         c.deadline_action[Priority::Low.index()],

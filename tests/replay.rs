@@ -470,6 +470,42 @@ fn a_closed_stdout_ends_no_run_and_loses_no_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The library leaves shedding off (`Config::default()`), so `submit`
+/// refuses only for a full queue unless asked; the commands run without
+/// `--config` turn it on, and a config file says for itself (the example
+/// lists the library's defaults).
+#[test]
+fn the_commands_shed_without_a_config_and_a_config_file_says_for_itself() {
+    assert!(!convoy::Config::default().shed);
+    let dir = scratch_dir("convoy-cli-shed");
+    let json = dir.join("r.json");
+    let run = |extra: &[&str]| {
+        let args = [
+            &["replay", "--limit", "200", "--json", json.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        let out = convoy_in(env!("CARGO_MANIFEST_DIR").as_ref(), &args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (report["shed"].clone(), stdout)
+    };
+    let (shed, stdout) = run(&[]);
+    assert_eq!(shed, true);
+    assert!(stdout.contains("| shedding on |"), "{stdout}");
+    let (shed, stdout) = run(&["--config", "config/convoy.example.toml"]);
+    assert_eq!(shed, false);
+    assert!(stdout.contains("| shedding off |"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn compare_runs_every_policy_and_marks_a_missed_p99() {
     let dir = scratch_dir("convoy-cli-compare");

@@ -653,7 +653,7 @@ fn full_queue_hands_the_request_back() {
 }
 
 /// A queue that runs late sheds its least urgent levels first and never
-/// Critical (`ordering.shed`, on by default): the only worker is held, so
+/// Critical (`ordering.shed`, turned on here): the only worker is held, so
 /// the waiting request's age only grows, and each level closes at its
 /// share of `max_wait` (Background from 0.3, High from 0.6). A shed submit
 /// hands its request back as `Overloaded`, singly and in a batch; the
