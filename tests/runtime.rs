@@ -652,6 +652,47 @@ fn full_queue_hands_the_request_back() {
     }
 }
 
+/// The aging promise through the runtime, with the library's defaults: a
+/// request that has waited `max_wait` outranks every later arrival,
+/// however urgent. The later arrivals must get in for that, which is why
+/// shedding is off by default: with it on, the High and Normal submits
+/// below are refused as `Overloaded`, the held queue being late past 0.6 ×
+/// `max_wait` (checked).
+#[test]
+fn a_request_that_waited_max_wait_outranks_later_urgent_work_under_the_defaults() {
+    let cfg = Config {
+        workers: vec![worker(1, 1 << 20)],
+        batching: BatchingConfig {
+            max_batch_size: 1,
+            ..Config::default().batching
+        },
+        max_wait: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let (rt, hold, ran) = blocked_runtime_with(cfg);
+    let h = rt.handle();
+    let t0 = occupy_the_worker(&rt);
+    let old = h
+        .submit(Request::new(1).priority(Priority::Background))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let later: Vec<_> = [(2, Priority::High), (3, Priority::Normal)]
+        .into_iter()
+        .map(|(i, p)| h.submit(Request::new(i).priority(p)).unwrap())
+        .collect();
+    hold.open();
+    assert_eq!(t0.wait(), Ok(0));
+    assert_eq!(old.wait(), Ok(1));
+    for (t, want) in later.into_iter().zip(2..) {
+        assert_eq!(t.wait(), Ok(want));
+    }
+    assert_eq!(
+        *ran.lock().unwrap(),
+        [0, 1, 2, 3],
+        "the aged Background request first, then by level"
+    );
+}
+
 /// A queue that runs late sheds its least urgent levels first and never
 /// Critical (`ordering.shed`, turned on here): the only worker is held, so
 /// the waiting request's age only grows, and each level closes at its
