@@ -227,6 +227,40 @@ fn a_batch_behind_another_on_the_lane_is_not_timed_for_its_wait() {
     );
 }
 
+/// A launch that fails while a batch is on the device does not restart
+/// that batch's time: the failed batch never reached the device. Batch A
+/// (4 requests) sits on the device for 300 ms; then B is refused at
+/// launch; then A finishes. A took 300 ms, past the 100 ms target, and
+/// halves the limit to 2 (B, which took nothing, left it at 4). Timed from
+/// B's failure, A read next to nothing and the limit stayed at 4 (checked).
+#[test]
+fn a_failed_launch_does_not_restart_the_time_of_the_batch_on_the_device() {
+    let target = Duration::from_millis(100);
+    let (rt, seen, release) = runtime_with(2, 4, Duration::from_millis(50), Some(target));
+    let h = rt.handle();
+    let first = h
+        .submit_batch(
+            (0..4).map(Request::new).collect(),
+            InsertPolicy::AllOrNothing,
+        )
+        .map_err(|e| e.to_string())
+        .unwrap();
+    eventually("first batch launched", || {
+        seen.launched.load(Ordering::SeqCst) == 1
+    });
+    std::thread::sleep(3 * target);
+    let refused = h.submit(Request::new(-1)).unwrap();
+    assert!(matches!(refused.wait(), Err(Failure::ExecutorFailed(_))));
+    release.open();
+    for t in first {
+        assert!(t.wait().is_ok());
+    }
+    eventually("the first batch's time absorbed", || {
+        rt.stats().batch_limit_decreases == 1
+    });
+    assert_eq!(rt.stats().batch_limit, 2);
+}
+
 #[test]
 fn depth_one_never_launches_ahead() {
     let (rt, seen, release) = runtime(1, 2);

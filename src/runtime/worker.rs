@@ -290,20 +290,21 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     /// settled (failed) at once.
     fn launch(&mut self, lane: &mut dyn Lane<I, O>, batch: Batch<I, O>) -> Option<Pending<O>> {
         let (inputs, pending) = Self::split(batch);
-        match self
+        let why = match self
             .sla
             .busy(|| catch_unwind(AssertUnwindSafe(|| lane.launch(&inputs))))
         {
-            Ok(Ok(())) => Some(pending),
-            Ok(Err(e)) => {
-                self.settle(pending, Ok(Err(e)));
-                None
-            }
-            Err(panic) => {
-                self.settle(pending, Err(panic_message(panic)));
-                None
-            }
-        }
+            Ok(Ok(())) => return Some(pending),
+            Ok(Err(e)) => e,
+            Err(panic) => panic_message(panic),
+        };
+        // It never reached the device, so a batch still running there is
+        // timed from its own launch or its predecessor's release, not from
+        // this failure (`service_time`).
+        let last = self.last_release;
+        self.settle(pending, Ok(Err(why)));
+        self.last_release = last;
+        None
     }
 
     /// Hands a finished batch's outcomes to its tickets and its capacity
