@@ -346,6 +346,7 @@ pub fn stats_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> s
         serde_json::json!({
             "inserted": p.inserted,
             "rejected_full": p.rejected_full,
+            "rejected_shed": p.rejected_shed,
             "queue_depth": p.queue_depth,
             "completed": p.completed,
             "expired": p.expired,

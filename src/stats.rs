@@ -405,10 +405,13 @@ impl Stats {
         self.total().inserted
     }
 
-    /// Refused at submit because the level was full, all levels: each was
-    /// handed back to its caller inside the error, so none is lost.
+    /// Refused at submit for load, all levels: the level was full, or shed
+    /// while the queue ran late (`ordering.shed`). Each was handed back to
+    /// its caller inside the error, so none is lost. Per level and reason:
+    /// [`PriorityStats::rejected_full`], [`PriorityStats::rejected_shed`].
     pub fn rejected(&self) -> u64 {
-        self.total().rejected_full
+        let t = self.total();
+        t.rejected_full + t.rejected_shed
     }
 
     /// Accepted and ended without an output (expired, cancelled, failed or

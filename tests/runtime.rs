@@ -772,6 +772,11 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
     let s = rt.stats();
     assert_eq!(s.of(Priority::Background).rejected_shed, 3);
     assert_eq!(
+        s.rejected(),
+        6,
+        "three Background, one each of High, Normal, Low"
+    );
+    assert_eq!(
         (
             s.of(Priority::High).rejected_shed,
             s.of(Priority::Critical).rejected_shed

@@ -294,6 +294,18 @@ async fn a_shed_level_is_429_and_critical_still_gets_in() {
     );
     s.eventually("Critical accepted", |st| st.total().queue_depth == 2)
         .await;
+    let json: Value = client
+        .get(format!("{}/v1/stats", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        json["priorities"]["background"]["rejected_shed"], 1,
+        "{json}"
+    );
     s.hold.open();
     for t in [blocker, queued, critical] {
         assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
