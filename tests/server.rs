@@ -118,6 +118,16 @@ impl TestServer {
             .status()
     }
 
+    /// `GET /v1/stats`, as JSON.
+    async fn stats_json(&self) -> Value {
+        reqwest::get(format!("{}/v1/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn stop(mut self) -> convoy::Stats {
         self.hold.open();
         let _ = self.stop.take().unwrap().send(());
@@ -240,14 +250,7 @@ async fn each_error_has_its_status_and_a_json_reason() {
         .await
         .unwrap()
         .contains("convoy_requests_ended_total"));
-    let stats: Value = client
-        .get(format!("{}/v1/stats", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = s.stats_json().await;
     assert_eq!(stats["total"]["completed"], 2);
     assert!(stats["queue_capacity"].as_u64().unwrap() > 0);
     assert_eq!(stats["utilization"], 0.0, "nothing waits");
@@ -294,14 +297,7 @@ async fn a_shed_level_is_429_and_critical_still_gets_in() {
     );
     s.eventually("Critical accepted", |st| st.total().queue_depth == 2)
         .await;
-    let json: Value = client
-        .get(format!("{}/v1/stats", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json = s.stats_json().await;
     assert_eq!(
         json["priorities"]["background"]["rejected_shed"], 1,
         "{json}"
