@@ -144,6 +144,15 @@ fn service_time(started: Instant, last_release: Option<Instant>, now: Instant) -
     now.saturating_duration_since(last_release.map_or(started, |l| l.max(started)))
 }
 
+/// Whether a settled batch ran. One whose launch on a lane failed never
+/// reached the device, so a batch still running there keeps its own start
+/// for [`service_time`], not this failure's release.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Yes,
+    NotLaunched,
+}
+
 /// A batch handed to the executor, waiting for its outputs: everything of
 /// [`Batch`] but the inputs.
 struct Pending<O> {
@@ -224,7 +233,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                         .busy(|| catch_unwind(AssertUnwindSafe(|| lane.finish())))
                         .map_err(panic_message);
                     let p = in_flight.pop_front().expect("checked non-empty just above");
-                    self.settle(p, result);
+                    self.settle(p, result, Ran::Yes);
                 } else {
                     // The device is busy and there is room for one more
                     // batch: the collector unparks us when it pushes one;
@@ -283,7 +292,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             .busy(|| catch_unwind(AssertUnwindSafe(|| executor.execute(index, &inputs))))
             .map_err(panic_message);
         drop(inputs);
-        self.settle(pending, result);
+        self.settle(pending, result, Ran::Yes);
     }
 
     /// Starts a batch on the lane; a batch that could not be launched is
@@ -298,18 +307,13 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             Ok(Err(e)) => e,
             Err(panic) => panic_message(panic),
         };
-        // It never reached the device, so a batch still running there is
-        // timed from its own launch or its predecessor's release, not from
-        // this failure (`service_time`).
-        let last = self.last_release;
-        self.settle(pending, Ok(Err(why)));
-        self.last_release = last;
+        self.settle(pending, Ok(Err(why)), Ran::NotLaunched);
         None
     }
 
     /// Hands a finished batch's outcomes to its tickets and its capacity
     /// back to the collector.
-    fn settle(&mut self, pending: Pending<O>, result: RunResult<O>) {
+    fn settle(&mut self, pending: Pending<O>, result: RunResult<O>, ran: Ran) {
         let Pending {
             completers,
             followers,
@@ -362,7 +366,9 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             amount: reserved,
             took: service_time(started, self.last_release, now),
         };
-        self.last_release = Some(now);
+        if ran == Ran::Yes {
+            self.last_release = Some(now);
+        }
         // The release ring holds one entry per slot of the whole fleet, so it
         // has room; should it not, wait for the collector rather than lose a
         // release.
