@@ -230,44 +230,43 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
                 Err(e) => rejected.push(e),
             }
         }
-        let refuse_all =
-            |jobs: Vec<(Priority, Job<I, O>)>, mut rejected: Vec<SubmitError<I>>, kind| {
-                rejected.extend(jobs.into_iter().map(|(_, j)| refused(kind, j)));
-                BatchSubmitError {
-                    kind: BatchSubmitErrorKind::Refused,
-                    accepted: Vec::new(),
-                    rejected,
-                }
-            };
-        if let (InsertPolicy::AllOrNothing, Some(first)) = (policy, rejected.first()) {
-            // The rest go back for the first refusal's reason, not as
-            // `QueueFull`: a batch refused because one member was shed is
-            // worth retrying later, one with an invalid member is not, and
-            // a caller reading any member's kind should learn which.
+        // Hands back every job not yet refused, with `kind` (and `reason`),
+        // after those refused on their own.
+        let refuse_all = |jobs: Vec<(Priority, Job<I, O>)>,
+                          mut rejected: Vec<SubmitError<I>>,
+                          kind,
+                          reason: Option<String>| {
+            rejected.extend(jobs.into_iter().map(|(_, j)| SubmitError {
+                reason: reason.clone(),
+                ..refused(kind, j)
+            }));
+            BatchSubmitError {
+                kind: BatchSubmitErrorKind::Refused,
+                accepted: Vec::new(),
+                rejected,
+            }
+        };
+        let whole = jobs.is_empty() || policy == InsertPolicy::AllOrNothing;
+        if let Some(first) = rejected.first().filter(|_| whole) {
+            // Every member was refused on its own, or an all-or-nothing
+            // batch lost one: the rest go back for the first refusal's
+            // reason, not as `QueueFull`. A batch refused because one
+            // member was shed is worth retrying later, one with an invalid
+            // member is not, and a caller reading any member's kind should
+            // learn which.
             let (kind, why) = (first.kind, first.kind.as_str());
             let reason = format!(
                 "refused with its all-or-nothing batch: another request in it was refused ({why})"
             );
-            rejected.extend(jobs.into_iter().map(|(_, j)| SubmitError {
-                reason: Some(reason.clone()),
-                ..refused(kind, j)
-            }));
-            return Err(BatchSubmitError {
-                kind: BatchSubmitErrorKind::Refused,
-                accepted: Vec::new(),
-                rejected,
-            });
-        }
-        if jobs.is_empty() {
-            // Every member was refused on its own, each with its kind.
-            return Err(BatchSubmitError {
-                kind: BatchSubmitErrorKind::Refused,
-                accepted: Vec::new(),
-                rejected,
-            });
+            return Err(refuse_all(jobs, rejected, kind, Some(reason)));
         }
         let Some(_pass) = self.shared.gate.enter() else {
-            return Err(refuse_all(jobs, rejected, SubmitErrorKind::ShuttingDown));
+            return Err(refuse_all(
+                jobs,
+                rejected,
+                SubmitErrorKind::ShuttingDown,
+                None,
+            ));
         };
         match self.intake.push_batch(jobs, policy) {
             Ok(_) if rejected.is_empty() => {
