@@ -390,7 +390,20 @@ async fn a_client_that_disconnects_cancels_its_request() {
 async fn shutdown_under_load_answers_every_request_and_loses_nothing() {
     let s = start().await;
     s.hold.open();
-    let client = reqwest::Client::new();
+    // A bound on each request, for a race in the client, not the server:
+    // a request that reqwest hands to a pooled connection just as the
+    // server closes it can be left in hyper's dispatch channel with
+    // nobody to answer or drop it (hyperium/hyper#4122), and its future
+    // then never resolves although no socket is open any more. The soak
+    // (scripts/soak.sh) met it about once in 50–100 runs. Such a request
+    // never reached the server, so it ends here like a refused connection.
+    // What the server owes, an answer to every request it read, is
+    // checked by `stop` returning (graceful shutdown waits for every
+    // handler) and by the counts below.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let url = format!("{}/v1/infer", s.url);
     let mut clients = Vec::new();
     for c in 0..16u32 {
@@ -421,12 +434,17 @@ async fn shutdown_under_load_answers_every_request_and_loses_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let stats = s.stop().await;
+    // A server that left a request it accepted unanswered would never
+    // finish its graceful shutdown: fail with that, rather than hang.
+    let stats = tokio::time::timeout(Duration::from_secs(60), s.stop())
+        .await
+        .expect("the server stops: every request it read was answered");
+    let mut answered = 0;
     for c in clients {
-        c.await.unwrap();
+        answered += c.await.unwrap();
     }
     let t = stats.total();
-    assert!(t.inserted > 0);
+    assert!(t.inserted > 0 && answered > 0, "{t:?}, {answered} answered");
     assert_eq!(t.inserted, t.ended(), "{t:?}");
 }
 
