@@ -18,10 +18,6 @@ fn one_worker(max_batch: usize) -> Config {
             max_queue_delay: Duration::ZERO,
             ..Config::default().batching
         },
-        // Workers here are held as long as a test needs; shedding would
-        // refuse submits once a held queue is 0.3 × max_wait late, which a
-        // loaded machine reaches. `tests/runtime.rs` tests it.
-        shed: false,
         ..Config::default()
     }
 }

@@ -129,10 +129,6 @@ fn runtime_with(
             target_batch_time: target,
             ..Config::default().batching
         },
-        // Workers here are held as long as a test needs; shedding would
-        // refuse submits once a held queue is 0.3 × max_wait late, which a
-        // loaded machine reaches. `tests/runtime.rs` tests it.
-        shed: false,
         ..Config::default()
     };
     let rt = Runtime::builder()

@@ -25,10 +25,6 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
             preferred_batch_sizes: convoy::PreferredBatchSizes::NONE,
             max_queue_delay: Duration::from_millis(delay_ms),
         },
-        // Workers here are held as long as a test needs; shedding would
-        // refuse submits once a held queue is 0.3 × max_wait late, which a
-        // loaded machine reaches. Its own tests turn it on.
-        shed: false,
         ..Config::default()
     }
 }
