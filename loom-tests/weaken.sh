@@ -40,6 +40,17 @@ cases=(
   "src/stats.rs@intake.release_all(admissions);\n        // Release: see the type's docs.\n        self.batches.fetch_add(1, Ordering::Release);@// Release: see the type's docs.\n        self.batches.fetch_add(1, Ordering::Release);\n        intake.release_all(admissions);@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
   "src/stats.rs@let ended: [[u64; ENDED]; Priority::COUNT] = std::array::from_fn(|p| {\n            std::array::from_fn(|how| self.ended[p][how].load(Ordering::Acquire))\n        });\n        let batches = self.batches.load(Ordering::Acquire);\n        let intake = intake();@let intake = intake();\n        let ended: [[u64; ENDED]; Priority::COUNT] = std::array::from_fn(|p| {\n            std::array::from_fn(|how| self.ended[p][how].load(Ordering::Acquire))\n        });\n        let batches = self.batches.load(Ordering::Acquire);@stats@a_snapshot_sees_the_insert_before_an_outcome_and_the_room_after_a_batch"
   "src/intake.rs@let voided = lane.counters.voided.load(Ordering::Acquire);\n                s.depth += lane.ring.len();\n                s.inserted += (lane.ring.pushed() as u64).saturating_sub(voided);@s.depth += lane.ring.len();\n                let pushed = lane.ring.pushed() as u64;\n                let voided = lane.counters.voided.load(Ordering::Acquire);\n                s.inserted += pushed.saturating_sub(voided);@stats@a_rolled_back_batch_never_makes_outcomes_exceed_inserts"
+  # Not orderings: each message the collector's sleep re-check reads
+  # (`control::Watch::news`), removed in turn; each model then deadlocks.
+  "src/control.rs@self.changed.is_marked()\n            || self.clearing.is_asked()@self.clearing.is_asked()@runtime_protocols@a_control_change_during_the_collectors_pass_wakes_it"
+  "src/control.rs@\n            || self.clearing.is_asked()@@runtime_protocols@a_clear_during_the_collectors_pass_wakes_it"
+  "src/control.rs@\n            || self.refresh.0.asked_after(self.refresh.1)@@runtime_protocols@a_report_refresh_during_the_collectors_pass_wakes_it"
+  "src/control.rs@\n            || self.sweep.is_some_and(Notice::is_marked)@@runtime_protocols@a_sweep_hint_during_the_collectors_pass_wakes_it"
+  "src/control.rs@\n            || self.gate.is_some_and(Gate::is_closed)@@runtime_protocols@a_shutdown_during_the_collectors_pass_wakes_it"
+  # Not orderings: a recorder's publish-then-answer and publish-then-retire
+  # (`refresh.rs`), each swapped.
+  "src/refresh.rs@publish();\n        *answered = wanted;\n        self.answer(wanted);@*answered = wanted;\n        self.answer(wanted);\n        publish();@runtime_protocols@refresh_answer_covers_what_the_asker_saw"
+  "src/refresh.rs@let held = publish_final();\n        self.retire();@self.retire();\n        let held = publish_final();@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
   # Not an ordering: the check itself, as it was before the model found it.
   "src/gate.rs@self.state.load(Ordering::Acquire) == CLOSED@self.state.load(Ordering::Acquire) & !CLOSED == 0@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
 )

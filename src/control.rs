@@ -20,6 +20,9 @@
 //! One message goes the other way, the levels the collector tells submit
 //! to refuse while its queue runs late (`shed.rs`).
 
+use crate::clearing::Clearing;
+use crate::gate::Gate;
+use crate::refresh::Refresh;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 
 /// How far a shutdown has gone. The order matters: a stronger mode is
@@ -127,6 +130,50 @@ impl Notice {
     }
 }
 
+/// What the collector's sleep re-checks besides new requests and
+/// releases: each message another thread stores and then rings for.
+/// `Doorbell::sleep` runs [`Watch::news`] after announcing the sleep, so a
+/// ring that landed before the announcement still keeps the collector
+/// awake (the Dekker pattern in `doorbell.rs`). A message missing here
+/// waits out the sleep's timeout, up to 50 ms.
+///
+/// It is a struct of its own, rather than lines in the collector's sleep,
+/// so that the loom models (`a_control_change_during_the_collectors_pass_wakes_it`
+/// and its neighbours) run the collector's own re-check; `weaken.sh`
+/// removes its lines one at a time and each model then deadlocks.
+pub struct Watch<'a> {
+    /// `add_worker`, `set_capacity`, `reload_config`…: their notice.
+    pub changed: &'a Notice,
+    /// `clear_waiting`'s ask.
+    pub clearing: &'a Clearing,
+    /// An SLA report's refresh asks, and the generation the collector's
+    /// recorder last answered.
+    pub refresh: (&'a Refresh, u64),
+    /// A refused submit's sweep hint, watched only once a sweep may
+    /// start: before that it would wake the collector for nothing, again
+    /// and again, and the sleep's timeout is set to cover it.
+    pub sweep: Option<&'a Notice>,
+    /// The gate `stop` closes before it rings, watched by a pass that read
+    /// the mode as running. A shutdown that began after that read is then
+    /// seen at once, and the pass that follows drains (without it, `stop`'s
+    /// ring could land before the announcement, and a shutdown wait out
+    /// the collector's sleep).
+    pub gate: Option<&'a Gate>,
+}
+
+impl Watch<'_> {
+    /// Whether any message is waiting for the collector's next pass. Each
+    /// read is Relaxed: the doorbell's SeqCst fences order them against
+    /// the announcement, and the pass that follows reads the data.
+    pub fn news(&self) -> bool {
+        self.changed.is_marked()
+            || self.clearing.is_asked()
+            || self.refresh.0.asked_after(self.refresh.1)
+            || self.sweep.is_some_and(Notice::is_marked)
+            || self.gate.is_some_and(Gate::is_closed)
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -155,5 +202,43 @@ mod tests {
             !c.is_marked() && !c.take(),
             "two marks before a pass are one change"
         );
+    }
+
+    /// Each message the watch reads wakes it alone, and a quiet runtime
+    /// has no news.
+    #[test]
+    fn each_message_is_news() {
+        let (changed, sweep, clearing) = (Notice::new(), Notice::new(), Clearing::new());
+        let (refresh, gate) = (Refresh::default(), Gate::new());
+        let watch = |sweeping: bool, running: bool| Watch {
+            changed: &changed,
+            clearing: &clearing,
+            refresh: (&refresh, 0),
+            sweep: sweeping.then_some(&sweep),
+            gate: running.then_some(&gate),
+        };
+        assert!(!watch(true, true).news(), "nothing told, no news");
+        changed.mark();
+        assert!(watch(false, false).news(), "a control change");
+        changed.take();
+        sweep.mark();
+        assert!(
+            watch(true, false).news(),
+            "a sweep hint, once a sweep may start"
+        );
+        assert!(!watch(false, false).news(), "and not before");
+        sweep.take();
+        gate.close();
+        assert!(watch(false, true).news(), "a close, to a running pass");
+        assert!(!watch(false, false).news(), "not to a closing one");
+        refresh.ask();
+        assert!(watch(false, false).news(), "a report's refresh ask");
+        let answered = Watch {
+            refresh: (&refresh, refresh.wanted()),
+            ..watch(false, false)
+        };
+        assert!(!answered.news(), "an answered ask is no news");
+        clearing.ask_later();
+        assert!(answered.news(), "a clear's ask");
     }
 }

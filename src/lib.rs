@@ -120,7 +120,7 @@ pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 #[doc(hidden)]
 pub mod loom_exports {
     pub use crate::clearing::Clearing;
-    pub use crate::control::{Mode, Notice, RunMode};
+    pub use crate::control::{Mode, Notice, RunMode, Watch};
     pub use crate::doorbell::Doorbell;
     pub use crate::gate::Gate;
     pub use crate::refresh::{Answers, Refresh};

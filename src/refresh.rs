@@ -55,6 +55,15 @@ impl Refresh {
         // Relaxed: a hint to publish; seeing it late only delays the answer.
         self.wanted.load(Ordering::Relaxed)
     }
+
+    /// Whether a generation newer than `answered` was asked for: the
+    /// collector's sleep re-check (`control::Watch`), so that a report's
+    /// ask that rang before the collector announced its sleep is not left
+    /// to the sleep's timeout. Relaxed (in `wanted`): the doorbell's fences
+    /// order it against the announcement.
+    pub fn asked_after(&self, answered: u64) -> bool {
+        self.wanted() > answered
+    }
 }
 
 /// One recorder's answers, shared between it and the reports.
@@ -94,15 +103,60 @@ impl Answers {
         self.busy.load(Ordering::Relaxed)
     }
 
-    /// The recorder published a copy that answers `generation`.
-    pub fn answer(&self, generation: u64) {
+    /// Recorder, at a loop point: if `refresh` asked for a generation newer
+    /// than `answered`, runs `publish` (the copy a report will read), then
+    /// answers that generation and records it in `answered`. Returns
+    /// whether it answered.
+    ///
+    /// The order is the protocol, which is why it lives here and not in
+    /// each recorder: an answer stored before the copy lets a report that
+    /// sees it read the copy before, without a request its caller has seen
+    /// finish. The loom model `refresh_answer_covers_what_the_asker_saw`
+    /// runs this method.
+    pub fn answer_if_asked(
+        &self,
+        refresh: &Refresh,
+        answered: &mut u64,
+        publish: impl FnOnce(),
+    ) -> bool {
+        let wanted = refresh.wanted();
+        if wanted <= *answered {
+            return false;
+        }
+        publish();
+        *answered = wanted;
+        self.answer(wanted);
+        true
+    }
+
+    /// Recorder, as it goes: runs `publish_final` (the final copy), then
+    /// retires, so reports stop waiting for it. What `publish_final`
+    /// returns is handed back after the retire (the SLA recorder returns
+    /// its registry's guard, so it retires still under the lock).
+    ///
+    /// As with [`answer_if_asked`](Self::answer_if_asked), the order is
+    /// the protocol: retired first, a report could stop waiting and read
+    /// the stale copy. `SlaRecorder::drop` had it that way round until the
+    /// nineteenth session (a soak lost one count); the loom model
+    /// `refresh_retired_recorder_covers_what_the_asker_saw` runs this
+    /// method, so that order now fails it.
+    pub fn retire_after<R>(&self, publish_final: impl FnOnce() -> R) -> R {
+        let held = publish_final();
+        self.retire();
+        held
+    }
+
+    /// The recorder published a copy that answers `generation` (only
+    /// through `answer_if_asked`, after the copy).
+    fn answer(&self, generation: u64) {
         // Release: the copy published before this store is what a report
         // that Acquires the answer reads.
         self.answered.store(generation, Ordering::Release);
     }
 
-    /// The recorder published its final copy and will never answer again.
-    pub fn retire(&self) {
+    /// The recorder published its final copy and will never answer again
+    /// (only through `retire_after`, after the copy).
+    fn retire(&self) {
         // Release: as for `answer`, for the final copy.
         self.live.store(false, Ordering::Release);
     }
@@ -126,8 +180,16 @@ mod tests {
         let g = refresh.ask();
         assert_eq!((g, refresh.wanted()), (1, 1));
         assert!(!a.has_answered(g) && !b.has_answered(g));
-        a.answer(g);
-        b.retire();
+        assert!(refresh.asked_after(0) && !refresh.asked_after(g));
+        let (mut answered, mut published) = (0, 0);
+        assert!(a.answer_if_asked(&refresh, &mut answered, || published += 1));
+        assert_eq!((answered, published), (g, 1), "published, then answered");
+        assert!(
+            !a.answer_if_asked(&refresh, &mut answered, || published += 1),
+            "one answer per generation"
+        );
+        assert_eq!(published, 1, "no copy without a new ask");
+        assert_eq!(b.retire_after(|| 7), 7, "the final copy's value comes back");
         assert!(a.has_answered(g) && b.has_answered(g));
         let g2 = refresh.ask();
         assert!(

@@ -325,6 +325,12 @@ struct Registry {
     gone: Option<SlaShard>,
 }
 
+/// Publishes `data` as `slot`'s copy (one allocation per publish, never
+/// per request).
+fn publish_copy(slot: &Slot, data: &SlaShard) {
+    slot.copy.store(Arc::new(data.clone()));
+}
+
 /// Where recorders publish; the report reads every slot.
 #[derive(Default)]
 pub(crate) struct SlaBoard {
@@ -537,13 +543,13 @@ pub(crate) struct SlaRecorder {
 }
 
 impl SlaRecorder {
-    /// Whether a report asked for a fresh copy that this recorder has not
-    /// answered yet. The collector's sleep re-check reads it: a report's
+    /// The refresh asks and the generation this recorder last answered,
+    /// for the collector's sleep re-check (`control::Watch`): a report's
     /// ring that lands before the collector announces its sleep is lost
     /// (see `doorbell.rs`), and the report then waited out the sleep, up to
-    /// 50 ms. Relaxed (in `wanted`): the doorbell's fences order it.
-    pub fn is_asked(&self) -> bool {
-        self.refresh.wanted() > self.answered
+    /// 50 ms.
+    pub fn asks(&self) -> (&Refresh, u64) {
+        (&self.refresh, self.answered)
     }
 
     /// Collector: a request launched after waiting `wait`.
@@ -614,16 +620,22 @@ impl SlaRecorder {
     /// if enough was recorded or enough time passed. Called at each of the
     /// owning thread's loop points.
     pub fn maybe_publish(&mut self, now: Instant) {
-        let wanted = self.refresh.wanted();
-        if wanted > self.answered {
-            if self.unpublished > 0 {
-                self.publish(now);
-            }
-            self.answered = wanted;
-            self.slot.answers.answer(wanted);
-        } else if self.unpublished >= PUBLISH_EVERY
-            || (self.unpublished > 0
-                && now.saturating_duration_since(self.last_publish) >= PUBLISH_AFTER)
+        // Field by field, so the closure can write what `publish` writes
+        // while `answers` is borrowed beside it.
+        let answered = self
+            .slot
+            .answers
+            .answer_if_asked(&self.refresh, &mut self.answered, || {
+                if self.unpublished > 0 {
+                    publish_copy(&self.slot, &self.data);
+                    self.unpublished = 0;
+                    self.last_publish = now;
+                }
+            });
+        if !answered
+            && (self.unpublished >= PUBLISH_EVERY
+                || (self.unpublished > 0
+                    && now.saturating_duration_since(self.last_publish) >= PUBLISH_AFTER))
         {
             self.publish(now);
         }
@@ -640,7 +652,7 @@ impl SlaRecorder {
 
     /// Publishes a copy now (one allocation per publish, never per request).
     pub fn publish(&mut self, now: Instant) {
-        self.slot.copy.store(Arc::new(self.data.clone()));
+        publish_copy(&self.slot, &self.data);
         self.unpublished = 0;
         self.last_publish = now;
     }
@@ -656,13 +668,15 @@ impl Drop for SlaRecorder {
         // and finds the fold. Retiring before the lock let a report take
         // the lock between the two and read the slot's stale copy (a lost
         // count, found by a soak).
-        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        registry.slots.retain(|s| !Arc::ptr_eq(s, &self.slot));
-        match &mut registry.gone {
-            Some(gone) => gone.fold(&self.data),
-            None => registry.gone = Some(self.data.clone()),
-        }
-        self.slot.answers.retire();
+        let _registry = self.slot.answers.retire_after(|| {
+            let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            registry.slots.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            match &mut registry.gone {
+                Some(gone) => gone.fold(&self.data),
+                None => registry.gone = Some(self.data.clone()),
+            }
+            registry
+        });
     }
 }
 

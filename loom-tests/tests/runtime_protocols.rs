@@ -1,8 +1,8 @@
-//! loom models of the runtime's two small protocols, on the real code.
+//! loom models of the runtime's small protocols, on the real code.
 #![cfg(loom)]
 
 use convoy::loom_exports::{
-    Answers, Clearing, Doorbell, Gate, Mode, Notice, Refresh, RunMode, Shedding,
+    Answers, Clearing, Doorbell, Gate, Mode, Notice, Refresh, RunMode, Shedding, Watch,
 };
 use convoy::ring;
 use convoy::Priority;
@@ -164,68 +164,118 @@ fn a_shed_level_refuses_and_every_submit_ends_once() {
     });
 }
 
-/// A shutdown that begins while the collector is on its way to sleep: the
-/// pass read "running", `stop` closes the gate and rings, and the
-/// collector announces its sleep and re-checks, the gate among what it
-/// re-checks. However the ring and the announcement interleave, the
-/// collector does not park (a lost wake-up here would cost a shutdown the
-/// collector's full sleep; with no timeout, loom reports it as a deadlock).
-#[test]
-fn a_shutdown_during_the_collectors_pass_wakes_it() {
-    loom::model(|| {
+/// Everything other threads tell the collector between its passes, as the
+/// runtime's `Shared` holds it, plus a stand-in for the fleet a control
+/// change swaps in.
+#[derive(Default)]
+struct Messages {
+    changed: Notice,
+    sweep: Notice,
+    clearing: Clearing,
+    refresh: Refresh,
+    gate: Gate,
+    fleet: AtomicUsize,
+}
+
+/// One collector pass's reads of the messages, in `Collector::run`'s
+/// order (the mode first, read here as the gate that `stop` closes):
+/// whether it read the mode as closing, and whether it saw any message.
+/// `answered` is the collector's SLA recorder's last answered generation,
+/// as its loop point leaves it.
+fn pass(m: &Messages, answered: &mut u64) -> (bool, bool) {
+    let closing = m.gate.is_closed();
+    let changed = m.changed.take();
+    if changed {
+        assert_eq!(
+            m.fleet.load(Ordering::Relaxed),
+            2,
+            "the mark carries the change"
+        );
+    }
+    let cleared = m.clearing.take();
+    let swept = m.sweep.take();
+    let answers = Answers::new();
+    let asked = answers.answer_if_asked(&m.refresh, answered, || {});
+    (closing, closing || changed || cleared || swept || asked)
+}
+
+/// A message sent (`send`, then a ring, as every sender does) while the
+/// collector is between its pass and its sleep. The collector's pass takes
+/// it; if the pass missed it, the sleep's re-check, the runtime's own
+/// `Watch::news`, must see it, and the pass after the sleep takes it.
+/// The sleep has no timeout, so a lost wake-up is a loom deadlock; in the
+/// runtime it cost the message up to the collector's 50 ms sleep (a new
+/// worker or a raised capacity unused, a report's refresh or a clear
+/// waiting, a shutdown slower than it needs to be).
+fn a_message_during_the_collectors_pass_wakes_it(send: fn(&Messages)) {
+    loom::model(move || {
         let bell = Arc::new(Doorbell::new());
-        let gate = Arc::new(Gate::new());
+        let m = Arc::new(Messages::default());
         bell.register_current();
-        let (b, g) = (bell.clone(), gate.clone());
+        let (b, sent) = (bell.clone(), m.clone());
         // Not joined, as in the doorbell model above.
         thread::spawn(move || {
-            g.close();
+            send(&sent);
             b.ring();
         });
-        let closing = gate.is_closed();
-        if !closing {
-            bell.sleep(|| !closing && gate.is_closed(), None);
+        let mut answered = 0;
+        let (closing, mut seen) = pass(&m, &mut answered);
+        if !seen {
+            let watch = Watch {
+                changed: &m.changed,
+                clearing: &m.clearing,
+                refresh: (&m.refresh, answered),
+                sweep: Some(&m.sweep),
+                gate: (!closing).then_some(&m.gate),
+            };
+            bell.sleep(|| watch.news(), None);
+            seen = pass(&m, &mut answered).1;
         }
-        assert!(gate.is_closed(), "woken only by the close's ring");
+        assert!(seen, "woken by the ring or kept awake by the re-check");
+    });
+}
+
+/// A shutdown that begins while the collector is on its way to sleep: the
+/// pass read "running", `stop` closes the gate and rings. However the ring
+/// and the announcement interleave, the collector does not park.
+#[test]
+fn a_shutdown_during_the_collectors_pass_wakes_it() {
+    a_message_during_the_collectors_pass_wakes_it(|m| {
+        m.gate.close();
     });
 }
 
 /// A control operation (`add_worker`, `set_capacity`, `reload_config`…)
-/// that lands while the collector is between its pass and its sleep: it
-/// stores its change, marks it and rings. The collector's pass takes the
-/// mark; if it missed it, its sleep's re-check must see it. With no
-/// timeout a lost wake-up is a loom deadlock (in the runtime it was a
-/// sleep of up to 50 ms before a new worker or a raised capacity was
-/// used). The stored change stands for the fleet swap: a pass that takes
-/// the mark sees it.
+/// stores its change, marks its notice and rings; the pass that takes the
+/// mark sees the change (the stored fleet).
 #[test]
 fn a_control_change_during_the_collectors_pass_wakes_it() {
-    loom::model(|| {
-        let bell = Arc::new(Doorbell::new());
-        let changed = Arc::new(Notice::new());
-        let fleet = Arc::new(AtomicUsize::new(1));
-        bell.register_current();
-        let (b, c, f) = (bell.clone(), changed.clone(), fleet.clone());
-        // Not joined, as in the doorbell model above.
-        thread::spawn(move || {
-            f.store(2, Ordering::Relaxed);
-            c.mark();
-            b.ring();
-        });
-        // The collector's pass, then (if it saw nothing) its sleep and the
-        // pass after.
-        let mut seen = changed.take();
-        if !seen {
-            bell.sleep(|| changed.is_marked(), None);
-            seen = changed.take();
-        }
-        assert!(seen, "woken by the ring or kept awake by the re-check");
-        assert_eq!(
-            fleet.load(Ordering::Relaxed),
-            2,
-            "the mark carries the change"
-        );
+    a_message_during_the_collectors_pass_wakes_it(|m| {
+        m.fleet.store(2, Ordering::Relaxed);
+        m.changed.mark();
     });
+}
+
+/// An SLA report asks its recorders for fresh copies and rings, so the
+/// collector's recorder answers at its next loop point.
+#[test]
+fn a_report_refresh_during_the_collectors_pass_wakes_it() {
+    a_message_during_the_collectors_pass_wakes_it(|m| {
+        m.refresh.ask();
+    });
+}
+
+/// `clear_waiting` raises its ask and rings.
+#[test]
+fn a_clear_during_the_collectors_pass_wakes_it() {
+    a_message_during_the_collectors_pass_wakes_it(|m| m.clearing.ask_later());
+}
+
+/// A refused submit asks for a sweep and rings (watched once a sweep may
+/// start, as here).
+#[test]
+fn a_sweep_hint_during_the_collectors_pass_wakes_it() {
+    a_message_during_the_collectors_pass_wakes_it(|m| m.sweep.mark());
 }
 
 /// `clear_waiting` racing the collector's last two passes and its exit.
@@ -262,10 +312,10 @@ fn clearing_is_answered_or_told_gone_and_sees_prior_submits() {
     });
 }
 
-/// One recorder loop point (`SlaRecorder::maybe_publish`'s refresh branch):
-/// a new generation is answered after publishing the copy. The real copy
-/// is an `ArcSwap`, which loom cannot see, so a loom atomic stands in for
-/// it; `Refresh` and `Answers` are the real code.
+/// One recorder loop point (`SlaRecorder::maybe_publish`'s refresh branch,
+/// `Answers::answer_if_asked`): a new generation is answered after
+/// publishing the copy. The real copy is an `ArcSwap`, which loom cannot
+/// see, so a loom atomic stands in for it; the order is the real code's.
 fn loop_point(
     refresh: &Refresh,
     answers: &Answers,
@@ -273,14 +323,7 @@ fn loop_point(
     copy: &AtomicUsize,
     records: usize,
 ) -> bool {
-    let wanted = refresh.wanted();
-    if wanted > *answered {
-        copy.store(records, Ordering::Relaxed);
-        *answered = wanted;
-        answers.answer(wanted);
-        return true;
-    }
-    false
+    answers.answer_if_asked(refresh, answered, || copy.store(records, Ordering::Relaxed))
 }
 
 /// A recorder delivers a ticket, then records it, with loop points before
@@ -307,15 +350,12 @@ fn refresh_covers_what_the_asker_saw(retire: bool) {
             t.store(1, Ordering::Release); // the ticket's outcome
             let records = 1; // recorded after delivering, as a worker does
             if retire {
-                // The final copy, then retire: `SlaRecorder::drop`'s order
-                // since the nineteenth session. It had them the other way
-                // round before, which this model (copying the intended
-                // order, since `Drop` needs hdrhistogram and `ArcSwap`)
-                // could not see; a soak found it, and
-                // `sla::tests::a_recorder_that_goes_is_retired_only_once_folded`
-                // holds the real order.
-                c.store(records, Ordering::Relaxed); // the final copy
-                a.retire();
+                // The final copy, then retire, in `Answers::retire_after`,
+                // which `SlaRecorder::drop` calls. (`Drop` had the two the
+                // other way round until the nineteenth session, when the
+                // model copied the intended order instead of running it;
+                // a soak found it.)
+                a.retire_after(|| c.store(records, Ordering::Relaxed));
             } else {
                 while !loop_point(&r, &a, &mut answered, &c, records) {
                     thread::yield_now();

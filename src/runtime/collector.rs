@@ -18,7 +18,7 @@ use super::worker::{fail_batch, WorkerLink};
 use super::{Batch, BuildError, Health, Job, Knobs, Release, Shared};
 use crate::clock::{after, nanos};
 use crate::config::{Capacity, Config, DeadlineAction};
-use crate::control::RunMode;
+use crate::control::{RunMode, Watch};
 use crate::dedup::Follower;
 use crate::intake::{Admission, IntakeConsumer};
 use crate::order::{Meta, WaitKey};
@@ -364,28 +364,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         }
         let intake = &self.intake;
         let releases = &self.releases;
-        let clearing = &self.shared.clearing;
-        let gate = &self.shared.gate;
-        let changed = &self.shared.changed;
-        let sla = &self.sla;
+        let watch = Watch {
+            changed: &self.shared.changed,
+            clearing: &self.shared.clearing,
+            refresh: self.sla.asks(),
+            sweep: watch_sweep.then_some(sweep_wanted),
+            gate: (!closing).then_some(&self.shared.gate),
+        };
         self.shared.doorbell.sleep(
-            || {
-                intake.has_ready()
-                    || releases.has_ready()
-                    || clearing.is_asked()
-                    // A control operation between this pass's `take` and
-                    // the announcement (see `control.rs`).
-                    || changed.is_marked()
-                    // An SLA report's ask, likewise.
-                    || sla.is_asked()
-                    || (watch_sweep && sweep_wanted.is_marked())
-                    // A shutdown that began after this pass read the mode:
-                    // `stop` closes the gate before it rings, so the
-                    // re-check sees it and the pass that follows drains
-                    // (without it, `stop`'s ring could land before the
-                    // announcement and the collector sleep its full timeout).
-                    || (!closing && gate.is_closed())
-            },
+            || intake.has_ready() || releases.has_ready() || watch.news(),
             Some(timeout),
         );
     }
