@@ -9,12 +9,13 @@
 //! it. Each sender then rings the doorbell. That ring wakes a collector
 //! that has announced its sleep; one that has not yet announced it must
 //! find the news in its re-check before parking (`Doorbell::sleep`'s Dekker
-//! pattern). So the re-check reads [`Notice::is_marked`], and, for a
-//! shutdown, the gate that `stop` closes before it rings. Before the
+//! pattern). So the re-check, [`Watch::news`], reads [`Notice::is_marked`],
+//! and, for a shutdown, the gate that `stop` closes before it rings. Before the
 //! re-check read the control notice, a worker added or a capacity raised
 //! between a pass and its sleep waited out the sleep's timeout (up to
 //! 50 ms) while requests it could serve queued. The loom
-//! models `a_control_change_during_the_collectors_pass_wakes_it` and
+//! models `a_control_change_during_the_collectors_pass_wakes_it` (with its
+//! four neighbours, one per message `Watch` reads) and
 //! `the_collector_exits_only_after_every_accepted_submit` run this code.
 //!
 //! One message goes the other way, the levels the collector tells submit
