@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::intake::{IntakeConfig, IntakeError};
 use crate::priority::Priority;
+use crate::shed::DEFAULT_SHED_AT;
 use crate::sla::SloTarget;
 
 /// What happens when a queued request's deadline passes.
@@ -248,8 +249,9 @@ pub struct Config {
     pub ordering: OrderingPolicy,
     /// Shed levels while the queue runs late (`ordering.shed`; reloadable;
     /// off by default in the library, on in the `convoy` commands run
-    /// without `--config`): while the queue is late by `(7 − l) / 10 ×
-    /// max_wait` (the oldest request's wait beyond the batching delay, or
+    /// without `--config`): while the queue is late by `shed_at[l] ×
+    /// max_wait`, by default `(7 − l) / 10 × max_wait` (the oldest
+    /// request's wait beyond the batching delay, or
     /// the measured time to run what waits, whichever is larger), submits
     /// at level `l` are refused with
     /// [`SubmitErrorKind::Overloaded`](crate::SubmitErrorKind::Overloaded):
@@ -269,6 +271,17 @@ pub struct Config {
     /// sustained overload wants it; a caller that expects every submit to
     /// be accepted while there is room does not.
     pub shed: bool,
+    /// Per priority (index by `Priority::index`), the lateness from which
+    /// `shed` refuses that level, as a share of `max_wait`
+    /// (`ordering.shed_at`; reloadable). Default
+    /// [`DEFAULT_SHED_AT`](crate::DEFAULT_SHED_AT): High 0.6, Normal 0.5,
+    /// Low 0.4, Background 0.3. Critical's entry must be infinite (it is
+    /// never shed); another may be infinite too (never shed), and each must
+    /// be positive and no more than any more urgent level's (least urgent
+    /// first). Lower shares keep the standing backlog shorter, and the
+    /// urgent levels faster, by refusing sooner; a share above 1 lets a
+    /// level in until the queue is already past `max_wait`.
+    pub shed_at: [f64; Priority::COUNT],
     /// Per priority (index by `Priority::index`).
     pub deadline_action: [DeadlineAction; Priority::COUNT],
     /// Per priority, the deadline a request gets when it brings none, and
@@ -308,6 +321,7 @@ impl Default for Config {
             max_wait: Duration::from_millis(500),
             ordering: OrderingPolicy::Aging,
             shed: false,
+            shed_at: DEFAULT_SHED_AT,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],
             default_deadline: [None; Priority::COUNT],
             placement: PlacementPolicy::LeastLoaded,
@@ -426,6 +440,7 @@ impl Config {
         if self.max_wait.is_zero() {
             return Err(invalid("ordering.max_wait_ms", "must be greater than 0"));
         }
+        check_shed_at(&self.shed_at)?;
         for (p, d) in Priority::ALL.into_iter().zip(&self.default_deadline) {
             if d.is_some_and(|d| d.is_zero()) {
                 return Err(invalid(
@@ -471,6 +486,42 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `Config::shed_at`'s rules: Critical never shed, every share positive
+/// (infinite: never), and no level shed before a more urgent one.
+fn check_shed_at(shed_at: &[f64; Priority::COUNT]) -> Result<(), ConfigError> {
+    let key = |p: Priority| format!("ordering.shed_at.{p}");
+    if shed_at[0] != f64::INFINITY {
+        return Err(invalid(
+            key(Priority::Critical),
+            format!(
+                "{} given, but Critical is never shed (its bound is its queue's room); leave it out",
+                shed_at[0]
+            ),
+        ));
+    }
+    for p in Priority::ALL.into_iter().skip(1) {
+        let share = shed_at[p.index()];
+        if share.is_nan() || share <= 0.0 {
+            return Err(invalid(
+                key(p),
+                format!("{share} is not a positive share of max_wait (inf: never shed)"),
+            ));
+        }
+        let urgent = Priority::ALL[p.index() - 1];
+        let above = shed_at[urgent.index()];
+        if share > above {
+            return Err(invalid(
+                key(p),
+                format!(
+                    "{share} is above {urgent}'s {above}: levels are shed least urgent first, \
+                     so a level's share may not exceed a more urgent one's"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -523,6 +574,19 @@ struct FileOrdering {
     max_wait_ms: Option<f64>,
     policy: Option<FileOrderingPolicy>,
     shed: Option<bool>,
+    shed_at: Option<FileShedAt>,
+}
+
+/// `[ordering.shed_at]`: shares of `max_wait`. `critical` is read only to
+/// be refused with a reason rather than as an unknown key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShedAt {
+    critical: Option<f64>,
+    high: Option<f64>,
+    normal: Option<f64>,
+    low: Option<f64>,
+    background: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -670,6 +734,12 @@ impl Config {
                 };
             }
             c.shed = o.shed.unwrap_or(c.shed);
+            if let Some(at) = o.shed_at {
+                let levels = [at.critical, at.high, at.normal, at.low, at.background];
+                for (slot, share) in c.shed_at.iter_mut().zip(levels) {
+                    *slot = share.unwrap_or(*slot);
+                }
+            }
         }
         if let Some(d) = file.deadlines {
             let levels = [d.critical, d.high, d.normal, d.low, d.background];

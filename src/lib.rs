@@ -112,6 +112,7 @@ pub use runtime::{
     BatchSubmitError, BatchSubmitErrorKind, BuildError, Builder, Handle, Health, Runtime,
     SubmitError, SubmitErrorKind, Submitter, SLA_REFRESH_WAIT,
 };
+pub use shed::DEFAULT_SHED_AT;
 pub use sla::{SlaReport, SloTarget};
 pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 

@@ -33,9 +33,14 @@
 //!   alone let Critical's p99 reach 760 ms).
 //!
 //! Level `l` (Critical 0 … Background 4) is shed while lateness ≥
-//! `(7 − l) / 10 × max_wait`: Background from 0.3 × `max_wait`, Low from
-//! 0.4, Normal from 0.5, High from 0.6. Critical is never shed; its bound
-//! is its queue's room. The last request admitted at a level waits behind
+//! `shed_at[l] × max_wait` (`ordering.shed_at`). By default that is
+//! `(7 − l) / 10`: Background from 0.3 × `max_wait`, Low from 0.4, Normal
+//! from 0.5, High from 0.6. Critical is never shed; its bound is its
+//! queue's room. A share may be infinite (`inf`: that level is never
+//! shed), and a less urgent level's share may not exceed a more urgent
+//! one's: levels are shed least urgent first. A share above 1 sheds its
+//! level only once the queue is already past `max_wait`, so what that
+//! level had accepted may then wait longer than the starvation bound. The last request admitted at a level waits behind
 //! the backlog and behind more urgent work admitted after it, until aging
 //! lifts it (from half of `max_wait`, `order.rs`); thresholds of 0.5–0.8
 //! left too little of `max_wait` for that, and at 3× load a backlog sat at
@@ -121,15 +126,39 @@ impl Shedding {
     }
 }
 
+/// The default of `Config::shed_at` (`ordering.shed_at`): per level index,
+/// the lateness, as a share of `max_wait`, from which that level is shed.
+/// Critical's is infinite: it is never shed.
+///
+/// ```
+/// use convoy::{Config, Priority, DEFAULT_SHED_AT};
+/// let mut shed_at = DEFAULT_SHED_AT;
+/// shed_at[Priority::High.index()] = f64::INFINITY; // never shed High
+/// let c = Config { shed: true, shed_at, ..Config::default() };
+/// assert!(c.validate().is_ok());
+/// shed_at[Priority::Background.index()] = 0.9; // later than Low's 0.4
+/// let e = Config { shed_at, ..c }.validate().unwrap_err();
+/// assert!(e.to_string().starts_with("ordering.shed_at.background"));
+/// ```
+pub const DEFAULT_SHED_AT: [f64; Priority::COUNT] = [f64::INFINITY, 0.6, 0.5, 0.4, 0.3];
+
 /// The levels to shed when the queue is `late` (see the module docs), a
-/// bit per level index.
-pub fn levels_to_shed(late: Duration, max_wait: Duration) -> usize {
-    let late = late.as_nanos();
-    let max_wait = max_wait.as_nanos();
+/// bit per level index: level `l` while `late ≥ shed_at[l] × max_wait`.
+/// An infinite share never sheds its level.
+pub fn levels_to_shed(
+    late: Duration,
+    max_wait: Duration,
+    shed_at: &[f64; Priority::COUNT],
+) -> usize {
+    // In nanoseconds: a share × an integer count of them rounds to the
+    // nearest, so a threshold set at an exact time (1.5 × 200 ms) is that
+    // time; in seconds, 1.5 × 0.2 is 0.30000000000000004.
+    let late = late.as_nanos() as f64;
+    let max_wait = max_wait.as_nanos() as f64;
     Priority::ALL
         .iter()
         .skip(1)
-        .filter(|p| late * 10 >= (7 - p.index() as u128) * max_wait)
+        .filter(|p| late >= shed_at[p.index()] * max_wait)
         .fold(0, |mask, p| mask | 1 << p.index())
 }
 
@@ -178,7 +207,7 @@ mod tests {
     #[test]
     fn levels_are_shed_least_urgent_first_and_critical_never() {
         let mw = Duration::from_millis(1000);
-        let at = |ms| levels_to_shed(Duration::from_millis(ms), mw);
+        let at = |ms| levels_to_shed(Duration::from_millis(ms), mw, &DEFAULT_SHED_AT);
         assert_eq!(at(0), 0);
         assert_eq!(at(299), 0);
         assert_eq!(at(300), 1 << Priority::Background.index());
@@ -194,6 +223,25 @@ mod tests {
         assert_eq!(s.mask(), at(400));
         s.set(0);
         assert!(!s.refuses(Priority::Background), "a level opens again");
+    }
+
+    /// Thresholds of one's own: shares of `max_wait`, one may be never
+    /// (infinite), and Critical is never shed whatever its entry says.
+    #[test]
+    fn thresholds_of_ones_own_shed_at_their_shares() {
+        let mw = Duration::from_millis(200);
+        let shed_at = [0.0, f64::INFINITY, 1.5, 0.25, 0.25];
+        let at = |ms| levels_to_shed(Duration::from_millis(ms), mw, &shed_at);
+        let (low, bg) = (Priority::Low.index(), Priority::Background.index());
+        assert_eq!(at(49), 0);
+        assert_eq!(at(50), 1 << low | 1 << bg, "both at 0.25 × 200 ms");
+        assert_eq!(at(299), at(50));
+        assert_eq!(
+            at(300),
+            at(50) | 1 << Priority::Normal.index(),
+            "past max_wait"
+        );
+        assert_eq!(at(u64::MAX / 2), at(300), "High never, Critical never");
     }
 
     #[test]

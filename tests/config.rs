@@ -29,6 +29,9 @@ fn every_key_is_read() {
         [ordering]
         max_wait_ms = 100
         shed = true
+        [ordering.shed_at]
+        high = inf
+        low = 0.35
         [deadlines]
         low = "delay"
         [deadlines.default_ms]
@@ -65,6 +68,11 @@ fn every_key_is_read() {
     assert!(
         c.shed && !Config::default().shed,
         "shed is off unless turned on"
+    );
+    assert_eq!(
+        c.shed_at,
+        [f64::INFINITY, f64::INFINITY, 0.5, 0.35, 0.3],
+        "High never shed, Low from 0.35, the rest as by default"
     );
     assert_eq!(
         c.deadline_action[Priority::Low.index()],
@@ -116,6 +124,22 @@ fn every_error_names_its_key() {
         ),
         ("[ordering]\nmax_wait_ms = 0", "ordering.max_wait_ms"),
         ("[ordering]\nshed = \"yes\"", "shed"),
+        (
+            "[ordering.shed_at]\ncritical = 1",
+            "ordering.shed_at.critical",
+        ),
+        ("[ordering.shed_at]\nlow = 0", "ordering.shed_at.low"),
+        ("[ordering.shed_at]\nhigh = -1", "ordering.shed_at.high"),
+        (
+            "[ordering.shed_at]\nnormal = nan",
+            "ordering.shed_at.normal",
+        ),
+        // Above Low's default 0.4: a less urgent level shed later.
+        (
+            "[ordering.shed_at]\nbackground = 0.45",
+            "ordering.shed_at.background",
+        ),
+        ("[ordering.shed_at]\nurgent = 0.5", "urgent"),
         // Finite but past what a Duration holds: once a panic.
         ("[ordering]\nmax_wait_ms = 1e300", "ordering.max_wait_ms"),
         ("[intake]\nlane_capacity = 12", "intake.lane_capacity"),

@@ -878,6 +878,37 @@ fn reloading_shedding_off_opens_every_level() {
     }
 }
 
+/// `ordering.shed_at` reloaded while the queue runs late: with High
+/// never shed (and Normal from half of `max_wait`, as by default), High
+/// opens again and a High submit gets in while the less urgent levels stay
+/// shed. The worker stays held, so the queue stays late throughout.
+#[test]
+fn reloaded_thresholds_open_a_level_the_defaults_shed() {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.max_wait = Duration::from_millis(100);
+    cfg.shed = true;
+    let (rt, hold, _) = blocked_runtime_with(cfg.clone());
+    let h = rt.handle();
+    let t0 = occupy_the_worker(&rt);
+    let t1 = h.submit(Request::new(1)).unwrap();
+    eventually("High is shed", || h.is_shed(Priority::High));
+    let mut shed_at = convoy::DEFAULT_SHED_AT;
+    shed_at[Priority::High.index()] = f64::INFINITY;
+    rt.reload_config(Config { shed_at, ..cfg }).unwrap();
+    eventually("High opens again", || !h.is_shed(Priority::High));
+    for p in [Priority::Normal, Priority::Low, Priority::Background] {
+        assert!(h.is_shed(p), "{p} is still shed");
+        let refused = h.submit(Request::new(9).priority(p)).unwrap_err();
+        assert_eq!(refused.kind, SubmitErrorKind::Overloaded);
+        assert_eq!(*refused.request.input(), 9, "handed back");
+    }
+    let t2 = h.submit(Request::new(2).priority(Priority::High)).unwrap();
+    hold.open();
+    for (t, want) in [(t0, 0), (t1, 1), (t2, 2)] {
+        assert_eq!(t.wait(), Ok(want));
+    }
+}
+
 /// A dropped ticket's request is ended as cancelled, and its room given
 /// back, while the only worker stays busy (so no batch forms, and the
 /// cancelled request's turn never comes): the stalled collector sweeps its

@@ -837,7 +837,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     .drain_rate
                     .drain(self.planner.waiting.tokens(), self.speed_up)
                     .unwrap_or_default();
-                levels_to_shed(late.max(drain), knobs.max_wait)
+                levels_to_shed(late.max(drain), knobs.max_wait, &knobs.shed_at)
             }
             _ => 0,
         };
