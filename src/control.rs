@@ -163,9 +163,11 @@ pub struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    /// Whether any message is waiting for the collector's next pass. Each
-    /// read is Relaxed: the doorbell's SeqCst fences order them against
-    /// the announcement, and the pass that follows reads the data.
+    /// Whether any message is waiting for the collector's next pass. The
+    /// reads need no ordering of their own (they are Relaxed but for the
+    /// gate's Acquire, which its other callers want): the doorbell's SeqCst
+    /// fences order them against the announcement, and the pass that
+    /// follows reads the data with the orderings that carry it.
     pub fn news(&self) -> bool {
         self.changed.is_marked()
             || self.clearing.is_asked()
