@@ -17,6 +17,10 @@
 //! Members keep their own outcome: each expires at its own deadline (the
 //! rest of the group waits on), a cancelled member is counted cancelled, and
 //! the group is dropped unrun only when every member has cancelled.
+//!
+//! A twin adds no work, only a queue slot, so a level shed while the queue
+//! runs late (`shed.rs`) still lets in a request whose group waits: the
+//! collector publishes the waiting groups' keys for submit (`twins.rs`).
 
 use std::hash::{Hash, Hasher};
 use std::time::Instant;

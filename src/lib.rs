@@ -101,6 +101,7 @@ mod stats;
 mod sync;
 pub mod ticket;
 pub mod trace;
+mod twins;
 
 pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,

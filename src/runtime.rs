@@ -46,6 +46,7 @@ use crate::shed::Shedding;
 use crate::sla::{SlaBoard, SlaReport, SloTarget};
 use crate::stats::{Counters, Stats};
 use crate::ticket::{Completer, Ticket};
+use crate::twins::WaitingKeys;
 
 mod builder;
 mod collector;
@@ -255,6 +256,9 @@ struct Shared {
     reserved: ArcSwap<Vec<Capacity>>,
     /// Built with `Builder::deduplicate`: dedup keys are honoured.
     dedup: bool,
+    /// With dedup on, the keys whose group waits in the collector: a
+    /// twin of one is let in at a shed level (`twins.rs`).
+    waiting_keys: Option<Arc<WaitingKeys>>,
     /// `clear_waiting`'s handshake with the collector (control path).
     clearing: Clearing,
     /// A submit was refused for a full queue since the collector last

@@ -63,6 +63,9 @@
 //! estimate holds there as on the plain path. That has not been measured
 //! on a GPU.
 //!
+//! A request with a dedup key whose group waits is let in at a shed level:
+//! it rides that group's execution and adds no work (`twins.rs`).
+//!
 //! A request that waits for room rather than for a worker's time (a large
 //! cost, a worker down) ages too, and sheds the lower levels while it
 //! waits. That is the rule working, not a fault: whatever the reason, a

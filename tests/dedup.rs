@@ -27,11 +27,16 @@ type Ran = Arc<Mutex<Vec<u32>>>;
 /// One worker, dedup on; input 0 blocks until `hold` opens; input 99 fails
 /// its batch; every input run is recorded; output = input × 10.
 fn blocked(max_batch: usize) -> (Runtime<u32, u32>, Hold, Ran) {
+    blocked_with(one_worker(max_batch))
+}
+
+/// `blocked`, with a config of one's own.
+fn blocked_with(config: Config) -> (Runtime<u32, u32>, Hold, Ran) {
     let hold = Hold::default();
     let ran = Arc::new(Mutex::new(Vec::new()));
     let (h2, r2) = (hold.clone(), ran.clone());
     let rt = Runtime::builder()
-        .config(one_worker(max_batch))
+        .config(config)
         .batch_fn(move |xs: &[u32]| {
             if xs[0] == 0 {
                 h2.wait();
@@ -455,4 +460,64 @@ fn nothing_lost_with_many_twins_under_load() {
         "every client cancel is counted once, as cancelled or as what it raced: {t:?}"
     );
     assert_eq!(t.queue_depth, 0);
+}
+
+/// A level shed while the queue runs late still lets in a twin of a
+/// request that waits: it rides that request's execution and adds no work
+/// (`twins.rs`). A keyed request with no twin waiting is shed as before,
+/// and handed back.
+#[test]
+fn a_twin_gets_in_at_a_shed_level_and_shares_the_output() {
+    let mut config = one_worker(8);
+    config.max_wait = Duration::from_millis(100);
+    config.shed = true;
+    let (rt, hold, ran) = blocked_with(config);
+    let h = rt.handle();
+    let blocker = occupy_the_worker(&rt);
+    let first = h.submit(Request::new(5).dedup_key("prompt")).unwrap();
+    eventually("Background is shed", || h.is_shed(Priority::Background));
+    let loner = h
+        .submit(
+            Request::new(6)
+                .priority(Priority::Background)
+                .dedup_key("other"),
+        )
+        .unwrap_err();
+    assert_eq!(loner.kind, SubmitErrorKind::Overloaded);
+    assert_eq!(*loner.request.input(), 6, "handed back");
+    // The collector publishes a group's key before it works out the shed
+    // levels in the same pass, but the two are read with Relaxed loads: a
+    // refusal here is handed back and the twin tried again.
+    let twin = std::cell::RefCell::new(None);
+    let retries = std::cell::Cell::new(0);
+    eventually("the twin gets in at its shed level", || {
+        let request = Request::new(5)
+            .priority(Priority::Background)
+            .dedup_key("prompt");
+        match h.submit(request) {
+            Ok(t) => *twin.borrow_mut() = Some(t),
+            Err(e) => {
+                assert_eq!(e.kind, SubmitErrorKind::Overloaded);
+                retries.set(retries.get() + 1);
+            }
+        }
+        twin.borrow().is_some()
+    });
+    assert!(
+        h.is_shed(Priority::Background),
+        "still shed, the twin let in"
+    );
+    hold.open();
+    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(first.wait(), Ok(50));
+    let twin = twin.into_inner().expect("set by the loop above");
+    assert_eq!(twin.wait(), Ok(50), "the twin's copy of the output");
+    assert_eq!(count(&ran, 5), 1, "one execution for both");
+    let s = rt.stats();
+    assert_eq!(s.deduplicated, 1);
+    assert_eq!(
+        s.of(Priority::Background).rejected_shed,
+        1 + retries.get(),
+        "the loner, and any try of the twin's before its key was seen"
+    );
 }

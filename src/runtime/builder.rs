@@ -19,11 +19,13 @@ use crate::doorbell::Doorbell;
 use crate::executor::{BatchFn, Executor};
 use crate::gate::Gate;
 use crate::intake::Intake;
+use crate::priority::Priority;
 use crate::request::Cost;
 use crate::ring;
 use crate::shed::Shedding;
 use crate::sla::SlaBoard;
 use crate::stats::Counters;
+use crate::twins::WaitingKeys;
 
 impl Runtime<(), ()> {
     /// Starts a builder.
@@ -140,6 +142,16 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             sla: SlaBoard::default(),
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
+            // Sized for as many groups as the intake holds requests.
+            waiting_keys: self.cloner.is_some().then(|| {
+                Arc::new(WaitingKeys::for_groups(
+                    self.config
+                        .intake
+                        .shards
+                        .saturating_mul(self.config.intake.lane_capacity)
+                        .saturating_mul(Priority::COUNT),
+                ))
+            }),
             clearing: Clearing::new(),
             sweep_wanted: Notice::new(),
             shedding: Shedding::new(),

@@ -8,7 +8,6 @@
 //! `ArcSwap` snapshots. The one lock it may take, on `new_links`, is the
 //! control path of a worker added at run time.
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,6 +31,7 @@ use crate::shed::{levels_to_shed, DrainRate};
 use crate::sla::SlaRecorder;
 use crate::stats::Ended;
 use crate::ticket::Completer;
+use crate::twins::{Twins, WaitingKeys};
 
 /// What the builder hands the collector it starts.
 pub(super) struct Start<I, O> {
@@ -82,8 +82,9 @@ pub(super) struct Collector<I, O> {
     on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     /// Copies outputs for deduplicated twins; `None`: dedup is off.
     cloner: Option<fn(&O) -> O>,
-    /// The waiting group of each dedup key (see `dedup.rs`).
-    dedup: HashMap<u64, WaitKey>,
+    /// The waiting group of each dedup key (see `dedup.rs`), its keys
+    /// published for submit's shed check (`twins.rs`).
+    dedup: Twins<WaitKey>,
     seq: u64,
     drained: Vec<crate::intake::Drained<Job<I, O>>>,
     /// The last pass had a batch due but could place nothing: wait for a
@@ -178,7 +179,14 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             shutdown_timeout: config.shutdown_timeout,
             on_shortfall: s.on_shortfall,
             cloner: s.cloner,
-            dedup: HashMap::new(),
+            // Dedup off: nothing is ever inserted, and a minimal table
+            // stands in for the one a dedup runtime publishes.
+            dedup: Twins::new(
+                s.shared
+                    .waiting_keys
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(WaitingKeys::for_groups(0))),
+            ),
             seq: 0,
             drained: Vec::new(),
             stalled: false,
@@ -545,8 +553,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     fn join_or_start_group(&mut self, k: u64, job: Job<I, O>, admission: Admission, meta: Meta) {
         let existing = self
             .dedup
-            .get(&k)
-            .and_then(|&key| self.planner.waiting.remove(key));
+            .get(k)
+            .and_then(|key| self.planner.waiting.remove(key));
         let entry = match existing {
             Some(((mut head, head_admission), head_meta)) => {
                 head.followers.push(Follower {
@@ -574,7 +582,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// A group left the waiting set: its key is free again.
     fn forget_group(&mut self, job: &Job<I, O>) {
         if let Some(k) = job.dedup {
-            self.dedup.remove(&k);
+            self.dedup.remove(k);
         }
     }
 

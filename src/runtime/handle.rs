@@ -157,7 +157,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     ) -> Result<Ticket<O>, SubmitError<I>> {
         let now = Instant::now();
         let (job, ticket) = self.prepare(request, now)?;
-        if self.shared.shedding.refuses(job.priority) {
+        if self.sheds(&job) {
             return Err(self.shed(job));
         }
         let Some(_pass) = self.shared.gate.enter() else {
@@ -220,7 +220,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         let mut rejected = Vec::new();
         for r in requests {
             match self.prepare(r, now) {
-                Ok((job, _)) if self.shared.shedding.refuses(job.priority) => {
+                Ok((job, _)) if self.sheds(&job) => {
                     rejected.push(self.shed(job));
                 }
                 Ok((job, ticket)) => {
@@ -361,6 +361,20 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             self.shared.fleet.load().max,
             &self.shared.knobs.load().batching,
         )
+    }
+
+    /// Whether `job` is refused because its level is shed: unless its
+    /// dedup twin waits, when it adds no work, only a queue slot
+    /// (`twins.rs`; a hint, which at worst admits one request of work or
+    /// sheds a twin as if it had none).
+    fn sheds(&self, job: &Job<I, O>) -> bool {
+        self.shared.shedding.refuses(job.priority)
+            && !job.dedup.is_some_and(|k| {
+                self.shared
+                    .waiting_keys
+                    .as_ref()
+                    .is_some_and(|w| w.contains(k))
+            })
     }
 
     /// Refuses `job`, whose level is shed (see `shed.rs`): counts
