@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use convoy::{
     BatchingConfig, BuildError, Capacity, Config, Failure, InsertPolicy, Priority, Request,
-    Runtime, SubmitErrorKind, WorkerSpec,
+    Runtime, SubmitErrorKind, Ticket, WorkerSpec,
 };
 
 fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
@@ -852,19 +852,28 @@ fn a_backlog_that_would_take_long_to_run_sheds_before_it_has_waited() {
     });
 }
 
+/// Shedding on, `max_wait` 100 ms, the one worker held (input 0) and
+/// request 1 waiting behind it, returned once the queue runs late enough
+/// that High is shed: with the config, for a reload, and both tickets.
+fn a_late_queue_shedding_high() -> (Runtime<u32, u32>, Hold, Config, [Ticket<u32>; 2]) {
+    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
+    cfg.max_wait = Duration::from_millis(100);
+    cfg.shed = true;
+    let (rt, hold, _) = blocked_runtime_with(cfg.clone());
+    let t0 = occupy_the_worker(&rt);
+    let h = rt.handle();
+    let t1 = h.submit(Request::new(1)).unwrap();
+    eventually("High is shed", || h.is_shed(Priority::High));
+    (rt, hold, cfg, [t0, t1])
+}
+
 /// `ordering.shed = false`, reloaded while levels are shed, opens them on
 /// the collector's next pass although the queue is as late as before: only
 /// a full queue refuses then.
 #[test]
 fn reloading_shedding_off_opens_every_level() {
-    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
-    cfg.max_wait = Duration::from_millis(100);
-    cfg.shed = true;
-    let (rt, hold, _) = blocked_runtime_with(cfg.clone());
+    let (rt, hold, cfg, [t0, t1]) = a_late_queue_shedding_high();
     let h = rt.handle();
-    let t0 = occupy_the_worker(&rt);
-    let t1 = h.submit(Request::new(1)).unwrap();
-    eventually("High is shed", || h.is_shed(Priority::High));
     rt.reload_config(Config { shed: false, ..cfg }).unwrap();
     eventually("nothing is shed", || {
         Priority::ALL.iter().all(|&p| !h.is_shed(p))
@@ -884,14 +893,8 @@ fn reloading_shedding_off_opens_every_level() {
 /// shed. The worker stays held, so the queue stays late throughout.
 #[test]
 fn reloaded_thresholds_open_a_level_the_defaults_shed() {
-    let mut cfg = config(vec![worker(1, 1 << 20)], 1, 0);
-    cfg.max_wait = Duration::from_millis(100);
-    cfg.shed = true;
-    let (rt, hold, _) = blocked_runtime_with(cfg.clone());
+    let (rt, hold, cfg, [t0, t1]) = a_late_queue_shedding_high();
     let h = rt.handle();
-    let t0 = occupy_the_worker(&rt);
-    let t1 = h.submit(Request::new(1)).unwrap();
-    eventually("High is shed", || h.is_shed(Priority::High));
     let mut shed_at = convoy::DEFAULT_SHED_AT;
     shed_at[Priority::High.index()] = f64::INFINITY;
     rt.reload_config(Config { shed_at, ..cfg }).unwrap();
