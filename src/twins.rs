@@ -30,8 +30,13 @@
 //!   collision saying yes): the request is admitted and starts a group of
 //!   its own, one request's work let past the shed;
 //! * a twin reported absent (it arrived a moment ago, a rebuild is under
-//!   way, or the table is full): the request is shed, as it was before
-//!   this index.
+//!   way, the table is full, or another key with the same 64-bit hash
+//!   left and took the shared tag with it): the request is shed, as it
+//!   was before this index.
+//!
+//! A rebuild stores every slot once (512 KiB at the 65,536-slot cap, a
+//! pause of the collector's pass that has not been measured), and comes
+//! at most once per quarter-table of inserts.
 //!
 //! No data is read through it, so there is no loom model (see "Atomics
 //! that are hints" in `loom-tests/README.md`); the unit tests below check
