@@ -34,9 +34,11 @@
 //!   left and took the shared tag with it): the request is shed, as it
 //!   was before this index.
 //!
-//! A rebuild stores every slot once (512 KiB at the 65,536-slot cap, a
-//! pause of the collector's pass that has not been measured), and comes
-//! at most once per quarter-table of inserts.
+//! A rebuild stores every slot once and comes at most once per
+//! quarter-table of inserts. At the 65,536-slot cap with 16,000 live keys
+//! it took 68 µs (best of 50), and an insert and removal together 44 ns
+//! amortized over a million pairs (a throwaway timing on the 2-vCPU AMD
+//! EPYC VM, 2026-11-25; not a bench).
 //!
 //! No data is read through it, so there is no loom model (see "Atomics
 //! that are hints" in `loom-tests/README.md`); the unit tests below check
