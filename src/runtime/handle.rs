@@ -320,7 +320,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     }
 
     /// Whether submits at `level` are refused now because the queue runs
-    /// late (`ordering.shed`; the rule is in [`Config::shed`](crate::Config::shed)).
+    /// late (`ordering.shed`; the rule is in [`Config::shed`](crate::Config::shed)),
+    /// all but a dedup twin of a waiting group, which adds no work.
     /// A load balancer can route a shed level elsewhere before it tries.
     /// Advice: the collector updates it every pass, so a submit right
     /// after may see it otherwise.
