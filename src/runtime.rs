@@ -256,9 +256,10 @@ struct Shared {
     reserved: ArcSwap<Vec<Capacity>>,
     /// Built with `Builder::deduplicate`: dedup keys are honoured.
     dedup: bool,
-    /// With dedup on, the keys whose group waits in the collector: a
-    /// twin of one is let in at a shed level (`twins.rs`).
-    waiting_keys: Option<Arc<WaitingKeys>>,
+    /// The keys whose dedup group waits in the collector: a twin of one
+    /// is let in at a shed level (`twins.rs`). Minimal, and always empty,
+    /// with dedup off.
+    waiting_keys: Arc<WaitingKeys>,
     /// `clear_waiting`'s handshake with the collector (control path).
     clearing: Clearing,
     /// A submit was refused for a full queue since the collector last

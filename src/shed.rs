@@ -40,9 +40,11 @@
 //! shed), and a less urgent level's share may not exceed a more urgent
 //! one's: levels are shed least urgent first. A share above 1 sheds its
 //! level only once the queue is already past `max_wait`, so what that
-//! level had accepted may then wait longer than the starvation bound. The last request admitted at a level waits behind
-//! the backlog and behind more urgent work admitted after it, until aging
-//! lifts it (from half of `max_wait`, `order.rs`); thresholds of 0.5–0.8
+//! level had accepted may then wait longer than the starvation bound.
+//!
+//! The last request admitted at a level waits behind the backlog and
+//! behind more urgent work admitted after it, until aging lifts it (from
+//! half of `max_wait`, `order.rs`); thresholds of 0.5–0.8
 //! left too little of `max_wait` for that, and at 3× load a backlog sat at
 //! 0.8 × `max_wait` with waits past `max_wait` (Critical 78% within its
 //! objective); 0.3–0.6 gave 100% (BENCHMARKS.md, "Shedding"). The

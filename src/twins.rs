@@ -124,6 +124,36 @@ impl WaitingKeys {
         // Relaxed: a hint (module docs).
         self.slots[i].store(value, Ordering::Relaxed);
     }
+
+    /// Writer: puts tag `t` in the first reusable slot of its probe.
+    fn place(&self, t: u64) -> Placed {
+        match self.find(t) {
+            (Some(_), _) => Placed::There,
+            (None, Some(i)) => {
+                let fresh = self.slots[i].load(Ordering::Relaxed) == EMPTY;
+                self.store(i, t);
+                if fresh {
+                    Placed::Fresh
+                } else {
+                    Placed::Reused
+                }
+            }
+            (None, None) => Placed::Full,
+        }
+    }
+}
+
+/// Where [`WaitingKeys::place`] put a tag.
+#[derive(Debug, PartialEq, Eq)]
+enum Placed {
+    /// Already there (the same key, or a tag collision: already a yes).
+    There,
+    /// In an `EMPTY` slot: one more slot used.
+    Fresh,
+    /// In a `GONE` slot.
+    Reused,
+    /// Nowhere: no free slot in the whole table.
+    Full,
 }
 
 /// The collector's index of waiting dedup groups: key hash → where the
@@ -192,16 +222,10 @@ impl<V: Copy> Twins<V> {
             }
             return;
         }
-        let t = tag(k);
-        match self.published.find(t) {
-            (Some(_), _) => {} // a tag collision: already said yes
-            (None, Some(i)) => {
-                if self.published.slots[i].load(Ordering::Relaxed) == EMPTY {
-                    self.used += 1;
-                }
-                self.published.store(i, t);
-            }
-            (None, None) => self.stale = true, // no free slot at all
+        match self.published.place(tag(k)) {
+            Placed::Fresh => self.used += 1,
+            Placed::Full => self.stale = true,
+            Placed::There | Placed::Reused => {}
         }
     }
 
@@ -213,11 +237,11 @@ impl<V: Copy> Twins<V> {
         }
         self.used = 0;
         self.stale = false;
+        // Into an empty table with at most half of it live: every key
+        // lands in a fresh slot, or on its tag's twin.
         for &k in self.map.keys() {
-            let t = tag(k);
-            if let (None, Some(i)) = self.published.find(t) {
+            if self.published.place(tag(k)) == Placed::Fresh {
                 self.used += 1;
-                self.published.store(i, t);
             }
         }
     }

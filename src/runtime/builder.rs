@@ -142,16 +142,17 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             sla: SlaBoard::default(),
             reserved: ArcSwap::from_pointee(Vec::new()),
             dedup: self.cloner.is_some(),
-            // Sized for as many groups as the intake holds requests.
-            waiting_keys: self.cloner.is_some().then(|| {
-                Arc::new(WaitingKeys::for_groups(
-                    self.config
-                        .intake
-                        .shards
-                        .saturating_mul(self.config.intake.lane_capacity)
-                        .saturating_mul(Priority::COUNT),
-                ))
-            }),
+            // With dedup, sized for as many groups as the intake holds
+            // requests.
+            waiting_keys: Arc::new(WaitingKeys::for_groups(if self.cloner.is_some() {
+                self.config
+                    .intake
+                    .shards
+                    .saturating_mul(self.config.intake.lane_capacity)
+                    .saturating_mul(Priority::COUNT)
+            } else {
+                0
+            })),
             clearing: Clearing::new(),
             sweep_wanted: Notice::new(),
             shedding: Shedding::new(),

@@ -31,7 +31,7 @@ use crate::shed::{levels_to_shed, DrainRate};
 use crate::sla::SlaRecorder;
 use crate::stats::Ended;
 use crate::ticket::Completer;
-use crate::twins::{Twins, WaitingKeys};
+use crate::twins::Twins;
 
 /// What the builder hands the collector it starts.
 pub(super) struct Start<I, O> {
@@ -179,14 +179,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             shutdown_timeout: config.shutdown_timeout,
             on_shortfall: s.on_shortfall,
             cloner: s.cloner,
-            // Dedup off: nothing is ever inserted, and a minimal table
-            // stands in for the one a dedup runtime publishes.
-            dedup: Twins::new(
-                s.shared
-                    .waiting_keys
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(WaitingKeys::for_groups(0))),
-            ),
+            dedup: Twins::new(s.shared.waiting_keys.clone()),
             seq: 0,
             drained: Vec::new(),
             stalled: false,

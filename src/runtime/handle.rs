@@ -370,12 +370,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// sheds a twin as if it had none).
     fn sheds(&self, job: &Job<I, O>) -> bool {
         self.shared.shedding.refuses(job.priority)
-            && !job.dedup.is_some_and(|k| {
-                self.shared
-                    .waiting_keys
-                    .as_ref()
-                    .is_some_and(|w| w.contains(k))
-            })
+            && !job
+                .dedup
+                .is_some_and(|k| self.shared.waiting_keys.contains(k))
     }
 
     /// Refuses `job`, whose level is shed (see `shed.rs`): counts
