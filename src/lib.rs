@@ -130,6 +130,13 @@ pub mod loom_exports {
     pub use crate::stats::{Counters, Ended};
 }
 
+/// The collector's dedup index, exposed only so `benches/twins.rs` can
+/// measure it against the plain map and a locked set; not part of the API.
+#[doc(hidden)]
+pub mod bench_exports {
+    pub use crate::twins::{Twins, WaitingKeys};
+}
+
 pub use intake::{Intake, IntakeConfig};
 pub use outcome::{Failure, Outcome};
 pub use priority::{InsertPolicy, Priority, UnknownPriority};
