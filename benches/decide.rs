@@ -279,8 +279,8 @@ fn main() {
     }
     c.final_summary();
 
-    // `--list` / `--test` (cargo bench --no-run, cargo test --benches) skip
-    // the tail measurement.
+    // `--list` and `--test` (`cargo bench -- --test`, a smoke run) skip the
+    // tail measurement; `cargo test --benches` runs it, a few seconds.
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
