@@ -574,19 +574,34 @@ struct FileOrdering {
     max_wait_ms: Option<f64>,
     policy: Option<FileOrderingPolicy>,
     shed: Option<bool>,
-    shed_at: Option<FileShedAt>,
+    /// `[ordering.shed_at]`: shares of `max_wait`. `critical` is read
+    /// only to be refused with a reason rather than as an unknown key.
+    shed_at: Option<FileLevels<f64>>,
 }
 
-/// `[ordering.shed_at]`: shares of `max_wait`. `critical` is read only to
-/// be refused with a reason rather than as an unknown key.
+/// A table with one optional entry per level (`[slo]`,
+/// `[ordering.shed_at]`, `[deadlines.default_ms]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileShedAt {
-    critical: Option<f64>,
-    high: Option<f64>,
-    normal: Option<f64>,
-    low: Option<f64>,
-    background: Option<f64>,
+struct FileLevels<T> {
+    critical: Option<T>,
+    high: Option<T>,
+    normal: Option<T>,
+    low: Option<T>,
+    background: Option<T>,
+}
+
+impl<T> FileLevels<T> {
+    /// The entries, indexed by `Priority::index`.
+    fn by_index(self) -> [Option<T>; Priority::COUNT] {
+        [
+            self.critical,
+            self.high,
+            self.normal,
+            self.low,
+            self.background,
+        ]
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -605,17 +620,7 @@ struct FileDeadlines {
     normal: Option<FileDeadlineAction>,
     low: Option<FileDeadlineAction>,
     background: Option<FileDeadlineAction>,
-    default_ms: Option<FileDefaultDeadlines>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDefaultDeadlines {
-    critical: Option<f64>,
-    high: Option<f64>,
-    normal: Option<f64>,
-    low: Option<f64>,
-    background: Option<f64>,
+    default_ms: Option<FileLevels<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -631,16 +636,6 @@ struct FileSloTarget {
     p95_ms: Option<f64>,
     p99_ms: Option<f64>,
     timeout_ms: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSlo {
-    critical: Option<FileSloTarget>,
-    high: Option<FileSloTarget>,
-    normal: Option<FileSloTarget>,
-    low: Option<FileSloTarget>,
-    background: Option<FileSloTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -664,7 +659,7 @@ struct FileConfig {
     placement: Option<FilePlacement>,
     cpu_workers: Option<usize>,
     shutdown_timeout_ms: Option<f64>,
-    slo: Option<FileSlo>,
+    slo: Option<FileLevels<FileSloTarget>>,
     #[serde(default)]
     workers: Vec<FileWorker>,
 }
@@ -735,8 +730,7 @@ impl Config {
             }
             c.shed = o.shed.unwrap_or(c.shed);
             if let Some(at) = o.shed_at {
-                let levels = [at.critical, at.high, at.normal, at.low, at.background];
-                for (slot, share) in c.shed_at.iter_mut().zip(levels) {
+                for (slot, share) in c.shed_at.iter_mut().zip(at.by_index()) {
                     *slot = share.unwrap_or(*slot);
                 }
             }
@@ -752,11 +746,10 @@ impl Config {
                 }
             }
             if let Some(dm) = d.default_ms {
-                let levels = [dm.critical, dm.high, dm.normal, dm.low, dm.background];
                 for ((p, slot), ms) in Priority::ALL
                     .into_iter()
                     .zip(c.default_deadline.iter_mut())
-                    .zip(levels)
+                    .zip(dm.by_index())
                 {
                     if let Some(ms) = ms {
                         *slot = Some(millis(&format!("deadlines.default_ms.{p}"), ms, true)?);
@@ -779,7 +772,7 @@ impl Config {
             }
         }
         if let Some(slo) = file.slo {
-            let levels = [slo.critical, slo.high, slo.normal, slo.low, slo.background];
+            let levels = slo.by_index();
             for ((p, target), given) in Priority::ALL.into_iter().zip(c.slo.iter_mut()).zip(levels)
             {
                 let Some(given) = given else { continue };

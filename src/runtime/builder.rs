@@ -145,10 +145,8 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             // With dedup, sized for as many groups as the intake holds
             // requests.
             waiting_keys: Arc::new(WaitingKeys::for_groups(if self.cloner.is_some() {
-                self.config
-                    .intake
-                    .shards
-                    .saturating_mul(self.config.intake.lane_capacity)
+                intake
+                    .capacity_per_priority()
                     .saturating_mul(Priority::COUNT)
             } else {
                 0
