@@ -344,7 +344,16 @@ fn seconds(option: &str, s: f64) -> Result<Duration, Fail> {
 /// "about 2.2 s of submits", or in hours or days when the trace's gaps make
 /// the run that long, so `--speedup` or `--duration` can be chosen first.
 fn about(expected: Duration) -> String {
-    let s = expected.as_secs_f64();
+    format!("about {} of submits", span_text(expected))
+}
+
+/// A span of time in the unit that reads best: `0.002 s`, `12.5 s`,
+/// `3.2 min`, `5.6 h`, `7.0 days`.
+fn span_text(span: Duration) -> String {
+    let s = span.as_secs_f64();
+    if s < 1.0 {
+        return format!("{s:.3} s");
+    }
     let (value, unit) = if s < 120.0 {
         (s, "s")
     } else if s < 2.0 * 3600.0 {
@@ -354,7 +363,7 @@ fn about(expected: Duration) -> String {
     } else {
         (s / 86400.0, "days")
     };
-    format!("about {value:.1} {unit} of submits")
+    format!("{value:.1} {unit}")
 }
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -394,10 +403,14 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         None
     };
     say!(
-        "convoy replay: {} ({} requests over {:.0} s of trace time) at {}× ({}) on {workers} {} workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}\n",
+        "convoy replay: {} ({} requests over {} of trace time) at {}× ({}) on {workers} {} workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}\n",
         trace.source,
-        trace.requests.len(),
-        trace.span().as_secs_f64(),
+        if rows.len() < trace.requests.len() {
+            format!("{} of {}", rows.len(), trace.requests.len())
+        } else {
+            rows.len().to_string()
+        },
+        span_text(rows.last().map_or(Duration::ZERO, |r| r.arrival)),
         args.speedup,
         about(expected),
         if gpu.is_some() { "GPU" } else { "CPU" },
