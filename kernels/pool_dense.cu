@@ -9,12 +9,30 @@
 // kernel wants width floats of dynamic shared memory for the pooled vector.
 //
 // The arithmetic follows the CPU reference in src/model.rs term by term
-// (sum in token order, times 1/n; bias first, then k = 0..width), so the
-// two differ only by fused multiply-adds and tanhf's rounding.
+// (its gather's order, below, times 1/n; bias first, then k = 0..width),
+// so the two differ only by fused multiply-adds and tanhf's rounding.
 
 __device__ __forceinline__ float gelu_tanh(float x) {
     const float c = 0.7978845608f;  // sqrt(2 / pi)
     return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+// The sum of E[words[t]][j] for t in [t, t + N), as a pairwise tree:
+// ((e0 + e1) + (e2 + e3)) + ..., N a power of two. The CPU reference
+// (add_rows in src/model.rs) sums a group the same way.
+template <int N>
+__device__ __forceinline__ float group_sum(const float* __restrict__ emb,
+                                           const unsigned* __restrict__ words,
+                                           unsigned t, int width, int j) {
+    return group_sum<N / 2>(emb, words, t, width, j)
+         + group_sum<N / 2>(emb, words, t + N / 2, width, j);
+}
+
+template <>
+__device__ __forceinline__ float group_sum<1>(const float* __restrict__ emb,
+                                              const unsigned* __restrict__ words,
+                                              unsigned t, int width, int j) {
+    return emb[(size_t)words[t] * (size_t)width + j];
 }
 
 extern "C" __global__ void pool_dense(
@@ -36,12 +54,16 @@ extern "C" __global__ void pool_dense(
     const float inv = n > 0 ? 1.0f / (float)n : 0.0f;
 
     // Gather and mean: thread j owns column j (and j + blockDim, ...), so
-    // each token's row is read coalesced.
+    // each token's row is read coalesced. In the CPU reference's order:
+    // whole groups of 16 tokens, each summed as a tree and added to the
+    // total, then one group of 8, one of 4, then token by token.
     for (int j = threadIdx.x; j < width; j += blockDim.x) {
         float acc = 0.0f;
-        for (unsigned t = start; t < end; ++t) {
-            acc += emb[(size_t)words[t] * (size_t)width + j];
-        }
+        unsigned t = start;
+        for (; end - t >= 16; t += 16) acc += group_sum<16>(emb, words, t, width, j);
+        if (end - t >= 8) { acc += group_sum<8>(emb, words, t, width, j); t += 8; }
+        if (end - t >= 4) { acc += group_sum<4>(emb, words, t, width, j); t += 4; }
+        for (; t < end; ++t) acc += group_sum<1>(emb, words, t, width, j);
         pooled[j] = acc * inv;
     }
     __syncthreads();

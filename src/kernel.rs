@@ -303,11 +303,33 @@ mod tests {
             let (start, end) = (p.offsets[i] as usize, p.offsets[i + 1] as usize);
             let n = end - start;
             let inv = if n > 0 { 1.0 / n as f32 } else { 0.0 };
+            // `group_sum<N>`: a pairwise tree over N tokens from `t`.
+            fn group_sum(e: &[f32], words: &[u32], t: usize, n: usize, d: usize, j: usize) -> f32 {
+                if n == 1 {
+                    e[words[t] as usize * d + j]
+                } else {
+                    group_sum(e, words, t, n / 2, d, j)
+                        + group_sum(e, words, t + n / 2, n / 2, d, j)
+                }
+            }
             let pooled: Vec<f32> = (0..d)
                 .map(|j| {
-                    let acc: f32 = p.words[start..end]
-                        .iter()
-                        .fold(0.0, |a, &t| a + e[t as usize * d + j]);
+                    // The kernel's loop: groups of 16, one of 8, one of 4,
+                    // then token by token.
+                    let (mut acc, mut t) = (0.0f32, start);
+                    while end - t >= 16 {
+                        acc += group_sum(e, &p.words, t, 16, d, j);
+                        t += 16;
+                    }
+                    for n in [8, 4] {
+                        if end - t >= n {
+                            acc += group_sum(e, &p.words, t, n, d, j);
+                            t += n;
+                        }
+                    }
+                    for t in t..end {
+                        acc += group_sum(e, &p.words, t, 1, d, j);
+                    }
                     acc * inv
                 })
                 .collect();
@@ -323,20 +345,28 @@ mod tests {
     fn packed_layout_matches_the_model() {
         let model = PoolDense::seeded(64, 16, 11).unwrap();
         let spec = KernelSpec::pool_dense(&model, 32);
-        let inputs: Vec<Vec<u32>> = vec![vec![], vec![5], (0..32).collect(), vec![63, 0, 63]];
+        // Lengths on each side of every group size, so each branch of the
+        // kernel's gather runs.
+        let inputs: Vec<Vec<u32>> = [0usize, 1, 3, 4, 5, 8, 12, 15, 16, 17, 29, 31, 32]
+            .iter()
+            .map(|&n| (0..n as u32).map(|t| (t * 37 + n as u32) % 64).collect())
+            .chain([vec![63, 0, 63]])
+            .collect();
         let mut packed = Packed::default();
         packed.pack(&spec, &inputs).unwrap();
-        assert_eq!(packed.offsets, vec![0, 0, 1, 33, 36]);
+        assert_eq!(&packed.offsets[..5], &[0, 0, 1, 4, 8]);
         let flat = pool_dense_on_packed(&model, &packed);
         let want = model.forward_batch(&inputs).unwrap();
         for (i, row) in flat.chunks_exact(spec.width).enumerate() {
-            let got = (spec.unpack)(row);
-            for (g, x) in got.iter().zip(&want[i]) {
-                assert!(
-                    (g - x).abs() <= 1e-6 * x.abs().max(1.0),
-                    "row {i}: {g} vs {x}"
-                );
-            }
+            // Equal, not close: the kernel sums in the model's order and
+            // this has no fused multiply-add, so any difference is a
+            // change of order on one side.
+            assert_eq!(
+                (spec.unpack)(row),
+                want[i],
+                "request {i} ({} tokens)",
+                inputs[i].len()
+            );
         }
     }
 
