@@ -5,15 +5,22 @@
 //! No GPU has run the kernel yet (README, "GPU"), and NVRTC in CI only
 //! checks that it compiles. This checks what it computes: the ragged
 //! offsets, empty and one-token requests, every branch of the grouped
-//! gather, and that the kernel sums in the model's order (`add_rows` in
+//! gather, the columns each thread takes (a block of the launch's own
+//! size, of one thread, of 24, and of 256 threads over 300 columns), the
+//! barrier between the gather and the dense layer (the shim's shared
+//! memory starts as NaN, and a thread that reads it too early shows), and
+//! that the kernel sums in the model's order (`add_rows` in
 //! `src/model.rs`), which is what keeps the GPU parity test's 1e-5 bound
 //! about rounding rather than about two orders drifting apart over 2,048
-//! tokens. The shim runs each block with one thread (`blockDim.x = 1`,
-//! `__syncthreads()` a no-op), so the per-thread column loops cover every
-//! column; how threads share a block is left to the GPU tests. It builds
-//! with `-ffp-contract=off`: without fused multiply-adds the host and the
-//! model do the same float operations in the same order, so any
-//! difference is a change of order on one side.
+//! tokens.
+//!
+//! The shim runs a block's threads as OS threads (`threadIdx` thread
+//! local, `__syncthreads()` a barrier), blocks one after another. It
+//! builds with `-ffp-contract=off`: without fused multiply-adds the host
+//! and the model do the same float operations in the same order, so any
+//! difference is a change of order on one side, or a thread reading what
+//! another has not written. What it cannot show is the GPU's own memory
+//! model, warps, or the device's `tanhf`: those are the GPU tests'.
 //!
 //! Needs a C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`); without
 //! one the test prints why and passes, and under `CI=true` (where
@@ -22,20 +29,38 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use convoy::kernel::POOL_DENSE_SOURCE;
+use convoy::kernel::{KernelSpec, POOL_DENSE_SOURCE};
 use convoy::model::{splitmix64, PoolDense};
 
 /// Stands in for CUDA's built-ins so the kernel compiles as plain C++.
 const SHIM: &str = r#"
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
 #include <vector>
 struct Dim { int x; };
-static Dim blockIdx, threadIdx, blockDim;
+static Dim blockIdx, blockDim;
+static thread_local Dim threadIdx;
+// __syncthreads(): every thread of the block waits for the rest.
+struct Barrier {
+    std::mutex m;
+    std::condition_variable cv;
+    int n = 0, waiting = 0, generation = 0;
+    void wait() {
+        std::unique_lock<std::mutex> lock(m);
+        int g = generation;
+        if (++waiting == n) { waiting = 0; ++generation; cv.notify_all(); return; }
+        cv.wait(lock, [&] { return generation != g; });
+    }
+};
+static Barrier block_barrier;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __syncthreads() ((void)0)
+#define __syncthreads() block_barrier.wait()
 static std::vector<float> shared_floats;
 #include "kernel.cu"
 template <class T> static std::vector<T> load(const char* path) {
@@ -47,17 +72,26 @@ template <class T> static std::vector<T> load(const char* path) {
     std::fclose(f);
     return v;
 }
-int main() {
+// Usage: shim BLOCK_DIM. Runs every block, one after another, each with
+// BLOCK_DIM threads; reads the inputs and writes out.f32 in this folder.
+int main(int argc, char** argv) {
     std::vector<float> e = load<float>("E.f32"), w = load<float>("W.f32"), b = load<float>("b.f32");
     std::vector<unsigned> words = load<unsigned>("words.u32"), offsets = load<unsigned>("offsets.u32");
     int width = (int)b.size(), batch = (int)offsets.size() - 1;
-    shared_floats.assign(width, NAN);
-    std::vector<float> out((size_t)batch * width, NAN);  // poisoned: an unwritten row stays NaN
-    blockDim.x = 1;
-    threadIdx.x = 0;
+    std::vector<float> out((size_t)batch * width, NAN);  // poisoned: an unwritten value stays NaN
+    blockDim.x = argc > 1 ? std::atoi(argv[1]) : 1;
+    block_barrier.n = blockDim.x;
     for (int i = 0; i < batch; ++i) {
         blockIdx.x = i;
-        pool_dense(e.data(), w.data(), b.data(), words.data(), offsets.data(), batch, out.data(), width);
+        shared_floats.assign(width, NAN);  // fresh shared memory per block
+        std::vector<std::thread> threads;
+        for (int t = 0; t < blockDim.x; ++t) {
+            threads.emplace_back([&, t] {
+                threadIdx.x = t;
+                pool_dense(e.data(), w.data(), b.data(), words.data(), offsets.data(), batch, out.data(), width);
+            });
+        }
+        for (std::thread& t : threads) t.join();
     }
     FILE* f = std::fopen("out.f32", "wb");
     std::fwrite(out.data(), sizeof(float), out.size(), f);
@@ -96,10 +130,9 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Compiles the kernel behind the shim in `dir`, runs it on the batch and
-/// returns its output rows. `None` (with the reason printed) where no C++
-/// compiler is present.
-fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>]) -> Option<Vec<Vec<f32>>> {
+/// Builds the kernel behind the shim in `dir`. `false` (with the reason
+/// printed) where no C++ compiler is present.
+fn build_on_host(dir: &Path) -> bool {
     let cxx = match compiler() {
         Ok(c) => c,
         Err(why) => {
@@ -108,7 +141,7 @@ fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>]) -> Option<Vec<
                 "CI=true: {why} (.ci/run installs g++)"
             );
             eprintln!("SKIP kernel_host: {why}");
-            return None;
+            return false;
         }
     };
     // The one line C++ cannot take as it is: dynamic shared memory.
@@ -120,6 +153,30 @@ fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>]) -> Option<Vec<
     let kernel = POOL_DENSE_SOURCE.replace(decl, "float* pooled = shared_floats.data();");
     std::fs::write(dir.join("kernel.cu"), kernel).expect("write kernel.cu");
     std::fs::write(dir.join("shim.cpp"), SHIM).expect("write shim.cpp");
+    let built = Command::new(&cxx)
+        .current_dir(dir)
+        .args([
+            "-O2",
+            "-std=c++11",
+            "-ffp-contract=off",
+            "-pthread",
+            "-o",
+            "shim",
+            "shim.cpp",
+        ])
+        .output()
+        .expect("run the C++ compiler");
+    assert!(
+        built.status.success(),
+        "{cxx} could not build the kernel behind the shim:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    true
+}
+
+/// Runs the built shim on `model` and `batch` with `block_dim` threads per
+/// block and returns its output rows.
+fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>], block_dim: u32) -> Vec<Vec<f32>> {
     let (e, w, b) = model.weights();
     write_le(&dir.join("E.f32"), e, f32::to_le_bytes);
     write_le(&dir.join("W.f32"), w, f32::to_le_bytes);
@@ -133,26 +190,9 @@ fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>]) -> Option<Vec<
         .collect();
     write_le(&dir.join("words.u32"), &words, u32::to_le_bytes);
     write_le(&dir.join("offsets.u32"), &offsets, u32::to_le_bytes);
-
-    let built = Command::new(&cxx)
-        .current_dir(dir)
-        .args([
-            "-O2",
-            "-std=c++11",
-            "-ffp-contract=off",
-            "-o",
-            "shim",
-            "shim.cpp",
-        ])
-        .output()
-        .expect("run the C++ compiler");
-    assert!(
-        built.status.success(),
-        "{cxx} could not build the kernel behind the shim:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
     let ran = Command::new(dir.join("shim"))
         .current_dir(dir)
+        .arg(block_dim.to_string())
         .output()
         .expect("run the shim");
     assert!(ran.status.success(), "the shim failed: {ran:?}");
@@ -162,50 +202,75 @@ fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>]) -> Option<Vec<
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     assert_eq!(floats.len(), batch.len() * model.dim(), "output size");
-    Some(floats.chunks(model.dim()).map(<[f32]>::to_vec).collect())
+    floats.chunks(model.dim()).map(<[f32]>::to_vec).collect()
+}
+
+/// Fresh ragged requests each run, around a fixed set of lengths that
+/// takes every branch of the grouped gather (below and across 4, 8 and
+/// 16, several whole groups, and long requests).
+fn ragged_batch(seed: &mut u64, vocab: u64, fixed: &[usize], random: usize) -> Vec<Vec<u32>> {
+    let lengths: Vec<usize> = fixed
+        .iter()
+        .copied()
+        .chain((0..random).map(|_| (splitmix64(seed) % 3_000) as usize))
+        .collect();
+    lengths
+        .iter()
+        .map(|&n| (0..n).map(|_| (splitmix64(seed) % vocab) as u32).collect())
+        .collect()
+}
+
+fn assert_equal(got: &[Vec<f32>], want: &[Vec<f32>], batch: &[Vec<u32>], how: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if let Some(j) = (0..w.len()).find(|&j| g[j] != w[j]) {
+            panic!(
+                "{how}: request {i} ({} tokens), column {j}: {} from the kernel, {} from the model{}",
+                batch[i].len(),
+                g[j],
+                w[j],
+                if g[j].is_nan() {
+                    " (NaN: never written, or computed from shared memory read before it was written)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
 }
 
 #[test]
 fn the_cuda_source_computes_what_the_cpu_model_does() {
-    let model = PoolDense::seeded(5_000, 64, 42).expect("a small model");
-    // Fresh lengths and tokens each run, around a fixed set that takes
-    // every branch of the grouped gather (below and across 4, 8 and 16,
-    // several whole groups, and long requests).
+    let dir = scratch("kernel-host");
+    if !build_on_host(&dir) {
+        return;
+    }
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(7, |d| d.as_nanos() as u64);
     println!("seed {seed}");
-    let mut lengths: Vec<usize> = vec![
+    let fixed = [
         0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 24, 28, 31, 32, 33, 47, 48, 63, 64, 65,
         1_000, 2_047, 2_048,
     ];
-    lengths.extend((0..24).map(|_| (splitmix64(&mut seed) % 3_000) as usize));
-    let batch: Vec<Vec<u32>> = lengths
-        .iter()
-        .map(|&n| {
-            (0..n)
-                .map(|_| (splitmix64(&mut seed) % 5_000) as u32)
-                .collect()
-        })
-        .collect();
-    let dir = scratch("kernel-host");
-    let Some(got) = run_on_host(&dir, &model, &batch) else {
-        return;
-    };
+    // D = 64: the launch's own block (64 threads, a column each), one
+    // thread (every column in turn), and 24 threads (columns strided,
+    // some threads with three, some with two).
+    let model = PoolDense::seeded(5_000, 64, 42).expect("a small model");
+    let block = KernelSpec::pool_dense(&model, 4_096).block_dim;
+    let batch = ragged_batch(&mut seed, 5_000, &fixed, 24);
     let want = model.forward_batch(&batch).expect("tokens in range");
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(
-            g.iter().all(|x| !x.is_nan()),
-            "request {i}: the kernel left output unwritten"
-        );
-        if let Some(j) = (0..w.len()).find(|&j| g[j] != w[j]) {
-            panic!(
-                "request {i} ({} tokens), column {j}: {} from the kernel, {} from the model",
-                batch[i].len(),
-                g[j],
-                w[j]
-            );
-        }
+    for threads in [block, 1, 24] {
+        let got = run_on_host(&dir, &model, &batch, threads);
+        assert_equal(&got, &want, &batch, &format!("D = 64, {threads} threads"));
     }
+    // D = 300: more columns than the launch's 256 threads, so some
+    // threads take two.
+    let model = PoolDense::seeded(2_000, 300, 7).expect("a small model");
+    let block = KernelSpec::pool_dense(&model, 4_096).block_dim;
+    assert_eq!(block, 256);
+    let batch = ragged_batch(&mut seed, 2_000, &[0, 1, 16, 37, 700], 3);
+    let got = run_on_host(&dir, &model, &batch, block);
+    let want = model.forward_batch(&batch).expect("tokens in range");
+    assert_equal(&got, &want, &batch, "D = 300, 256 threads");
     let _ = std::fs::remove_dir_all(&dir);
 }
