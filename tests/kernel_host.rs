@@ -3,8 +3,10 @@
 //! model: equal to the last bit.
 //!
 //! No GPU has run the kernel yet (README, "GPU"), and NVRTC in CI only
-//! checks that it compiles. This checks what it computes: the ragged
-//! offsets, empty and one-token requests, every branch of the grouped
+//! checks that it compiles. This checks what it computes, fed as a worker
+//! feeds it (the `KernelSpec`'s weights in its order, the words and
+//! offsets of `Packed::pack`, rows read back through its `unpack`): the
+//! ragged offsets, empty and one-token requests, every branch of the grouped
 //! gather, the columns each thread takes (a block of the launch's own
 //! size, of one thread, of 24, and of 256 threads over 300 columns), the
 //! barrier between the gather and the dense layer (the shim's shared
@@ -29,7 +31,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use convoy::kernel::{KernelSpec, POOL_DENSE_SOURCE};
+use convoy::kernel::{KernelSpec, Packed, POOL_DENSE_SOURCE};
 use convoy::model::{splitmix64, PoolDense};
 
 /// Stands in for CUDA's built-ins so the kernel compiles as plain C++.
@@ -72,14 +74,16 @@ template <class T> static std::vector<T> load(const char* path) {
     std::fclose(f);
     return v;
 }
-// Usage: shim BLOCK_DIM. Runs every block, one after another, each with
+// Usage: shim BLOCK_DIM WIDTH. Runs every block, one after another, each with
 // BLOCK_DIM threads; reads the inputs and writes out.f32 in this folder.
 int main(int argc, char** argv) {
-    std::vector<float> e = load<float>("E.f32"), w = load<float>("W.f32"), b = load<float>("b.f32");
+    // The spec's weights in its order (the kernel's parameter order).
+    std::vector<float> e = load<float>("weight0.f32"), w = load<float>("weight1.f32"), b = load<float>("weight2.f32");
     std::vector<unsigned> words = load<unsigned>("words.u32"), offsets = load<unsigned>("offsets.u32");
-    int width = (int)b.size(), batch = (int)offsets.size() - 1;
+    int width = argc > 2 ? std::atoi(argv[2]) : 0, batch = (int)offsets.size() - 1;
     std::vector<float> out((size_t)batch * width, NAN);  // poisoned: an unwritten value stays NaN
     blockDim.x = argc > 1 ? std::atoi(argv[1]) : 1;
+    if (blockDim.x < 1 || width < 1 || batch < 1) return 2;
     block_barrier.n = blockDim.x;
     for (int i = 0; i < batch; ++i) {
         blockIdx.x = i;
@@ -174,35 +178,46 @@ fn build_on_host(dir: &Path) -> bool {
     true
 }
 
-/// Runs the built shim on `model` and `batch` with `block_dim` threads per
-/// block and returns its output rows.
-fn run_on_host(dir: &Path, model: &PoolDense, batch: &[Vec<u32>], block_dim: u32) -> Vec<Vec<f32>> {
-    let (e, w, b) = model.weights();
-    write_le(&dir.join("E.f32"), e, f32::to_le_bytes);
-    write_le(&dir.join("W.f32"), w, f32::to_le_bytes);
-    write_le(&dir.join("b.f32"), b, f32::to_le_bytes);
-    let words: Vec<u32> = batch.concat();
-    let offsets: Vec<u32> = std::iter::once(0)
-        .chain(batch.iter().scan(0u32, |end, r| {
-            *end += r.len() as u32;
-            Some(*end)
-        }))
-        .collect();
-    write_le(&dir.join("words.u32"), &words, u32::to_le_bytes);
-    write_le(&dir.join("offsets.u32"), &offsets, u32::to_le_bytes);
+/// Runs the built shim on `batch` as a worker would launch it: the
+/// spec's weights in the spec's order (what `CudaExecutor` uploads), the
+/// words and offsets `Packed::pack` makes, `block_dim` threads per block.
+/// Returns the rows through the spec's `unpack`.
+fn run_on_host(
+    dir: &Path,
+    spec: &KernelSpec<Vec<u32>, Vec<f32>>,
+    batch: &[Vec<u32>],
+    block_dim: u32,
+) -> Vec<Vec<f32>> {
+    assert_eq!(spec.weights.len(), 3, "pool_dense takes E, W and b");
+    for (k, weight) in spec.weights.iter().enumerate() {
+        write_le(
+            &dir.join(format!("weight{k}.f32")),
+            weight,
+            f32::to_le_bytes,
+        );
+    }
+    let mut packed = Packed::default();
+    packed.pack(spec, batch).expect("the batch packs");
+    write_le(&dir.join("words.u32"), &packed.words, u32::to_le_bytes);
+    write_le(&dir.join("offsets.u32"), &packed.offsets, u32::to_le_bytes);
     let ran = Command::new(dir.join("shim"))
         .current_dir(dir)
-        .arg(block_dim.to_string())
+        .args([block_dim.to_string(), spec.width.to_string()])
         .output()
         .expect("run the shim");
+    // A crash here is the kernel reading out of bounds: weights in the
+    // wrong order or of the wrong size, or offsets past the words.
     assert!(ran.status.success(), "the shim failed: {ran:?}");
     let out = std::fs::read(dir.join("out.f32")).expect("the shim's output");
     let floats: Vec<f32> = out
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    assert_eq!(floats.len(), batch.len() * model.dim(), "output size");
-    floats.chunks(model.dim()).map(<[f32]>::to_vec).collect()
+    assert_eq!(floats.len(), batch.len() * spec.width, "output size");
+    floats
+        .chunks(spec.width)
+        .map(|row| (spec.unpack)(row))
+        .collect()
 }
 
 /// Fresh ragged requests each run, around a fixed set of lengths that
@@ -256,20 +271,20 @@ fn the_cuda_source_computes_what_the_cpu_model_does() {
     // thread (every column in turn), and 24 threads (columns strided,
     // some threads with three, some with two).
     let model = PoolDense::seeded(5_000, 64, 42).expect("a small model");
-    let block = KernelSpec::pool_dense(&model, 4_096).block_dim;
+    let spec = KernelSpec::pool_dense(&model, 4_096);
     let batch = ragged_batch(&mut seed, 5_000, &fixed, 24);
     let want = model.forward_batch(&batch).expect("tokens in range");
-    for threads in [block, 1, 24] {
-        let got = run_on_host(&dir, &model, &batch, threads);
+    for threads in [spec.block_dim, 1, 24] {
+        let got = run_on_host(&dir, &spec, &batch, threads);
         assert_equal(&got, &want, &batch, &format!("D = 64, {threads} threads"));
     }
     // D = 300: more columns than the launch's 256 threads, so some
     // threads take two.
     let model = PoolDense::seeded(2_000, 300, 7).expect("a small model");
-    let block = KernelSpec::pool_dense(&model, 4_096).block_dim;
-    assert_eq!(block, 256);
+    let spec = KernelSpec::pool_dense(&model, 4_096);
+    assert_eq!(spec.block_dim, 256);
     let batch = ragged_batch(&mut seed, 2_000, &[0, 1, 16, 37, 700], 3);
-    let got = run_on_host(&dir, &model, &batch, block);
+    let got = run_on_host(&dir, &spec, &batch, spec.block_dim);
     let want = model.forward_batch(&batch).expect("tokens in range");
     assert_equal(&got, &want, &batch, "D = 300, 256 threads");
     let _ = std::fs::remove_dir_all(&dir);
