@@ -108,9 +108,10 @@ pub fn gelu(x: f32) -> f32 {
 /// waiting on one row's lines while loading and storing `row` once per
 /// token. Sixteen rows summed per column and added to `row` once put
 /// sixteen rows' loads in flight together and cut `row`'s traffic
-/// sixteenfold: 2.3–2.6× the request rate of one row at a time on the
-/// bundled trace's token counts (BENCHMARKS.md, "The built-in model's
-/// gather"). Thirty-two at a time ran out of registers and was slower.
+/// sixteenfold. On the bundled trace's token counts the gather runs at
+/// 2.3–2.6× its rate one row at a time, and `forward_batch` at 2.1–2.3×
+/// (`benches/model.rs`; BENCHMARKS.md, "The built-in model's gather").
+/// Thirty-two at a time ran out of registers and was slower.
 ///
 /// The order is fixed so that `kernels/pool_dense.cu` can follow it term
 /// for term: per column, each group's sixteen values are summed as a
