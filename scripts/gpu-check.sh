@@ -13,6 +13,18 @@ out=$(cd "$out" && pwd)
 export CONVOY_REQUIRE_GPU=1
 status=0
 step() { echo; echo "== $*"; }
+# Every step is bounded: the GPU code has never run, and a hang (a lane
+# that never reports ready, a stuck copy) must cost one step's bound, not
+# the whole call's 600 s and the session's 15 minutes of device time. The
+# bounds add up to 570 s (two test binaries), inside the 600 s a call may run.
+bounded() {
+  local secs=$1
+  shift
+  timeout --kill-after=5 "$secs" "$@"
+  local rc=$?
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "gpu-check: timed out after ${secs} s: $*"
+  return $rc
+}
 
 step "device"
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
@@ -39,26 +51,26 @@ date -u
 
 step "parity and pipelining tests (CONVOY_REQUIRE_GPU=1)"
 for t in "$dir"/test-*; do
-  "$t" --test-threads=1 2>&1 | tee -a "$out/tests.log" || status=1
+  bounded 60 "$t" --test-threads=1 2>&1 | tee -a "$out/tests.log" || status=1
 done
 
 step "custom kernel example"
-"$dir/custom_kernel" 2>&1 | tee "$out/custom_kernel.log" || status=1
+bounded 30 "$dir/custom_kernel" 2>&1 | tee "$out/custom_kernel.log" || status=1
 
 step "replay on GPU workers"
-(cd "$dir" && ./convoy replay --gpu --json "$out/replay-gpu.json") 2>&1 | tee "$out/replay-gpu.log" || status=1
+(cd "$dir" && bounded 60 ./convoy replay --gpu --json "$out/replay-gpu.json") 2>&1 | tee "$out/replay-gpu.log" || status=1
 
 step "bench"
-"$dir/bench-gpu" --bench 2>&1 | tee "$out/bench-gpu.log" || status=1
+bounded 180 "$dir/bench-gpu" --bench 2>&1 | tee "$out/bench-gpu.log" || status=1
 
 # The two CPU goals that 2 cores cannot settle: intake vs ArrayQueue at 2
 # and 4 producers (issue 2) and convoy vs batched-fn (issue 6), here with
 # more cores than threads. Bounded, so a slow run cannot eat the call.
 step "cpu benches on $(nproc) cores (intake P = 2, 4; peers)"
 nproc; lscpu | grep -E "Model name|^CPU\(s\)"
-(cd "$dir" && timeout 150 ./bench-intake --bench 'intake_throughput/(convoy|array_queue|mutex_heap)/[24]$' \
+(cd "$dir" && bounded 60 ./bench-intake --bench 'intake_throughput/(convoy|array_queue|mutex_heap)/[24]$' \
   --warm-up-time 1 --measurement-time 3 --noplot) 2>&1 | tee "$out/bench-intake.log"
-(cd "$dir" && timeout 240 ./bench-peers --bench --warm-up-time 1 --measurement-time 5 --noplot) 2>&1 | tee "$out/bench-peers.log"
+(cd "$dir" && bounded 120 ./bench-peers --bench --warm-up-time 1 --measurement-time 5 --noplot) 2>&1 | tee "$out/bench-peers.log"
 
 step "summary"
 grep -E "test result|running on|skipped" "$out/tests.log" | sort | uniq -c
