@@ -15,11 +15,12 @@
 //! the same.
 //!
 //! Criterion measures the time of one full load (throughput in
-//! requests/s). After it, one more load per batcher and window records each
-//! request's latency (submit to the future's completion) and prints
-//! p50/p99, the mean batch size and the throughput ratios, for
-//! BENCHMARKS.md. `--bench nothing-matches` skips criterion and runs only
-//! that pass.
+//! requests/s). After it, a standalone pass per window runs every batcher
+//! in interleaved rounds (7, or `PEERS_ROUNDS`), records each request's
+//! latency (submit to the future's completion) and prints p50/p99, the
+//! mean batch size and the throughput ratios (pooled, and the median and
+//! range of the per-round paired ratios), for BENCHMARKS.md.
+//! `--bench nothing-matches` skips criterion and runs only that pass.
 //!
 //! batched-fn runs every batch on its one handler thread. convoy is shown
 //! with one CPU worker (the same parallelism), two, and its default (one
@@ -203,52 +204,123 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// Latency and ratios, one more load per batcher, printed for
-/// BENCHMARKS.md.
+/// One batcher's loads in the standalone pass, pooled over its rounds.
+#[derive(Default)]
+struct Pooled {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    batches: u64,
+    requests: u64,
+    /// Per round: batched-fn's load time over this batcher's, the
+    /// throughput ratio of that round.
+    ratios: Vec<f64>,
+}
+
+/// One load through batched-fn, with the batches its handler formed.
+fn batched_fn_load(requests: &[Vec<u32>], window: usize) -> (Duration, Vec<Duration>, u64, u64) {
+    let before = (
+        PEER_BATCHES.load(Ordering::Relaxed),
+        PEER_REQUESTS.load(Ordering::Relaxed),
+    );
+    let (t, l) = load(requests, window, batched_fn_call);
+    let batches = PEER_BATCHES.load(Ordering::Relaxed) - before.0;
+    let served = PEER_REQUESTS.load(Ordering::Relaxed) - before.1;
+    (t, l, batches, served)
+}
+
+/// One load through a fresh convoy runtime of `workers` workers. The
+/// runtime is built and warmed before the timing, as batched-fn's context
+/// is, and shut down after it, so an idle runtime never shares the cores
+/// with the batcher being timed.
+fn convoy_load(
+    requests: &[Vec<u32>],
+    window: usize,
+    workers: usize,
+) -> (Duration, Vec<Duration>, u64, u64) {
+    let rt = convoy_runtime(workers);
+    let h = rt.handle();
+    // The same one call first as batched-fn's: its threads have run and
+    // its first batch's allocations are made before the timing.
+    futures::executor::block_on(convoy_call(&h)(requests[0].clone()));
+    let before = rt.stats();
+    let (t, l) = load(requests, window, convoy_call(&h));
+    let stats = rt.stats();
+    rt.shutdown();
+    (
+        t,
+        l,
+        stats.batches - before.batches,
+        stats.batched_requests - before.batched_requests,
+    )
+}
+
+/// Rounds of the standalone pass (`PEERS_ROUNDS` to change).
+const ROUNDS: usize = 7;
+
+/// Latency and ratios for BENCHMARKS.md, measured in interleaved rounds.
+///
+/// One load takes a tenth of a second or two, and on a shared VM the
+/// speed of the machine drifts over seconds (batched-fn alone has run at
+/// 8.3k and 15.5k req/s a minute apart): one load per batcher, each after
+/// the other, compares two moments as much as two batchers. So each
+/// round runs every batcher once, back to back, starting with a different
+/// one each round; each round gives a paired ratio, and the pass reports
+/// their median and range. Throughput is all rounds' requests over all
+/// rounds' time; p50/p99 are over every request of every round.
 fn latency_pass(requests: &[Vec<u32>], window: usize, cores: usize) {
     // batched-fn builds its context (the model, ~32 MB of weights) on its
     // first call, inside the handler thread; convoy's runtime is built
     // before its load starts. One call first keeps that build out of
     // batched-fn's figures when criterion has not run before this pass.
     futures::executor::block_on(batched_fn_call(requests[0].clone()));
-    let mut rows = Vec::new();
-    let before = (
-        PEER_BATCHES.load(Ordering::Relaxed),
-        PEER_REQUESTS.load(Ordering::Relaxed),
-    );
-    let (t, mut l) = load(requests, window, batched_fn_call);
-    l.sort_unstable();
-    let mean_batch = (PEER_REQUESTS.load(Ordering::Relaxed) - before.1) as f64
-        / (PEER_BATCHES.load(Ordering::Relaxed) - before.0).max(1) as f64;
-    rows.push(("batched-fn (1 handler)".to_owned(), t, l, mean_batch));
-    for workers in worker_counts(cores) {
-        let rt = convoy_runtime(workers);
-        let h = rt.handle();
-        // The same one call first as batched-fn's: its threads have run
-        // and its first batch's allocations are made before the timing.
-        futures::executor::block_on(convoy_call(&h)(requests[0].clone()));
-        let before = rt.stats();
-        let (t, mut l) = load(requests, window, convoy_call(&h));
-        let stats = rt.stats();
-        rt.shutdown();
-        l.sort_unstable();
-        let mean_batch = (stats.batched_requests - before.batched_requests) as f64
-            / (stats.batches - before.batches).max(1) as f64;
-        rows.push((format!("convoy ({workers} workers)"), t, l, mean_batch));
+    let rounds = std::env::var("PEERS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(ROUNDS);
+    let counts = worker_counts(cores);
+    // Index 0 is batched-fn, then convoy at each worker count.
+    let mut pooled: Vec<Pooled> = (0..=counts.len()).map(|_| Pooled::default()).collect();
+    for round in 0..rounds {
+        let mut times = vec![Duration::ZERO; pooled.len()];
+        for k in 0..pooled.len() {
+            let who = (round + k) % pooled.len();
+            let (t, l, batches, served) = match who {
+                0 => batched_fn_load(requests, window),
+                w => convoy_load(requests, window, counts[w - 1]),
+            };
+            times[who] = t;
+            let p = &mut pooled[who];
+            p.elapsed += t;
+            p.latencies.extend(l);
+            p.batches += batches;
+            p.requests += served;
+        }
+        for (p, t) in pooled.iter_mut().zip(&times) {
+            p.ratios.push(times[0].as_secs_f64() / t.as_secs_f64());
+        }
     }
-    let base = requests.len() as f64 / rows[0].1.as_secs_f64();
+    let names = std::iter::once("batched-fn (1 handler)".to_owned())
+        .chain(counts.iter().map(|w| format!("convoy ({w} workers)")));
+    let base = (rounds * requests.len()) as f64 / pooled[0].elapsed.as_secs_f64();
     println!(
-        "\npeers: {} requests, {PRODUCERS} producers × window {window} ({} in flight), max batch {MAX_BATCH}, delay {DELAY_MS} ms",
+        "\npeers: {} requests, {PRODUCERS} producers × window {window} ({} in flight), max batch {MAX_BATCH}, delay {DELAY_MS} ms; {rounds} interleaved rounds",
         requests.len(),
         PRODUCERS * window,
     );
-    for (name, t, l, mean_batch) in &rows {
-        let rps = requests.len() as f64 / t.as_secs_f64();
+    for (name, p) in names.zip(&mut pooled) {
+        p.latencies.sort_unstable();
+        p.ratios.sort_by(f64::total_cmp);
+        let rps = (rounds * requests.len()) as f64 / p.elapsed.as_secs_f64();
         println!(
-            "  {name:<24} {rps:>9.0} req/s  ({:.2}× batched-fn)  p50 {:>8.2?}  p99 {:>8.2?}  mean batch {mean_batch:.1}",
+            "  {name:<24} {rps:>9.0} req/s  ({:.2}× batched-fn; per round median {:.2}×, {:.2}–{:.2}×)  p50 {:>8.2?}  p99 {:>8.2?}  mean batch {:.1}",
             rps / base,
-            percentile(l, 0.5),
-            percentile(l, 0.99)
+            p.ratios[p.ratios.len() / 2],
+            p.ratios[0],
+            p.ratios[p.ratios.len() - 1],
+            percentile(&p.latencies, 0.5),
+            percentile(&p.latencies, 0.99),
+            p.requests as f64 / p.batches.max(1) as f64,
         );
     }
 }
