@@ -202,7 +202,9 @@ pub struct Report {
     pub shed: bool,
     /// Speed-up applied to the trace's clock.
     pub speedup: f64,
-    /// Offered arrival rate, requests/s of real time.
+    /// Offered arrival rate, requests/s of real time; 0 when every row
+    /// arrives at the same instant (no rate to give: the table says "all
+    /// at once").
     pub offered_rps: f64,
     /// Rows submitted.
     pub offered: u64,
@@ -437,12 +439,16 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "trace {} | policy {} | shedding {} | speed-up {:.1}× | offered {:.0} req/s",
+            "trace {} | policy {} | shedding {} | speed-up {:.1}× | offered {}",
             self.trace,
             self.policy,
             if self.shed { "on" } else { "off" },
             self.speedup,
-            self.offered_rps
+            if self.offered_rps > 0.0 || self.offered == 0 {
+                format!("{:.0} req/s", self.offered_rps)
+            } else {
+                format!("{} all at once", self.offered)
+            }
         );
         // Two header rows: which latency, then the percentile.
         let _ = writeln!(s, "{:<27} {:<23} queue wait ms", "", "end-to-end ms");

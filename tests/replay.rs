@@ -265,6 +265,25 @@ fn rows_that_all_arrive_at_once_are_not_cycled() {
 }
 
 #[test]
+fn rows_that_all_arrive_at_once_replay_once_and_say_so() {
+    // Not cycled, the same rows replay as one burst. There is no rate to
+    // offer: the header says so instead of "offered 0 req/s", and the JSON
+    // keeps a number.
+    let same = parse(
+        "same",
+        "arrival_s,priority,tokens\n0,high,3\n0,low,4\n0,normal,5\n",
+    )
+    .unwrap();
+    let model = PoolDense::seeded(64, 8, 1).unwrap();
+    let report = replay(&same, model, &one_worker(), &|_| {}).unwrap();
+    assert_eq!((report.offered, report.lost), (3, 0));
+    assert_eq!(report.offered_rps, 0.0);
+    let header = report.render();
+    let header = header.lines().next().unwrap();
+    assert!(header.ends_with("offered 3 all at once"), "{header}");
+    assert_eq!(report.to_json()["offered_rps"], 0.0);
+}
+#[test]
 fn a_cycled_replay_ends_on_real_time_however_large_the_speed_up() {
     // At 10^15× a cycle of the tiny trace is due within a nanosecond: due
     // times hardly advance, and a run that stopped only on a row due
