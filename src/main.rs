@@ -5,8 +5,15 @@
 //! ```text
 //! convoy [replay] [--trace PATH] [--speedup 1600] [--json FILE] [--metrics-out FILE] [--plot FILE] [--window S]
 //! convoy compare [--load 1.2] [--duration 8] [--json FILE]
-//! convoy serve [--addr 127.0.0.1:8080] [--config FILE]
+//! convoy serve [--addr 127.0.0.1:8080] [--config FILE] [--weights DIR]
+//! convoy weights --out DIR [--vocab 32000] [--dim 256] [--seed 2023]
 //! ```
+//!
+//! `replay`, `compare` and `serve` run the built-in model with its seeded
+//! weights, or with `--weights DIR` the ones in `DIR` (`E.f32`, `W.f32`,
+//! `b.f32`); `convoy weights` writes the seeded ones there, so another
+//! implementation of the model can load the same and be checked against
+//! convoy's outputs.
 //!
 //! Bad input (a missing or malformed trace, a speed-up of 0, a load ≤ 0, a
 //! bad config file) prints the error with the file and line and exits 2.
@@ -54,6 +61,25 @@ enum Command {
     /// /healthz, /v1/stats) until SIGINT or SIGTERM.
     #[cfg(feature = "server")]
     Serve(ServeArgs),
+    /// Write the built-in model's seeded weights as E.f32, W.f32 and b.f32
+    /// (raw little-endian row-major f32), the files --weights reads.
+    Weights(WeightsArgs),
+}
+
+#[derive(Args, Clone)]
+struct WeightsArgs {
+    /// Folder to write into (made if missing; existing files are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Vocabulary size V (E is V×D).
+    #[arg(long, default_value_t = DEFAULT_VOCAB)]
+    vocab: usize,
+    /// Hidden size D (W is D×D, b is D).
+    #[arg(long, default_value_t = DEFAULT_DIM)]
+    dim: usize,
+    /// Seed of the weights' generator (the built-in model's is 2023).
+    #[arg(long, default_value_t = MODEL_SEED)]
+    seed: u64,
 }
 
 #[cfg(feature = "server")]
@@ -66,6 +92,10 @@ struct ServeArgs {
     /// library's defaults with ordering.shed on.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Load the model's weights from E.f32, W.f32 and b.f32 in this folder
+    /// (as `convoy weights` writes them) instead of the seeded ones.
+    #[arg(long)]
+    weights: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -83,6 +113,11 @@ struct Common {
     /// library's defaults with ordering.shed on.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Load the model's weights from E.f32, W.f32 and b.f32 in this folder
+    /// (as `convoy weights` writes them) instead of the seeded ones; the
+    /// replayed requests' token ids are drawn from its vocabulary.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Replay at most this many rows (≥ 1).
     #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
@@ -223,6 +258,7 @@ fn main() -> ExitCode {
         Some(Command::Replay(args)) => replay_cmd(&args),
         #[cfg(feature = "server")]
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Weights(args)) => weights(&args),
         None => replay_cmd(&cli.replay),
     };
     match result {
@@ -240,7 +276,11 @@ fn load_common(c: &Common) -> Result<(Trace, Config, PoolDense), Fail> {
     } else {
         convoy::trace::load(&c.trace)?
     };
-    Ok((trace, load_config(c.config.as_deref())?, builtin_model()?))
+    Ok((
+        trace,
+        load_config(c.config.as_deref())?,
+        model(c.weights.as_deref())?,
+    ))
 }
 
 /// The config file given, as it is; or the library's defaults with
@@ -322,9 +362,31 @@ fn gpu_fleet(
 #[cfg(feature = "cuda")]
 const GPU_MAX_TOKENS: usize = 16_384;
 
-/// The built-in pool-dense model with its default size and seed.
-fn builtin_model() -> Result<PoolDense, Fail> {
-    Ok(PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?)
+/// The seed of the built-in model's weights.
+const MODEL_SEED: u64 = 2023;
+
+/// The pool-dense model: the weights in `dir` (`--weights`), or the
+/// built-in ones (default size and seed).
+fn model(dir: Option<&Path>) -> Result<PoolDense, Fail> {
+    Ok(match dir {
+        Some(dir) => PoolDense::from_dir(dir).map_err(|e| Fail(format!("--weights: {e}")))?,
+        None => PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, MODEL_SEED)?,
+    })
+}
+
+/// `convoy weights`: the seeded model's files, for another implementation
+/// to load.
+fn weights(args: &WeightsArgs) -> Result<(), Fail> {
+    let model = PoolDense::seeded(args.vocab, args.dim, args.seed)?;
+    model.to_dir(&args.out)?;
+    say!(
+        "convoy weights: pool-dense V={} D={} seed {} written to {} (E.f32, W.f32, b.f32: raw little-endian row-major f32)\n",
+        model.vocab(),
+        model.dim(),
+        args.seed,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn parse_policy(s: &str) -> Result<OrderingPolicy, Fail> {
@@ -403,7 +465,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         None
     };
     say!(
-        "convoy replay: {} ({} requests over {} of trace time) at {}× ({}) on {workers} {} workers, pool-dense V={DEFAULT_VOCAB} D={DEFAULT_DIM}\n",
+        "convoy replay: {} ({} requests over {} of trace time) at {}× ({}) on {workers} {} workers, pool-dense V={} D={}{}\n",
         trace.source,
         if rows.len() < trace.requests.len() {
             format!("{} of {}", rows.len(), trace.requests.len())
@@ -414,6 +476,12 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         args.speedup,
         about(expected),
         if gpu.is_some() { "GPU" } else { "CPU" },
+        model.vocab(),
+        model.dim(),
+        args.common
+            .weights
+            .as_ref()
+            .map_or(String::new(), |d| format!(" (weights from {})", d.display())),
     );
     let options = ReplayOptions {
         config,
@@ -422,6 +490,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
         limit: args.common.limit,
         duration,
         window,
+        vocab: model.vocab(),
         ..ReplayOptions::default()
     };
     let bar = progress_bar(rows.len() as u64);
@@ -456,7 +525,7 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
 #[cfg(feature = "server")]
 fn serve(args: &ServeArgs) -> Result<(), Fail> {
     let config = load_config(args.config.as_deref())?;
-    let state = convoy::server::model_runtime(config, builtin_model()?)?;
+    let state = convoy::server::model_runtime(config, model(args.weights.as_deref())?)?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -499,7 +568,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
         )));
     }
     let rate = rows.len() as f64 / period.as_secs_f64();
-    let capacity = replay::calibrate(&trace, model.clone(), &config, calibrate, DEFAULT_VOCAB)?;
+    let capacity = replay::calibrate(&trace, model.clone(), &config, calibrate, model.vocab())?;
     let speedup = args.load * capacity / rate;
     if !args.keep_intake {
         config.intake.lane_capacity =
@@ -548,6 +617,7 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
             limit: args.common.limit,
             duration: Some(duration),
             cycle: true,
+            vocab: model.vocab(),
             ..ReplayOptions::default()
         };
         note!("  running {} ...", policy_name(policy));

@@ -22,6 +22,16 @@ pub enum ModelError {
         /// `D`.
         dim: usize,
     },
+    /// More weights than one table can hold: `V × D` or `D × D` above
+    /// [`MAX_WEIGHTS`] floats (or past `usize`), or a vocabulary larger
+    /// than a `u32` token id can address.
+    #[error("model too large: vocab {vocab} × dim {dim} (at most {MAX_WEIGHTS} floats per table, vocab at most 2^32)")]
+    TooLarge {
+        /// `V`.
+        vocab: usize,
+        /// `D`.
+        dim: usize,
+    },
     /// A weight file is missing, unreadable or the wrong size.
     #[error("{path}: {reason}")]
     Weights {
@@ -57,6 +67,11 @@ pub struct PoolDense {
     weights: Vec<f32>,
     bias: Vec<f32>,
 }
+
+/// The most floats one weight table (`E` or `W`) may hold: 2^32, 16 GiB.
+/// A size past it is a typed error rather than an allocation that aborts
+/// the process (or, in `V × D`, a product that wraps).
+pub const MAX_WEIGHTS: usize = 1 << 32;
 
 /// Default vocabulary size.
 pub const DEFAULT_VOCAB: usize = 32_000;
@@ -171,6 +186,10 @@ impl PoolDense {
         if vocab == 0 || dim == 0 {
             return Err(ModelError::ZeroDimension { vocab, dim });
         }
+        let fits = |n: Option<usize>| n.is_some_and(|n| n <= MAX_WEIGHTS);
+        if vocab as u64 > 1 << 32 || !fits(vocab.checked_mul(dim)) || !fits(dim.checked_mul(dim)) {
+            return Err(ModelError::TooLarge { vocab, dim });
+        }
         let mut s = seed;
         let w_scale = 1.0 / (dim as f32).sqrt();
         Ok(Self {
@@ -226,6 +245,40 @@ impl PoolDense {
             weights,
             bias,
         })
+    }
+
+    /// Writes `E.f32`, `W.f32` and `b.f32` into `dir` (made if missing), in
+    /// the format [`PoolDense::from_dir`] reads: so another implementation
+    /// of the model (another server, a NumPy reference) can load exactly
+    /// the weights convoy runs, seeded ones included, and their outputs can
+    /// be compared request by request. `convoy weights --out DIR` calls it.
+    ///
+    /// ```
+    /// use convoy::model::PoolDense;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("convoy-doc-weights-{}", std::process::id()));
+    /// let model = PoolDense::seeded(16, 4, 7)?;
+    /// model.to_dir(&dir)?;
+    /// assert_eq!(PoolDense::from_dir(&dir)?, model);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), convoy::model::ModelError>(())
+    /// ```
+    pub fn to_dir(&self, dir: &Path) -> Result<(), ModelError> {
+        let fail = |path: &Path, e: std::io::Error| ModelError::Weights {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        for (name, data) in [
+            ("E.f32", &self.embeddings),
+            ("W.f32", &self.weights),
+            ("b.f32", &self.bias),
+        ] {
+            let path = dir.join(name);
+            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).map_err(|e| fail(&path, e))?;
+        }
+        Ok(())
     }
 
     /// `V`.
@@ -373,6 +426,18 @@ mod tests {
                 vocab: 10
             }
         );
+        for (vocab, dim) in [
+            (usize::MAX, 2),
+            (2, usize::MAX),
+            (1 << 33, 1),
+            (1 << 20, 1 << 13),
+        ] {
+            assert_eq!(
+                PoolDense::seeded(vocab, dim, 1).unwrap_err(),
+                ModelError::TooLarge { vocab, dim },
+                "{vocab} × {dim}"
+            );
+        }
         let missing = PoolDense::from_dir(Path::new("/nonexistent-convoy-dir")).unwrap_err();
         assert!(matches!(missing, ModelError::Weights { .. }));
     }
@@ -381,12 +446,14 @@ mod tests {
     fn round_trips_through_weight_files() {
         let m = PoolDense::seeded(12, 4, 5).unwrap();
         let dir = std::env::temp_dir().join(format!("convoy-model-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (e, w, b) = m.weights();
-        for (name, data) in [("E.f32", e), ("W.f32", w), ("b.f32", b)] {
-            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
+        m.to_dir(&dir).unwrap();
+        // The files are raw little-endian f32, row-major, as documented.
+        let e = std::fs::read(dir.join("E.f32")).unwrap();
+        assert_eq!(e.len(), 12 * 4 * 4);
+        assert_eq!(
+            f32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            m.weights().0[1]
+        );
         let loaded = PoolDense::from_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(loaded, m);

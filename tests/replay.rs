@@ -427,6 +427,66 @@ fn the_binary_exits_2_on_bad_input_with_file_and_line() {
         err.contains("--json"),
         "a directory is no output file: {err}"
     );
+    // Weights: a folder without them, a file of a size no f32 table has,
+    // and a model too large to allocate, each a message, not a panic or
+    // an abort.
+    for command in ["replay", "compare", "serve"] {
+        let (code, err) = convoy(&[command, "--weights", "/nonexistent/weights"]);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(err.contains("--weights: /nonexistent/weights/"), "{err}");
+    }
+    let weights = dir.join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    std::fs::write(weights.join("b.f32"), [0u8; 6]).unwrap();
+    let (code, err) = convoy(&["replay", "--weights", weights.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("b.f32: 6 bytes"), "{err}");
+    let out = weights.to_str().unwrap();
+    for (vocab, dim) in [("0", "8"), ("99999999999", "99999"), ("8", "99999999999")] {
+        let (code, err) = convoy(&["weights", "--out", out, "--vocab", vocab, "--dim", dim]);
+        assert_eq!(code, 2, "{vocab} × {dim}: {err}");
+        assert!(err.contains("model"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_binary_replays_with_the_weights_convoy_weights_wrote() {
+    let dir = scratch_dir("convoy-cli-weights");
+    let out = dir.to_str().unwrap();
+    let (code, err) = convoy(&["weights", "--out", out, "--vocab", "50", "--dim", "4"]);
+    assert_eq!(code, 0, "{err}");
+    let loaded = PoolDense::from_dir(&dir).unwrap();
+    assert_eq!(loaded, PoolDense::seeded(50, 4, 2023).unwrap());
+    // Token ids are drawn from the loaded vocabulary: from the built-in
+    // 32,000 they would be refused at submit by a model of 50.
+    let json = dir.join("r.json");
+    let run = convoy_in(
+        env!("CARGO_MANIFEST_DIR").as_ref(),
+        &[
+            "replay",
+            "--weights",
+            out,
+            "--limit",
+            "300",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("pool-dense V=50 D=4 (weights from"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["accepted"], 300, "none refused as invalid: {report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
