@@ -19,7 +19,13 @@
 //! in interleaved rounds (7, or `PEERS_ROUNDS`), records each request's
 //! latency (submit to the future's completion) and prints p50/p99, the
 //! mean batch size and the throughput ratios (pooled, and the median and
-//! range of the per-round paired ratios), for BENCHMARKS.md.
+//! range of the per-round paired ratios), for BENCHMARKS.md. The same
+//! rounds time the model alone on as many threads as each convoy row has
+//! workers (no batcher, no clients): what the cores give the model in
+//! parallel, the ceiling of convoy's N-worker ratio on this machine. Each
+//! row also says what share of its model threads' wall time went to the
+//! model ("in model", timed around each batch's call in both batchers):
+//! the rest they waited for work, delivered, or were off the core.
 //! `--bench nothing-matches` skips criterion and runs only that pass.
 //!
 //! batched-fn runs every batch on its one handler thread. convoy is shown
@@ -27,7 +33,7 @@
 //! worker per core) where the machine has more than two cores.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use batched_fn::batched_fn;
@@ -72,13 +78,18 @@ fn requests() -> Vec<Vec<u32>> {
 /// so the report can show both batchers' mean batch size.
 static PEER_BATCHES: AtomicU64 = AtomicU64::new(0);
 static PEER_REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds batched-fn's handler spent in the model.
+static PEER_BUSY_NS: AtomicU64 = AtomicU64::new(0);
 
 async fn batched_fn_call(tokens: Vec<u32>) -> Vec<f32> {
     let f = batched_fn! {
         handler = |batch: Vec<Vec<u32>>, model: &PoolDense| -> Vec<Vec<f32>> {
             PEER_BATCHES.fetch_add(1, Ordering::Relaxed);
             PEER_REQUESTS.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            model.forward_batch(&batch).expect("token ids are in range")
+            let started = Instant::now();
+            let out = model.forward_batch(&batch).expect("token ids are in range");
+            PEER_BUSY_NS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            out
         };
         config = {
             max_batch_size: MAX_BATCH,
@@ -91,7 +102,37 @@ async fn batched_fn_call(tokens: Vec<u32>) -> Vec<f32> {
     f(tokens).await.expect("the handler thread lives")
 }
 
+/// The model as convoy's executor, timing its batches: the same work as
+/// batched-fn's handler, with the same clock around it.
+struct Timed {
+    model: PoolDense,
+    busy_ns: std::sync::Arc<AtomicU64>,
+}
+
+impl convoy::Executor<Vec<u32>, Vec<f32>> for Timed {
+    fn execute(&self, worker: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        let started = Instant::now();
+        let out = convoy::Executor::execute(&self.model, worker, inputs);
+        self.busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
+    fn check(&self, input: &Vec<u32>) -> Result<(), String> {
+        convoy::Executor::check(&self.model, input)
+    }
+}
+
 fn convoy_runtime(workers: usize) -> Runtime<Vec<u32>, Vec<f32>> {
+    convoy_runtime_timed(workers, Default::default())
+}
+
+/// `convoy_runtime`, adding the time its workers spend in the model to
+/// `busy_ns`.
+fn convoy_runtime_timed(
+    workers: usize,
+    busy_ns: std::sync::Arc<AtomicU64>,
+) -> Runtime<Vec<u32>, Vec<f32>> {
     Runtime::builder()
         .config(Config {
             cpu_workers: workers,
@@ -107,7 +148,10 @@ fn convoy_runtime(workers: usize) -> Runtime<Vec<u32>, Vec<f32>> {
             shed: false,
             ..Config::default()
         })
-        .executor(model())
+        .executor(Timed {
+            model: model(),
+            busy_ns,
+        })
         .build()
         .expect("valid config")
 }
@@ -204,54 +248,133 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// One batcher's loads in the standalone pass, pooled over its rounds.
+/// One load in the standalone pass.
+struct Load {
+    elapsed: Duration,
+    /// Each request's, submit to completion (none for the bare model).
+    latencies: Vec<Duration>,
+    batches: u64,
+    requests: u64,
+    /// Time spent in the model, summed over the threads running it.
+    busy: Duration,
+}
+
+/// One contender's loads, pooled over its rounds.
 #[derive(Default)]
 struct Pooled {
     elapsed: Duration,
     latencies: Vec<Duration>,
     batches: u64,
     requests: u64,
-    /// Per round: batched-fn's load time over this batcher's, the
+    busy: Duration,
+    /// Per round: batched-fn's load time over this contender's, the
     /// throughput ratio of that round.
     ratios: Vec<f64>,
 }
 
+impl Pooled {
+    fn add(&mut self, load: Load) {
+        self.elapsed += load.elapsed;
+        self.latencies.extend(load.latencies);
+        self.batches += load.batches;
+        self.requests += load.requests;
+        self.busy += load.busy;
+    }
+}
+
 /// One load through batched-fn, with the batches its handler formed.
-fn batched_fn_load(requests: &[Vec<u32>], window: usize) -> (Duration, Vec<Duration>, u64, u64) {
-    let before = (
-        PEER_BATCHES.load(Ordering::Relaxed),
-        PEER_REQUESTS.load(Ordering::Relaxed),
-    );
-    let (t, l) = load(requests, window, batched_fn_call);
-    let batches = PEER_BATCHES.load(Ordering::Relaxed) - before.0;
-    let served = PEER_REQUESTS.load(Ordering::Relaxed) - before.1;
-    (t, l, batches, served)
+fn batched_fn_load(requests: &[Vec<u32>], window: usize) -> Load {
+    let counter = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let before = [&PEER_BATCHES, &PEER_REQUESTS, &PEER_BUSY_NS].map(counter);
+    let (elapsed, latencies) = load(requests, window, batched_fn_call);
+    let after = [&PEER_BATCHES, &PEER_REQUESTS, &PEER_BUSY_NS].map(counter);
+    Load {
+        elapsed,
+        latencies,
+        batches: after[0] - before[0],
+        requests: after[1] - before[1],
+        busy: Duration::from_nanos(after[2] - before[2]),
+    }
 }
 
 /// One load through a fresh convoy runtime of `workers` workers. The
 /// runtime is built and warmed before the timing, as batched-fn's context
 /// is, and shut down after it, so an idle runtime never shares the cores
-/// with the batcher being timed.
-fn convoy_load(
-    requests: &[Vec<u32>],
-    window: usize,
-    workers: usize,
-) -> (Duration, Vec<Duration>, u64, u64) {
-    let rt = convoy_runtime(workers);
+/// with the contender being timed.
+fn convoy_load(requests: &[Vec<u32>], window: usize, workers: usize) -> Load {
+    let busy_ns = std::sync::Arc::new(AtomicU64::new(0));
+    let rt = convoy_runtime_timed(workers, busy_ns.clone());
     let h = rt.handle();
     // The same one call first as batched-fn's: its threads have run and
     // its first batch's allocations are made before the timing.
     futures::executor::block_on(convoy_call(&h)(requests[0].clone()));
-    let before = rt.stats();
-    let (t, l) = load(requests, window, convoy_call(&h));
-    let stats = rt.stats();
+    let before = (rt.stats(), busy_ns.load(Ordering::Relaxed));
+    let (elapsed, latencies) = load(requests, window, convoy_call(&h));
+    let after = (rt.stats(), busy_ns.load(Ordering::Relaxed));
     rt.shutdown();
-    (
-        t,
-        l,
-        stats.batches - before.batches,
-        stats.batched_requests - before.batched_requests,
-    )
+    Load {
+        elapsed,
+        latencies,
+        batches: after.0.batches - before.0.batches,
+        requests: after.0.batched_requests - before.0.batched_requests,
+        busy: Duration::from_nanos(after.1 - before.1),
+    }
+}
+
+/// The model alone: `threads` threads taking the next batch of
+/// `MAX_BATCH` in turn and running `forward_batch`, with no batcher and no
+/// clients. What this machine's cores give the model in parallel (the
+/// gather shares the memory system and the cache): the ceiling a batcher
+/// with that many workers can approach, measured in the same rounds.
+fn bare_load(model: &PoolDense, requests: &[Vec<u32>], threads: usize) -> Load {
+    let next = AtomicUsize::new(0);
+    let busy_ns = AtomicU64::new(0);
+    let batches: Vec<&[Vec<u32>]> = requests.chunks(MAX_BATCH).collect();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let started = Instant::now();
+                    std::hint::black_box(model.forward_batch(batch).expect("ids in range"));
+                    busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Load {
+        elapsed: start.elapsed(),
+        latencies: Vec::new(),
+        batches: batches.len() as u64,
+        requests: requests.len() as u64,
+        busy: Duration::from_nanos(busy_ns.into_inner()),
+    }
+}
+
+/// Who runs a load in the standalone pass.
+#[derive(Clone, Copy)]
+enum Contender {
+    BatchedFn,
+    Convoy(usize),
+    Bare(usize),
+}
+
+impl Contender {
+    fn name(self) -> String {
+        match self {
+            Contender::BatchedFn => "batched-fn (1 handler)".to_owned(),
+            Contender::Convoy(w) => format!("convoy ({w} workers)"),
+            Contender::Bare(t) => format!("bare model ({t} threads)"),
+        }
+    }
+
+    /// Threads running the model.
+    fn threads(self) -> usize {
+        match self {
+            Contender::BatchedFn => 1,
+            Contender::Convoy(n) | Contender::Bare(n) => n,
+        }
+    }
 }
 
 /// Rounds of the standalone pass (`PEERS_ROUNDS` to change).
@@ -263,64 +386,80 @@ const ROUNDS: usize = 7;
 /// speed of the machine drifts over seconds (batched-fn alone has run at
 /// 8.3k and 15.5k req/s a minute apart): one load per batcher, each after
 /// the other, compares two moments as much as two batchers. So each
-/// round runs every batcher once, back to back, starting with a different
-/// one each round; each round gives a paired ratio, and the pass reports
-/// their median and range. Throughput is all rounds' requests over all
-/// rounds' time; p50/p99 are over every request of every round.
+/// round runs every contender once, back to back, starting with a
+/// different one each round; each round gives a paired ratio, and the
+/// pass reports their median and range. Throughput is all rounds'
+/// requests over all rounds' time; p50/p99 are over every request of
+/// every round. The bare-model rows (no batcher, no clients) say what the
+/// cores give the model in parallel, so that convoy's shortfall from N×
+/// can be told apart from the machine's.
 fn latency_pass(requests: &[Vec<u32>], window: usize, cores: usize) {
     // batched-fn builds its context (the model, ~32 MB of weights) on its
     // first call, inside the handler thread; convoy's runtime is built
     // before its load starts. One call first keeps that build out of
     // batched-fn's figures when criterion has not run before this pass.
     futures::executor::block_on(batched_fn_call(requests[0].clone()));
+    let bare = model();
     let rounds = std::env::var("PEERS_ROUNDS")
         .ok()
         .and_then(|r| r.parse::<usize>().ok())
         .filter(|&r| r > 0)
         .unwrap_or(ROUNDS);
     let counts = worker_counts(cores);
-    // Index 0 is batched-fn, then convoy at each worker count.
-    let mut pooled: Vec<Pooled> = (0..=counts.len()).map(|_| Pooled::default()).collect();
+    // batched-fn first: the ratios are to it.
+    let contenders: Vec<Contender> = std::iter::once(Contender::BatchedFn)
+        .chain(counts.iter().map(|&w| Contender::Convoy(w)))
+        .chain(counts.iter().map(|&t| Contender::Bare(t)))
+        .collect();
+    let mut pooled: Vec<Pooled> = contenders.iter().map(|_| Pooled::default()).collect();
     for round in 0..rounds {
-        let mut times = vec![Duration::ZERO; pooled.len()];
-        for k in 0..pooled.len() {
-            let who = (round + k) % pooled.len();
-            let (t, l, batches, served) = match who {
-                0 => batched_fn_load(requests, window),
-                w => convoy_load(requests, window, counts[w - 1]),
+        let mut times = vec![Duration::ZERO; contenders.len()];
+        for k in 0..contenders.len() {
+            let who = (round + k) % contenders.len();
+            let load = match contenders[who] {
+                Contender::BatchedFn => batched_fn_load(requests, window),
+                Contender::Convoy(w) => convoy_load(requests, window, w),
+                Contender::Bare(t) => bare_load(&bare, requests, t),
             };
-            times[who] = t;
-            let p = &mut pooled[who];
-            p.elapsed += t;
-            p.latencies.extend(l);
-            p.batches += batches;
-            p.requests += served;
+            times[who] = load.elapsed;
+            pooled[who].add(load);
         }
         for (p, t) in pooled.iter_mut().zip(&times) {
             p.ratios.push(times[0].as_secs_f64() / t.as_secs_f64());
         }
     }
-    let names = std::iter::once("batched-fn (1 handler)".to_owned())
-        .chain(counts.iter().map(|w| format!("convoy ({w} workers)")));
     let base = (rounds * requests.len()) as f64 / pooled[0].elapsed.as_secs_f64();
     println!(
         "\npeers: {} requests, {PRODUCERS} producers × window {window} ({} in flight), max batch {MAX_BATCH}, delay {DELAY_MS} ms; {rounds} interleaved rounds",
         requests.len(),
         PRODUCERS * window,
     );
-    for (name, p) in names.zip(&mut pooled) {
+    for (who, p) in contenders.iter().zip(&mut pooled) {
         p.latencies.sort_unstable();
         p.ratios.sort_by(f64::total_cmp);
         let rps = (rounds * requests.len()) as f64 / p.elapsed.as_secs_f64();
+        let latency = if p.latencies.is_empty() {
+            "(no clients)".to_owned()
+        } else {
+            format!(
+                "p50 {:>8.2?}  p99 {:>8.2?}",
+                percentile(&p.latencies, 0.5),
+                percentile(&p.latencies, 0.99)
+            )
+        };
+        // The share of its threads' wall time spent in the model: below
+        // 100%, they waited for work or were off the core.
+        let in_model = p.busy.as_secs_f64() / (p.elapsed.as_secs_f64() * who.threads() as f64);
         println!(
-            "  {name:<24} {rps:>9.0} req/s  ({:.2}× batched-fn; per round median {:.2}×, {:.2}–{:.2}×)  p50 {:>8.2?}  p99 {:>8.2?}  mean batch {:.1}",
+            "  {:<24} {rps:>9.0} req/s  ({:.2}× batched-fn; per round median {:.2}×, {:.2}–{:.2}×)  {latency}  mean batch {:.1}  in model {:.0}%, {:.0} µs per batch",
+            who.name(),
             rps / base,
             p.ratios[p.ratios.len() / 2],
             p.ratios[0],
             p.ratios[p.ratios.len() - 1],
-            percentile(&p.latencies, 0.5),
-            percentile(&p.latencies, 0.99),
             p.requests as f64 / p.batches.max(1) as f64,
+            in_model * 100.0,
+            p.busy.as_secs_f64() * 1e6 / p.batches.max(1) as f64,
         );
     }
 }
