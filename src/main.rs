@@ -378,7 +378,9 @@ fn model(dir: Option<&Path>) -> Result<PoolDense, Fail> {
 /// to load.
 fn weights(args: &WeightsArgs) -> Result<(), Fail> {
     let model = PoolDense::seeded(args.vocab, args.dim, args.seed)?;
-    model.to_dir(&args.out)?;
+    model
+        .to_dir(&args.out)
+        .map_err(|e| Fail(format!("--out: {e}")))?;
     say!(
         "convoy weights: pool-dense V={} D={} seed {} written to {} (E.f32, W.f32, b.f32: raw little-endian row-major f32)\n",
         model.vocab(),
