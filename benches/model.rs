@@ -17,14 +17,14 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
 use criterion::{Criterion, Throughput};
 
 const BATCH: usize = 32;
 const REQUESTS: usize = 2_048;
 
 fn model() -> PoolDense {
-    PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023).expect("valid dimensions")
+    PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, DEFAULT_SEED).expect("valid dimensions")
 }
 
 /// Token lists from the first rows of the bundled trace.

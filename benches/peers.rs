@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use batched_fn::batched_fn;
-use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
 use convoy::{BatchingConfig, Config, Request, Runtime};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
@@ -49,7 +49,7 @@ const MAX_BATCH: usize = 32;
 const DELAY_MS: u64 = 2;
 
 fn model() -> PoolDense {
-    PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023).expect("valid dimensions")
+    PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, DEFAULT_SEED).expect("valid dimensions")
 }
 
 /// Token lists from the first rows of the bundled trace, capped at 2048

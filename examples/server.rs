@@ -7,7 +7,7 @@
 //! curl -s localhost:8080/v1/infer -d '{"tokens":[1,2,3],"priority":"high","deadline_ms":200}'
 //! ```
 
-use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
 use convoy::server::{model_runtime, serve_until, shutdown_signal};
 use convoy::Config;
 
@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let model = PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, 2023)?;
+    let model = PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, DEFAULT_SEED)?;
     // A server meets whatever load comes: under sustained overload, hand
     // back the least urgent levels' excess as 429s (shedding, off in the
     // library's defaults) so the urgent ones keep their objectives.

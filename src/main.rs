@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_VOCAB};
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
 use convoy::replay::{self, policy_name, ReplayOptions, Report};
 use convoy::trace::{PriorityMix, Trace};
 use convoy::{Config, OrderingPolicy, Priority};
@@ -78,7 +78,7 @@ struct WeightsArgs {
     #[arg(long, default_value_t = DEFAULT_DIM)]
     dim: usize,
     /// Seed of the weights' generator (the built-in model's is 2023).
-    #[arg(long, default_value_t = MODEL_SEED)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
 }
 
@@ -362,15 +362,12 @@ fn gpu_fleet(
 #[cfg(feature = "cuda")]
 const GPU_MAX_TOKENS: usize = 16_384;
 
-/// The seed of the built-in model's weights.
-const MODEL_SEED: u64 = 2023;
-
 /// The pool-dense model: the weights in `dir` (`--weights`), or the
 /// built-in ones (default size and seed).
 fn model(dir: Option<&Path>) -> Result<PoolDense, Fail> {
     Ok(match dir {
         Some(dir) => PoolDense::from_dir(dir).map_err(|e| Fail(format!("--weights: {e}")))?,
-        None => PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, MODEL_SEED)?,
+        None => PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, DEFAULT_SEED)?,
     })
 }
 

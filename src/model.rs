@@ -77,6 +77,9 @@ pub const MAX_WEIGHTS: usize = 1 << 32;
 pub const DEFAULT_VOCAB: usize = 32_000;
 /// Default hidden size.
 pub const DEFAULT_DIM: usize = 256;
+/// The built-in model's seed: with [`DEFAULT_VOCAB`] and [`DEFAULT_DIM`],
+/// the weights every figure, the server and `convoy weights` use.
+pub const DEFAULT_SEED: u64 = 2023;
 
 /// splitmix64: a tiny seeded generator, so weights are reproducible
 /// everywhere (CPU, GPU upload, other servers) without a dependency. Also

@@ -283,6 +283,7 @@ fn rows_that_all_arrive_at_once_replay_once_and_say_so() {
     assert!(header.ends_with("offered 3 all at once"), "{header}");
     assert_eq!(report.to_json()["offered_rps"], 0.0);
 }
+
 #[test]
 fn a_cycled_replay_ends_on_real_time_however_large_the_speed_up() {
     // At 10^15× a cycle of the tiny trace is due within a nanosecond: due
@@ -457,7 +458,10 @@ fn the_binary_replays_with_the_weights_convoy_weights_wrote() {
     let (code, err) = convoy(&["weights", "--out", out, "--vocab", "50", "--dim", "4"]);
     assert_eq!(code, 0, "{err}");
     let loaded = PoolDense::from_dir(&dir).unwrap();
-    assert_eq!(loaded, PoolDense::seeded(50, 4, 2023).unwrap());
+    assert_eq!(
+        loaded,
+        PoolDense::seeded(50, 4, convoy::model::DEFAULT_SEED).unwrap()
+    );
     // Token ids are drawn from the loaded vocabulary: from the built-in
     // 32,000 they would be refused at submit by a model of 50.
     let json = dir.join("r.json");
