@@ -18,9 +18,9 @@ use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use convoy::order::Meta;
-use convoy::placement::{Candidate, Placer};
-use convoy::planner::{Plan, Plannable, Planner};
+use convoy::internals::order::Meta;
+use convoy::internals::placement::{Candidate, Placer};
+use convoy::internals::planner::{Plan, Plannable, Planner};
 use convoy::{BatchingConfig, Capacity, PlacementPolicy, Priority, WorkerSpec};
 use criterion::{BenchmarkId, Criterion};
 

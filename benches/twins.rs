@@ -23,7 +23,7 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use convoy::bench_exports::{Twins, WaitingKeys};
+use convoy::internals::{Twins, WaitingKeys};
 use convoy::model::splitmix64;
 use criterion::{BenchmarkId, Criterion};
 

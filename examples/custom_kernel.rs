@@ -59,7 +59,11 @@ fn spec() -> KernelSpec<Vec<f32>, (f32, f32)> {
 struct Cpu(KernelSpec<Vec<f32>, (f32, f32)>);
 
 impl Executor<Vec<f32>, (f32, f32)> for Cpu {
-    fn execute(&self, _worker: usize, batch: &[Vec<f32>]) -> Result<Vec<(f32, f32)>, String> {
+    fn execute(
+        &self,
+        _worker: usize,
+        batch: &[Vec<f32>],
+    ) -> Result<Vec<(f32, f32)>, convoy::ExecutorError> {
         Ok(batch.iter().map(|v| mean_max(v)).collect())
     }
 

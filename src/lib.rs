@@ -67,80 +67,65 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-mod clearing;
+// The vocabulary every stage speaks, and the std/loom switch.
 mod clock;
-mod config;
-mod control;
-#[cfg(feature = "cuda")]
-pub mod cuda;
-mod dedup;
-mod doorbell;
-mod executor;
-mod gate;
-pub mod intake;
-pub mod kernel;
-pub mod ledger;
-pub mod metrics;
-pub mod model;
-pub mod order;
-mod outcome;
-pub mod placement;
-pub mod planner;
-pub mod plot;
 mod priority;
-mod refresh;
-pub mod replay;
 mod request;
-pub mod ring;
-mod runtime;
-#[cfg(feature = "server")]
-pub mod server;
-mod shed;
-pub mod sla;
-mod stats;
 mod sync;
-pub mod ticket;
-pub mod trace;
-mod twins;
+
+// The pipeline, each stage importing only from the ones above it (checked
+// by `tests/layering.rs`).
+mod config;
+mod device;
+pub mod intake;
+mod observe;
+mod outcome;
+mod plan;
+mod runtime;
 
 pub use config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
-    PlacementReason, PreferredBatchSizes, UnknownPolicy, WorkerSpec, MAX_WORKERS,
+    PlacementReason, PreferredBatchSizes, SloTarget, UnknownPolicy, WorkerSpec, MAX_WORKERS,
 };
-pub use executor::{BatchFn, Executor, Lane};
+#[cfg(feature = "cuda")]
+pub use device::cuda;
+pub use device::executor::{BatchFn, Executor, Lane};
+pub use device::{kernel, model};
+pub use intake::shed::DEFAULT_SHED_AT;
+pub use intake::{ring, Intake, IntakeConfig};
+pub use observe::metrics;
+pub use observe::sla::{Percentiles, PrioritySla, SlaReport, Violation};
+pub use observe::stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
+pub use outcome::ticket::{self, Completer, Ticket};
+pub use outcome::{ExecutorError, Failure, Outcome};
+pub use priority::{InsertPolicy, Priority, UnknownPriority};
 pub use request::{Cost, Deadline, Request};
 pub use runtime::{
-    BatchSubmitError, BatchSubmitErrorKind, BuildError, Builder, Handle, Health, Runtime,
+    BatchSubmitError, BatchSubmitErrorKind, BuildError, Builder, Error, Handle, Health, Runtime,
     SubmitError, SubmitErrorKind, Submitter, SLA_REFRESH_WAIT,
 };
-pub use shed::DEFAULT_SHED_AT;
-pub use sla::{SlaReport, SloTarget};
-pub use stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 
 /// The internal lock-free protocols, exposed only to the loom models.
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_exports {
-    pub use crate::clearing::Clearing;
-    pub use crate::control::{Mode, Notice, RunMode, Watch};
-    pub use crate::doorbell::Doorbell;
-    pub use crate::gate::Gate;
-    pub use crate::refresh::{Answers, Refresh};
-    pub use crate::shed::Shedding;
-    pub use crate::stats::{Counters, Ended};
+    pub use crate::intake::doorbell::Doorbell;
+    pub use crate::intake::gate::Gate;
+    pub use crate::intake::shed::Shedding;
+    pub use crate::observe::refresh::{Answers, Refresh};
+    pub use crate::observe::stats::{Counters, Ended};
+    pub use crate::runtime::clearing::Clearing;
+    pub use crate::runtime::control::{Mode, Notice, RunMode, Watch};
 }
 
-/// The collector's dedup index, exposed only so `benches/twins.rs` can
-/// measure it against the plain map and a locked set; not part of the API.
+/// The collector's single-owner machinery, exposed only so that the
+/// benches (`decide`, `twins`) and the model tests (`ledger_model`) run
+/// the code the collector runs. Not part of the API: no semver promise.
 #[doc(hidden)]
-pub mod bench_exports {
-    pub use crate::twins::{Twins, WaitingKeys};
+pub mod internals {
+    pub use crate::intake::twins::{Twins, WaitingKeys};
+    pub use crate::plan::{ledger, order, placement, planner};
 }
-
-pub use intake::{Intake, IntakeConfig};
-pub use outcome::{Failure, Outcome};
-pub use priority::{InsertPolicy, Priority, UnknownPriority};
-pub use ticket::{Completer, Ticket};
 
 /// The README's example is compiled and run as a doc test, so it stays true.
 #[cfg(doctest)]

@@ -1,5 +1,6 @@
 //! What a caller submits.
 
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::priority::Priority;
@@ -102,7 +103,7 @@ impl<I> Request<I> {
     ///
     /// [`Builder::deduplicate`]: crate::Builder::deduplicate
     pub fn dedup_key(mut self, key: impl std::hash::Hash) -> Self {
-        self.dedup_key = Some(crate::dedup::hash_key(&key));
+        self.dedup_key = Some(hash_key(&key));
         self
     }
 
@@ -129,5 +130,27 @@ impl<I> Request<I> {
     /// The cost.
     pub fn cost(&self) -> Cost {
         self.cost
+    }
+}
+
+/// Hashes a caller's key with a fixed-key SipHash, so equal keys agree
+/// across threads and runs.
+fn hash_key<K: Hash + ?Sized>(key: &K) -> u64 {
+    #[allow(deprecated)] // SipHasher is deprecated only in favour of the
+    // randomly keyed DefaultHasher, which would not agree across runs.
+    let mut h = std::hash::SipHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_keys_hash_equal_and_different_keys_differ() {
+        assert_eq!(hash_key("prompt-1"), hash_key("prompt-1"));
+        assert_ne!(hash_key("prompt-1"), hash_key("prompt-2"));
+        assert_eq!(hash_key(&7u64), hash_key(&7u64));
     }
 }

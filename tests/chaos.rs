@@ -55,7 +55,7 @@ struct In {
 struct Chaos;
 
 impl Executor<In, u64> for Chaos {
-    fn execute(&self, _worker: usize, xs: &[In]) -> Result<Vec<u64>, String> {
+    fn execute(&self, _worker: usize, xs: &[In]) -> Result<Vec<u64>, convoy::ExecutorError> {
         let has = |m| xs.iter().any(|x| x.mode == m);
         if has(Mode::Panic) {
             panic!("injected panic");

@@ -19,88 +19,98 @@ use std::path::Path;
 /// `runtime.rs`, whose shared state all of them use (its control calls
 /// are allowed below by name).
 const HOT: &[&str] = &[
-    "src/ring.rs",
-    "src/intake.rs",
-    "src/ticket.rs",
-    "src/gate.rs",
-    "src/doorbell.rs",
-    "src/ledger.rs",
-    "src/order.rs",
-    "src/planner.rs",
-    "src/placement.rs",
-    "src/dedup.rs",
-    "src/stats.rs",
-    "src/refresh.rs",
-    "src/clearing.rs",
-    "src/control.rs",
-    "src/shed.rs",
-    "src/sla.rs",
+    "src/intake/ring.rs",
+    "src/intake/sharded.rs",
+    "src/intake/gate.rs",
+    "src/intake/doorbell.rs",
+    "src/intake/shed.rs",
+    "src/intake/twins.rs",
+    "src/outcome/ticket.rs",
+    "src/plan/ledger.rs",
+    "src/plan/order.rs",
+    "src/plan/planner.rs",
+    "src/plan/placement.rs",
+    "src/plan/dedup.rs",
+    "src/observe/stats.rs",
+    "src/observe/refresh.rs",
+    "src/observe/sla/mod.rs",
+    "src/observe/sla/board.rs",
+    "src/observe/sla/recorder.rs",
+    "src/observe/sla/shard.rs",
     "src/request.rs",
-    "src/executor.rs",
-    "src/runtime.rs",
+    "src/device/executor.rs",
+    "src/runtime/clearing.rs",
+    "src/runtime/control.rs",
+    "src/runtime/mod.rs",
     "src/runtime/handle.rs",
-    "src/runtime/collector.rs",
+    "src/runtime/collector/mod.rs",
+    "src/runtime/collector/arrivals.rs",
+    "src/runtime/collector/changes.rs",
+    "src/runtime/collector/ending.rs",
+    "src/runtime/collector/launch.rs",
+    "src/runtime/collector/report.rs",
+    "src/runtime/collector/sweep.rs",
     "src/runtime/worker.rs",
 ];
 
 /// (file, function): where a lock is allowed, and why that is a control path.
 const ALLOWED: &[(&str, &str, &str)] = &[
     (
-        "src/runtime/collector.rs",
+        "src/runtime/collector/changes.rs",
         "apply_fleet_changes",
         "runs only after the control `Notice` said a control operation (a worker added or removed, health, capacity, a reload) happened",
     ),
     (
-        "src/sla.rs",
+        "src/observe/sla/board.rs",
         "recorder",
         "a worker or collector thread starting: one recorder per thread",
     ),
-    ("src/sla.rs", "listed", "a report, asked by the caller"),
-    ("src/sla.rs", "merged", "a report, asked by the caller"),
+    ("src/observe/sla/board.rs", "listed", "a report, asked by the caller"),
+    ("src/observe/sla/board.rs", "merged", "a report, asked by the caller"),
     (
-        "src/sla.rs",
+        "src/observe/sla/recorder.rs",
         "drop",
         "a recorder retiring as its thread exits",
     ),
-    ("src/clearing.rs", "lock", "the helper the three below call"),
-    ("src/clearing.rs", "ask", "`clear_waiting`, a control call"),
+    ("src/runtime/clearing.rs", "lock", "the helper the three below call"),
+    ("src/runtime/clearing.rs", "ask", "`clear_waiting`, a control call"),
     (
-        "src/clearing.rs",
+        "src/runtime/clearing.rs",
         "ask_later",
         "`clear_waiting` from the collector's own thread",
     ),
     (
-        "src/clearing.rs",
+        "src/runtime/clearing.rs",
         "answer",
         "the collector, only for a clear that was asked",
     ),
-    ("src/clearing.rs", "gone", "the collector exiting"),
+    ("src/runtime/clearing.rs", "gone", "the collector exiting"),
     (
-        "src/runtime.rs",
+        "src/runtime/mod.rs",
         "refresh_sla",
         "a report, asked by the caller: which worker threads to wake",
     ),
     (
-        "src/runtime.rs",
+        "src/runtime/mod.rs",
         "reload_config",
         "`reload_config`, a control call",
     ),
     (
-        "src/runtime.rs",
+        "src/runtime/mod.rs",
         "config",
         "`Runtime::config`, a control call",
     ),
     (
-        "src/runtime.rs",
+        "src/runtime/mod.rs",
         "add_worker",
         "`add_worker`, a control call",
     ),
     (
-        "src/runtime.rs",
+        "src/runtime/mod.rs",
         "update_worker",
         "`remove_worker`, `set_health`, `set_capacity`: control calls",
     ),
-    ("src/runtime.rs", "stop", "shutdown, joining the threads"),
+    ("src/runtime/mod.rs", "stop", "shutdown, joining the threads"),
 ];
 
 /// What counts as taking a lock or blocking on a channel.
@@ -190,16 +200,16 @@ fn the_scan_finds_a_lock_where_it_does_not_belong() {
         std::fs::write(&path, "").expect("temp file");
     }
     std::fs::write(
-        dir.join("src/runtime/collector.rs"),
+        dir.join("src/runtime/collector/changes.rs"),
         "impl C {\n    fn apply_fleet_changes(&mut self) {\n        self.new_links.lock();\n    }\n    fn drain_intake(&mut self) {\n        let g = self.shared.stats.lock();\n    }\n}\n#[cfg(test)]\nmod tests {\n    fn t() { m.lock(); }\n}\n",
     )
     .expect("temp file");
     let (found, used) = findings(&dir);
-    assert_eq!(used, [("src/runtime/collector.rs", "apply_fleet_changes")]);
+    assert_eq!(used, [("src/runtime/collector/changes.rs", "apply_fleet_changes")]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0].starts_with("src/runtime/collector.rs:6:") && found[0].contains("drain_intake"),
+        found[0].starts_with("src/runtime/collector/changes.rs:6:") && found[0].contains("drain_intake"),
         "{found:?}"
     );
 }

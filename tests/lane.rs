@@ -45,7 +45,7 @@ struct FakeLane {
 }
 
 impl Executor<i64, i64> for FakeDevice {
-    fn execute(&self, _worker: usize, _inputs: &[i64]) -> Result<Vec<i64>, String> {
+    fn execute(&self, _worker: usize, _inputs: &[i64]) -> Result<Vec<i64>, convoy::ExecutorError> {
         Err("the plain path must not be used when a lane is given".into())
     }
 
@@ -72,7 +72,7 @@ impl Lane<i64, i64> for FakeLane {
         self.depth
     }
 
-    fn launch(&mut self, inputs: &[i64]) -> Result<(), String> {
+    fn launch(&mut self, inputs: &[i64]) -> Result<(), convoy::ExecutorError> {
         assert!(
             self.queue.len() < self.depth,
             "worker launched past the lane's depth"
@@ -98,11 +98,11 @@ impl Lane<i64, i64> for FakeLane {
         self.release.is_open()
     }
 
-    fn finish(&mut self) -> Result<Vec<i64>, String> {
+    fn finish(&mut self) -> Result<Vec<i64>, convoy::ExecutorError> {
         self.release.wait();
         let out = self.queue.pop_front().expect("finish matches a launch");
         self.seen.finished.fetch_add(1, Ordering::SeqCst);
-        out
+        out.map_err(Into::into)
     }
 }
 
@@ -285,11 +285,11 @@ fn a_failed_launch_or_finish_fails_only_its_batch() {
     let h = rt.handle();
     let bad_launch = h.submit(Request::new(-1)).unwrap();
     assert!(
-        matches!(bad_launch.wait(), Err(Failure::ExecutorFailed(e)) if e.contains("launch refused"))
+        matches!(bad_launch.wait(), Err(Failure::ExecutorFailed(e)) if e.message().contains("launch refused"))
     );
     let bad_finish = h.submit(Request::new(-2)).unwrap();
     assert!(
-        matches!(bad_finish.wait(), Err(Failure::ExecutorFailed(e)) if e.contains("device fault"))
+        matches!(bad_finish.wait(), Err(Failure::ExecutorFailed(e)) if e.message().contains("device fault"))
     );
     let good = h.submit(Request::new(21)).unwrap();
     assert_eq!(good.wait(), Ok(42));

@@ -2,7 +2,7 @@
 //! sequences: reserved never passes capacity through a reservation, every
 //! release is applied exactly once, and an idle fleet ends at zero.
 
-use convoy::ledger::{Ledger, NOTHING};
+use convoy::internals::ledger::{Ledger, NOTHING};
 use convoy::Capacity;
 use proptest::prelude::*;
 

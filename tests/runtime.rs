@@ -533,11 +533,13 @@ fn executor_failure_fails_the_batch_and_the_worker_lives_on() {
         .unwrap();
     let h = rt.handle();
     match h.submit(Request::new(-1)).unwrap().wait() {
-        Err(Failure::ExecutorFailed(why)) => assert!(why.contains("boom"), "{why}"),
+        Err(Failure::ExecutorFailed(why)) => assert!(why.message().contains("boom"), "{why}"),
         other => panic!("expected ExecutorFailed, got {other:?}"),
     }
     match h.submit(Request::new(-2)).unwrap().wait() {
-        Err(Failure::ExecutorFailed(why)) => assert!(why.contains("0 outputs for 1"), "{why}"),
+        Err(Failure::ExecutorFailed(why)) => {
+            assert!(why.message().contains("0 outputs for 1"), "{why}")
+        }
         other => panic!("expected ExecutorFailed, got {other:?}"),
     }
     assert_eq!(h.submit(Request::new(7)).unwrap().wait(), Ok(7));
@@ -1386,7 +1388,11 @@ fn nothing_lost_under_load_cancels_deadlines_failures_and_shutdown() {
     /// Fails a batch whose first request is flagged (~1% of batches).
     struct FailFlagged;
     impl convoy::Executor<(u64, bool), u64> for FailFlagged {
-        fn execute(&self, _worker: usize, xs: &[(u64, bool)]) -> Result<Vec<u64>, String> {
+        fn execute(
+            &self,
+            _worker: usize,
+            xs: &[(u64, bool)],
+        ) -> Result<Vec<u64>, convoy::ExecutorError> {
             if xs[0].1 {
                 return Err("injected failure".into());
             }
@@ -1630,7 +1636,7 @@ fn max_cost_follows_the_fleet_and_the_limits() {
 fn fleet_changes_apply_at_run_time() {
     struct Record(Arc<Mutex<Vec<usize>>>);
     impl convoy::Executor<u32, u32> for Record {
-        fn execute(&self, worker: usize, xs: &[u32]) -> Result<Vec<u32>, String> {
+        fn execute(&self, worker: usize, xs: &[u32]) -> Result<Vec<u32>, convoy::ExecutorError> {
             self.0.lock().unwrap().push(worker);
             Ok(xs.to_vec())
         }

@@ -12,20 +12,20 @@ use super::worker::spawn_worker;
 use super::{
     Fleet, Handle, Health, Knobs, Release, Runtime, Shared, Spawner, Threads, WorkerState,
 };
-use crate::clearing::Clearing;
 use crate::config::{Config, ConfigError};
-use crate::control::{Mode, Notice};
-use crate::doorbell::Doorbell;
-use crate::executor::{BatchFn, Executor};
-use crate::gate::Gate;
+use crate::device::executor::{BatchFn, Executor};
+use crate::intake::doorbell::Doorbell;
+use crate::intake::gate::Gate;
+use crate::intake::ring;
+use crate::intake::shed::Shedding;
+use crate::intake::twins::WaitingKeys;
 use crate::intake::Intake;
+use crate::observe::sla::SlaBoard;
+use crate::observe::stats::Counters;
 use crate::priority::Priority;
 use crate::request::Cost;
-use crate::ring;
-use crate::shed::Shedding;
-use crate::sla::SlaBoard;
-use crate::stats::Counters;
-use crate::twins::WaitingKeys;
+use crate::runtime::clearing::Clearing;
+use crate::runtime::control::{Mode, Notice};
 
 impl Runtime<(), ()> {
     /// Starts a builder.

@@ -3,11 +3,13 @@
 
 use crate::config::ConfigError;
 use crate::intake::IntakeError;
+use crate::outcome::ticket::Ticket;
+use crate::outcome::Failure;
 use crate::request::Request;
-use crate::ticket::Ticket;
 
 /// Why a runtime could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The config is invalid.
     #[error("invalid config: {0}")]
@@ -26,8 +28,10 @@ impl From<IntakeError> for BuildError {
     }
 }
 
-/// Why a submit was refused.
+/// Why a submit was refused. More kinds may come: match with a wildcard
+/// arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubmitErrorKind {
     /// The request's level is full; retry later.
     QueueFull,
@@ -40,7 +44,7 @@ pub enum SubmitErrorKind {
     /// The request has a dedup key but the runtime was built without
     /// [`Builder::deduplicate`](super::Builder::deduplicate).
     DedupNotEnabled,
-    /// The executor can never run this input ([`Executor::check`](crate::executor::Executor::check)): a
+    /// The executor can never run this input ([`Executor::check`](crate::device::executor::Executor::check)): a
     /// token outside the model's vocabulary, a request over its maximum
     /// length. [`SubmitError::reason`] says which.
     Invalid,
@@ -85,7 +89,7 @@ impl SubmitErrorKind {
     }
 
     /// Position in [`ALL`](Self::ALL).
-    pub(crate) fn index(self) -> usize {
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -139,6 +143,7 @@ pub struct BatchSubmitError<I, O> {
 
 /// Why a batch submit failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BatchSubmitErrorKind {
     /// No requests were given: nothing was submitted and nothing is
     /// handed back. A caller bug rather than back-pressure.
@@ -155,6 +160,73 @@ impl<I, O> std::fmt::Debug for BatchSubmitError<I, O> {
             .field("accepted", &self.accepted.len())
             .field("rejected", &self.rejected.len())
             .finish()
+    }
+}
+
+/// Why [`Handle::call`](crate::Handle::call) gave no output: the request
+/// was refused at submit (and is handed back inside), or it was accepted
+/// and ended in a [`Failure`]. One error type for the one-call shape.
+///
+/// ```
+/// use convoy::{Error, Failure, Request, Runtime, SubmitErrorKind};
+///
+/// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+/// rt.shutdown();
+/// let refused = futures_lite_block_on(rt.handle().call(Request::new(7)));
+/// match refused {
+///     Err(Error::Refused(e)) => {
+///         assert_eq!(e.kind, SubmitErrorKind::ShuttingDown);
+///         assert_eq!(*e.request.input(), 7); // handed back
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let mut f = std::pin::pin!(f);
+/// #     let waker = std::task::Waker::noop();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+/// #         std::thread::yield_now();
+/// #     }
+/// # }
+/// # let _ = Failure::Expired;
+/// # Ok::<(), convoy::BuildError>(())
+/// ```
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum Error<I> {
+    /// Refused at submit; the request is inside.
+    #[error(transparent)]
+    Refused(SubmitError<I>),
+    /// Accepted, then ended without an output.
+    #[error(transparent)]
+    Failed(Failure),
+}
+
+impl<I> std::fmt::Debug for Error<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
+            Error::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+impl<I> Error<I> {
+    /// The failure, for an accepted request; `None` for a refusal.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Error::Failed(f) => Some(f),
+            Error::Refused(_) => None,
+        }
+    }
+
+    /// The refusal's kind; `None` for an accepted request that failed.
+    pub fn refusal(&self) -> Option<SubmitErrorKind> {
+        match self {
+            Error::Refused(e) => Some(e.kind),
+            Error::Failed(_) => None,
+        }
     }
 }
 

@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::error::{BatchSubmitError, BatchSubmitErrorKind, SubmitError, SubmitErrorKind};
+use super::error::{BatchSubmitError, BatchSubmitErrorKind, Error, SubmitError, SubmitErrorKind};
 use super::{Job, Prepared, Shared};
 use crate::clock::after;
 use crate::config::{BatchingConfig, Capacity};
-use crate::executor::Executor;
+use crate::device::executor::Executor;
 use crate::intake::{BatchRejectReason, ExclusiveProducer, Intake};
+use crate::observe::stats::Stats;
+use crate::outcome::ticket::{self, Ticket};
 use crate::priority::{InsertPolicy, Priority};
 use crate::request::{Cost, Deadline, Request};
-use crate::stats::Stats;
-use crate::ticket::{self, Ticket};
 
 /// A [`Handle`] that owns a shard of the intake, for one thread that
 /// submits a lot (see [`Handle::submitter`]). Not `Clone`; submits take
@@ -109,6 +109,35 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// Submits one request; its ticket delivers exactly one outcome.
     pub fn submit(&self, request: Request<I>) -> Result<Ticket<O>, SubmitError<I>> {
         self.submit_with(request, InsertPolicy::Enqueue)
+    }
+
+    /// Submits `request` and awaits its output: the one-call shape of
+    /// batched-fn and Ray Serve's `@serve.batch`, with the refusal and the
+    /// outcome in one [`Error`]. The submit itself never blocks (a full
+    /// queue is `Err(Error::Refused(..))` at once, the request inside);
+    /// dropping the future before it resolves drops the ticket, which
+    /// cancels the request if it has not launched.
+    ///
+    /// ```
+    /// use convoy::{Request, Runtime};
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let waker = std::task::Waker::noop();
+    /// #     let mut cx = std::task::Context::from_waker(&waker);
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #         std::thread::yield_now();
+    /// #     }
+    /// # }
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.iter().map(|x| x + 1).collect()).build()?;
+    /// let handle = rt.handle();
+    /// // In an async fn: `handle.call(Request::new(41)).await`.
+    /// assert_eq!(block_on(handle.call(Request::new(41))).unwrap(), 42);
+    /// # Ok::<(), convoy::BuildError>(())
+    /// ```
+    pub async fn call(&self, request: Request<I>) -> Result<O, Error<I>> {
+        let ticket = self.submit(request).map_err(Error::Refused)?;
+        ticket.await.map_err(Error::Failed)
     }
 
     /// Submits one request with an insert policy (`Front` jumps its level).

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use super::{Batch, BuildError, Release, Shared};
 use crate::config::{Capacity, ConfigError, WorkerSpec};
-use crate::executor::{Executor, Lane};
-use crate::outcome::{Failure, Outcome};
+use crate::device::executor::{Executor, Lane};
+use crate::intake::ring;
+use crate::observe::sla::SlaRecorder;
+use crate::observe::stats::Ended;
+use crate::outcome::ticket::Completer;
+use crate::outcome::{ExecutorError, Failure, Outcome};
 use crate::priority::Priority;
-use crate::ring;
-use crate::sla::SlaRecorder;
-use crate::stats::Ended;
-use crate::ticket::Completer;
 
 pub(super) struct WorkerLink<I, O> {
     pub(super) jobs: ring::Producer<Batch<I, O>>,
@@ -65,9 +65,9 @@ pub(super) fn fail_batch<O>(
     shared: &Shared,
     completers: Vec<(Completer<O>, Priority, Instant)>,
     followers: Vec<(usize, Completer<O>, Priority, Instant)>,
-    why: &str,
+    why: ExecutorError,
 ) {
-    let failure = Failure::ExecutorFailed(why.to_owned());
+    let failure = Failure::ExecutorFailed(why);
     let mut outcomes: Vec<Delivery<O>> = completers
         .into_iter()
         .chain(followers.into_iter().map(|(_, c, p, at)| (c, p, at)))
@@ -165,7 +165,7 @@ struct Pending<O> {
 
 /// What running a batch gave: outputs, an executor error, or a panic's
 /// message.
-type RunResult<O> = Result<Result<Vec<O>, String>, String>;
+type RunResult<O> = Result<Result<Vec<O>, ExecutorError>, ExecutorError>;
 
 /// A worker's wait for work: a bounded spin (`idle` counts it), then a
 /// park of at most `park`, so threads sharing a core never spin for long.
@@ -178,13 +178,13 @@ fn pause(idle: &mut u32, park: Duration) {
     }
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> ExecutorError {
     let why = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".to_owned());
-    format!("executor panicked: {why}")
+    ExecutorError::new(format!("executor panicked: {why}"))
 }
 
 impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
@@ -356,9 +356,9 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                     outputs.len(),
                     completers.len()
                 );
-                fail_batch(&self.shared, completers, followers, &why);
+                fail_batch(&self.shared, completers, followers, why.into());
             }
-            Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, &e),
+            Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, e),
         }
         let now = Instant::now();
         let mut release = Release {

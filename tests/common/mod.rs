@@ -165,6 +165,7 @@ impl Seen {
             Err(Failure::Cancelled) => self.cancelled += 1,
             Err(Failure::ExecutorFailed(_)) => self.failed += 1,
             Err(Failure::ShutDown) => self.shut_down += 1,
+            Err(other) => panic!("an outcome this tally does not know: {other}"),
         }
     }
 

@@ -1,0 +1,723 @@
+//! `convoy`: replay a real inference trace through the runtime and report
+//! what the scheduler did (the default), or compare ordering policies on
+//! the same trace and load.
+//!
+//! ```text
+//! convoy [replay] [--trace PATH] [--speedup 1600] [--json FILE] [--metrics-out FILE] [--plot FILE] [--window S]
+//! convoy compare [--load 1.2] [--duration 8] [--json FILE]
+//! convoy serve [--addr 127.0.0.1:8080] [--config FILE] [--weights DIR]
+//! convoy weights --out DIR [--vocab 32000] [--dim 256] [--seed 2023]
+//! ```
+//!
+//! `replay`, `compare` and `serve` run the built-in model with its seeded
+//! weights, or with `--weights DIR` the ones in `DIR` (`E.f32`, `W.f32`,
+//! `b.f32`); `convoy weights` writes the seeded ones there, so another
+//! implementation of the model can load the same and be checked against
+//! convoy's outputs.
+//!
+//! Bad input (a missing or malformed trace, a speed-up of 0, a load ≤ 0, a
+//! bad config file) prints the error with the file and line and exits 2.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
+use convoy::{Config, OrderingPolicy, Priority};
+use convoy_cli::replay::{self, policy_name, ReplayOptions, Report};
+use convoy_cli::trace::{PriorityMix, Trace};
+
+const BUNDLED_TRACE: &str = "data/azure_llm_conv_2023.csv";
+
+/// The bundled trace, built into the binary: `cargo run` from a
+/// subfolder, or the binary run from anywhere, still has its default
+/// trace (719 KB).
+const BUNDLED_TEXT: &str = include_str!("../data/azure_llm_conv_2023.csv");
+
+#[derive(Parser)]
+#[command(
+    name = "convoy",
+    version,
+    about = "Lock-free request batching: trace replay and policy comparison"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    replay: ReplayArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a trace against the runtime and print a report (the default).
+    Replay(ReplayArgs),
+    /// Run the same trace through several ordering policies at a load set
+    /// relative to the measured capacity, and print them side by side.
+    Compare(CompareArgs),
+    /// Serve the built-in model over HTTP (POST /v1/infer, GET /metrics,
+    /// /healthz, /v1/stats) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Write the built-in model's seeded weights as E.f32, W.f32 and b.f32
+    /// (raw little-endian row-major f32), the files --weights reads.
+    Weights(WeightsArgs),
+}
+
+#[derive(Args, Clone)]
+struct WeightsArgs {
+    /// Folder to write into (made if missing; existing files are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Vocabulary size V (E is V×D).
+    #[arg(long, default_value_t = DEFAULT_VOCAB)]
+    vocab: usize,
+    /// Hidden size D (W is D×D, b is D).
+    #[arg(long, default_value_t = DEFAULT_DIM)]
+    dim: usize,
+    /// Seed of the weights' generator (the built-in model's is 2023).
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// A TOML config (see config/convoy.example.toml); default: the
+    /// library's defaults with ordering.shed on.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Load the model's weights from E.f32, W.f32 and b.f32 in this folder
+    /// (as `convoy weights` writes them) instead of the seeded ones.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Trace file: Azure `TIMESTAMP,ContextTokens,GeneratedTokens` or
+    /// generic `arrival_s,priority,tokens[,deadline_ms]` (with a header: any
+    /// order, priority and deadline optional).
+    #[arg(long, default_value = BUNDLED_TRACE)]
+    trace: PathBuf,
+    /// Seed of the priority mix (5% critical, 15% high, 40% normal, 25% low,
+    /// 15% background) for rows without a priority.
+    #[arg(long, default_value_t = 2023)]
+    seed: u64,
+    /// A TOML config (see config/convoy.example.toml); default: the
+    /// library's defaults with ordering.shed on.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Load the model's weights from E.f32, W.f32 and b.f32 in this folder
+    /// (as `convoy weights` writes them) instead of the seeded ones; the
+    /// replayed requests' token ids are drawn from its vocabulary.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Replay at most this many rows (≥ 1).
+    #[arg(long, value_parser = at_least_one)]
+    limit: Option<usize>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Trace time runs this many times faster than real time.
+    #[arg(long, default_value_t = 1600.0, allow_negative_numbers = true)]
+    speedup: f64,
+    /// Stop submitting after this many seconds of real time.
+    #[arg(long, allow_negative_numbers = true)]
+    duration: Option<f64>,
+    /// Ordering policy: aging (convoy), strict_priority or fifo.
+    #[arg(long, default_value = "aging")]
+    policy: String,
+    /// Write the final Prometheus text here.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
+    /// Draw latency percentiles over time per priority (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Seconds per window of the latency timeline (the plot and the JSON
+    /// `timeline`); default: about 50 windows over the expected run.
+    #[arg(long, allow_negative_numbers = true)]
+    window: Option<f64>,
+    /// Run the workers on the GPU (the CUDA pool-dense kernel, one worker
+    /// per configured worker); without one, falls back to CPU workers.
+    #[arg(long)]
+    gpu: bool,
+}
+
+#[derive(Args, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Offered load as a multiple of the capacity measured first.
+    #[arg(long, default_value_t = 1.2, allow_negative_numbers = true)]
+    load: f64,
+    /// Seconds of real time each policy is replayed for.
+    #[arg(long, default_value_t = 8.0, allow_negative_numbers = true)]
+    duration: f64,
+    /// Seconds of the capacity measurement.
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    calibrate: f64,
+    /// Keep the config's intake bound instead of sizing it from the
+    /// measured capacity (see `replay::wait_bounded_lane_capacity`).
+    #[arg(long)]
+    keep_intake: bool,
+}
+
+impl Common {
+    /// The seeded priority mix for rows without a priority.
+    fn mix(&self) -> PriorityMix {
+        PriorityMix {
+            seed: self.seed,
+            ..PriorityMix::default()
+        }
+    }
+}
+
+/// `--limit`'s parser: a count of rows, and a replay of none is a mistake.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("must be a whole number ≥ 1, got {s:?}")),
+    }
+}
+
+/// Fails before the run rather than after it when an output file cannot be
+/// written (a missing folder, a directory, no permission): a replay or a
+/// comparison takes seconds to minutes, and its report would be lost. A
+/// file that did not exist is not left behind.
+fn check_output(option: &str, path: Option<&Path>) -> Result<(), Fail> {
+    let Some(path) = path else { return Ok(()) };
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Fail(format!("{option} {}: {e}", path.display())))?;
+    if !existed {
+        // Best effort: the write after the run creates it again.
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// A user error: printed, exit code 2.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// `print!` that a closed pipe does not stop. `convoy | head -3` closes
+/// stdout early, and `print!` panics on that. Here the reader has what it
+/// wanted, so the rest of stdout is dropped and the run goes on to write
+/// its `--json`, `--metrics-out` and `--plot` files. Any other write error
+/// is a `Fail`.
+fn say(text: std::fmt::Arguments) -> Result<(), Fail> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Fail(format!("writing to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `eprintln!` that a closed stderr does not stop (`convoy compare 2>&1 |
+/// head` closes both): a progress or fallback line that cannot be shown
+/// is dropped, where `eprintln!` would panic.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `say` with `format!`'s arguments, returning early on a `Fail`.
+macro_rules! say {
+    ($($arg:tt)*) => { say(format_args!($($arg)*))? };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Compare(args)) => compare(&args),
+        Some(Command::Replay(args)) => replay_cmd(&args),
+        Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Weights(args)) => weights(&args),
+        None => replay_cmd(&cli.replay),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(message)) => {
+            note!("convoy: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_common(c: &Common) -> Result<(Trace, Config, PoolDense), Fail> {
+    let trace = if c.trace == Path::new(BUNDLED_TRACE) && !c.trace.exists() {
+        convoy_cli::trace::parse(BUNDLED_TRACE, BUNDLED_TEXT)?
+    } else {
+        convoy_cli::trace::load(&c.trace)?
+    };
+    Ok((
+        trace,
+        load_config(c.config.as_deref())?,
+        model(c.weights.as_deref())?,
+    ))
+}
+
+/// The config file given, as it is; or the library's defaults with
+/// shedding on. The library leaves `ordering.shed` off so that `submit`
+/// refuses only for a full queue unless asked to; these commands stand for
+/// a server under whatever load comes, where handing back the excess of
+/// the least urgent levels keeps the urgent ones within their objectives
+/// (README, "Shedding under overload"). A config file says for itself.
+fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
+    Ok(match path {
+        Some(path) => Config::from_toml_file(path)?,
+        None => builtin_config(),
+    })
+}
+
+/// What the commands run with when no `--config` is given.
+fn builtin_config() -> Config {
+    Config {
+        shed: true,
+        ..Config::default()
+    }
+}
+
+/// The executor `--gpu` runs the built-in model on.
+#[cfg(feature = "cuda")]
+type GpuExecutor = convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>;
+
+/// The GPU executor for `--gpu`, with `config`'s fleet replaced by as many
+/// GPU workers; `None` (after one line saying why) when there is no GPU,
+/// and the replay runs on CPU workers. `Err` only when stdout fails.
+#[cfg(feature = "cuda")]
+fn gpu_fleet(
+    model: &PoolDense,
+    config: &mut Config,
+    workers: usize,
+) -> Result<Option<GpuExecutor>, Fail> {
+    use convoy::cuda::{CudaConfig, CudaExecutor};
+    use convoy::kernel::KernelSpec;
+    let made = CudaExecutor::new(
+        KernelSpec::pool_dense(model, GPU_MAX_TOKENS),
+        CudaConfig::default(),
+    )
+    .and_then(|exec| {
+        let specs = (0..workers.max(1))
+            .map(|i| exec.worker_spec(&format!("gpu{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((exec, specs))
+    });
+    match made {
+        Ok((exec, specs)) => {
+            say!(
+                "convoy: --gpu: {} GPU workers on {}\n",
+                specs.len(),
+                exec.device_name()
+            );
+            config.workers = specs;
+            Ok(Some(exec))
+        }
+        Err(e) => {
+            note!("convoy: --gpu: no GPU ({e}); running on {workers} CPU workers");
+            Ok(None)
+        }
+    }
+}
+
+/// Without the `cuda` feature `--gpu` always falls back.
+#[cfg(not(feature = "cuda"))]
+fn gpu_fleet(
+    _: &PoolDense,
+    _: &mut Config,
+    workers: usize,
+) -> Result<Option<std::convert::Infallible>, Fail> {
+    note!("convoy: --gpu: built without the cuda feature; running on {workers} CPU workers");
+    Ok(None)
+}
+
+/// The longest request a GPU worker takes: above the bundled trace's
+/// longest context (14,050 tokens).
+#[cfg(feature = "cuda")]
+const GPU_MAX_TOKENS: usize = 16_384;
+
+/// The pool-dense model: the weights in `dir` (`--weights`), or the
+/// built-in ones (default size and seed).
+fn model(dir: Option<&Path>) -> Result<PoolDense, Fail> {
+    Ok(match dir {
+        Some(dir) => PoolDense::from_dir(dir).map_err(|e| Fail(format!("--weights: {e}")))?,
+        None => PoolDense::seeded(DEFAULT_VOCAB, DEFAULT_DIM, DEFAULT_SEED)?,
+    })
+}
+
+/// `convoy weights`: the seeded model's files, for another implementation
+/// to load.
+fn weights(args: &WeightsArgs) -> Result<(), Fail> {
+    let model = PoolDense::seeded(args.vocab, args.dim, args.seed)?;
+    model
+        .to_dir(&args.out)
+        .map_err(|e| Fail(format!("--out: {e}")))?;
+    say!(
+        "convoy weights: pool-dense V={} D={} seed {} written to {} (E.f32, W.f32, b.f32: raw little-endian row-major f32)\n",
+        model.vocab(),
+        model.dim(),
+        args.seed,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn parse_policy(s: &str) -> Result<OrderingPolicy, Fail> {
+    s.parse().map_err(|e| Fail(format!("--policy: {e}")))
+}
+
+fn seconds(option: &str, s: f64) -> Result<Duration, Fail> {
+    if s.is_finite() && s > 0.0 && s < 1e6 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(Fail(format!(
+            "{option}: must be a number of seconds > 0 and < 1000000, got {s}"
+        )))
+    }
+}
+
+/// "about 2.2 s of submits", or in hours or days when the trace's gaps make
+/// the run that long, so `--speedup` or `--duration` can be chosen first.
+fn about(expected: Duration) -> String {
+    format!("about {} of submits", span_text(expected))
+}
+
+/// A span of time in the unit that reads best: `0.002 s`, `12.5 s`,
+/// `3.2 min`, `5.6 h`, `7.0 days`.
+fn span_text(span: Duration) -> String {
+    let s = span.as_secs_f64();
+    if s < 1.0 {
+        return format!("{s:.3} s");
+    }
+    let (value, unit) = if s < 120.0 {
+        (s, "s")
+    } else if s < 2.0 * 3600.0 {
+        (s / 60.0, "min")
+    } else if s < 2.0 * 86400.0 {
+        (s / 3600.0, "h")
+    } else {
+        (s / 86400.0, "days")
+    };
+    format!("{value:.1} {unit}")
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} replay [{bar:40}] {pos}/{len} requests {elapsed}")
+            .expect("static, valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Fail> {
+    std::fs::write(path, text).map_err(|e| Fail(format!("{}: {e}", path.display())))
+}
+
+fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
+    replay::check_speedup(args.speedup)?;
+    let policy = parse_policy(&args.policy)?;
+    let duration = args
+        .duration
+        .map(|d| seconds("--duration", d))
+        .transpose()?;
+    let window = args.window.map(|w| seconds("--window", w)).transpose()?;
+    check_output("--json", args.common.json.as_deref())?;
+    check_output("--metrics-out", args.metrics_out.as_deref())?;
+    check_output("--plot", args.plot.as_deref())?;
+    let (trace, mut config, model) = load_common(&args.common)?;
+    config.ordering = policy;
+    let workers = config.fleet().len();
+    let rows = trace.first(args.common.limit);
+    let expected = replay::expected_run(rows, args.speedup, duration);
+    let window = window.unwrap_or_else(|| replay::timeline_window(expected));
+    let gpu = if args.gpu {
+        gpu_fleet(&model, &mut config, workers)?
+    } else {
+        None
+    };
+    say!(
+        "convoy replay: {} ({} requests over {} of trace time) at {}× ({}) on {workers} {} workers, pool-dense V={} D={}{}\n",
+        trace.source,
+        if rows.len() < trace.requests.len() {
+            format!("{} of {}", rows.len(), trace.requests.len())
+        } else {
+            rows.len().to_string()
+        },
+        span_text(rows.last().map_or(Duration::ZERO, |r| r.arrival)),
+        args.speedup,
+        about(expected),
+        if gpu.is_some() { "GPU" } else { "CPU" },
+        model.vocab(),
+        model.dim(),
+        args.common
+            .weights
+            .as_ref()
+            .map_or(String::new(), |d| format!(" (weights from {})", d.display())),
+    );
+    let options = ReplayOptions {
+        config,
+        speedup: args.speedup,
+        mix: args.common.mix(),
+        limit: args.common.limit,
+        duration,
+        window,
+        vocab: model.vocab(),
+        ..ReplayOptions::default()
+    };
+    let bar = progress_bar(rows.len() as u64);
+    let progress = |n| bar.set_position(n);
+    let report = match gpu {
+        #[cfg(feature = "cuda")]
+        Some(exec) => replay::replay(&trace, exec, &options, &progress)?,
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => match never {},
+        None => replay::replay(&trace, model, &options, &progress)?,
+    };
+    bar.finish_and_clear();
+    say!("{}", report.render());
+    if let Some(path) = &args.common.json {
+        write(path, &serde_json::to_string_pretty(&report.to_json())?)?;
+    }
+    if let Some(path) = &args.metrics_out {
+        write(path, &report.metrics)?;
+    }
+    if let Some(path) = &args.plot {
+        convoy_cli::plot::latency_svg(&report, path).map_err(Fail)?;
+    }
+    if report.lost != 0 || report.client_unresolved != 0 {
+        return Err(Fail(format!(
+            "lost {} requests ({} tickets unresolved)",
+            report.lost, report.client_unresolved
+        )));
+    }
+    Ok(())
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Fail> {
+    let config = load_config(args.config.as_deref())?;
+    let state = convoy_server::model_server(config, model(args.weights.as_deref())?)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let stats = tokio.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .map_err(|e| Fail(format!("--addr {}: {e}", args.addr)))?;
+        say!(
+            "convoy serve: listening on http://{}\n",
+            listener.local_addr()?
+        );
+        convoy_server::serve_until(listener, state, convoy_server::shutdown_signal())
+            .await
+            .map_err(Fail::from)
+    })?;
+    say!("convoy serve: stopped. {}\n", stats.total());
+    Ok(())
+}
+
+fn compare(args: &CompareArgs) -> Result<(), Fail> {
+    if !(args.load.is_finite() && args.load > 0.0) {
+        return Err(Fail(format!(
+            "--load: must be a finite number > 0, got {}",
+            args.load
+        )));
+    }
+    let duration = seconds("--duration", args.duration)?;
+    let calibrate = seconds("--calibrate", args.calibrate)?;
+    check_output("--json", args.common.json.as_deref())?;
+    let (trace, mut config, model) = load_common(&args.common)?;
+    // The rows replayed (cycled), and their rate in trace time: `--limit`
+    // replays the first rows only, whose rate may differ from the whole's.
+    let rows = trace.first(args.common.limit);
+    let period = replay::cycle_period(rows);
+    if period.is_zero() {
+        return Err(Fail(format!(
+            "{}: the {} replayed requests all arrive at once; compare needs arrival times",
+            trace.source,
+            rows.len()
+        )));
+    }
+    let rate = rows.len() as f64 / period.as_secs_f64();
+    let capacity = replay::calibrate(&trace, model.clone(), &config, calibrate, model.vocab())?;
+    let speedup = args.load * capacity / rate;
+    if !args.keep_intake {
+        config.intake.lane_capacity =
+            replay::wait_bounded_lane_capacity(capacity, config.max_wait, config.intake.shards);
+    }
+    say!(
+        "intake bound: {} per priority ({} shards × {}){}\n",
+        config.intake.shards * config.intake.lane_capacity,
+        config.intake.shards,
+        config.intake.lane_capacity,
+        if args.keep_intake {
+            ", from the config"
+        } else {
+            ", sized from the measured capacity and max_wait"
+        }
+    );
+    say!(
+        "convoy compare: {} | capacity {capacity:.0} req/s measured over {:.1} s | load {:.2} → {:.0} req/s offered (speed-up {speedup:.1}×) for {:.1} s per policy\n",
+        trace.source,
+        calibrate.as_secs_f64(),
+        args.load,
+        args.load * capacity,
+        duration.as_secs_f64()
+    );
+    let policies = [
+        OrderingPolicy::Fifo,
+        OrderingPolicy::StrictPriority,
+        OrderingPolicy::Aging,
+    ];
+    say!(
+        "fifo and strict_priority run as plain queues (no shedding); aging runs with ordering.shed {}\n",
+        if config.shed { "on" } else { "off" }
+    );
+    let mut reports = Vec::new();
+    for policy in policies {
+        let options = ReplayOptions {
+            config: Config {
+                ordering: policy,
+                // The baselines stand for schedulers without it (see
+                // `shed.rs`); convoy's own rule keeps the config's.
+                shed: config.shed && policy == OrderingPolicy::Aging,
+                ..config.clone()
+            },
+            speedup,
+            mix: args.common.mix(),
+            limit: args.common.limit,
+            duration: Some(duration),
+            cycle: true,
+            vocab: model.vocab(),
+            ..ReplayOptions::default()
+        };
+        note!("  running {} ...", policy_name(policy));
+        reports.push(replay::replay(&trace, model.clone(), &options, &|_| {})?);
+    }
+    say!("{}", render_comparison(&reports));
+    if let Some(path) = &args.common.json {
+        let json = serde_json::json!({
+            "capacity_rps": capacity,
+            "load": args.load,
+            "speedup": speedup,
+            // Over every policy's run, so one field answers "nothing lost".
+            "lost": reports.iter().map(|r| r.lost).sum::<u64>(),
+            "policies": reports.iter().map(replay::Report::to_json).collect::<Vec<_>>(),
+        });
+        write(path, &serde_json::to_string_pretty(&json)?)?;
+    }
+    if let Some(r) = reports
+        .iter()
+        .find(|r| r.lost != 0 || r.client_unresolved != 0)
+    {
+        return Err(Fail(format!("{}: lost {} requests", r.policy, r.lost)));
+    }
+    Ok(())
+}
+
+/// One table, a column group per policy.
+fn render_comparison(reports: &[Report]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = write!(s, "{:<11}", "");
+    for r in reports {
+        let _ = write!(s, " | {:^36}", r.policy);
+    }
+    let _ = writeln!(s);
+    let _ = write!(s, "{:<11}", "priority");
+    for _ in reports {
+        let _ = write!(
+            s,
+            " | {:>8} {:>8} {:>9} {:>8}",
+            "p99 ms", "SLO ms", "wait max", "SLO ok"
+        );
+    }
+    let _ = writeln!(s);
+    for p in Priority::ALL {
+        let _ = write!(s, "{:<11}", p.as_str());
+        for r in reports {
+            let l = r.of(p);
+            let _ = write!(
+                s,
+                " | {:>7}{} {:>8.0} {:>9} {:>8}",
+                l.figure(l.p99_ms, 1),
+                if l.p99_met { ' ' } else { '!' },
+                l.slo_p99_ms,
+                l.figure(l.queue_wait_max_ms, 1),
+                l.compliance_text()
+            );
+        }
+        let _ = writeln!(s);
+    }
+    for (name, f) in [
+        (
+            "done",
+            (|r: &Report| format!("{}", r.completed)) as fn(&Report) -> String,
+        ),
+        ("refused", |r| format!("{}", r.refused)),
+        ("expired", |r| {
+            format!("{}", r.priorities.iter().map(|p| p.expired).sum::<u64>())
+        }),
+        ("req/s", |r| format!("{:.0}", r.throughput_rps)),
+        ("mean batch", |r| format!("{:.1}", r.mean_batch)),
+        ("lost", |r| format!("{}", r.lost)),
+    ] {
+        let _ = write!(s, "{name:<11}");
+        for r in reports {
+            let _ = write!(s, " | {:>36}", f(r));
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "! p99 over its objective (SLO ms; expired and failed requests count as slower); SLO ok: share within the level's timeout"
+    );
+    let _ = writeln!(
+        s,
+        "goal: critical and high within their p99 objective and ≥ 99.9% within timeout; every accepted low and background request served within max_wait + one batch interval; nothing lost"
+    );
+    for r in reports {
+        let goal = r.goal();
+        let verdict = if goal.met {
+            "met".to_owned()
+        } else {
+            format!("missed: {}", goal.missed.join("; "))
+        };
+        let excused = goal
+            .excused
+            .iter()
+            .map(|e| format!("; {e}"))
+            .collect::<String>();
+        let _ = writeln!(
+            s,
+            "  {:<16} {verdict} (starvation bound {:.0} ms{excused})",
+            r.policy,
+            r.starvation_bound_ms()
+        );
+    }
+    s
+}

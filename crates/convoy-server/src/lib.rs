@@ -1,0 +1,274 @@
+//! An HTTP front end for [`convoy`]: an axum [`Router`] any application
+//! can mount (or nest) over its own runtime and [`Codec`].
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/infer` | a JSON object: the codec's fields, and optionally `priority` (name or level 0–4), `deadline_ms`, `tenant`, `dedup_key`; answers `{"output": …}` |
+//! | `GET /metrics` | the runtime's Prometheus text |
+//! | `GET /healthz` | `ok` (503 once shutting down) |
+//! | `GET /v1/stats` | outcome counts per priority, queue capacity per level and utilization, JSON |
+//!
+//! Handlers submit without blocking (the intake is lock-free) and await the
+//! ticket as a future: no thread blocks per request. A client that
+//! disconnects drops the handler's future and with it the ticket, which
+//! cancels the request if it has not launched.
+//!
+//! Statuses: 400 malformed JSON or invalid UTF-8; 413 a body over the
+//! limit, or what the codec finds too large; 422 a well-formed request that
+//! cannot be served (an unknown priority, a bad deadline, what the codec
+//! refuses); then [`refusal`] for what submit refuses and [`failure`] for
+//! how an accepted request can fail. Every error body is `{"error": "…"}`.
+//!
+//! # Embedding your own model
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use convoy::{Request, Runtime};
+//! use convoy_server::{ApiError, Codec, Server};
+//! use serde_json::{Map, Value};
+//!
+//! struct Doubler;
+//! impl Codec for Doubler {
+//!     type Input = f32;
+//!     type Output = f32;
+//!     fn decode(&self, mut f: Map<String, Value>) -> Result<Request<f32>, ApiError> {
+//!         let x = f.remove("x").and_then(|v| v.as_f64())
+//!             .ok_or_else(|| ApiError::unprocessable("give \"x\" as a number"))?;
+//!         Ok(Request::new(x as f32))
+//!     }
+//!     fn encode(&self, y: f32) -> Value { Value::from(y) }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = Runtime::builder()
+//!     .batch_fn(|xs: &[f32]| xs.iter().map(|x| x * 2.0).collect())
+//!     .build()?;
+//! let server = Arc::new(Server::new(Arc::new(rt), Doubler));
+//! let app = axum::Router::new().nest("/doubler", server.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use convoy::{Priority, PriorityStats, Runtime, Stats};
+use serde_json::Value;
+
+mod codec;
+mod error;
+pub mod model;
+
+pub use codec::{Codec, MAX_DEADLINE_MS};
+pub use error::{failure, refusal, ApiError};
+pub use model::{model_server, Input, Limits, ModelCodec, ModelExecutor};
+
+/// The body limit when none is set: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A runtime and the codec its requests go through: what every handler
+/// shares. Build one, then mount [`Server::router`].
+pub struct Server<C: Codec> {
+    /// The runtime requests go to (and metrics and stats come from).
+    pub runtime: Arc<Runtime<C::Input, C::Output>>,
+    /// Reads bodies into inputs and outputs into JSON.
+    pub codec: C,
+    max_body_bytes: usize,
+}
+
+impl<C: Codec> Server<C> {
+    /// A server over `runtime` with `codec`, and a 1 MiB body limit.
+    pub fn new(runtime: Arc<Runtime<C::Input, C::Output>>, codec: C) -> Self {
+        Self {
+            runtime,
+            codec,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Sets the largest body accepted (413 above it).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The router: serve it with `axum::serve`, or nest it in your own.
+    pub fn router(self: &Arc<Self>) -> Router {
+        router(self.clone())
+    }
+}
+
+/// The router for `server`; see the crate docs for its routes.
+pub fn router<C: Codec>(server: Arc<Server<C>>) -> Router {
+    let limit = server.max_body_bytes;
+    Router::new()
+        .route("/v1/infer", post(infer::<C>))
+        .route("/metrics", get(metrics::<C>))
+        .route("/healthz", get(healthz::<C>))
+        .route("/v1/stats", get(stats::<C>))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(server)
+}
+
+async fn infer<C: Codec>(
+    State(server): State<Arc<Server<C>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match answer(&server, body).await {
+        Ok(output) => Json(serde_json::json!({ "output": output })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn answer<C: Codec>(
+    server: &Server<C>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    let limit = server.max_body_bytes;
+    let too_large = || ApiError::too_large(format!("the body is over {limit} bytes"));
+    // A body the extractor refused (over `DefaultBodyLimit`, or cut off)
+    // is answered in JSON like every other error, not axum's plain text.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+        Err(e) => return Err(ApiError::new(e.status(), e.body_text())),
+    };
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return Err(ApiError::bad_request("the body is not valid UTF-8"));
+    };
+    let mut fields = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(fields)) => fields,
+        Ok(_) => return Err(ApiError::unprocessable("the body must be a JSON object")),
+        Err(e) => return Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    };
+    let envelope = codec::take_envelope(&mut fields)?;
+    let request = codec::apply(server.codec.decode(fields)?, envelope);
+    let ticket = server
+        .runtime
+        .handle()
+        .submit(request)
+        .map_err(|e| refusal(&e))?;
+    // Dropping this future (the client went away) drops the ticket, which
+    // cancels the request if it has not launched.
+    match ticket.await {
+        Ok(output) => Ok(server.codec.encode(output)),
+        Err(f) => Err(failure(&f)),
+    }
+}
+
+async fn metrics<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
+    // metrics_text may wait (SLA_REFRESH_WAIT for a busy worker, longer
+    // for one the OS has not run yet) for fresh SLA copies: off the async
+    // workers.
+    let rt = server.runtime.clone();
+    match tokio::task::spawn_blocking(move || rt.metrics_text()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering metrics failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn healthz<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
+    if server.runtime.is_shutting_down() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        "ok".into_response()
+    }
+}
+
+async fn stats<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
+    Json(stats_json(&server.runtime)).into_response()
+}
+
+/// Outcome counts per priority and in total, as JSON.
+pub fn stats_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> Value {
+    let s: Stats = rt.stats();
+    let row = |p: PriorityStats| {
+        serde_json::json!({
+            "inserted": p.inserted,
+            "rejected_full": p.rejected_full,
+            "rejected_shed": p.rejected_shed,
+            "queue_depth": p.queue_depth,
+            "completed": p.completed,
+            "expired": p.expired,
+            "cancelled": p.cancelled,
+            "failed": p.failed,
+            "shut_down": p.shut_down,
+        })
+    };
+    let mut per = serde_json::Map::new();
+    for p in Priority::ALL {
+        per.insert(p.as_str().to_owned(), row(s.of(p)));
+    }
+    serde_json::json!({
+        "total": row(s.total()),
+        "priorities": per,
+        "batches": s.batches,
+        "deduplicated": s.deduplicated,
+        "queue_capacity": s.queue_capacity,
+        "utilization": s.utilization(),
+    })
+}
+
+/// Serves `server` on `listener` until `signal` resolves, then stops
+/// accepting, lets in-flight requests finish, shuts the runtime down
+/// (finishing what it accepted) and returns its final counts.
+pub async fn serve_until<C: Codec>(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server<C>>,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Stats> {
+    axum::serve(listener, router(server.clone()))
+        .with_graceful_shutdown(signal)
+        .await?;
+    let rt = server.runtime.clone();
+    // shutdown() joins threads: keep it off the async workers.
+    tokio::task::spawn_blocking(move || rt.shutdown())
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(server.runtime.stats())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,603 @@
+//! The HTTP front end through a real client (reqwest) against a server
+//! started in the test: every status, cancel on disconnect, and shutdown
+//! under load losing nothing.
+// The root crate's test helpers (workers that hold, seeded inputs).
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::{fresh_seed, worker, Hold, Rng};
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convoy::{BatchingConfig, Config, IntakeConfig, Runtime};
+use convoy_server::{serve_until, Input, Limits, ModelCodec, Server};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const LIMITS: Limits = Limits {
+    max_body_bytes: 4096,
+    max_tokens: 64,
+    vocab: 100,
+    dim: 4,
+};
+
+/// A server whose one worker blocks on any request whose first token is 0
+/// until `hold` opens; outputs are `[len, 0, 0, 0]`. Tiny queues (4 per
+/// level) so 429 is reachable.
+struct TestServer {
+    url: String,
+    state: Arc<Server<ModelCodec>>,
+    hold: Hold,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<convoy::Stats>>>,
+}
+
+async fn start() -> TestServer {
+    start_with(None).await
+}
+
+/// `start`, shedding (`ordering.shed`) under this `max_wait` when given.
+async fn start_with(shed_under: Option<Duration>) -> TestServer {
+    let hold = Hold::default();
+    let h2 = hold.clone();
+    let runtime = Runtime::builder()
+        .config(Config {
+            // One slot: while the blocker runs, everything else waits.
+            workers: vec![worker(1, 1 << 20)],
+            intake: IntakeConfig {
+                shards: 1,
+                lane_capacity: 4,
+            },
+            batching: BatchingConfig {
+                max_batch_size: 1,
+                ..Config::default().batching
+            },
+            // The blocker holds the worker as long as a test needs: a full
+            // queue, not shedding, is what these tests reach, except the
+            // one that asks `start_with` for shedding.
+            shed: shed_under.is_some(),
+            max_wait: shed_under.unwrap_or(Config::default().max_wait),
+            ..Config::default()
+        })
+        .batch_fn(move |xs: &[Input]| {
+            xs.iter()
+                .map(|x| match x {
+                    Input::Tokens(t) => {
+                        if t.first() == Some(&0) {
+                            h2.wait();
+                        }
+                        vec![t.len() as f32, 0.0, 0.0, 0.0]
+                    }
+                    Input::Vector(v) => v.clone(),
+                })
+                .collect()
+        })
+        .deduplicate()
+        .build()
+        .unwrap();
+    let state = Arc::new(
+        Server::new(Arc::new(runtime), ModelCodec { limits: LIMITS })
+            .max_body_bytes(LIMITS.max_body_bytes),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(serve_until(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    TestServer {
+        url,
+        state,
+        hold,
+        stop: Some(tx),
+        done: Some(done),
+    }
+}
+
+impl TestServer {
+    async fn infer(&self, body: Value) -> (StatusCode, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/infer", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn raw(&self, body: Vec<u8>) -> StatusCode {
+        reqwest::Client::new()
+            .post(format!("{}/v1/infer", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// `GET /v1/stats`, as JSON.
+    async fn stats_json(&self) -> Value {
+        reqwest::get(format!("{}/v1/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) -> convoy::Stats {
+        self.hold.open();
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap().unwrap()
+    }
+
+    async fn eventually(&self, what: &str, f: impl Fn(&convoy::Stats) -> bool) {
+        let start = Instant::now();
+        while !f(&self.state.runtime.stats()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_has_its_status_and_a_json_reason() {
+    let s = start().await;
+    let (st, body) = s
+        .infer(json!({"tokens": [1, 2, 3], "priority": "high"}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["output"], json!([3.0, 0.0, 0.0, 0.0]));
+    let (st, body) = s.infer(json!({"vector": [1.0, 2.0, 3.0, 4.0]})).await;
+    assert_eq!(
+        (st, body["output"].clone()),
+        (StatusCode::OK, json!([1.0, 2.0, 3.0, 4.0]))
+    );
+
+    let cases = [
+        (
+            json!({"tokens": [1], "priority": "urgent"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority",
+        ),
+        (
+            json!({"tokens": [1], "priority": 5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority \"5\"",
+        ),
+        (
+            json!({"tokens": [1], "priority": -1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority \"-1\"",
+        ),
+        (
+            json!({"tokens": vec![1; 65]}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 64",
+        ),
+        (
+            json!({"vector": [1.0]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "takes 4",
+        ),
+        (
+            json!({"tokens": [100]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outside the vocabulary",
+        ),
+        (
+            json!({"tokens": [1], "deadline_ms": -5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "deadline_ms",
+        ),
+        (
+            json!({"tokens": [1], "vector": [1.0, 2.0, 3.0, 4.0]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "exactly one",
+        ),
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY, "exactly one"),
+        (
+            json!({"tokens": [1], "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field",
+        ),
+        (
+            json!({"tokens": "abc"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+    ];
+    for (body, status, reason) in cases {
+        let (st, err) = s.infer(body.clone()).await;
+        assert_eq!(st, status, "{body}: {err}");
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(reason), "{body}: {msg}");
+    }
+    assert_eq!(
+        s.raw(b"{\"tokens\": [1,".to_vec()).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.raw(vec![b'{', 0xff, 0xfe, b'}']).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.raw(vec![b' '; 10_000]).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("convoy_requests_ended_total"));
+    let stats = s.stats_json().await;
+    assert_eq!(stats["total"]["completed"], 2);
+    assert!(stats["queue_capacity"].as_u64().unwrap() > 0);
+    assert_eq!(stats["utilization"], 0.0, "nothing waits");
+    let final_stats = s.stop().await;
+    assert_eq!(final_stats.total().inserted, final_stats.total().ended());
+}
+
+/// A level shed while the queue runs late is a 429 with `Retry-After`
+/// that says so, and Critical, never shed, still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_level_is_429_and_critical_still_gets_in() {
+    let s = start_with(Some(Duration::from_millis(100))).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let queued = tokio::spawn(client.post(&url).json(&json!({"tokens": [1]})).send());
+    s.eventually("one waiting", |st| st.total().queue_depth == 1)
+        .await;
+    let handle = s.state.runtime.handle();
+    let start = Instant::now();
+    while !handle.is_shed(convoy::Priority::Background) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never shed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = client
+        .post(&url)
+        .json(&json!({"tokens": [2], "priority": "background"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("overloaded"),
+        "{body}"
+    );
+    let critical = tokio::spawn(
+        client
+            .post(&url)
+            .json(&json!({"tokens": [3], "priority": "critical"}))
+            .send(),
+    );
+    s.eventually("Critical accepted", |st| st.total().queue_depth == 2)
+        .await;
+    let json = s.stats_json().await;
+    assert_eq!(
+        json["priorities"]["background"]["rejected_shed"], 1,
+        "{json}"
+    );
+    s.hold.open();
+    for t in [blocker, queued, critical] {
+        assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let stats = s.stop().await;
+    assert_eq!(stats.of(convoy::Priority::Background).rejected_shed, 1);
+    assert_eq!((stats.total().inserted, stats.total().ended()), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_429_expired_is_504_shutdown_is_503() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    // Block the worker, then fill the Normal level (4) behind it.
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let queued: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(client.post(&url).json(&json!({"tokens": [1, i]})).send()))
+        .collect();
+    s.eventually("queue full", |st| st.total().queue_depth == 4)
+        .await;
+    let r = client
+        .post(&url)
+        .json(&json!({"tokens": [2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Another level still has room: a deadline that passes while queued.
+    let (st, body) = s
+        .infer(json!({"tokens": [3], "priority": "low", "deadline_ms": 5}))
+        .await;
+    assert_eq!(st, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    s.hold.open();
+    assert_eq!(blocker.await.unwrap().unwrap().status(), StatusCode::OK);
+    for q in queued {
+        assert_eq!(q.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // Once the runtime shuts down, the server answers 503.
+    let rt = s.state.runtime.clone();
+    tokio::task::spawn_blocking(move || rt.shutdown())
+        .await
+        .unwrap();
+    let (st, _) = s.infer(json!({"tokens": [1]})).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    let health = client
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let stats = s.stop().await.total();
+    assert_eq!(stats.inserted, stats.ended());
+    assert_eq!((stats.expired, stats.rejected_full), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_request() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(&url)
+        .json(&json!({"tokens": [5]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    s.eventually("its request cancelled", |st| st.total().cancelled == 1)
+        .await;
+    s.hold.open();
+    assert_eq!(blocker.await.unwrap().unwrap().status(), StatusCode::OK);
+    let stats = s.stop().await.total();
+    assert_eq!((stats.completed, stats.cancelled), (1, 1));
+    assert_eq!(stats.inserted, stats.ended());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_answers_every_request_and_loses_nothing() {
+    let s = start().await;
+    s.hold.open();
+    // A bound on each request, for a race in the client, not the server:
+    // a request that reqwest hands to a pooled connection just as the
+    // server closes it can be left in hyper's dispatch channel with
+    // nobody to answer or drop it (hyperium/hyper#4122), and its future
+    // then never resolves although no socket is open any more. The soak
+    // (scripts/soak.sh) met it about once in 50–100 runs. Such a request
+    // never reached the server, so it ends here like a refused connection.
+    // What the server owes, an answer to every request it read, is
+    // checked by `stop` returning (graceful shutdown waits for every
+    // handler) and by the counts below.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/infer", s.url);
+    let mut clients = Vec::new();
+    for c in 0..16u32 {
+        let (client, url) = (client.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0u32;
+            for i in 0..50u32 {
+                let body =
+                    json!({"tokens": [1 + c, i % 90 + 1], "dedup_key": format!("{}", i % 7)});
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) => {
+                        let st = r.status();
+                        assert!(
+                            [
+                                StatusCode::OK,
+                                StatusCode::TOO_MANY_REQUESTS,
+                                StatusCode::SERVICE_UNAVAILABLE
+                            ]
+                            .contains(&st),
+                            "{st}"
+                        );
+                        answered += 1;
+                    }
+                    Err(_) => break, // the server stopped accepting
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // A server that left a request it accepted unanswered would never
+    // finish its graceful shutdown: fail with that, rather than hang.
+    let stats = tokio::time::timeout(Duration::from_secs(60), s.stop())
+        .await
+        .expect("the server stops: every request it read was answered");
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    let t = stats.total();
+    assert!(t.inserted > 0 && answered > 0, "{t:?}, {answered} answered");
+    assert_eq!(t.inserted, t.ended(), "{t:?}");
+}
+
+/// A priority may be a level number as well as a name, as in a trace: `0`
+/// is critical, `4` background. Each lands on its own level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_may_be_its_level_number() {
+    let s = start().await;
+    for (level, name) in [(0, "critical"), (1, "high"), (3, "low"), (4, "background")] {
+        let (st, body) = s.infer(json!({"tokens": [1, 2], "priority": level})).await;
+        assert_eq!(st, StatusCode::OK, "{level}: {body}");
+        let stats = convoy_server::stats_json(&s.state.runtime);
+        assert_eq!(
+            stats["priorities"][name]["completed"],
+            json!(1),
+            "{level} counted as {name}: {stats}"
+        );
+    }
+    let stats = s.stop().await;
+    assert_eq!(stats.of(convoy::Priority::Normal).inserted, 0);
+}
+
+/// Bodies for the fuzz test, from the shared seeded generator.
+impl Rng {
+    /// A JSON value of any type, near the shapes the endpoint expects.
+    fn value(&mut self, depth: u32) -> Value {
+        match self.below(if depth > 1 { 7 } else { 9 }) {
+            0 => Value::Null,
+            1 => json!(self.below(2) == 0),
+            2 => json!(self.below(200) as i64 - 50),
+            3 => json!((self.next() as i64) >> self.below(64)),
+            4 => json!((self.below(2_000_001) as f64 - 1e6) / 997.0),
+            5 => json!(
+                ["critical", "high", "Low", "", "urgent", "0", "4", "5", "ü"]
+                    [self.below(9) as usize]
+            ),
+            6 => json!(self.next() as f64 * 1e300),
+            7 => Value::Array((0..self.below(80)).map(|_| self.value(depth + 1)).collect()),
+            _ => {
+                let mut m = serde_json::Map::new();
+                m.insert("tokens".into(), self.value(depth + 1));
+                Value::Object(m)
+            }
+        }
+    }
+
+    /// A body that must be served: tokens inside the vocabulary and the
+    /// length limit, a priority by name or number or none, no deadline.
+    fn good_body(&mut self) -> Vec<u8> {
+        let tokens: Vec<u64> = (0..1 + self.below(64)).map(|_| self.below(100)).collect();
+        let body = match self.below(3) {
+            0 => json!({ "tokens": tokens }),
+            1 => json!({ "tokens": tokens, "priority": self.below(5) }),
+            _ => json!({ "tokens": tokens, "priority": "background" }),
+        };
+        serde_json::to_vec(&body).expect("a JSON value serializes")
+    }
+
+    /// A body for `/v1/infer`: mostly objects with the endpoint's keys
+    /// (sometimes well-formed), sometimes raw bytes.
+    fn body(&mut self) -> Vec<u8> {
+        if self.below(8) == 0 {
+            return (0..self.below(64)).map(|_| self.next() as u8).collect();
+        }
+        let mut m = serde_json::Map::new();
+        for key in [
+            "tokens",
+            "vector",
+            "priority",
+            "deadline_ms",
+            "tenant",
+            "dedup_key",
+            "extra",
+        ] {
+            if self.below(3) != 0 {
+                continue;
+            }
+            let v = match (key, self.below(2)) {
+                ("tokens", 0) => json!((0..self.below(70))
+                    .map(|_| self.below(110))
+                    .collect::<Vec<_>>()),
+                ("vector", 0) => json!((0..self.below(6))
+                    .map(|_| self.below(9) as f64 - 4.0)
+                    .collect::<Vec<_>>()),
+                ("priority", 0) => json!(self.below(7) as i64 - 1),
+                ("deadline_ms", 0) => json!(self.below(5000)),
+                _ => self.value(0),
+            };
+            m.insert(key.into(), v);
+        }
+        serde_json::to_vec(&Value::Object(m)).expect("a JSON value serializes")
+    }
+}
+
+/// Whatever a client sends, the answer is a status the endpoint documents
+/// (never a 5xx, never a dropped connection), a 200 carries an output of
+/// the model's width, and every request the runtime accepted is answered:
+/// nothing is lost, and the server is still healthy after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_body_gets_a_documented_status_and_loses_nothing() {
+    let seed = fresh_seed("any_body_gets_a_documented_status_and_loses_nothing");
+    let mut rng = Rng::for_thread(seed);
+    let s = start().await;
+    s.hold.open(); // token 0 must not block here
+    let client = reqwest::Client::new();
+    for i in 0..400 {
+        // One in four is well formed and must be served (random ones
+        // rarely are: every token must be in the vocabulary, and any
+        // unknown key is refused).
+        let good = i % 4 == 0;
+        let body = if good { rng.good_body() } else { rng.body() };
+        let r = client
+            .post(format!("{}/v1/infer", s.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "request {i} got no answer ({e}): {}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+        let status = r.status();
+        let answer: Value = r.json().await.unwrap_or(Value::Null);
+        let what = || {
+            format!(
+                "request {i}, seed {seed}: {} -> {status} {answer}",
+                String::from_utf8_lossy(&body)
+            )
+        };
+        assert!(!good || status == StatusCode::OK, "{}", what());
+        match status {
+            StatusCode::OK => {
+                let out = answer["output"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{}", what()));
+                assert_eq!(out.len(), LIMITS.dim, "{}", what());
+            }
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::GATEWAY_TIMEOUT => {
+                assert!(answer["error"].is_string(), "{}", what());
+            }
+            _ => panic!("undocumented status: {}", what()),
+        }
+    }
+    let health = reqwest::get(format!("{}/healthz", s.url)).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let stats = s.stop().await.total();
+    assert_eq!(stats.ended(), stats.inserted, "seed {seed}: {stats:?}");
+    assert_eq!(stats.failed + stats.shut_down, 0, "seed {seed}: {stats:?}");
+}

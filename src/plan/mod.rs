@@ -1,0 +1,17 @@
+//! Stage 2, plan: one batch decision, single-owner and synchronous.
+//!
+//! * `order`: the collector's ordered set of waiting requests and the
+//!   ordering rule (priority, aging, deadlines) with its starvation bound.
+//! * `placement`: which worker a batch goes to, and why.
+//! * `ledger`: the collector's in-memory capacity ledger.
+//! * `planner`: order, place and reserve, the decision the `decide` bench
+//!   measures.
+//! * `dedup`: requests with the same key that wait together run once.
+//!
+//! The collector owns all of it and runs it with no lock and no atomics.
+
+pub mod dedup;
+pub mod ledger;
+pub mod order;
+pub mod placement;
+pub mod planner;
