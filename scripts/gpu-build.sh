@@ -20,15 +20,17 @@ for line in sys.stdin:
     | while read -r name exe; do cp "$exe" "$out/$1-$name"; done
 }
 
-cargo test --release --features cuda --test gpu --test lane --no-run --message-format=json \
+cargo test --release -p convoy --features cuda --test gpu --test lane --no-run --message-format=json \
   | copy_executables test
-# bench-gpu, and CPU benches whose goals this 2-core VM cannot settle
-# (issues 2 and 6): the GPU machine has 16 cores, so gpu-check.sh runs
-# bench-intake and bench-peers there too.
-cargo bench --features cuda --bench gpu --bench intake --bench peers --no-run --message-format=json \
+# bench-gpu, and the CPU benches whose goals a 2-core machine cannot
+# settle: the GPU machine has 16 cores, so gpu-check.sh runs bench-intake
+# and bench-peers there too, where the clients get cores of their own.
+cargo bench -p convoy --features cuda --bench gpu --bench intake --no-run --message-format=json \
   | copy_executables bench
-cargo build --release --features cuda --bin convoy --example custom_kernel
+cargo bench -p convoy-cli --bench peers --no-run --message-format=json | copy_executables bench
+cargo build --release -p convoy-cli --features cuda --bin convoy
+cargo build --release -p convoy --features cuda --example custom_kernel
 cp target/release/convoy "$out/convoy"
 cp target/release/examples/custom_kernel "$out/custom_kernel"
-cp -r kernels data "$out/"
+cp -r kernels crates/convoy-cli/data "$out/"
 ls -la "$out"

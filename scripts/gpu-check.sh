@@ -15,7 +15,7 @@ status=0
 step() { echo; echo "== $*"; }
 # Every step is bounded: the GPU code has never run, and a hang (a lane
 # that never reports ready, a stuck copy) must cost one step's bound, not
-# the whole call's 600 s and the session's 15 minutes of device time. The
+# the whole call's 600 s and most of the device time a check is lent. The
 # bounds add up to 570 s (two test binaries), inside the 600 s a call may run.
 bounded() {
   local secs=$1

@@ -7,62 +7,73 @@
 //! worker. Every accepted request ends in exactly one [`Outcome`], delivered
 //! through its [`Ticket`] (blocking, timed, polled or `.await`ed).
 //!
-//! # Example
+//! # Embedding it
 //!
 //! ```
+//! use convoy::{Priority, Request, Runtime};
 //! use std::time::Duration;
-//! use convoy::{Config, Failure, InsertPolicy, Priority, Request, Runtime};
+//!
+//! let rt = Runtime::builder()
+//!     .batch_fn(|xs: &[Vec<f32>]| xs.iter().map(|v| v.iter().sum::<f32>()).collect())
+//!     .build()?;
+//! let handle = rt.handle(); // Clone + Send + Sync: one per producer thread
+//! let request = Request::new(vec![1.0, 2.0]).priority(Priority::High).deadline(Duration::from_millis(500));
+//! assert_eq!(handle.submit(request)?.wait(), Ok(3.0)); // or `handle.call(request).await`
+//! rt.shutdown(); // finishes what was accepted, refuses the rest
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What it promises
+//!
+//! ```
+//! use convoy::{Config, InsertPolicy, Request, Runtime, SubmitErrorKind};
 //!
 //! let rt = Runtime::builder()
 //!     .config(Config { cpu_workers: 2, ..Config::default() })
-//!     .batch_fn(|inputs: &[Vec<f32>]| -> Vec<Vec<f32>> {
-//!         inputs.iter().map(|v| v.iter().map(|x| x * 2.0).collect()).collect()
-//!     })
+//!     .batch_fn(|xs: &[u32]| xs.iter().map(|x| x * 2).collect())
 //!     .build()?;
-//! let handle = rt.handle(); // Clone + Send + Sync
-//!
-//! let ticket = handle
-//!     .submit(Request::new(vec![1.0, 2.0]).priority(Priority::High).deadline(Duration::from_millis(500)))
-//!     .expect("room in the queue");
-//! assert_eq!(ticket.wait(), Ok(vec![2.0, 4.0]));
-//!
+//! let handle = rt.handle();
 //! let tickets = handle
-//!     .submit_batch(vec![Request::new(vec![1.0]), Request::new(vec![3.0])], InsertPolicy::AllOrNothing)
+//!     .submit_batch(vec![Request::new(1), Request::new(3)], InsertPolicy::AllOrNothing)
 //!     .expect("room for both");
-//! assert_eq!(tickets.len(), 2);
+//! let outputs: Vec<_> = tickets.into_iter().map(|t| t.wait()).collect();
+//! assert_eq!(outputs, [Ok(2), Ok(6)]);
 //!
-//! rt.shutdown(); // finishes what was accepted, refuses the rest
-//! assert!(matches!(
-//!     handle.submit(Request::new(vec![0.0])).map_err(|e| e.kind),
-//!     Err(convoy::SubmitErrorKind::ShuttingDown)
-//! ));
+//! rt.shutdown();
+//! let refused = handle.submit(Request::new(5)).unwrap_err();
+//! assert_eq!(refused.kind, SubmitErrorKind::ShuttingDown);
+//! assert_eq!(*refused.request.input(), 5); // a refused request is handed back
 //! let stats = rt.stats().total();
-//! assert_eq!(stats.inserted, stats.ended()); // nothing lost
-//! # let _ = Failure::Expired;
+//! assert_eq!(stats.inserted, stats.ended()); // every accepted request ended once
 //! # Ok::<(), convoy::BuildError>(())
 //! ```
 //!
-//! # Layers
+//! # Stages
 //!
-//! * [`ring`]: our bounded lock-free MPSC ring (push hands the value back
-//!   when full; all-or-nothing push of `k` items).
-//! * [`intake`]: `S` shards × 5 [`Priority`] levels of rings, with
-//!   [`InsertPolicy`], an admission bound and lock-free statistics.
-//! * [`ticket`]: the one-shot completion slot.
-//! * [`order`]: the ordering rule and its starvation bound. Under
-//!   overload, with [`Config::shed`] on (off by default), the collector
-//!   sheds the least urgent levels at submit
-//!   ([`SubmitErrorKind::Overloaded`]), so that the bound and the urgent
-//!   levels' latency hold for what it accepts.
-//! * [`ledger`], [`placement`], [`planner`]: one batch decision (order,
-//!   place, reserve), single-owner.
-//! * [`Runtime`]: the collector and worker threads around them.
-//! * [`model`]: the built-in pool-dense model (CPU reference).
-//! * [`kernel`]: a device kernel's source, weights and packing; `cuda`
-//!   (feature `cuda`, on by default) runs it through cudarc, one launch per
-//!   batch, pipelined per worker.
-//! * `sync` (internal): the std/loom switch, so `loom-tests/` checks this
+//! The source folders are the pipeline, and each imports only from the
+//! ones before it:
+//!
+//! * `intake/`: the [`ring`] every lane is made of, the sharded [`Intake`]
+//!   of `S` shards × 5 [`Priority`] levels, the submit gate, the collector's
+//!   doorbell, and shedding under overload ([`Config::shed`]).
+//! * `config/`: every knob ([`Config`]), its validation and its TOML file.
+//! * `plan/`: one batch decision, single-owner: the ordering rule (aging,
+//!   deadlines) and its starvation bound, placement, the capacity ledger,
+//!   deduplication.
+//! * `observe/`: [`Stats`], the [`SlaReport`] and the Prometheus
+//!   exposition ([`metrics`]).
+//! * `device/`: the [`Executor`] trait and its pipelined [`Lane`], the
+//!   built-in [`model`], a device [`kernel`]'s packing, and `cuda` (feature
+//!   `cuda`, on by default): one batched launch per worker batch through
+//!   cudarc, two batches in flight per worker.
+//! * `runtime/`: [`Runtime`], [`Handle`] and the collector and worker
+//!   threads around the stages.
+//! * `sync.rs` (internal): the std/loom switch, so `loom-tests/` checks this
 //!   very code.
+//!
+//! The HTTP server (`convoy-server`) and the `convoy` command with its
+//! trace replay (`convoy-cli`) are crates of their own: embedding the
+//! library compiles neither.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -100,6 +100,7 @@ impl FromStr for Priority {
 /// How a submit enters the queue (seed 000's enqueue / merge-at-front /
 /// drop-if-full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum InsertPolicy {
     /// At the back of its priority level, FIFO. A batch inserts what fits, in
     /// order, and hands back the rest.

@@ -205,11 +205,15 @@ fn the_scan_finds_a_lock_where_it_does_not_belong() {
     )
     .expect("temp file");
     let (found, used) = findings(&dir);
-    assert_eq!(used, [("src/runtime/collector/changes.rs", "apply_fleet_changes")]);
+    assert_eq!(
+        used,
+        [("src/runtime/collector/changes.rs", "apply_fleet_changes")]
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0].starts_with("src/runtime/collector/changes.rs:6:") && found[0].contains("drain_intake"),
+        found[0].starts_with("src/runtime/collector/changes.rs:6:")
+            && found[0].contains("drain_intake"),
         "{found:?}"
     );
 }

@@ -1559,6 +1559,7 @@ fn placement_policies_serve_everything_by_their_rule() {
                 s.adaptive_switches >= 1,
                 "the burst moved Adaptive off its start mode"
             ),
+            other => panic!("{other:?}: a policy this test does not cover yet"),
         }
     }
 }

@@ -15,6 +15,7 @@ pub use validate::{ConfigError, MAX_WORKERS};
 
 /// What happens when a queued request's deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum DeadlineAction {
     /// Fail it with `Failure::Expired`; it is never executed (Triton's
     /// queue-timeout `REJECT`).
@@ -26,6 +27,7 @@ pub enum DeadlineAction {
 
 /// Which rule orders waiting requests; see `convoy::order`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum OrderingPolicy {
     /// Priority with aging (convoy's rule, starvation-free).
     #[default]
@@ -78,6 +80,7 @@ impl std::str::FromStr for OrderingPolicy {
 
 /// How a batch picks its worker; see `convoy::placement` for the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PlacementPolicy {
     /// The worker with the most free slots (FIFO-fair across workers).
     #[default]
@@ -95,6 +98,7 @@ pub enum PlacementPolicy {
 
 /// Why a batch went where it went; recorded per batch, never a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PlacementReason {
     /// Most free slots among workers with room.
     LeastLoaded,

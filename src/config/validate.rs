@@ -8,6 +8,7 @@ use super::{Capacity, Config, WorkerSpec};
 
 /// A config value that cannot work; names the key and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A value out of range.
     #[error("{key}: {reason}")]

@@ -34,6 +34,7 @@ use crate::outcome::ExecutorError;
 
 /// Why the CUDA executor could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CudaError {
     /// libcuda (the driver) is not installed or not loadable.
     #[error("no CUDA driver: libcuda could not be loaded (no NVIDIA driver on this machine)")]

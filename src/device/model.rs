@@ -14,6 +14,7 @@ use crate::outcome::ExecutorError;
 
 /// Why a model could not be built or a request not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// `V` or `D` is zero.
     #[error("model dimensions must be at least 1 (vocab {vocab}, dim {dim})")]

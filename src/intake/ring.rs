@@ -84,6 +84,7 @@ use crate::sync::{Arc, AtomicUsize, Backoff, Ordering, UnsafeCell};
 
 /// Why a ring could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RingError {
     /// A ring must hold at least one item.
     #[error("ring capacity must be at least 1")]

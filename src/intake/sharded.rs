@@ -98,6 +98,7 @@ impl Default for IntakeConfig {
 
 /// Why an intake could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IntakeError {
     /// At least one shard is needed.
     #[error("intake.shards must be at least 1")]
@@ -131,6 +132,7 @@ impl<T> fmt::Debug for QueueFull<T> {
 
 /// Why a batch (or part of it) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BatchRejectReason {
     /// The batch had no items.
     Empty,

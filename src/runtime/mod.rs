@@ -72,6 +72,7 @@ pub const SLA_REFRESH_WAIT: Duration = Duration::from_millis(50);
 
 /// Health of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Health {
     /// Takes new batches.
     Up,

@@ -550,7 +550,7 @@ impl Report {
 }
 
 /// Accepted minus every outcome: what a runtime lost, from raw counts
-/// (the report itself uses [`PriorityStats::lost`](crate::PriorityStats::lost),
+/// (the report itself uses [`PriorityStats::lost`](convoy::PriorityStats::lost),
 /// the same arithmetic). Saturating, so a count read mid-flight never wraps.
 ///
 /// ```

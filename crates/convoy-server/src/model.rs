@@ -1,6 +1,6 @@
 //! The built-in model behind the server: pool-dense over token ids, or its
 //! dense layer alone over a pooled vector. `convoy serve` is this codec
-//! and executor on [`Server`](crate::Server).
+//! and executor on [`Server`].
 
 use std::sync::Arc;
 
