@@ -1,4 +1,4 @@
-//! The collector's dedup index (`src/twins.rs`) against what it replaced
+//! The collector's dedup index (`src/intake/twins.rs`) against the plain map
 //! and against the locked design it avoids, at a full queue of distinct
 //! groups (the table sized for exactly that many, its worst case).
 //!

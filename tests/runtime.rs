@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoy::{
-    BatchingConfig, BuildError, Capacity, Config, Failure, InsertPolicy, Priority, Request,
-    Runtime, SubmitErrorKind, Ticket, WorkerSpec,
+    BatchingConfig, BuildError, Capacity, Config, Executor, Failure, InsertPolicy, Priority,
+    Request, Runtime, SubmitErrorKind, Ticket, WorkerSpec,
 };
 
 fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
@@ -546,6 +546,78 @@ fn executor_failure_fails_the_batch_and_the_worker_lives_on() {
     rt.shutdown();
     let s = rt.stats().total();
     assert_eq!((s.failed, s.completed), (2, 1));
+}
+
+/// Polls `f` to completion on this thread (the futures here are tickets,
+/// woken by the worker; a spin with a yield is enough for a test).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let start = Instant::now();
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a call never resolved"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// An executor whose failure keeps the error it came from.
+struct Fails;
+
+impl Executor<u32, u32> for Fails {
+    fn execute(&self, _worker: usize, inputs: &[u32]) -> Result<Vec<u32>, convoy::ExecutorError> {
+        if inputs.contains(&0) {
+            let io = std::io::Error::new(std::io::ErrorKind::NotFound, "weights file vanished");
+            return Err(convoy::ExecutorError::with_source(
+                "loading the weights",
+                io,
+            ));
+        }
+        Ok(inputs.to_vec())
+    }
+}
+
+/// `Handle::call` gives the output, a refusal with the request inside, or
+/// the failure of an accepted request, in one error type; an executor's
+/// error reaches the caller with its source.
+#[test]
+fn call_gives_the_output_the_refusal_or_the_failure_with_its_source() {
+    use std::error::Error as _;
+    let rt = Runtime::builder()
+        .config(config(vec![worker(4, 1 << 20)], 1, 0))
+        .executor(Fails)
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    assert_eq!(block_on(h.call(Request::new(5))).unwrap(), 5);
+    match block_on(h.call(Request::new(0))) {
+        Err(convoy::Error::Failed(Failure::ExecutorFailed(e))) => {
+            assert_eq!(e.message(), "loading the weights");
+            let source = e.source().expect("the executor's error is kept");
+            assert_eq!(source.to_string(), "weights file vanished");
+        }
+        other => panic!("expected the executor's failure, got {other:?}"),
+    }
+    let past = Request::new(9).deadline_at(Instant::now() - Duration::from_millis(1));
+    match block_on(h.call(past)) {
+        Err(convoy::Error::Refused(e)) => {
+            assert_eq!(e.kind, SubmitErrorKind::DeadlinePassed);
+            assert_eq!(*e.request.input(), 9, "the request is handed back");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    rt.shutdown();
+    let err = block_on(h.call(Request::new(1))).unwrap_err();
+    assert_eq!(err.refusal(), Some(SubmitErrorKind::ShuttingDown));
+    assert!(err.failure().is_none());
+    let s = rt.stats().total();
+    assert_eq!((s.completed, s.failed, s.inserted), (1, 1, 2));
 }
 
 #[test]

@@ -351,10 +351,8 @@ fn refresh_covers_what_the_asker_saw(retire: bool) {
             let records = 1; // recorded after delivering, as a worker does
             if retire {
                 // The final copy, then retire, in `Answers::retire_after`,
-                // which `SlaRecorder::drop` calls. (`Drop` had the two the
-                // other way round until the nineteenth session, when the
-                // model copied the intended order instead of running it;
-                // a soak found it.)
+                // which `SlaRecorder::drop` calls: the model runs the
+                // order, it does not copy it.
                 a.retire_after(|| c.store(records, Ordering::Relaxed));
             } else {
                 while !loop_point(&r, &a, &mut answered, &c, records) {

@@ -17,10 +17,9 @@
 //! submit, with the item handed back.
 //!
 //! A submit is therefore one ring push: one CAS on the lane's tail, as in a
-//! plain bounded queue. An earlier design kept a separate `held` counter per
-//! lane that submit raised and release lowered: a second line that both
-//! sides wrote, which a profile showed stalling submit and release alike
-//! (see `BENCHMARKS.md`).
+//! plain bounded queue. A separate per-lane counter that submit raised and
+//! release lowered would be a second line both sides write, stalling submit
+//! and release alike.
 //!
 //! When its home lane is full a producer spills to the next shard's lane of
 //! the same priority, so the whole `shards × lane_capacity` is usable by any

@@ -9,10 +9,10 @@
 //! every later arrival (`order.rs`, rule 1). Under sustained overload that
 //! promise is what hurts the urgent levels: once the oldest waiting
 //! requests are past `max_wait`, every fresh Critical request queues behind
-//! all of them, and the order is FIFO in all but name. On the 2-core VM of
-//! `BENCHMARKS.md`, the default replay at 1.2× capacity, with a queue bound
-//! deeper than `max_wait`, gave Critical 52–90% within its 50 ms
-//! objective. A deeper queue does not help; it only makes the wait longer.
+//! all of them, and the order is FIFO in all but name: the default replay
+//! at 1.2× capacity, with a queue bound deeper than `max_wait`, keeps only
+//! part of Critical within its 50 ms objective (BENCHMARKS.md). A deeper
+//! queue does not help; it only makes the wait longer.
 //! So when the queue runs late, the collector stops taking more of the
 //! levels that would wait longest, least urgent first, and the requests
 //! already accepted keep the starvation bound.

@@ -34,8 +34,8 @@
 //!   its own, one request's work let past the shed;
 //! * a twin reported absent (it arrived a moment ago, a rebuild is under
 //!   way, the table is full, or another key with the same 64-bit hash
-//!   left and took the shared tag with it): the request is shed, as it
-//!   was before this index.
+//!   left and took the shared tag with it): the request is shed, as any
+//!   request of a shed level is.
 //!
 //! What it costs the collector (`benches/twins.rs`, BENCHMARKS.md): a
 //! group in and one out takes 1.5–1.8× what the plain `HashMap` alone

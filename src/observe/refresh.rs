@@ -136,10 +136,9 @@ impl Answers {
     ///
     /// As with [`answer_if_asked`](Self::answer_if_asked), the order is
     /// the protocol: retired first, a report could stop waiting and read
-    /// the stale copy. `SlaRecorder::drop` had it that way round until the
-    /// nineteenth session (a soak lost one count); the loom model
+    /// the stale copy and miss a count. The loom model
     /// `refresh_retired_recorder_covers_what_the_asker_saw` runs this
-    /// method, so that order now fails it.
+    /// method, so that order fails it.
     pub fn retire_after<R>(&self, publish_final: impl FnOnce() -> R) -> R {
         let held = publish_final();
         self.retire();

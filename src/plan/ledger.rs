@@ -12,7 +12,7 @@
 //! nothing more is placed there until releases bring it back under.
 //!
 //! ```
-//! use convoy::ledger::Ledger;
+//! use convoy::internals::ledger::Ledger;
 //! use convoy::Capacity;
 //! let cap = Capacity { slots: 2, tokens: 100, bytes: 0 };
 //! let mut l = Ledger::new(1);

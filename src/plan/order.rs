@@ -17,11 +17,12 @@
 //!    0.7 × `max_wait`, Background from 0.9 ×. Ties go to the more urgent
 //!    original level.
 //!
-//!    Aging used to start at once (`⌊wait / (max_wait / 5)⌋`): a Normal
-//!    request 0.4 × `max_wait` old then outranked every fresh High one, and
-//!    at 1.2× load High's p99 sat at 56–108 ms against a 100 ms objective.
-//!    Starting at half of `max_wait` leaves the bound (rule 1) as it was and
-//!    brought High's p99 to 17 ms in the same runs (BENCHMARKS.md).
+//!    Why half: aging from the first moment (`⌊wait / (max_wait / 5)⌋`)
+//!    lets a Normal request 0.4 × `max_wait` old outrank every fresh High
+//!    one, and at 1.2× load High's p99 then misses its 100 ms objective.
+//!    Starting at half of `max_wait` leaves the bound (rule 1) as it is and
+//!    keeps High well inside its objective (BENCHMARKS.md, `convoy
+//!    compare`).
 //! 3. **Within a level**: `Front` insertions first, then earliest deadline
 //!    (requests without one last), then arrival order.
 //!

@@ -28,7 +28,7 @@ pub const MAX_DEFERRED: usize = 16;
 /// wait.
 ///
 /// ```
-/// use convoy::planner::batch_size_now;
+/// use convoy::internals::planner::batch_size_now;
 /// assert_eq!(batch_size_now(11, 16, false, &[4, 8]), Some(8));
 /// assert_eq!(batch_size_now(3, 16, false, &[4, 8]), None); // wait for 4 or the delay
 /// assert_eq!(batch_size_now(3, 16, true, &[4, 8]), Some(16)); // delay reached: take what is there
@@ -77,7 +77,7 @@ pub fn batch_size_now(
 ///
 /// ```
 /// use convoy::{BatchingConfig, Capacity};
-/// use convoy::planner::takes_batch;
+/// use convoy::internals::planner::takes_batch;
 /// let limits = BatchingConfig { max_batch_size: 8, max_batch_tokens: 100, ..convoy::Config::default().batching };
 /// let capacity = Capacity { slots: 16, tokens: 200, bytes: u64::MAX };
 /// let holding = |slots, tokens| Capacity { slots, tokens, bytes: 0 };
@@ -228,15 +228,15 @@ impl<T: Plannable> Planner<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use convoy::planner::Planner;
+    /// use convoy::internals::planner::Planner;
     /// # use convoy::{Capacity, PlacementPolicy};
     /// # struct R;
-    /// # impl convoy::planner::Plannable for R {
+    /// # impl convoy::internals::planner::Plannable for R {
     /// #     fn cost(&self) -> Capacity { Capacity { slots: 1, tokens: 1, bytes: 0 } }
     /// # }
     /// let mut limits = convoy::Config::default().batching;
     /// limits.target_batch_time = Some(Duration::from_millis(8));
-    /// let placer = convoy::placement::Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
+    /// let placer = convoy::internals::placement::Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 4, 32);
     /// let mut p: Planner<R> = Planner::new(1, Duration::from_secs(1), limits, placer);
     /// let slow = Duration::from_millis(20);
     /// p.observe_batch_time(slow, 64);
@@ -264,6 +264,7 @@ impl<T: Plannable> Planner<T> {
 
     /// Adds a waiting request. Its cost in `meta` is taken from the item,
     /// so the waiting set's sums agree with what forming will reserve.
+    #[inline]
     pub fn insert(&mut self, item: T, meta: Meta) -> WaitKey {
         let cost = item.cost();
         let meta = Meta {
@@ -274,35 +275,45 @@ impl<T: Plannable> Planner<T> {
         self.waiting.insert(item, meta)
     }
 
+    // The waiting set's calls below are the collector's only way to it
+    // (it never reaches into the set itself); inlined, they cost what a
+    // direct call into the set does.
+
     /// Takes the waiting request `key` names, if it still waits (a dedup
     /// twin joining its group).
+    #[inline]
     pub fn remove(&mut self, key: WaitKey) -> Option<(T, Meta)> {
         self.waiting.remove(key)
     }
 
     /// Takes one waiting request whose expiring deadline is at or before
     /// `now`.
+    #[inline]
     pub fn pop_expired(&mut self, now: u64) -> Option<(T, Meta)> {
         self.waiting.pop_expired(now)
     }
 
     /// The earliest expiring deadline of what waits.
+    #[inline]
     pub fn next_deadline(&mut self) -> Option<u64> {
         self.waiting.next_deadline()
     }
 
     /// The arrival time of the oldest waiting request.
+    #[inline]
     pub fn oldest_arrival(&mut self) -> Option<u64> {
         self.waiting.oldest_arrival()
     }
 
     /// The tokens of everything waiting (what the queue would take to run).
+    #[inline]
     pub fn waiting_tokens(&self) -> u128 {
         self.waiting.tokens()
     }
 
     /// One bounded step of a sweep over the waiting set; see
     /// [`Waiting::take_where`].
+    #[inline]
     pub fn take_where(
         &mut self,
         from: usize,
@@ -314,6 +325,7 @@ impl<T: Plannable> Planner<T> {
     }
 
     /// Takes every waiting request, in arrival order (shutdown, clear).
+    #[inline]
     pub fn drain_all(&mut self) -> Vec<(T, Meta)> {
         self.waiting.drain_all()
     }
@@ -360,11 +372,13 @@ impl<T: Plannable> Planner<T> {
     }
 
     /// Requests waiting.
+    #[inline]
     pub fn len(&self) -> usize {
         self.waiting.len()
     }
 
     /// Nothing waiting.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }

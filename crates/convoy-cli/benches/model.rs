@@ -1,13 +1,13 @@
 //! The built-in model's forward pass (`PoolDense::forward_batch`) against
-//! the one it replaced, in the same run: batches of 32 requests with the
+//! the plain one-row-at-a-time gather, in the same run: batches of 32 requests with the
 //! bundled trace's token counts (capped at 2,048, as the peers bench).
 //!
-//! * `one_row` (the baseline): the gather as it was before 2026-11-25,
-//!   one embedding row added into the pooled vector per token, then the
+//! * `one_row` (the baseline): the plain gather, one embedding row
+//!   added into the pooled vector per token, then the
 //!   model's own dense layer (`PoolDense::dense`), so only the gather
 //!   differs;
 //! * `grouped`: `forward_batch`, whose gather sums sixteen rows per step
-//!   (`add_rows` in `src/model.rs`).
+//!   (`add_rows` in `src/device/model.rs`).
 //!
 //! Throughput is in requests. The gather is about nine tenths of a
 //! request's time at these lengths (a mean of about 1,000 tokens, 1 KiB
@@ -40,7 +40,7 @@ fn requests() -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// The forward pass with the old gather: one row at a time.
+/// The forward pass with the plain gather: one row at a time.
 fn one_row(model: &PoolDense, batch: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let (e, _, _) = model.weights();
     let d = model.dim();

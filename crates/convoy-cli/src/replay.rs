@@ -302,7 +302,7 @@ impl Report {
     /// and each is handed back.
     ///
     /// ```
-    /// use convoy::replay::{PriorityReport, Report};
+    /// use convoy_cli::replay::{PriorityReport, Report};
     /// let line = |name: &str| PriorityReport { priority: name.into(), accepted: 10, completed: 10,
     ///     p99_met: true, slo_compliance: 1.0, ..Default::default() };
     /// let mut r = Report { max_wait_ms: 500.0, batch_interval_ms: 10.0,
@@ -405,7 +405,7 @@ impl Report {
     /// ["p99_ms"]`), for readers that look a level up rather than scan.
     ///
     /// ```
-    /// let r = convoy::replay::Report::default();
+    /// let r = convoy_cli::replay::Report::default();
     /// let json = r.to_json();
     /// assert_eq!(json["lost"], 0);
     /// assert!(json["per_priority"].is_object());
@@ -554,7 +554,7 @@ impl Report {
 /// the same arithmetic). Saturating, so a count read mid-flight never wraps.
 ///
 /// ```
-/// use convoy::replay::lost;
+/// use convoy_cli::replay::lost;
 /// assert_eq!(lost(10, [7, 1, 1, 1, 0]), 0);
 /// assert_eq!(lost(10, [7, 1, 0, 0, 0]), 2);
 /// ```
@@ -572,7 +572,7 @@ pub fn lost(accepted: u64, outcomes: [u64; 5]) -> u64 {
 /// requests that expired or failed.
 ///
 /// ```
-/// use convoy::replay::p99_within;
+/// use convoy_cli::replay::p99_within;
 /// use hdrhistogram::Histogram;
 /// let mut h = Histogram::<u64>::new(3).unwrap();
 /// for _ in 0..99 { h.record(10_000).unwrap(); } // 99 served in 10 ms
@@ -797,10 +797,10 @@ pub const MAX_WINDOWS: usize = 4096;
 /// the same requests.
 ///
 /// ```
-/// let t = convoy::replay::tokens_of(3, 5, 100);
+/// let t = convoy_cli::replay::tokens_of(3, 5, 100);
 /// assert_eq!(t.len(), 5);
 /// assert!(t.iter().all(|&id| id < 100));
-/// assert_eq!(t, convoy::replay::tokens_of(3, 5, 100));
+/// assert_eq!(t, convoy_cli::replay::tokens_of(3, 5, 100));
 /// ```
 pub fn tokens_of(i: usize, len: u32, vocab: usize) -> Vec<u32> {
     let vocab = vocab.max(1) as u64;
@@ -829,9 +829,9 @@ fn row_request(
 /// anything.
 ///
 /// ```
-/// assert!(convoy::replay::check_speedup(0.0).is_err());
-/// assert!(convoy::replay::check_speedup(1e-300).is_err());
-/// assert!(convoy::replay::check_speedup(1600.0).is_ok());
+/// assert!(convoy_cli::replay::check_speedup(0.0).is_err());
+/// assert!(convoy_cli::replay::check_speedup(1e-300).is_err());
+/// assert!(convoy_cli::replay::check_speedup(1600.0).is_ok());
 /// ```
 pub fn check_speedup(speedup: f64) -> Result<(), ReplayError> {
     // Below a millionth, one second of trace takes over eleven days: a
@@ -860,11 +860,11 @@ fn span_of(rows: &[TraceRequest]) -> Duration {
 ///
 /// ```
 /// use std::time::Duration;
-/// use convoy::trace::TraceRequest;
+/// use convoy_cli::trace::TraceRequest;
 /// let at = |s: u64| TraceRequest { arrival: Duration::from_secs(s), priority: None, tokens: 1, generated: None, deadline: None };
 /// // Three rows over 4 s: gaps of 2 s on average, so a cycle is 6 s.
-/// assert_eq!(convoy::replay::cycle_period(&[at(0), at(1), at(4)]), Duration::from_secs(6));
-/// assert_eq!(convoy::replay::cycle_period(&[at(0)]), Duration::ZERO);
+/// assert_eq!(convoy_cli::replay::cycle_period(&[at(0), at(1), at(4)]), Duration::from_secs(6));
+/// assert_eq!(convoy_cli::replay::cycle_period(&[at(0)]), Duration::ZERO);
 /// ```
 pub fn cycle_period(rows: &[TraceRequest]) -> Duration {
     match rows.len() {
@@ -890,11 +890,11 @@ fn due_offset(period: Duration, round: u64, arrival: Duration, speedup: f64) -> 
 ///
 /// ```
 /// use std::time::Duration;
-/// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n44,low,2\n").unwrap();
+/// let t = convoy_cli::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n44,low,2\n").unwrap();
 /// // 44 s of trace at 20× is 2.2 s of real time; a 1 s duration ends it sooner.
-/// assert_eq!(convoy::replay::expected_run(&t.requests, 20.0, None), Duration::from_secs_f64(2.2));
+/// assert_eq!(convoy_cli::replay::expected_run(&t.requests, 20.0, None), Duration::from_secs_f64(2.2));
 /// let cut = Some(Duration::from_secs(1));
-/// assert_eq!(convoy::replay::expected_run(&t.requests, 20.0, cut), Duration::from_secs(1));
+/// assert_eq!(convoy_cli::replay::expected_run(&t.requests, 20.0, cut), Duration::from_secs(1));
 /// ```
 pub fn expected_run(rows: &[TraceRequest], speedup: f64, duration: Option<Duration>) -> Duration {
     let expected = due_offset(Duration::ZERO, 0, span_of(rows), speedup).unwrap_or(Duration::MAX);
@@ -908,7 +908,7 @@ pub fn expected_run(rows: &[TraceRequest], speedup: f64, duration: Option<Durati
 ///
 /// ```
 /// use std::time::Duration;
-/// use convoy::replay::timeline_window;
+/// use convoy_cli::replay::timeline_window;
 /// assert_eq!(timeline_window(Duration::from_secs_f64(2.2)), Duration::from_millis(50));
 /// assert_eq!(timeline_window(Duration::from_secs(3600)), Duration::from_secs(60));
 /// assert_eq!(timeline_window(Duration::ZERO), Duration::from_millis(10));
@@ -1244,9 +1244,9 @@ fn expired_before(lives: &[Duration], expired: u64, bound_ms: f64) -> u64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// let lanes = convoy::replay::wait_bounded_lane_capacity(11_300.0, Duration::from_millis(500), 2);
+/// let lanes = convoy_cli::replay::wait_bounded_lane_capacity(11_300.0, Duration::from_millis(500), 2);
 /// assert_eq!(lanes, 256); // 11,300 × 0.5 / 10 = 565 per level, 282 per shard
-/// assert_eq!(convoy::replay::wait_bounded_lane_capacity(0.0, Duration::from_millis(500), 2), 16);
+/// assert_eq!(convoy_cli::replay::wait_bounded_lane_capacity(0.0, Duration::from_millis(500), 2), 16);
 /// ```
 pub fn wait_bounded_lane_capacity(capacity_rps: f64, max_wait: Duration, shards: usize) -> usize {
     let per_level = capacity_rps.max(0.0) * max_wait.as_secs_f64() / 10.0;

@@ -66,7 +66,7 @@ impl Trace {
     /// with that `--limit` submits.
     ///
     /// ```
-    /// let t = convoy::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n1,low,2\n").unwrap();
+    /// let t = convoy_cli::trace::parse("t", "arrival_s,priority,tokens\n0,high,1\n1,low,2\n").unwrap();
     /// assert_eq!(t.first(Some(1)).len(), 1);
     /// assert_eq!(t.first(Some(9)).len(), 2);
     /// assert_eq!(t.first(None).len(), 2);
@@ -119,9 +119,9 @@ pub enum TraceError {
 /// Reads and parses a trace file (format detected from its first line).
 ///
 /// ```no_run
-/// let trace = convoy::trace::load("data/azure_llm_conv_2023.csv".as_ref())?;
+/// let trace = convoy_cli::trace::load("data/azure_llm_conv_2023.csv".as_ref())?;
 /// assert_eq!(trace.requests.len(), 19_366);
-/// # Ok::<(), convoy::trace::TraceError>(())
+/// # Ok::<(), convoy_cli::trace::TraceError>(())
 /// ```
 pub fn load(path: &Path) -> Result<Trace, TraceError> {
     let name = path.display().to_string();
@@ -147,7 +147,7 @@ pub fn load(path: &Path) -> Result<Trace, TraceError> {
 /// Parses trace text; `name` is used in errors and reports.
 ///
 /// ```
-/// use convoy::trace::parse;
+/// use convoy_cli::trace::parse;
 /// let t = parse("inline", "arrival_s,priority,tokens,deadline_ms\n0.5,high,12,200\n0,low,3\n").unwrap();
 /// assert_eq!(t.requests[0].tokens, 3); // sorted by arrival
 /// assert_eq!(t.requests[1].deadline, Some(std::time::Duration::from_millis(200)));
@@ -572,7 +572,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// policy in `convoy compare` sees the same priorities.
 ///
 /// ```
-/// use convoy::trace::PriorityMix;
+/// use convoy_cli::trace::PriorityMix;
 /// let mix = PriorityMix::default();
 /// assert_eq!(mix.assign(7), mix.assign(7));
 /// let critical = (0..10_000).filter(|&i| mix.assign(i) == convoy::Priority::Critical).count();

@@ -30,7 +30,7 @@ pub(super) struct Slot {
 /// recorder that has gone (a removed worker's) left behind, folded into one
 /// shard. Folding keeps a runtime that adds and removes workers for days at
 /// the size of its live fleet: each recorder holds some hundreds of KiB of
-/// histograms, and the slots of gone ones used to stay listed forever.
+/// histograms, and listing the slots of gone ones would grow forever.
 #[derive(Default)]
 pub(super) struct Registry {
     pub(super) slots: Vec<Arc<Slot>>,
