@@ -95,6 +95,7 @@ impl ConvoyDecider {
                     max_queue_delay: Duration::ZERO,
                     target_batch_time: None,
                     preferred_batch_sizes: convoy::PreferredBatchSizes::NONE,
+                    ..convoy::Config::default().batching
                 },
                 placer,
             ),

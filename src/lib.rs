@@ -95,8 +95,9 @@ mod plan;
 mod runtime;
 
 pub use config::{
-    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
-    PlacementReason, PreferredBatchSizes, SloTarget, UnknownPolicy, WorkerSpec, MAX_WORKERS,
+    BatchDelay, BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, LaunchCause,
+    OrderingPolicy, PlacementPolicy, PlacementReason, PreferredBatchSizes, SloTarget,
+    UnknownPolicy, WorkerSpec, MAX_WORKERS,
 };
 #[cfg(feature = "cuda")]
 pub use device::cuda;
@@ -135,7 +136,7 @@ pub mod loom_exports {
 #[doc(hidden)]
 pub mod internals {
     pub use crate::intake::twins::{Twins, WaitingKeys};
-    pub use crate::plan::{ledger, order, placement, planner};
+    pub use crate::plan::{ledger, order, pace, placement, planner};
 }
 
 /// The README's example is compiled and run as a doc test, so it stays true.

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoy::{
-    BatchingConfig, BuildError, Capacity, Config, Executor, Failure, InsertPolicy, Priority,
-    Request, Runtime, SubmitErrorKind, Ticket, WorkerSpec,
+    BatchDelay, BatchingConfig, BuildError, Capacity, Config, Executor, Failure, InsertPolicy,
+    Priority, Request, Runtime, SubmitErrorKind, Ticket, WorkerSpec,
 };
 
 fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
@@ -24,6 +24,7 @@ fn config(workers: Vec<WorkerSpec>, max_batch: usize, delay_ms: u64) -> Config {
             target_batch_time: None,
             preferred_batch_sizes: convoy::PreferredBatchSizes::NONE,
             max_queue_delay: Duration::from_millis(delay_ms),
+            delay: BatchDelay::Adaptive,
         },
         ..Config::default()
     }
@@ -71,11 +72,14 @@ fn one_lane_config(lane_capacity: usize) -> Config {
 /// counted before any ticket of the batch is completed. Each round sends
 /// one full batch of 256 and reads the counters the moment its first
 /// ticket is ready, while the worker is still completing the other 255;
-/// counting after the deliveries (as convoy once did) fails here.
+/// counting after the deliveries fails here. (Fixed delay: each round's
+/// 256 go as one full batch, however the submitting thread is scheduled.)
 #[test]
 fn a_ready_ticket_is_already_counted() {
     const BATCH: usize = 256;
-    let rt = echo_runtime_with(config(vec![worker(BATCH as u32, 1 << 20)], BATCH, 10_000));
+    let mut cfg = config(vec![worker(BATCH as u32, 1 << 20)], BATCH, 10_000);
+    cfg.batching.delay = BatchDelay::Fixed;
+    let rt = echo_runtime_with(cfg);
     let h = rt.handle();
     for round in 0..20u64 {
         let mut tickets: Vec<_> = (0..BATCH as u32)
@@ -442,7 +446,9 @@ fn deadline_passing_in_queue_expires_without_running() {
 /// Without the rule the first two expired (checked).
 #[test]
 fn a_request_that_expires_within_the_queue_delay_launches_at_once() {
-    let rt = echo_runtime_with(config(vec![worker(8, 1 << 20)], 8, 60_000));
+    let mut cfg = config(vec![worker(8, 1 << 20)], 8, 60_000);
+    cfg.batching.delay = BatchDelay::Fixed; // only the deadline may launch it
+    let rt = echo_runtime_with(cfg);
     let h = rt.handle();
     let company = h.submit(Request::new(1)).unwrap();
     let urgent = h
@@ -1054,7 +1060,9 @@ fn a_cancelled_request_gives_its_room_back_while_every_worker_is_busy() {
 /// (checked).
 #[test]
 fn a_cancelled_request_gives_its_room_back_while_its_batch_fills() {
-    let rt = echo_runtime_with(config(vec![worker(8, 1 << 20)], 8, 600_000));
+    let mut cfg = config(vec![worker(8, 1 << 20)], 8, 600_000);
+    cfg.batching.delay = BatchDelay::Fixed; // the batch fills under the delay
+    let rt = echo_runtime_with(cfg);
     let h = rt.handle();
     let kept = h.submit(Request::new(1)).unwrap();
     let mut gone = h.submit(Request::new(2)).unwrap();
@@ -1946,6 +1954,9 @@ fn batches_are_cut_to_preferred_sizes() {
     let s2 = sizes.clone();
     let mut cfg = config(vec![worker(64, 1 << 20)], 16, 200);
     cfg.batching.preferred_batch_sizes = convoy::PreferredBatchSizes::new(&[4, 8]).unwrap();
+    // Triton's rule, which preferred sizes belong to: an idle worker under
+    // the adaptive delay takes what waits once arrivals stop.
+    cfg.batching.delay = BatchDelay::Fixed;
     let rt = Runtime::builder()
         .config(cfg)
         .batch_fn(move |xs: &[u32]| {

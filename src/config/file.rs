@@ -45,6 +45,7 @@ struct FileBatching {
     preferred_batch_sizes: Option<Vec<usize>>,
     max_queue_delay_ms: Option<f64>,
     target_batch_ms: Option<f64>,
+    delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +195,14 @@ impl Config {
             }
             if let Some(ms) = b.target_batch_ms {
                 c.batching.target_batch_time = Some(millis("batching.target_batch_ms", ms, true)?);
+            }
+            if let Some(rule) = b.delay {
+                c.batching.delay = rule.parse().map_err(|_| {
+                    invalid(
+                        "batching.delay",
+                        format!("unknown rule {rule:?}: give \"fixed\" or \"adaptive\""),
+                    )
+                })?;
             }
         }
         if let Some(o) = file.ordering {

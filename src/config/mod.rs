@@ -96,6 +96,99 @@ pub enum PlacementPolicy {
     Adaptive,
 }
 
+/// How long a partial batch waits for company (`batching.delay`).
+///
+/// ```
+/// use convoy::{BatchDelay, Config};
+/// assert_eq!(Config::default().batching.delay, BatchDelay::Adaptive);
+/// assert_eq!("fixed".parse::<BatchDelay>(), Ok(BatchDelay::Fixed));
+/// assert!("sometimes".parse::<BatchDelay>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum BatchDelay {
+    /// Triton's rule: a partial batch launches once its oldest request has
+    /// waited `max_queue_delay`, whether or not anything more is coming.
+    Fixed,
+    /// The delay is spent only while requests are still arriving: a partial
+    /// batch also launches at once when a worker is idle and the arrivals
+    /// have stopped (nothing new for four times the recent gap between
+    /// arrivals, and at least 20 µs). A request still never waits more
+    /// than `max_queue_delay` for batching, and while every worker is busy
+    /// batches form exactly as under `Fixed`. See `docs/semantics.md`.
+    #[default]
+    Adaptive,
+}
+
+impl BatchDelay {
+    /// The name a config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchDelay::Fixed => "fixed",
+            BatchDelay::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl std::str::FromStr for BatchDelay {
+    type Err = UnknownPolicy;
+
+    /// `"fixed"` or `"adaptive"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fixed" => Ok(BatchDelay::Fixed),
+            "adaptive" => Ok(BatchDelay::Adaptive),
+            other => Err(UnknownPolicy(other.to_owned())),
+        }
+    }
+}
+
+/// What made the collector launch a batch; counted per batch
+/// ([`Stats::launched_by`](crate::Stats::launched_by)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LaunchCause {
+    /// The batch was full: by count, tokens, bytes or the largest worker.
+    Full,
+    /// Its oldest request had waited `max_queue_delay`.
+    Delay,
+    /// A waiting request would have expired within `max_queue_delay`.
+    Deadline,
+    /// A worker was idle and the arrivals had stopped (`BatchDelay::Adaptive`).
+    Idle,
+    /// A preferred batch size could be made.
+    Preferred,
+    /// Shutting down: what was accepted launches without waiting.
+    Closing,
+}
+
+impl LaunchCause {
+    /// How many causes there are.
+    pub const COUNT: usize = 6;
+
+    /// Every cause, in index order.
+    pub const ALL: [LaunchCause; LaunchCause::COUNT] = [
+        LaunchCause::Full,
+        LaunchCause::Delay,
+        LaunchCause::Deadline,
+        LaunchCause::Idle,
+        LaunchCause::Preferred,
+        LaunchCause::Closing,
+    ];
+
+    /// A stable snake_case name, for metrics labels and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaunchCause::Full => "full",
+            LaunchCause::Delay => "delay",
+            LaunchCause::Deadline => "deadline",
+            LaunchCause::Idle => "idle",
+            LaunchCause::Preferred => "preferred",
+            LaunchCause::Closing => "closing",
+        }
+    }
+}
+
 /// Why a batch went where it went; recorded per batch, never a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -243,6 +336,10 @@ pub struct BatchingConfig {
     /// this batch execution time (halved after a slower batch, +1 after a
     /// batch within it, never above `max_batch_size`). `None`: fixed limit.
     pub target_batch_time: Option<Duration>,
+    /// Whether a partial batch always waits out `max_queue_delay`
+    /// (`Fixed`, Triton's rule) or only while requests are still arriving
+    /// (`Adaptive`, the default); reloadable.
+    pub delay: BatchDelay,
 }
 
 /// Everything a runtime needs. `Config::default()` runs CPU workers on this
@@ -327,6 +424,7 @@ impl Default for Config {
                 max_queue_delay: Duration::from_millis(2),
                 target_batch_time: None,
                 preferred_batch_sizes: PreferredBatchSizes::NONE,
+                delay: BatchDelay::Adaptive,
             },
             max_wait: Duration::from_millis(500),
             ordering: OrderingPolicy::Aging,

@@ -30,6 +30,7 @@
 //! | `convoy_worker_up` | gauge | `worker` |
 //! | `convoy_capacity_shortfall_total` | counter | |
 //! | `convoy_placements_total` | counter | `reason` |
+//! | `convoy_batch_launches_total` | counter | `cause` (full, delay, deadline, idle, preferred, closing) |
 //! | `convoy_aging_promotions_total` | counter | |
 //! | `convoy_adaptive_switches_total` | counter | |
 //! | `convoy_deduplicated_total` | counter | |
@@ -47,7 +48,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::config::{Capacity, PlacementReason};
+use crate::config::{Capacity, LaunchCause, PlacementReason};
 use crate::observe::sla::{BucketedLatency, SlaReport};
 use crate::observe::stats::{Stats, BATCH_SIZE_BOUNDS};
 use crate::priority::Priority;
@@ -452,6 +453,19 @@ impl Collector for Snapshot {
                 &mut m,
                 &vec![("reason", reason_label(r).to_owned())],
                 s.placed(r),
+            )?;
+        }
+        let mut m = e.encode_descriptor(
+            "convoy_batch_launches",
+            "Batches launched, by what made the collector launch them",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in LaunchCause::ALL {
+            counter(
+                &mut m,
+                &vec![("cause", c.as_str().to_owned())],
+                s.launched_by(c),
             )?;
         }
         let mut m = e.encode_descriptor(

@@ -1,6 +1,6 @@
 //! Outcome counters, per priority, written without a lock.
 
-use crate::config::PlacementReason;
+use crate::config::{LaunchCause, PlacementReason};
 use crate::intake::{fill, Admission, IntakeConsumer, IntakeStats};
 use crate::priority::Priority;
 use crate::sync::{AtomicU64, Ordering};
@@ -39,9 +39,9 @@ const ENDED: usize = 5;
 ///   its requests in `queue_depth`: a caller who waits for `batches` to
 ///   move and then submits finds the room.
 ///
-/// Reading the intake first (as convoy once did) let a thread descheduled
-/// between the two reads report more outcomes than insertions, and count
-/// a launched batch whose room a submit then did not find.
+/// Reading the intake first would let a thread descheduled between the
+/// two reads report more outcomes than insertions, and count a launched
+/// batch whose room a submit then did not find.
 pub struct Counters {
     ended: [[AtomicU64; ENDED]; Priority::COUNT],
     batches: AtomicU64,
@@ -52,6 +52,7 @@ pub struct Counters {
     /// Submits refused because their level was shed, per level.
     shed: [AtomicU64; Priority::COUNT],
     placements: [AtomicU64; PlacementReason::COUNT],
+    launches: [AtomicU64; LaunchCause::COUNT],
     adaptive_switches: AtomicU64,
     /// The batch limit in force (adaptive sizing) and its decreases.
     batch_limit: AtomicU64,
@@ -81,6 +82,7 @@ impl Counters {
             deduplicated: AtomicU64::new(0),
             shed: std::array::from_fn(|_| AtomicU64::new(0)),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
+            launches: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
             batch_limit: AtomicU64::new(0),
             batch_limit_decreases: AtomicU64::new(0),
@@ -91,6 +93,11 @@ impl Counters {
     /// Counts a batch placed for `reason`.
     pub fn placement(&self, reason: PlacementReason) {
         self.placements[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a batch launched for `cause`.
+    pub fn launch(&self, cause: LaunchCause) {
+        self.launches[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The adaptive batch limit in force and its decreases so far.
@@ -187,6 +194,7 @@ impl Counters {
             batch_insertions: intake.batch_insertions,
             queue_capacity: intake.capacity_per_priority,
             placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
+            launches: std::array::from_fn(|i| self.launches[i].load(Ordering::Relaxed)),
             adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
             batch_limit: self.batch_limit.load(Ordering::Relaxed),
             batch_limit_decreases: self.batch_limit_decreases.load(Ordering::Relaxed),
@@ -294,6 +302,8 @@ pub struct Stats {
     pub queue_capacity: usize,
     /// Batches placed per reason, indexed by `PlacementReason as usize`.
     pub placements: [u64; PlacementReason::COUNT],
+    /// Batches launched per cause, indexed by `LaunchCause as usize`.
+    pub launches: [u64; LaunchCause::COUNT],
     /// Mode switches of the `Adaptive` policy.
     pub adaptive_switches: u64,
     /// The batch limit in force, as of the last finished batch (0 before
@@ -309,6 +319,13 @@ impl Stats {
     /// Batches placed for `reason`.
     pub fn placed(&self, reason: PlacementReason) -> u64 {
         self.placements[reason as usize]
+    }
+
+    /// Batches launched for `cause`: how many waited out the queue delay
+    /// (`Delay`), and how many an idle worker took at once because nothing
+    /// more was arriving (`Idle`).
+    pub fn launched_by(&self, cause: LaunchCause) -> u64 {
+        self.launches[cause as usize]
     }
 
     /// One level's counts.
@@ -381,6 +398,7 @@ impl Stats {
             batch_insertions: d(self.batch_insertions, earlier.batch_insertions),
             queue_capacity: self.queue_capacity,
             placements: std::array::from_fn(|i| d(self.placements[i], earlier.placements[i])),
+            launches: std::array::from_fn(|i| d(self.launches[i], earlier.launches[i])),
             adaptive_switches: d(self.adaptive_switches, earlier.adaptive_switches),
             batch_limit: self.batch_limit,
             batch_limit_decreases: d(self.batch_limit_decreases, earlier.batch_limit_decreases),

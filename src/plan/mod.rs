@@ -7,11 +7,13 @@
 //! * `planner`: order, place and reserve, the decision the `decide` bench
 //!   measures.
 //! * `dedup`: requests with the same key that wait together run once.
+//! * `pace`: whether requests are still arriving (the adaptive delay).
 //!
 //! The collector owns all of it and runs it with no lock and no atomics.
 
 pub mod dedup;
 pub mod ledger;
 pub mod order;
+pub mod pace;
 pub mod placement;
 pub mod planner;

@@ -596,6 +596,7 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             target_batch_time: None,
             preferred_batch_sizes: PreferredBatchSizes::NONE,
+            delay: crate::config::BatchDelay::Fixed,
         }
     }
 

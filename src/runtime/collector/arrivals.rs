@@ -3,6 +3,7 @@
 //! that group instead (see `plan/dedup.rs`).
 
 use super::{Collector, Job};
+use crate::clock::nanos;
 use crate::config::DeadlineAction;
 use crate::intake::Admission;
 use crate::plan::dedup::Follower;
@@ -12,11 +13,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     pub(super) fn drain_intake(&mut self, now_ns: u64) {
         self.intake.drain(usize::MAX, &mut self.drained);
         let mut drained = std::mem::take(&mut self.drained);
+        let delay = nanos(self.applied.batching.max_queue_delay);
         for d in drained.drain(..) {
             let mut job = d.item;
             self.seq += 1;
             let level = job.priority;
             job.arrival_ns = self.shared.ns_since_epoch(job.submitted).min(now_ns);
+            self.pace.observe(job.arrival_ns, delay);
             job.expire_at = if self.applied.deadline_action[level.index()] == DeadlineAction::Reject
             {
                 job.deadline_ns

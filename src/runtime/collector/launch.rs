@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Collector, Entry};
 use crate::clock::nanos;
-use crate::config::Capacity;
+use crate::config::{BatchDelay, Capacity, LaunchCause};
 use crate::intake::ring;
 use crate::intake::shed::levels_to_shed;
 use crate::observe::stats::Ended;
@@ -30,33 +30,66 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// one that would expire first has no such time to spend (with a 2 ms
     /// delay, a request with a 1 ms deadline on an idle worker expired
     /// waiting for a batch that was not due).
+    ///
+    /// Under `batching.delay = "adaptive"` a partial batch is also due when
+    /// `idle` (a worker up holds nothing) and the arrivals have stopped
+    /// (`plan/pace.rs`): waiting out the delay would only idle that worker.
     pub(super) fn batch_due(
         &mut self,
         now_ns: u64,
         closing: bool,
         most: Option<Capacity>,
-    ) -> Option<usize> {
+        idle: bool,
+    ) -> Option<(usize, LaunchCause)> {
         let waiting = self.planner.len();
         if waiting == 0 {
             return None;
         }
-        let delay = nanos(self.applied.batching.max_queue_delay);
-        let forced = closing
-            || self.planner.is_full(most)
-            || self
-                .planner
-                .oldest_arrival()
-                .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
-            || self
-                .planner
-                .next_deadline()
-                .is_some_and(|d| d.saturating_sub(now_ns) <= delay);
-        batch_size_now(
+        let batching = &self.applied.batching;
+        let delay = nanos(batching.max_queue_delay);
+        let cause = if closing {
+            Some(LaunchCause::Closing)
+        } else if self.planner.is_full(most) {
+            Some(LaunchCause::Full)
+        } else if self
+            .planner
+            .oldest_arrival()
+            .is_some_and(|a| now_ns.saturating_sub(a) >= delay)
+        {
+            Some(LaunchCause::Delay)
+        } else if self
+            .planner
+            .next_deadline()
+            .is_some_and(|d| d.saturating_sub(now_ns) <= delay)
+        {
+            Some(LaunchCause::Deadline)
+        } else if batching.delay == BatchDelay::Adaptive && idle && self.pace.stopped(now_ns) {
+            Some(LaunchCause::Idle)
+        } else {
+            None
+        };
+        let limit = self.planner.batch_limit();
+        let size = batch_size_now(
             waiting,
-            self.planner.batch_limit(),
-            forced,
+            limit,
+            cause.is_some(),
             self.applied.batching.preferred_batch_sizes.as_slice(),
-        )
+        )?;
+        let cause = cause.unwrap_or(if waiting >= limit {
+            LaunchCause::Full
+        } else {
+            LaunchCause::Preferred
+        });
+        Some((size, cause))
+    }
+
+    /// Whether some worker up holds nothing: it would start a batch
+    /// launched now at once, rather than queue it behind another.
+    fn any_idle(&self, candidates: &[Candidate<'_>]) -> bool {
+        let ledger = self.planner.ledger();
+        candidates
+            .iter()
+            .any(|c| c.up && ledger.reserved(c.index).slots == 0)
     }
 
     pub(super) fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -103,7 +136,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // reaches it is full however long it waits. None up: only the
         // batch limits count.
         let most = Some(fleet.max).filter(|m| m.slots > 0);
-        while let Some(size) = self.batch_due(now_ns, closing, most) {
+        let mut idle = self.any_idle(&candidates);
+        while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();
             // `stalled`: nothing launches until a batch finishes (or a
             // worker comes), so the sleep waits for that and not for the
@@ -146,8 +180,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 short_now |= stalled && shortfall.is_none() && self.short_last_pass;
                 break;
             };
+            self.shared.counters.launch(cause);
             self.launch_formed(formed, deciding);
+            idle = self.any_idle(&candidates);
         }
+        self.idle = idle;
         self.short_last_pass = short_now;
         self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
     }

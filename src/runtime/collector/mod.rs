@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::worker::WorkerLink;
 use super::{BuildError, Job, Knobs, Release, Shared};
 use crate::clock::{after, nanos};
-use crate::config::{Capacity, Config};
+use crate::config::{BatchDelay, Capacity, Config};
 use crate::intake::ring;
 use crate::intake::shed::DrainRate;
 use crate::intake::twins::Twins;
@@ -24,6 +24,7 @@ use crate::observe::sla::SlaRecorder;
 use crate::observe::stats::Ended;
 use crate::outcome::Failure;
 use crate::plan::order::WaitKey;
+use crate::plan::pace::Pace;
 use crate::plan::placement::Placer;
 use crate::plan::planner::{Plannable, Planner};
 use crate::request::Cost;
@@ -108,6 +109,10 @@ pub(super) struct Collector<I, O> {
     /// to run (`shed.rs`).
     drain_rate: DrainRate,
     speed_up: f64,
+    /// The arrival pace (`plan/pace.rs`), for the adaptive delay.
+    pace: Pace,
+    /// Whether a worker up held nothing after the last launches.
+    idle: bool,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -151,6 +156,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             sweep_allowed: Instant::now(),
             drain_rate: DrainRate::default(),
             speed_up: 0.0,
+            pace: Pace::default(),
+            idle: false,
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
@@ -251,6 +258,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if let Some(a) = self.planner.oldest_arrival().filter(|_| !self.stalled) {
             let due = a.saturating_add(delay);
             timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
+            // Adaptive delay: with a worker idle, the batch falls due when
+            // the arrivals stop (`batch_due`), if that comes first.
+            if self.idle && self.applied.batching.delay == BatchDelay::Adaptive {
+                if let Some(quiet) = self.pace.quiet_at().filter(|&q| q > now_ns) {
+                    timeout = timeout.min(Duration::from_nanos(quiet - now_ns));
+                }
+            }
         }
         if closing {
             timeout = timeout.min(Duration::from_millis(1));
