@@ -1,45 +1,67 @@
-//! The arrival pace: whether requests are still coming, so that an idle
-//! worker does not sit out the queue delay for requests that are not
-//! (`BatchDelay::Adaptive`).
+//! Whether more requests are coming, so that an idle worker does not sit
+//! out the queue delay for requests that are not (`BatchDelay::Adaptive`).
 //!
-//! The collector feeds every request it drains (its submit time) into a
-//! [`Pace`]: the latest arrival, and a moving average of the gap between
-//! arrivals. The stream counts as *stopped* once nothing has arrived for
-//! [`QUIET_GAPS`] times that average gap, and at least [`QUIET_FLOOR`].
-//! Single-owner, no atomics: a few integer operations per drained request.
+//! The commonest serving pattern is a closed loop: clients that each wait
+//! for their answer before sending the next. Its arrivals come in bursts
+//! (every client of a finished batch resubmits), and the number of its
+//! requests in the runtime (waiting, or launched and unfinished) never
+//! exceeds the number of clients. So two signals together say that
+//! nothing more is coming:
 //!
-//! Why this signal and not a rate. In the commonest serving pattern, clients
-//! that each wait for their answer before sending the next (a closed loop),
-//! arrivals come in bursts: every client of a finished batch resubmits at
-//! once, then nothing until the next batch finishes. An average rate over
-//! recent batches says "requests arrive at N per batch time" and would wait;
-//! the gap since the last arrival, measured against the gaps inside the
-//! burst, says the burst is over. An open-loop stream keeps arriving at its
-//! own gap and is never taken for stopped (a pause of four gaps is rare in
-//! any steady stream), so its batches fill as under the fixed rule.
+//! * **at the peak**: the requests in the runtime are as many as they have
+//!   been at any time in the last [`PEAK_WINDOW`] to twice that; in a
+//!   closed loop, every client's request is in;
+//! * **quiet**: nothing has arrived for [`QUIET_GAPS`] times the moving
+//!   average gap between arrivals, and at least [`QUIET_FLOOR`]: the burst
+//!   is over.
+//!
+//! An open-loop stream rarely meets both: its count in the runtime sits
+//! below its recent peak most of the time, and a stream faster than the
+//! batches fill is never quiet, so under it batches form as under the
+//! fixed rule. When it does meet both (a lull right after a new high), the
+//! batch it launches is as large as any in the window.
+//!
+//! Single-owner (the collector), no atomics: a few integer operations per
+//! drained request and per pass.
 
-/// The stream counts as stopped after this many average gaps of silence.
-pub const QUIET_GAPS: u64 = 4;
+/// The stream counts as quiet after this many average gaps of silence.
+pub const QUIET_GAPS: u64 = 2;
 
 /// ... and never before this much silence, in nanoseconds (20 µs): the
 /// spread of one burst's submits across threads is of this order, and it
 /// bounds what the rule adds to a closed loop's latency.
 pub const QUIET_FLOOR: u64 = 20_000;
 
+/// The peak is the most requests in the runtime over the current window
+/// and the one before it, each this long (100 ms, in nanoseconds): a
+/// closed loop that loses clients is recognised again within two windows.
+pub const PEAK_WINDOW: u64 = 100_000_000;
+
+/// "Near the peak": at least this share of it (1/2). A closed loop served
+/// by several workers in turn always has some clients between an answer
+/// and their next request, so its count in the runtime swings between
+/// about half its clients and all of them; an open stream's count in a
+/// lull sits well below the peaks of its bursts.
+pub const PEAK_SHARE_NUM: usize = 1;
+/// See [`PEAK_SHARE_NUM`].
+pub const PEAK_SHARE_DEN: usize = 2;
+
 /// Weight of the newest gap in the moving average: 1/8.
 const SHIFT: u32 = 3;
 
-/// The collector's estimate of the arrival pace; see the module docs.
+/// The collector's estimate of whether more requests are coming; see the
+/// module docs.
 ///
 /// ```
 /// use convoy::internals::pace::Pace;
 /// let mut pace = Pace::default();
-/// assert!(!pace.stopped(1_000_000), "no gap seen yet: as the fixed rule");
 /// for t in [0, 1_000, 2_000, 3_000] {
-///     pace.observe(t, 2_000_000); // a burst, 1 µs apart
+///     pace.observe(t, 2_000_000); // four clients' burst, 1 µs apart
 /// }
-/// assert!(!pace.stopped(10_000), "7 µs of silence is within the floor");
-/// assert!(pace.stopped(3_000 + 20_000), "20 µs of silence after 1 µs gaps");
+/// pace.note_load(4, 3_000); // all four in the runtime
+/// assert!(!pace.nothing_more(4, 10_000), "7 µs of silence is within the floor");
+/// assert!(pace.nothing_more(4, 23_000), "every client in, and quiet");
+/// assert!(!pace.nothing_more(3, 23_000), "one client's request still out");
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Pace {
@@ -48,14 +70,19 @@ pub struct Pace {
     /// The moving average of gaps between arrivals, ns; `None` until two
     /// arrivals have been seen.
     gap: Option<u64>,
+    /// Most requests in the runtime in the current window, in the one
+    /// before it, and when the current one began.
+    peak_now: usize,
+    peak_before: usize,
+    window_start: u64,
 }
 
 impl Pace {
     /// Takes in one arrival at `at` (ns since the epoch). A gap is capped at
-    /// `cap` (the queue delay): a long idle spell says nothing about the
-    /// pace of the next burst, and must not make it look slow for long.
-    /// Arrivals drained out of order (from different shards) count as
-    /// simultaneous.
+    /// `cap` (the queue delay), and at the quiet threshold: the pause
+    /// between two bursts says nothing about the gaps inside the next one,
+    /// which are what tell that it is over. Arrivals drained out of order
+    /// (from different shards) count as simultaneous.
     #[inline]
     pub fn observe(&mut self, at: u64, cap: u64) {
         let Some(last) = self.last else {
@@ -65,23 +92,51 @@ impl Pace {
         let gap = at.saturating_sub(last).min(cap);
         self.gap = Some(match self.gap {
             None => gap,
-            Some(avg) => avg - (avg >> SHIFT) + (gap >> SHIFT),
+            Some(avg) => {
+                let gap = gap.min(threshold(avg));
+                avg - (avg >> SHIFT) + (gap >> SHIFT)
+            }
         });
         self.last = Some(last.max(at));
     }
 
-    /// When the stream will count as stopped if nothing more arrives;
-    /// `None` before any gap has been seen (no evidence either way).
-    pub fn quiet_at(&self) -> Option<u64> {
-        let (last, gap) = (self.last?, self.gap?);
-        Some(last.saturating_add(gap.saturating_mul(QUIET_GAPS).max(QUIET_FLOOR)))
+    /// Takes in the requests in the runtime (waiting, or launched and
+    /// unfinished) at `now`, once per collector pass.
+    #[inline]
+    pub fn note_load(&mut self, in_runtime: usize, now: u64) {
+        if now.saturating_sub(self.window_start) >= PEAK_WINDOW {
+            self.peak_before = self.peak_now;
+            self.peak_now = 0;
+            self.window_start = now;
+        }
+        self.peak_now = self.peak_now.max(in_runtime);
     }
 
-    /// Whether nothing has arrived for long enough, at `now`, to say the
-    /// stream has stopped.
-    pub fn stopped(&self, now: u64) -> bool {
-        self.quiet_at().is_some_and(|q| now >= q)
+    /// The most requests in the runtime over the last one to two windows.
+    pub fn peak(&self) -> usize {
+        self.peak_now.max(self.peak_before)
     }
+
+    /// When the stream will count as quiet if nothing more arrives; `None`
+    /// before any gap has been seen (no evidence either way).
+    pub fn quiet_at(&self) -> Option<u64> {
+        let (last, gap) = (self.last?, self.gap?);
+        Some(last.saturating_add(threshold(gap)))
+    }
+
+    /// Whether nothing more is coming at `now` with `in_runtime` requests
+    /// in the runtime: at the peak, and quiet.
+    pub fn nothing_more(&self, in_runtime: usize, now: u64) -> bool {
+        in_runtime > 0
+            && in_runtime.saturating_mul(PEAK_SHARE_DEN)
+                >= self.peak().saturating_mul(PEAK_SHARE_NUM)
+            && self.quiet_at().is_some_and(|q| now >= q)
+    }
+}
+
+/// The silence after which a stream of average gap `gap` counts as quiet.
+fn threshold(gap: u64) -> u64 {
+    gap.saturating_mul(QUIET_GAPS).max(QUIET_FLOOR)
 }
 
 #[cfg(test)]
@@ -90,78 +145,99 @@ mod tests {
 
     const DELAY: u64 = 2_000_000;
 
-    /// A steady stream is never taken for stopped between two of its
-    /// arrivals, whatever its pace: its batches fill as under the fixed
-    /// rule.
+    /// A steady stream is never quiet between two of its arrivals, whatever
+    /// its pace, so its batches fill as under the fixed rule even when its
+    /// load is at the peak.
     #[test]
-    fn a_steady_stream_never_counts_as_stopped_between_arrivals() {
+    fn a_steady_stream_is_never_quiet_between_arrivals() {
         for gap in [1_000u64, 30_000, 113_000, 500_000, 1_500_000] {
             let mut pace = Pace::default();
             let mut t = 0;
-            for _ in 0..200 {
+            for n in 1..200 {
                 pace.observe(t, DELAY);
-                // Just before the next arrival is due, and a little late.
-                assert!(!pace.stopped(t + gap), "gap {gap}");
-                assert!(!pace.stopped(t + 2 * gap), "gap {gap}");
+                pace.note_load(n, t);
+                assert!(!pace.nothing_more(n, t + gap), "gap {gap}");
                 t += gap;
             }
         }
     }
 
-    /// A burst (every client of a closed loop resubmitting) followed by
-    /// silence counts as stopped soon after the burst, long before a 2 ms
-    /// delay would end, even though the gap before the burst was long.
+    /// A closed loop: 32 clients' burst (2 µs apart), then the batch runs
+    /// 1 ms. Once the clients are in and the burst is over, nothing more
+    /// is coming, well within a 2 ms delay; while most are still out, the
+    /// batch waits.
     #[test]
-    fn the_end_of_a_burst_is_seen_within_a_few_of_its_gaps() {
+    fn a_closed_loop_is_seen_whole_soon_after_its_burst() {
         let mut pace = Pace::default();
         let mut t = 0;
         for _round in 0..20 {
-            for _client in 0..32 {
+            for client in 1..=32 {
                 pace.observe(t, DELAY);
-                t += 2_000; // 2 µs apart inside the burst
+                pace.note_load(client, t);
+                t += 2_000;
             }
             let last = t - 2_000;
+            assert!(!pace.nothing_more(15, last + 100_000), "most still out");
+            assert!(!pace.nothing_more(32, last + 1_000), "the burst may go on");
             let stops = pace.quiet_at().expect("gaps seen");
-            assert!(
-                stops - last <= 100_000,
-                "stops {} µs after the burst",
-                (stops - last) / 1000
-            );
-            assert!(!pace.stopped(last + 1_000));
-            t = last + 1_000_000; // the batch runs 1 ms, then the next burst
+            assert!(stops - last <= QUIET_FLOOR, "{} µs", (stops - last) / 1000);
+            assert!(pace.nothing_more(32, stops));
+            t = last + 1_000_000;
         }
+    }
+
+    /// An open stream whose load sits below its recent peak is not taken
+    /// for a finished closed loop in a lull: the delay keeps buying company.
+    #[test]
+    fn a_lull_below_the_peak_is_not_the_end() {
+        let mut pace = Pace::default();
+        pace.note_load(40, 0); // a burst earlier in the window
+        for (i, t) in (1_000..=9_000).step_by(1_000).enumerate() {
+            pace.observe(t, DELAY);
+            pace.note_load(i + 1, t);
+        }
+        assert!(!pace.nothing_more(9, 1_000_000), "9 in, the peak was 40");
+        // The burst leaves the peak after two windows.
+        pace.note_load(9, PEAK_WINDOW + 1);
+        assert_eq!(pace.peak(), 40);
+        pace.note_load(9, 2 * PEAK_WINDOW + 2);
+        assert_eq!(pace.peak(), 9);
+        assert!(pace.nothing_more(9, 2 * PEAK_WINDOW + 2));
     }
 
     /// The floor: bursts whose submits are nanoseconds apart still get
     /// `QUIET_FLOOR` before they count as over.
     #[test]
-    fn silence_shorter_than_the_floor_never_stops_the_stream() {
+    fn silence_shorter_than_the_floor_is_never_quiet() {
         let mut pace = Pace::default();
         for t in 0..100 {
             pace.observe(t * 10, DELAY);
         }
-        assert!(!pace.stopped(990 + QUIET_FLOOR - 1));
-        assert!(pace.stopped(990 + QUIET_FLOOR));
+        pace.note_load(100, 990);
+        assert!(!pace.nothing_more(100, 990 + QUIET_FLOOR - 1));
+        assert!(pace.nothing_more(100, 990 + QUIET_FLOOR));
     }
 
     /// Out-of-order arrivals (drained from different shards) neither move
-    /// the latest arrival back nor make a gap negative.
+    /// the latest arrival back nor make a gap negative; the pause between
+    /// bursts counts as one quiet threshold in the average.
     #[test]
-    fn out_of_order_arrivals_count_as_simultaneous() {
+    fn out_of_order_arrivals_and_long_pauses_keep_the_average_sane() {
         let mut pace = Pace::default();
         pace.observe(100_000, DELAY);
         pace.observe(50_000, DELAY);
         assert_eq!(pace.last, Some(100_000));
         assert_eq!(pace.gap, Some(0));
-        assert_eq!(pace.quiet_at(), Some(100_000 + QUIET_FLOOR));
+        pace.observe(3_600_000_000_000, DELAY);
+        assert_eq!(pace.gap, Some(QUIET_FLOOR >> SHIFT));
     }
 
-    /// A long idle spell is capped at the queue delay in the average.
+    /// Nothing in the runtime is never "nothing more": there is no batch.
     #[test]
-    fn a_long_idle_spell_counts_as_one_queue_delay() {
+    fn an_empty_runtime_launches_nothing() {
         let mut pace = Pace::default();
         pace.observe(0, DELAY);
-        pace.observe(3_600_000_000_000, DELAY);
-        assert_eq!(pace.gap, Some(DELAY));
+        pace.observe(1_000, DELAY);
+        assert!(!pace.nothing_more(0, 1_000_000_000));
     }
 }

@@ -32,14 +32,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// waiting for a batch that was not due).
     ///
     /// Under `batching.delay = "adaptive"` a partial batch is also due when
-    /// `idle` (a worker up holds nothing) and the arrivals have stopped
-    /// (`plan/pace.rs`): waiting out the delay would only idle that worker.
+    /// a worker up holds nothing (`idle`: then the requests launched and
+    /// unfinished on the others) and nothing more is coming (`plan/pace.rs`):
+    /// waiting out the delay would only idle that worker.
     pub(super) fn batch_due(
         &mut self,
         now_ns: u64,
         closing: bool,
         most: Option<Capacity>,
-        idle: bool,
+        idle: Option<usize>,
     ) -> Option<(usize, LaunchCause)> {
         let waiting = self.planner.len();
         if waiting == 0 {
@@ -63,7 +64,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .is_some_and(|d| d.saturating_sub(now_ns) <= delay)
         {
             Some(LaunchCause::Deadline)
-        } else if batching.delay == BatchDelay::Adaptive && idle && self.pace.stopped(now_ns) {
+        } else if batching.delay == BatchDelay::Adaptive
+            && idle.is_some_and(|launched| self.pace.nothing_more(waiting + launched, now_ns))
+        {
             Some(LaunchCause::Idle)
         } else {
             None
@@ -83,13 +86,31 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         Some((size, cause))
     }
 
-    /// Whether some worker up holds nothing: it would start a batch
-    /// launched now at once, rather than queue it behind another.
-    fn any_idle(&self, candidates: &[Candidate<'_>]) -> bool {
+    /// `Some(requests launched and unfinished)` when some worker up holds
+    /// nothing (it would start a batch launched now at once, rather than
+    /// queue it behind another); `None` when every worker up is busy.
+    fn any_idle(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
         let ledger = self.planner.ledger();
-        candidates
+        let mut idle = false;
+        let mut launched = 0u64;
+        for c in candidates {
+            let slots = ledger.reserved(c.index).slots;
+            idle |= c.up && slots == 0;
+            launched += u64::from(slots);
+        }
+        idle.then_some(usize::try_from(launched).unwrap_or(usize::MAX))
+    }
+
+    /// Takes in how many requests are in the runtime (waiting, launched and
+    /// unfinished) for the adaptive delay's peak (`plan/pace.rs`).
+    fn note_load(&mut self, candidates: &[Candidate<'_>], now_ns: u64) {
+        let ledger = self.planner.ledger();
+        let launched: u64 = candidates
             .iter()
-            .any(|c| c.up && ledger.reserved(c.index).slots == 0)
+            .map(|c| u64::from(ledger.reserved(c.index).slots))
+            .sum();
+        let in_runtime = self.planner.len() + usize::try_from(launched).unwrap_or(usize::MAX);
+        self.pace.note_load(in_runtime, now_ns);
     }
 
     pub(super) fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -136,6 +157,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // reaches it is full however long it waits. None up: only the
         // batch limits count.
         let most = Some(fleet.max).filter(|m| m.slots > 0);
+        self.note_load(&candidates, now_ns);
         let mut idle = self.any_idle(&candidates);
         while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();
@@ -184,7 +206,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.launch_formed(formed, deciding);
             idle = self.any_idle(&candidates);
         }
-        self.idle = idle;
+        self.idle = idle.is_some();
         self.short_last_pass = short_now;
         self.end_unlaunched(abandoned, Failure::Cancelled, Ended::Cancelled);
     }

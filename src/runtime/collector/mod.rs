@@ -258,8 +258,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if let Some(a) = self.planner.oldest_arrival().filter(|_| !self.stalled) {
             let due = a.saturating_add(delay);
             timeout = timeout.min(Duration::from_nanos(due.saturating_sub(now_ns)));
-            // Adaptive delay: with a worker idle, the batch falls due when
-            // the arrivals stop (`batch_due`), if that comes first.
+            // Adaptive delay: with a worker idle, the batch may fall due
+            // when the arrivals go quiet (`batch_due`), if that comes first.
             if self.idle && self.applied.batching.delay == BatchDelay::Adaptive {
                 if let Some(quiet) = self.pace.quiet_at().filter(|&q| q > now_ns) {
                     timeout = timeout.min(Duration::from_nanos(quiet - now_ns));
