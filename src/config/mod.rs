@@ -110,12 +110,12 @@ pub enum BatchDelay {
     /// Triton's rule: a partial batch launches once its oldest request has
     /// waited `max_queue_delay`, whether or not anything more is coming.
     Fixed,
-    /// The delay is spent only while requests are still arriving: a partial
-    /// batch also launches at once when a worker is idle and the arrivals
-    /// have stopped (nothing new for four times the recent gap between
-    /// arrivals, and at least 20 µs). A request still never waits more
-    /// than `max_queue_delay` for batching, and while every worker is busy
-    /// batches form exactly as under `Fixed`. See `docs/semantics.md`.
+    /// The delay is spent only while more requests may come: a partial
+    /// batch also launches at once when a worker is idle, the requests in
+    /// the runtime are near their recent peak (a closed loop's clients are
+    /// all in) and arrivals have gone quiet (`src/plan/pace.rs`). A request
+    /// still never waits more than `max_queue_delay` for batching, and
+    /// while every worker is busy batches form exactly as under `Fixed`.
     #[default]
     Adaptive,
 }
@@ -154,7 +154,7 @@ pub enum LaunchCause {
     Delay,
     /// A waiting request would have expired within `max_queue_delay`.
     Deadline,
-    /// A worker was idle and the arrivals had stopped (`BatchDelay::Adaptive`).
+    /// A worker was idle and nothing more was coming (`BatchDelay::Adaptive`).
     Idle,
     /// A preferred batch size could be made.
     Preferred,

@@ -8,15 +8,16 @@
 //! exceeds the number of clients. So two signals together say that
 //! nothing more is coming:
 //!
-//! * **at the peak**: the requests in the runtime are as many as they have
-//!   been at any time in the last [`PEAK_WINDOW`] to twice that; in a
-//!   closed loop, every client's request is in;
+//! * **near the peak**: the requests in the runtime are at least
+//!   [`PEAK_SHARE_NUM`]/[`PEAK_SHARE_DEN`] of the most they have been at
+//!   any time in the last [`PEAK_WINDOW`] to twice that; in a closed loop,
+//!   (nearly) every client's request is in;
 //! * **quiet**: nothing has arrived for [`QUIET_GAPS`] times the moving
 //!   average gap between arrivals, and at least [`QUIET_FLOOR`]: the burst
 //!   is over.
 //!
 //! An open-loop stream rarely meets both: its count in the runtime sits
-//! below its recent peak most of the time, and a stream faster than the
+//! well below its recent peak most of the time, and a stream faster than the
 //! batches fill is never quiet, so under it batches form as under the
 //! fixed rule. When it does meet both (a lull right after a new high), the
 //! batch it launches is as large as any in the window.
@@ -33,18 +34,22 @@ pub const QUIET_GAPS: u64 = 2;
 pub const QUIET_FLOOR: u64 = 20_000;
 
 /// The peak is the most requests in the runtime over the current window
-/// and the one before it, each this long (100 ms, in nanoseconds): a
-/// closed loop that loses clients is recognised again within two windows.
-pub const PEAK_WINDOW: u64 = 100_000_000;
+/// and the one before it, each this long (20 ms, in nanoseconds): long
+/// against a closed loop's cycle, so its peak is its client count; short
+/// enough that a loop which loses clients is recognised again within 40 ms
+/// (the collector wakes when a window ends to look again).
+pub const PEAK_WINDOW: u64 = 20_000_000;
 
-/// "Near the peak": at least this share of it (1/2). A closed loop served
+/// "Near the peak": at least this share of it (3/4). A closed loop served
 /// by several workers in turn always has some clients between an answer
-/// and their next request, so its count in the runtime swings between
-/// about half its clients and all of them; an open stream's count in a
-/// lull sits well below the peaks of its bursts.
-pub const PEAK_SHARE_NUM: usize = 1;
+/// and their next request, so its count in the runtime is often a little
+/// below its peak; an open stream's count in a lull sits well below the
+/// peaks of its bursts. A lower share lets closed loops launch sooner and
+/// makes open streams' batches smaller (BENCHMARKS.md, "The queue delay
+/// rules").
+pub const PEAK_SHARE_NUM: usize = 3;
 /// See [`PEAK_SHARE_NUM`].
-pub const PEAK_SHARE_DEN: usize = 2;
+pub const PEAK_SHARE_DEN: usize = 4;
 
 /// Weight of the newest gap in the moving average: 1/8.
 const SHIFT: u32 = 3;
@@ -61,7 +66,7 @@ const SHIFT: u32 = 3;
 /// pace.note_load(4, 3_000); // all four in the runtime
 /// assert!(!pace.nothing_more(4, 10_000), "7 µs of silence is within the floor");
 /// assert!(pace.nothing_more(4, 23_000), "every client in, and quiet");
-/// assert!(!pace.nothing_more(3, 23_000), "one client's request still out");
+/// assert!(!pace.nothing_more(2, 23_000), "half the clients still out");
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Pace {
@@ -112,6 +117,12 @@ impl Pace {
         self.peak_now = self.peak_now.max(in_runtime);
     }
 
+    /// When the current window ends and the peak may fall: the collector,
+    /// idle beside a quiet queue below the peak, looks again then.
+    pub fn window_ends_at(&self) -> u64 {
+        self.window_start.saturating_add(PEAK_WINDOW)
+    }
+
     /// The most requests in the runtime over the last one to two windows.
     pub fn peak(&self) -> usize {
         self.peak_now.max(self.peak_before)
@@ -125,7 +136,7 @@ impl Pace {
     }
 
     /// Whether nothing more is coming at `now` with `in_runtime` requests
-    /// in the runtime: at the peak, and quiet.
+    /// in the runtime: near the peak, and quiet.
     pub fn nothing_more(&self, in_runtime: usize, now: u64) -> bool {
         in_runtime > 0
             && in_runtime.saturating_mul(PEAK_SHARE_DEN)

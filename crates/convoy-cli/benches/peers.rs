@@ -7,8 +7,8 @@
 //!
 //! Load: `PRODUCERS` threads, each keeping a window of requests in flight
 //! (submit the window, await all of it, repeat) until it has sent
-//! `PER_PRODUCER`. Two windows, from `WINDOWS`: 16 (64 in flight: enough
-//! to keep one handler thread busy, not two workers) and 64 (256 in
+//! `PER_PRODUCER`. Three windows, from `WINDOWS`: 16 (64 in flight: enough
+//! to keep one handler thread busy, not two workers), 32, and 64 (256 in
 //! flight: every batcher saturated, so the throughput is the batcher's and
 //! not the client's closed loop). Both batchers are awaited as futures
 //! (`join_all` under `futures::executor::block_on`), so the client side is
@@ -30,7 +30,10 @@
 //!
 //! batched-fn runs every batch on its one handler thread. convoy is shown
 //! with one CPU worker (the same parallelism), two, and its default (one
-//! worker per core) where the machine has more than two cores.
+//! worker per core) where the machine has more than two cores, each under
+//! its default queue delay rule (`adaptive`); the standalone pass also
+//! runs two workers under the `fixed` rule and with a delay of 0, the
+//! bounds the adaptive rule sits between.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,12 +41,12 @@ use std::time::{Duration, Instant};
 
 use batched_fn::batched_fn;
 use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
-use convoy::{BatchingConfig, Config, Request, Runtime};
+use convoy::{BatchDelay, BatchingConfig, Config, Request, Runtime};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::future::join_all;
 
 const PRODUCERS: usize = 4;
-const WINDOWS: [usize; 2] = [16, 64];
+const WINDOWS: [usize; 3] = [16, 32, 64];
 const PER_PRODUCER: usize = 512;
 const MAX_BATCH: usize = 32;
 const DELAY_MS: u64 = 2;
@@ -128,7 +131,18 @@ impl convoy::Executor<Vec<u32>, Vec<f32>> for Timed {
 }
 
 fn convoy_runtime(workers: usize) -> Runtime<Vec<u32>, Vec<f32>> {
-    convoy_runtime_timed(workers, Default::default())
+    convoy_runtime_timed(workers, Default::default(), Rule::Adaptive)
+}
+
+/// The queue delay rule a convoy contender runs under.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// `batching.delay = "adaptive"` (the default), 2 ms.
+    Adaptive,
+    /// `batching.delay = "fixed"` (Triton's), 2 ms.
+    Fixed,
+    /// A delay of 0: every batch launches with what waits.
+    Zero,
 }
 
 /// `convoy_runtime`, adding the time its workers spend in the model to
@@ -136,13 +150,20 @@ fn convoy_runtime(workers: usize) -> Runtime<Vec<u32>, Vec<f32>> {
 fn convoy_runtime_timed(
     workers: usize,
     busy_ns: std::sync::Arc<AtomicU64>,
+    rule: Rule,
 ) -> Runtime<Vec<u32>, Vec<f32>> {
+    let delay_ms = if rule == Rule::Zero { 0 } else { DELAY_MS };
     Runtime::builder()
         .config(Config {
             cpu_workers: workers,
             batching: BatchingConfig {
                 max_batch_size: MAX_BATCH,
-                max_queue_delay: Duration::from_millis(DELAY_MS),
+                max_queue_delay: Duration::from_millis(delay_ms),
+                delay: if rule == Rule::Adaptive {
+                    BatchDelay::Adaptive
+                } else {
+                    BatchDelay::Fixed
+                },
                 // batched-fn batches by count alone; so does convoy here.
                 max_batch_tokens: u64::MAX,
                 ..Config::default().batching
@@ -305,9 +326,9 @@ fn batched_fn_load(requests: &[Vec<u32>], window: usize) -> Load {
 /// runtime is built and warmed before the timing, as batched-fn's context
 /// is, and shut down after it, so an idle runtime never shares the cores
 /// with the contender being timed.
-fn convoy_load(requests: &[Vec<u32>], window: usize, workers: usize) -> Load {
+fn convoy_load(requests: &[Vec<u32>], window: usize, workers: usize, rule: Rule) -> Load {
     let busy_ns = std::sync::Arc::new(AtomicU64::new(0));
-    let rt = convoy_runtime_timed(workers, busy_ns.clone());
+    let rt = convoy_runtime_timed(workers, busy_ns.clone(), rule);
     let h = rt.handle();
     // The same one call first as batched-fn's: its threads have run and
     // its first batch's allocations are made before the timing.
@@ -359,7 +380,7 @@ fn bare_load(model: &PoolDense, requests: &[Vec<u32>], threads: usize) -> Load {
 #[derive(Clone, Copy)]
 enum Contender {
     BatchedFn,
-    Convoy(usize),
+    Convoy(usize, Rule),
     Bare(usize),
 }
 
@@ -367,7 +388,9 @@ impl Contender {
     fn name(self) -> String {
         match self {
             Contender::BatchedFn => "batched-fn (1 handler)".to_owned(),
-            Contender::Convoy(w) => format!("convoy ({w} workers)"),
+            Contender::Convoy(w, Rule::Adaptive) => format!("convoy ({w} workers)"),
+            Contender::Convoy(w, Rule::Fixed) => format!("convoy ({w} w, fixed)"),
+            Contender::Convoy(w, Rule::Zero) => format!("convoy ({w} w, delay 0)"),
             Contender::Bare(t) => format!("bare model ({t} threads)"),
         }
     }
@@ -376,7 +399,7 @@ impl Contender {
     fn threads(self) -> usize {
         match self {
             Contender::BatchedFn => 1,
-            Contender::Convoy(n) | Contender::Bare(n) => n,
+            Contender::Convoy(n, _) | Contender::Bare(n) => n,
         }
     }
 }
@@ -412,7 +435,11 @@ fn latency_pass(requests: &[Vec<u32>], window: usize, cores: usize) {
     let counts = worker_counts(cores);
     // batched-fn first: the ratios are to it.
     let contenders: Vec<Contender> = std::iter::once(Contender::BatchedFn)
-        .chain(counts.iter().map(|&w| Contender::Convoy(w)))
+        .chain(counts.iter().map(|&w| Contender::Convoy(w, Rule::Adaptive)))
+        .chain([
+            Contender::Convoy(2, Rule::Fixed),
+            Contender::Convoy(2, Rule::Zero),
+        ])
         .chain(counts.iter().map(|&t| Contender::Bare(t)))
         .collect();
     let mut pooled: Vec<Pooled> = contenders.iter().map(|_| Pooled::default()).collect();
@@ -422,7 +449,7 @@ fn latency_pass(requests: &[Vec<u32>], window: usize, cores: usize) {
             let who = (round + k) % contenders.len();
             let load = match contenders[who] {
                 Contender::BatchedFn => batched_fn_load(requests, window),
-                Contender::Convoy(w) => convoy_load(requests, window, w),
+                Contender::Convoy(w, rule) => convoy_load(requests, window, w, rule),
                 Contender::Bare(t) => bare_load(&bare, requests, t),
             };
             times[who] = load.elapsed;

@@ -261,8 +261,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             // Adaptive delay: with a worker idle, the batch may fall due
             // when the arrivals go quiet (`batch_due`), if that comes first.
             if self.idle && self.applied.batching.delay == BatchDelay::Adaptive {
-                if let Some(quiet) = self.pace.quiet_at().filter(|&q| q > now_ns) {
-                    timeout = timeout.min(Duration::from_nanos(quiet - now_ns));
+                // Quiet still to come: look again then. Quiet already, but
+                // below the peak: look again when the window ends and the
+                // peak may fall (a closed loop that lost clients).
+                let at = match self.pace.quiet_at() {
+                    Some(quiet) if quiet > now_ns => Some(quiet),
+                    Some(_) => Some(self.pace.window_ends_at()),
+                    None => None,
+                };
+                if let Some(at) = at.filter(|&at| at > now_ns) {
+                    timeout = timeout.min(Duration::from_nanos(at - now_ns));
                 }
             }
         }
