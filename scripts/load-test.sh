@@ -9,6 +9,8 @@
 # than the deliberate 503/504; the server exits 0 with `lost: 0`.
 # Prints throughput and p99 for BENCHMARKS.md.
 #
+# CONFIG=FILE serves with that config (scripts/load-test-shed.toml forces
+# shedding, so 429s are part of the run and must be counted on both sides).
 # Without wrk it skips with a reason (exit 0); under CI=true a skip fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ fi
 
 cargo build --release --quiet --bin convoy
 log=$(mktemp)
-./target/release/convoy serve --addr "127.0.0.1:$PORT" >"$log" 2>&1 &
+./target/release/convoy serve --addr "127.0.0.1:$PORT" ${CONFIG:+--config "$CONFIG"} >"$log" 2>/dev/null &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do
@@ -53,7 +55,7 @@ rm -f "$log"
 server_total=$(python3 -c "
 import json,sys
 t=json.loads(sys.argv[1])['total']
-print(t['completed']+t['expired']+t['cancelled']+t['failed']+t['shut_down']+t['rejected_full'])
+print(t['completed']+t['expired']+t['cancelled']+t['failed']+t['shut_down']+t['rejected_full']+t['rejected_shed'])
 " "$stats")
 client_total=$((ok + s429 + s503 + s504 + s4xx + s5xx))
 echo "load test: client counted $client_total responses (200: $ok, 429: $s429, 503: $s503, 504: $s504, 4xx: $s4xx, 5xx: $s5xx); server counted $server_total outcomes; $rps req/s, p99 ${p99} µs"
@@ -66,5 +68,7 @@ fail=0
 [ "$server_total" -ge "$client_total" ] || { echo "FAIL: server counted fewer outcomes than the client saw"; fail=1; }
 [ "$server_total" -le $((client_total + CONNECTIONS)) ] || { echo "FAIL: server counted more than client + in flight"; fail=1; }
 echo "$summary" | grep -q "lost: 0" || { echo "FAIL: server did not report lost: 0"; fail=1; }
+# EXPECT_SHED=1: the config forces shedding, so some 429s must have come.
+[ -z "${EXPECT_SHED:-}" ] || [ "$s429" -gt 0 ] || { echo "FAIL: shedding was forced but no 429 came"; fail=1; }
 [ $fail -eq 0 ] && echo "load test: OK"
 exit $fail

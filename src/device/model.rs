@@ -222,10 +222,20 @@ impl PoolDense {
                     bytes.len()
                 )));
             }
-            Ok(bytes
+            let values: Vec<f32> = bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+                .collect();
+            // A NaN or infinite weight makes every output it touches
+            // meaningless: refused at load, naming the first, rather than
+            // answered as `null`s request by request.
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(err(format!(
+                    "value {i} is {}; weights must be finite",
+                    values[i]
+                )));
+            }
+            Ok(values)
         };
         let bias = read("b.f32")?;
         let dim = bias.len();
@@ -463,5 +473,26 @@ mod tests {
         let loaded = PoolDense::from_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(loaded, m);
+    }
+
+    #[test]
+    fn a_weight_file_with_a_nan_or_an_infinity_is_refused_naming_it() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let m = PoolDense::seeded(12, 4, 5).unwrap();
+            let dir = std::env::temp_dir().join(format!(
+                "convoy-model-bad-{}-{}",
+                std::process::id(),
+                bad.to_bits()
+            ));
+            m.to_dir(&dir).unwrap();
+            let mut w = std::fs::read(dir.join("W.f32")).unwrap();
+            w[20..24].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(dir.join("W.f32"), &w).unwrap();
+            let e = PoolDense::from_dir(&dir).unwrap_err();
+            std::fs::remove_dir_all(&dir).unwrap();
+            let text = e.to_string();
+            assert!(text.contains("W.f32") && text.contains("value 5"), "{text}");
+            assert!(text.contains("finite"), "{text}");
+        }
     }
 }

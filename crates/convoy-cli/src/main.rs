@@ -519,24 +519,60 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Fail> {
+    // Logs go to stderr, at `info` unless RUST_LOG says otherwise
+    // (`RUST_LOG=debug` adds every refused request and launched batch).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let config = load_config(args.config.as_deref())?;
+    let drain = config.shutdown_timeout;
     let state = convoy_server::model_server(config, model(args.weights.as_deref())?)?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let runtime = state.runtime.clone();
     let stats = tokio.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.addr)
             .await
             .map_err(|e| Fail(format!("--addr {}: {e}", args.addr)))?;
-        say!(
-            "convoy serve: listening on http://{}\n",
-            listener.local_addr()?
-        );
-        convoy_server::serve_until(listener, state, convoy_server::shutdown_signal())
+        let addr = listener.local_addr()?;
+        say!("convoy serve: listening on http://{addr}\n");
+        tracing::info!(%addr, drain_ms = drain.as_millis() as u64, "serving");
+        // The first SIGINT/SIGTERM drains (bounded by the drain deadline);
+        // a second one exits at once, with the counts as they stand.
+        let signal = async move {
+            convoy_server::shutdown_signal().await;
+            tracing::info!("signal: draining; a second signal exits at once");
+            tokio::spawn(async move {
+                convoy_server::shutdown_signal().await;
+                // Exiting either way: a closed stdout has no one to tell.
+                let _ = say(format_args!(
+                    "convoy serve: stopped at once on a second signal. {}\n",
+                    runtime.stats().total()
+                ));
+                std::process::exit(130);
+            });
+        };
+        convoy_server::serve_until(listener, state, signal)
             .await
             .map_err(Fail::from)
     })?;
-    say!("convoy serve: stopped. {}\n", stats.total());
+    let total = stats.total();
+    tracing::info!(
+        accepted = total.inserted,
+        completed = total.completed,
+        refused_full = total.rejected_full,
+        refused_shed = total.rejected_shed,
+        expired = total.expired,
+        failed = total.failed,
+        shut_down = total.shut_down,
+        lost = total.lost(),
+        "stopped"
+    );
+    say!("convoy serve: stopped. {total}\n");
     Ok(())
 }
 

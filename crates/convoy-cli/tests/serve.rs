@@ -77,3 +77,88 @@ async fn the_binary_serves_the_weights_convoy_weights_wrote() {
     assert!(rest.contains("lost: 0"), "{rest}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Starts `convoy serve` on a free port with `config` (TOML text), and
+/// returns the child, its stdout reader and its address.
+fn serve_with(
+    config: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+    std::path::PathBuf,
+) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let path = std::env::temp_dir().join(format!(
+        "convoy-serve-{}-{}.toml",
+        std::process::id(),
+        config.len()
+    ));
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("convoy serve starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("convoy serve: listening on http://")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .to_owned();
+    (child, stdout, addr, path)
+}
+
+/// Waits for `child` at most `bound`; kills it and fails past that.
+fn exits_within(child: &mut std::process::Child, bound: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            panic!("convoy serve did not exit within {bound:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client that sent half a request (part of the headers) and then
+/// nothing does not keep SIGTERM from completing: the server drains for
+/// its drain deadline (`shutdown_timeout_ms`, 300 ms here), closes the
+/// connection, prints its accounting and exits 0.
+#[test]
+fn a_half_sent_request_does_not_hold_shutdown_past_the_drain_deadline() {
+    use std::io::Write;
+    let (mut child, mut stdout, addr, config) = serve_with("shutdown_timeout_ms = 300\n");
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .unwrap();
+    let mut body_half = std::net::TcpStream::connect(&addr).unwrap();
+    body_half
+        .write_all(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"tok")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // 300 ms of drain, the runtime's shutdown, and room for a slow machine;
+    // without the deadline it never exits while the clients hold on.
+    let status = exits_within(&mut child, Duration::from_secs(20));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(rest.contains("convoy serve: stopped."), "{rest}");
+    assert!(rest.contains("lost: 0"), "{rest}");
+    drop((half, body_half));
+    std::fs::remove_file(config).unwrap();
+}

@@ -48,8 +48,8 @@ impl Codec for Sentiment {
         Ok(Request::new(text).tokens(words))
     }
 
-    fn encode(&self, (score, words): (i32, usize)) -> Value {
-        json!({ "score": score, "words": words })
+    fn encode(&self, (score, words): (i32, usize)) -> Result<Value, ApiError> {
+        Ok(json!({ "score": score, "words": words }))
     }
 }
 

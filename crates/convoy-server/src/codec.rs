@@ -37,8 +37,8 @@ use crate::error::ApiError;
 ///         }
 ///         Ok(Request::new(text))
 ///     }
-///     fn encode(&self, output: usize) -> Value {
-///         Value::from(output)
+///     fn encode(&self, output: usize) -> Result<Value, ApiError> {
+///         Ok(Value::from(output))
 ///     }
 /// }
 ///
@@ -55,8 +55,10 @@ pub trait Codec: Send + Sync + 'static {
     /// Builds the request from the body's fields other than the envelope.
     fn decode(&self, fields: Map<String, Value>) -> Result<Request<Self::Input>, ApiError>;
 
-    /// The JSON of one output: the value of the answer's `"output"`.
-    fn encode(&self, output: Self::Output) -> Value;
+    /// The JSON of one output: the value of the answer's `"output"`, or an
+    /// error (an output JSON cannot carry, such as a NaN, is a 500 that
+    /// says so rather than a `null`).
+    fn encode(&self, output: Self::Output) -> Result<Value, ApiError>;
 }
 
 /// The latest deadline a request may ask for: an hour.

@@ -13,11 +13,14 @@
 //! disconnects drops the handler's future and with it the ticket, which
 //! cancels the request if it has not launched.
 //!
-//! Statuses: 400 malformed JSON or invalid UTF-8; 413 a body over the
-//! limit, or what the codec finds too large; 422 a well-formed request that
-//! cannot be served (an unknown priority, a bad deadline, what the codec
+//! Statuses: 400 malformed JSON or invalid UTF-8; 404 an unknown route and
+//! 405 a wrong method; 413 a body over the limit, or what the codec finds
+//! too large; 422 a well-formed request that cannot be served (an unknown
+//! priority, a bad deadline, a body that is not an object, what the codec
 //! refuses); then [`refusal`] for what submit refuses and [`failure`] for
-//! how an accepted request can fail. Every error body is `{"error": "…"}`.
+//! how an accepted request can fail. Every error body the router writes is
+//! `{"error": "…"}` (hyper itself answers a few malformed requests, such as
+//! an oversized header, before they reach the router).
 //!
 //! # Embedding your own model
 //!
@@ -36,7 +39,7 @@
 //!             .ok_or_else(|| ApiError::unprocessable("give \"x\" as a number"))?;
 //!         Ok(Request::new(x as f32))
 //!     }
-//!     fn encode(&self, y: f32) -> Value { Value::from(y) }
+//!     fn encode(&self, y: f32) -> Result<Value, ApiError> { Ok(Value::from(y)) }
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,6 +55,7 @@
 
 #![warn(missing_docs)]
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -115,6 +119,8 @@ pub fn router<C: Codec>(server: Arc<Server<C>>) -> Router {
         .route("/metrics", get(metrics::<C>))
         .route("/healthz", get(healthz::<C>))
         .route("/v1/stats", get(stats::<C>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(server)
 }
@@ -125,8 +131,41 @@ async fn infer<C: Codec>(
 ) -> Response {
     match answer(&server, body).await {
         Ok(output) => Json(serde_json::json!({ "output": output })).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(
+                    status = e.status().as_u16(),
+                    error = e.message(),
+                    "request failed"
+                );
+            } else {
+                tracing::debug!(
+                    status = e.status().as_u16(),
+                    error = e.message(),
+                    "request refused"
+                );
+            }
+            e.into_response()
+        }
     }
+}
+
+/// Any other path: a 404 in JSON like every other error.
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route: POST /v1/infer, GET /metrics, /healthz or /v1/stats",
+    )
+    .into_response()
+}
+
+/// A known path with the wrong method: a 405 in JSON.
+async fn wrong_method() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: /v1/infer takes POST; /metrics, /healthz and /v1/stats take GET",
+    )
+    .into_response()
 }
 
 async fn answer<C: Codec>(
@@ -163,7 +202,7 @@ async fn answer<C: Codec>(
     // Dropping this future (the client went away) drops the ticket, which
     // cancels the request if it has not launched.
     match ticket.await {
-        Ok(output) => Ok(server.codec.encode(output)),
+        Ok(output) => server.codec.encode(output),
         Err(f) => Err(failure(&f)),
     }
 }
@@ -232,17 +271,41 @@ pub fn stats_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> V
     })
 }
 
-/// Serves `server` on `listener` until `signal` resolves, then stops
-/// accepting, lets in-flight requests finish, shuts the runtime down
-/// (finishing what it accepted) and returns its final counts.
+/// Serves `server` on `listener` until `signal` resolves, then drains and
+/// returns the runtime's final counts:
+///
+/// 1. stops accepting, and lets requests in flight finish;
+/// 2. after the runtime's `shutdown_timeout` (the drain deadline), closes
+///    the connections that remain: a client holding a half-sent request
+///    cannot keep the server from stopping;
+/// 3. shuts the runtime down, which finishes what it accepted within the
+///    same timeout and fails the rest with `ShutDown`.
 pub async fn serve_until<C: Codec>(
     listener: tokio::net::TcpListener,
     server: Arc<Server<C>>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Stats> {
-    axum::serve(listener, router(server.clone()))
-        .with_graceful_shutdown(signal)
-        .await?;
+    let drain = server.runtime.config().shutdown_timeout;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        signal.await;
+        let _ = stopping_tx.send(());
+    };
+    let serving = axum::serve(listener, router(server.clone())).with_graceful_shutdown(graceful);
+    let deadline = async move {
+        match stopping_rx.await {
+            Ok(()) => tokio::time::sleep(drain).await,
+            // The server ended before any signal: nothing to bound.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        served = serving.into_future() => served?,
+        () = deadline => tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "drain deadline passed: closing the connections still open"
+        ),
+    }
     let rt = server.runtime.clone();
     // shutdown() joins threads: keep it off the async workers.
     tokio::task::spawn_blocking(move || rt.shutdown())

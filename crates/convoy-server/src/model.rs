@@ -112,9 +112,14 @@ impl Codec for ModelCodec {
                         limits.max_tokens
                     )));
                 }
+                if t.is_empty() {
+                    return Err(ApiError::unprocessable(
+                        "tokens must not be empty: the model pools at least one token",
+                    ));
+                }
                 convoy::model::check_tokens(&t, limits.vocab)
                     .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-                let n = t.len().max(1) as u32;
+                let n = u32::try_from(t.len()).unwrap_or(u32::MAX);
                 (Input::Tokens(t), n)
             }
             (None, Some(v)) => {
@@ -142,8 +147,14 @@ impl Codec for ModelCodec {
         Ok(Request::new(input).tokens(cost))
     }
 
-    fn encode(&self, output: Vec<f32>) -> Value {
-        Value::from(output)
+    fn encode(&self, output: Vec<f32>) -> Result<Value, ApiError> {
+        if output.iter().any(|x| !x.is_finite()) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "the model produced a value that is not a finite number",
+            ));
+        }
+        Ok(Value::from(output))
     }
 }
 

@@ -67,6 +67,9 @@ async fn start_with(shed_under: Option<Duration>) -> TestServer {
                         if t.first() == Some(&0) {
                             h2.wait();
                         }
+                        if t.first() == Some(&99) {
+                            return vec![f32::NAN; 4]; // a model gone wrong
+                        }
                         vec![t.len() as f32, 0.0, 0.0, 0.0]
                     }
                     Input::Vector(v) => v.clone(),
@@ -256,6 +259,70 @@ async fn each_error_has_its_status_and_a_json_reason() {
     assert_eq!(stats["utilization"], 0.0, "nothing waits");
     let final_stats = s.stop().await;
     assert_eq!(final_stats.total().inserted, final_stats.total().ended());
+}
+
+/// Every error, including a path or method the server does not have, an
+/// empty token list and an output JSON cannot carry, is a status with a
+/// JSON body in plain words; nothing names an internal type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_status_has_a_json_body_in_plain_words() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (
+            client.get(format!("{}/nope", s.url)),
+            StatusCode::NOT_FOUND,
+            "no such route",
+        ),
+        (
+            client.get(format!("{}/v1/infer", s.url)),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST",
+        ),
+        (
+            client.delete(format!("{}/metrics", s.url)),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET",
+        ),
+        (
+            client
+                .post(format!("{}/v1/infer", s.url))
+                .json(&json!({"tokens": []})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "must not be empty",
+        ),
+        (
+            client
+                .post(format!("{}/v1/infer", s.url))
+                .json(&json!([1, 2])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "JSON object",
+        ),
+        (
+            client
+                .post(format!("{}/v1/infer", s.url))
+                .json(&json!({"tokens": [99]})),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "not a finite number",
+        ),
+        (
+            client
+                .post(format!("{}/v1/infer", s.url))
+                .json(&json!({"tokens": [1], "priority": {"x": 1}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown priority",
+        ),
+    ];
+    for (request, status, words) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        let body: Value = r.json().await.expect("a JSON body");
+        let msg = body["error"].as_str().expect("an error message");
+        assert!(msg.contains(words), "{status}: {msg}");
+        assert!(!msg.contains("enum") && !msg.contains("::"), "{msg}");
+    }
+    let stats = s.stop().await;
+    assert_eq!(stats.total().inserted, stats.total().ended());
 }
 
 /// A level shed while the queue runs late is a 429 with `Retry-After`
