@@ -122,6 +122,10 @@ pub fn router<C: Codec>(server: Arc<Server<C>>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            refuse_oversized,
+        ))
         .with_state(server)
 }
 
@@ -147,6 +151,29 @@ async fn infer<C: Codec>(
             }
             e.into_response()
         }
+    }
+}
+
+/// A declared `Content-Length` over the body limit is refused on sight
+/// with 413, before a byte of the body is read: a client announcing 5 GB
+/// gets its answer at once instead of after the first megabyte.
+async fn refuse_oversized(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            tracing::debug!(declared = n, limit, "body over the limit refused on sight");
+            ApiError::too_large(format!("the body is over {limit} bytes ({n} declared)"))
+                .into_response()
+        }
+        _ => next.run(request).await,
     }
 }
 

@@ -325,6 +325,42 @@ async fn every_error_status_has_a_json_body_in_plain_words() {
     assert_eq!(stats.total().inserted, stats.total().ended());
 }
 
+/// A declared body over the limit is refused with 413 before any of it
+/// is sent: the client gets its answer with the headers alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_declared_body_is_refused_before_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(
+        b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(9).any(|w| w == b"\"error\":") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was not sent");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("5000000000 declared"), "{text}");
+    let stats = s.stop().await;
+    assert_eq!(stats.total().inserted, 0);
+}
+
 /// A level shed while the queue runs late is a 429 with `Retry-After`
 /// that says so, and Critical, never shed, still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
