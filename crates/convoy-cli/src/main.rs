@@ -94,6 +94,14 @@ struct ServeArgs {
     /// (as `convoy weights` writes them) instead of the seeded ones.
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Close a connection that has not sent a complete request head within
+    /// this many milliseconds (new, slow, or idle between requests).
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// The most connections open at once; past it a new connection is
+    /// closed at once. Default: a quarter of the file-descriptor limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -527,9 +535,24 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    if args.header_timeout_ms == 0 {
+        return Err(Fail("--header-timeout-ms: must be at least 1".into()));
+    }
+    if args.max_connections == Some(0) {
+        return Err(Fail("--max-connections: must be at least 1".into()));
+    }
+    let limits = convoy_server::HttpLimits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(convoy_server::default_max_connections),
+    };
     let config = load_config(args.config.as_deref())?;
     let drain = config.shutdown_timeout;
-    let state = convoy_server::model_server(config, model(args.weights.as_deref())?)?;
+    let state = std::sync::Arc::new(
+        convoy_server::model_server(config, model(args.weights.as_deref())?)?.http_limits(limits),
+    );
+    let server = state.clone();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -540,7 +563,13 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
             .map_err(|e| Fail(format!("--addr {}: {e}", args.addr)))?;
         let addr = listener.local_addr()?;
         say!("convoy serve: listening on http://{addr}\n");
-        tracing::info!(%addr, drain_ms = drain.as_millis() as u64, "serving");
+        tracing::info!(
+            %addr,
+            drain_ms = drain.as_millis() as u64,
+            header_timeout_ms = limits.header_timeout.as_millis() as u64,
+            max_connections = limits.max_connections,
+            "serving"
+        );
         // The first SIGINT/SIGTERM drains (bounded by the drain deadline);
         // a second one exits at once, with the counts as they stand.
         let signal = async move {
@@ -561,6 +590,10 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
             .map_err(Fail::from)
     })?;
     let total = stats.total();
+    tracing::info!(
+        refused_connections = server.refused_connections(),
+        "connections refused over the budget"
+    );
     tracing::info!(
         accepted = total.inserted,
         completed = total.completed,

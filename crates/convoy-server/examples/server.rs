@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         shed: true,
         ..Config::default()
     };
-    let state = model_server(config, model)?;
+    let state = std::sync::Arc::new(model_server(config, model)?);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let stats = serve_until(listener, state, shutdown_signal()).await?;

@@ -55,7 +55,6 @@
 
 #![warn(missing_docs)]
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -70,10 +69,12 @@ use serde_json::Value;
 
 mod codec;
 mod error;
+mod listen;
 pub mod model;
 
 pub use codec::{Codec, MAX_DEADLINE_MS};
 pub use error::{failure, refusal, ApiError};
+pub use listen::{default_max_connections, HttpLimits};
 pub use model::{model_server, Input, Limits, ModelCodec, ModelExecutor};
 
 /// The body limit when none is set: 1 MiB.
@@ -87,6 +88,8 @@ pub struct Server<C: Codec> {
     /// Reads bodies into inputs and outputs into JSON.
     pub codec: C,
     max_body_bytes: usize,
+    limits: HttpLimits,
+    refusals: Arc<listen::Refusals>,
 }
 
 impl<C: Codec> Server<C> {
@@ -96,7 +99,29 @@ impl<C: Codec> Server<C> {
             runtime,
             codec,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            limits: HttpLimits::default(),
+            refusals: Arc::default(),
         }
+    }
+
+    /// Sets the header timeout and the connection budget [`serve_until`]
+    /// applies (a router mounted elsewhere is served by its host).
+    pub fn http_limits(mut self, limits: HttpLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits [`serve_until`] applies.
+    pub fn limits(&self) -> HttpLimits {
+        self.limits
+    }
+
+    /// Connections [`serve_until`] closed at accept because the connection
+    /// budget was spent.
+    pub fn refused_connections(&self) -> u64 {
+        self.refusals
+            .over_budget
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the largest body accepted (413 above it).
@@ -299,7 +324,10 @@ pub fn stats_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> V
 }
 
 /// Serves `server` on `listener` until `signal` resolves, then drains and
-/// returns the runtime's final counts:
+/// returns the runtime's final counts. While serving, the server's
+/// [`HttpLimits`] hold: a connection that sends no complete request head
+/// within the header timeout is closed, and past the connection budget a
+/// new connection is closed at once. Then:
 ///
 /// 1. stops accepting, and lets requests in flight finish;
 /// 2. after the runtime's `shutdown_timeout` (the drain deadline), closes
@@ -313,26 +341,15 @@ pub async fn serve_until<C: Codec>(
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Stats> {
     let drain = server.runtime.config().shutdown_timeout;
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let graceful = async move {
-        signal.await;
-        let _ = stopping_tx.send(());
-    };
-    let serving = axum::serve(listener, router(server.clone())).with_graceful_shutdown(graceful);
-    let deadline = async move {
-        match stopping_rx.await {
-            Ok(()) => tokio::time::sleep(drain).await,
-            // The server ended before any signal: nothing to bound.
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        served = serving.into_future() => served?,
-        () = deadline => tracing::warn!(
-            drain_ms = drain.as_millis() as u64,
-            "drain deadline passed: closing the connections still open"
-        ),
-    }
+    listen::serve_router(
+        listener,
+        router(server.clone()),
+        server.limits,
+        server.refusals.clone(),
+        signal,
+        drain,
+    )
+    .await?;
     let rt = server.runtime.clone();
     // shutdown() joins threads: keep it off the async workers.
     tokio::task::spawn_blocking(move || rt.shutdown())

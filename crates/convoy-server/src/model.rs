@@ -160,17 +160,12 @@ impl Codec for ModelCodec {
 
 /// Builds the server for the built-in model with `config` (dedup on), with
 /// the model's [`Limits`].
-pub fn model_server(
-    config: Config,
-    model: PoolDense,
-) -> Result<Arc<Server<ModelCodec>>, BuildError> {
+pub fn model_server(config: Config, model: PoolDense) -> Result<Server<ModelCodec>, BuildError> {
     let limits = Limits::for_model(&model);
     let runtime = Runtime::builder()
         .config(config)
         .executor(ModelExecutor(Arc::new(model)))
         .deduplicate()
         .build()?;
-    Ok(Arc::new(
-        Server::new(Arc::new(runtime), ModelCodec { limits }).max_body_bytes(limits.max_body_bytes),
-    ))
+    Ok(Server::new(Arc::new(runtime), ModelCodec { limits }).max_body_bytes(limits.max_body_bytes))
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use convoy::{BatchingConfig, Config, IntakeConfig, Runtime};
-use convoy_server::{serve_until, Input, Limits, ModelCodec, Server};
+use convoy_server::{serve_until, HttpLimits, Input, Limits, ModelCodec, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -36,6 +36,13 @@ struct TestServer {
 async fn start() -> TestServer {
     start_with(None).await
 }
+
+/// The test server's HTTP limits: a short header timeout and a small
+/// connection budget, so both are reached quickly.
+const HTTP: HttpLimits = HttpLimits {
+    header_timeout: Duration::from_millis(400),
+    max_connections: 24,
+};
 
 /// `start`, shedding (`ordering.shed`) under this `max_wait` when given.
 async fn start_with(shed_under: Option<Duration>) -> TestServer {
@@ -80,7 +87,8 @@ async fn start_with(shed_under: Option<Duration>) -> TestServer {
         .unwrap();
     let state = Arc::new(
         Server::new(Arc::new(runtime), ModelCodec { limits: LIMITS })
-            .max_body_bytes(LIMITS.max_body_bytes),
+            .max_body_bytes(LIMITS.max_body_bytes)
+            .http_limits(HTTP),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -358,6 +366,91 @@ async fn a_huge_declared_body_is_refused_before_it_arrives() {
     assert!(text.contains("5000000000 declared"), "{text}");
     let stats = s.stop().await;
     assert_eq!(stats.total().inserted, 0);
+}
+
+/// Reads from `conn` until the server closes it, for at most `bound`;
+/// whether it closed in time.
+async fn closed_within(conn: &mut tokio::net::TcpStream, bound: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(bound, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A client that sends its request head a line at a time, slower than the
+/// header timeout allows, and one that connects and sends nothing, are
+/// both closed once the timeout (400 ms here) has passed, however long
+/// they would go on; a normal request on a fresh connection is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_silent_client_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let dripping = tokio::spawn(async move {
+        let _ = slow.write_all(b"POST /v1/infer HTTP/1.1\r\n").await;
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if slow
+                .write_all(format!("X-Drip-{i}: {i}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true; // closed by the server
+            }
+        }
+        false // 6 s of dripping without being closed
+    });
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent connection outlived the header timeout"
+    );
+    assert!(
+        dripping.await.unwrap(),
+        "a client dripping header lines was never closed"
+    );
+    let (status, body) = s.infer(json!({"tokens": [1, 2]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = s.stop().await;
+    assert_eq!(stats.total().inserted, stats.total().ended());
+}
+
+/// Past the connection budget (24 here), a new connection is closed at
+/// once and counted, and the server keeps its file descriptors; once the
+/// idle connections time out, normal requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_budget_holds_and_refusals_are_counted() {
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..HTTP.max_connections {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Give the server a moment to accept them all, then one more.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_millis(300)).await,
+        "a connection past the budget was kept open"
+    );
+    assert!(s.state.refused_connections() >= 1);
+    // The held ones time out (the header timeout), and the room comes back.
+    for mut c in held {
+        assert!(closed_within(&mut c, Duration::from_secs(5)).await);
+    }
+    let (status, body) = s.infer(json!({"tokens": [3]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = s.stop().await;
+    assert_eq!(stats.total().inserted, stats.total().ended());
 }
 
 /// A level shed while the queue runs late is a 429 with `Retry-After`
