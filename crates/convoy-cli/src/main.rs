@@ -95,11 +95,13 @@ struct ServeArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Close a connection that has not sent a complete request head within
-    /// this many milliseconds (new, slow, or idle between requests).
-    #[arg(long, default_value_t = 10_000)]
-    header_timeout_ms: u64,
+    /// this many milliseconds (new, slow, or idle between requests);
+    /// overrides `[http] header_timeout_ms`. Default 10000.
+    #[arg(long)]
+    header_timeout_ms: Option<u64>,
     /// The most connections open at once; past it a new connection is
-    /// closed at once. Default: a quarter of the file-descriptor limit.
+    /// closed at once. Overrides `[http] max_connections`. Default: a
+    /// quarter of the file-descriptor limit.
     #[arg(long)]
     max_connections: Option<usize>,
 }
@@ -299,6 +301,42 @@ fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
         Some(path) => Config::from_toml_file(path)?,
         None => builtin_config(),
     })
+}
+
+/// `convoy serve`'s own section of a config file: the HTTP limits. The
+/// rest of the file is the runtime's `Config`, read as by the other
+/// commands.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    header_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_tokens: Option<usize>,
+}
+
+/// The runtime's config and the `[http]` section, from `path` (or the
+/// built-in config and no section).
+fn load_serve_config(path: Option<&Path>) -> Result<(Config, HttpSection), Fail> {
+    let Some(path) = path else {
+        return Ok((builtin_config(), HttpSection::default()));
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Fail(format!("config: {}: {e}", path.display())))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e| Fail(format!("config: {}: {e}", path.display())))?;
+    let http = match table.remove("http") {
+        Some(section) => section
+            .try_into::<HttpSection>()
+            .map_err(|e| Fail(format!("config: {}: [http]: {e}", path.display())))?,
+        None => HttpSection::default(),
+    };
+    let rest =
+        toml::to_string(&table).map_err(|e| Fail(format!("config: {}: {e}", path.display())))?;
+    let config = Config::from_toml_str(&rest)
+        .map_err(|e| Fail(format!("config: {}: {e}", path.display())))?;
+    Ok((config, http))
 }
 
 /// What the commands run with when no `--config` is given.
@@ -535,22 +573,49 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    if args.header_timeout_ms == 0 {
-        return Err(Fail("--header-timeout-ms: must be at least 1".into()));
+    let (config, http) = load_serve_config(args.config.as_deref())?;
+    // A flag wins over the file, the file over the default.
+    let header_timeout_ms = args
+        .header_timeout_ms
+        .or(http.header_timeout_ms)
+        .unwrap_or(10_000);
+    if header_timeout_ms == 0 {
+        return Err(Fail(
+            "header timeout (--header-timeout-ms, http.header_timeout_ms): must be at least 1"
+                .into(),
+        ));
     }
-    if args.max_connections == Some(0) {
-        return Err(Fail("--max-connections: must be at least 1".into()));
+    let max_connections = args
+        .max_connections
+        .or(http.max_connections)
+        .unwrap_or_else(convoy_server::default_max_connections);
+    if max_connections == 0 {
+        return Err(Fail(
+            "connection budget (--max-connections, http.max_connections): must be at least 1"
+                .into(),
+        ));
     }
     let limits = convoy_server::HttpLimits {
-        header_timeout: Duration::from_millis(args.header_timeout_ms),
-        max_connections: args
-            .max_connections
-            .unwrap_or_else(convoy_server::default_max_connections),
+        header_timeout: Duration::from_millis(header_timeout_ms),
+        max_connections,
     };
-    let config = load_config(args.config.as_deref())?;
     let drain = config.shutdown_timeout;
+    let model = model(args.weights.as_deref())?;
+    let mut request_limits = convoy_server::Limits::for_model(&model);
+    if let Some(n) = http.max_body_bytes {
+        if n == 0 {
+            return Err(Fail("http.max_body_bytes: must be at least 1".into()));
+        }
+        request_limits.max_body_bytes = n;
+    }
+    if let Some(n) = http.max_tokens {
+        if n == 0 {
+            return Err(Fail("http.max_tokens: must be at least 1".into()));
+        }
+        request_limits.max_tokens = n;
+    }
     let state = std::sync::Arc::new(
-        convoy_server::model_server(config, model(args.weights.as_deref())?)?.http_limits(limits),
+        convoy_server::model_server_with(config, model, request_limits)?.http_limits(limits),
     );
     let server = state.clone();
     let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -162,3 +162,60 @@ fn a_half_sent_request_does_not_hold_shutdown_past_the_drain_deadline() {
     drop((half, body_half));
     std::fs::remove_file(config).unwrap();
 }
+
+/// `convoy serve`'s `[http]` section sets its limits: here a 300 ms header
+/// timeout closes a silent connection, and a 64-byte body limit refuses a
+/// longer body with 413. An unknown key in it is refused, naming it, with
+/// exit code 2.
+#[test]
+fn the_http_limits_come_from_the_config_file() {
+    use std::io::{Read, Write};
+    let (mut child, mut stdout, addr, config) = serve_with(
+        "shutdown_timeout_ms = 300\n[http]\nheader_timeout_ms = 300\nmax_body_bytes = 64\n",
+    );
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Closed by the server (0 bytes) well before the 5 s read timeout.
+    assert_eq!(silent.read(&mut buf).unwrap_or(usize::MAX), 0);
+    let mut big = std::net::TcpStream::connect(&addr).unwrap();
+    let body = format!("{{\"tokens\": [{}]}}", vec!["1"; 40].join(","));
+    write!(
+        big,
+        "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = big.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(exits_within(&mut child, Duration::from_secs(20)).success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("lost: 0"), "{rest}");
+    std::fs::remove_file(config).unwrap();
+
+    let bad = std::env::temp_dir().join(format!("convoy-serve-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "[http]\nheader_timeout = 5\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&bad).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[http]") && err.contains("header_timeout"),
+        "{err}"
+    );
+}

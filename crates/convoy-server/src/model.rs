@@ -162,6 +162,16 @@ impl Codec for ModelCodec {
 /// the model's [`Limits`].
 pub fn model_server(config: Config, model: PoolDense) -> Result<Server<ModelCodec>, BuildError> {
     let limits = Limits::for_model(&model);
+    model_server_with(config, model, limits)
+}
+
+/// [`model_server`] with request limits of your own (a larger body, fewer
+/// tokens); their `vocab` and `dim` should be the model's.
+pub fn model_server_with(
+    config: Config,
+    model: PoolDense,
+    limits: Limits,
+) -> Result<Server<ModelCodec>, BuildError> {
     let runtime = Runtime::builder()
         .config(config)
         .executor(ModelExecutor(Arc::new(model)))
