@@ -80,9 +80,14 @@ pub(crate) async fn serve_router(
 ) -> std::io::Result<()> {
     let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that those still open at the drain
+    // deadline are ended, not left running in the embedder's runtime.
+    let mut connections = tokio::task::JoinSet::new();
     let mut signal = std::pin::pin!(signal);
     let mut warned = false;
     loop {
+        // Reap what has finished, so the set holds only open connections.
+        while connections.try_join_next().is_some() {}
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -118,7 +123,7 @@ pub(crate) async fn serve_router(
             .keep_alive(true);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A connection that errs (a header timeout, a reset) simply
             // ends; its room in the budget goes back either way.
             let _ = conn.await;
@@ -128,10 +133,16 @@ pub(crate) async fn serve_router(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => tracing::warn!(
-            drain_ms = drain.as_millis() as u64,
-            "drain deadline passed: closing the connections still open"
-        ),
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                open = connections.len(),
+                "drain deadline passed: closing the connections still open"
+            );
+            // Dropping a connection's task closes its socket.
+            connections.abort_all();
+        }
     }
+    while connections.join_next().await.is_some() {}
     Ok(())
 }

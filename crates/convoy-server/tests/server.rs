@@ -453,6 +453,54 @@ async fn the_connection_budget_holds_and_refusals_are_counted() {
     assert_eq!(stats.total().inserted, stats.total().ended());
 }
 
+/// `serve_until` as an embedder calls it: after the signal, a connection
+/// still sending its body at the drain deadline (the runtime's
+/// `shutdown_timeout`, 200 ms here) is closed, not left open in the
+/// caller's tokio runtime, and `serve_until` returns the final counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_until_closes_what_remains_at_the_drain_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let runtime = Runtime::builder()
+        .config(Config {
+            shutdown_timeout: Duration::from_millis(200),
+            ..Config::default()
+        })
+        .batch_fn(|xs: &[Input]| xs.iter().map(|_| vec![0.0; 4]).collect())
+        .build()
+        .unwrap();
+    let server = Arc::new(
+        Server::new(Arc::new(runtime), ModelCodec { limits: LIMITS }).http_limits(HttpLimits {
+            // Long: only the drain deadline may close the connection.
+            header_timeout: Duration::from_secs(60),
+            max_connections: 8,
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(serve_until(listener, server, async move {
+        let _ = rx.await;
+    }));
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(
+        b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tok",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(()).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("serve_until returned after the drain deadline")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.total().lost(), 0);
+    assert!(
+        closed_within(&mut half, Duration::from_secs(2)).await,
+        "the half-sent connection outlived the drain"
+    );
+}
+
 /// A level shed while the queue runs late is a 429 with `Retry-After`
 /// that says so, and Critical, never shed, still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
