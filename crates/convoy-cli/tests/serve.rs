@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 /// implementation of pool-dense against convoy's outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_the_weights_convoy_weights_wrote() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let dir = std::env::temp_dir().join(format!("convoy-serve-weights-{}", std::process::id()));
     let bin = env!("CARGO_BIN_EXE_convoy");
@@ -27,20 +26,8 @@ async fn the_binary_serves_the_weights_convoy_weights_wrote() {
     let model = convoy::model::PoolDense::seeded(64, 8, 5).unwrap();
     assert_eq!(convoy::model::PoolDense::from_dir(&dir).unwrap(), model);
 
-    let mut server = Command::new(bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--weights", dir_arg])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("convoy serve starts");
-    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("convoy serve: listening on ")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_owned();
+    let (mut server, mut stdout, addr) = start_serve(&["--weights", dir_arg]);
+    let url = format!("http://{addr}");
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -78,27 +65,21 @@ async fn the_binary_serves_the_weights_convoy_weights_wrote() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Starts `convoy serve` on a free port with `config` (TOML text), and
-/// returns the child, its stdout reader and its address.
-fn serve_with(
-    config: &str,
+/// Starts `convoy serve` on a free port with `extra` arguments, and
+/// returns the child, its stdout reader (past the first line) and its
+/// address.
+fn start_serve(
+    extra: &[&str],
 ) -> (
     std::process::Child,
     std::io::BufReader<std::process::ChildStdout>,
     String,
-    std::path::PathBuf,
 ) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
-    let path = std::env::temp_dir().join(format!(
-        "convoy-serve-{}-{}.toml",
-        std::process::id(),
-        config.len()
-    ));
-    std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
-        .arg(&path)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -111,6 +92,27 @@ fn serve_with(
         .strip_prefix("convoy serve: listening on http://")
         .unwrap_or_else(|| panic!("first line: {line:?}"))
         .to_owned();
+    (child, stdout, addr)
+}
+
+/// `start_serve` with `config` (TOML text) as its `--config` file, whose
+/// path is returned too.
+fn serve_with(
+    config: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+    std::path::PathBuf,
+) {
+    let path = std::env::temp_dir().join(format!(
+        "convoy-serve-{}-{}.toml",
+        std::process::id(),
+        config.len()
+    ));
+    std::fs::write(&path, config).unwrap();
+    let (child, stdout, addr) =
+        start_serve(&["--config", path.to_str().expect("a UTF-8 temp dir")]);
     (child, stdout, addr, path)
 }
 

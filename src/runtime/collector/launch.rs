@@ -86,10 +86,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         Some((size, cause))
     }
 
-    /// `Some(requests launched and unfinished)` when some worker up holds
-    /// nothing (it would start a batch launched now at once, rather than
-    /// queue it behind another); `None` when every worker up is busy.
-    fn any_idle(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
+    /// Whether some worker up holds nothing (it would start a batch
+    /// launched now at once, rather than queue it behind another), and the
+    /// requests launched and unfinished on all of them: one pass over the
+    /// ledger for both.
+    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> (bool, usize) {
         let ledger = self.planner.ledger();
         let mut idle = false;
         let mut launched = 0u64;
@@ -98,19 +99,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             idle |= c.up && slots == 0;
             launched += u64::from(slots);
         }
-        idle.then_some(usize::try_from(launched).unwrap_or(usize::MAX))
+        (idle, usize::try_from(launched).unwrap_or(usize::MAX))
     }
 
-    /// Takes in how many requests are in the runtime (waiting, launched and
-    /// unfinished) for the adaptive delay's peak (`plan/pace.rs`).
-    fn note_load(&mut self, candidates: &[Candidate<'_>], now_ns: u64) {
-        let ledger = self.planner.ledger();
-        let launched: u64 = candidates
-            .iter()
-            .map(|c| u64::from(ledger.reserved(c.index).slots))
-            .sum();
-        let in_runtime = self.planner.len() + usize::try_from(launched).unwrap_or(usize::MAX);
-        self.pace.note_load(in_runtime, now_ns);
+    /// `Some(requests launched and unfinished)` when some worker up holds
+    /// nothing, `None` when every worker up is busy: what `batch_due`
+    /// takes as `idle`.
+    fn idle_load(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
+        let (idle, launched) = self.fleet_load(candidates);
+        idle.then_some(launched)
     }
 
     pub(super) fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -157,8 +154,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // reaches it is full however long it waits. None up: only the
         // batch limits count.
         let most = Some(fleet.max).filter(|m| m.slots > 0);
-        self.note_load(&candidates, now_ns);
-        let mut idle = self.any_idle(&candidates);
+        // The requests in the runtime, for the adaptive delay's peak.
+        let (any_idle, launched) = self.fleet_load(&candidates);
+        self.pace
+            .note_load(self.planner.len().saturating_add(launched), now_ns);
+        let mut idle = any_idle.then_some(launched);
         while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();
             // `stalled`: nothing launches until a batch finishes (or a
@@ -204,7 +204,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             };
             self.shared.counters.launch(cause);
             self.launch_formed(formed, deciding);
-            idle = self.any_idle(&candidates);
+            idle = self.idle_load(&candidates);
         }
         self.idle = idle.is_some();
         self.short_last_pass = short_now;
