@@ -107,6 +107,70 @@ fn exposition_matches_the_counters() {
     assert!(!text.contains("# EOF"));
 }
 
+/// Every histogram in the exposition is a valid Prometheus histogram: per
+/// series, the `_bucket` lines rise (cumulative), the last is `le="+Inf"`,
+/// and it equals `_count`. A quantile computed by Prometheus from buckets
+/// that overshoot `_count` is wrong, and `promtool check metrics` does
+/// not look at the values.
+#[test]
+fn every_histogram_is_cumulative_and_ends_at_its_count() {
+    let rt = loaded_runtime();
+    let text = rt.metrics_text();
+    let mut checked = 0;
+    for family in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" histogram"))
+    {
+        // Group the family's bucket lines by their labels other than `le`.
+        let mut series: std::collections::BTreeMap<String, Vec<(String, f64)>> =
+            Default::default();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&format!("{family}_bucket{{")) else {
+                continue;
+            };
+            let (labels, v) = rest.rsplit_once("} ").expect("a sample line");
+            let mut le = String::new();
+            let others: Vec<&str> = labels
+                .split(',')
+                .filter(|kv| match kv.strip_prefix("le=") {
+                    Some(bound) => {
+                        le = bound.trim_matches('"').to_owned();
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            series
+                .entry(others.join(","))
+                .or_default()
+                .push((le, v.parse().expect("a number")));
+        }
+        assert!(!series.is_empty(), "{family} has no buckets");
+        for (labels, buckets) in series {
+            let count_series = if labels.is_empty() {
+                format!("{family}_count")
+            } else {
+                format!("{family}_count{{{labels}}}")
+            };
+            let count = value(&text, &count_series);
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family}{{{labels}}} buckets fall: {buckets:?}"
+            );
+            let (le, last) = buckets.last().expect("not empty").clone();
+            assert_eq!(le, "+Inf", "{family}{{{labels}}} ends at le={le}");
+            assert_eq!(
+                last, count,
+                "{family}{{{labels}}}: the +Inf bucket is not _count: {buckets:?}"
+            );
+            checked += 1;
+        }
+    }
+    // batch size, decision time, and latency and wait for five levels.
+    assert!(checked >= 12, "only {checked} histogram series checked");
+}
+
 /// The sample lines of `text` (not comments), each as its series (name and
 /// labels), which must be unique within one exposition.
 fn series(text: &str) -> Vec<&str> {

@@ -172,6 +172,27 @@ fn reason_label(r: PlacementReason) -> &'static str {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A cumulative histogram (`samples ≤ bound`, without `+Inf`) in the
+/// form `prometheus-client`'s encoder takes: the samples of each bucket
+/// alone (it sums them into the cumulative `_bucket` lines itself) and a
+/// last bucket, `f64::MAX`, that it writes as `+Inf`. Handing it the
+/// cumulative counts would sum them twice: every bucket past the first
+/// non-empty one would read more samples than `_count`.
+fn per_bucket(h: &BucketedLatency) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    let mut out: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|&(bound, cumulative)| {
+            let n = cumulative.saturating_sub(below);
+            below = below.max(cumulative);
+            (bound, n)
+        })
+        .collect();
+    out.push((f64::MAX, h.count.saturating_sub(below)));
+    out
+}
+
 fn counter(m: &mut MetricEncoder<'_>, labels: &Labels, v: u64) -> fmt::Result {
     if labels.is_empty() {
         // No family: an empty one would print `name{}`.
@@ -300,21 +321,12 @@ impl Collector for Snapshot {
             None,
             MetricType::Histogram,
         )?;
-        let mut cumulative = 0;
+        // Batch-size counts are per bucket already, the form the encoder
+        // takes; the last bound (`u64::MAX`) is `+Inf`.
         let buckets: Vec<(f64, u64)> = BATCH_SIZE_BOUNDS
             .iter()
             .zip(s.batch_sizes)
-            .map(|(&b, n)| {
-                cumulative += n;
-                (
-                    if b == u64::MAX {
-                        f64::INFINITY
-                    } else {
-                        b as f64
-                    },
-                    cumulative,
-                )
-            })
+            .map(|(&b, n)| (if b == u64::MAX { f64::MAX } else { b as f64 }, n))
             .collect();
         m.encode_histogram::<()>(s.batched_requests as f64, s.batches, &buckets, None)?;
 
@@ -324,8 +336,7 @@ impl Collector for Snapshot {
             None,
             MetricType::Histogram,
         )?;
-        let mut b = self.decision.buckets.clone();
-        b.push((f64::INFINITY, self.decision.count));
+        let b = per_bucket(&self.decision);
         m.encode_histogram::<()>(self.decision.sum_s, self.decision.count, &b, None)?;
 
         for (name, help, all) in [
@@ -342,8 +353,7 @@ impl Collector for Snapshot {
         ] {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for (p, h) in Priority::ALL.into_iter().zip(all) {
-                let mut b = h.buckets.clone();
-                b.push((f64::INFINITY, h.count));
+                let b = per_bucket(h);
                 let labels = prio(p);
                 m.encode_family(&labels)?
                     .encode_histogram::<()>(h.sum_s, h.count, &b, None)?;
