@@ -51,6 +51,7 @@ pub struct Request<I> {
     pub(crate) deadline: Option<Deadline>,
     pub(crate) cost: Cost,
     pub(crate) dedup_key: Option<u64>,
+    pub(crate) received: Option<Instant>,
 }
 
 impl<I> Request<I> {
@@ -62,6 +63,7 @@ impl<I> Request<I> {
             deadline: None,
             cost: Cost::default(),
             dedup_key: None,
+            received: None,
         }
     }
 
@@ -81,6 +83,38 @@ impl<I> Request<I> {
     pub fn deadline_at(mut self, at: Instant) -> Self {
         self.deadline = Some(Deadline::At(at));
         self
+    }
+
+    /// Says when the request reached the application, if before submit:
+    /// for a server, when its first byte arrived. The end-to-end latency
+    /// the SLA report, the metrics and the compliance ratios give then
+    /// runs from this instant, so they count the time spent accepting,
+    /// reading and decoding the request, as its client sees it. (Ordering
+    /// and aging still run from submit, and a relative
+    /// [`deadline`](Self::deadline) from submit too: give
+    /// [`deadline_at`](Self::deadline_at) to count it from here.) An
+    /// instant after submit counts as submit.
+    ///
+    /// ```
+    /// use convoy::{Request, Runtime};
+    /// use std::time::{Duration, Instant};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let first_byte = Instant::now();
+    /// // ... reading and decoding the request ...
+    /// let r = Request::new(7).received_at(first_byte).deadline_at(first_byte + Duration::from_secs(1));
+    /// assert_eq!(r.received(), Some(first_byte));
+    /// assert_eq!(rt.handle().submit(r)?.wait(), Ok(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn received_at(mut self, at: Instant) -> Self {
+        self.received = Some(at);
+        self
+    }
+
+    /// When the request reached the application, if set
+    /// ([`received_at`](Self::received_at)).
+    pub fn received(&self) -> Option<Instant> {
+        self.received
     }
 
     /// Sets the token cost.

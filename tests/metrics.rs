@@ -123,8 +123,7 @@ fn every_histogram_is_cumulative_and_ends_at_its_count() {
         .filter_map(|l| l.strip_suffix(" histogram"))
     {
         // Group the family's bucket lines by their labels other than `le`.
-        let mut series: std::collections::BTreeMap<String, Vec<(String, f64)>> =
-            Default::default();
+        let mut series: std::collections::BTreeMap<String, Vec<(String, f64)>> = Default::default();
         for line in text.lines() {
             let Some(rest) = line.strip_prefix(&format!("{family}_bucket{{")) else {
                 continue;

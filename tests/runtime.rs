@@ -1868,6 +1868,73 @@ fn sla_report_tracks_latency_and_violations() {
     assert!(!normal.recent_violations.is_empty());
 }
 
+/// A request received before submit (a server's first byte) counts its
+/// end-to-end latency from then, for completed and expired requests and
+/// for deduplicated twins alike, while its queue wait still runs from
+/// submit; and a receipt after submit counts as submit.
+#[test]
+fn end_to_end_latency_runs_from_receipt() {
+    let mut cfg = config(vec![worker(8, 1 << 20)], 4, 0);
+    cfg.slo[Priority::High.index()].timeout = Duration::from_millis(150);
+    cfg.slo[Priority::Normal.index()].timeout = Duration::from_millis(100);
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(|xs: &[u32]| xs.to_vec())
+        .deduplicate()
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let early = Instant::now() - Duration::from_millis(200);
+    let done: Vec<_> = (0..4u32)
+        .map(|i| {
+            h.submit(
+                Request::new(i)
+                    .priority(Priority::High)
+                    .dedup_key(i % 2)
+                    .received_at(early),
+            )
+            .unwrap()
+        })
+        .collect();
+    done.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    let late = h
+        .submit(
+            Request::new(9)
+                .priority(Priority::Low)
+                .received_at(Instant::now() + Duration::from_secs(5)),
+        )
+        .unwrap();
+    assert_eq!(late.wait(), Ok(9));
+    let expired = h
+        .submit(
+            Request::new(10)
+                .priority(Priority::Normal)
+                .received_at(early)
+                .deadline(Duration::from_millis(1)),
+        )
+        .unwrap();
+    // Expires unless it launched within the millisecond: either way it
+    // ends, and its latency runs from receipt.
+    let _ = expired.wait();
+    rt.shutdown();
+    let r = rt.sla_report();
+    let high = r.of(Priority::High);
+    assert_eq!(high.end_to_end.count, 4, "twins count too");
+    assert!(
+        high.end_to_end.p50 >= Duration::from_millis(200),
+        "{:?} does not count the 200 ms before submit",
+        high.end_to_end
+    );
+    assert!(high.queue_wait.max < Duration::from_millis(150));
+    assert_eq!(high.violations, 4, "200 ms > the 150 ms timeout");
+    let low = r.of(Priority::Low);
+    assert!(low.end_to_end.max < Duration::from_secs(1), "{low:?}");
+    // Expired or completed, it missed its 100 ms by its 200 ms before submit.
+    let normal = r.of(Priority::Normal);
+    assert_eq!(normal.violations, 1);
+    assert!(normal.recent_violations[0].latency >= Duration::from_millis(200));
+}
+
 /// A memory budget per batch: the batch's total bytes never exceed it, and
 /// a request larger than the budget is refused at submit.
 #[test]

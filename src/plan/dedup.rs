@@ -35,6 +35,8 @@ pub(crate) struct Follower<O> {
     pub completer: Completer<O>,
     pub priority: Priority,
     pub submitted: Instant,
+    /// Where its end-to-end latency runs from (`Job::since`).
+    pub since: Instant,
     /// Nanoseconds since the runtime's epoch.
     pub arrival: u64,
     pub deadline: u64,

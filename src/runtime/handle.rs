@@ -464,6 +464,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             deadline: request.deadline,
             cost,
             submitted: now,
+            received: request.received,
             arrival_ns: 0,
             expire_at: u64::MAX,
             dedup: request.dedup_key,

@@ -126,6 +126,8 @@ struct Job<I, O> {
     deadline: Option<Deadline>,
     cost: Cost,
     submitted: Instant,
+    /// `Request::received_at`, if given: where end-to-end latency starts.
+    received: Option<Instant>,
     deadline_ns: u64,
     /// Set when drained: nanoseconds since the epoch of its arrival, and
     /// when it expires (`u64::MAX`: never).
@@ -144,7 +146,15 @@ impl<I, O> Job<I, O> {
             deadline: self.deadline,
             cost: self.cost,
             dedup_key: self.dedup,
+            received: self.received,
         }
+    }
+
+    /// Where this request's end-to-end latency runs from: when it was
+    /// received, if the caller said, else its submit (never later).
+    fn since(&self) -> Instant {
+        self.received
+            .map_or(self.submitted, |r| r.min(self.submitted))
     }
 
     /// Makes follower `f` this group's head (it takes over the input),
@@ -153,6 +163,8 @@ impl<I, O> Job<I, O> {
     fn swap_head(&mut self, admission: &mut Admission, f: &mut Follower<O>) {
         std::mem::swap(&mut self.completer, &mut f.completer);
         std::mem::swap(&mut self.priority, &mut f.priority);
+        let since = self.since();
+        self.received = Some(std::mem::replace(&mut f.since, since));
         std::mem::swap(&mut self.submitted, &mut f.submitted);
         std::mem::swap(&mut self.arrival_ns, &mut f.arrival);
         std::mem::swap(&mut self.deadline_ns, &mut f.deadline);

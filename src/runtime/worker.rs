@@ -108,9 +108,9 @@ pub(super) fn deliver<O>(
             .counters
             .ended(p, Ended::Cancelled, counts[p.index()][1]);
     }
-    for (c, p, submitted, outcome) in outcomes.drain(..) {
+    for (c, p, since, outcome) in outcomes.drain(..) {
         if c.complete(outcome).is_ok() {
-            delivered(p, submitted);
+            delivered(p, since);
         }
     }
 }
@@ -343,9 +343,10 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                         .map(|((c, p, at), out)| (c, p, at, Ok(out))),
                 );
                 let sla = &mut self.sla;
-                deliver(&self.shared, outcomes, Ended::Completed, |p, submitted| {
+                deliver(&self.shared, outcomes, Ended::Completed, |p, since| {
                     let now = Instant::now();
-                    let e2e = now.saturating_duration_since(submitted);
+                    // From receipt (`Request::received_at`) or submit.
+                    let e2e = now.saturating_duration_since(since);
                     sla.completed(p, exec, e2e, slo[p.index()].timeout, now);
                 });
                 sla.maybe_publish(Instant::now());

@@ -82,7 +82,8 @@ pub struct PrioritySla {
     pub queue_wait: Percentiles,
     /// Batch execution time of the batch that carried the request.
     pub execution: Percentiles,
-    /// Submit → outcome delivered.
+    /// Received ([`Request::received_at`](crate::Request::received_at),
+    /// else submit) → outcome delivered.
     pub end_to_end: Percentiles,
     /// `end_to_end.p95 ≤ target.p95` (true with no samples).
     pub p95_met: bool,

@@ -57,10 +57,12 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let existing = self.dedup.get(k).and_then(|key| self.planner.remove(key));
         let entry = match existing {
             Some(((mut head, head_admission), head_meta)) => {
+                let since = job.since();
                 head.followers.push(Follower {
                     completer: job.completer,
                     priority: job.priority,
                     submitted: job.submitted,
+                    since,
                     arrival: job.arrival_ns,
                     deadline: job.deadline_ns,
                     expire_at: job.expire_at,

@@ -52,7 +52,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let mut gone = Vec::new();
             job.shed_members(&mut adm, &mut gone, |_, expire_at| expire_at <= now_ns);
             for f in &gone {
-                self.record_expiry(f.priority, f.submitted, now);
+                self.record_expiry(f.priority, f.since, now);
             }
             if job.expire_at > now_ns {
                 // The head survives: the group goes back with fresh ordering
@@ -63,7 +63,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 continue;
             }
             self.end_followers(gone, Failure::Expired, Ended::Expired);
-            self.record_expiry(job.priority, job.submitted, now);
+            self.record_expiry(job.priority, job.since(), now);
             expired.push(((job, adm), meta));
         }
         for ((job, adm), meta) in regrouped {
@@ -76,14 +76,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.end_unlaunched(expired, Failure::Expired, Ended::Expired);
     }
 
-    pub(super) fn record_expiry(&mut self, level: Priority, submitted: Instant, now: Instant) {
+    /// Records an expiry: its latency runs from `since` (`Job::since`).
+    pub(super) fn record_expiry(&mut self, level: Priority, since: Instant, now: Instant) {
         let timeout = self.applied.slo[level.index()].timeout;
-        self.sla.expired(
-            level,
-            now.saturating_duration_since(submitted),
-            timeout,
-            now,
-        );
+        self.sla
+            .expired(level, now.saturating_duration_since(since), timeout, now);
     }
 
     /// Ends followers that leave their group unlaunched.

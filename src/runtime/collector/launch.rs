@@ -261,16 +261,15 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                         .queue_wait(f.priority, now.saturating_duration_since(f.submitted));
                     batch
                         .followers
-                        .push((index, f.completer, f.priority, f.submitted));
+                        .push((index, f.completer, f.priority, f.since));
                     admissions.push(f.admission);
                 }
             }
+            let since = job.since();
             batch.inputs.push(job.input);
             self.sla
                 .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
-            batch
-                .completers
-                .push((job.completer, job.priority, job.submitted));
+            batch.completers.push((job.completer, job.priority, since));
             admissions.push(adm);
         }
         // Launched: the room goes back before the worker can complete any
