@@ -55,7 +55,10 @@ rm -f "$log"
 server_total=$(python3 -c "
 import json,sys
 t=json.loads(sys.argv[1])['total']
-print(t['completed']+t['expired']+t['cancelled']+t['failed']+t['shut_down']+t['rejected_full']+t['rejected_shed'])
+s=json.loads(sys.argv[1])
+# Refusals at the door (a shed level named in the x-priority header) never
+# reach the runtime's counts.
+print(t['completed']+t['expired']+t['cancelled']+t['failed']+t['shut_down']+t['rejected_full']+t['rejected_shed']+s.get('shed_at_door',{}).get('total',0))
 " "$stats")
 client_total=$((ok + s429 + s503 + s504 + s4xx + s5xx))
 echo "load test: client counted $client_total responses (200: $ok, 429: $s429, 503: $s503, 504: $s504, 4xx: $s4xx, 5xx: $s5xx); server counted $server_total outcomes; $rps req/s, p99 ${p99} µs"

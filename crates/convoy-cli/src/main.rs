@@ -104,6 +104,16 @@ struct ServeArgs {
     /// quarter of the file-descriptor limit.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// The body must arrive within this many milliseconds after the head,
+    /// plus its length at `[http] min_body_bytes_per_s` (default 64 KiB/s);
+    /// 408 otherwise. Overrides `[http] body_timeout_ms`. Default 10000.
+    #[arg(long)]
+    body_timeout_ms: Option<u64>,
+    /// Connections whose first request's x-priority header says this level
+    /// or a more urgent one are served on a thread of their own, away from
+    /// a flood; `none` turns it off. Overrides `[http] urgent`. Default high.
+    #[arg(long)]
+    urgent: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -310,6 +320,10 @@ fn load_config(path: Option<&Path>) -> Result<Config, Fail> {
 #[serde(deny_unknown_fields)]
 struct HttpSection {
     header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    min_body_bytes_per_s: Option<u64>,
+    /// `"critical"`, `"high"` … or `"none"`.
+    urgent: Option<String>,
     max_connections: Option<usize>,
     max_body_bytes: Option<usize>,
     max_tokens: Option<usize>,
@@ -595,9 +609,42 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
                 .into(),
         ));
     }
+    let body_timeout_ms = args
+        .body_timeout_ms
+        .or(http.body_timeout_ms)
+        .unwrap_or(10_000);
+    if body_timeout_ms == 0 {
+        return Err(Fail(
+            "body timeout (--body-timeout-ms, http.body_timeout_ms): must be at least 1".into(),
+        ));
+    }
+    let defaults = convoy_server::HttpLimits::default();
+    let min_body_rate = http.min_body_bytes_per_s.unwrap_or(defaults.min_body_rate);
+    if min_body_rate == 0 {
+        return Err(Fail(
+            "http.min_body_bytes_per_s: must be at least 1 byte per second".into(),
+        ));
+    }
+    let urgent = match args.urgent.as_deref().or(http.urgent.as_deref()) {
+        None => defaults.urgent,
+        Some("none") => None,
+        Some(name) => Some(
+            name.to_ascii_lowercase()
+                .parse::<convoy::Priority>()
+                .map_err(|_| {
+                    Fail(format!(
+                "urgent (--urgent, http.urgent): \"{name}\" is not a priority: give critical, \
+                 high, normal, low, background, a level 0-4, or none"
+            ))
+                })?,
+        ),
+    };
     let limits = convoy_server::HttpLimits {
         header_timeout: Duration::from_millis(header_timeout_ms),
+        body_timeout: Duration::from_millis(body_timeout_ms),
+        min_body_rate,
         max_connections,
+        urgent,
     };
     let drain = config.shutdown_timeout;
     let model = model(args.weights.as_deref())?;
@@ -633,6 +680,8 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
             drain_ms = drain.as_millis() as u64,
             header_timeout_ms = limits.header_timeout.as_millis() as u64,
             max_connections = limits.max_connections,
+            body_timeout_ms = limits.body_timeout.as_millis() as u64,
+            urgent = limits.urgent.map_or("none", |p| p.as_str()),
             "serving"
         );
         // The first SIGINT/SIGTERM drains (bounded by the drain deadline);
@@ -655,9 +704,15 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
             .map_err(Fail::from)
     })?;
     let total = stats.total();
+    let shed_at_door: u64 = convoy::Priority::ALL
+        .into_iter()
+        .map(|p| server.shed_at_door(p))
+        .sum();
     tracing::info!(
         refused_connections = server.refused_connections(),
-        "connections refused over the budget"
+        urgent_connections = server.urgent_connections(),
+        shed_at_door,
+        "connections refused over the budget, served on the urgent thread; requests shed at the door"
     );
     tracing::info!(
         accepted = total.inserted,
@@ -670,7 +725,11 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
         lost = total.lost(),
         "stopped"
     );
-    say!("convoy serve: stopped. {total}\n");
+    if shed_at_door > 0 {
+        say!("convoy serve: stopped. {total}; shed at the door, before the runtime: {shed_at_door}\n");
+    } else {
+        say!("convoy serve: stopped. {total}\n");
+    }
     Ok(())
 }
 

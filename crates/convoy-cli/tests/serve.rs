@@ -166,14 +166,16 @@ fn a_half_sent_request_does_not_hold_shutdown_past_the_drain_deadline() {
 }
 
 /// `convoy serve`'s `[http]` section sets its limits: here a 300 ms header
-/// timeout closes a silent connection, and a 64-byte body limit refuses a
-/// longer body with 413. An unknown key in it is refused, naming it, with
-/// exit code 2.
+/// timeout closes a silent connection, a 300 ms body timeout answers a body
+/// that stops coming with 408, and a 64-byte body limit refuses a longer
+/// body with 413. An unknown key or a bad value in it, or a bad flag, is
+/// refused, naming it, with exit code 2.
 #[test]
 fn the_http_limits_come_from_the_config_file() {
     use std::io::{Read, Write};
     let (mut child, mut stdout, addr, config) = serve_with(
-        "shutdown_timeout_ms = 300\n[http]\nheader_timeout_ms = 300\nmax_body_bytes = 64\n",
+        "shutdown_timeout_ms = 300\n[http]\nheader_timeout_ms = 300\nbody_timeout_ms = 300\n\
+         max_body_bytes = 64\nurgent = \"critical\"\n",
     );
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
     silent
@@ -194,6 +196,19 @@ fn the_http_limits_come_from_the_config_file() {
     big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = big.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"tok"
+    )
+    .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = stalled.read(&mut answer).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -207,17 +222,27 @@ fn the_http_limits_come_from_the_config_file() {
     std::fs::remove_file(config).unwrap();
 
     let bad = std::env::temp_dir().join(format!("convoy-serve-bad-{}.toml", std::process::id()));
-    std::fs::write(&bad, "[http]\nheader_timeout = 5\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    for (text, flags, named) in [
+        ("[http]\nheader_timeout = 5\n", &[][..], "header_timeout"),
+        ("[http]\nurgent = \"soon\"\n", &[], "soon"),
+        ("[http]\nbody_timeout_ms = 0\n", &[], "body_timeout_ms"),
+        (
+            "[http]\nmin_body_bytes_per_s = 0\n",
+            &[],
+            "min_body_bytes_per_s",
+        ),
+        ("", &["--urgent", "7"], "urgent"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_convoy"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+            .arg(&bad)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text} {flags:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{text} {flags:?}: {err}");
+    }
     std::fs::remove_file(&bad).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("[http]") && err.contains("header_timeout"),
-        "{err}"
-    );
 }

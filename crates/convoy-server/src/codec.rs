@@ -2,7 +2,7 @@
 //! [`Codec`] that reads the rest into the runtime's input type.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use convoy::{Priority, Request};
 use serde_json::{Map, Value};
@@ -78,9 +78,7 @@ pub(crate) fn take_envelope(fields: &mut Map<String, Value>) -> Result<Envelope,
     let mut env = Envelope::default();
     match fields.remove("priority") {
         None | Some(Value::Null) => {}
-        Some(Value::String(name)) => {
-            env.priority = Some(Priority::from_str(&name).map_err(|_| bad_priority(&name))?);
-        }
+        Some(Value::String(name)) => env.priority = Some(parse_priority(&name)?),
         Some(Value::Number(n)) => {
             let level = n.to_string();
             env.priority = Some(Priority::from_str(&level).map_err(|_| bad_priority(&level))?);
@@ -119,6 +117,11 @@ fn string_field(fields: &mut Map<String, Value>, key: &str) -> Result<Option<Str
     }
 }
 
+/// A priority as a client writes it: a name, any case, or a level 0–4.
+pub(crate) fn parse_priority(given: &str) -> Result<Priority, ApiError> {
+    Priority::from_str(&given.trim().to_ascii_lowercase()).map_err(|_| bad_priority(given))
+}
+
 fn bad_priority(given: &str) -> ApiError {
     ApiError::unprocessable(format!(
         "unknown priority \"{given}\": give a name (critical, high, normal, low, background) \
@@ -126,13 +129,15 @@ fn bad_priority(given: &str) -> ApiError {
     ))
 }
 
-/// Applies the envelope to the codec's request.
-pub(crate) fn apply<I>(mut request: Request<I>, env: Envelope) -> Request<I> {
+/// Applies the envelope to the codec's request, received at `received`:
+/// its deadline counts from then, as its client's clock does.
+pub(crate) fn apply<I>(mut request: Request<I>, env: Envelope, received: Instant) -> Request<I> {
+    request = request.received_at(received);
     if let Some(p) = env.priority {
         request = request.priority(p);
     }
     if let Some(d) = env.deadline {
-        request = request.deadline(d);
+        request = request.deadline_at(received + d);
     }
     if let Some(key) = env.dedup_key {
         // The tenant is part of the key: tenants never share results.

@@ -118,9 +118,10 @@ pub fn refusal<I>(e: &SubmitError<I>) -> ApiError {
         SubmitErrorKind::CostNeverFits => {
             ApiError::too_large("the request is larger than any worker can hold")
         }
-        SubmitErrorKind::DeadlinePassed => {
-            ApiError::unprocessable("deadline_ms must be greater than 0")
-        }
+        SubmitErrorKind::DeadlinePassed => ApiError::unprocessable(
+            "the deadline had passed by the time the request was read: deadline_ms counts from \
+             the request's first byte",
+        ),
         SubmitErrorKind::DedupNotEnabled => {
             ApiError::unprocessable("dedup_key is not supported by this server")
         }

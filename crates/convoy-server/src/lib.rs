@@ -7,6 +7,7 @@
 //! | `GET /metrics` | the runtime's Prometheus text |
 //! | `GET /healthz` | `ok` (503 once shutting down) |
 //! | `GET /v1/stats` | outcome counts per priority, queue capacity per level and utilization, JSON |
+//! | `GET /v1/sla` | latency per priority (end to end, queue wait, execution: p50/p95/p99/max in ms) against its objectives, and compliance, JSON |
 //!
 //! Handlers submit without blocking (the intake is lock-free) and await the
 //! ticket as a future: no thread blocks per request. A client that
@@ -55,11 +56,11 @@
 
 #![warn(missing_docs)]
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -74,7 +75,7 @@ pub mod model;
 
 pub use codec::{Codec, MAX_DEADLINE_MS};
 pub use error::{failure, refusal, ApiError};
-pub use listen::{default_max_connections, HttpLimits};
+pub use listen::{default_max_connections, HttpLimits, Received, PRIORITY_HEADER};
 pub use model::{model_server, model_server_with, Input, Limits, ModelCodec, ModelExecutor};
 
 /// The body limit when none is set: 1 MiB.
@@ -124,6 +125,19 @@ impl<C: Codec> Server<C> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Connections whose first request was urgent, served on the door's
+    /// own thread (see [`HttpLimits::urgent`]).
+    pub fn urgent_connections(&self) -> u64 {
+        self.refusals.urgent.load(Ordering::Relaxed)
+    }
+
+    /// Requests of `level` answered 429 before their body was read, because
+    /// their `x-priority` header named a level the queue was shedding.
+    /// They never reached the runtime, so its counts do not include them.
+    pub fn shed_at_door(&self, level: Priority) -> u64 {
+        self.refusals.shed_at_door[level.index()].load(Ordering::Relaxed)
+    }
+
     /// Sets the largest body accepted (413 above it).
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
@@ -144,6 +158,7 @@ pub fn router<C: Codec>(server: Arc<Server<C>>) -> Router {
         .route("/metrics", get(metrics::<C>))
         .route("/healthz", get(healthz::<C>))
         .route("/v1/stats", get(stats::<C>))
+        .route("/v1/sla", get(sla::<C>))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
@@ -156,9 +171,9 @@ pub fn router<C: Codec>(server: Arc<Server<C>>) -> Router {
 
 async fn infer<C: Codec>(
     State(server): State<Arc<Server<C>>>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    match answer(&server, body).await {
+    match answer(&server, request).await {
         Ok(output) => Json(serde_json::json!({ "output": output })).into_response(),
         Err(e) => {
             if e.status().is_server_error() {
@@ -206,7 +221,7 @@ async fn refuse_oversized(
 async fn not_found() -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such route: POST /v1/infer, GET /metrics, /healthz or /v1/stats",
+        "no such route: POST /v1/infer, GET /metrics, /healthz, /v1/stats or /v1/sla",
     )
     .into_response()
 }
@@ -215,23 +230,53 @@ async fn not_found() -> Response {
 async fn wrong_method() -> Response {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed: /v1/infer takes POST; /metrics, /healthz and /v1/stats take GET",
+        "method not allowed: /v1/infer takes POST; /metrics, /healthz, /v1/stats and /v1/sla take GET",
     )
     .into_response()
 }
 
 async fn answer<C: Codec>(
     server: &Server<C>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Value, ApiError> {
+    // When the request reached the server: its first byte (or its
+    // connection's accept) when served by `serve_until`, else now.
+    let received = request
+        .extensions()
+        .get::<Received>()
+        .map_or_else(std::time::Instant::now, |r| r.0);
+    let said = match request.headers().get(PRIORITY_HEADER) {
+        None => None,
+        Some(v) => Some(codec::parse_priority(v.to_str().unwrap_or("?"))?),
+    };
+    // A level the queue sheds is answered before its body is read.
+    if let Some(level) = said.filter(|&p| server.runtime.handle().is_shed(p)) {
+        server.refusals.shed_at_door[level.index()].fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::retry_later(
+            "overloaded: this priority is turned away while the queue runs late; retry later",
+        ));
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let allowed = server.limits.body_deadline(declared);
     let limit = server.max_body_bytes;
     let too_large = || ApiError::too_large(format!("the body is over {limit} bytes"));
     // A body the extractor refused (over `DefaultBodyLimit`, or cut off)
     // is answered in JSON like every other error, not axum's plain text.
-    let body = match body {
-        Ok(body) => body,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
-        Err(e) => return Err(ApiError::new(e.status(), e.body_text())),
+    let body = match tokio::time::timeout(allowed, Bytes::from_request(request, &())).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {} ms", allowed.as_millis()),
+            ))
+        }
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+        Ok(Err(e)) => return Err(ApiError::new(e.status(), e.body_text())),
     };
     if body.len() > limit {
         return Err(too_large());
@@ -244,8 +289,19 @@ async fn answer<C: Codec>(
         Ok(_) => return Err(ApiError::unprocessable("the body must be a JSON object")),
         Err(e) => return Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
     };
-    let envelope = codec::take_envelope(&mut fields)?;
-    let request = codec::apply(server.codec.decode(fields)?, envelope);
+    let mut envelope = codec::take_envelope(&mut fields)?;
+    match (said, envelope.priority) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::unprocessable(format!(
+                "the {PRIORITY_HEADER} header says {} and the body's priority says {}: give one, or the same in both",
+                h.as_str(),
+                b.as_str()
+            )))
+        }
+        (Some(h), None) => envelope.priority = Some(h),
+        _ => {}
+    }
+    let request = codec::apply(server.codec.decode(fields)?, envelope, received);
     let ticket = server
         .runtime
         .handle()
@@ -290,7 +346,77 @@ async fn healthz<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
 }
 
 async fn stats<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
-    Json(stats_json(&server.runtime)).into_response()
+    let mut json = stats_json(&server.runtime);
+    // What the server refused before the runtime saw it.
+    let mut door = serde_json::Map::new();
+    let mut total = 0;
+    for p in Priority::ALL {
+        let n = server.shed_at_door(p);
+        total += n;
+        door.insert(p.as_str().to_owned(), n.into());
+    }
+    door.insert("total".into(), total.into());
+    json["shed_at_door"] = Value::Object(door);
+    Json(json).into_response()
+}
+
+async fn sla<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
+    // sla_report may wait for fresh copies from busy workers, as
+    // metrics_text does: off the async workers.
+    let rt = server.runtime.clone();
+    match tokio::task::spawn_blocking(move || sla_json(&rt)).await {
+        Ok(json) => Json(json).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the SLA report failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// The runtime's SLA report as JSON: per priority, its objectives, the
+/// end-to-end latency (from the request's receipt: a connection's accept
+/// or the request's first byte, when served by [`serve_until`]), queue
+/// wait and execution percentiles in milliseconds, violations and
+/// compliance; and the collector's decision time in microseconds.
+pub fn sla_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> Value {
+    let report = rt.sla_report();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let pct = |p: convoy::Percentiles| {
+        serde_json::json!({
+            "count": p.count, "p50": ms(p.p50), "p95": ms(p.p95), "p99": ms(p.p99), "max": ms(p.max),
+        })
+    };
+    let mut per = serde_json::Map::new();
+    for p in Priority::ALL {
+        let s = report.of(p);
+        per.insert(
+            p.as_str().to_owned(),
+            serde_json::json!({
+                "target_ms": {
+                    "p95": ms(s.target.p95), "p99": ms(s.target.p99), "timeout": ms(s.target.timeout),
+                },
+                "end_to_end_ms": pct(s.end_to_end),
+                "queue_wait_ms": pct(s.queue_wait),
+                "execution_ms": pct(s.execution),
+                "p95_met": s.p95_met,
+                "p99_met": s.p99_met,
+                "violations": s.violations,
+                "compliance_1m": s.compliance_1m,
+                "compliance_total": s.compliance_total,
+            }),
+        );
+    }
+    let d = report.decision;
+    serde_json::json!({
+        "priorities": per,
+        "decision_us": {
+            "count": d.count,
+            "p50": d.p50.as_secs_f64() * 1e6,
+            "p99": d.p99.as_secs_f64() * 1e6,
+            "max": d.max.as_secs_f64() * 1e6,
+        },
+    })
 }
 
 /// Outcome counts per priority and in total, as JSON.

@@ -1,24 +1,54 @@
 //! Serving a router on a listener so that hostile clients cannot hold the
-//! server: a connection that has not sent a complete request head within
-//! the header timeout (a new one sending nothing, one sending a header
-//! line every few seconds, or a keep-alive connection idle between
-//! requests) is closed, and past the connection budget a new connection
-//! is closed at once (and counted) instead of taking a file descriptor and
-//! a task the server may not have.
+//! server, and urgent requests do not wait behind a flood.
 //!
-//! This is hyper's own connection handling (hyper-util's graceful
-//! shutdown, hyper's header-read timeout); the budget is a semaphore taken
-//! at accept.
+//! * **Header timeout.** A connection that has not sent a complete request
+//!   head within it (a new one sending nothing, one sending a header line
+//!   every few seconds, or a keep-alive connection idle between requests)
+//!   is closed: hyper's header-read timeout.
+//! * **Connection budget.** Past it a new connection is closed at once (and
+//!   counted) instead of taking a file descriptor and a task the server may
+//!   not have: a semaphore taken at accept.
+//! * **The door.** Accepting, and reading the first request head of a new
+//!   connection, happen on a thread of their own (the door), not on the
+//!   runtime serving the connections: under a flood of thousands of busy
+//!   connections that runtime's queue of ready tasks is long, and a new
+//!   connection waiting in it waits for all of them. The door peeks at the
+//!   head (nothing is consumed) for an `x-priority` header; a connection
+//!   whose first request is urgent (`HttpLimits::urgent`: Critical and High
+//!   by default) is served on the door's thread, the others on the
+//!   embedder's runtime. The operating system shares the cores between the
+//!   threads, so an urgent request waits for a time slice, not for every
+//!   connection of the flood.
+//! * **Receipt.** Each connection notes when its current request's first
+//!   byte arrived (for a new connection: its accept), and hands that to the
+//!   handler, which gives it to the runtime (`Request::received_at`): the
+//!   latency convoy reports counts accepting, reading and decoding.
+//!
+//! The rest is hyper's own connection handling (hyper-util's graceful
+//! shutdown, hyper's header-read timeout).
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use convoy::Priority;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// The request header the door reads a connection's priority from, before
+/// any body: a name (`critical` … `background`) or a level 0–4, like the
+/// body's `priority` field.
+pub const PRIORITY_HEADER: &str = "x-priority";
 
 /// How long a client may take, and how many may connect at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,18 +58,44 @@ pub struct HttpLimits {
     /// connection waits for a request, so it also bounds a keep-alive
     /// connection's idle time. Default 10 s.
     pub header_timeout: Duration,
+    /// The body must arrive within this, plus the time its declared length
+    /// takes at `min_body_rate`, after the head (408 otherwise). Default
+    /// 10 s.
+    pub body_timeout: Duration,
+    /// The slowest transfer a body may keep up, in bytes per second: a
+    /// 1 MiB body at the default 64 KiB/s gets 16 s on top of
+    /// `body_timeout`.
+    pub min_body_rate: u64,
     /// The most connections open at once; past it a new connection is
     /// closed at once and counted. Default: a quarter of the process's
     /// file-descriptor limit (`RLIMIT_NOFILE`), at least 64.
     pub max_connections: usize,
+    /// A connection whose first request says (in the `x-priority` header)
+    /// this level or a more urgent one is served on the door's own thread,
+    /// away from the flood; `None` serves every connection on the
+    /// embedder's runtime. Default `Some(High)`: Critical and High.
+    pub urgent: Option<Priority>,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 64 * 1024,
             max_connections: default_max_connections(),
+            urgent: Some(Priority::High),
         }
+    }
+}
+
+impl HttpLimits {
+    /// How long a body of `declared` bytes (0 when not declared) may take
+    /// to arrive.
+    pub fn body_deadline(&self, declared: u64) -> Duration {
+        let rate = self.min_body_rate.max(1);
+        self.body_timeout
+            .saturating_add(Duration::from_secs_f64(declared as f64 / rate as f64))
     }
 }
 
@@ -61,29 +117,89 @@ pub fn default_max_connections() -> usize {
     }
 }
 
-/// What the listener refused, for the logs and tests.
+/// What the listener refused or sent where, for the logs and tests.
 #[derive(Debug, Default)]
 pub struct Refusals {
     /// Connections closed at accept because the budget was spent.
     pub over_budget: AtomicU64,
+    /// Connections served on the door's thread (urgent first requests).
+    pub urgent: AtomicU64,
+    /// Requests answered 429 before their body was read, because the
+    /// level their `x-priority` header gives was shed; per level index.
+    pub shed_at_door: [AtomicU64; Priority::COUNT],
 }
 
+/// When the request a handler serves reached the server: its connection's
+/// accept, or the first byte after the previous response. Present in the
+/// request's extensions when served by `serve_until`.
+#[derive(Debug, Clone, Copy)]
+pub struct Received(pub Instant);
+
 /// Serves `router` on `listener` until `signal`, then stops accepting and
-/// lets open connections finish within `drain`, closing what remains.
+/// lets open connections finish within `drain`, closing what remains. The
+/// accept loop and urgent connections run on a thread of their own (see
+/// the module docs); the others on the runtime this is called from.
 pub(crate) async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: HttpLimits,
     refusals: Arc<Refusals>,
-    signal: impl std::future::Future<Output = ()> + Send + 'static,
+    signal: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
+    let main = tokio::runtime::Handle::current();
+    // Fixed before any stamp is taken, so none falls before it.
+    let _ = epoch();
+    let listener = listener.into_std()?;
+    // The signal is awaited here, on the embedder's runtime, so that what
+    // it spawns (a second-signal handler) outlives the door.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        signal.await;
+        let _ = stop_tx.send(());
+    });
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("convoy-door".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|door| {
+                    door.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        let stop = async move {
+                            // A dropped sender (the watcher aborted) stops too.
+                            let _ = stop_rx.await;
+                        };
+                        run_door(listener, router, limits, refusals, stop, drain, main).await
+                    })
+                });
+            let _ = done_tx.send(served);
+        })?;
+    let served = done_rx
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the door thread ended without a word")));
+    watcher.abort();
+    served
+}
+
+/// The accept loop, on the door's thread.
+async fn run_door(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    refusals: Arc<Refusals>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+    main: tokio::runtime::Handle,
+) -> io::Result<()> {
     let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     // Every connection's task, so that those still open at the drain
     // deadline are ended, not left running in the embedder's runtime.
     let mut connections = tokio::task::JoinSet::new();
-    let mut signal = std::pin::pin!(signal);
+    let mut stop = std::pin::pin!(stop);
     let mut warned = false;
     loop {
         // Reap what has finished, so the set holds only open connections.
@@ -99,8 +215,9 @@ pub(crate) async fn serve_router(
                     continue;
                 }
             },
-            () = &mut signal => break,
+            () = &mut stop => break,
         };
+        let accepted = Instant::now();
         let Ok(permit) = budget.clone().try_acquire_owned() else {
             refusals.over_budget.fetch_add(1, Ordering::Relaxed);
             if !warned {
@@ -115,18 +232,38 @@ pub(crate) async fn serve_router(
         };
         warned = false;
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (router, watcher, main, refusals) = (
+            router.clone(),
+            graceful.watcher(),
+            main.clone(),
+            refusals.clone(),
+        );
         connections.spawn(async move {
-            // A connection that errs (a header timeout, a reset) simply
-            // ends; its room in the budget goes back either way.
-            let _ = conn.await;
+            let urgent = match limits.urgent {
+                Some(least) => first_priority(&stream, limits.header_timeout)
+                    .await
+                    .is_some_and(|p| p <= least),
+                None => false,
+            };
+            if urgent {
+                refusals.urgent.fetch_add(1, Ordering::Relaxed);
+                serve_connection(stream, accepted, router, limits, watcher).await;
+            } else {
+                // Re-registered with the embedder's runtime, whose reactor
+                // then drives it. What was peeked is still unread.
+                let Ok(stream) = stream.into_std() else {
+                    return;
+                };
+                let task = main.spawn(async move {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        serve_connection(stream, accepted, router, limits, watcher).await;
+                    }
+                });
+                // Aborting this task (the drain deadline) ends that one too.
+                let mut task = AbortOnDrop(task);
+                let _ = (&mut task.0).await;
+            }
+            // Its room in the budget goes back either way.
             drop(permit);
         });
     }
@@ -145,4 +282,234 @@ pub(crate) async fn serve_router(
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Aborts the task when dropped, so that a door task aborted at the drain
+/// deadline takes the connection it handed to the other runtime with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// HTTP/1 on `stream` through `router`, each request stamped with when it
+/// was received.
+async fn serve_connection(
+    stream: TcpStream,
+    accepted: Instant,
+    router: Router,
+    limits: HttpLimits,
+    graceful: Watcher,
+) {
+    let mark = Arc::new(FirstByte::at(accepted));
+    let stamped = Stamped {
+        inner: stream,
+        mark: mark.clone(),
+    };
+    let service = router.map_request(move |mut request: axum::extract::Request<_>| {
+        request.extensions_mut().insert(Received(mark.get()));
+        request
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stamped), TowerToHyperService::new(service));
+    // A connection that errs (a header timeout, a reset) simply ends.
+    let _ = graceful.watch(conn).await;
+}
+
+/// The priority the first request on `stream` gives in its `x-priority`
+/// header, read without consuming anything: `None` when it gives none, its
+/// head has not arrived within `wait`, or does not fit one peek.
+async fn first_priority(stream: &TcpStream, wait: Duration) -> Option<Priority> {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        let head = &buf[..n];
+        if let Some(end) = find(head, b"\r\n\r\n") {
+            return priority_in(&head[..end]);
+        }
+        if n == buf.len() {
+            return None;
+        }
+        // Part of a head: peek again once more has come (a short nap, as
+        // peek returns at once while anything is unread).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `x-priority` header's level in a request head.
+fn priority_in(head: &[u8]) -> Option<Priority> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if name.trim().eq_ignore_ascii_case(PRIORITY_HEADER) {
+            value.trim().to_ascii_lowercase().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// The first byte of a connection's current request: set by the first
+/// read after a response was written (or at accept), read by the service
+/// when the request's head is complete. One connection's reads, writes and
+/// service calls run in one task, one at a time: relaxed orderings suffice.
+struct FirstByte {
+    /// Nanoseconds since `epoch()`, plus one; 0 while no request has begun.
+    at: AtomicU64,
+}
+
+/// The instant the stamps count from, shared by every connection.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl FirstByte {
+    fn at(accepted: Instant) -> Self {
+        let mark = Self {
+            at: AtomicU64::new(0),
+        };
+        mark.begin(accepted);
+        mark
+    }
+
+    /// Notes `now` as the current request's first byte, unless one is noted.
+    fn begin(&self, now: Instant) {
+        if self.at.load(Ordering::Relaxed) == 0 {
+            let ns = now.saturating_duration_since(epoch()).as_nanos();
+            let ns = u64::try_from(ns).unwrap_or(u64::MAX - 1);
+            self.at.store(ns + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The current request is answered: the next byte read begins another.
+    fn end(&self) {
+        self.at.store(0, Ordering::Relaxed);
+    }
+
+    /// The current request's first byte (now, if none is noted).
+    fn get(&self) -> Instant {
+        match self.at.load(Ordering::Relaxed) {
+            0 => Instant::now(),
+            ns => epoch() + Duration::from_nanos(ns - 1),
+        }
+    }
+}
+
+/// A stream that notes the first byte of each request on its
+/// [`FirstByte`]: a read that brings bytes begins a request (if none is
+/// begun), a write (the response) ends it.
+struct Stamped {
+    inner: TcpStream,
+    mark: Arc<FirstByte>,
+}
+
+impl AsyncRead for Stamped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.mark.begin(Instant::now());
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Stamped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.mark.end();
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.mark.end();
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_priority_header_is_read_from_the_head() {
+        let head =
+            b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nX-Priority: Critical\r\nContent-Length: 2";
+        assert_eq!(priority_in(head), Some(Priority::Critical));
+        let head = b"POST /v1/infer HTTP/1.1\r\nx-priority: 4\r\n";
+        assert_eq!(priority_in(head), Some(Priority::Background));
+        assert_eq!(priority_in(b"GET / HTTP/1.1\r\nHost: x"), None);
+        assert_eq!(priority_in(b"GET / HTTP/1.1\r\nx-priority: soon"), None);
+        // The request line is not a header, whatever it says.
+        assert_eq!(priority_in(b"x-priority: critical\r\nHost: x"), None);
+    }
+
+    #[test]
+    fn a_body_may_take_longer_the_longer_it_is() {
+        let limits = HttpLimits {
+            body_timeout: Duration::from_secs(2),
+            min_body_rate: 1000,
+            ..HttpLimits::default()
+        };
+        assert_eq!(limits.body_deadline(0), Duration::from_secs(2));
+        assert_eq!(limits.body_deadline(3000), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_request_begins_at_its_first_byte_and_ends_at_the_answer() {
+        let _ = epoch();
+        let t0 = Instant::now();
+        let mark = FirstByte::at(t0);
+        mark.begin(t0 + Duration::from_millis(5));
+        assert_eq!(mark.get(), t0, "the accept stands for the first request");
+        mark.end();
+        let t1 = t0 + Duration::from_millis(9);
+        mark.begin(t1);
+        mark.begin(t1 + Duration::from_millis(1));
+        assert_eq!(mark.get(), t1);
+    }
 }

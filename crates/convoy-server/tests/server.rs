@@ -10,7 +10,7 @@ use common::{fresh_seed, worker, Hold, Rng};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convoy::{BatchingConfig, Config, IntakeConfig, Runtime};
+use convoy::{BatchingConfig, Config, IntakeConfig, Priority, Runtime};
 use convoy_server::{serve_until, HttpLimits, Input, Limits, ModelCodec, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -41,7 +41,10 @@ async fn start() -> TestServer {
 /// connection budget, so both are reached quickly.
 const HTTP: HttpLimits = HttpLimits {
     header_timeout: Duration::from_millis(400),
+    body_timeout: Duration::from_millis(400),
+    min_body_rate: 64 * 1024,
     max_connections: 24,
+    urgent: Some(Priority::High),
 };
 
 /// `start`, shedding (`ordering.shed`) under this `max_wait` when given.
@@ -385,6 +388,200 @@ async fn closed_within(conn: &mut tokio::net::TcpStream, bound: Duration) -> boo
     .is_ok()
 }
 
+/// What the server writes on `conn` until it closes it or `bound` passes.
+async fn read_answer(conn: &mut tokio::net::TcpStream, bound: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(bound, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    // One whole answer: its head and its JSON body.
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                        if body.trim_end().ends_with('}') {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A body that does not arrive within the body timeout (400 ms here, plus
+/// its declared length at the minimum rate) is a 408 in JSON, whatever the
+/// client goes on to send; a request sent slowly but within the timeouts is
+/// served, and the latency the server reports counts from its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_slow_is_408_and_a_slow_one_counts_from_its_first_byte() {
+    use tokio::io::AsyncWriteExt;
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"tokens\"")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let answer = read_answer(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("{\"error\":\"the body did not arrive within"),
+        "{answer}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    let body = br#"{"tokens":[5,6,7],"priority":"low"}"#;
+    let mut late = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // Half the head, a pause (within the header timeout), then the rest:
+    // the request began at its first byte, not when its head was whole.
+    late.write_all(&head.as_bytes()[..20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    late.write_all(&head.as_bytes()[20..]).await.unwrap();
+    late.write_all(body).await.unwrap();
+    let answer = read_answer(&mut late, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let sla: Value = reqwest::get(format!("{}/v1/sla", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let low = &sla["priorities"]["low"]["end_to_end_ms"];
+    assert_eq!(low["count"], 1, "{sla}");
+    assert!(low["max"].as_f64().unwrap() >= 250.0, "{sla}");
+    assert!(
+        sla["priorities"]["low"]["queue_wait_ms"]["max"]
+            .as_f64()
+            .unwrap()
+            < 250.0,
+        "{sla}"
+    );
+    s.stop().await;
+}
+
+/// The `x-priority` header gives the request's level when the body gives
+/// none; a body that says another level is a 422 naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_priority_header_sets_the_level_and_must_agree_with_the_body() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let r = client
+        .post(&url)
+        .header("x-priority", "High")
+        .json(&json!({"tokens": [4]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client
+        .post(&url)
+        .header("x-priority", "critical")
+        .json(&json!({"tokens": [4], "priority": "low"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"].as_str().unwrap();
+    assert!(msg.contains("critical") && msg.contains("low"), "{msg}");
+    let r = client
+        .post(&url)
+        .header("x-priority", "soon")
+        .json(&json!({"tokens": [4]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let stats = s.stop().await;
+    assert_eq!(stats.of(convoy::Priority::High).completed, 1);
+    assert_eq!(stats.total().inserted, 1);
+}
+
+/// A connection whose first request is urgent (by its `x-priority`
+/// header) is served on the door's own thread: with every worker thread
+/// of the server's runtime busy, a Critical request is still answered,
+/// while a Normal one waits for a worker thread.
+#[test]
+fn an_urgent_connection_is_served_while_the_runtime_is_busy() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = Runtime::builder()
+        .batch_fn(|xs: &[Input]| xs.iter().map(|_| vec![0.0; 4]).collect())
+        .build()
+        .unwrap();
+    let state =
+        Arc::new(Server::new(Arc::new(runtime), ModelCodec { limits: LIMITS }).http_limits(HTTP));
+    let listener = served
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = served.spawn(serve_until(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let ask = move |priority: &str| {
+        let body = r#"{"tokens":[1,2]}"#;
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "POST /v1/infer HTTP/1.1\r\nhost: x\r\nx-priority: {priority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer
+    };
+    assert!(ask("normal").starts_with("HTTP/1.1 200"), "served at all");
+    // Hold the runtime's only worker thread.
+    let (busy, released) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (b, r) = (busy.clone(), released.clone());
+    served.spawn(async move {
+        b.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1500));
+        r.store(true, Ordering::SeqCst);
+    });
+    while !busy.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let normal = std::thread::spawn(move || (ask("normal"), Instant::now()));
+    let answer = ask("critical");
+    let critical_at = Instant::now();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "the Critical request waited for the busy worker thread"
+    );
+    let (answer, normal_at) = normal.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(normal_at > critical_at, "Normal went first");
+    assert_eq!(state.urgent_connections(), 1);
+    let _ = stop.send(());
+    let stats = served.block_on(server).unwrap().unwrap();
+    assert_eq!((stats.total().inserted, stats.total().completed), (3, 3));
+}
+
 /// A client that sends its request head a line at a time, slower than the
 /// header timeout allows, and one that connects and sends nothing, are
 /// both closed once the timeout (400 ms here) has passed, however long
@@ -472,7 +669,9 @@ async fn serve_until_closes_what_remains_at_the_drain_deadline() {
         Server::new(Arc::new(runtime), ModelCodec { limits: LIMITS }).http_limits(HttpLimits {
             // Long: only the drain deadline may close the connection.
             header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
             max_connections: 8,
+            ..HttpLimits::default()
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -532,6 +731,24 @@ async fn a_shed_level_is_429_and_critical_still_gets_in() {
         body["error"].as_str().unwrap().contains("overloaded"),
         "{body}"
     );
+    // Said in the header, the shed level is answered before the body is
+    // read (a body that never comes), and counted as the door's.
+    let mut door = tokio::net::TcpStream::connect(s.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        door.write_all(
+            b"POST /v1/infer HTTP/1.1\r\nhost: x\r\nx-priority: background\r\n\
+              content-type: application/json\r\ncontent-length: 500\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    }
+    let answer = read_answer(&mut door, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("overloaded"), "{answer}");
+    assert_eq!(s.state.shed_at_door(convoy::Priority::Background), 1);
     let critical = tokio::spawn(
         client
             .post(&url)
@@ -545,6 +762,8 @@ async fn a_shed_level_is_429_and_critical_still_gets_in() {
         json["priorities"]["background"]["rejected_shed"], 1,
         "{json}"
     );
+    assert_eq!(json["shed_at_door"]["background"], 1, "{json}");
+    assert_eq!(json["shed_at_door"]["total"], 1, "{json}");
     s.hold.open();
     for t in [blocker, queued, critical] {
         assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
