@@ -12,7 +12,9 @@
 # Usage: scripts/flood-probe.sh [SECONDS] [CONNECTIONS]   (default 20 s, 2000)
 # CONFIG=FILE serves with that config; URGENT=none serves every connection
 # on the one runtime (`--urgent none`), for the figure without the door's
-# urgent thread. Needs wrk and curl. Loopback only.
+# urgent thread; SERVE_FLAGS adds flags to `convoy serve` (for example
+# "--max-connections 500", a flood larger than the connection budget).
+# Needs wrk and curl. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -23,7 +25,7 @@ command -v wrk >/dev/null || { echo "flood-probe: wrk is not installed (apt-get 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --bin convoy
 dir=$(mktemp -d)
-./target/release/convoy serve --addr "127.0.0.1:$port" ${CONFIG:+--config "$CONFIG"} ${URGENT:+--urgent "$URGENT"} >"$dir/log" 2>"$dir/err" &
+./target/release/convoy serve --addr "127.0.0.1:$port" ${CONFIG:+--config "$CONFIG"} ${URGENT:+--urgent "$URGENT"} ${SERVE_FLAGS:-} >"$dir/log" 2>"$dir/err" &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

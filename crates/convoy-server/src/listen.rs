@@ -7,7 +7,11 @@
 //!   is closed: hyper's header-read timeout.
 //! * **Connection budget.** Past it a new connection is closed at once (and
 //!   counted) instead of taking a file descriptor and a task the server may
-//!   not have: a semaphore taken at accept.
+//!   not have: a semaphore taken at accept. A small reserve past it (a
+//!   sixteenth, at least 4) is kept for urgent requests: a connection over
+//!   the budget is peeked at for [`RESERVE_PEEK`], and served only if its
+//!   first request is urgent, so a flood larger than the budget does not
+//!   lock urgent clients out.
 //! * **The door.** Accepting, and reading the first request head of a new
 //!   connection, happen on a thread of their own (the door), not on the
 //!   runtime serving the connections: under a flood of thousands of busy
@@ -49,6 +53,10 @@ use tower::ServiceExt;
 /// any body: a name (`critical` … `background`) or a level 0–4, like the
 /// body's `priority` field.
 pub const PRIORITY_HEADER: &str = "x-priority";
+
+/// How long a connection past the budget has to show an urgent first
+/// request head before it is closed.
+pub const RESERVE_PEEK: Duration = Duration::from_millis(200);
 
 /// How long a client may take, and how many may connect at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +203,12 @@ async fn run_door(
     main: tokio::runtime::Handle,
 ) -> io::Result<()> {
     let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Room past the budget for urgent connections only (none when the
+    // urgent thread is off).
+    let reserve = Arc::new(Semaphore::new(match limits.urgent {
+        Some(_) => (limits.max_connections / 16).max(4),
+        None => 0,
+    }));
     let graceful = GracefulShutdown::new();
     // Every connection's task, so that those still open at the drain
     // deadline are ended, not left running in the embedder's runtime.
@@ -218,19 +232,43 @@ async fn run_door(
             () = &mut stop => break,
         };
         let accepted = Instant::now();
-        let Ok(permit) = budget.clone().try_acquire_owned() else {
-            refusals.over_budget.fetch_add(1, Ordering::Relaxed);
-            if !warned {
-                tracing::warn!(
-                    max = limits.max_connections,
-                    "connection budget spent: closing new connections"
-                );
-                warned = true;
+        let mut stream = stream;
+        if budget.available_permits() == 0 {
+            // Past the budget: what has already arrived decides at once,
+            // here in the accept loop, so a storm of reconnecting clients
+            // is turned away without a task each; an urgent head, or one
+            // not all there yet, goes on to the reserve.
+            match urgent_now(stream, limits.urgent) {
+                Ok((s, Some(true) | None)) => stream = s,
+                Ok((_, Some(false))) | Err(_) => {
+                    refusals.over_budget.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             }
-            drop(stream);
-            continue;
+        }
+        let (permit, reserved) = match budget.clone().try_acquire_owned() {
+            Ok(permit) => {
+                warned = false;
+                (permit, false)
+            }
+            Err(_) => {
+                if !warned {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "connection budget spent: closing new connections but urgent ones"
+                    );
+                    warned = true;
+                }
+                match reserve.clone().try_acquire_owned() {
+                    Ok(permit) => (permit, true),
+                    Err(_) => {
+                        refusals.over_budget.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
-        warned = false;
         let _ = stream.set_nodelay(true);
         let (router, watcher, main, refusals) = (
             router.clone(),
@@ -239,12 +277,23 @@ async fn run_door(
             refusals.clone(),
         );
         connections.spawn(async move {
+            // Past the budget a connection has a moment to show it is
+            // urgent; within it, as long as the header timeout.
+            let wait = if reserved {
+                RESERVE_PEEK.min(limits.header_timeout)
+            } else {
+                limits.header_timeout
+            };
             let urgent = match limits.urgent {
-                Some(least) => first_priority(&stream, limits.header_timeout)
+                Some(least) => first_priority(&stream, wait)
                     .await
                     .is_some_and(|p| p <= least),
                 None => false,
             };
+            if reserved && !urgent {
+                refusals.over_budget.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             if urgent {
                 refusals.urgent.fetch_add(1, Ordering::Relaxed);
                 serve_connection(stream, accepted, router, limits, watcher).await;
@@ -282,6 +331,33 @@ async fn run_door(
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// What the bytes already arrived on a new connection say: `Some(true)`
+/// its first request is urgent, `Some(false)` it is not (or urgency is
+/// off), `None` its head has not all arrived. A non-blocking peek on the
+/// socket, which goes back to the door's reactor either way.
+fn urgent_now(
+    stream: TcpStream,
+    urgent: Option<Priority>,
+) -> io::Result<(TcpStream, Option<bool>)> {
+    let Some(least) = urgent else {
+        return Ok((stream, Some(false)));
+    };
+    // Tokio peeks only once its reactor has seen the socket readable;
+    // std's peek on the (non-blocking) socket asks the kernel now.
+    let std = stream.into_std()?;
+    let mut buf = [0u8; 4096];
+    let seen = match std.peek(&mut buf) {
+        Ok(n) => match find(&buf[..n], b"\r\n\r\n") {
+            Some(end) => Some(priority_in(&buf[..end]).is_some_and(|p| p <= least)),
+            None if n == buf.len() || n == 0 => Some(false),
+            None => None,
+        },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => return Err(e),
+    };
+    Ok((TcpStream::from_std(std)?, seen))
 }
 
 /// Aborts the task when dropped, so that a door task aborted at the drain

@@ -621,9 +621,11 @@ async fn a_slow_or_silent_client_is_closed_at_the_header_timeout() {
     assert_eq!(stats.total().inserted, stats.total().ended());
 }
 
-/// Past the connection budget (24 here), a new connection is closed at
-/// once and counted, and the server keeps its file descriptors; once the
-/// idle connections time out, normal requests are served again.
+/// Past the connection budget (24 here), a new connection is closed
+/// (within the reserve's short look for an urgent head) and counted, and
+/// the server keeps its file descriptors, while an urgent request on a new
+/// connection is still served from the reserve; once the idle connections
+/// time out, normal requests are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_budget_holds_and_refusals_are_counted() {
     let s = start().await;
@@ -640,6 +642,21 @@ async fn the_connection_budget_holds_and_refusals_are_counted() {
         "a connection past the budget was kept open"
     );
     assert!(s.state.refused_connections() >= 1);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/infer", s.url))
+        .header("x-priority", "critical")
+        .json(&json!({"tokens": [2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "urgent, past the budget");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/infer", s.url))
+        .header("x-priority", "normal")
+        .json(&json!({"tokens": [2]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "a Normal request past the budget was served");
     // The held ones time out (the header timeout), and the room comes back.
     for mut c in held {
         assert!(closed_within(&mut c, Duration::from_secs(5)).await);
