@@ -14,8 +14,15 @@
 //! disconnects drops the handler's future and with it the ticket, which
 //! cancels the request if it has not launched.
 //!
+//! The priority may also come in an `x-priority` header ([`PRIORITY_HEADER`]),
+//! read before the body: a level the queue is shedding is then answered 429
+//! at once, and [`serve_until`] serves a connection whose first request is
+//! urgent on a thread of its own ([`HttpLimits::urgent`]). Each request's
+//! end-to-end latency counts from its first byte ([`Received`]).
+//!
 //! Statuses: 400 malformed JSON or invalid UTF-8; 404 an unknown route and
-//! 405 a wrong method; 413 a body over the limit, or what the codec finds
+//! 405 a wrong method; 408 a body slower than the body timeout; 413 a body
+//! over the limit, or what the codec finds
 //! too large; 422 a well-formed request that cannot be served (an unknown
 //! priority, a bad deadline, a body that is not an object, what the codec
 //! refuses); then [`refusal`] for what submit refuses and [`failure`] for
