@@ -60,6 +60,18 @@ bounded 30 "$dir/custom_kernel" 2>&1 | tee "$out/custom_kernel.log" || status=1
 step "replay on GPU workers"
 (cd "$dir" && bounded 60 ./convoy replay --gpu --json "$out/replay-gpu.json") 2>&1 | tee "$out/replay-gpu.log" || status=1
 
+step "serve on GPU workers: token ids run on the device, a vector is refused (422)"
+(cd "$dir" && {
+  ./convoy serve --gpu --addr 127.0.0.1:18999 > "$out/serve-gpu.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18999/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+  t=$(curl -s -o /dev/null -w '%{http_code}' -d '{"tokens":[1,2,3],"priority":"critical"}' http://127.0.0.1:18999/v1/infer)
+  v=$(curl -s -o /dev/null -w '%{http_code}' -d "{\"vector\":[$(printf '0.5,%.0s' $(seq 1 255))0.5]}" http://127.0.0.1:18999/v1/infer)
+  kill -TERM $pid; wait $pid
+  echo "tokens: $t, vector: $v"
+  grep -q "GPU workers on" "$out/serve-gpu.log" && [ "$t" = 200 ] && [ "$v" = 422 ] && grep -q "lost: 0" "$out/serve-gpu.log"
+}) 2>&1 | tee "$out/serve-gpu-check.log" || status=1
+
 step "bench"
 bounded 180 "$dir/bench-gpu" --bench 2>&1 | tee "$out/bench-gpu.log" || status=1
 

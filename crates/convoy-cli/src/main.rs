@@ -114,6 +114,11 @@ struct ServeArgs {
     /// a flood; `none` turns it off. Overrides `[http] urgent`. Default high.
     #[arg(long)]
     urgent: Option<String>,
+    /// Run the model on the GPU (the CUDA pool-dense kernel, one worker
+    /// per configured worker; `{"vector": …}` requests are then refused);
+    /// without one, falls back to CPU workers, saying so on stderr.
+    #[arg(long)]
+    gpu: bool,
 }
 
 #[derive(Args, Clone)]
@@ -361,26 +366,18 @@ fn builtin_config() -> Config {
     }
 }
 
-/// The executor `--gpu` runs the built-in model on.
+/// The GPU executor for `--gpu` running `spec`, with `config`'s fleet
+/// replaced by as many GPU workers; `None` (after one line saying why)
+/// when there is no GPU, and the command runs on CPU workers. `Err` only
+/// when stdout fails.
 #[cfg(feature = "cuda")]
-type GpuExecutor = convoy::cuda::CudaExecutor<Vec<u32>, Vec<f32>>;
-
-/// The GPU executor for `--gpu`, with `config`'s fleet replaced by as many
-/// GPU workers; `None` (after one line saying why) when there is no GPU,
-/// and the replay runs on CPU workers. `Err` only when stdout fails.
-#[cfg(feature = "cuda")]
-fn gpu_fleet(
-    model: &PoolDense,
+fn gpu_fleet<I: Send + Sync + 'static, O: Send + 'static>(
+    spec: convoy::kernel::KernelSpec<I, O>,
     config: &mut Config,
     workers: usize,
-) -> Result<Option<GpuExecutor>, Fail> {
+) -> Result<Option<convoy::cuda::CudaExecutor<I, O>>, Fail> {
     use convoy::cuda::{CudaConfig, CudaExecutor};
-    use convoy::kernel::KernelSpec;
-    let made = CudaExecutor::new(
-        KernelSpec::pool_dense(model, GPU_MAX_TOKENS),
-        CudaConfig::default(),
-    )
-    .and_then(|exec| {
+    let made = CudaExecutor::new(spec, CudaConfig::default()).and_then(|exec| {
         let specs = (0..workers.max(1))
             .map(|i| exec.worker_spec(&format!("gpu{i}")))
             .collect::<Result<Vec<_>, _>>()?;
@@ -405,8 +402,8 @@ fn gpu_fleet(
 
 /// Without the `cuda` feature `--gpu` always falls back.
 #[cfg(not(feature = "cuda"))]
-fn gpu_fleet(
-    _: &PoolDense,
+fn gpu_fleet<I, O>(
+    _: convoy::kernel::KernelSpec<I, O>,
     _: &mut Config,
     workers: usize,
 ) -> Result<Option<std::convert::Infallible>, Fail> {
@@ -416,7 +413,6 @@ fn gpu_fleet(
 
 /// The longest request a GPU worker takes: above the bundled trace's
 /// longest context (14,050 tokens).
-#[cfg(feature = "cuda")]
 const GPU_MAX_TOKENS: usize = 16_384;
 
 /// The pool-dense model: the weights in `dir` (`--weights`), or the
@@ -516,7 +512,11 @@ fn replay_cmd(args: &ReplayArgs) -> Result<(), Fail> {
     let expected = replay::expected_run(rows, args.speedup, duration);
     let window = window.unwrap_or_else(|| replay::timeline_window(expected));
     let gpu = if args.gpu {
-        gpu_fleet(&model, &mut config, workers)?
+        gpu_fleet(
+            convoy::kernel::KernelSpec::pool_dense(&model, GPU_MAX_TOKENS),
+            &mut config,
+            workers,
+        )?
     } else {
         None
     };
@@ -661,9 +661,25 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
         }
         request_limits.max_tokens = n;
     }
-    let state = std::sync::Arc::new(
-        convoy_server::model_server_with(config, model, request_limits)?.http_limits(limits),
-    );
+    let mut config = config;
+    let workers = config.fleet().len();
+    let gpu = if args.gpu {
+        gpu_fleet(
+            convoy_server::model_kernel(&model, request_limits.max_tokens),
+            &mut config,
+            workers,
+        )?
+    } else {
+        None
+    };
+    let built = match gpu {
+        #[cfg(feature = "cuda")]
+        Some(exec) => convoy_server::model_server_on(config, exec, request_limits)?,
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => match never {},
+        None => convoy_server::model_server_with(config, model, request_limits)?,
+    };
+    let state = std::sync::Arc::new(built.http_limits(limits));
     let server = state.clone();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

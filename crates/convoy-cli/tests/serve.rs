@@ -75,7 +75,6 @@ fn start_serve(
     std::io::BufReader<std::process::ChildStdout>,
     String,
 ) {
-    use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
         .args(["serve", "--addr", "127.0.0.1:0"])
@@ -85,14 +84,91 @@ fn start_serve(
         .spawn()
         .expect("convoy serve starts");
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("convoy serve: listening on http://")
-        .unwrap_or_else(|| panic!("first line: {line:?}"))
-        .to_owned();
+    let addr = listening_on(&mut stdout).0;
     (child, stdout, addr)
+}
+
+/// Reads `convoy serve`'s stdout up to its "listening on" line: the
+/// address, and whether a line before it said the model runs on a GPU.
+fn listening_on(stdout: &mut impl std::io::BufRead) -> (String, bool) {
+    let mut on_gpu = false;
+    for _ in 0..4 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        if let Some(addr) = line
+            .trim()
+            .strip_prefix("convoy serve: listening on http://")
+        {
+            return (addr.to_owned(), on_gpu);
+        }
+        on_gpu |= line.contains("GPU workers on");
+    }
+    panic!("convoy serve never said where it listens")
+}
+
+/// `convoy serve --gpu`: on a GPU, token ids run on the device and a
+/// `{"vector": …}` request is refused with 422 (it has no kernel); without
+/// one (or without the cuda feature) it says so on stderr and serves both
+/// on CPU workers. Either way it answers and loses nothing.
+#[test]
+fn serve_gpu_runs_on_the_device_or_says_why_not() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--gpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("convoy serve starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (addr, on_gpu) = listening_on(&mut stdout);
+    let post = |body: &str| {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer
+    };
+    let tokens = post(r#"{"tokens":[1,2,3]}"#);
+    assert!(tokens.starts_with("HTTP/1.1 200"), "{tokens}");
+    let vector = format!("{{\"vector\":[{}]}}", vec!["0.5"; 256].join(","));
+    let vector = post(&vector);
+    if on_gpu {
+        assert!(vector.starts_with("HTTP/1.1 422"), "{vector}");
+        assert!(vector.contains("--gpu"), "{vector}");
+    } else {
+        assert!(vector.starts_with("HTTP/1.1 200"), "{vector}");
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(exits_within(&mut child, Duration::from_secs(20)).success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("lost: 0"), "{rest}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    if !on_gpu {
+        assert!(
+            err.contains("--gpu: no GPU") || err.contains("--gpu: built without the cuda feature"),
+            "{err}"
+        );
+    }
 }
 
 /// `start_serve` with `config` (TOML text) as its `--config` file, whose

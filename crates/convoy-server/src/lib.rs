@@ -83,7 +83,10 @@ pub mod model;
 pub use codec::{Codec, MAX_DEADLINE_MS};
 pub use error::{failure, refusal, ApiError};
 pub use listen::{default_max_connections, HttpLimits, Received, PRIORITY_HEADER};
-pub use model::{model_server, model_server_with, Input, Limits, ModelCodec, ModelExecutor};
+pub use model::{
+    model_kernel, model_server, model_server_on, model_server_with, Input, Limits, ModelCodec,
+    ModelExecutor,
+};
 
 /// The body limit when none is set: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;

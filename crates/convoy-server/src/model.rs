@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use convoy::kernel::KernelSpec;
 use convoy::model::PoolDense;
 use convoy::{BuildError, Config, Executor, ExecutorError, Request, Runtime};
 use serde_json::{Map, Value};
@@ -48,6 +49,48 @@ impl Executor<Input, Vec<f32>> for ModelExecutor {
                 Input::Vector(v) => self.0.dense(v).map_err(ExecutorError::from_error),
             })
             .collect()
+    }
+}
+
+/// The pool-dense CUDA kernel over the server's inputs (`convoy serve
+/// --gpu` runs it through `convoy::cuda::CudaExecutor` and
+/// [`model_server_on`]): token ids run on the device; a `{"vector": …}`
+/// request (the dense layer alone) has no kernel and is refused at submit
+/// (422), rather than failing the batch it would have joined. Packing and
+/// checking are plain Rust, so they hold without a device.
+///
+/// ```
+/// use convoy::model::PoolDense;
+/// use convoy_server::{model_kernel, Input};
+/// let model = PoolDense::seeded(64, 8, 1)?;
+/// let spec = model_kernel(&model, 16);
+/// assert!((spec.check)(&Input::Tokens(vec![1, 2])).is_ok());
+/// assert!((spec.check)(&Input::Tokens(vec![64])).is_err()); // outside the vocabulary
+/// assert!((spec.check)(&Input::Vector(vec![0.0; 8])).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn model_kernel(model: &PoolDense, max_tokens: usize) -> KernelSpec<Input, Vec<f32>> {
+    let tokens = KernelSpec::pool_dense(model, max_tokens);
+    let (check, pack) = (tokens.check.clone(), tokens.pack.clone());
+    const VECTORS_REFUSED: &str = "with --gpu the server runs token ids on the GPU; \"vector\" \
+                                   requests (the dense layer alone) are not served";
+    KernelSpec {
+        source: tokens.source,
+        function: tokens.function,
+        weights: tokens.weights,
+        width: tokens.width,
+        block_dim: tokens.block_dim,
+        shared_bytes: tokens.shared_bytes,
+        max_words: tokens.max_words,
+        pack: Arc::new(move |input: &Input, words| match input {
+            Input::Tokens(t) => pack(t, words),
+            Input::Vector(_) => Err(VECTORS_REFUSED.into()),
+        }),
+        unpack: tokens.unpack,
+        check: Arc::new(move |input: &Input| match input {
+            Input::Tokens(t) => check(t),
+            Input::Vector(_) => Err(VECTORS_REFUSED.into()),
+        }),
     }
 }
 
@@ -172,9 +215,20 @@ pub fn model_server_with(
     model: PoolDense,
     limits: Limits,
 ) -> Result<Server<ModelCodec>, BuildError> {
+    model_server_on(config, ModelExecutor(Arc::new(model)), limits)
+}
+
+/// The model's server over an executor of your own for its inputs: the
+/// CUDA executor (`convoy serve --gpu`), or a model on other hardware.
+/// The executor's `check` refuses at submit what it cannot run (422).
+pub fn model_server_on(
+    config: Config,
+    executor: impl Executor<Input, Vec<f32>>,
+    limits: Limits,
+) -> Result<Server<ModelCodec>, BuildError> {
     let runtime = Runtime::builder()
         .config(config)
-        .executor(ModelExecutor(Arc::new(model)))
+        .executor(executor)
         .deduplicate()
         .build()?;
     Ok(Server::new(Arc::new(runtime), ModelCodec { limits }).max_body_bytes(limits.max_body_bytes))
