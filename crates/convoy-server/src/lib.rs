@@ -27,8 +27,11 @@
 //! priority, a bad deadline, a body that is not an object, what the codec
 //! refuses); then [`refusal`] for what submit refuses and [`failure`] for
 //! how an accepted request can fail. Every error body the router writes is
-//! `{"error": "…"}` (hyper itself answers a few malformed requests, such as
-//! an oversized header, before they reach the router).
+//! `{"error": "…"}`. hyper answers a few malformed requests itself, before
+//! they reach the router (a request line it cannot parse, 400; too many or
+//! too large headers, 431); [`serve_until`] gives those answers the same
+//! JSON body, where hyper alone would send none. A router mounted in your
+//! own server gets them from your server as it writes them.
 //!
 //! # Embedding your own model
 //!
@@ -79,6 +82,7 @@ mod codec;
 mod error;
 mod listen;
 pub mod model;
+mod parse_errors;
 
 pub use codec::{Codec, MAX_DEADLINE_MS};
 pub use error::{failure, refusal, ApiError};

@@ -49,6 +49,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::parse_errors::{self, Replacing};
+
 /// The request header the door reads a connection's priority from, before
 /// any body: a name (`critical` … `background`) or a level 0–4, like the
 /// body's `priority` field.
@@ -383,6 +385,7 @@ async fn serve_connection(
     let stamped = Stamped {
         inner: stream,
         mark: mark.clone(),
+        replacing: None,
     };
     let service = router.map_request(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(Received(mark.get()));
@@ -498,6 +501,48 @@ impl FirstByte {
 struct Stamped {
     inner: TcpStream,
     mark: Arc<FirstByte>,
+    /// One of hyper's own error answers, being written with a JSON body
+    /// (`parse_errors.rs`).
+    replacing: Option<Replacing>,
+}
+
+impl Stamped {
+    /// Writes `buf`, or its JSON replacement when it is one of hyper's own
+    /// empty-bodied error answers (which come in one write and end the
+    /// connection). While a replacement is being written, hyper's retried
+    /// `buf` is the same answer, and is answered as written once the
+    /// replacement is out.
+    fn write_or_replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none() {
+            match parse_errors::json_for(buf) {
+                Some(bytes) => {
+                    self.replacing = Some(Replacing {
+                        bytes,
+                        written: 0,
+                        claimed: buf.len(),
+                    })
+                }
+                None => return Pin::new(&mut self.inner).poll_write(cx, buf),
+            }
+        }
+        let Self {
+            inner, replacing, ..
+        } = self;
+        let r = replacing
+            .as_mut()
+            .expect("set above when it was not already");
+        while r.written < r.bytes.len() {
+            match Pin::new(&mut *inner).poll_write(cx, &r.bytes[r.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => r.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let claimed = r.claimed;
+        *replacing = None;
+        Poll::Ready(Ok(claimed))
+    }
 }
 
 impl AsyncRead for Stamped {
@@ -522,7 +567,7 @@ impl AsyncWrite for Stamped {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.mark.end();
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.write_or_replace(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -531,6 +576,11 @@ impl AsyncWrite for Stamped {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.mark.end();
+        // An error answer hyper writes itself is a head alone: one slice.
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            return self.write_or_replace(cx, only);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -331,6 +331,34 @@ async fn every_error_status_has_a_json_body_in_plain_words() {
         assert!(msg.contains(words), "{status}: {msg}");
         assert!(!msg.contains("enum") && !msg.contains("::"), "{msg}");
     }
+    // What hyper answers itself, before the router: a request line it
+    // cannot parse (400) and more headers than it takes (431).
+    use tokio::io::AsyncWriteExt;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let many: String = (0..200)
+        .map(|i| format!("x-h{i}: {}\r\n", "a".repeat(20)))
+        .collect();
+    for (raw, status, words) in [
+        ("GARBAGE LINE\r\n\r\n".to_owned(), "400", "request line"),
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}\r\n"),
+            "431",
+            "headers",
+        ),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(raw.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut conn, Duration::from_secs(5)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.contains("content-type: application/json"), "{answer}");
+        let body: Value = serde_json::from_str(body).expect("a JSON body");
+        let msg = body["error"].as_str().expect("an error message");
+        assert!(msg.contains(words), "{status}: {msg}");
+    }
     let stats = s.stop().await;
     assert_eq!(stats.total().inserted, stats.total().ended());
 }
