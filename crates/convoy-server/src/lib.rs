@@ -152,6 +152,42 @@ impl<C: Codec> Server<C> {
         self.refusals.shed_at_door[level.index()].load(Ordering::Relaxed)
     }
 
+    /// The server's own counters in Prometheus text, which `/metrics`
+    /// appends to the runtime's: connections refused over the budget,
+    /// connections served on the urgent thread, and requests shed at the
+    /// door per priority.
+    pub fn http_metrics(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP convoy_http_connections_refused_total Connections closed at accept because the connection budget was spent\n\
+             # TYPE convoy_http_connections_refused_total counter\n",
+        );
+        out.push_str(&format!(
+            "convoy_http_connections_refused_total {}\n",
+            self.refused_connections()
+        ));
+        out.push_str(
+            "# HELP convoy_http_urgent_connections_total Connections whose first request was urgent, served on the accepting thread\n\
+             # TYPE convoy_http_urgent_connections_total counter\n",
+        );
+        out.push_str(&format!(
+            "convoy_http_urgent_connections_total {}\n",
+            self.urgent_connections()
+        ));
+        out.push_str(
+            "# HELP convoy_http_shed_at_door_total Requests answered 429 before their body was read, their x-priority level being shed\n\
+             # TYPE convoy_http_shed_at_door_total counter\n",
+        );
+        for p in Priority::ALL {
+            out.push_str(&format!(
+                "convoy_http_shed_at_door_total{{priority=\"{}\"}} {}\n",
+                p.as_str(),
+                self.shed_at_door(p)
+            ));
+        }
+        out
+    }
+
     /// Sets the largest body accepted (413 above it).
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
@@ -335,14 +371,17 @@ async fn metrics<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
     // workers.
     let rt = server.runtime.clone();
     match tokio::task::spawn_blocking(move || rt.metrics_text()).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(mut text) => {
+            text.push_str(&server.http_metrics());
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
         Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering metrics failed: {e}"),

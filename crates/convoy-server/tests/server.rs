@@ -685,6 +685,11 @@ async fn the_connection_budget_holds_and_refusals_are_counted() {
         .send()
         .await;
     assert!(r.is_err(), "a Normal request past the budget was served");
+    let refused = s.state.refused_connections();
+    assert!(refused >= 2, "{refused}");
+    assert!(s.state.http_metrics().contains(&format!(
+        "convoy_http_connections_refused_total {refused}\n"
+    )));
     // The held ones time out (the header timeout), and the room comes back.
     for mut c in held {
         assert!(closed_within(&mut c, Duration::from_secs(5)).await);
@@ -809,6 +814,16 @@ async fn a_shed_level_is_429_and_critical_still_gets_in() {
     );
     assert_eq!(json["shed_at_door"]["background"], 1, "{json}");
     assert_eq!(json["shed_at_door"]["total"], 1, "{json}");
+    let metrics = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("convoy_http_shed_at_door_total{priority=\"background\"} 1\n"),
+        "{metrics}"
+    );
     s.hold.open();
     for t in [blocker, queued, critical] {
         assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
