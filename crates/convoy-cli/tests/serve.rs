@@ -322,3 +322,138 @@ fn the_http_limits_come_from_the_config_file() {
     }
     std::fs::remove_file(&bad).unwrap();
 }
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// One request on a fresh connection; its answer.
+fn post_once(addr: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+}
+
+/// 2,200 connections holding half-sent request heads, then 700 more with a
+/// budget of 2,500: a normal request is still answered well before any
+/// header timeout frees room, the connections past the budget are closed
+/// at once, the server never holds more sockets than its budget, and once
+/// the clients are gone its memory is back within 1.5× its idle figure
+/// (the goal is 2×; the allocator alone would keep it near 2×).
+/// Needs 6,000 open files for the test's own sockets (`.ci/run` raises the
+/// limit); with fewer it skips, saying so, and under `CI=true` fails.
+#[test]
+fn thousands_of_slow_connections_do_not_hold_a_normal_request() {
+    use std::io::{Read, Write};
+    let limit = open_files_limit();
+    if limit < 6000 {
+        let why = format!("needs 6000 open files, the limit is {limit} (ulimit -n 6000)");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIP thousands_of_slow_connections: {why}");
+        return;
+    }
+    let (mut child, mut stdout, addr) =
+        start_serve(&["--max-connections", "2500", "--header-timeout-ms", "20000"]);
+    let pid = child.id();
+    let normal = r#"{"tokens":[1,2,3,4,5,6,7,8]}"#;
+    assert!(post_once(&addr, normal).starts_with("HTTP/1.1 200"));
+    let idle = rss_kib(pid);
+    let mut slow = Vec::new();
+    for _ in 0..2200 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        slow.push(c);
+    }
+    // Answered while all 2,200 hold their connections, long before the
+    // 20 s header timeout could free one.
+    let t = std::time::Instant::now();
+    let answer = post_once(&addr, normal);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // 700 more: 300 fill the budget, the server closes the other 400
+    // (those it held back for a look at their head, within 200 ms).
+    let mut past = Vec::new();
+    for _ in 0..700 {
+        if let Ok(c) = std::net::TcpStream::connect(&addr) {
+            past.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let mut closed = 0;
+    for c in &mut past {
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    assert!(
+        (390..=410).contains(&closed),
+        "{closed} of 700 closed; 400 were past the budget"
+    );
+    let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .ok()
+                .and_then(|e| std::fs::read_link(e.path()).ok())
+                .is_some_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    assert!(sockets <= 2500 + 16, "{sockets} sockets open, budget 2500");
+    drop(past);
+    drop(slow);
+    // The connections end as their clients close, and once the flood has
+    // ebbed (checked each second) the server returns the memory.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(post_once(&addr, normal).starts_with("HTTP/1.1 200"));
+    let after = rss_kib(pid);
+    // Kept by the allocator it would stand near 2× (BENCHMARKS.md);
+    // returned, it is back near idle.
+    assert!(
+        after <= idle * 3 / 2,
+        "RSS {after} KiB after the flood, {idle} KiB idle"
+    );
+    let pid = pid.to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(exits_within(&mut child, Duration::from_secs(20)).success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("lost: 0"), "{rest}");
+}

@@ -83,6 +83,7 @@ mod error;
 mod listen;
 pub mod model;
 mod parse_errors;
+mod trim;
 
 pub use codec::{Codec, MAX_DEADLINE_MS};
 pub use error::{failure, refusal, ApiError};

@@ -50,6 +50,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::parse_errors::{self, Replacing};
+use crate::trim;
 
 /// The request header the door reads a connection's priority from, before
 /// any body: a name (`critical` … `background`) or a level 0–4, like the
@@ -217,10 +218,23 @@ async fn run_door(
     let mut connections = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(stop);
     let mut warned = false;
+    // Once a second: has a connection flood ebbed? (`trim.rs`)
+    let mut ebb = trim::Ebb::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Reap what has finished, so the set holds only open connections.
         while connections.try_join_next().is_some() {}
         let (stream, _peer) = tokio::select! {
+            _ = tick.tick() => {
+                let open = limits.max_connections.max(1) - budget.available_permits();
+                let peak = ebb.peak();
+                if ebb.ebbed(open) {
+                    // Off this thread: a trim takes milliseconds.
+                    tokio::task::spawn_blocking(move || trim::give_back(peak));
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 // Out of descriptors or a connection reset before accept:
@@ -403,11 +417,20 @@ async fn serve_connection(
 
 /// The priority the first request on `stream` gives in its `x-priority`
 /// header, read without consuming anything: `None` when it gives none, its
-/// head has not arrived within `wait`, or does not fit one peek.
+/// head has not begun within `wait`, or is not whole within a few
+/// milliseconds of its first bytes (or does not fit one peek).
+///
+/// Waiting for a first byte costs nothing (the peek waits on readiness).
+/// A partial head cannot be waited on that way, since a peek consumes
+/// nothing and the socket stays readable, so it is looked at again only
+/// [`HEAD_RETRIES`] times, [`HEAD_RETRY`] apart: a client that sends its
+/// head in one piece is classified, and a slow one (thousands of which
+/// must not keep this thread busy) goes to the main runtime, where hyper's
+/// header timeout deals with it.
 async fn first_priority(stream: &TcpStream, wait: Duration) -> Option<Priority> {
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 4096];
     let deadline = tokio::time::Instant::now() + wait;
-    loop {
+    for _ in 0..=HEAD_RETRIES {
         let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
             .await
             .ok()?
@@ -422,14 +445,15 @@ async fn first_priority(stream: &TcpStream, wait: Duration) -> Option<Priority> 
         if n == buf.len() {
             return None;
         }
-        // Part of a head: peek again once more has come (a short nap, as
-        // peek returns at once while anything is unread).
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
+        tokio::time::sleep(HEAD_RETRY).await;
     }
+    None
 }
+
+/// How many more times a partial first head is peeked at.
+const HEAD_RETRIES: usize = 3;
+/// How long apart.
+const HEAD_RETRY: Duration = Duration::from_millis(2);
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
