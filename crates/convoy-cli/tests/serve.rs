@@ -364,47 +364,47 @@ fn post_once(addr: &str, body: &str) -> String {
     answer
 }
 
-/// 2,200 connections holding half-sent request heads, then 700 more with a
-/// budget of 2,500: a normal request is still answered well before any
+/// 2,000 connections holding half-sent request heads, then 400 more with a
+/// budget of 2,100: a normal request is still answered well before any
 /// header timeout frees room, the connections past the budget are closed
 /// at once, the server never holds more sockets than its budget, and once
 /// the clients are gone its memory is back within 1.5× its idle figure
 /// (the goal is 2×; the allocator alone would keep it near 2×).
-/// Needs 6,000 open files for the test's own sockets (`.ci/run` raises the
+/// Needs 3,000 open files for the test's own sockets (`.ci/run` raises the
 /// limit); with fewer it skips, saying so, and under `CI=true` fails.
 #[test]
 fn thousands_of_slow_connections_do_not_hold_a_normal_request() {
     use std::io::{Read, Write};
     let limit = open_files_limit();
-    if limit < 6000 {
-        let why = format!("needs 6000 open files, the limit is {limit} (ulimit -n 6000)");
+    if limit < 3000 {
+        let why = format!("needs 3000 open files, the limit is {limit} (ulimit -n 3000)");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
         eprintln!("SKIP thousands_of_slow_connections: {why}");
         return;
     }
     let (mut child, mut stdout, addr) =
-        start_serve(&["--max-connections", "2500", "--header-timeout-ms", "20000"]);
+        start_serve(&["--max-connections", "2100", "--header-timeout-ms", "20000"]);
     let pid = child.id();
     let normal = r#"{"tokens":[1,2,3,4,5,6,7,8]}"#;
     assert!(post_once(&addr, normal).starts_with("HTTP/1.1 200"));
     let idle = rss_kib(pid);
     let mut slow = Vec::new();
-    for _ in 0..2200 {
+    for _ in 0..2000 {
         let mut c = std::net::TcpStream::connect(&addr).unwrap();
         c.write_all(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\n")
             .unwrap();
         slow.push(c);
     }
-    // Answered while all 2,200 hold their connections, long before the
+    // Answered while all 2,000 hold their connections, long before the
     // 20 s header timeout could free one.
     let t = std::time::Instant::now();
     let answer = post_once(&addr, normal);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    // 700 more: 300 fill the budget, the server closes the other 400
+    // 400 more: 100 fill the budget, the server closes the other 300
     // (those it held back for a look at their head, within 200 ms).
     let mut past = Vec::new();
-    for _ in 0..700 {
+    for _ in 0..400 {
         if let Ok(c) = std::net::TcpStream::connect(&addr) {
             past.push(c);
         }
@@ -420,8 +420,8 @@ fn thousands_of_slow_connections_do_not_hold_a_normal_request() {
         }
     }
     assert!(
-        (390..=410).contains(&closed),
-        "{closed} of 700 closed; 400 were past the budget"
+        (290..=310).contains(&closed),
+        "{closed} of 400 closed; 300 were past the budget"
     );
     let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -432,19 +432,23 @@ fn thousands_of_slow_connections_do_not_hold_a_normal_request() {
                 .is_some_and(|l| l.to_string_lossy().starts_with("socket:"))
         })
         .count();
-    assert!(sockets <= 2500 + 16, "{sockets} sockets open, budget 2500");
+    assert!(sockets <= 2100 + 16, "{sockets} sockets open, budget 2100");
     drop(past);
     drop(slow);
     // The connections end as their clients close, and once the flood has
-    // ebbed (checked each second) the server returns the memory.
-    std::thread::sleep(Duration::from_secs(3));
+    // ebbed (two looks a second apart) the server returns the memory.
     assert!(post_once(&addr, normal).starts_with("HTTP/1.1 200"));
-    let after = rss_kib(pid);
+    let start = std::time::Instant::now();
+    let mut after = rss_kib(pid);
     // Kept by the allocator it would stand near 2× (BENCHMARKS.md);
     // returned, it is back near idle.
+    while after > idle * 3 / 2 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_kib(pid);
+    }
     assert!(
         after <= idle * 3 / 2,
-        "RSS {after} KiB after the flood, {idle} KiB idle"
+        "RSS {after} KiB 10 s after the flood, {idle} KiB idle"
     );
     let pid = pid.to_string();
     assert!(std::process::Command::new("kill")

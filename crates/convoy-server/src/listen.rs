@@ -248,6 +248,7 @@ async fn run_door(
             () = &mut stop => break,
         };
         let accepted = Instant::now();
+        ebb.see(limits.max_connections.max(1) - budget.available_permits() + 1);
         let mut stream = stream;
         if budget.available_permits() == 0 {
             // Past the budget: what has already arrived decides at once,

@@ -6,7 +6,8 @@
 //! system, so after a flood of thousands of connections the process's
 //! resident memory stays near its peak: twice its idle figure and more
 //! after 2,700 connections. Once a flood has ebbed (open connections down
-//! to a quarter of a peak of at least [`FLOOD`]), the server asks glibc to
+//! to a quarter of a peak of at least [`FLOOD`], at two looks a second
+//! apart), the server asks glibc to
 //! release what it holds free (`malloc_trim`), and logs the resident
 //! memory before and after, so the effect is measured every time it runs.
 
@@ -17,6 +18,8 @@ pub(crate) const FLOOD: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct Ebb {
     peak: usize,
+    /// The last look already found the flood down to a quarter.
+    low: bool,
 }
 
 impl Ebb {
@@ -25,16 +28,26 @@ impl Ebb {
         self.peak
     }
 
-    /// Sees `open` connections now; `true` once when a flood (a peak of at
-    /// least [`FLOOD`]) has ebbed to a quarter of its peak.
-    pub(crate) fn ebbed(&mut self, open: usize) -> bool {
+    /// Notes `open` connections at an accept, so that a flood shorter than
+    /// the time between looks still sets the peak.
+    pub(crate) fn see(&mut self, open: usize) {
         self.peak = self.peak.max(open);
-        if self.peak >= FLOOD && open <= self.peak / 4 {
+    }
+
+    /// Looks at `open` connections now (once a second); `true` once when a
+    /// flood (a peak of at least [`FLOOD`]) has stayed at a quarter of its
+    /// peak or below for two looks in a row: by then the connections that
+    /// were closing have ended and their memory is free to return.
+    pub(crate) fn ebbed(&mut self, open: usize) -> bool {
+        self.see(open);
+        let down = self.peak >= FLOOD && open <= self.peak / 4;
+        let settled = down && self.low;
+        self.low = down;
+        if settled {
             self.peak = open;
-            true
-        } else {
-            false
+            self.low = false;
         }
+        settled
     }
 }
 
@@ -75,16 +88,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_ebbs_once_at_a_quarter_of_its_peak() {
+    fn a_flood_ebbs_once_it_stays_at_a_quarter_of_its_peak() {
         let mut ebb = Ebb::default();
         assert!(!ebb.ebbed(10), "no flood yet");
         assert!(!ebb.ebbed(1000));
         assert!(!ebb.ebbed(251), "above a quarter");
-        assert!(ebb.ebbed(250));
-        assert!(!ebb.ebbed(100), "once per flood");
-        assert!(!ebb.ebbed(200), "a small rise is no flood");
-        assert!(!ebb.ebbed(50));
-        assert!(!ebb.ebbed(2000));
+        assert!(!ebb.ebbed(250), "down, once");
+        assert!(ebb.ebbed(100), "down twice in a row");
+        assert!(!ebb.ebbed(90), "once per flood");
+        assert!(!ebb.ebbed(80));
+        assert!(!ebb.ebbed(2000), "a second flood");
+        assert!(!ebb.ebbed(100));
+        assert!(!ebb.ebbed(600), "up again: not settled");
+        assert!(!ebb.ebbed(0));
         assert!(ebb.ebbed(0), "a second flood ebbs too");
+        // A flood between two looks, seen only at accepts.
+        ebb.see(3000);
+        assert!(!ebb.ebbed(0));
+        assert!(ebb.ebbed(0));
+        assert_eq!(ebb.peak(), 0);
     }
 }
