@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{worker, Hold};
+use common::{worker, Hold, WaitBounded};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,7 +39,7 @@ fn closed_loop(cfg: Config, clients: u32, rounds: u32) -> convoy::Stats {
             s.spawn(move || {
                 for r in 0..rounds {
                     let x = c * 1000 + r;
-                    assert_eq!(h.submit(Request::new(x)).unwrap().wait(), Ok(x));
+                    assert_eq!(h.submit(Request::new(x)).unwrap().wait_bounded(), Ok(x));
                 }
             });
         }
@@ -115,7 +115,7 @@ fn a_stream_fast_enough_to_fill_batches_still_fills_them() {
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
     for (i, t) in tickets.into_iter().enumerate() {
-        assert_eq!(t.wait(), Ok(i as u32));
+        assert_eq!(t.wait_bounded(), Ok(i as u32));
     }
     rt.shutdown();
     let sizes = sizes.lock().unwrap().clone();
@@ -160,9 +160,9 @@ fn under_saturation_batches_are_as_large_as_under_the_fixed_rule() {
             .map(|i| h.submit(Request::new(i)).unwrap())
             .collect();
         hold.open();
-        assert_eq!(blocker.wait(), Ok(0));
+        assert_eq!(blocker.wait_bounded(), Ok(0));
         for (i, t) in tickets.into_iter().enumerate() {
-            assert_eq!(t.wait(), Ok(i as u32 + 1));
+            assert_eq!(t.wait_bounded(), Ok(i as u32 + 1));
         }
         rt.shutdown();
         let sizes = sizes.lock().unwrap().clone();
@@ -207,7 +207,8 @@ fn the_rule_reloads_and_a_bad_name_is_refused_by_key() {
         let ts: Vec<_> = (0..4)
             .map(|i| h.submit(Request::new(base + i)).unwrap())
             .collect();
-        ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+        ts.into_iter()
+            .for_each(|t| assert!(t.wait_bounded().is_ok()));
     };
     burst(0);
     assert_eq!(rt.stats().launched_by(LaunchCause::Delay), 1);

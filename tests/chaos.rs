@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{eventually, worker, Rng, Seen};
+use common::{eventually, worker, Rng, Seen, WaitBounded};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -84,7 +84,7 @@ struct Kept {
 
 fn settle(kept: &mut Vec<Kept>, seen: &mut Seen) {
     for k in kept.drain(..) {
-        let out = k.ticket.wait();
+        let out = k.ticket.wait_bounded();
         match &out {
             Ok(v) => assert_eq!(*v, k.value, "a request got another's output"),
             Err(Failure::Expired) => assert!(k.deadline, "a request without a deadline expired"),

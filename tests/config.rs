@@ -1,6 +1,10 @@
 //! TOML config: defaults, every error path, and reload while running.
 
+mod common;
+
 use std::time::Duration;
+
+use common::WaitBounded;
 
 use convoy::{Config, ConfigError, DeadlineAction, PlacementPolicy, Priority, Request, Runtime};
 
@@ -225,7 +229,7 @@ fn reload_swaps_knobs_without_losing_requests_and_refuses_fixed_ones() {
                 let n = tickets.len();
                 for t in tickets {
                     assert!(
-                        t.wait().is_ok(),
+                        t.wait_bounded().is_ok(),
                         "a request was lost or failed across a reload"
                     );
                 }
@@ -305,7 +309,8 @@ fn reloaded_batch_limit_applies() {
     let ts: Vec<_> = (0..100)
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     rt.shutdown();
     assert!(
         biggest.load(Ordering::Relaxed) <= 3,

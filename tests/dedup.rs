@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{echo_runtime, eventually, occupy_the_worker, worker, Hold};
+use common::{echo_runtime, eventually, occupy_the_worker, worker, Hold, WaitBounded};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,14 +82,14 @@ fn identical_keys_execute_once_and_every_ticket_gets_the_output() {
     let plain = h.submit(Request::new(9)).unwrap();
     eventually("all drained", || rt.stats().deduplicated == 5);
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     for t in a {
-        assert_eq!(t.wait(), Ok(70));
+        assert_eq!(t.wait_bounded(), Ok(70));
     }
     for t in b {
-        assert_eq!(t.wait(), Ok(80));
+        assert_eq!(t.wait_bounded(), Ok(80));
     }
-    assert_eq!(plain.wait(), Ok(90));
+    assert_eq!(plain.wait_bounded(), Ok(90));
     rt.shutdown();
     assert_eq!((count(&ran, 7), count(&ran, 8), count(&ran, 9)), (1, 1, 1));
     let s = rt.stats();
@@ -120,7 +120,12 @@ fn a_group_is_ordered_as_its_most_urgent_member() {
     eventually("twin merged", || rt.stats().deduplicated == 1);
     hold.open();
     assert_eq!(
-        (blocker.wait(), slow.wait(), normal.wait(), urgent.wait()),
+        (
+            blocker.wait_bounded(),
+            slow.wait_bounded(),
+            normal.wait_bounded(),
+            urgent.wait_bounded()
+        ),
         (Ok(0), Ok(50), Ok(60), Ok(50))
     );
     rt.shutdown();
@@ -153,11 +158,11 @@ fn members_expire_one_by_one_and_the_rest_still_run() {
                 .deadline(Duration::from_millis(10)),
         )
         .unwrap();
-    assert_eq!(head.wait(), Err(Failure::Expired));
-    assert_eq!(also_doomed.wait(), Err(Failure::Expired));
+    assert_eq!(head.wait_bounded(), Err(Failure::Expired));
+    assert_eq!(also_doomed.wait_bounded(), Err(Failure::Expired));
     hold.open();
-    assert_eq!(patient.wait(), Ok(30));
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(patient.wait_bounded(), Ok(30));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     rt.shutdown();
     assert_eq!(count(&ran, 3), 1);
     let s = rt.stats();
@@ -193,9 +198,9 @@ fn a_group_runs_while_any_member_waits_and_not_when_all_cancelled() {
         "only the follower holds room"
     );
     hold.open();
-    assert_eq!(follower.wait(), Ok(40));
-    assert_eq!(head.wait(), Err(Failure::Cancelled));
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(follower.wait_bounded(), Ok(40));
+    assert_eq!(head.wait_bounded(), Err(Failure::Cancelled));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     rt.shutdown();
     assert_eq!(count(&ran, 4), 1);
     assert_eq!(count(&ran, 6), 0, "a group nobody waits for never runs");
@@ -254,10 +259,10 @@ fn twins_cancelled_at_random_each_end_once() {
     });
     assert!(!hold.is_open(), "the worker was busy all along");
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     let mut live = [0usize; 11];
     for (x, t) in tickets {
-        match t.wait() {
+        match t.wait_bounded() {
             Ok(y) => {
                 assert_eq!(y, x * 10);
                 live[x as usize] += 1;
@@ -287,9 +292,9 @@ fn a_failed_group_fails_every_member() {
         .map(|_| h.submit(Request::new(99).dedup_key("bad")).unwrap())
         .collect();
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     for t in tickets {
-        assert!(matches!(t.wait(), Err(Failure::ExecutorFailed(_))));
+        assert!(matches!(t.wait_bounded(), Err(Failure::ExecutorFailed(_))));
     }
     rt.shutdown();
     let s = rt.stats().total();
@@ -303,9 +308,9 @@ fn a_key_is_free_again_once_its_group_launched() {
     let h = rt.handle();
     hold.open();
     let first = h.submit(Request::new(2).dedup_key("again")).unwrap();
-    assert_eq!(first.wait(), Ok(20));
+    assert_eq!(first.wait_bounded(), Ok(20));
     let second = h.submit(Request::new(2).dedup_key("again")).unwrap();
-    assert_eq!(second.wait(), Ok(20));
+    assert_eq!(second.wait_bounded(), Ok(20));
     rt.shutdown();
     assert_eq!(count(&ran, 2), 2);
     assert_eq!(rt.stats().deduplicated, 0);
@@ -330,9 +335,9 @@ fn shutdown_now_fails_every_member_of_a_waiting_group() {
     rt.shutdown_now();
     opener.join().unwrap();
     for t in tickets {
-        assert_eq!(t.wait(), Err(Failure::ShutDown));
+        assert_eq!(t.wait_bounded(), Err(Failure::ShutDown));
     }
-    let _ = blocker.wait();
+    let _ = blocker.wait_bounded();
     let s = rt.stats().total();
     assert_eq!(s.inserted, s.ended());
 }
@@ -349,13 +354,13 @@ fn clear_waiting_cancels_every_member_and_frees_the_key() {
     eventually("twins merged", || rt.stats().deduplicated == 2);
     assert_eq!(rt.clear_waiting(), 4, "each member counts, not the group");
     for t in twins.into_iter().chain([other]) {
-        assert_eq!(t.wait(), Err(Failure::Cancelled));
+        assert_eq!(t.wait_bounded(), Err(Failure::Cancelled));
     }
     // The key is free: a new twin starts a new group and runs.
     let again = h.submit(Request::new(1).dedup_key("w")).unwrap();
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
-    assert_eq!(again.wait(), Ok(10));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
+    assert_eq!(again.wait_bounded(), Ok(10));
     assert_eq!(count(&ran, 1), 1, "the cleared group never ran");
     assert_eq!(count(&ran, 2), 0);
     rt.shutdown();
@@ -422,7 +427,7 @@ fn nothing_lost_with_many_twins_under_load() {
                     if i % 11 == 0 {
                         ticket.cancel();
                     }
-                    match ticket.wait() {
+                    match ticket.wait_bounded() {
                         Ok(y) => {
                             assert_eq!(y, x * 10);
                             seen[0] += 1;
@@ -508,10 +513,10 @@ fn a_twin_gets_in_at_a_shed_level_and_shares_the_output() {
         "still shed, the twin let in"
     );
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
-    assert_eq!(first.wait(), Ok(50));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
+    assert_eq!(first.wait_bounded(), Ok(50));
     let twin = twin.into_inner().expect("set by the loop above");
-    assert_eq!(twin.wait(), Ok(50), "the twin's copy of the output");
+    assert_eq!(twin.wait_bounded(), Ok(50), "the twin's copy of the output");
     assert_eq!(count(&ran, 5), 1, "one execution for both");
     let s = rt.stats();
     assert_eq!(s.deduplicated, 1);

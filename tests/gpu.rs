@@ -9,6 +9,7 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+use common::WaitBounded;
 
 use convoy::cuda::{compile_kernel, compile_ptx, probe, CudaConfig, CudaError, CudaExecutor};
 use convoy::kernel::{KernelSpec, Words, POOL_DENSE_SOURCE};
@@ -436,7 +437,7 @@ fn runtime_on_gpu_workers_matches_cpu_and_loses_nothing() {
                     .collect();
                 let got: Vec<Vec<f32>> = tickets
                     .into_iter()
-                    .map(|t| t.wait().expect("completed"))
+                    .map(|t| t.wait_bounded().expect("completed"))
                     .collect();
                 assert_parity(
                     &got,

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{eventually, worker, Hold};
+use common::{eventually, worker, Hold, WaitBounded};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,10 +162,10 @@ fn two_batches_in_flight_on_one_worker_and_outputs_in_order() {
     assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 2);
     release.open();
     for (i, t) in (0..4).zip(first) {
-        assert_eq!(t.wait(), Ok(i * 2));
+        assert_eq!(t.wait_bounded(), Ok(i * 2));
     }
     for (i, t) in (10..14).zip(second) {
-        assert_eq!(t.wait(), Ok(i * 2));
+        assert_eq!(t.wait_bounded(), Ok(i * 2));
     }
     assert_eq!(seen.lanes.load(Ordering::SeqCst), 1, "one lane per worker");
     rt.shutdown();
@@ -206,7 +206,7 @@ fn a_batch_behind_another_on_the_lane_is_not_timed_for_its_wait() {
     std::thread::sleep(3 * target);
     release.open();
     for t in first.into_iter().chain(second) {
-        assert!(t.wait().is_ok());
+        assert!(t.wait_bounded().is_ok());
     }
     // A ticket is answered before its batch's release reaches the
     // collector: wait until both releases are absorbed, in either reading
@@ -246,10 +246,13 @@ fn a_failed_launch_does_not_restart_the_time_of_the_batch_on_the_device() {
     });
     std::thread::sleep(3 * target);
     let refused = h.submit(Request::new(-1)).unwrap();
-    assert!(matches!(refused.wait(), Err(Failure::ExecutorFailed(_))));
+    assert!(matches!(
+        refused.wait_bounded(),
+        Err(Failure::ExecutorFailed(_))
+    ));
     release.open();
     for t in first {
-        assert!(t.wait().is_ok());
+        assert!(t.wait_bounded().is_ok());
     }
     eventually("the first batch's time absorbed", || {
         rt.stats().batch_limit_decreases == 1
@@ -273,7 +276,7 @@ fn depth_one_never_launches_ahead() {
     );
     release.open();
     for (i, t) in (0..6).zip(tickets) {
-        assert_eq!(t.wait(), Ok(i * 2));
+        assert_eq!(t.wait_bounded(), Ok(i * 2));
     }
     assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 1);
 }
@@ -285,14 +288,14 @@ fn a_failed_launch_or_finish_fails_only_its_batch() {
     let h = rt.handle();
     let bad_launch = h.submit(Request::new(-1)).unwrap();
     assert!(
-        matches!(bad_launch.wait(), Err(Failure::ExecutorFailed(e)) if e.message().contains("launch refused"))
+        matches!(bad_launch.wait_bounded(), Err(Failure::ExecutorFailed(e)) if e.message().contains("launch refused"))
     );
     let bad_finish = h.submit(Request::new(-2)).unwrap();
     assert!(
-        matches!(bad_finish.wait(), Err(Failure::ExecutorFailed(e)) if e.message().contains("device fault"))
+        matches!(bad_finish.wait_bounded(), Err(Failure::ExecutorFailed(e)) if e.message().contains("device fault"))
     );
     let good = h.submit(Request::new(21)).unwrap();
-    assert_eq!(good.wait(), Ok(42));
+    assert_eq!(good.wait_bounded(), Ok(42));
     rt.shutdown();
     let total = rt.stats().total();
     assert_eq!((total.failed, total.completed), (2, 1));

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::echo_runtime;
+use common::{echo_runtime, WaitBounded};
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,7 +81,8 @@ fn every_batch_is_logged_at_debug_with_its_decision() {
     let ts: Vec<_> = (0..300)
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     rt.shutdown();
     let batches = rt.stats().batches as usize;
     assert!(batches > 0);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{echo_runtime, echo_runtime_with, worker};
+use common::{echo_runtime, echo_runtime_with, worker, WaitBounded};
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -20,7 +20,8 @@ fn loaded_runtime() -> Runtime<u32, u32> {
                 .unwrap()
         })
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     let mut late = h
         .submit(Request::new(9).deadline(Duration::from_secs(60)))
         .unwrap();
@@ -105,6 +106,50 @@ fn exposition_matches_the_counters() {
         "classic format names counters with _total"
     );
     assert!(!text.contains("# EOF"));
+}
+
+/// Every reservation is given back: after a load with cancels and
+/// deadlines, once every ticket has its outcome, each worker's reserved
+/// capacity (`convoy_worker_reserved`) is zero again. A release lost on
+/// the way fails here by name, not as a later test that hangs.
+#[test]
+fn every_reservation_is_released_once_the_load_is_done() {
+    let rt = echo_runtime(2);
+    let h = rt.handle();
+    let mut tickets = Vec::new();
+    for i in 0..2000u32 {
+        let mut r = Request::new(i).priority(Priority::ALL[(i % 5) as usize]);
+        if i % 7 == 0 {
+            r = r.deadline(Duration::from_micros(50));
+        }
+        let mut t = h.submit(r).unwrap();
+        if i % 11 == 0 {
+            t.cancel();
+        }
+        tickets.push(t);
+    }
+    for t in tickets {
+        let _ = t.wait_bounded();
+    }
+    let reserved = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("convoy_worker_reserved{"))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) != Some(0.0))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Releases reach the collector through its ring a moment after the
+    // outcomes: give them that moment, bounded.
+    let start = std::time::Instant::now();
+    let mut held = reserved(&rt.metrics_text());
+    while !held.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+        held = reserved(&rt.metrics_text());
+    }
+    assert!(held.is_empty(), "capacity still reserved: {held:?}");
+    assert!(rt.metrics_text().contains("convoy_worker_reserved{"));
+    rt.shutdown();
+    assert_eq!(rt.stats().total().inserted, rt.stats().total().ended());
 }
 
 /// Every histogram in the exposition is a valid Prometheus histogram: per
@@ -221,7 +266,7 @@ fn worker_series_are_distinct_and_removed_workers_leave() {
     assert_eq!(value(&text, "convoy_worker_up{worker=\"solo\"}"), 1.0);
     assert!(!text.contains("extra"), "{text}");
     let h = rt.handle();
-    assert_eq!(h.submit(Request::new(7)).unwrap().wait(), Ok(7));
+    assert_eq!(h.submit(Request::new(7)).unwrap().wait_bounded(), Ok(7));
     rt.shutdown();
 }
 
@@ -236,7 +281,7 @@ fn a_running_report_includes_every_finished_request() {
     for round in 1..=20u64 {
         for p in Priority::ALL {
             let t = h.submit(Request::new(round as u32).priority(p)).unwrap();
-            assert!(t.wait().is_ok());
+            assert!(t.wait_bounded().is_ok());
         }
         let report = rt.sla_report();
         for p in Priority::ALL {

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{echo_runtime_with, eventually, occupy_the_worker, worker, Hold, Rng, Seen};
+use common::{
+    echo_runtime_with, eventually, occupy_the_worker, worker, Hold, Rng, Seen, WaitBounded,
+};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,7 +103,7 @@ fn a_ready_ticket_is_already_counted() {
         );
         assert_eq!(s.queue_depth, 0, "round {round}: launched, so no room held");
         for t in tickets.drain(1..) {
-            t.wait().unwrap();
+            t.wait_bounded().unwrap();
         }
         assert_eq!(rt.stats().total().completed, before + BATCH as u64);
     }
@@ -134,11 +136,11 @@ fn an_expired_ticket_finds_its_room_given_back() {
         assert_eq!(first, Err(Failure::Expired));
         assert_eq!(depth, 0, "round {round}: told before its room was back");
         for t in tickets.drain(1..) {
-            assert_eq!(t.wait(), Err(Failure::Expired));
+            assert_eq!(t.wait_bounded(), Err(Failure::Expired));
         }
     }
     hold.open();
-    assert!(running.wait().is_ok());
+    assert!(running.wait_bounded().is_ok());
     let s = rt.stats().of(Priority::Normal);
     assert_eq!((s.expired, s.lost()), (10 * N as u64, 0));
 }
@@ -154,7 +156,7 @@ fn serves_a_request() {
         .build()
         .unwrap();
     let t = rt.handle().submit(Request::new(41)).unwrap();
-    assert_eq!(t.wait(), Ok(42));
+    assert_eq!(t.wait_bounded(), Ok(42));
     rt.shutdown();
     let s = rt.stats().total();
     assert_eq!((s.inserted, s.completed), (1, 1));
@@ -198,9 +200,9 @@ fn queued_work_runs_in_priority_order() {
     }
     eventually("all queued", || rt.stats().total().queue_depth == 5);
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     for t in tickets {
-        assert!(t.wait().is_ok());
+        assert!(t.wait_bounded().is_ok());
     }
     let ran = order.lock().unwrap().clone();
     assert_eq!(
@@ -277,7 +279,7 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
         })
         .collect();
     for t in tickets {
-        assert!(t.wait().is_ok());
+        assert!(t.wait_bounded().is_ok());
     }
     assert!(
         biggest.load(Ordering::Relaxed) <= 100,
@@ -346,9 +348,9 @@ fn a_busy_worker_takes_no_fragment_and_the_wait_is_no_shortfall() {
     assert_eq!(s.capacity_shortfall, 0, "holding back is no shortfall");
     assert_eq!(s.of(Priority::Normal).queue_depth, 2);
     hold.open();
-    assert_eq!((a.wait(), b.wait()), (Ok(0), Ok(1)));
+    assert_eq!((a.wait_bounded(), b.wait_bounded()), (Ok(0), Ok(1)));
     for (t, i) in small.into_iter().zip(2..) {
-        assert_eq!(t.wait(), Ok(i));
+        assert_eq!(t.wait_bounded(), Ok(i));
     }
     let s = rt.stats();
     assert_eq!(s.batches, 3, "the two small requests went together");
@@ -383,7 +385,12 @@ fn holding_back_neither_starts_nor_ends_a_shortfall_episode() {
     assert_eq!(rt.stats().capacity_shortfall, 1, "one episode");
     hold.open();
     assert_eq!(
-        (a.wait(), b.wait(), x.wait(), y.wait()),
+        (
+            a.wait_bounded(),
+            b.wait_bounded(),
+            x.wait_bounded(),
+            y.wait_bounded()
+        ),
         (Ok(0), Ok(1), Ok(2), Ok(4))
     );
     assert_eq!(rt.stats().capacity_shortfall, 1);
@@ -410,7 +417,7 @@ fn mixed_workload_is_all_scheduled() {
         })
         .collect();
     for (i, t) in tickets {
-        assert_eq!(t.wait(), Ok(i * 3));
+        assert_eq!(t.wait_bounded(), Ok(i * 3));
     }
     // Counters are bumped just after tickets are completed; shutdown joins
     // the workers, so the counts are final.
@@ -430,9 +437,9 @@ fn deadline_passing_in_queue_expires_without_running() {
         .submit(Request::new(1).deadline(Duration::from_millis(5)))
         .unwrap();
     // Expiry is reported while the worker is still busy.
-    assert_eq!(doomed.wait(), Err(Failure::Expired));
+    assert_eq!(doomed.wait_bounded(), Err(Failure::Expired));
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     rt.shutdown();
     assert_eq!(*ran.lock().unwrap(), [0], "the expired request never ran");
     assert_eq!(rt.stats().of(Priority::Normal).expired, 1);
@@ -454,13 +461,16 @@ fn a_request_that_expires_within_the_queue_delay_launches_at_once() {
     let urgent = h
         .submit(Request::new(2).deadline(Duration::from_millis(500)))
         .unwrap();
-    assert_eq!((urgent.wait(), company.wait()), (Ok(2), Ok(1)));
+    assert_eq!(
+        (urgent.wait_bounded(), company.wait_bounded()),
+        (Ok(2), Ok(1))
+    );
     let patient = h.submit(Request::new(3)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let s = rt.stats();
     assert_eq!((s.batches, s.of(Priority::Normal).queue_depth), (1, 1));
     rt.shutdown();
-    assert_eq!(patient.wait(), Ok(3));
+    assert_eq!(patient.wait_bounded(), Ok(3));
     assert_eq!(rt.stats().of(Priority::Normal).expired, 0);
 }
 
@@ -477,9 +487,13 @@ fn a_levels_default_deadline_applies_to_requests_without_one_and_caps_longer_one
         .submit(Request::new(2).deadline(Duration::from_secs(3600)))
         .unwrap();
     let other_level = h.submit(Request::new(3).priority(Priority::Low)).unwrap();
-    assert_eq!(bare.wait(), Err(Failure::Expired), "the default applies");
     assert_eq!(
-        longer.wait(),
+        bare.wait_bounded(),
+        Err(Failure::Expired),
+        "the default applies"
+    );
+    assert_eq!(
+        longer.wait_bounded(),
         Err(Failure::Expired),
         "and caps a longer one"
     );
@@ -487,11 +501,11 @@ fn a_levels_default_deadline_applies_to_requests_without_one_and_caps_longer_one
     cfg.default_deadline[Priority::Low.index()] = Some(Duration::from_millis(20));
     rt.reload_config(cfg).unwrap();
     let after_reload = h.submit(Request::new(4).priority(Priority::Low)).unwrap();
-    assert_eq!(after_reload.wait(), Err(Failure::Expired));
+    assert_eq!(after_reload.wait_bounded(), Err(Failure::Expired));
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     assert_eq!(
-        other_level.wait(),
+        other_level.wait_bounded(),
         Ok(3),
         "submitted before Low had a default"
     );
@@ -516,9 +530,9 @@ fn cancel_before_launch_never_runs() {
     assert!(cancelled.cancel());
     drop(dropped);
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
-    assert_eq!(kept.wait(), Ok(3));
-    assert_eq!(cancelled.wait(), Err(Failure::Cancelled));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
+    assert_eq!(kept.wait_bounded(), Ok(3));
+    assert_eq!(cancelled.wait_bounded(), Err(Failure::Cancelled));
     rt.shutdown();
     assert_eq!(*ran.lock().unwrap(), [0, 3]);
     let s = rt.stats().total();
@@ -538,17 +552,17 @@ fn executor_failure_fails_the_batch_and_the_worker_lives_on() {
         .build()
         .unwrap();
     let h = rt.handle();
-    match h.submit(Request::new(-1)).unwrap().wait() {
+    match h.submit(Request::new(-1)).unwrap().wait_bounded() {
         Err(Failure::ExecutorFailed(why)) => assert!(why.message().contains("boom"), "{why}"),
         other => panic!("expected ExecutorFailed, got {other:?}"),
     }
-    match h.submit(Request::new(-2)).unwrap().wait() {
+    match h.submit(Request::new(-2)).unwrap().wait_bounded() {
         Err(Failure::ExecutorFailed(why)) => {
             assert!(why.message().contains("0 outputs for 1"), "{why}")
         }
         other => panic!("expected ExecutorFailed, got {other:?}"),
     }
-    assert_eq!(h.submit(Request::new(7)).unwrap().wait(), Ok(7));
+    assert_eq!(h.submit(Request::new(7)).unwrap().wait_bounded(), Ok(7));
     rt.shutdown();
     let s = rt.stats().total();
     assert_eq!((s.failed, s.completed), (2, 1));
@@ -724,7 +738,7 @@ fn full_queue_hands_the_request_back() {
     assert_eq!(all.kind, convoy::BatchSubmitErrorKind::Refused);
     hold.open();
     for t in [t0, t1, t2] {
-        assert!(t.wait().is_ok());
+        assert!(t.wait_bounded().is_ok());
     }
 }
 
@@ -752,20 +766,27 @@ fn a_request_that_waited_max_wait_outranks_later_urgent_work_under_the_defaults(
         .submit(Request::new(1).priority(Priority::Background))
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
-    let later: Vec<_> = [(2, Priority::High), (3, Priority::Normal)]
-        .into_iter()
-        .map(|(i, p)| h.submit(Request::new(i).priority(p)).unwrap())
-        .collect();
+    // A Critical arrival among them: by the gradual rule alone the aged
+    // Background request (effective level 0 by now) ties with it and the
+    // tie goes to Critical; only the bound (rule 1) puts it first.
+    let later: Vec<_> = [
+        (2, Priority::Critical),
+        (3, Priority::High),
+        (4, Priority::Normal),
+    ]
+    .into_iter()
+    .map(|(i, p)| h.submit(Request::new(i).priority(p)).unwrap())
+    .collect();
     hold.open();
-    assert_eq!(t0.wait(), Ok(0));
-    assert_eq!(old.wait(), Ok(1));
+    assert_eq!(t0.wait_bounded(), Ok(0));
+    assert_eq!(old.wait_bounded(), Ok(1));
     for (t, want) in later.into_iter().zip(2..) {
-        assert_eq!(t.wait(), Ok(want));
+        assert_eq!(t.wait_bounded(), Ok(want));
     }
     assert_eq!(
         *ran.lock().unwrap(),
-        [0, 1, 2, 3],
-        "the aged Background request first, then by level"
+        [0, 1, 2, 3, 4],
+        "the aged Background request first, even before Critical, then by level"
     );
 }
 
@@ -875,7 +896,7 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
 
     hold.open();
     for (t, want) in [(t0, 0), (t1, 1), (t4, 4), (t6, 6)] {
-        assert_eq!(t.wait(), Ok(want));
+        assert_eq!(t.wait_bounded(), Ok(want));
     }
     eventually("the drained queue sheds nothing", || {
         Priority::ALL.iter().all(|&p| !h.is_shed(p))
@@ -883,7 +904,7 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
     let t7 = h
         .submit(Request::new(7).priority(Priority::Background))
         .unwrap();
-    assert_eq!(t7.wait(), Ok(7));
+    assert_eq!(t7.wait_bounded(), Ok(7));
     let total = rt.stats().total();
     assert_eq!((total.inserted, total.completed), (5, 5));
 }
@@ -918,15 +939,15 @@ fn a_backlog_that_would_take_long_to_run_sheds_before_it_has_waited() {
     // join the worker it holds.
     let hold = hold;
     let h = rt.handle();
-    assert_eq!(h.submit(Request::new(5)).unwrap().wait(), Ok(5));
+    assert_eq!(h.submit(Request::new(5)).unwrap().wait_bounded(), Ok(5));
     let t0 = h.submit(Request::new(0)).unwrap();
     eventually("the blocker runs", || rt.stats().batches == 2);
     let big = h.submit(Request::new(1).tokens(1000)).unwrap();
     eventually("High is shed", || h.is_shed(Priority::High));
     assert!(h.is_shed(Priority::Background) && !h.is_shed(Priority::Critical));
     hold.open();
-    assert_eq!(t0.wait(), Ok(0));
-    assert_eq!(big.wait(), Ok(1));
+    assert_eq!(t0.wait_bounded(), Ok(0));
+    assert_eq!(big.wait_bounded(), Ok(1));
     eventually("the drained queue sheds nothing", || {
         Priority::ALL.iter().all(|&p| !h.is_shed(p))
     });
@@ -963,7 +984,7 @@ fn reloading_shedding_off_opens_every_level() {
         .unwrap();
     hold.open();
     for (t, want) in [(t0, 0), (t1, 1), (t2, 2)] {
-        assert_eq!(t.wait(), Ok(want));
+        assert_eq!(t.wait_bounded(), Ok(want));
     }
 }
 
@@ -988,7 +1009,7 @@ fn reloaded_thresholds_open_a_level_the_defaults_shed() {
     let t2 = h.submit(Request::new(2).priority(Priority::High)).unwrap();
     hold.open();
     for (t, want) in [(t0, 0), (t1, 1), (t2, 2)] {
-        assert_eq!(t.wait(), Ok(want));
+        assert_eq!(t.wait_bounded(), Ok(want));
     }
 }
 
@@ -1043,7 +1064,7 @@ fn a_cancelled_request_gives_its_room_back_while_every_worker_is_busy() {
     let s = rt.stats().of(Priority::Normal);
     assert_eq!((s.queue_depth, s.rejected_full), (1, refused));
     hold.open();
-    assert!(running.wait().is_ok() && kept.wait().is_ok());
+    assert!(running.wait_bounded().is_ok() && kept.wait_bounded().is_ok());
     rt.shutdown();
     let ran = ran.lock().unwrap().clone();
     assert!(ran.contains(&1), "the kept request ran: {ran:?}");
@@ -1073,10 +1094,10 @@ fn a_cancelled_request_gives_its_room_back_while_its_batch_fills() {
     });
     let s = rt.stats().of(Priority::Normal);
     assert_eq!((s.queue_depth, s.completed), (1, 0), "the kept one waits");
-    assert_eq!(gone.wait(), Err(Failure::Cancelled));
+    assert_eq!(gone.wait_bounded(), Err(Failure::Cancelled));
     // Shutdown launches what waits: the kept request still runs.
     rt.shutdown();
-    assert_eq!(kept.wait(), Ok(1));
+    assert_eq!(kept.wait_bounded(), Ok(1));
     let s = rt.stats().of(Priority::Normal);
     assert_eq!(
         (s.inserted, s.completed, s.cancelled, s.lost()),
@@ -1120,18 +1141,18 @@ fn a_submitter_owns_a_shard_until_dropped() {
     let s = rt.stats().of(Priority::Normal);
     assert_eq!((s.inserted, s.rejected_full, s.queue_depth), (3, 2, 2));
     hold.open();
-    assert!(running.wait().is_ok());
+    assert!(running.wait_bounded().is_ok());
     for t in accepted {
-        assert!(t.wait().is_ok());
+        assert!(t.wait_bounded().is_ok());
     }
     let mut later = h.submitter().expect("given back on drop");
     // A submitter is for a dedicated thread: it moves there.
     let later = std::thread::spawn(move || {
-        assert_eq!(later.submit(Request::new(5)).unwrap().wait(), Ok(5));
+        assert_eq!(later.submit(Request::new(5)).unwrap().wait_bounded(), Ok(5));
         later
     });
     let mut later = later.join().unwrap();
-    assert_eq!(h.submit(Request::new(6)).unwrap().wait(), Ok(6));
+    assert_eq!(h.submit(Request::new(6)).unwrap().wait_bounded(), Ok(6));
     rt.shutdown();
     let after = later.submit(Request::new(7)).unwrap_err();
     assert_eq!(
@@ -1202,7 +1223,7 @@ fn a_shutdown_from_inside_a_batch_returns_and_an_outside_one_joins() {
     assert!(slot.set(rt.clone()).is_ok());
     let t = rt.handle().submit(Request::new(7)).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(t.wait()).unwrap());
+    std::thread::spawn(move || tx.send(t.wait_bounded()).unwrap());
     let got = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the batch that asked for the stop delivers (no deadlock)");
@@ -1240,8 +1261,8 @@ fn a_partly_accepted_batch_pairs_each_ticket_with_its_request() {
         .collect();
     assert_eq!(back, [4, 6, 7, 8], "each level's third and later, in order");
     hold.open();
-    assert_eq!(running.wait(), Ok(0));
-    let got: Vec<_> = e.accepted.into_iter().map(|t| t.wait()).collect();
+    assert_eq!(running.wait_bounded(), Ok(0));
+    let got: Vec<_> = e.accepted.into_iter().map(|t| t.wait_bounded()).collect();
     assert_eq!(got, [Ok(1), Ok(2), Ok(3), Ok(5)]);
     let mut ran = ran.lock().unwrap().clone();
     ran.sort_unstable();
@@ -1282,7 +1303,7 @@ fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
         "every waiting request, from a handle too"
     );
     for t in waiting {
-        assert_eq!(t.wait(), Err(Failure::Cancelled));
+        assert_eq!(t.wait_bounded(), Err(Failure::Cancelled));
     }
     let s = rt.stats();
     assert_eq!(s.total().cancelled, 7);
@@ -1292,9 +1313,13 @@ fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
         .map(|i| h.submit(Request::new(i).priority(Priority::Low)).unwrap())
         .collect();
     hold.open();
-    assert_eq!(running.wait(), Ok(0), "a launched request is not cleared");
+    assert_eq!(
+        running.wait_bounded(),
+        Ok(0),
+        "a launched request is not cleared"
+    );
     for (t, want) in again.into_iter().zip(10..) {
-        assert_eq!(t.wait(), Ok(want));
+        assert_eq!(t.wait_bounded(), Ok(want));
     }
     let ran = ran.lock().unwrap().clone();
     assert!(
@@ -1338,7 +1363,7 @@ fn clear_waiting_from_the_shortfall_callback_does_not_wait_on_itself() {
     let waiting = h.submit(Request::new(1).tokens(60)).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(waiting.wait());
+        let _ = tx.send(waiting.wait_bounded());
     });
     let Ok(outcome) = rx.recv_timeout(Duration::from_secs(60)) else {
         // A collector stuck waiting on itself would also hang the drop's
@@ -1349,7 +1374,7 @@ fn clear_waiting_from_the_shortfall_callback_does_not_wait_on_itself() {
     assert_eq!(outcome, Err(Failure::Cancelled), "cleared on the next pass");
     assert!(asked.load(Ordering::Relaxed) >= 1);
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
     rt.shutdown();
 }
 
@@ -1366,9 +1391,13 @@ fn a_panicking_shortfall_callback_does_not_stop_the_collector() {
     let short = h.submit(Request::new(1).tokens(60)).unwrap();
     eventually("shortfall signalled", || rt.stats().capacity_shortfall == 1);
     hold.open();
-    assert_eq!(blocker.wait(), Ok(0));
-    assert_eq!(short.wait(), Ok(1), "the collector lived on and ran it");
-    assert_eq!(h.submit(Request::new(2)).unwrap().wait(), Ok(2));
+    assert_eq!(blocker.wait_bounded(), Ok(0));
+    assert_eq!(
+        short.wait_bounded(),
+        Ok(1),
+        "the collector lived on and ran it"
+    );
+    assert_eq!(h.submit(Request::new(2)).unwrap().wait_bounded(), Ok(2));
     rt.shutdown();
 }
 
@@ -1390,7 +1419,7 @@ fn shutdown_drains_and_refuses_new_work() {
     rt.shutdown(); // idempotent
     for (i, t) in tickets.into_iter().enumerate() {
         assert_eq!(
-            t.wait(),
+            t.wait_bounded(),
             Ok(i as u32),
             "drain finishes every accepted request"
         );
@@ -1400,6 +1429,32 @@ fn shutdown_drains_and_refuses_new_work() {
         (e.kind, e.request.into_input()),
         (SubmitErrorKind::ShuttingDown, 9)
     );
+    // A batch after shutdown is refused whole, under every policy, each
+    // request handed back: none is accepted with a ticket nobody answers.
+    for policy in [
+        InsertPolicy::Enqueue,
+        InsertPolicy::Front,
+        InsertPolicy::AllOrNothing,
+    ] {
+        let e = h
+            .submit_batch(vec![Request::new(10), Request::new(11)], policy)
+            .unwrap_err();
+        assert!(e.accepted.is_empty(), "{policy:?}: accepted after shutdown");
+        let back: Vec<_> = e
+            .rejected
+            .into_iter()
+            .map(|r| (r.kind, r.request.into_input()))
+            .collect();
+        assert_eq!(
+            back,
+            [
+                (SubmitErrorKind::ShuttingDown, 10),
+                (SubmitErrorKind::ShuttingDown, 11)
+            ],
+            "{policy:?}"
+        );
+    }
+    assert_eq!(rt.stats().total().inserted, 200);
 }
 
 #[test]
@@ -1424,9 +1479,13 @@ fn shutdown_now_and_drop_fail_what_waits() {
             rt.shutdown_now();
         }
         opener.join().unwrap();
-        assert_eq!(running.wait(), Ok(0), "a running batch still delivers");
+        assert_eq!(
+            running.wait_bounded(),
+            Ok(0),
+            "a running batch still delivers"
+        );
         for t in waiting {
-            assert_eq!(t.wait(), Err(Failure::ShutDown));
+            assert_eq!(t.wait_bounded(), Err(Failure::ShutDown));
         }
         let e = h.submit(Request::new(99)).unwrap_err();
         assert_eq!(
@@ -1441,7 +1500,7 @@ fn shutdown_now_and_drop_fail_what_waits() {
 /// and counts the outcomes.
 fn settle(pending: &mut Vec<(u64, convoy::Ticket<u64>)>, seen: &mut Seen) {
     for (id, t) in pending.drain(..) {
-        let out = t.wait();
+        let out = t.wait_bounded();
         if let Ok(v) = &out {
             assert_eq!(*v, id, "a request got another's result");
         }
@@ -1619,7 +1678,7 @@ fn placement_policies_serve_everything_by_their_rule() {
             })
             .collect();
         for (i, t) in tickets.into_iter().enumerate() {
-            assert_eq!(t.wait(), Ok(i as u32), "{policy:?}");
+            assert_eq!(t.wait_bounded(), Ok(i as u32), "{policy:?}");
         }
         rt.shutdown();
         let s = rt.stats();
@@ -1656,7 +1715,7 @@ fn a_huge_batch_limit_serves_as_usual() {
             .map(|i| h.submit(Request::new(i)).unwrap())
             .collect();
         for (i, t) in ts.into_iter().enumerate() {
-            assert_eq!(t.wait(), Ok(i as u32));
+            assert_eq!(t.wait_bounded(), Ok(i as u32));
         }
     };
     served(&h);
@@ -1678,7 +1737,12 @@ fn max_cost_follows_the_fleet_and_the_limits() {
     let h = rt.handle();
     let tokens = |h: &convoy::Handle<u32, u32>| h.max_cost().map(|c| c.tokens);
     let at_the_edge = |h: &convoy::Handle<u32, u32>, max: u32| {
-        assert_eq!(h.submit(Request::new(1).tokens(max)).unwrap().wait(), Ok(1));
+        assert_eq!(
+            h.submit(Request::new(1).tokens(max))
+                .unwrap()
+                .wait_bounded(),
+            Ok(1)
+        );
         let e = h.submit(Request::new(2).tokens(max + 1)).unwrap_err();
         assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
     };
@@ -1733,7 +1797,8 @@ fn fleet_changes_apply_at_run_time() {
     let ts: Vec<_> = (0..200)
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     assert!(
         seen.lock().unwrap().iter().all(|&w| w == 0),
         "draining worker 1 got work"
@@ -1744,7 +1809,8 @@ fn fleet_changes_apply_at_run_time() {
     let ts: Vec<_> = (0..200)
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     assert!(seen.lock().unwrap().iter().all(|&w| w == 1));
     assert!(rt.set_health(7, convoy::Health::Up).is_err());
     assert!(rt
@@ -1769,7 +1835,10 @@ fn fleet_changes_apply_at_run_time() {
     // A cost that no longer fits any Up worker is refused at submit.
     let e = h.submit(Request::new(1).tokens(6)).unwrap_err();
     assert_eq!(e.kind, SubmitErrorKind::CostNeverFits);
-    assert_eq!(h.submit(Request::new(2).tokens(5)).unwrap().wait(), Ok(2));
+    assert_eq!(
+        h.submit(Request::new(2).tokens(5)).unwrap().wait_bounded(),
+        Ok(2)
+    );
 
     // Add a worker, take the others out: the new one serves everything.
     let added = rt.add_worker(worker(8, 1 << 20)).unwrap();
@@ -1783,7 +1852,8 @@ fn fleet_changes_apply_at_run_time() {
     let ts: Vec<_> = (0..100)
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     assert!(
         seen.lock().unwrap().iter().all(|&w| w == 2),
         "{:?}",
@@ -1812,7 +1882,7 @@ fn removed_workers_leave_their_sla_counts_behind() {
     for i in 0..30 {
         let w = rt.add_worker(worker(8, 1 << 20)).unwrap();
         let t = h.submit(Request::new(i).priority(Priority::High)).unwrap();
-        assert_eq!(t.wait(), Ok(i));
+        assert_eq!(t.wait_bounded(), Ok(i));
         rt.remove_worker(w).unwrap();
     }
     // By now most removed workers' threads have exited and their recorders
@@ -1850,7 +1920,8 @@ fn sla_report_tracks_latency_and_violations() {
         };
         ts.push(h.submit(Request::new(i).priority(p)).unwrap());
     }
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     rt.shutdown(); // recorders publish their last copy on exit
     let r = rt.sla_report();
     let normal = r.of(Priority::Normal);
@@ -1896,7 +1967,8 @@ fn end_to_end_latency_runs_from_receipt() {
             .unwrap()
         })
         .collect();
-    done.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    done.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     let late = h
         .submit(
             Request::new(9)
@@ -1904,7 +1976,7 @@ fn end_to_end_latency_runs_from_receipt() {
                 .received_at(Instant::now() + Duration::from_secs(5)),
         )
         .unwrap();
-    assert_eq!(late.wait(), Ok(9));
+    assert_eq!(late.wait_bounded(), Ok(9));
     let expired = h
         .submit(
             Request::new(10)
@@ -1915,7 +1987,7 @@ fn end_to_end_latency_runs_from_receipt() {
         .unwrap();
     // Expires unless it launched within the millisecond: either way it
     // ends, and its latency runs from receipt.
-    let _ = expired.wait();
+    let _ = expired.wait_bounded();
     rt.shutdown();
     let r = rt.sla_report();
     let high = r.of(Priority::High);
@@ -1957,7 +2029,8 @@ fn batch_bytes_stay_within_the_budget() {
     let ts: Vec<_> = (0..60)
         .map(|i| h.submit(Request::new(i).bytes(100)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     rt.shutdown();
     assert_eq!(
         biggest.load(Ordering::Relaxed),
@@ -1993,7 +2066,8 @@ fn adaptive_batch_sizing_shrinks_slow_batches() {
         let ts: Vec<_> = (0..300)
             .map(|i| h.submit(Request::new(i)).unwrap())
             .collect();
-        ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+        ts.into_iter()
+            .for_each(|t| assert!(t.wait_bounded().is_ok()));
         rt.shutdown();
         let mut sizes = sizes.lock().unwrap().clone();
         sizes.sort_unstable();
@@ -2036,7 +2110,8 @@ fn batches_are_cut_to_preferred_sizes() {
     let ts: Vec<_> = (0..101)
         .map(|i| h.submit(Request::new(i)).unwrap())
         .collect();
-    ts.into_iter().for_each(|t| assert!(t.wait().is_ok()));
+    ts.into_iter()
+        .for_each(|t| assert!(t.wait_bounded().is_ok()));
     rt.shutdown();
     let sizes = sizes.lock().unwrap().clone();
     assert_eq!(sizes.iter().sum::<usize>(), 101);
@@ -2077,13 +2152,13 @@ fn forever_durations_neither_wrap_nor_panic() {
         .map(|i| h.submit(Request::new(i).deadline(forever)).unwrap())
         .collect();
     for (i, t) in full.into_iter().enumerate() {
-        assert_eq!(t.wait(), Ok(2 * i as u32));
+        assert_eq!(t.wait_bounded(), Ok(2 * i as u32));
     }
     // A partial batch waits for the delay, so only the drain launches it.
     let partial: Vec<_> = (0..3).map(|i| h.submit(Request::new(i)).unwrap()).collect();
     rt.shutdown();
     for (i, t) in partial.into_iter().enumerate() {
-        assert_eq!(t.wait(), Ok(2 * i as u32));
+        assert_eq!(t.wait_bounded(), Ok(2 * i as u32));
     }
     let s = rt.stats();
     assert_eq!(s.total().completed, 11);

@@ -6,6 +6,30 @@ use std::time::{Duration, Instant};
 
 use convoy::{Capacity, Config, Request, Runtime, Ticket, WorkerSpec};
 
+/// How long a test waits for any one outcome before calling it lost.
+pub const OUTCOME_BOUND: Duration = Duration::from_secs(20);
+
+/// A ticket wait with a bound. Every test waits through this rather than
+/// `Ticket::wait`, so a runtime that loses an answer (a release lost or
+/// applied twice, an expiry that never runs, a batch accepted after
+/// shutdown) fails the test naming the line, instead of hanging it.
+pub trait WaitBounded<O> {
+    /// The outcome, or a panic after [`OUTCOME_BOUND`].
+    fn wait_bounded(self) -> convoy::Outcome<O>;
+}
+
+impl<O> WaitBounded<O> for Ticket<O> {
+    #[track_caller]
+    fn wait_bounded(mut self) -> convoy::Outcome<O> {
+        match self.wait_timeout(OUTCOME_BOUND) {
+            Some(outcome) => outcome,
+            None => panic!(
+                "no outcome within {OUTCOME_BOUND:?}: the runtime lost this request's answer"
+            ),
+        }
+    }
+}
+
 /// A worker named `w` holding `slots` requests and `tokens` tokens.
 pub fn worker(slots: u32, tokens: u64) -> WorkerSpec {
     WorkerSpec {
