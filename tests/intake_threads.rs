@@ -23,7 +23,8 @@ fn exclusive_and_shared_producers_lose_nothing_and_respect_the_bound() {
 
 fn lose_nothing_and_respect_the_bound(shards: usize, exclusive: u64) {
     const N: u64 = 4;
-    const M: u64 = 20_000;
+    // Under Miri every operation is interpreted: a few hundred there.
+    const M: u64 = if cfg!(miri) { 80 } else { 20_000 };
     let cfg = IntakeConfig {
         shards,
         lane_capacity: 16,
@@ -118,7 +119,7 @@ fn lose_nothing_and_respect_the_bound(shards: usize, exclusive: u64) {
 #[test]
 fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
     const N: u64 = 3;
-    const BATCHES: u64 = 3_000;
+    const BATCHES: u64 = if cfg!(miri) { 30 } else { 3_000 };
     let (intake, mut collector) = Intake::<u64>::new(IntakeConfig {
         shards: 2,
         lane_capacity: 4,

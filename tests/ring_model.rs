@@ -28,7 +28,8 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Under Miri every operation is interpreted: a few cases there.
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 512 }))]
 
     /// Every operation answers what a bounded FIFO of the same capacity
     /// answers: full hands back, k-push all-or-nothing, drain in order.
@@ -40,7 +41,7 @@ proptest! {
     fn ring_matches_vecdeque(
         cap_log in 0u32..6,
         spread in any::<bool>(),
-        ops in prop::collection::vec(op(), 1..300),
+        ops in prop::collection::vec(op(), 1..if cfg!(miri) { 120 } else { 300 }),
     ) {
         let cap = 1usize << cap_log;
         let layout = if spread { Layout::Spread } else { Layout::Sequential };
@@ -108,7 +109,7 @@ proptest! {
 #[test]
 fn many_producers_exactly_once_in_order() {
     const N: u64 = 4;
-    const M: u64 = 50_000;
+    const M: u64 = if cfg!(miri) { 100 } else { 50_000 };
     // Spread, as the intake's lanes are: its slot rotation is then under
     // real threads too.
     let (tx, mut rx) = ring::channel_with::<u64>(64, Layout::Spread).unwrap();
@@ -143,7 +144,7 @@ fn many_producers_exactly_once_in_order() {
 /// the consumer still receives every item once, each thread's in order.
 #[test]
 fn owners_and_shared_producers_take_turns_exactly_once_in_order() {
-    const M: u64 = 20_000;
+    const M: u64 = if cfg!(miri) { 60 } else { 20_000 };
     let (tx, mut rx) = ring::channel_with::<u64>(64, Layout::Spread).unwrap();
     let producers: Vec<_> = (0..3u64)
         .map(|p| {
