@@ -480,7 +480,7 @@ fn parse_timestamp(s: &str) -> Result<u64, String> {
 
 /// `SECONDS[.fraction]` to ns, exactly (an f64 would round a Unix time's
 /// microseconds); `None` for a sign, an exponent, over 9 fraction digits or
-/// more than 1e11 s.
+/// more seconds than u64 nanoseconds hold (about 1.8e10 s, the year 2554).
 fn decimal_seconds(s: &str) -> Option<u64> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     if whole.len() > 11 || !is_digits(whole) {
@@ -488,7 +488,7 @@ fn decimal_seconds(s: &str) -> Option<u64> {
     }
     let frac_ns = fraction_ns(frac)?;
     let whole: u64 = whole.parse().ok()?;
-    (whole <= 100_000_000_000).then(|| whole * 1_000_000_000 + frac_ns)
+    whole.checked_mul(1_000_000_000)?.checked_add(frac_ns)
 }
 
 /// The digits after a decimal point (none, or up to 9) as nanoseconds.
@@ -619,6 +619,26 @@ impl PriorityMix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/corpus/trace_csv/seconds-overflow.csv`): a
+    /// TIMESTAMP of whole seconds past what u64 nanoseconds hold overflowed
+    /// (a panic with overflow checks, a wrapped arrival without); now it
+    /// is the typed error naming the value.
+    #[test]
+    fn seconds_past_u64_nanoseconds_are_an_error_not_an_overflow() {
+        let e = parse(
+            "a.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n26314813511,0,74\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("26314813511"), "{e}");
+        assert_eq!(
+            decimal_seconds("18446744073"),
+            Some(18_446_744_073_000_000_000)
+        );
+        assert_eq!(decimal_seconds("18446744074"), None);
+        assert_eq!(decimal_seconds("18446744073.709551616"), None);
+    }
 
     #[test]
     fn azure_rows_parse_relative_to_the_first() {

@@ -332,7 +332,48 @@ async fn answer<C: Codec>(
     if body.len() > limit {
         return Err(too_large());
     }
-    let Ok(text) = std::str::from_utf8(&body) else {
+    let header = said.map(Priority::as_str);
+    let request = decode_body(&server.codec, &body, header, received)?;
+    let ticket = server
+        .runtime
+        .handle()
+        .submit(request)
+        .map_err(|e| refusal(&e))?;
+    // Dropping this future (the client went away) drops the ticket, which
+    // cancels the request if it has not launched.
+    match ticket.await {
+        Ok(output) => server.codec.encode(output),
+        Err(f) => Err(failure(&f)),
+    }
+}
+
+/// Reads a request body as `POST /v1/infer` does, up to the submit: UTF-8,
+/// a JSON object, the envelope (`priority`, `deadline_ms`, `tenant`,
+/// `dedup_key`), the codec's fields; `header_priority` is the
+/// [`PRIORITY_HEADER`]'s value, if the request had one, and must agree
+/// with the body's; `received` is when the request arrived (its deadline
+/// counts from then). For embedders that take bodies from another
+/// transport, and for fuzzing. Every error is a 4xx [`ApiError`].
+///
+/// ```
+/// use convoy::Priority;
+/// use convoy_server::{decode_body, Limits, ModelCodec};
+/// let codec = ModelCodec { limits: Limits { max_body_bytes: 1024, max_tokens: 8, vocab: 100, dim: 4 } };
+/// let now = std::time::Instant::now();
+/// let r = decode_body(&codec, br#"{"tokens": [1, 2], "priority": "high"}"#, None, now).unwrap();
+/// assert_eq!(r.level(), Priority::High);
+/// let e = decode_body(&codec, br#"{"tokens": [1], "priority": "low"}"#, Some("critical"), now).unwrap_err();
+/// assert_eq!(e.status().as_u16(), 422);
+/// assert_eq!(decode_body(&codec, b"[1", None, now).unwrap_err().status().as_u16(), 400);
+/// ```
+pub fn decode_body<C: Codec>(
+    codec: &C,
+    body: &[u8],
+    header_priority: Option<&str>,
+    received: std::time::Instant,
+) -> Result<convoy::Request<C::Input>, ApiError> {
+    let said = header_priority.map(codec::parse_priority).transpose()?;
+    let Ok(text) = std::str::from_utf8(body) else {
         return Err(ApiError::bad_request("the body is not valid UTF-8"));
     };
     let mut fields = match serde_json::from_str::<Value>(text) {
@@ -352,18 +393,7 @@ async fn answer<C: Codec>(
         (Some(h), None) => envelope.priority = Some(h),
         _ => {}
     }
-    let request = codec::apply(server.codec.decode(fields)?, envelope, received);
-    let ticket = server
-        .runtime
-        .handle()
-        .submit(request)
-        .map_err(|e| refusal(&e))?;
-    // Dropping this future (the client went away) drops the ticket, which
-    // cancels the request if it has not launched.
-    match ticket.await {
-        Ok(output) => server.codec.encode(output),
-        Err(f) => Err(failure(&f)),
-    }
+    Ok(codec::apply(codec.decode(fields)?, envelope, received))
 }
 
 async fn metrics<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
