@@ -180,7 +180,9 @@ fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
     let mut drained = Vec::new();
     let mut out = Vec::new();
     let mut held = Vec::new();
-    let mut finished = false;
+    let mut accepted = prefill;
+    let mut refused = 0;
+    let mut producers = Some(producers);
     loop {
         let n = collector.drain(16, &mut out);
         for d in out.drain(..) {
@@ -191,19 +193,23 @@ fn all_or_nothing_batches_race_singles_and_rollbacks_never_leak() {
             collector.release_all(held.drain(..));
         }
         if n == 0 {
-            if finished && !collector.has_pending() {
-                break;
+            match producers.take() {
+                // Joined: every push they made happens before this drain
+                // (`is_finished` alone would not order it; under Miri's
+                // weak memory a last publish could still be unseen).
+                None if !collector.has_pending() => break,
+                None => {}
+                Some(hs) if hs.iter().all(|h| h.is_finished()) => {
+                    for h in hs {
+                        let (a, r) = h.join().unwrap();
+                        accepted.extend(a);
+                        refused += r;
+                    }
+                }
+                Some(hs) => producers = Some(hs),
             }
-            finished = producers.iter().all(|h| h.is_finished());
             std::thread::yield_now();
         }
-    }
-    let mut accepted = prefill;
-    let mut refused = 0;
-    for h in producers {
-        let (a, r) = h.join().unwrap();
-        accepted.extend(a);
-        refused += r;
     }
     assert!(
         refused > 0,
