@@ -138,6 +138,19 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    /// An added worker takes the next index, is counted, and starts idle
+    /// (mutation testing found these unchecked).
+    #[test]
+    fn an_added_worker_takes_the_next_index_idle() {
+        let mut l = Ledger::new(2);
+        assert_eq!(l.workers(), 2);
+        assert_eq!(l.add_worker(), 2);
+        assert_eq!(l.add_worker(), 3);
+        assert_eq!(l.workers(), 4);
+        assert_eq!(l.reserved(3), NOTHING);
+        assert!(l.is_idle());
+    }
+
     /// A reservation of nothing leaves a worker idle, and idleness is
     /// counted per worker, not per reservation (the proptest in
     /// `tests/ledger_model.rs` walks the rest).
