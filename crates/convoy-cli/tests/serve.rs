@@ -112,7 +112,7 @@ fn listening_on(stdout: &mut impl std::io::BufRead) -> (String, bool) {
 /// on CPU workers. Either way it answers and loses nothing.
 #[test]
 fn serve_gpu_runs_on_the_device_or_says_why_not() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_convoy"))
         .args(["serve", "--addr", "127.0.0.1:0", "--gpu"])
@@ -122,24 +122,10 @@ fn serve_gpu_runs_on_the_device_or_says_why_not() {
         .expect("convoy serve starts");
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let (addr, on_gpu) = listening_on(&mut stdout);
-    let post = |body: &str| {
-        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            conn,
-            "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        let _ = conn.read_to_string(&mut answer);
-        answer
-    };
-    let tokens = post(r#"{"tokens":[1,2,3]}"#);
+    let tokens = post_once(&addr, r#"{"tokens":[1,2,3]}"#);
     assert!(tokens.starts_with("HTTP/1.1 200"), "{tokens}");
     let vector = format!("{{\"vector\":[{}]}}", vec!["0.5"; 256].join(","));
-    let vector = post(&vector);
+    let vector = post_once(&addr, &vector);
     if on_gpu {
         assert!(vector.starts_with("HTTP/1.1 422"), "{vector}");
         assert!(vector.contains("--gpu"), "{vector}");

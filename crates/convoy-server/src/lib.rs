@@ -253,12 +253,7 @@ async fn refuse_oversized(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
+    match declared_length(request.headers()) {
         Some(n) if n > limit as u64 => {
             tracing::debug!(declared = n, limit, "body over the limit refused on sight");
             ApiError::too_large(format!("the body is over {limit} bytes ({n} declared)"))
@@ -266,6 +261,15 @@ async fn refuse_oversized(
         }
         _ => next.run(request).await,
     }
+}
+
+/// The body length a request's `Content-Length` declares, if it declares
+/// a number.
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Any other path: a 404 in JSON like every other error.
@@ -307,12 +311,7 @@ async fn answer<C: Codec>(
             "overloaded: this priority is turned away while the queue runs late; retry later",
         ));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let declared = declared_length(request.headers()).unwrap_or(0);
     let allowed = server.limits.body_deadline(declared);
     let limit = server.max_body_bytes;
     let too_large = || ApiError::too_large(format!("the body is over {limit} bytes"));
@@ -332,8 +331,7 @@ async fn answer<C: Codec>(
     if body.len() > limit {
         return Err(too_large());
     }
-    let header = said.map(Priority::as_str);
-    let request = decode_body(&server.codec, &body, header, received)?;
+    let request = decode_with(&server.codec, &body, said, received)?;
     let ticket = server
         .runtime
         .handle()
@@ -373,6 +371,16 @@ pub fn decode_body<C: Codec>(
     received: std::time::Instant,
 ) -> Result<convoy::Request<C::Input>, ApiError> {
     let said = header_priority.map(codec::parse_priority).transpose()?;
+    decode_with(codec, body, said, received)
+}
+
+/// [`decode_body`] with the header's priority already read.
+fn decode_with<C: Codec>(
+    codec: &C,
+    body: &[u8],
+    said: Option<Priority>,
+    received: std::time::Instant,
+) -> Result<convoy::Request<C::Input>, ApiError> {
     let Ok(text) = std::str::from_utf8(body) else {
         return Err(ApiError::bad_request("the body is not valid UTF-8"));
     };

@@ -205,7 +205,9 @@ async fn run_door(
     drain: Duration,
     main: tokio::runtime::Handle,
 ) -> io::Result<()> {
-    let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Open connections are this less the budget's free permits.
+    let room = limits.max_connections.max(1);
+    let budget = Arc::new(Semaphore::new(room));
     // Room past the budget for urgent connections only (none when the
     // urgent thread is off).
     let reserve = Arc::new(Semaphore::new(match limits.urgent {
@@ -227,7 +229,7 @@ async fn run_door(
         while connections.try_join_next().is_some() {}
         let (stream, _peer) = tokio::select! {
             _ = tick.tick() => {
-                let open = limits.max_connections.max(1) - budget.available_permits();
+                let open = room - budget.available_permits();
                 let peak = ebb.peak();
                 if ebb.ebbed(open) {
                     // Off this thread: a trim takes milliseconds.
@@ -248,7 +250,7 @@ async fn run_door(
             () = &mut stop => break,
         };
         let accepted = Instant::now();
-        ebb.see(limits.max_connections.max(1) - budget.available_permits() + 1);
+        ebb.see(room - budget.available_permits() + 1);
         let mut stream = stream;
         if budget.available_permits() == 0 {
             // Past the budget: what has already arrived decides at once,
