@@ -22,6 +22,7 @@ declare -A tests=(
   [src/plan/planner.rs]="--lib --test runtime"
   [src/runtime/handle.rs]="--test runtime --test dedup"
 )
+mkdir -p target/mutants
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(src/intake/gate.rs src/plan/ledger.rs src/intake/shed.rs src/intake/ring.rs src/intake/sharded.rs src/outcome/ticket.rs src/plan/order.rs src/plan/planner.rs src/runtime/handle.rs)
 for f in "${files[@]}"; do
