@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, AddressSanitizer) of what
 # convoy reads from outside: the TOML config loader, the trace loaders
-# (Azure and generic CSV), the server's request bodies, and the ring driven
-# by operation sequences against a model. Each target runs SECONDS (default
-# 30) from the committed seeds in fuzz/corpus/; new inputs go to a scratch
+# (Azure and generic CSV), the server's request bodies, and the ring and the
+# sharded intake driven by operation sequences against a model. Each target
+# runs SECONDS (default 30) from the committed seeds in fuzz/corpus/; new inputs go to a scratch
 # folder, so the committed corpus changes only by hand. A crash fails the
 # run and leaves its input in fuzz/artifacts/TARGET/; add it to the seeds and
 # a regression test.
@@ -20,7 +20,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in config_toml trace_csv request_body ring_ops; do
+for target in config_toml trace_csv request_body ring_ops intake_ops; do
   echo "-- fuzz: $target for ${secs} s"
   mkdir -p "$scratch/$target"
   cargo +nightly fuzz run "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
