@@ -360,13 +360,18 @@ mod tests {
         for (i, row) in flat.chunks_exact(spec.width).enumerate() {
             // Equal, not close: the kernel sums in the model's order and
             // this has no fused multiply-add, so any difference is a
-            // change of order on one side.
-            assert_eq!(
-                (spec.unpack)(row),
-                want[i],
-                "request {i} ({} tokens)",
-                inputs[i].len()
-            );
+            // change of order on one side. Except under Miri, which gives
+            // `tanh` (GELU's) a few ULPs of deliberate noise per call, since
+            // the standard library promises it no exact result: there,
+            // within a few ULPs.
+            let got = (spec.unpack)(row);
+            if cfg!(miri) {
+                for (a, b) in got.iter().zip(&want[i]) {
+                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "request {i}: {a} vs {b}");
+                }
+            } else {
+                assert_eq!(got, want[i], "request {i} ({} tokens)", inputs[i].len());
+            }
         }
     }
 

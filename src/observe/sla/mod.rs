@@ -193,7 +193,10 @@ mod tests {
             Duration::from_secs(1),
             epoch,
         );
-        for i in 0..200u64 {
+        // Under Miri, which interprets every histogram's allocation, fewer
+        // (and then the bound on recent violations is not reached).
+        const N: u64 = if cfg!(miri) { 12 } else { 200 };
+        for i in 0..N {
             let mut r = board.recorder(epoch);
             // Every fourth one misses its 1 ms target.
             let e2e = if i % 4 == 0 { 2_000 } else { 100 + i };
@@ -209,11 +212,11 @@ mod tests {
         }
         let report = board.report(&SloTarget::defaults(), Duration::from_secs(1));
         let high = report.of(Priority::High);
-        assert_eq!(high.end_to_end.count, 200);
-        assert_eq!(high.violations, 50);
+        assert_eq!(high.end_to_end.count, N);
+        assert_eq!(high.violations, N / 4);
         assert_eq!(high.compliance_1m, Some(0.75));
         assert_eq!(high.compliance_total, Some(0.75));
-        assert_eq!(high.recent_violations.len(), RECENT);
+        assert_eq!(high.recent_violations.len(), RECENT.min(N as usize / 4));
         assert!(
             high.recent_violations
                 .windows(2)
@@ -222,13 +225,13 @@ mod tests {
         );
         assert_eq!(
             high.recent_violations.last().map(|v| v.at),
-            Some(Duration::from_millis(196)),
+            Some(Duration::from_millis(N - 4)),
             "the newest kept"
         );
         stays.publish(epoch);
         let report = board.report(&SloTarget::defaults(), Duration::from_secs(1));
         assert_eq!(report.of(Priority::Low).end_to_end.count, 1);
-        assert_eq!(report.of(Priority::High).end_to_end.count, 200);
+        assert_eq!(report.of(Priority::High).end_to_end.count, N);
     }
 
     /// A recorder that goes (a removed worker's thread exiting) says it is
