@@ -222,3 +222,71 @@ fn the_rule_reloads_and_a_bad_name_is_refused_by_key() {
     assert!(s.launched_by(LaunchCause::Idle) >= 5, "{:?}", s.launches);
     rt.shutdown();
 }
+
+/// Once a closed loop's level is known (after one 20 ms window), the idle
+/// worker takes each round (nearly) whole: every client's request, or all
+/// but the 1/16 the level's slack lets go to the next batch, launched the
+/// moment they are back, neither at the first arrival nor after the delay.
+/// The worker has room for exactly one batch, so it is idle whenever a
+/// round is coming back. A rule that launched for an idle worker at the
+/// first arrival would form batches of a few (checked: 636 of 2,358 whole).
+#[test]
+fn a_closed_loop_goes_whole_once_its_level_is_known() {
+    for clients in [8u32, 48] {
+        closed_loop_goes_whole(clients);
+    }
+}
+
+fn closed_loop_goes_whole(clients: u32) {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    let rt = Runtime::builder()
+        .config(config(BatchDelay::Adaptive, 64, 200, clients))
+        .batch_fn(move |xs: &[u32]| {
+            seen.lock().unwrap().push(xs.len());
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let h = rt.handle();
+            s.spawn(move || {
+                // Long enough for the level to be learnt and then used.
+                let start = std::time::Instant::now();
+                let mut r = 0;
+                while start.elapsed() < Duration::from_millis(300) || r < 40 {
+                    let x = c * 100_000 + r;
+                    assert_eq!(h.submit(Request::new(x)).unwrap().wait_bounded(), Ok(x));
+                    r += 1;
+                }
+            });
+        }
+    });
+    rt.shutdown();
+    let sizes = sizes.lock().unwrap().clone();
+    let s = rt.stats();
+    // The later half of the run, well past the first window.
+    let later = &sizes[sizes.len() / 2..];
+    let most = clients as usize - clients as usize / 16;
+    let whole = later.iter().filter(|&&n| n >= most).count();
+    assert!(
+        whole * 10 >= later.len() * 8,
+        "{clients} clients: {whole} of {} later batches held at least {most}: {later:?}",
+        later.len()
+    );
+    assert!(
+        s.launched_by(LaunchCause::Delay) * 10 <= s.batches,
+        "{clients} clients: {:?}",
+        s.launches
+    );
+    // The count the rule reads holds each caller once: a worker gives a
+    // batch's capacity back before its callers hear, so none of them is
+    // counted again with its next request while the last still counts.
+    // (Released after the answers, 48 clients were counted as up to 60.)
+    assert!(
+        s.most_in_runtime <= u64::from(clients),
+        "{clients} clients counted as {}",
+        s.most_in_runtime
+    );
+}

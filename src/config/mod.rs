@@ -111,9 +111,10 @@ pub enum BatchDelay {
     /// waited `max_queue_delay`, whether or not anything more is coming.
     Fixed,
     /// The delay is spent only while more requests may come: a partial
-    /// batch also launches at once when a worker is idle, the requests in
-    /// the runtime are near their recent peak (a closed loop's clients are
-    /// all in) and arrivals have gone quiet (`src/plan/pace.rs`). A request
+    /// batch also launches at once when a worker is idle and the requests
+    /// in the runtime are back at the level they held over the last window
+    /// (a closed loop's clients are all in), or near their recent peak with
+    /// arrivals gone quiet (`src/plan/pace.rs`). A request
     /// still never waits more than `max_queue_delay` for batching, and
     /// while every worker is busy batches form exactly as under `Fixed`.
     #[default]

@@ -367,7 +367,10 @@ mod tests {
             let got = (spec.unpack)(row);
             if cfg!(miri) {
                 for (a, b) in got.iter().zip(&want[i]) {
-                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "request {i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-6 * b.abs().max(1e-3),
+                        "request {i}: {a} vs {b}"
+                    );
                 }
             } else {
                 assert_eq!(got, want[i], "request {i} ({} tokens)", inputs[i].len());

@@ -20,6 +20,7 @@
 //! | `convoy_decision_seconds` | histogram | |
 //! | `convoy_batch_limit` | gauge | |
 //! | `convoy_batch_limit_decreases_total` | counter | |
+//! | `convoy_requests_in_runtime_max` | gauge | |
 //! | `convoy_request_latency_seconds` | histogram | `priority` (end to end) |
 //! | `convoy_queue_wait_seconds` | histogram | `priority` |
 //! | `convoy_slo_compliance_ratio` | gauge | `priority`, `window` (1m, 5m, total) |
@@ -314,6 +315,13 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         counter(&mut m, &none, s.batch_limit_decreases)?;
+        let mut m = e.encode_descriptor(
+            "convoy_requests_in_runtime_max",
+            "The most requests waiting or running at once",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(s.most_in_runtime as f64))?;
 
         let mut m = e.encode_descriptor(
             "convoy_batch_size",

@@ -54,6 +54,8 @@ pub struct Counters {
     placements: [AtomicU64; PlacementReason::COUNT],
     launches: [AtomicU64; LaunchCause::COUNT],
     adaptive_switches: AtomicU64,
+    /// The most requests in the runtime at once (see `Stats`).
+    most_in_runtime: AtomicU64,
     /// The batch limit in force (adaptive sizing) and its decreases.
     batch_limit: AtomicU64,
     batch_limit_decreases: AtomicU64,
@@ -84,6 +86,7 @@ impl Counters {
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
             launches: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
+            most_in_runtime: AtomicU64::new(0),
             batch_limit: AtomicU64::new(0),
             batch_limit_decreases: AtomicU64::new(0),
             batch_sizes: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -110,6 +113,13 @@ impl Counters {
     /// The adaptive placement's switches so far.
     pub fn set_adaptive_switches(&self, n: u64) {
         self.adaptive_switches.store(n, Ordering::Relaxed);
+    }
+
+    /// The most requests in the runtime at once so far (the collector
+    /// stores only a new high).
+    pub fn set_most_in_runtime(&self, n: u64) {
+        // Relaxed: a statistic, written by the collector alone.
+        self.most_in_runtime.store(n, Ordering::Relaxed);
     }
 
     /// Counts `n` requests of level `p` that ended `how`; called only
@@ -196,6 +206,7 @@ impl Counters {
             placements: std::array::from_fn(|i| self.placements[i].load(Ordering::Relaxed)),
             launches: std::array::from_fn(|i| self.launches[i].load(Ordering::Relaxed)),
             adaptive_switches: self.adaptive_switches.load(Ordering::Relaxed),
+            most_in_runtime: self.most_in_runtime.load(Ordering::Relaxed),
             batch_limit: self.batch_limit.load(Ordering::Relaxed),
             batch_limit_decreases: self.batch_limit_decreases.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
@@ -306,6 +317,10 @@ pub struct Stats {
     pub launches: [u64; LaunchCause::COUNT],
     /// Mode switches of the `Adaptive` policy.
     pub adaptive_switches: u64,
+    /// The most requests in the runtime at once (waiting, or launched and
+    /// unfinished), as the collector counted them: what the adaptive queue
+    /// delay reads. A closed loop of N callers never exceeds N.
+    pub most_in_runtime: u64,
     /// The batch limit in force, as of the last finished batch (0 before
     /// any); below `max_batch_size` only with adaptive sizing.
     pub batch_limit: u64,
@@ -400,6 +415,7 @@ impl Stats {
             placements: std::array::from_fn(|i| d(self.placements[i], earlier.placements[i])),
             launches: std::array::from_fn(|i| d(self.launches[i], earlier.launches[i])),
             adaptive_switches: d(self.adaptive_switches, earlier.adaptive_switches),
+            most_in_runtime: self.most_in_runtime,
             batch_limit: self.batch_limit,
             batch_limit_decreases: d(self.batch_limit_decreases, earlier.batch_limit_decreases),
             batch_sizes: std::array::from_fn(|i| d(self.batch_sizes[i], earlier.batch_sizes[i])),

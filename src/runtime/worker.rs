@@ -311,8 +311,16 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         None
     }
 
-    /// Hands a finished batch's outcomes to its tickets and its capacity
-    /// back to the collector.
+    /// Gives a finished batch's capacity back to the collector, then hands
+    /// its outcomes to their tickets.
+    ///
+    /// The release goes first so that the collector never sees a caller's
+    /// next request before the capacity its last one held: a closed loop's
+    /// count of requests in the runtime (what the adaptive queue delay
+    /// reads, `plan/pace.rs`) then never exceeds its number of clients. The
+    /// collector reads releases again after each drain of the intake, and
+    /// a request drained there was submitted after its caller's ticket
+    /// completed, which comes after this push.
     fn settle(&mut self, pending: Pending<O>, result: RunResult<O>, ran: Ran) {
         let Pending {
             completers,
@@ -321,6 +329,30 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             reserved,
             started,
         } = pending;
+        let now = Instant::now();
+        let mut release = Release {
+            worker: self.index,
+            amount: reserved,
+            took: service_time(started, self.last_release, now),
+        };
+        if ran == Ran::Yes {
+            self.last_release = Some(now);
+        }
+        // The release ring holds one entry per slot of the whole fleet, so it
+        // has room; should it not, wait for the collector rather than lose a
+        // release.
+        let mut spins = 0u32;
+        while let Err(ring::Full(back)) = self.releases.push(release) {
+            release = back;
+            spins += 1;
+            if spins < crate::sync::SPIN_LIMIT {
+                std::hint::spin_loop();
+            } else {
+                self.shared.doorbell.ring();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        self.shared.doorbell.ring();
         match result {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
                 let exec = started.elapsed();
@@ -361,33 +393,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             }
             Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, e),
         }
-        let now = Instant::now();
-        let mut release = Release {
-            worker: self.index,
-            amount: reserved,
-            took: service_time(started, self.last_release, now),
-        };
-        if ran == Ran::Yes {
-            self.last_release = Some(now);
-        }
-        // The release ring holds one entry per slot of the whole fleet, so it
-        // has room; should it not, wait for the collector rather than lose a
-        // release.
-        let mut spins = 0u32;
-        while let Err(ring::Full(back)) = self.releases.push(release) {
-            release = back;
-            spins += 1;
-            if spins < crate::sync::SPIN_LIMIT {
-                std::hint::spin_loop();
-            } else {
-                self.shared.doorbell.ring();
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        self.shared.doorbell.ring();
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,8 +156,14 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let most = Some(fleet.max).filter(|m| m.slots > 0);
         // The requests in the runtime, for the adaptive delay's peak.
         let (any_idle, launched) = self.fleet_load(&candidates);
-        self.pace
-            .note_load(self.planner.len().saturating_add(launched), now_ns);
+        let in_runtime = self.planner.len().saturating_add(launched);
+        self.pace.note_load(in_runtime, now_ns);
+        if in_runtime as u64 > self.most_in_runtime {
+            self.most_in_runtime = in_runtime as u64;
+            self.shared
+                .counters
+                .set_most_in_runtime(self.most_in_runtime);
+        }
         let mut idle = any_idle.then_some(launched);
         while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();

@@ -111,6 +111,8 @@ pub(super) struct Collector<I, O> {
     speed_up: f64,
     /// The arrival pace (`plan/pace.rs`), for the adaptive delay.
     pace: Pace,
+    /// The most requests in the runtime at once so far (`Stats`).
+    most_in_runtime: u64,
     /// Whether a worker up held nothing after the last launches.
     idle: bool,
 }
@@ -157,6 +159,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             drain_rate: DrainRate::default(),
             speed_up: 0.0,
             pace: Pace::default(),
+            most_in_runtime: 0,
             idle: false,
             shared: s.shared,
         };
@@ -197,6 +200,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             self.apply_reload();
             let mode = self.shared.mode.get();
             self.drain_intake(now_ns);
+            // Again after the drain: a worker gives a batch's capacity back
+            // before its callers hear, so every release that came before a
+            // request drained here is taken in, and the count of requests
+            // in the runtime holds each caller once (`worker::settle`).
+            self.absorb_releases();
             self.expire(now_ns);
             self.sweep_step(now);
             if self.shared.clearing.take() {
