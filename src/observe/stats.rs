@@ -319,7 +319,8 @@ pub struct Stats {
     pub adaptive_switches: u64,
     /// The most requests in the runtime at once (waiting, or launched and
     /// unfinished), as the collector counted them: what the adaptive queue
-    /// delay reads. A closed loop of N callers never exceeds N.
+    /// delay reads. A closed loop of N callers stays at N (see
+    /// `docs/semantics.md`).
     pub most_in_runtime: u64,
     /// The batch limit in force, as of the last finished batch (0 before
     /// any); below `max_batch_size` only with adaptive sizing.

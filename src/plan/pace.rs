@@ -31,8 +31,10 @@
 //! Both tests rely on the count being exact: a worker gives a batch's
 //! capacity back before its callers hear, and the collector takes in
 //! releases again after each drain of the intake, so a caller's next
-//! request is never counted beside its last one (`runtime::worker`'s
-//! `settle`; `Stats::most_in_runtime` shows the count's high).
+//! request is not counted beside its last one (`runtime::worker`'s
+//! `settle`; `Stats::most_in_runtime` shows the count's high). The one
+//! exception is an instant: a release can wait in the release ring behind
+//! another worker's that is still being written.
 //!
 //! Single-owner (the collector), no atomics: a few integer operations per
 //! drained request and per pass.

@@ -18,6 +18,15 @@ use crate::request::Cost;
 use crate::runtime::worker::fail_batch;
 use crate::runtime::{Batch, Health};
 
+/// Workers up that hold nothing, when there are any, and the requests
+/// launched and unfinished on the fleet: what the adaptive queue delay
+/// needs of the ledger.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Idle {
+    workers: usize,
+    launched: usize,
+}
+
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// How many requests a batch formed now should take, or `None` while
     /// the batch is not due: see `planner::batch_size_now` (forced by the
@@ -33,14 +42,22 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     ///
     /// Under `batching.delay = "adaptive"` a partial batch is also due when
     /// a worker up holds nothing (`idle`: then the requests launched and
-    /// unfinished on the others) and nothing more is coming (`plan/pace.rs`):
-    /// waiting out the delay would only idle that worker.
+    /// unfinished on the others, and how many workers hold nothing) and
+    /// nothing more is coming (`plan/pace.rs`): waiting out the delay would
+    /// only idle that worker. When it is a closed loop back at its level,
+    /// the batch takes an even share of what waits per idle worker, so
+    /// that the round runs on every worker that has nothing to do rather
+    /// than on one while the others look on (the next launch takes the
+    /// next share): its clients are answered sooner, and a closed loop
+    /// sends as fast as it is answered. (On the quiet rule alone, which an
+    /// open stream's lull can meet, the batch takes what waits: there a
+    /// split would only make batches smaller.)
     pub(super) fn batch_due(
         &mut self,
         now_ns: u64,
         closing: bool,
         most: Option<Capacity>,
-        idle: Option<usize>,
+        idle: Option<Idle>,
     ) -> Option<(usize, LaunchCause)> {
         let waiting = self.planner.len();
         if waiting == 0 {
@@ -65,19 +82,24 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         {
             Some(LaunchCause::Deadline)
         } else if batching.delay == BatchDelay::Adaptive
-            && idle.is_some_and(|launched| self.pace.nothing_more(waiting + launched, now_ns))
+            && idle.is_some_and(|i| self.pace.nothing_more(waiting + i.launched, now_ns))
         {
             Some(LaunchCause::Idle)
         } else {
             None
         };
         let limit = self.planner.batch_limit();
-        let size = batch_size_now(
+        let mut size = batch_size_now(
             waiting,
             limit,
             cause.is_some(),
             self.applied.batching.preferred_batch_sizes.as_slice(),
         )?;
+        if let (Some(LaunchCause::Idle), Some(i)) = (cause, idle) {
+            if self.pace.at_level(waiting + i.launched) {
+                size = size.min(waiting.div_ceil(i.workers.max(1)));
+            }
+        }
         let cause = cause.unwrap_or(if waiting >= limit {
             LaunchCause::Full
         } else {
@@ -86,28 +108,27 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         Some((size, cause))
     }
 
-    /// Whether some worker up holds nothing (it would start a batch
-    /// launched now at once, rather than queue it behind another), and the
-    /// requests launched and unfinished on all of them: one pass over the
-    /// ledger for both.
-    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> (bool, usize) {
+    /// How many workers up hold nothing (each would start a batch launched
+    /// now at once, rather than queue it behind another), and the requests
+    /// launched and unfinished on all of them: one pass over the ledger
+    /// for both.
+    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> (usize, usize) {
         let ledger = self.planner.ledger();
-        let mut idle = false;
+        let mut idle = 0;
         let mut launched = 0u64;
         for c in candidates {
             let slots = ledger.reserved(c.index).slots;
-            idle |= c.up && slots == 0;
+            idle += usize::from(c.up && slots == 0);
             launched += u64::from(slots);
         }
         (idle, usize::try_from(launched).unwrap_or(usize::MAX))
     }
 
-    /// `Some(requests launched and unfinished)` when some worker up holds
-    /// nothing, `None` when every worker up is busy: what `batch_due`
-    /// takes as `idle`.
-    fn idle_load(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
-        let (idle, launched) = self.fleet_load(candidates);
-        idle.then_some(launched)
+    /// `Some` when some worker up holds nothing, `None` when every worker
+    /// up is busy: what `batch_due` takes as `idle`.
+    fn idle_load(&self, candidates: &[Candidate<'_>]) -> Option<Idle> {
+        let (workers, launched) = self.fleet_load(candidates);
+        (workers > 0).then_some(Idle { workers, launched })
     }
 
     pub(super) fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -155,7 +176,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // batch limits count.
         let most = Some(fleet.max).filter(|m| m.slots > 0);
         // The requests in the runtime, for the adaptive delay's peak.
-        let (any_idle, launched) = self.fleet_load(&candidates);
+        let (idle_workers, launched) = self.fleet_load(&candidates);
         let in_runtime = self.planner.len().saturating_add(launched);
         self.pace.note_load(in_runtime, now_ns);
         if in_runtime as u64 > self.most_in_runtime {
@@ -164,7 +185,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 .counters
                 .set_most_in_runtime(self.most_in_runtime);
         }
-        let mut idle = any_idle.then_some(launched);
+        let mut idle = (idle_workers > 0).then_some(Idle {
+            workers: idle_workers,
+            launched,
+        });
         while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();
             // `stalled`: nothing launches until a batch finishes (or a
