@@ -277,6 +277,21 @@ fn a_closed_loop_round_is_spread_over_the_idle_workers() {
     );
 }
 
+/// A loop that holds a full batch for every worker (16 clients, batches
+/// of 8, two workers) fills its batches by itself: the rule launches no
+/// partial batch for an idle worker, which would only leave the rest of a
+/// round behind. Later batches are full.
+#[test]
+fn a_loop_that_fills_every_worker_gets_full_batches() {
+    let later = closed_loop_sizes_with(2, 16, 8);
+    let full = later.iter().filter(|&&n| n == 8).count();
+    assert!(
+        full * 10 >= later.len() * 9,
+        "{full} of {} later batches full: {later:?}",
+        later.len()
+    );
+}
+
 /// Runs `clients` closed-loop callers over `workers` workers (each with
 /// room for four rounds, so that no round fills a worker and launches as
 /// `Full`), long enough for the
@@ -284,13 +299,18 @@ fn a_closed_loop_round_is_spread_over_the_idle_workers() {
 /// batches, after checking what holds in every run: few batches waited
 /// out the delay, and the count the rule reads never exceeded the callers.
 fn closed_loop_sizes(workers: usize, clients: u32) -> Vec<usize> {
+    closed_loop_sizes_with(workers, clients, 64)
+}
+
+/// As `closed_loop_sizes`, with batches of at most `max_batch`.
+fn closed_loop_sizes_with(workers: usize, clients: u32, max_batch: usize) -> Vec<usize> {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let seen = sizes.clone();
     let rt = Runtime::builder()
         .config(config_on(
             workers,
             BatchDelay::Adaptive,
-            64,
+            max_batch,
             200,
             4 * clients,
         ))

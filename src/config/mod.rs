@@ -113,8 +113,9 @@ pub enum BatchDelay {
     /// The delay is spent only while more requests may come: a partial
     /// batch also launches at once when a worker is idle and the requests
     /// in the runtime are back at the level they held over the last window
-    /// (a closed loop's clients are all in), or near their recent peak with
-    /// arrivals gone quiet (`src/plan/pace.rs`). A request
+    /// (a closed loop's clients are all in), or at their recent peak with
+    /// arrivals gone quiet (`src/plan/pace.rs`); a loop that fills a batch
+    /// for every worker is left to fill them. A request
     /// still never waits more than `max_queue_delay` for batching, and
     /// while every worker is busy batches form exactly as under `Fixed`.
     #[default]

@@ -18,12 +18,13 @@ use crate::request::Cost;
 use crate::runtime::worker::fail_batch;
 use crate::runtime::{Batch, Health};
 
-/// Workers up that hold nothing, when there are any, and the requests
-/// launched and unfinished on the fleet: what the adaptive queue delay
-/// needs of the ledger.
+/// Workers up that hold nothing, when there are any, the workers up, and
+/// the requests launched and unfinished on the fleet: what the adaptive
+/// queue delay needs of the ledger.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Idle {
     workers: usize,
+    up: usize,
     launched: usize,
 }
 
@@ -44,7 +45,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// a worker up holds nothing (`idle`: then the requests launched and
     /// unfinished on the others, and how many workers hold nothing) and
     /// nothing more is coming (`plan/pace.rs`): waiting out the delay would
-    /// only idle that worker. When it is a closed loop back at its level,
+    /// only idle that worker. Not when the loop holds a full batch for
+    /// every worker up (its peak is at least the batch limit times the
+    /// workers): then batches fill by themselves, and a partial launch would
+    /// only leave the rest of a round behind, holding up the clients that
+    /// wait for all of theirs. When it is a closed loop back at its level,
     /// the batch takes an even share of what waits per idle worker, so
     /// that the round runs on every worker that has nothing to do rather
     /// than on one while the others look on (the next launch takes the
@@ -82,7 +87,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         {
             Some(LaunchCause::Deadline)
         } else if batching.delay == BatchDelay::Adaptive
-            && idle.is_some_and(|i| self.pace.nothing_more(waiting + i.launched, now_ns))
+            && idle.is_some_and(|i| {
+                self.pace.peak() < self.planner.batch_limit().saturating_mul(i.up)
+                    && self.pace.nothing_more(waiting + i.launched, now_ns)
+            })
         {
             Some(LaunchCause::Idle)
         } else {
@@ -109,26 +117,31 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// How many workers up hold nothing (each would start a batch launched
-    /// now at once, rather than queue it behind another), and the requests
-    /// launched and unfinished on all of them: one pass over the ledger
-    /// for both.
-    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> (usize, usize) {
+    /// now at once, rather than queue it behind another), how many are up,
+    /// and the requests launched and unfinished on all of them: one pass
+    /// over the ledger for all three.
+    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> Idle {
         let ledger = self.planner.ledger();
-        let mut idle = 0;
+        let (mut workers, mut up) = (0, 0);
         let mut launched = 0u64;
         for c in candidates {
             let slots = ledger.reserved(c.index).slots;
-            idle += usize::from(c.up && slots == 0);
+            workers += usize::from(c.up && slots == 0);
+            up += usize::from(c.up);
             launched += u64::from(slots);
         }
-        (idle, usize::try_from(launched).unwrap_or(usize::MAX))
+        Idle {
+            workers,
+            up,
+            launched: usize::try_from(launched).unwrap_or(usize::MAX),
+        }
     }
 
     /// `Some` when some worker up holds nothing, `None` when every worker
     /// up is busy: what `batch_due` takes as `idle`.
     fn idle_load(&self, candidates: &[Candidate<'_>]) -> Option<Idle> {
-        let (workers, launched) = self.fleet_load(candidates);
-        (workers > 0).then_some(Idle { workers, launched })
+        let load = self.fleet_load(candidates);
+        (load.workers > 0).then_some(load)
     }
 
     pub(super) fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -176,8 +189,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // batch limits count.
         let most = Some(fleet.max).filter(|m| m.slots > 0);
         // The requests in the runtime, for the adaptive delay's peak.
-        let (idle_workers, launched) = self.fleet_load(&candidates);
-        let in_runtime = self.planner.len().saturating_add(launched);
+        let load = self.fleet_load(&candidates);
+        let in_runtime = self.planner.len().saturating_add(load.launched);
         self.pace.note_load(in_runtime, now_ns);
         if in_runtime as u64 > self.most_in_runtime {
             self.most_in_runtime = in_runtime as u64;
@@ -185,10 +198,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 .counters
                 .set_most_in_runtime(self.most_in_runtime);
         }
-        let mut idle = (idle_workers > 0).then_some(Idle {
-            workers: idle_workers,
-            launched,
-        });
+        let mut idle = (load.workers > 0).then_some(load);
         while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();
             // `stalled`: nothing launches until a batch finishes (or a
