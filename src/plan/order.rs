@@ -468,6 +468,95 @@ mod tests {
         std::iter::from_fn(|| w.pop(now).map(|(x, _, _)| x)).collect()
     }
 
+    /// The count and the summed costs follow every way in and out: insert,
+    /// pop, remove, and the expiry of a deadline. (The collector reads them
+    /// to tell whether anything waits and whether a batch is full.)
+    #[test]
+    fn len_and_costs_follow_inserts_and_takes() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_secs(10));
+        let keys: Vec<_> = (0..4)
+            .map(|i| {
+                let meta = Meta {
+                    tokens: 10 + i,
+                    bytes: 100,
+                    expire_at: if i == 3 { 5 * MS } else { u64::MAX },
+                    deadline: if i == 3 { 5 * MS } else { u64::MAX },
+                    ..g.meta(Normal, i)
+                };
+                w.insert(i as u32, meta)
+            })
+            .collect();
+        assert_eq!((w.len(), w.tokens(), w.bytes()), (4, 46, 400));
+        assert_eq!(
+            w.pop(0).map(|(x, _, _)| x),
+            Some(3),
+            "the nearest deadline first"
+        );
+        assert_eq!((w.len(), w.tokens(), w.bytes()), (3, 33, 300));
+        assert!(w.remove(keys[1]).is_some());
+        assert_eq!((w.len(), w.tokens(), w.bytes()), (2, 22, 200));
+        assert!(w.remove(keys[1]).is_none(), "a key is taken once");
+        assert_eq!(w.len(), 2);
+        assert!(
+            w.pop_expired(10 * MS).is_none(),
+            "the one with a deadline left"
+        );
+        assert_eq!(order(&mut w, 0), [0, 2]);
+        assert_eq!((w.len(), w.tokens(), w.bytes()), (0, 0, 0));
+        assert!(w.is_empty());
+    }
+
+    /// A new `max_wait` (a reload) applies to requests already waiting:
+    /// a Background request 200 ms old is aged past a fresh Critical one
+    /// once `max_wait` drops to 100 ms, and is not under 10 s.
+    #[test]
+    fn a_new_max_wait_applies_to_requests_already_waiting() {
+        let fill = || {
+            let mut g = Gen(0);
+            let mut w = Waiting::new(Duration::from_secs(10));
+            w.insert(1, g.meta(Background, 0));
+            w.insert(2, g.meta(Critical, 150 * MS));
+            w
+        };
+        let mut kept = fill();
+        assert_eq!(
+            kept.pop(200 * MS).map(|(x, _, aged)| (x, aged)),
+            Some((2, false))
+        );
+        let mut changed = fill();
+        changed.set_max_wait(Duration::from_millis(100));
+        assert_eq!(
+            changed.pop(200 * MS).map(|(x, _, aged)| (x, aged)),
+            Some((1, true))
+        );
+    }
+
+    /// Draining for shutdown empties every index, not only the FIFO that
+    /// the drain walks: stale entries left in the others would be kept
+    /// (and walked past) for as long as the set lives.
+    #[test]
+    fn drain_all_leaves_no_index_behind() {
+        let mut g = Gen(0);
+        let mut w = Waiting::new(Duration::from_secs(10));
+        for (i, level) in Priority::ALL.into_iter().enumerate() {
+            let meta = Meta {
+                deadline: 100 * MS,
+                expire_at: 100 * MS,
+                ..g.meta(level, i as u64)
+            };
+            w.insert(i as u32, meta);
+        }
+        assert_eq!(w.drain_all().len(), Priority::COUNT);
+        let empty = |h: &RunHeap<_>| h.run.is_empty() && h.rest.is_empty();
+        assert!(w
+            .levels
+            .iter()
+            .all(|l| l.run.is_empty() && l.rest.is_empty()));
+        assert!(empty(&w.fifo) && w.deadlines.run.is_empty() && w.deadlines.rest.is_empty());
+        assert!(w.is_empty());
+    }
+
     #[test]
     fn levels_then_front_then_deadline_then_fifo() {
         let mut g = Gen(0);
