@@ -16,13 +16,16 @@ declare -A tests=(
   [src/plan/ledger.rs]="--lib --test ledger_model --test runtime"
   [src/intake/shed.rs]="--lib --test runtime"
   [src/intake/ring.rs]="--lib --test ring_model --test intake_threads"
-  [src/intake/sharded.rs]="--lib --test intake_threads --test runtime"
-  [src/outcome/ticket.rs]="--lib --test ticket_threads --test runtime"
+  [src/intake/sharded.rs]="--lib --test intake_threads"
+  [src/outcome/ticket.rs]="--lib --test ticket_threads"
   [src/plan/order.rs]="--lib --test runtime"
   [src/plan/planner.rs]="--lib --test runtime"
   [src/runtime/handle.rs]="--test runtime --test dedup"
 )
 mkdir -p target/mutants
+# Test builds without debug info link faster; a mutant costs a build.
+export CARGO_PROFILE_DEV_DEBUG=0
+# --iterate: a rerun skips the mutants an earlier run of the file caught.
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(src/intake/gate.rs src/plan/ledger.rs src/intake/shed.rs src/intake/ring.rs src/intake/sharded.rs src/outcome/ticket.rs src/plan/order.rs src/plan/planner.rs src/runtime/handle.rs)
 for f in "${files[@]}"; do
@@ -30,7 +33,7 @@ for f in "${files[@]}"; do
   # shellcheck disable=SC2086
   # cargo-mutants exits non-zero when a mutant survives; the file's
   # survivors are listed below, and the next file still runs.
-  cargo mutants --file "$f" --timeout 90 --output "target/mutants/$(basename "$f" .rs)" -- ${tests[$f]:---lib} | tail -2 || true
+  cargo mutants --iterate --file "$f" --timeout 90 --output "target/mutants/$(basename "$f" .rs)" -- ${tests[$f]:---lib} | tail -2 || true
   missed="target/mutants/$(basename "$f" .rs)/mutants.out/missed.txt"
   if [ -s "$missed" ]; then echo "-- survived:"; cat "$missed"; fi
 done
