@@ -30,9 +30,9 @@ files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(src/intake/gate.rs src/plan/ledger.rs src/intake/shed.rs src/intake/ring.rs src/intake/sharded.rs src/outcome/ticket.rs src/plan/order.rs src/plan/planner.rs src/runtime/handle.rs)
 for f in "${files[@]}"; do
   echo "== mutants: $f (tests: ${tests[$f]:---lib})"
-  # shellcheck disable=SC2086
   # cargo-mutants exits non-zero when a mutant survives; the file's
   # survivors are listed below, and the next file still runs.
+  # shellcheck disable=SC2086
   cargo mutants --iterate --file "$f" --timeout 90 --output "target/mutants/$(basename "$f" .rs)" -- ${tests[$f]:---lib} | tail -2 || true
   missed="target/mutants/$(basename "$f" .rs)/mutants.out/missed.txt"
   if [ -s "$missed" ]; then echo "-- survived:"; cat "$missed"; fi
