@@ -476,6 +476,16 @@ impl<O> Future for Ticket<O> {
 mod tests {
     use super::*;
 
+    /// A completer's `Debug` says whether its caller went away: what a
+    /// log line about an undeliverable outcome needs.
+    #[test]
+    fn a_completer_shows_whether_its_ticket_was_cancelled() {
+        let (c, t) = pair::<u8>();
+        assert_eq!(format!("{c:?}"), "Completer { cancelled: false }");
+        drop(t);
+        assert_eq!(format!("{c:?}"), "Completer { cancelled: true }");
+    }
+
     #[test]
     fn completer_drop_delivers_shutdown() {
         let (c, t) = pair::<u8>();
