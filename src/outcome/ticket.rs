@@ -486,6 +486,21 @@ mod tests {
         assert_eq!(format!("{c:?}"), "Completer { cancelled: true }");
     }
 
+    /// A completer knows its own ticket and no other (how a partly
+    /// refused `submit_batch` tells which tickets to keep), and a ticket's
+    /// `Debug` says whether its outcome is ready.
+    #[test]
+    fn a_completer_knows_its_ticket_and_a_ticket_shows_readiness() {
+        let (c1, t1) = pair::<u8>();
+        let (c2, t2) = pair::<u8>();
+        assert!(c1.is_for(&t1) && c2.is_for(&t2));
+        assert!(!c1.is_for(&t2) && !c2.is_for(&t1));
+        assert_eq!(format!("{t1:?}"), "Ticket { ready: false, local: Waiting }");
+        c1.complete(Ok(1)).unwrap();
+        assert!(format!("{t1:?}").starts_with("Ticket { ready: true"), "{t1:?}");
+        drop((c2, t2));
+    }
+
     #[test]
     fn completer_drop_delivers_shutdown() {
         let (c, t) = pair::<u8>();
