@@ -228,6 +228,7 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
     let (b2, s2) = (biggest.clone(), shortfalls.clone());
     let mut cfg = config(vec![worker(8, 100)], 4, 1);
     cfg.batching.max_batch_tokens = 100;
+    cfg.batching.max_batch_bytes = 4096;
     let rt = Runtime::builder()
         .config(cfg)
         .batch_fn(move |xs: &[u32]| {
@@ -246,6 +247,14 @@ fn resource_limits_hold_and_shortfall_is_signalled() {
     let never = h.submit(Request::new(101).tokens(101)).unwrap_err();
     assert_eq!(never.kind, SubmitErrorKind::CostNeverFits);
     assert_eq!(never.request.into_input(), 101);
+    // Exactly the limit fits: the bound is inclusive, in tokens and in
+    // bytes.
+    let at_limit = h.submit(Request::new(100).tokens(100)).unwrap();
+    assert_eq!(at_limit.wait_bounded(), Ok(100));
+    let at_bytes = h.submit(Request::new(7).tokens(7).bytes(4096)).unwrap();
+    assert_eq!(at_bytes.wait_bounded(), Ok(7));
+    let over_bytes = h.submit(Request::new(8).tokens(8).bytes(4097)).unwrap_err();
+    assert_eq!(over_bytes.kind, SubmitErrorKind::CostNeverFits);
     // In an all-or-nothing batch the impossible member refuses the rest
     // for its own reason (retrying them as they are would fail again),
     // not as `QueueFull`.
@@ -1136,6 +1145,10 @@ fn a_submitter_owns_a_shard_until_dropped() {
     );
     let second = h.submitter().expect("the other shard is free to own");
     assert!(h.submitter().is_none(), "both shards owned");
+    // Each says which shard it owns, and they differ.
+    let (a, b) = (format!("{sub:?}"), format!("{second:?}"));
+    assert!(a.starts_with("Submitter { shard: ") && b.starts_with("Submitter { shard: "));
+    assert_ne!(a, b);
     drop(second);
     drop(sub);
     let s = rt.stats().of(Priority::Normal);

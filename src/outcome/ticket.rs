@@ -497,7 +497,10 @@ mod tests {
         assert!(!c1.is_for(&t2) && !c2.is_for(&t1));
         assert_eq!(format!("{t1:?}"), "Ticket { ready: false, local: Waiting }");
         c1.complete(Ok(1)).unwrap();
-        assert!(format!("{t1:?}").starts_with("Ticket { ready: true"), "{t1:?}");
+        assert!(
+            format!("{t1:?}").starts_with("Ticket { ready: true"),
+            "{t1:?}"
+        );
         drop((c2, t2));
     }
 
