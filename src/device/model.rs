@@ -458,10 +458,19 @@ mod tests {
         assert!(matches!(missing, ModelError::Weights { .. }));
     }
 
+    /// A scratch folder no other run of these tests shares: the process id
+    /// alone is not enough under Miri, whose seeds run side by side in one
+    /// process (`-Zmiri-many-seeds`), so a random tag goes with it.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        use std::hash::BuildHasher;
+        let tag = std::hash::RandomState::new().hash_one(name);
+        std::env::temp_dir().join(format!("convoy-{name}-{}-{tag:x}", std::process::id()))
+    }
+
     #[test]
     fn round_trips_through_weight_files() {
         let m = PoolDense::seeded(12, 4, 5).unwrap();
-        let dir = std::env::temp_dir().join(format!("convoy-model-{}", std::process::id()));
+        let dir = scratch("model");
         m.to_dir(&dir).unwrap();
         // The files are raw little-endian f32, row-major, as documented.
         let e = std::fs::read(dir.join("E.f32")).unwrap();
@@ -479,11 +488,7 @@ mod tests {
     fn a_weight_file_with_a_nan_or_an_infinity_is_refused_naming_it() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let m = PoolDense::seeded(12, 4, 5).unwrap();
-            let dir = std::env::temp_dir().join(format!(
-                "convoy-model-bad-{}-{}",
-                std::process::id(),
-                bad.to_bits()
-            ));
+            let dir = scratch(&format!("model-bad-{}", bad.to_bits()));
             m.to_dir(&dir).unwrap();
             let mut w = std::fs::read(dir.join("W.f32")).unwrap();
             w[20..24].copy_from_slice(&bad.to_le_bytes());
