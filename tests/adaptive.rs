@@ -249,15 +249,22 @@ fn the_rule_reloads_and_a_bad_name_is_refused_by_key() {
 #[test]
 fn a_closed_loop_goes_whole_once_its_level_is_known() {
     for clients in [8u32, 48] {
-        let later = closed_loop_sizes(1, clients);
         let most = clients as usize - clients as usize / 16;
-        let whole = later.iter().filter(|&&n| n >= most).count();
-        assert!(
-            whole * 10 >= later.len() * 8,
-            "{clients} clients: {whole} of {} later batches held at least {most}: {later:?}",
-            later.len()
-        );
+        let later = closed_loop_sizes(1, clients, 64);
+        let what = format!("held at least {most} of {clients} clients");
+        assert_tenths(&later, 8, &what, |n| n >= most);
     }
+}
+
+/// At least `tenths` tenths of the batch `sizes` are `such`; the message
+/// names them `what`.
+fn assert_tenths(sizes: &[usize], tenths: usize, what: &str, such: impl Fn(usize) -> bool) {
+    let n = sizes.iter().filter(|&&n| such(n)).count();
+    assert!(
+        n * 10 >= sizes.len() * tenths,
+        "{n} of {} later batches {what}: {sizes:?}",
+        sizes.len()
+    );
 }
 
 /// With two workers, each with room for whole rounds, a closed loop back
@@ -267,14 +274,9 @@ fn a_closed_loop_goes_whole_once_its_level_is_known() {
 /// one worker while the other looked on.
 #[test]
 fn a_closed_loop_round_is_spread_over_the_idle_workers() {
-    let clients = 16u32;
-    let later = closed_loop_sizes(2, clients);
-    let halves = later.iter().filter(|&&n| n <= 9).count();
-    assert!(
-        halves * 10 >= later.len() * 8,
-        "{halves} of {} later batches held at most half the round (and a straggler): {later:?}",
-        later.len()
-    );
+    let later = closed_loop_sizes(2, 16, 64);
+    let what = "held at most half the round (and a straggler)";
+    assert_tenths(&later, 8, what, |n| n <= 9);
 }
 
 /// A loop that holds a full batch for every worker (16 clients, batches
@@ -283,27 +285,18 @@ fn a_closed_loop_round_is_spread_over_the_idle_workers() {
 /// round behind. Later batches are full.
 #[test]
 fn a_loop_that_fills_every_worker_gets_full_batches() {
-    let later = closed_loop_sizes_with(2, 16, 8);
-    let full = later.iter().filter(|&&n| n == 8).count();
-    assert!(
-        full * 10 >= later.len() * 9,
-        "{full} of {} later batches full: {later:?}",
-        later.len()
-    );
+    let later = closed_loop_sizes(2, 16, 8);
+    assert_tenths(&later, 9, "full", |n| n == 8);
 }
 
 /// Runs `clients` closed-loop callers over `workers` workers (each with
 /// room for four rounds, so that no round fills a worker and launches as
-/// `Full`), long enough for the
-/// level to be learnt, and returns the sizes of the later half of the
-/// batches, after checking what holds in every run: few batches waited
-/// out the delay, and the count the rule reads never exceeded the callers.
-fn closed_loop_sizes(workers: usize, clients: u32) -> Vec<usize> {
-    closed_loop_sizes_with(workers, clients, 64)
-}
-
-/// As `closed_loop_sizes`, with batches of at most `max_batch`.
-fn closed_loop_sizes_with(workers: usize, clients: u32, max_batch: usize) -> Vec<usize> {
+/// `Full`) under batches of at most `max_batch`, long enough for the level
+/// to be learnt, and returns the sizes of the later half of the batches,
+/// after checking what holds in every run: few batches waited out the
+/// delay, and the count the rule reads stayed at the callers (within an
+/// eighth).
+fn closed_loop_sizes(workers: usize, clients: u32, max_batch: usize) -> Vec<usize> {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let seen = sizes.clone();
     let rt = Runtime::builder()

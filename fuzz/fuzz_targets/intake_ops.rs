@@ -146,6 +146,13 @@ impl Model {
         out
     }
 
+    /// What releasing `a` frees: one held slot of its lane.
+    fn release(&mut self, a: &Admission) {
+        let lane = self.lane(a.shard(), a.priority());
+        assert!(lane.held > 0, "an admission releases a lane that holds room");
+        lane.held -= 1;
+    }
+
     fn depth(&self, p: Priority) -> usize {
         (0..self.shards)
             .map(|s| {
@@ -189,9 +196,7 @@ fn check_stats(intake: &Intake<u32>, model: &Model) {
 }
 
 fn release_held(c: &mut IntakeConsumer<u32>, model: &mut Model, a: Admission) {
-    let lane = model.lane(a.shard(), a.priority());
-    assert!(lane.held > 0, "an admission releases a lane that holds room");
-    lane.held -= 1;
+    model.release(&a);
     c.release(a);
 }
 
@@ -326,9 +331,7 @@ fuzz_target!(|data: &[u8]| {
                 let k = (arg % 8).min(held.len());
                 let batch: Vec<_> = held.drain(..k).map(|(_, a)| a).collect();
                 for a in &batch {
-                    let lane = model.lane(a.shard(), a.priority());
-                    assert!(lane.held > 0);
-                    lane.held -= 1;
+                    model.release(a);
                 }
                 c.release_all(batch);
             }

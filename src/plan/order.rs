@@ -548,12 +548,11 @@ mod tests {
             w.insert(i as u32, meta);
         }
         assert_eq!(w.drain_all().len(), Priority::COUNT);
-        let empty = |h: &RunHeap<_>| h.run.is_empty() && h.rest.is_empty();
-        assert!(w
-            .levels
-            .iter()
-            .all(|l| l.run.is_empty() && l.rest.is_empty()));
-        assert!(empty(&w.fifo) && w.deadlines.run.is_empty() && w.deadlines.rest.is_empty());
+        fn empty<K>(h: &RunHeap<K>) -> bool {
+            h.run.is_empty() && h.rest.is_empty()
+        }
+        assert!(w.levels.iter().all(empty));
+        assert!(empty(&w.fifo) && empty(&w.deadlines));
         assert!(w.is_empty());
     }
 

@@ -12,10 +12,10 @@
 //!   most they reached over the last full [`PEAK_WINDOW`] (or within
 //!   1/[`LEVEL_SLACK`] below it), and the current window has not risen
 //!   above it. A closed loop meets this the moment its last client is
-//!   back, with no silence to wait out. An open stream meets it only when its load
-//!   returns to a high it held for a whole window, and the batch it then
-//!   launches is as large as any of that window's; a rising stream (each
-//!   window above the last) never does.
+//!   back, with no silence to wait out. An open stream meets it only when
+//!   its load returns to a high it held for a whole window, and the batch
+//!   it then launches is as large as any of that window's; a rising
+//!   stream (each window above the last) never does.
 //! * **at the peak, and quiet**: the requests in the runtime are as many
 //!   as they have been at any time over the last one to two windows, and
 //!   nothing has arrived for [`QUIET_GAPS`] times the moving average gap

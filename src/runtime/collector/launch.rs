@@ -18,14 +18,22 @@ use crate::request::Cost;
 use crate::runtime::worker::fail_batch;
 use crate::runtime::{Batch, Health};
 
-/// Workers up that hold nothing, when there are any, the workers up, and
-/// the requests launched and unfinished on the fleet: what the adaptive
-/// queue delay needs of the ledger.
+/// The workers up that hold nothing, the workers up, and the requests
+/// launched and unfinished on the fleet: what the adaptive queue delay
+/// needs of the ledger, read in one pass over it.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Idle {
-    workers: usize,
+pub(super) struct FleetLoad {
+    idle: usize,
     up: usize,
     launched: usize,
+}
+
+impl FleetLoad {
+    /// Itself when some worker up holds nothing, `None` when every worker
+    /// up is busy: what `batch_due` takes as `idle`.
+    fn if_idle(self) -> Option<Self> {
+        (self.idle > 0).then_some(self)
+    }
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -62,7 +70,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         now_ns: u64,
         closing: bool,
         most: Option<Capacity>,
-        idle: Option<Idle>,
+        idle: Option<FleetLoad>,
     ) -> Option<(usize, LaunchCause)> {
         let waiting = self.planner.len();
         if waiting == 0 {
@@ -105,7 +113,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         )?;
         if let (Some(LaunchCause::Idle), Some(i)) = (cause, idle) {
             if self.pace.at_level(waiting + i.launched) {
-                size = size.min(waiting.div_ceil(i.workers.max(1)));
+                size = size.min(waiting.div_ceil(i.idle.max(1)));
             }
         }
         let cause = cause.unwrap_or(if waiting >= limit {
@@ -120,28 +128,21 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// now at once, rather than queue it behind another), how many are up,
     /// and the requests launched and unfinished on all of them: one pass
     /// over the ledger for all three.
-    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> Idle {
+    fn fleet_load(&self, candidates: &[Candidate<'_>]) -> FleetLoad {
         let ledger = self.planner.ledger();
-        let (mut workers, mut up) = (0, 0);
+        let (mut idle, mut up) = (0, 0);
         let mut launched = 0u64;
         for c in candidates {
             let slots = ledger.reserved(c.index).slots;
-            workers += usize::from(c.up && slots == 0);
+            idle += usize::from(c.up && slots == 0);
             up += usize::from(c.up);
             launched += u64::from(slots);
         }
-        Idle {
-            workers,
+        FleetLoad {
+            idle,
             up,
             launched: usize::try_from(launched).unwrap_or(usize::MAX),
         }
-    }
-
-    /// `Some` when some worker up holds nothing, `None` when every worker
-    /// up is busy: what `batch_due` takes as `idle`.
-    fn idle_load(&self, candidates: &[Candidate<'_>]) -> Option<Idle> {
-        let load = self.fleet_load(candidates);
-        (load.workers > 0).then_some(load)
     }
 
     pub(super) fn launch(&mut self, now_ns: u64, closing: bool) {
@@ -198,7 +199,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 .counters
                 .set_most_in_runtime(self.most_in_runtime);
         }
-        let mut idle = (load.workers > 0).then_some(load);
+        let mut idle = load.if_idle();
         while let Some((size, cause)) = self.batch_due(now_ns, closing, most, idle) {
             let deciding = Instant::now();
             // `stalled`: nothing launches until a batch finishes (or a
@@ -244,7 +245,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             };
             self.shared.counters.launch(cause);
             self.launch_formed(formed, deciding);
-            idle = self.idle_load(&candidates);
+            idle = self.fleet_load(&candidates).if_idle();
         }
         self.idle = idle.is_some();
         self.short_last_pass = short_now;
