@@ -95,9 +95,10 @@ mod plan;
 mod runtime;
 
 pub use config::{
-    BatchDelay, BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, LaunchCause,
-    OrderingPolicy, PlacementPolicy, PlacementReason, PreferredBatchSizes, SloTarget,
-    UnknownPolicy, WorkerSpec, MAX_WORKERS,
+    BatchDelay, BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, Fairness,
+    LaunchCause, OrderingPolicy, PlacementPolicy, PlacementReason, PreferredBatchSizes, SloTarget,
+    TenantOverride, TenantsConfig, UnknownPolicy, WorkerSpec, MAX_TENANT_LEN, MAX_TOP_N,
+    MAX_WEIGHT, MAX_WORKERS,
 };
 #[cfg(feature = "cuda")]
 pub use device::cuda;

@@ -1,6 +1,7 @@
 //! What a caller submits.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::priority::Priority;
@@ -52,6 +53,7 @@ pub struct Request<I> {
     pub(crate) cost: Cost,
     pub(crate) dedup_key: Option<u64>,
     pub(crate) received: Option<Instant>,
+    pub(crate) tenant: Option<Arc<str>>,
 }
 
 impl<I> Request<I> {
@@ -64,6 +66,7 @@ impl<I> Request<I> {
             cost: Cost::default(),
             dedup_key: None,
             received: None,
+            tenant: None,
         }
     }
 
@@ -115,6 +118,37 @@ impl<I> Request<I> {
     /// ([`received_at`](Self::received_at)).
     pub fn received(&self) -> Option<Instant> {
         self.received
+    }
+
+    /// Names the tenant the request is for. Within a priority level the
+    /// collector shares service fairly between tenants
+    /// ([`Fairness`](crate::Fairness), `ordering.fairness`), each tenant's
+    /// queued requests are bounded by its quota (`[tenants]`), and its
+    /// figures are kept apart ([`SlaReport::tenants`](crate::SlaReport)).
+    /// Requests that name none share the tenant `"default"`. An id is at
+    /// most [`MAX_TENANT_LEN`](crate::MAX_TENANT_LEN) bytes and not empty,
+    /// else the submit is refused as
+    /// [`Invalid`](crate::SubmitErrorKind::Invalid).
+    ///
+    /// A server sends the same few ids again and again: an `Arc<str>` it
+    /// keeps per tenant is taken without a copy.
+    ///
+    /// ```
+    /// use convoy::{Request, Runtime};
+    /// let rt = Runtime::builder().batch_fn(|xs: &[u32]| xs.to_vec()).build()?;
+    /// let r = Request::new(7).tenant("acme");
+    /// assert_eq!(r.tenant_id(), Some("acme"));
+    /// assert_eq!(rt.handle().submit(r)?.wait(), Ok(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tenant(mut self, tenant: impl Into<Arc<str>>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// The tenant id, if one was set.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 
     /// Sets the token cost.

@@ -53,6 +53,7 @@ struct FileBatching {
 struct FileOrdering {
     max_wait_ms: Option<f64>,
     policy: Option<FileOrderingPolicy>,
+    fairness: Option<String>,
     shed: Option<bool>,
     /// `[ordering.shed_at]`: shares of `max_wait`. `critical` is read
     /// only to be refused with a reason rather than as an unknown key.
@@ -131,12 +132,31 @@ struct FileWorker {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileTenant {
+    weight: Option<f64>,
+    max_queued: Option<u64>,
+    max_queued_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTenants {
+    max_queued: Option<u64>,
+    max_queued_tokens: Option<u64>,
+    top_n: Option<usize>,
+    #[serde(default)]
+    overrides: std::collections::BTreeMap<String, FileTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileConfig {
     intake: Option<FileIntake>,
     batching: Option<FileBatching>,
     ordering: Option<FileOrdering>,
     deadlines: Option<FileDeadlines>,
     placement: Option<FilePlacement>,
+    tenants: Option<FileTenants>,
     cpu_workers: Option<usize>,
     shutdown_timeout_ms: Option<f64>,
     slo: Option<FileLevels<FileSloTarget>>,
@@ -216,6 +236,9 @@ impl Config {
                     FileOrderingPolicy::Fifo => OrderingPolicy::Fifo,
                 };
             }
+            if let Some(f) = o.fairness {
+                c.fairness = f.parse().map_err(|why| invalid("ordering.fairness", why))?;
+            }
             c.shed = o.shed.unwrap_or(c.shed);
             if let Some(at) = o.shed_at {
                 for (slot, share) in c.shed_at.iter_mut().zip(at.by_index()) {
@@ -275,6 +298,23 @@ impl Config {
                     target.timeout = millis(&key("timeout_ms"), ms, true)?;
                 }
             }
+        }
+        if let Some(t) = file.tenants {
+            c.tenants.max_queued = t.max_queued;
+            c.tenants.max_queued_tokens = t.max_queued_tokens;
+            c.tenants.top_n = t.top_n.unwrap_or(c.tenants.top_n);
+            c.tenants.overrides = t
+                .overrides
+                .into_iter()
+                .map(|(name, o)| {
+                    let over = TenantOverride {
+                        weight: o.weight.unwrap_or(1.0),
+                        max_queued: o.max_queued,
+                        max_queued_tokens: o.max_queued_tokens,
+                    };
+                    (name, over)
+                })
+                .collect();
         }
         c.cpu_workers = file.cpu_workers.unwrap_or(c.cpu_workers);
         if let Some(ms) = file.shutdown_timeout_ms {

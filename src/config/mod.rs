@@ -8,7 +8,11 @@ use crate::intake::IntakeConfig;
 use crate::priority::Priority;
 
 mod file;
+mod tenants;
 mod validate;
+
+pub(crate) use tenants::check_tenant_id;
+pub use tenants::{Fairness, TenantOverride, TenantsConfig, MAX_TENANT_LEN, MAX_TOP_N, MAX_WEIGHT};
 
 use validate::invalid;
 pub use validate::{ConfigError, MAX_WORKERS};
@@ -356,6 +360,13 @@ pub struct Config {
     pub max_wait: Duration,
     /// The ordering rule (`ordering.policy`); reloadable.
     pub ordering: OrderingPolicy,
+    /// How a level's requests are ordered between tenants
+    /// (`ordering.fairness`; reloadable): by default the Virtual Token
+    /// Counter, which with no tenants named orders as before.
+    pub fairness: Fairness,
+    /// Tenant weights, quotas and the figures' label bound (`[tenants]`;
+    /// reloadable).
+    pub tenants: TenantsConfig,
     /// Shed levels while the queue runs late (`ordering.shed`; reloadable;
     /// off by default in the library, on in the `convoy` commands run
     /// without `--config`): while the queue is late by `shed_at[l] ×
@@ -430,6 +441,8 @@ impl Default for Config {
             },
             max_wait: Duration::from_millis(500),
             ordering: OrderingPolicy::Aging,
+            fairness: Fairness::Vtc,
+            tenants: TenantsConfig::default(),
             shed: false,
             shed_at: DEFAULT_SHED_AT,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],

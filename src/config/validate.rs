@@ -79,6 +79,7 @@ impl Config {
     /// assert!(c.validate().unwrap_err().to_string().contains("batching.max_batch_size"));
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tenants.validate()?;
         if self.intake.shards == 0 {
             return Err(IntakeError::ZeroShards.into());
         }

@@ -25,6 +25,16 @@ pub trait Executor<I, O>: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The tokens `output`'s request really cost, when this executor knows
+    /// better than the cost the request declared (a generation that
+    /// stopped early, a prompt partly cached). Tenant fairness charges a
+    /// request its declared tokens at launch and corrects the charge by
+    /// the difference when this says; the tenant's served tokens follow.
+    /// `None` (the default): the declared cost stands.
+    fn served_tokens(&self, _output: &O) -> Option<u32> {
+        None
+    }
+
     /// A pipelined lane for worker `worker`, for an executor that can
     /// start a batch and return before it is done (a GPU stream). The
     /// worker then keeps up to [`Lane::depth`] batches in flight, so the

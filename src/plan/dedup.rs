@@ -24,6 +24,7 @@
 
 use std::time::Instant;
 
+use crate::intake::tenants::TenantHold;
 use crate::intake::Admission;
 use crate::outcome::ticket::Completer;
 use crate::plan::order::Meta;
@@ -43,6 +44,8 @@ pub(crate) struct Follower<O> {
     pub expire_at: u64,
     /// Its queue room, given back when the group launches or ends.
     pub admission: Admission,
+    /// Its tenant's quota, likewise.
+    pub hold: Option<TenantHold>,
 }
 
 /// The ordering a group gets from its members' `(level, arrival, deadline,
@@ -77,6 +80,7 @@ mod tests {
             seq: 3,
             tokens: 1,
             bytes: 0,
+            tenant: 0,
         };
         let m = group_meta(
             base,

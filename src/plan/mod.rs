@@ -12,8 +12,10 @@
 //! The collector owns all of it and runs it with no lock and no atomics.
 
 pub mod dedup;
+pub(crate) mod fair;
 pub mod ledger;
 pub mod order;
 pub mod pace;
 pub mod placement;
 pub mod planner;
+pub(crate) mod run_heap;

@@ -23,8 +23,12 @@
 //!    Starting at half of `max_wait` leaves the bound (rule 1) as it is and
 //!    keeps High well inside its objective (BENCHMARKS.md, `convoy
 //!    compare`).
-//! 3. **Within a level**: `Front` insertions first, then earliest deadline
-//!    (requests without one last), then arrival order.
+//! 3. **Within a level**: with `ordering.fairness = "vtc"` (the default),
+//!    the tenant that has received the least weighted service at the level
+//!    goes first (see `plan/fair.rs`); then, among that tenant's requests
+//!    (or all of the level's, with fairness `none`): `Front` insertions
+//!    first, then earliest deadline (requests without one last), then
+//!    arrival order. Rule 2 ages the head this rule picks.
 //!
 //! Two baseline rules can replace it (`ordering.policy`), for comparison:
 //! `strict_priority` applies rule 3 within the most urgent non-empty level
@@ -41,18 +45,26 @@
 //! `tests::starvation_bound_*` check this against a saturating stream of
 //! Critical and High work.
 //!
+//! Tenant fairness does not loosen it: fairness only chooses among the
+//! requests of one level (rule 3), while rule 1 sits above every level and
+//! every tenant. A request of the most served tenant still starts within
+//! `max_wait` plus one batch interval; fairness decides only who goes
+//! first before that (`tests::starvation_bound_holds_under_fairness`).
+//!
 //! When arrivals do outpace service for long, rule 1 turns against the
 //! urgent levels (every new Critical request queues behind the aged
 //! backlog). With `ordering.shed` on (`Config::shed`; off by default) the
 //! runtime then sheds the least urgent levels at submit, so what it
 //! accepts keeps this bound.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::fair::{Fair, LevelKey};
+use super::run_heap::RunHeap;
 use crate::clock::nanos;
-use crate::config::OrderingPolicy;
+use crate::config::{Fairness, OrderingPolicy};
 use crate::priority::Priority;
 
 /// What ordering needs to know about a request.
@@ -78,6 +90,8 @@ pub struct Meta {
     pub tokens: u64,
     /// Its cost in bytes, summed likewise.
     pub bytes: u64,
+    /// Its tenant's index ([`Waiting::tenant_index`]); 0 for none.
+    pub tenant: u32,
 }
 
 /// Names one waiting request, for as long as it waits: once it leaves
@@ -94,9 +108,6 @@ struct Id {
     gen: u32,
 }
 
-/// Within-level key: front first, then deadline, then arrival sequence.
-type LevelKey = (bool, u64, u64);
-
 struct Slot<T> {
     gen: u32,
     entry: Option<(T, Meta)>,
@@ -108,83 +119,6 @@ fn live<T>(slots: &[Slot<T>], id: Id) -> bool {
     slot.gen == id.gen && slot.entry.is_some()
 }
 
-/// One index of the waiting set: ids in key order, for keys that mostly
-/// come in rising order. Requests arrive with rising sequence numbers and
-/// arrival times, and most carry neither a deadline nor `Front`, so most
-/// keys come after the last one pushed: those go on a run, a deque whose
-/// push and pop are O(1). A key that does not (a deadline, a `Front`, a
-/// request put back with its old key) goes into a heap beside the run,
-/// O(log n). The front is the smaller of the two fronts.
-///
-/// Lazy, like every index of the set: an id taken through another index
-/// stays here until it reaches a front and `clean` drops it.
-struct RunHeap<K> {
-    run: VecDeque<(K, Id)>,
-    rest: BinaryHeap<Reverse<(K, Id)>>,
-}
-
-impl<K: Ord + Copy> RunHeap<K> {
-    fn new() -> Self {
-        Self {
-            run: VecDeque::new(),
-            rest: BinaryHeap::new(),
-        }
-    }
-
-    fn push(&mut self, key: K, id: Id) {
-        // Equal keys may go either way: their order is not the rule's.
-        if self.run.back().is_none_or(|&(last, _)| last <= key) {
-            self.run.push_back((key, id));
-        } else {
-            self.rest.push(Reverse((key, id)));
-        }
-    }
-
-    /// Drops ids that no longer wait from both fronts.
-    fn clean(&mut self, live: impl Fn(Id) -> bool) {
-        while self.run.front().is_some_and(|&(_, id)| !live(id)) {
-            self.run.pop_front();
-        }
-        while self.rest.peek().is_some_and(|Reverse((_, id))| !live(*id)) {
-            self.rest.pop();
-        }
-    }
-
-    /// Whether the smallest entry is the heap's: its key is below the
-    /// run's front, or the run is empty (ties go to the run). `front` and
-    /// `pop_front` both ask this, so what one reads the other takes.
-    fn rest_first(&self) -> bool {
-        match (self.run.front(), self.rest.peek()) {
-            (Some((a, _)), Some(Reverse((b, _)))) => b < a,
-            (Some(_), None) => false,
-            (None, _) => true,
-        }
-    }
-
-    /// The smallest entry (after `clean`, a live one).
-    fn front(&self) -> Option<(K, Id)> {
-        if self.rest_first() {
-            self.rest.peek().map(|Reverse(e)| *e)
-        } else {
-            self.run.front().copied()
-        }
-    }
-
-    /// Removes the smallest entry.
-    fn pop_front(&mut self) -> Option<(K, Id)> {
-        if self.rest_first() {
-            self.rest.pop().map(|Reverse(e)| e)
-        } else {
-            self.run.pop_front()
-        }
-    }
-
-    fn clear(&mut self) {
-        self.run.clear();
-        self.rest.clear();
-    }
-}
-
 /// The waiting set. Every index is lazy: an entry taken through one index
 /// stays in the others until it reaches their front and is skipped, which
 /// keeps each operation O(1) amortised for requests whose keys rise, and
@@ -192,11 +126,15 @@ impl<K: Ord + Copy> RunHeap<K> {
 pub(crate) struct Waiting<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    levels: [RunHeap<LevelKey>; Priority::COUNT],
+    /// Rule 3's order per level, with fairness off (else empty).
+    levels: [RunHeap<LevelKey, Id>; Priority::COUNT],
+    /// Rule 3's order per level and tenant, with fairness on.
+    fair: Fair<Id>,
+    fairness: Fairness,
     /// Arrival order (arrival time, then sequence), for rule 1.
-    fifo: RunHeap<(u64, u64)>,
+    fifo: RunHeap<(u64, u64), Id>,
     /// Deadlines of requests that expire, earliest first.
-    deadlines: RunHeap<u64>,
+    deadlines: RunHeap<u64, Id>,
     len: usize,
     /// Sums of `Meta::tokens` and `Meta::bytes` over the waiting requests:
     /// u128, so even requests of `u64::MAX` bytes cannot overflow them.
@@ -214,6 +152,8 @@ impl<T> Waiting<T> {
             slots: Vec::new(),
             free: Vec::new(),
             levels: std::array::from_fn(|_| RunHeap::new()),
+            fair: Fair::new(),
+            fairness: Fairness::Vtc,
             fifo: RunHeap::new(),
             deadlines: RunHeap::new(),
             len: 0,
@@ -228,6 +168,72 @@ impl<T> Waiting<T> {
     /// Changes the ordering rule for every request, waiting or to come.
     pub fn set_policy(&mut self, policy: OrderingPolicy) {
         self.policy = policy;
+    }
+
+    /// Changes how a level's requests are ordered between tenants, for
+    /// every request, waiting or to come (the level indexes are rebuilt:
+    /// O(waiting), once per reload that changes it).
+    pub fn set_fairness(&mut self, fairness: Fairness) {
+        if fairness == self.fairness {
+            return;
+        }
+        self.fairness = fairness;
+        self.levels.iter_mut().for_each(RunHeap::clear);
+        self.fair.clear_queues();
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if let Some((_, meta)) = &slot.entry {
+                let id = Id {
+                    index: u32::try_from(index).expect("slot indices are u32 by construction"),
+                    gen: slot.gen,
+                };
+                let meta = *meta;
+                self.index_level(&meta, id, false);
+            }
+        }
+    }
+
+    /// New tenant weights (by id; others weigh 1).
+    pub fn set_weights(&mut self, weights: HashMap<Arc<str>, f64>) {
+        self.fair.set_weights(weights);
+    }
+
+    /// The index a request of tenant `name` (`None`: no tenant) carries in
+    /// [`Meta::tenant`].
+    pub fn tenant_index(&mut self, name: Option<&Arc<str>>) -> u32 {
+        self.fair.index_of(name)
+    }
+
+    /// See `Planner::correct_charge`.
+    pub fn correct_charge(
+        &mut self,
+        name: Option<&Arc<str>>,
+        level: Priority,
+        charged: u32,
+        real: u32,
+    ) {
+        if self.fairness == Fairness::Vtc {
+            self.fair
+                .correct(name, level.index(), u64::from(charged), u64::from(real));
+        }
+    }
+
+    /// Tenants the fairness rule holds state for (the default one
+    /// included): those with requests waiting or recent debt.
+    pub fn tenants(&self) -> usize {
+        self.fair.tenants()
+    }
+
+    /// Puts `id` in its level's order; `lift`: as an arrival (see
+    /// `Fair::insert`).
+    fn index_level(&mut self, meta: &Meta, id: Id, lift: bool) {
+        let key = (!meta.front, meta.deadline, meta.seq);
+        match self.fairness {
+            Fairness::Vtc => self
+                .fair
+                .insert(meta.tenant, meta.level.index(), key, id, lift),
+            Fairness::None => self.levels[meta.level.index()].push(key, id),
+        }
     }
 
     /// Changes `max_wait` (and so the aging step) for every request,
@@ -258,6 +264,27 @@ impl<T> Waiting<T> {
 
     /// Adds a request; the key finds it while it waits.
     pub fn insert(&mut self, item: T, meta: Meta) -> WaitKey {
+        self.add(item, meta, true)
+    }
+
+    /// Puts back a request [`pop`](Self::pop) took but did not launch:
+    /// its tenant's charge is taken back, and it waits again with its old
+    /// order.
+    pub fn put_back(&mut self, item: T, meta: Meta) -> WaitKey {
+        self.refund(&meta);
+        self.add(item, meta, false)
+    }
+
+    /// Takes back the charge of a request [`pop`](Self::pop) took and
+    /// that was not served (its caller had gone).
+    pub fn refund(&mut self, meta: &Meta) {
+        if self.fairness == Fairness::Vtc {
+            self.fair
+                .refund(meta.tenant, meta.level.index(), meta.tokens);
+        }
+    }
+
+    fn add(&mut self, item: T, meta: Meta, arrival: bool) -> WaitKey {
         let id = match self.free.pop() {
             Some(index) => {
                 let slot = &mut self.slots[index as usize];
@@ -277,7 +304,7 @@ impl<T> Waiting<T> {
                 Id { index, gen: 0 }
             }
         };
-        self.levels[meta.level.index()].push((!meta.front, meta.deadline, meta.seq), id);
+        self.index_level(&meta, id, arrival);
         self.fifo.push((meta.arrival, meta.seq), id);
         if meta.expire_at != u64::MAX {
             self.deadlines.push(meta.expire_at, id);
@@ -306,6 +333,9 @@ impl<T> Waiting<T> {
             .expect("take is only called on an id checked live");
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(id.index);
+        if self.fairness == Fairness::Vtc {
+            self.fair.taken(meta.tenant, meta.level.index());
+        }
         self.len -= 1;
         self.tokens -= u128::from(meta.tokens);
         self.bytes -= u128::from(meta.bytes);
@@ -321,7 +351,8 @@ impl<T> Waiting<T> {
     }
 
     /// Drops stale entries from the front of every index, so each front is
-    /// live (or the index is empty).
+    /// live (or the index is empty). (Fairness's tenant queues are
+    /// cleaned as their heads are read.)
     fn clean(&mut self) {
         let slots = &self.slots;
         let live = |id| live(slots, id);
@@ -332,16 +363,24 @@ impl<T> Waiting<T> {
         self.deadlines.clean(live);
     }
 
+    /// Level `l`'s head by rule 3 (after `clean`).
+    fn level_head(&mut self, l: usize) -> Option<Id> {
+        match self.fairness {
+            Fairness::Vtc => {
+                let slots = &self.slots;
+                self.fair.head(l, |id| live(slots, id))
+            }
+            Fairness::None => self.levels[l].front().map(|(_, id)| id),
+        }
+    }
+
     /// The id the rule picks next at time `now`, and whether it was aged.
     fn pick(&mut self, now: u64) -> Option<(Id, bool)> {
         self.clean();
         match self.policy {
             OrderingPolicy::Fifo => return self.fifo.front().map(|(_, id)| (id, false)),
             OrderingPolicy::StrictPriority => {
-                return self
-                    .levels
-                    .iter()
-                    .find_map(|l| l.front().map(|(_, id)| (id, false)))
+                return (0..Priority::COUNT).find_map(|l| self.level_head(l).map(|id| (id, false)))
             }
             OrderingPolicy::Aging => {}
         }
@@ -352,7 +391,7 @@ impl<T> Waiting<T> {
         }
         let mut best: Option<(u64, usize, Id)> = None;
         for l in 0..Priority::COUNT {
-            let Some((_, id)) = self.levels[l].front() else {
+            let Some(id) = self.level_head(l) else {
                 continue;
             };
             let wait = now.saturating_sub(self.meta(id).arrival);
@@ -371,6 +410,10 @@ impl<T> Waiting<T> {
     pub fn pop(&mut self, now: u64) -> Option<(T, Meta, bool)> {
         let (id, aged) = self.pick(now)?;
         let (item, meta) = self.take(id);
+        if self.fairness == Fairness::Vtc {
+            self.fair
+                .charge(meta.tenant, meta.level.index(), meta.tokens);
+        }
         Some((item, meta, aged))
     }
 
@@ -435,6 +478,7 @@ impl<T> Waiting<T> {
             }
         }
         self.levels.iter_mut().for_each(RunHeap::clear);
+        self.fair.clear_queues();
         self.deadlines.clear();
         out
     }
@@ -460,6 +504,7 @@ mod tests {
                 seq: self.0,
                 tokens: 1,
                 bytes: 0,
+                tenant: 0,
             }
         }
     }
@@ -548,11 +593,8 @@ mod tests {
             w.insert(i as u32, meta);
         }
         assert_eq!(w.drain_all().len(), Priority::COUNT);
-        fn empty<K>(h: &RunHeap<K>) -> bool {
-            h.run.is_empty() && h.rest.is_empty()
-        }
-        assert!(w.levels.iter().all(empty));
-        assert!(empty(&w.fifo) && empty(&w.deadlines));
+        assert!(w.levels.iter().all(RunHeap::is_empty) && w.fair.is_empty());
+        assert!(w.fifo.is_empty() && w.deadlines.is_empty());
         assert!(w.is_empty());
     }
 
@@ -946,6 +988,7 @@ mod tests {
                             seq,
                             tokens: u64::from(next % 7),
                             bytes: 0,
+                            tenant: 0,
                         };
                         keys.push((next, w.insert(next, m)));
                         r.live.push((next, m));

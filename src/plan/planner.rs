@@ -361,6 +361,40 @@ impl<T: Plannable> Planner<T> {
         self.waiting.set_policy(policy);
     }
 
+    /// Changes the tenant fairness rule and weights (a config reload).
+    pub fn set_fairness(
+        &mut self,
+        fairness: crate::config::Fairness,
+        weights: std::collections::HashMap<std::sync::Arc<str>, f64>,
+    ) {
+        self.waiting.set_fairness(fairness);
+        self.waiting.set_weights(weights);
+    }
+
+    /// The index of tenant `name` for [`Meta::tenant`] (`None`: no tenant).
+    pub fn tenant_index(&mut self, name: Option<&std::sync::Arc<str>>) -> u32 {
+        self.waiting.tenant_index(name)
+    }
+
+    /// Corrects the fairness charge of a launched request of tenant
+    /// `name` at `level` from `charged` tokens to the `real` cost its
+    /// executor reported. A tenant no longer held (dropped with no debt)
+    /// is left alone.
+    pub fn correct_charge(
+        &mut self,
+        name: Option<&std::sync::Arc<str>>,
+        level: crate::priority::Priority,
+        charged: u32,
+        real: u32,
+    ) {
+        self.waiting.correct_charge(name, level, charged, real);
+    }
+
+    /// Tenants the fairness rule holds state for.
+    pub fn tenants(&self) -> usize {
+        self.waiting.tenants()
+    }
+
     /// Changes the batch limits and `max_wait` (a config reload).
     pub fn set_limits(&mut self, limits: BatchingConfig, max_wait: Duration) {
         self.batch_limit = match limits.target_batch_time {
@@ -427,6 +461,7 @@ impl<T: Plannable> Planner<T> {
                 return self.finish_without_batch(shortfall);
             };
             if item.abandoned() {
+                self.waiting.refund(&meta);
                 abandoned.push((item, meta));
                 continue;
             }
@@ -496,6 +531,7 @@ impl<T: Plannable> Planner<T> {
                 break;
             };
             if item.abandoned() {
+                self.waiting.refund(&meta);
                 abandoned.push((item, meta));
                 continue;
             }
@@ -541,7 +577,7 @@ impl<T: Plannable> Planner<T> {
     fn put_back(&mut self) {
         for (item, meta) in self.deferred.drain(..) {
             let group = item.group();
-            let key = self.waiting.insert(item, meta);
+            let key = self.waiting.put_back(item, meta);
             if let Some(g) = group {
                 self.moved.push((g, key));
             }
@@ -584,6 +620,7 @@ mod tests {
             seq,
             tokens: 1,
             bytes: 0,
+            tenant: 0,
         }
     }
 
@@ -1025,6 +1062,7 @@ mod tests {
                     seq: i as u64,
                     tokens: 0,
                     bytes: 0,
+                    tenant: 0,
                 };
                 p.insert(Req { id, tokens, bytes }, meta);
                 rank.insert(Req { id, tokens, bytes }, meta);

@@ -19,7 +19,7 @@ use crate::intake::gate::Gate;
 use crate::intake::ring;
 use crate::intake::shed::Shedding;
 use crate::intake::twins::WaitingKeys;
-use crate::intake::Intake;
+use crate::intake::{Intake, Tenants};
 use crate::observe::sla::SlaBoard;
 use crate::observe::stats::Counters;
 use crate::priority::Priority;
@@ -154,6 +154,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
             clearing: Clearing::new(),
             sweep_wanted: Notice::new(),
             shedding: Shedding::new(),
+            tenants: Tenants::new(self.config.tenants.limits()),
         });
 
         let mut worker_threads = Vec::new();

@@ -54,11 +54,16 @@ pub enum SubmitErrorKind {
     /// urgent level if the work is. The rule is on
     /// [`Config::shed`](crate::Config::shed).
     Overloaded,
+    /// The request's tenant has its quota queued (`[tenants]`
+    /// `max_queued`, `max_queued_tokens`): retry once some of its requests
+    /// have launched. [`SubmitError::reason`] names the tenant and the
+    /// limit.
+    TenantQuota,
 }
 
 impl SubmitErrorKind {
     /// Every kind, for tallies that keep one count per kind.
-    pub const ALL: [SubmitErrorKind; 7] = [
+    pub const ALL: [SubmitErrorKind; 8] = [
         SubmitErrorKind::QueueFull,
         SubmitErrorKind::ShuttingDown,
         SubmitErrorKind::CostNeverFits,
@@ -66,6 +71,7 @@ impl SubmitErrorKind {
         SubmitErrorKind::DedupNotEnabled,
         SubmitErrorKind::Invalid,
         SubmitErrorKind::Overloaded,
+        SubmitErrorKind::TenantQuota,
     ];
 
     /// A stable snake_case name, for reports and logs that a program
@@ -85,6 +91,7 @@ impl SubmitErrorKind {
             SubmitErrorKind::DedupNotEnabled => "dedup_not_enabled",
             SubmitErrorKind::Invalid => "invalid",
             SubmitErrorKind::Overloaded => "overloaded",
+            SubmitErrorKind::TenantQuota => "tenant_quota",
         }
     }
 

@@ -8,9 +8,9 @@ use std::time::Instant;
 use super::error::{BatchSubmitError, BatchSubmitErrorKind, Error, SubmitError, SubmitErrorKind};
 use super::{Job, Prepared, Shared};
 use crate::clock::after;
-use crate::config::{BatchingConfig, Capacity};
+use crate::config::{check_tenant_id, BatchingConfig, Capacity};
 use crate::device::executor::Executor;
-use crate::intake::{BatchRejectReason, ExclusiveProducer, Intake};
+use crate::intake::{BatchRejectReason, ExclusiveProducer, Intake, QuotaExceeded};
 use crate::observe::stats::Stats;
 use crate::outcome::ticket::{self, Ticket};
 use crate::priority::{InsertPolicy, Priority};
@@ -455,6 +455,38 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             (own, default) => own.or(default),
         };
         drop(knobs);
+        if let Some(t) = request.tenant.as_deref() {
+            if let Err(why) = check_tenant_id(t) {
+                return Err(SubmitError {
+                    kind: SubmitErrorKind::Invalid,
+                    reason: Some(why),
+                    request,
+                });
+            }
+        }
+        // Last of the checks: a request refused after this gives its
+        // quota back when its hold drops.
+        let hold = match self
+            .shared
+            .tenants
+            .hold(request.tenant.as_deref(), u64::from(cost.tokens))
+        {
+            Ok(hold) => hold,
+            Err(refusal) => {
+                let what = match refusal.exceeded {
+                    QuotaExceeded::Requests { limit } => format!("{limit} requests"),
+                    QuotaExceeded::Tokens { limit } => format!("{limit} tokens"),
+                };
+                return Err(SubmitError {
+                    kind: SubmitErrorKind::TenantQuota,
+                    reason: Some(format!(
+                        "tenant {:?} has its quota of {what} queued",
+                        refusal.tenant
+                    )),
+                    request,
+                });
+            }
+        };
         let (completer, ticket) = ticket::pair();
         let job = Job {
             deadline_ns: deadline_at.map_or(u64::MAX, |t| self.shared.ns_since_epoch(t)),
@@ -469,6 +501,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             expire_at: u64::MAX,
             dedup: request.dedup_key,
             followers: Vec::new(),
+            tenant: request.tenant,
+            hold,
         };
         Ok((job, ticket))
     }

@@ -29,14 +29,15 @@ use arc_swap::ArcSwap;
 use crate::clock::nanos;
 use crate::config::SloTarget;
 use crate::config::{
-    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, OrderingPolicy, PlacementPolicy,
-    WorkerSpec,
+    BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, Fairness, OrderingPolicy,
+    PlacementPolicy, TenantsConfig, WorkerSpec,
 };
 use crate::device::executor::Executor;
 use crate::intake::doorbell::Doorbell;
 use crate::intake::gate::Gate;
 use crate::intake::ring;
 use crate::intake::shed::Shedding;
+use crate::intake::tenants::{TenantHold, Tenants};
 use crate::intake::twins::WaitingKeys;
 use crate::intake::Admission;
 use crate::observe::sla::{SlaBoard, SlaReport};
@@ -136,6 +137,11 @@ struct Job<I, O> {
     dedup: Option<u64>,
     /// Twins merged into this request by dedup key (see `dedup.rs`).
     followers: Vec<Follower<O>>,
+    /// `Request::tenant`, if given.
+    tenant: Option<Arc<str>>,
+    /// Its tenant's quota and figures (`intake/tenants.rs`); `None` for a
+    /// request naming no tenant while no quota applies.
+    hold: Option<TenantHold>,
 }
 
 impl<I, O> Job<I, O> {
@@ -147,6 +153,7 @@ impl<I, O> Job<I, O> {
             cost: self.cost,
             dedup_key: self.dedup,
             received: self.received,
+            tenant: self.tenant,
         }
     }
 
@@ -170,6 +177,7 @@ impl<I, O> Job<I, O> {
         std::mem::swap(&mut self.deadline_ns, &mut f.deadline);
         std::mem::swap(&mut self.expire_at, &mut f.expire_at);
         std::mem::swap(admission, &mut f.admission);
+        std::mem::swap(&mut self.hold, &mut f.hold);
     }
 
     /// Moves the members of this group that `leaves` picks (given each
@@ -229,22 +237,42 @@ impl<I, O> Job<I, O> {
 /// A validated job and the ticket that will receive its outcome.
 type Prepared<I, O> = (Job<I, O>, Ticket<O>);
 
+/// One launched request's caller: its ticket's completer, its level,
+/// where its latency runs from, and its tenant (`None`: the default
+/// tenant, untracked at submit).
+type Caller<O> = (Completer<O>, Priority, Instant, Option<TenantHold>);
+
 /// A batch on its way to a worker.
 struct Batch<I, O> {
     inputs: Vec<I>,
-    /// Each request's completer, level and submit time.
-    completers: Vec<(Completer<O>, Priority, Instant)>,
+    /// Each request's completer, level, submit time and tenant.
+    completers: Vec<Caller<O>>,
     /// Deduplicated twins: the index of the input whose output they share.
-    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    followers: Vec<(usize, Caller<O>)>,
     /// Copies an output for a follower; set when dedup is enabled.
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
+    /// Each request's tenant and the tokens it was charged, beside
+    /// `completers`: an executor that reports a request's real cost
+    /// ([`Executor::served_tokens`]) corrects its tenant's counter.
+    charged: Vec<Charge>,
 }
+
+/// A launched request's tenant (`None`: the default one), its level and
+/// the tokens its tenant was charged.
+type Charge = (Option<Arc<str>>, Priority, u32);
+
+/// A request whose executor reported a cost other than its charge: its
+/// tenant, its level, the tokens charged and the tokens it really cost.
+type Correction = (Option<Arc<str>>, Priority, u32, u32);
 
 /// Capacity a worker gives back when a batch is done.
 struct Release {
     worker: usize,
     amount: Capacity,
+    /// Costs the executor reported that differ from the charges (empty,
+    /// unallocated, for an executor that reports none).
+    corrections: Vec<Correction>,
     /// How long the batch kept its worker busy (not counting a wait
     /// behind another batch on a lane: `worker.rs`, `service_time`), for
     /// placement's finish estimates, the adaptive batch limit and
@@ -293,6 +321,8 @@ struct Shared {
     /// The levels submit refuses while the queue runs late, set by the
     /// collector each pass (see `shed.rs`).
     shedding: Shedding,
+    /// Every tenant's quota and figures (`intake/tenants.rs`).
+    tenants: Tenants,
 }
 
 /// The runtime-changeable part of a `Config`.
@@ -301,6 +331,8 @@ struct Knobs {
     batching: BatchingConfig,
     max_wait: Duration,
     ordering: OrderingPolicy,
+    fairness: Fairness,
+    tenants: TenantsConfig,
     shed: bool,
     shed_at: [f64; Priority::COUNT],
     deadline_action: [DeadlineAction; Priority::COUNT],
@@ -316,6 +348,8 @@ impl Knobs {
             batching: c.batching,
             max_wait: c.max_wait,
             ordering: c.ordering,
+            fairness: c.fairness,
+            tenants: c.tenants.clone(),
             shed: c.shed,
             shed_at: c.shed_at,
             deadline_action: c.deadline_action,
@@ -608,6 +642,9 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
             return Err(ConfigError::Fixed {
                 key: (*key).to_owned(),
             });
+        }
+        if old.tenants != new.tenants {
+            self.shared.tenants.set_limits(new.tenants.limits());
         }
         self.shared.knobs.store(Arc::new(Knobs::of(&new)));
         control.config = new;

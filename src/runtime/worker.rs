@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Batch, BuildError, Release, Shared};
+use super::{Batch, BuildError, Caller, Charge, Correction, Release, Shared};
 use crate::config::{Capacity, ConfigError, WorkerSpec};
 use crate::device::executor::{Executor, Lane};
 use crate::intake::ring;
+use crate::intake::tenants::TenantHold;
 use crate::observe::sla::SlaRecorder;
 use crate::observe::stats::Ended;
-use crate::outcome::ticket::Completer;
 use crate::outcome::{ExecutorError, Failure, Outcome};
 use crate::priority::Priority;
 
@@ -63,22 +63,21 @@ pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
 
 pub(super) fn fail_batch<O>(
     shared: &Shared,
-    completers: Vec<(Completer<O>, Priority, Instant)>,
-    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    completers: Vec<Caller<O>>,
+    followers: Vec<(usize, Caller<O>)>,
     why: ExecutorError,
 ) {
     let failure = Failure::ExecutorFailed(why);
     let mut outcomes: Vec<Delivery<O>> = completers
         .into_iter()
-        .chain(followers.into_iter().map(|(_, c, p, at)| (c, p, at)))
-        .map(|(c, p, at)| (c, p, at, Err(failure.clone())))
+        .chain(followers.into_iter().map(|(_, c)| c))
+        .map(|c| (c, Err(failure.clone())))
         .collect();
     deliver(shared, &mut outcomes, Ended::Failed, |_, _| {});
 }
 
-/// One outcome on its way: the ticket's completer, its level, its submit
-/// time, and what it gets.
-type Delivery<O> = (Completer<O>, Priority, Instant, Outcome<O>);
+/// One outcome on its way: the caller, and what it gets.
+type Delivery<O> = (Caller<O>, Outcome<O>);
 
 /// Delivers a launched batch's outcomes (draining `outcomes`), counted as
 /// `how` per priority, or as cancelled where the ticket had closed (the
@@ -99,7 +98,7 @@ pub(super) fn deliver<O>(
     mut delivered: impl FnMut(Priority, Instant),
 ) {
     let mut counts = [[0u64; 2]; Priority::COUNT];
-    for (c, p, _, _) in outcomes.iter() {
+    for ((c, p, _, _), _) in outcomes.iter() {
         counts[p.index()][usize::from(c.is_cancelled())] += 1;
     }
     for p in Priority::ALL {
@@ -108,7 +107,16 @@ pub(super) fn deliver<O>(
             .counters
             .ended(p, Ended::Cancelled, counts[p.index()][1]);
     }
-    for (c, p, since, outcome) in outcomes.drain(..) {
+    let now = Instant::now();
+    let tenants = &shared.tenants;
+    for ((c, p, since, hold), outcome) in outcomes.drain(..) {
+        // The tenant's figures first, like the counts above: a caller
+        // whose wait returned finds its request counted.
+        let us =
+            u64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX);
+        hold.as_ref()
+            .map_or(tenants.default_tenant(), TenantHold::state)
+            .completed(us, tenants.other_latency());
         if c.complete(outcome).is_ok() {
             delivered(p, since);
         }
@@ -156,10 +164,11 @@ enum Ran {
 /// A batch handed to the executor, waiting for its outputs: everything of
 /// [`Batch`] but the inputs.
 struct Pending<O> {
-    completers: Vec<(Completer<O>, Priority, Instant)>,
-    followers: Vec<(usize, Completer<O>, Priority, Instant)>,
+    completers: Vec<Caller<O>>,
+    followers: Vec<(usize, Caller<O>)>,
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
+    charged: Vec<Charge>,
     started: Instant,
 }
 
@@ -272,15 +281,41 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             followers,
             cloner,
             reserved,
+            charged,
         } = batch;
         let pending = Pending {
             completers,
             followers,
             cloner,
             reserved,
+            charged,
             started: Instant::now(),
         };
         (inputs, pending)
+    }
+
+    /// The requests whose real cost, as the executor reports it, differs
+    /// from their charge: their tenants' served tokens are corrected here,
+    /// and their fairness counters by the collector, which owns them.
+    fn corrections(
+        &self,
+        completers: &[Caller<O>],
+        charged: Vec<Charge>,
+        outputs: &[O],
+    ) -> Vec<Correction> {
+        let mut out = Vec::new();
+        for ((c, (tenant, level, tokens)), o) in completers.iter().zip(charged).zip(outputs) {
+            let Some(real) = self.executor.served_tokens(o) else {
+                continue;
+            };
+            if real != tokens {
+                c.3.as_ref()
+                    .map_or(self.shared.tenants.default_tenant(), TenantHold::state)
+                    .correct_served(u64::from(tokens), u64::from(real));
+                out.push((tenant, level, tokens, real));
+            }
+        }
+        out
     }
 
     /// Runs a batch on the plain path and settles it.
@@ -327,12 +362,20 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             followers,
             cloner,
             reserved,
+            charged,
             started,
         } = pending;
+        let corrections = match &result {
+            Ok(Ok(outputs)) if outputs.len() == completers.len() => {
+                self.corrections(&completers, charged, outputs)
+            }
+            _ => Vec::new(),
+        };
         let now = Instant::now();
         let mut release = Release {
             worker: self.index,
             amount: reserved,
+            corrections,
             took: service_time(started, self.last_release, now),
         };
         if ran == Ran::Yes {
@@ -359,20 +402,20 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 let slo = self.shared.knobs.load().slo;
                 // Twins first, while the outputs they copy are still here.
                 let outcomes = &mut self.delivering;
-                outcomes.extend(followers.into_iter().map(|(i, c, p, at)| {
+                outcomes.extend(followers.into_iter().map(|(i, c)| {
                     let out = match (cloner, outputs.get(i)) {
                         (Some(clone), Some(o)) => Ok(clone(o)),
                         _ => Err(Failure::ExecutorFailed(
                             "no output to share with a deduplicated twin".into(),
                         )),
                     };
-                    (c, p, at, out)
+                    (c, out)
                 }));
                 outcomes.extend(
                     completers
                         .into_iter()
                         .zip(outputs)
-                        .map(|((c, p, at), out)| (c, p, at, Ok(out))),
+                        .map(|(c, out)| (c, Ok(out))),
                 );
                 let sla = &mut self.sla;
                 deliver(&self.shared, outcomes, Ended::Completed, |p, since| {

@@ -35,6 +35,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 seq: self.seq,
                 tokens: u64::from(job.cost.tokens),
                 bytes: job.cost.bytes,
+                tenant: self.planner.tenant_index(job.tenant.as_ref()),
             };
             match job.dedup.filter(|_| self.cloner.is_some()) {
                 Some(k) => self.join_or_start_group(k, job, d.admission, meta),
@@ -67,6 +68,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     deadline: job.deadline_ns,
                     expire_at: job.expire_at,
                     admission,
+                    hold: job.hold,
                 });
                 self.shared.counters.deduplicated();
                 let meta = head.group_meta(Meta {

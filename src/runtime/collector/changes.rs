@@ -16,6 +16,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let b = knobs.batching;
         self.planner.set_limits(b, knobs.max_wait);
         self.planner.set_ordering(knobs.ordering);
+        if knobs.fairness != self.applied.fairness || knobs.tenants != self.applied.tenants {
+            self.planner
+                .set_fairness(knobs.fairness, knobs.tenants.weights());
+        }
         self.planner.placer_mut().set_policy(
             knobs.placement,
             knobs.urgent_slack,
@@ -76,6 +80,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             // worker that ran it; an over-release would be a convoy bug.
             let over = self.planner.release(r.worker, &r.amount);
             debug_assert!(over.is_ok(), "{over:?}");
+            for (tenant, level, charged, real) in r.corrections {
+                self.planner
+                    .correct_charge(tenant.as_ref(), level, charged, real);
+            }
             if let Some(w) = fleet.workers.get(r.worker) {
                 self.planner
                     .placer_mut()

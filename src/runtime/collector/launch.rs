@@ -291,18 +291,26 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             followers: Vec::new(),
             cloner: self.cloner,
             reserved: formed.reserved,
+            charged: Vec::with_capacity(formed.items.len()),
         };
         let mut admissions = Vec::with_capacity(formed.items.len());
+        let shared = self.shared.clone();
+        let tenants = &shared.tenants;
         for ((mut job, adm), _) in formed.items {
             if job.dedup.is_some() {
                 self.forget_group(&job);
                 let index = batch.inputs.len();
-                for f in std::mem::take(&mut job.followers) {
+                for mut f in std::mem::take(&mut job.followers) {
                     self.sla
                         .queue_wait(f.priority, now.saturating_duration_since(f.submitted));
+                    // A twin rides free: its quota goes back, and its
+                    // tenant is charged nothing (the head's is).
+                    if let Some(h) = f.hold.as_mut() {
+                        h.launch_free();
+                    }
                     batch
                         .followers
-                        .push((index, f.completer, f.priority, f.since));
+                        .push((index, (f.completer, f.priority, f.since, f.hold)));
                     admissions.push(f.admission);
                 }
             }
@@ -310,7 +318,18 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             batch.inputs.push(job.input);
             self.sla
                 .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
-            batch.completers.push((job.completer, job.priority, since));
+            match job.hold.as_mut() {
+                Some(h) => h.launch(),
+                None => tenants
+                    .default_tenant()
+                    .launched(u64::from(job.cost.tokens)),
+            }
+            batch
+                .charged
+                .push((job.tenant, job.priority, job.cost.tokens));
+            batch
+                .completers
+                .push((job.completer, job.priority, since, job.hold));
             admissions.push(adm);
         }
         // Launched: the room goes back before the worker can complete any

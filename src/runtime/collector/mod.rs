@@ -164,6 +164,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
+        collector
+            .planner
+            .set_fairness(config.fairness, config.tenants.weights());
         std::thread::Builder::new()
             .name("convoy-collector".into())
             .spawn(move || collector.run())
