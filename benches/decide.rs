@@ -126,6 +126,7 @@ impl ConvoyDecider {
                 seq: self.seq,
                 tokens,
                 bytes: 0,
+                tenant: 0,
             };
             self.planner.insert(Req { tokens }, meta);
         }

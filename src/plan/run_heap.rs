@@ -76,6 +76,7 @@ impl<K: Ord + Copy, V: Ord + Copy> RunHeap<K, V> {
     }
 
     /// Whether it holds no entry, stale or live.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.run.is_empty() && self.rest.is_empty()
     }
