@@ -107,7 +107,7 @@ pub use device::{kernel, model};
 pub use intake::shed::DEFAULT_SHED_AT;
 pub use intake::{ring, Intake, IntakeConfig};
 pub use observe::metrics;
-pub use observe::sla::{Percentiles, PrioritySla, SlaReport, Violation};
+pub use observe::sla::{Percentiles, PrioritySla, SlaReport, TenantSla, Violation};
 pub use observe::stats::{PriorityStats, Stats, BATCH_SIZE_BOUNDS};
 pub use outcome::ticket::{self, Completer, Ticket};
 pub use outcome::{ExecutorError, Failure, Outcome};

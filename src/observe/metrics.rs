@@ -35,6 +35,20 @@
 //! | `convoy_aging_promotions_total` | counter | |
 //! | `convoy_adaptive_switches_total` | counter | |
 //! | `convoy_deduplicated_total` | counter | |
+//! | `convoy_tenant_requests_launched_total` | counter | `tenant` |
+//! | `convoy_tenant_served_tokens_total` | counter | `tenant` |
+//! | `convoy_tenant_refused_total` | counter | `tenant` (refused for its quota) |
+//! | `convoy_tenant_requests_completed_total` | counter | `tenant` |
+//! | `convoy_tenant_queued` | gauge | `tenant` |
+//! | `convoy_tenant_latency_p50_seconds`, `convoy_tenant_latency_p99_seconds` | gauge | `tenant` |
+//! | `convoy_tenants_tracked` | gauge | |
+//!
+//! The `tenant` label names the `tenants.top_n` most active tenants
+//! (requests launched, refused and queued; default 20) and `other` for the
+//! rest together, so a flood of tenant ids cannot grow the exposition. A
+//! tenant's series appear when it enters the named set and end when it
+//! leaves it (its counts then go on under `other`); read them with
+//! `rate()`, which takes such a reset in its stride.
 //!
 //! The `worker` label is the worker's name. Workers removed at run time
 //! leave the exposition (their series end), so a fleet that scales up and
@@ -507,6 +521,85 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         counter(&mut m, &none, s.adaptive_switches)?;
+        self.encode_tenants(&mut e)
+    }
+}
+
+impl Snapshot {
+    /// The per-tenant families: one series per named tenant and `other`,
+    /// so the label set is at most `tenants.top_n + 1` whatever ids
+    /// clients send.
+    fn encode_tenants(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let sla = &self.sla;
+        let tenants: Vec<(Labels, &crate::observe::sla::TenantSla)> = sla
+            .tenants
+            .iter()
+            .chain(std::iter::once(&sla.other_tenants))
+            .map(|t| (vec![("tenant", t.tenant.clone())], t))
+            .collect();
+        type Field = fn(&crate::observe::sla::TenantSla) -> u64;
+        let counters: [(&str, &str, Field); 4] = [
+            (
+                "convoy_tenant_requests_launched",
+                "Requests of the tenant launched",
+                |t| t.launched,
+            ),
+            (
+                "convoy_tenant_served_tokens",
+                "Tokens of the tenant's requests launched (corrected by reported costs)",
+                |t| t.served_tokens,
+            ),
+            (
+                "convoy_tenant_refused",
+                "Requests of the tenant refused for its quota (handed back)",
+                |t| t.refused,
+            ),
+            (
+                "convoy_tenant_requests_completed",
+                "Requests of the tenant that ended after launch",
+                |t| t.completed,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (l, t) in &tenants {
+                counter(&mut m, l, field(t))?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "convoy_tenant_queued",
+            "Requests of the tenant accepted and not yet launched",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, t) in &tenants {
+            gauge(&mut m, l, t.queued as f64)?;
+        }
+        for (name, help, q) in [
+            (
+                "convoy_tenant_latency_p50_seconds",
+                "Median end-to-end latency of the tenant's requests",
+                0,
+            ),
+            (
+                "convoy_tenant_latency_p99_seconds",
+                "99th percentile end-to-end latency of the tenant's requests",
+                1,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (l, t) in &tenants {
+                let v = if q == 0 { t.latency_p50 } else { t.latency_p99 };
+                gauge(&mut m, l, v.as_secs_f64())?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "convoy_tenants_tracked",
+            "Tenants held in the tenant table",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(sla.tenants_tracked as f64))?;
         Ok(())
     }
 }

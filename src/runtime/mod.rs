@@ -561,7 +561,14 @@ impl<I: Send + 'static, O: Send + 'static> Runtime<I, O> {
     pub fn sla_report(&self) -> SlaReport {
         self.refresh_sla();
         let now = self.shared.epoch.elapsed();
-        self.shared.sla.report(&self.shared.knobs.load().slo, now)
+        let knobs = self.shared.knobs.load();
+        let mut report = self.shared.sla.report(&knobs.slo, now);
+        let tenants = &self.shared.tenants;
+        let ranked = tenants.rank(knobs.tenants.top_n);
+        (report.tenants, report.other_tenants) =
+            crate::observe::sla::TenantSla::ranked(&ranked, tenants.other_latency());
+        report.tenants_tracked = ranked.tracked;
+        report
     }
 
     /// Asks the collector and the workers for fresh SLA copies and wakes

@@ -143,6 +143,9 @@ pub(crate) fn apply<I>(mut request: Request<I>, env: Envelope, received: Instant
         // The tenant is part of the key: tenants never share results.
         request = request.dedup_key((env.tenant.as_deref().unwrap_or(""), key));
     }
+    if let Some(tenant) = env.tenant {
+        request = request.tenant(tenant);
+    }
     request
 }
 

@@ -88,7 +88,7 @@ impl IntoResponse for ApiError {
 ///
 /// | kind | status |
 /// |---|---|
-/// | `QueueFull`, `Overloaded` | 429 with `Retry-After` |
+/// | `QueueFull`, `Overloaded`, `TenantQuota` | 429 with `Retry-After` |
 /// | `ShuttingDown` | 503 |
 /// | `CostNeverFits` | 413 |
 /// | `DeadlinePassed`, `DedupNotEnabled`, `Invalid` | 422 |
@@ -111,6 +111,12 @@ pub fn refusal<I>(e: &SubmitError<I>) -> ApiError {
         SubmitErrorKind::Overloaded => ApiError::retry_later(
             "overloaded: this priority is turned away while the queue runs late; retry later",
         ),
+        SubmitErrorKind::TenantQuota => ApiError::retry_later(format!(
+            "{}; retry once some of them have run",
+            e.reason
+                .as_deref()
+                .unwrap_or("this tenant has its quota of requests queued")
+        )),
         SubmitErrorKind::ShuttingDown => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",

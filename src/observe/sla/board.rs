@@ -201,6 +201,10 @@ impl SlaBoard {
         SlaReport {
             per_priority,
             decision: percentiles(merged.decision.as_ref(), Duration::from_nanos),
+            // The runtime adds the tenants (`Runtime::sla_report`).
+            tenants: Vec::new(),
+            other_tenants: super::TenantSla::default(),
+            tenants_tracked: 0,
         }
     }
 }

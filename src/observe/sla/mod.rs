@@ -112,6 +112,86 @@ pub struct SlaReport {
     /// worker the collector's core, which would time the OS scheduler.
     /// Kept in nanoseconds, reported as `Duration`s.
     pub decision: Percentiles,
+    /// The tenants the figures name: the `tenants.top_n` most active by
+    /// requests launched, refused and queued, most active first.
+    pub tenants: Vec<TenantSla>,
+    /// Every other tenant together, under the id `other`.
+    pub other_tenants: TenantSla,
+    /// Tenants held in the tenant table (those with requests in the
+    /// runtime, the named ones and at most as many again: it is pruned).
+    pub tenants_tracked: usize,
+}
+
+/// One tenant's figures (or `other`'s: every tenant not named).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantSla {
+    /// The tenant id; `default` for requests that name none.
+    pub tenant: String,
+    /// Requests launched.
+    pub launched: u64,
+    /// Tokens launched, corrected by the costs executors report.
+    pub served_tokens: u64,
+    /// Requests refused for the tenant's quota.
+    pub refused: u64,
+    /// Requests queued now. Counted for a tenant a request names; for the
+    /// default tenant only while a quota applies.
+    pub queued: u64,
+    /// Tokens queued now, likewise.
+    pub queued_tokens: u64,
+    /// Requests that ended after launch.
+    pub completed: u64,
+    /// End-to-end latency of those, from when the figures first named the
+    /// tenant (before that its latencies count under `other`). About 6%
+    /// resolution.
+    pub latency_p50: Duration,
+    /// Likewise, the 99th percentile.
+    pub latency_p99: Duration,
+}
+
+impl TenantSla {
+    pub(crate) fn of(
+        tenant: &str,
+        f: crate::intake::tenants::TenantFigures,
+        latency: Option<&[u64]>,
+    ) -> Self {
+        let at = |q| {
+            latency.map_or(Duration::ZERO, |c| {
+                Duration::from_secs_f64(crate::intake::tenants::quantile_of(c, q) / 1e6)
+            })
+        };
+        Self {
+            tenant: tenant.to_owned(),
+            launched: f.launched,
+            served_tokens: f.served_tokens,
+            refused: f.refused,
+            queued: f.queued,
+            queued_tokens: f.queued_tokens,
+            completed: f.completed,
+            latency_p50: at(0.5),
+            latency_p99: at(0.99),
+        }
+    }
+
+    /// The named tenants and `other` from a ranking of the table.
+    pub(crate) fn ranked(
+        ranked: &crate::intake::tenants::Ranked,
+        other_latency: &crate::intake::tenants::LatencyBuckets,
+    ) -> (Vec<TenantSla>, TenantSla) {
+        let named = ranked
+            .named
+            .iter()
+            .map(|s| {
+                let mut counts = crate::intake::tenants::LatencyBuckets::zeroed();
+                if let Some(l) = s.latency() {
+                    l.add_to(&mut counts);
+                }
+                TenantSla::of(s.name(), s.figures(), Some(&counts))
+            })
+            .collect();
+        let mut counts = crate::intake::tenants::LatencyBuckets::zeroed();
+        other_latency.add_to(&mut counts);
+        (named, TenantSla::of("other", ranked.other, Some(&counts)))
+    }
 }
 
 impl SlaReport {
