@@ -51,6 +51,10 @@ cases=(
   # (`refresh.rs`), each swapped.
   "src/observe/refresh.rs@publish();\n        *answered = wanted;\n        self.answer(wanted);@*answered = wanted;\n        self.answer(wanted);\n        publish();@runtime_protocols@refresh_answer_covers_what_the_asker_saw"
   "src/observe/refresh.rs@let held = publish_final();\n        self.retire();@self.retire();\n        let held = publish_final();@runtime_protocols@refresh_retired_recorder_covers_what_the_asker_saw"
+  # Not orderings: a tenant quota's check-and-take split into a read and a
+  # write, and a token refusal that keeps the request it counted.
+  "src/intake/quota.rs@let taken = self\n                .queued\n                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {\n                    (q < max).then_some(q + 1)\n                });@let seen = self.queued.load(Ordering::Relaxed);\n            let taken = (seen < max).then(|| self.queued.store(seen + 1, Ordering::Relaxed)).ok_or(seen);@quota@racing_takes_never_pass_the_limit"
+  "src/intake/quota.rs@self.queued.fetch_sub(1, Ordering::Relaxed);\n                return Err(QuotaExceeded::Tokens@return Err(QuotaExceeded::Tokens@quota@a_give_back_races_a_take_and_the_counts_end_exact"
   # Not an ordering: the check itself, as it was before the model found it.
   "src/intake/gate.rs@self.state.load(Ordering::Acquire) == CLOSED@self.state.load(Ordering::Acquire) & !CLOSED == 0@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
 )
