@@ -7,7 +7,7 @@
 //! | `GET /metrics` | the runtime's Prometheus text |
 //! | `GET /healthz` | `ok` (503 once shutting down) |
 //! | `GET /v1/stats` | outcome counts per priority, queue capacity per level and utilization, JSON |
-//! | `GET /v1/sla` | latency per priority (end to end, queue wait, execution: p50/p95/p99/max in ms) against its objectives, and compliance, JSON |
+//! | `GET /v1/sla` | latency per priority (end to end, queue wait, execution: p50/p95/p99/max in ms) against its objectives, and compliance; per tenant (the most active, then `other`): requests launched, refused, queued, served tokens, p50/p99 in ms; JSON |
 //!
 //! Handlers submit without blocking (the intake is lock-free) and await the
 //! ticket as a future: no thread blocks per request. A client that
@@ -470,7 +470,8 @@ async fn sla<C: Codec>(State(server): State<Arc<Server<C>>>) -> Response {
 /// end-to-end latency (from the request's receipt: a connection's accept
 /// or the request's first byte, when served by [`serve_until`]), queue
 /// wait and execution percentiles in milliseconds, violations and
-/// compliance; and the collector's decision time in microseconds.
+/// compliance; the collector's decision time in microseconds; and the
+/// named tenants' figures, then `other`'s (`SlaReport::tenants`).
 pub fn sla_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> Value {
     let report = rt.sla_report();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -500,8 +501,22 @@ pub fn sla_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> Val
         );
     }
     let d = report.decision;
+    let tenant = |t: &convoy::TenantSla| {
+        serde_json::json!({
+            "tenant": t.tenant, "launched": t.launched, "served_tokens": t.served_tokens,
+            "refused": t.refused, "queued": t.queued, "completed": t.completed,
+            "p50_ms": ms(t.latency_p50), "p99_ms": ms(t.latency_p99),
+        })
+    };
+    let tenants: Vec<Value> = report
+        .tenants
+        .iter()
+        .chain(std::iter::once(&report.other_tenants))
+        .map(tenant)
+        .collect();
     serde_json::json!({
         "priorities": per,
+        "tenants": tenants,
         "decision_us": {
             "count": d.count,
             "p50": d.p50.as_secs_f64() * 1e6,

@@ -833,6 +833,72 @@ async fn a_shed_level_is_429_and_critical_still_gets_in() {
     assert_eq!((stats.total().inserted, stats.total().ended()), (3, 3));
 }
 
+/// A tenant past its quota of requests queued is a 429 with `Retry-After`
+/// and a JSON error naming the tenant; another tenant still gets in, and
+/// the refused request is not counted as accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_quota_is_429_naming_it() {
+    let s = start().await;
+    let mut c = s.state.runtime.config();
+    c.tenants.max_queued = Some(2);
+    s.state.runtime.reload_config(c).unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/infer", s.url);
+    let blocker = tokio::spawn(client.post(&url).json(&json!({"tokens": [0]})).send());
+    s.eventually("blocker running", |st| st.batches == 1).await;
+    let queued: Vec<_> = (0..2)
+        .map(|i| {
+            let body = json!({"tokens": [1, i], "tenant": "acme"});
+            tokio::spawn(client.post(&url).json(&body).send())
+        })
+        .collect();
+    s.eventually("two queued", |st| st.total().queue_depth == 2)
+        .await;
+    let r = client
+        .post(&url)
+        .json(&json!({"tokens": [2], "tenant": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    let why = body["error"].as_str().unwrap_or_default();
+    assert!(why.contains("\"acme\"") && why.contains("quota"), "{body}");
+    let other = tokio::spawn(
+        client
+            .post(&url)
+            .json(&json!({"tokens": [3], "tenant": "zed"}))
+            .send(),
+    );
+    s.eventually("the other tenant queued", |st| st.total().queue_depth == 3)
+        .await;
+    s.hold.open();
+    assert_eq!(blocker.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(other.await.unwrap().unwrap().status(), StatusCode::OK);
+    for q in queued {
+        assert_eq!(q.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    let sla: Value = reqwest::get(format!("{}/v1/sla", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acme = sla["tenants"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["tenant"] == "acme"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        (acme["launched"].as_u64(), acme["refused"].as_u64()),
+        (Some(2), Some(1)),
+        "{sla}"
+    );
+    let stats = s.stop().await.total();
+    assert_eq!((stats.inserted, stats.ended()), (4, 4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_429_expired_is_504_shutdown_is_503() {
     let s = start().await;
