@@ -9,4 +9,5 @@
 
 pub mod plot;
 pub mod replay;
+pub mod tenants;
 pub mod trace;

@@ -26,8 +26,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
-use convoy::{Config, OrderingPolicy, Priority};
+use convoy::{Config, Fairness, OrderingPolicy, Priority};
 use convoy_cli::replay::{self, policy_name, ReplayOptions, Report};
+use convoy_cli::tenants::{TenantLine, TenantMix};
 use convoy_cli::trace::{PriorityMix, Trace};
 
 const BUNDLED_TRACE: &str = "data/azure_llm_conv_2023.csv";
@@ -195,6 +196,13 @@ struct CompareArgs {
     /// measured capacity (see `replay::wait_bounded_lane_capacity`).
     #[arg(long)]
     keep_intake: bool,
+    /// Compare tenant fairness instead of ordering policies: a noisy
+    /// tenant sends 10× the load of each of 4 well-behaved ones, and the
+    /// well-behaved tenants' latency is measured alone, with the noisy one
+    /// under arrival order within each level (`ordering.fairness =
+    /// "none"`), and under VTC.
+    #[arg(long)]
+    tenants: bool,
 }
 
 impl Common {
@@ -797,6 +805,9 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
         args.load * capacity,
         duration.as_secs_f64()
     );
+    if args.tenants {
+        return compare_tenants(args, &trace, &config, model, speedup);
+    }
     let policies = [
         OrderingPolicy::Fifo,
         OrderingPolicy::StrictPriority,
@@ -846,6 +857,176 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
         return Err(Fail(format!("{}: lost {} requests", r.policy, r.lost)));
     }
     Ok(())
+}
+
+/// `compare --tenants`'s quota of requests queued per tenant, unless the
+/// config sets one.
+const TENANT_QUOTA: u64 = 128;
+
+/// `compare --tenants`: the quiet tenants alone, then beside the noisy
+/// one under arrival order within each level, then under VTC.
+fn compare_tenants(
+    args: &CompareArgs,
+    trace: &Trace,
+    config: &Config,
+    model: PoolDense,
+    speedup: f64,
+) -> Result<(), Fail> {
+    let mix = TenantMix::default();
+    say!(
+        "tenants: \"noisy\" sends {}× the load of each of {} quiet tenants ({:.0}% of the rows); the quiet tenants alone offer {:.2}× capacity\n",
+        mix.noisy_weight,
+        mix.quiet,
+        100.0 * f64::from(mix.noisy_weight) / (f64::from(mix.noisy_weight) + mix.quiet as f64),
+        args.load * mix.quiet as f64 / (f64::from(mix.noisy_weight) + mix.quiet as f64)
+    );
+    // Every row at one level: fairness orders within a level, and between
+    // levels priority stays strict (a quiet tenant's Background request
+    // waits behind a noisy one's Critical, by design).
+    let level_mix = PriorityMix {
+        shares: [0, 0, 100, 0, 0],
+        ..args.common.mix()
+    };
+    // A quota per tenant, unless the config sets one: what a server facing
+    // tenants runs with, so one tenant's excess is refused at its door
+    // rather than filling the queue every tenant shares.
+    let mut tenants = config.tenants.clone();
+    if tenants.max_queued.is_none() && tenants.max_queued_tokens.is_none() {
+        tenants.max_queued = Some(TENANT_QUOTA);
+    }
+    say!(
+        "every row at Normal; each tenant may have {} queued{}\n",
+        tenants
+            .max_queued
+            .map_or("any number of requests".into(), |q| format!("{q} requests")),
+        if config.tenants.max_queued.is_none() && config.tenants.max_queued_tokens.is_none() {
+            " (the default of compare --tenants)"
+        } else {
+            ", from the config"
+        }
+    );
+    let runs = [
+        ("quiet alone", Fairness::Vtc, false),
+        ("fifo in level", Fairness::None, true),
+        ("vtc", Fairness::Vtc, true),
+    ];
+    let mut reports = Vec::new();
+    for (name, fairness, noisy) in runs {
+        let options = ReplayOptions {
+            config: Config {
+                fairness,
+                tenants: tenants.clone(),
+                ..config.clone()
+            },
+            speedup,
+            mix: level_mix.clone(),
+            limit: args.common.limit,
+            duration: Some(seconds("--duration", args.duration)?),
+            cycle: true,
+            vocab: model.vocab(),
+            tenants: Some(TenantMix {
+                noisy_present: noisy,
+                ..mix
+            }),
+            ..ReplayOptions::default()
+        };
+        note!("  running {name} ...");
+        reports.push((
+            name,
+            replay::replay(trace, model.clone(), &options, &|_| {})?,
+        ));
+    }
+    say!("{}", render_tenants(&reports));
+    if let Some(path) = &args.common.json {
+        let json = serde_json::json!({
+            "load": args.load,
+            "speedup": speedup,
+            "lost": reports.iter().map(|(_, r)| r.lost).sum::<u64>(),
+            "runs": reports.iter().map(|(name, r)| serde_json::json!({
+                "run": name,
+                "quiet_p50_ms": r.quiet_p50_ms,
+                "quiet_p99_ms": r.quiet_p99_ms,
+                "jain": r.jain,
+                "lost": r.lost,
+                "tenants": r.tenants,
+            })).collect::<Vec<_>>(),
+        });
+        write(path, &serde_json::to_string_pretty(&json)?)?;
+    }
+    if let Some((name, r)) = reports
+        .iter()
+        .find(|(_, r)| r.lost != 0 || r.client_unresolved != 0)
+    {
+        return Err(Fail(format!("{name}: lost {} requests", r.lost)));
+    }
+    Ok(())
+}
+
+/// A figure summed over the quiet tenants of a run.
+fn quiet_sum(r: &Report, f: fn(&TenantLine) -> u64) -> u64 {
+    r.tenants
+        .iter()
+        .filter(|t| t.tenant != "noisy")
+        .map(f)
+        .sum()
+}
+
+/// The tenant comparison's table: a column per run.
+fn render_tenants(reports: &[(&str, Report)]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = write!(s, "{:<16}", "");
+    for (name, _) in reports {
+        let _ = write!(s, " | {name:>14}");
+    }
+    let _ = writeln!(s);
+    type Row = fn(&Report) -> String;
+    let rows: [(&str, Row); 8] = [
+        ("quiet p50 ms", |r| format!("{:.1}", r.quiet_p50_ms)),
+        ("quiet p99 ms", |r| format!("{:.1}", r.quiet_p99_ms)),
+        ("noisy p99 ms", |r| {
+            r.tenants
+                .iter()
+                .find(|t| t.tenant == "noisy")
+                .map_or("-".into(), |t| format!("{:.1}", t.p99_ms))
+        }),
+        ("quiet done", |r| {
+            format!("{}", quiet_sum(r, |t| t.completed))
+        }),
+        ("quiet refused", |r| {
+            format!("{}", quiet_sum(r, |t| t.refused))
+        }),
+        ("noisy done", |r| {
+            r.tenants
+                .iter()
+                .find(|t| t.tenant == "noisy")
+                .map_or("-".into(), |t| format!("{}", t.completed))
+        }),
+        ("jain (tokens)", |r| format!("{:.3}", r.jain)),
+        ("lost", |r| format!("{}", r.lost)),
+    ];
+    for (name, f) in rows {
+        let _ = write!(s, "{name:<16}");
+        for (_, r) in reports {
+            let _ = write!(s, " | {:>14}", f(r));
+        }
+        let _ = writeln!(s);
+    }
+    let alone = reports.first().map_or(0.0, |(_, r)| r.quiet_p99_ms);
+    let _ = writeln!(
+        s,
+        "goal: with the noisy tenant, the quiet tenants' p99 within 1.5× of alone ({:.1} ms); Jain's index over served tokens against max-min fair shares",
+        alone
+    );
+    for (name, r) in reports.iter().skip(1) {
+        let ratio = r.quiet_p99_ms / alone.max(1e-9);
+        let _ = writeln!(
+            s,
+            "  {name:<16} {ratio:.2}× alone: {}",
+            if ratio <= 1.5 { "met" } else { "missed" }
+        );
+    }
+    s
 }
 
 /// One table, a column group per policy.

@@ -28,6 +28,7 @@ use crossbeam::queue::SegQueue;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::tenants::{TenantLine, TenantMix, TenantTally, NOISY};
 use crate::trace::{PriorityMix, Trace, TraceRequest};
 use convoy::ticket::Ticket;
 use convoy::Failure;
@@ -61,6 +62,9 @@ pub struct ReplayOptions {
     pub window: Duration,
     /// Vocabulary of the token ids generated for each row.
     pub vocab: usize,
+    /// Send each row as one of these tenants (`compare --tenants`); `None`:
+    /// no tenant.
+    pub tenants: Option<TenantMix>,
 }
 
 impl Default for ReplayOptions {
@@ -74,6 +78,7 @@ impl Default for ReplayOptions {
             cycle: false,
             window: Duration::from_secs(1),
             vocab: convoy::model::DEFAULT_VOCAB,
+            tenants: None,
         }
     }
 }
@@ -255,6 +260,16 @@ pub struct Report {
     pub priorities: Vec<PriorityReport>,
     /// Latency over time.
     pub timeline: Timeline,
+    /// Per tenant, with [`ReplayOptions::tenants`] (else empty): the noisy
+    /// one first, then the quiet ones.
+    pub tenants: Vec<TenantLine>,
+    /// The quiet tenants' completed requests together: p50 and p99, ms.
+    pub quiet_p50_ms: f64,
+    /// See `quiet_p50_ms`.
+    pub quiet_p99_ms: f64,
+    /// Jain's index of the tenants' served tokens against their max-min
+    /// fair shares ([`crate::tenants::jain`]); 1 without tenants.
+    pub jain: f64,
     /// The runtime's final Prometheus text (not in the JSON).
     #[serde(skip)]
     pub metrics: String,
@@ -696,6 +711,8 @@ struct Pending {
     waker: Waker,
     level: Priority,
     submitted: Instant,
+    /// Its tenant and tokens, with tenants.
+    tenant: Option<(usize, u32)>,
 }
 
 /// Client-side tallies.
@@ -710,9 +727,19 @@ struct Tally {
     start: Instant,
     last_outcome: Instant,
     resolved: u64,
+    tenants: TenantTally,
 }
 
 impl Tally {
+    /// A completed request of tenant `t` of `tokens`.
+    fn tenant(&mut self, t: usize, tokens: u32, submitted: Instant, at: Instant) {
+        let us = u64::try_from(at.saturating_duration_since(submitted).as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.tenants.e2e[t].saturating_record(us);
+        self.tenants.served_tokens[t] += u64::from(tokens);
+    }
+
     /// Nothing recorded yet; windows of `window` from `start`.
     fn new(start: Instant, window: Duration) -> Self {
         Tally {
@@ -727,6 +754,7 @@ impl Tally {
             start,
             last_outcome: start,
             resolved: 0,
+            tenants: TenantTally::new(0),
         }
     }
 
@@ -990,6 +1018,12 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
     let mut pending: Vec<Option<Pending>> = Vec::with_capacity(rows.len());
     let start = Instant::now();
     let mut tally = Tally::new(start, options.window);
+    tally.tenants = TenantTally::new(options.tenants.map_or(0, |m| m.count()));
+    // One shared id per tenant: a request takes it without a copy.
+    let tenant_ids: Vec<Arc<str>> = options
+        .tenants
+        .map(|m| (0..m.count()).map(|t| Arc::from(m.name(t))).collect())
+        .unwrap_or_default();
     let mut offered = [0u64; Priority::COUNT];
     let mut refused = [0u64; Priority::COUNT];
     let mut refused_by = [0u64; SubmitErrorKind::ALL.len()];
@@ -1004,6 +1038,9 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
             let mut cx = Context::from_waker(&p.waker);
             if let Poll::Ready(outcome) = Pin::new(&mut p.ticket).poll(&mut cx) {
                 let p = pending[id].take().expect("checked above");
+                if let (Some((t, tokens)), Ok(_)) = (p.tenant, &outcome) {
+                    tally.tenant(t, tokens, p.submitted, at);
+                }
                 tally.record(p.level, p.submitted, at, outcome);
             }
         }
@@ -1052,11 +1089,21 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
             std::thread::sleep((due - now - EARLY).min(Duration::from_millis(1)));
         }
         last_due = due;
+        let tenant = options.tenants.map(|m| m.of(i));
+        if tenant == Some(NOISY) && options.tenants.is_some_and(|m| !m.noisy_present) {
+            continue;
+        }
         let level = options.mix.of(i, row);
         offered[level.index()] += 1;
         let mut request = row_request(&handle, i, row, options.vocab).priority(level);
         if let Some(d) = row.deadline {
             request = request.deadline(d);
+        }
+        let tokens = row.tokens.max(1);
+        if let Some(t) = tenant {
+            request = request.tenant(tenant_ids[t].clone());
+            tally.tenants.offered[t] += 1;
+            tally.tenants.demand_tokens[t] += u64::from(tokens);
         }
         let submitted = Instant::now();
         match handle.submit(request) {
@@ -1070,7 +1117,11 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
                 let mut cx = Context::from_waker(&waker);
                 match Pin::new(&mut ticket).poll(&mut cx) {
                     Poll::Ready(outcome) => {
-                        tally.record(level, submitted, Instant::now(), outcome);
+                        let at = Instant::now();
+                        if let (Some(t), Ok(_)) = (tenant, &outcome) {
+                            tally.tenant(t, tokens, submitted, at);
+                        }
+                        tally.record(level, submitted, at, outcome);
                         pending.push(None);
                     }
                     Poll::Pending => pending.push(Some(Pending {
@@ -1078,12 +1129,16 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
                         waker,
                         level,
                         submitted,
+                        tenant: tenant.map(|t| (t, tokens)),
                     })),
                 }
             }
             Err(e) => {
                 refused[level.index()] += 1;
                 refused_by[e.kind.index()] += 1;
+                if let Some(t) = tenant {
+                    tally.tenants.refused[t] += 1;
+                }
             }
         }
         if i % 256 == 255 {
@@ -1210,8 +1265,28 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
                 .fold(0.0, f64::max),
         priorities,
         timeline,
+        tenants: options
+            .tenants
+            .map(|m| tally.tenants.lines(&m))
+            .unwrap_or_default(),
+        quiet_p50_ms: tally.tenants.quiet_percentiles().0,
+        quiet_p99_ms: tally.tenants.quiet_percentiles().1,
+        jain: 1.0,
         metrics: rt.metrics_text(),
     };
+    if !report.tenants.is_empty() {
+        let served: Vec<f64> = report
+            .tenants
+            .iter()
+            .map(|t| t.served_tokens as f64)
+            .collect();
+        let demand: Vec<f64> = report
+            .tenants
+            .iter()
+            .map(|t| t.demand_tokens as f64)
+            .collect();
+        report.jain = crate::tenants::jain(&served, &demand);
+    }
     let bound_ms = report.starvation_bound_ms();
     for (line, lives) in report.priorities.iter_mut().zip(&tally.expired_after) {
         line.expired_before_bound = expired_before(lives, line.expired, bound_ms);
