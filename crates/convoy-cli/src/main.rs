@@ -919,7 +919,7 @@ fn compare_tenants(
                 ..config.clone()
             },
             speedup,
-            mix: level_mix.clone(),
+            mix: level_mix,
             limit: args.common.limit,
             duration: Some(seconds("--duration", args.duration)?),
             cycle: true,
