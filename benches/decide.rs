@@ -27,6 +27,9 @@ use criterion::{BenchmarkId, Criterion};
 const QUEUED: usize = 10_000;
 const BATCH: usize = 256;
 const WORKERS: usize = 64;
+/// Tenants of the `convoy_64_tenants` row: fair shares (VTC) between them
+/// within each level.
+const TENANTS: usize = 64;
 
 #[derive(Debug)]
 struct Req {
@@ -74,10 +77,16 @@ struct ConvoyDecider {
     rng: Rng,
     now: u64,
     seq: u64,
+    /// The tenants' indices requests are spread over (fairness `vtc`, the
+    /// default); `[0]`: every request of the default tenant.
+    tenants: Vec<u32>,
 }
 
 impl ConvoyDecider {
-    fn new() -> Self {
+    /// Requests spread over `tenants` tenants (1: none named; a power of
+    /// two).
+    fn new(tenants: usize) -> Self {
+        assert!(tenants.is_power_of_two());
         let placer = Placer::new(
             PlacementPolicy::LeastLoaded,
             Duration::from_millis(50),
@@ -103,7 +112,16 @@ impl ConvoyDecider {
             rng: Rng(0x1234_5678),
             now: 0,
             seq: 0,
+            tenants: vec![0],
         };
+        if tenants > 1 {
+            d.tenants = (0..tenants)
+                .map(|t| {
+                    d.planner
+                        .tenant_index(Some(&std::sync::Arc::from(format!("tenant-{t}"))))
+                })
+                .collect();
+        }
         d.arrive(QUEUED);
         d
     }
@@ -126,7 +144,8 @@ impl ConvoyDecider {
                 seq: self.seq,
                 tokens,
                 bytes: 0,
-                tenant: 0,
+                // A mask, not a division: the count is a power of two.
+                tenant: self.tenants[(r >> 40) as usize & (self.tenants.len() - 1)],
             };
             self.planner.insert(Req { tokens }, meta);
         }
@@ -269,8 +288,12 @@ fn main() {
         .warm_up_time(Duration::from_secs(1));
     {
         let mut g = c.benchmark_group("decide_256_of_10k_over_64");
-        let mut convoy = ConvoyDecider::new();
+        let mut convoy = ConvoyDecider::new(1);
         g.bench_function(BenchmarkId::new("convoy", BATCH), |b| {
+            b.iter(|| convoy.decide())
+        });
+        let mut convoy = ConvoyDecider::new(TENANTS);
+        g.bench_function(BenchmarkId::new("convoy_64_tenants", BATCH), |b| {
             b.iter(|| convoy.decide())
         });
         let mut baseline = MutexDecider::new();
@@ -286,14 +309,17 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let mut convoy = ConvoyDecider::new();
+    let mut convoy = ConvoyDecider::new(1);
     let (c50, c99) = percentiles(|| convoy.decide());
+    let mut tenants = ConvoyDecider::new(TENANTS);
+    let (t50, t99) = percentiles(|| tenants.decide());
     let mut baseline = MutexDecider::new();
     let (b50, b99) = percentiles(|| baseline.decide());
     println!(
         "decide: batch of {BATCH} from {QUEUED} queued over {WORKERS} workers, 3000 decisions each"
     );
     println!("  convoy          p50 {c50:>10.2?}  p99 {c99:>10.2?}");
+    println!("  convoy, {TENANTS} tenants p50 {t50:>10.2?}  p99 {t99:>10.2?}");
     println!("  mutex_heap_scan p50 {b50:>10.2?}  p99 {b99:>10.2?}");
     println!(
         "  ratio (baseline / convoy): p50 {:.1}x  p99 {:.1}x",

@@ -27,13 +27,21 @@
 //! machine with fewer cores than threads, the submit phase also shares
 //! the cores with the collector, so the two groups are not independent.
 //! The queues are sized so that nothing is refused.
+//!
+//! `runtime_submit_tenants` times the submit phase of requests that name
+//! a tenant (each producer its own four, as a server's clients would be),
+//! with no quota (`tenant`) and with a quota that never refuses
+//! (`tenant_quota`: the quota is taken and given back for real), beside
+//! requests naming none (`no_tenant`). Quotas on against off is the cost
+//! of the quota itself; the tenant lookup is paid by both.
 
 use std::time::{Duration, Instant};
 
 use convoy::intake::IntakeConfig;
 use convoy::ticket::{self, Completer, Ticket};
-use convoy::{Config, Priority, Request, Runtime};
+use convoy::{Config, Priority, Request, Runtime, TenantsConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::sync::Arc;
 
 const ITEMS: u64 = 60_000;
 
@@ -86,8 +94,13 @@ fn check(tickets: Vec<Vec<Ticket<u64>>>) {
 }
 
 fn runtime() -> Runtime<u64, u64> {
+    runtime_with(TenantsConfig::default())
+}
+
+fn runtime_with(tenants: TenantsConfig) -> Runtime<u64, u64> {
     Runtime::builder()
         .config(Config {
+            tenants,
             // Room for every request of a run at every level, so the
             // submit path is timed and not the refusals.
             intake: IntakeConfig {
@@ -221,5 +234,48 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn bench_tenants(c: &mut Criterion) {
+    let mut g = c.benchmark_group("runtime_submit_tenants");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(ITEMS));
+    let quota = TenantsConfig {
+        // Never reached: every submit takes the quota and every launch
+        // gives it back, and none is refused.
+        max_queued: Some(ITEMS),
+        ..TenantsConfig::default()
+    };
+    for producers in [1u64, 4] {
+        for (row, tenants, named) in [
+            ("no_tenant", TenantsConfig::default(), false),
+            ("tenant", TenantsConfig::default(), true),
+            ("tenant_quota", quota.clone(), true),
+        ] {
+            let rt = runtime_with(tenants);
+            let next = std::sync::atomic::AtomicU64::new(0);
+            g.bench_function(BenchmarkId::new(row, producers), |b| {
+                b.iter_custom(|iters| {
+                    measure(iters, producers, Timed::Submits, || {
+                        let h = rt.handle();
+                        let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let ids: Vec<Arc<str>> = (0..4)
+                            .map(|k| Arc::from(format!("tenant-{p}-{k}")))
+                            .collect();
+                        move |x| {
+                            let mut r = Request::new(x).priority(prio(x));
+                            if named {
+                                r = r.tenant(ids[(x % 4) as usize].clone());
+                            }
+                            h.submit(r).expect("room for every request")
+                        }
+                    })
+                })
+            });
+            rt.shutdown();
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_tenants);
 criterion_main!(benches);

@@ -193,9 +193,11 @@ impl<V: Ord + Copy> Fair<V> {
             let now = tenant.counter[l];
             if now != c {
                 // Charged since it was pushed (never lowered: a lowering
-                // pushes at once, see `lowered`).
-                level.heap.pop();
-                level.heap.push(Reverse((now, t)));
+                // pushes at once, see `lowered`): the entry takes the new
+                // counter in place, one sift instead of a pop and a push.
+                if let Some(mut top) = level.heap.peek_mut() {
+                    *top = Reverse((now, t));
+                }
                 tenant.key[l] = Some(now);
                 continue;
             }

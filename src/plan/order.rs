@@ -126,11 +126,16 @@ fn live<T>(slots: &[Slot<T>], id: Id) -> bool {
 pub(crate) struct Waiting<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    /// Rule 3's order per level, with fairness off (else empty).
+    /// Rule 3's order per level, while `fair_on` is off (else empty).
     levels: [RunHeap<LevelKey, Id>; Priority::COUNT],
-    /// Rule 3's order per level and tenant, with fairness on.
+    /// Rule 3's order per level and tenant, while `fair_on` is on.
     fair: Fair<Id>,
     fairness: Fairness,
+    /// The tenant order is in use: fairness is `vtc` and a request has
+    /// named a tenant. Until one does, every request is the default
+    /// tenant's, VTC orders exactly as the plain level order, and the set
+    /// keeps that (cheaper) order; the first named tenant switches it.
+    fair_on: bool,
     /// Arrival order (arrival time, then sequence), for rule 1.
     fifo: RunHeap<(u64, u64), Id>,
     /// Deadlines of requests that expire, earliest first.
@@ -154,6 +159,7 @@ impl<T> Waiting<T> {
             levels: std::array::from_fn(|_| RunHeap::new()),
             fair: Fair::new(),
             fairness: Fairness::Vtc,
+            fair_on: false,
             fifo: RunHeap::new(),
             deadlines: RunHeap::new(),
             len: 0,
@@ -174,10 +180,18 @@ impl<T> Waiting<T> {
     /// every request, waiting or to come (the level indexes are rebuilt:
     /// O(waiting), once per reload that changes it).
     pub fn set_fairness(&mut self, fairness: Fairness) {
-        if fairness == self.fairness {
+        self.fairness = fairness;
+        self.reindex();
+    }
+
+    /// Switches the level order to the tenant order or back when
+    /// `fair_on` should change (see there).
+    fn reindex(&mut self) {
+        let on = self.fairness == Fairness::Vtc && self.fair.tenants() > 1;
+        if on == self.fair_on {
             return;
         }
-        self.fairness = fairness;
+        self.fair_on = on;
         self.levels.iter_mut().for_each(RunHeap::clear);
         self.fair.clear_queues();
         for index in 0..self.slots.len() {
@@ -201,7 +215,11 @@ impl<T> Waiting<T> {
     /// The index a request of tenant `name` (`None`: no tenant) carries in
     /// [`Meta::tenant`].
     pub fn tenant_index(&mut self, name: Option<&Arc<str>>) -> u32 {
-        self.fair.index_of(name)
+        let t = self.fair.index_of(name);
+        if t != super::fair::DEFAULT && !self.fair_on {
+            self.reindex();
+        }
+        t
     }
 
     /// See `Planner::correct_charge`.
@@ -212,7 +230,7 @@ impl<T> Waiting<T> {
         charged: u32,
         real: u32,
     ) {
-        if self.fairness == Fairness::Vtc {
+        if self.fair_on {
             self.fair
                 .correct(name, level.index(), u64::from(charged), u64::from(real));
         }
@@ -226,13 +244,14 @@ impl<T> Waiting<T> {
 
     /// Puts `id` in its level's order; `lift`: as an arrival (see
     /// `Fair::insert`).
+    #[inline]
     fn index_level(&mut self, meta: &Meta, id: Id, lift: bool) {
         let key = (!meta.front, meta.deadline, meta.seq);
-        match self.fairness {
-            Fairness::Vtc => self
-                .fair
-                .insert(meta.tenant, meta.level.index(), key, id, lift),
-            Fairness::None => self.levels[meta.level.index()].push(key, id),
+        if self.fair_on {
+            self.fair
+                .insert(meta.tenant, meta.level.index(), key, id, lift);
+        } else {
+            self.levels[meta.level.index()].push(key, id);
         }
     }
 
@@ -277,13 +296,15 @@ impl<T> Waiting<T> {
 
     /// Takes back the charge of a request [`pop`](Self::pop) took and
     /// that was not served (its caller had gone).
+    #[inline]
     pub fn refund(&mut self, meta: &Meta) {
-        if self.fairness == Fairness::Vtc {
+        if self.fair_on {
             self.fair
                 .refund(meta.tenant, meta.level.index(), meta.tokens);
         }
     }
 
+    #[inline]
     fn add(&mut self, item: T, meta: Meta, arrival: bool) -> WaitKey {
         let id = match self.free.pop() {
             Some(index) => {
@@ -333,7 +354,7 @@ impl<T> Waiting<T> {
             .expect("take is only called on an id checked live");
         slot.gen = slot.gen.wrapping_add(1);
         self.free.push(id.index);
-        if self.fairness == Fairness::Vtc {
+        if self.fair_on {
             self.fair.taken(meta.tenant, meta.level.index());
         }
         self.len -= 1;
@@ -364,13 +385,13 @@ impl<T> Waiting<T> {
     }
 
     /// Level `l`'s head by rule 3 (after `clean`).
+    #[inline]
     fn level_head(&mut self, l: usize) -> Option<Id> {
-        match self.fairness {
-            Fairness::Vtc => {
-                let slots = &self.slots;
-                self.fair.head(l, |id| live(slots, id))
-            }
-            Fairness::None => self.levels[l].front().map(|(_, id)| id),
+        if self.fair_on {
+            let slots = &self.slots;
+            self.fair.head(l, |id| live(slots, id))
+        } else {
+            self.levels[l].front().map(|(_, id)| id)
         }
     }
 
@@ -410,7 +431,7 @@ impl<T> Waiting<T> {
     pub fn pop(&mut self, now: u64) -> Option<(T, Meta, bool)> {
         let (id, aged) = self.pick(now)?;
         let (item, meta) = self.take(id);
-        if self.fairness == Fairness::Vtc {
+        if self.fair_on {
             self.fair
                 .charge(meta.tenant, meta.level.index(), meta.tokens);
         }
