@@ -486,3 +486,33 @@ fn reloading_fairness_reorders_what_waits_and_loses_nothing() {
     seen.dedup();
     assert_eq!(seen.len(), 100, "each ran once");
 }
+
+/// A tenant id is a client's string: one holding a quote, a line break or
+/// a backslash is escaped in the exposition, so every sample stays one
+/// well-formed line and the scrape is not broken.
+#[test]
+fn a_hostile_tenant_id_is_escaped_in_the_exposition() {
+    let rt = common::echo_runtime(1);
+    let id = "we\"ird\nid\\x} 1\nconvoy_fake 2";
+    assert_eq!(
+        rt.handle()
+            .submit(Request::new(1).tenant(id))
+            .unwrap()
+            .wait(),
+        Ok(1)
+    );
+    let text = rt.metrics_text();
+    assert!(
+        text.contains(r#"tenant="we\"ird\nid\\x} 1\nconvoy_fake 2""#),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("convoy_fake")));
+    for l in text.lines().filter(|l| l.starts_with("convoy_tenant")) {
+        let unescaped_quotes = l
+            .replace("\\\\", "")
+            .replace("\\\"", "")
+            .matches('"')
+            .count();
+        assert_eq!(unescaped_quotes % 2, 0, "{l}");
+    }
+}

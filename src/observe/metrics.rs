@@ -125,9 +125,9 @@ fn worker_labels(workers: &[WorkerSnapshot]) -> Vec<String> {
         .iter()
         .map(|w| {
             if seen[w.name.as_str()] > 1 {
-                format!("{}#{}", w.name, w.index)
+                escaped(&format!("{}#{}", w.name, w.index))
             } else {
-                w.name.clone()
+                escaped(&w.name)
             }
         })
         .collect()
@@ -186,6 +186,23 @@ fn reason_label(r: PlacementReason) -> &'static str {
 }
 
 type Labels = Vec<(&'static str, String)>;
+
+/// A label value as the text format writes it: backslash, double quote and
+/// line feed escaped. The encoder writes values as given, and a tenant id
+/// comes from a client: one holding a quote or a line break would end the
+/// sample line early and break the whole exposition for the scraper.
+fn escaped(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// A cumulative histogram (`samples ≤ bound`, without `+Inf`) in the
 /// form `prometheus-client`'s encoder takes: the samples of each bucket
@@ -535,7 +552,7 @@ impl Snapshot {
             .tenants
             .iter()
             .chain(std::iter::once(&sla.other_tenants))
-            .map(|t| (vec![("tenant", t.tenant.clone())], t))
+            .map(|t| (vec![("tenant", escaped(&t.tenant))], t))
             .collect();
         type Field = fn(&crate::observe::sla::TenantSla) -> u64;
         let counters: [(&str, &str, Field); 4] = [
