@@ -32,6 +32,11 @@ pub const PRUNE_FLOOR: usize = 1024;
 /// The id of requests that name no tenant.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The id the figures give every tenant they do not name, together. A
+/// tenant whose own id is this one is never named: its figures are
+/// `other`'s, so the label cannot appear twice.
+pub const OTHER_TENANTS: &str = "other";
+
 /// Sub-buckets per power of two of the latency buckets: 8, so a bucket
 /// spans 1/8 of its octave and a percentile read at its middle is within
 /// about 6% of the true value.
@@ -517,8 +522,8 @@ impl Tenants {
             queued_tokens: 0,
         };
         let mut named = Vec::with_capacity(top_n.min(all.len()));
-        for (i, (traffic, s)) in all.into_iter().enumerate() {
-            let name = i < top_n && traffic > 0;
+        for (traffic, s) in all {
+            let name = named.len() < top_n && traffic > 0 && s.name.as_ref() != OTHER_TENANTS;
             s.named.store(name, Ordering::Relaxed);
             if name {
                 s.latency.get_or_init(LatencyBuckets::default);
@@ -629,6 +634,18 @@ mod tests {
         assert_eq!(r.named.len(), 20);
         let named: u64 = r.named.iter().map(|s| s.figures().launched).sum();
         assert_eq!(named + r.other.launched, 100_000);
+    }
+
+    #[test]
+    fn a_tenant_called_other_is_counted_as_other() {
+        let t = Tenants::new(Limits::none());
+        for name in ["other", "other", "a"] {
+            t.hold(Some(name), 1).unwrap().unwrap().launch();
+        }
+        let r = t.rank(5);
+        let names: Vec<&str> = r.named.iter().map(|s| s.name().as_ref()).collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(r.other.launched, 2);
     }
 
     #[test]

@@ -190,7 +190,8 @@ impl TenantSla {
             .collect();
         let mut counts = crate::intake::tenants::LatencyBuckets::zeroed();
         other_latency.add_to(&mut counts);
-        (named, TenantSla::of("other", ranked.other, Some(&counts)))
+        let other = crate::intake::tenants::OTHER_TENANTS;
+        (named, TenantSla::of(other, ranked.other, Some(&counts)))
     }
 }
 
