@@ -90,7 +90,7 @@ pub struct Meta {
     pub tokens: u64,
     /// Its cost in bytes, summed likewise.
     pub bytes: u64,
-    /// Its tenant's index ([`Waiting::tenant_index`]); 0 for none.
+    /// Its tenant's index (`Planner::tenant_index`); 0 for none.
     pub tenant: u32,
 }
 
