@@ -21,6 +21,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crossbeam::utils::CachePadded;
 use dashmap::DashMap;
 
 use super::quota::{Quota, QuotaExceeded, UNLIMITED};
@@ -142,13 +143,15 @@ pub fn quantile_of(counts: &[u64], q: f64) -> f64 {
 #[derive(Debug)]
 pub struct TenantState {
     name: Arc<str>,
+    /// Written by submit threads and the collector (at launch).
     quota: Quota,
-    /// Whether the quota is counted at all: a request naming no tenant
-    /// takes the default tenant's only while some quota applies.
-    launched: AtomicU64,
+    /// Written by the collector (at launch), on a line of their own: the
+    /// workers write `completed` at the same rate.
+    launched: CachePadded<AtomicU64>,
     served_tokens: AtomicU64,
     refused: AtomicU64,
-    completed: AtomicU64,
+    /// Written by the workers.
+    completed: CachePadded<AtomicU64>,
     /// Set once the figures name this tenant; until then its latencies go
     /// to the table's `other`.
     latency: OnceLock<LatencyBuckets>,
@@ -161,10 +164,10 @@ impl TenantState {
         Self {
             name,
             quota: Quota::new(limits.0, limits.1),
-            launched: AtomicU64::new(0),
+            launched: CachePadded::new(AtomicU64::new(0)),
             served_tokens: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
+            completed: CachePadded::new(AtomicU64::new(0)),
             latency: OnceLock::new(),
             named: AtomicBool::new(false),
         }
@@ -175,9 +178,9 @@ impl TenantState {
         &self.name
     }
 
-    /// The collector launched one of its requests of `tokens`.
-    pub fn launched(&self, tokens: u64) {
-        self.launched.fetch_add(1, Ordering::Relaxed);
+    /// The collector launched `n` of its requests, of `tokens` in all.
+    pub fn launched(&self, n: u64, tokens: u64) {
+        self.launched.fetch_add(n, Ordering::Relaxed);
         self.served_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
@@ -209,7 +212,18 @@ impl TenantState {
     /// was received; `other` takes the latency while the figures do not
     /// name this tenant.
     pub fn completed(&self, us: u64, other: &LatencyBuckets) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.completed_many(1);
+        self.latency().unwrap_or(other).record(us);
+    }
+
+    /// `n` of its requests ended after launch (their latencies recorded
+    /// apart, with [`record_latency`](Self::record_latency)).
+    pub fn completed_many(&self, n: u64) {
+        self.completed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one latency, in this tenant's buckets or `other`'s.
+    pub fn record_latency(&self, us: u64, other: &LatencyBuckets) {
         self.latency().unwrap_or(other).record(us);
     }
 
@@ -260,8 +274,11 @@ impl TenantFigures {
 #[derive(Debug)]
 pub struct TenantHold {
     state: Arc<TenantState>,
-    tokens: u64,
+    tokens: u32,
     queued: bool,
+    /// The request named its tenant (else it is the default tenant's,
+    /// held for a quota).
+    named: bool,
 }
 
 impl TenantHold {
@@ -270,12 +287,22 @@ impl TenantHold {
         &self.state
     }
 
+    /// The tenant id the request named, if it named one.
+    pub fn named(&self) -> Option<&Arc<str>> {
+        self.named.then_some(&self.state.name)
+    }
+
+    /// The tokens the request declared.
+    pub fn tokens(&self) -> u32 {
+        self.tokens
+    }
+
     /// The request launched: the quota goes back and the service is
     /// counted. Idempotent.
     pub fn launch(&mut self) {
         if std::mem::take(&mut self.queued) {
-            self.state.quota.give_back(self.tokens);
-            self.state.launched(self.tokens);
+            self.state.quota.give_back(u64::from(self.tokens));
+            self.state.launched(1, u64::from(self.tokens));
         }
     }
 
@@ -283,7 +310,7 @@ impl TenantHold {
     /// runs for both: the quota goes back, no service is counted.
     pub fn launch_free(&mut self) {
         if std::mem::take(&mut self.queued) {
-            self.state.quota.give_back(self.tokens);
+            self.state.quota.give_back(u64::from(self.tokens));
             self.state.launched.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -292,7 +319,7 @@ impl TenantHold {
 impl Drop for TenantHold {
     fn drop(&mut self) {
         if self.queued {
-            self.state.quota.give_back(self.tokens);
+            self.state.quota.give_back(u64::from(self.tokens));
         }
     }
 }
@@ -323,6 +350,10 @@ pub struct Tenants {
     other_latency: LatencyBuckets,
     /// The size past which an insert prunes.
     prune_at: AtomicUsize,
+    /// Some request has named a tenant: from then on the default tenant's
+    /// latencies are recorded too (before, they would be every request's,
+    /// which the SLA report has already).
+    named_seen: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -391,6 +422,7 @@ impl Tenants {
             gone: Gone::default(),
             other_latency: LatencyBuckets::default(),
             prune_at: AtomicUsize::new(PRUNE_FLOOR),
+            named_seen: AtomicBool::new(false),
         }
     }
 
@@ -421,18 +453,19 @@ impl Tenants {
     pub fn hold(
         &self,
         tenant: Option<&str>,
-        tokens: u64,
+        tokens: u32,
     ) -> Result<Option<TenantHold>, QuotaRefusal> {
-        let state = match tenant {
-            Some(name) if name != DEFAULT_TENANT => self.entry(name),
+        let (state, named) = match tenant {
+            Some(name) if name != DEFAULT_TENANT => (self.entry(name), true),
             _ if !self.any_quota.load(Ordering::Relaxed) => return Ok(None),
-            _ => self.default.clone(),
+            _ => (self.default.clone(), false),
         };
-        match state.quota.try_take(tokens) {
+        match state.quota.try_take(u64::from(tokens)) {
             Ok(()) => Ok(Some(TenantHold {
                 state,
                 tokens,
                 queued: true,
+                named,
             })),
             Err(exceeded) => {
                 state.refused.fetch_add(1, Ordering::Relaxed);
@@ -447,6 +480,9 @@ impl Tenants {
     fn entry(&self, name: &str) -> Arc<TenantState> {
         if let Some(s) = self.map.get(name) {
             return s.value().clone();
+        }
+        if !self.named_seen.load(Ordering::Relaxed) {
+            self.named_seen.store(true, Ordering::Relaxed);
         }
         let name: Arc<str> = name.into();
         let limits = self.limits.load().of(&name);
@@ -537,6 +573,11 @@ impl Tenants {
             other,
             tracked,
         }
+    }
+
+    /// Whether a request has named a tenant yet (see `named_seen`).
+    pub fn named_seen(&self) -> bool {
+        self.named_seen.load(Ordering::Relaxed)
     }
 
     /// Tenants in the table now, the default one included.

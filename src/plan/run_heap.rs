@@ -27,6 +27,7 @@ impl<K: Ord + Copy, V: Ord + Copy> RunHeap<K, V> {
         }
     }
 
+    #[inline]
     pub fn push(&mut self, key: K, id: V) {
         // Equal keys may go either way: their order is not the rule's.
         if self.run.back().is_none_or(|&(last, _)| last <= key) {
@@ -37,6 +38,7 @@ impl<K: Ord + Copy, V: Ord + Copy> RunHeap<K, V> {
     }
 
     /// Drops ids that no longer wait from both fronts.
+    #[inline]
     pub fn clean(&mut self, live: impl Fn(V) -> bool) {
         while self.run.front().is_some_and(|&(_, id)| !live(id)) {
             self.run.pop_front();
@@ -49,6 +51,7 @@ impl<K: Ord + Copy, V: Ord + Copy> RunHeap<K, V> {
     /// Whether the smallest entry is the heap's: its key is below the
     /// run's front, or the run is empty (ties go to the run). `front` and
     /// `pop_front` both ask this, so what one reads the other takes.
+    #[inline]
     fn rest_first(&self) -> bool {
         match (self.run.front(), self.rest.peek()) {
             (Some((a, _)), Some(Reverse((b, _)))) => b < a,
@@ -58,6 +61,7 @@ impl<K: Ord + Copy, V: Ord + Copy> RunHeap<K, V> {
     }
 
     /// The smallest entry (after `clean`, a live one).
+    #[inline]
     pub fn front(&self) -> Option<(K, V)> {
         if self.rest_first() {
             self.rest.peek().map(|Reverse(e)| *e)
@@ -67,6 +71,7 @@ impl<K: Ord + Copy, V: Ord + Copy> RunHeap<K, V> {
     }
 
     /// Removes the smallest entry.
+    #[inline]
     pub fn pop_front(&mut self) -> Option<(K, V)> {
         if self.rest_first() {
             self.rest.pop().map(|Reverse(e)| e)

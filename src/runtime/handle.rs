@@ -469,7 +469,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         let hold = match self
             .shared
             .tenants
-            .hold(request.tenant.as_deref(), u64::from(cost.tokens))
+            .hold(request.tenant.as_deref(), cost.tokens)
         {
             Ok(hold) => hold,
             Err(refusal) => {
@@ -501,7 +501,6 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             expire_at: u64::MAX,
             dedup: request.dedup_key,
             followers: Vec::new(),
-            tenant: request.tenant,
             hold,
         };
         Ok((job, ticket))

@@ -137,10 +137,9 @@ struct Job<I, O> {
     dedup: Option<u64>,
     /// Twins merged into this request by dedup key (see `dedup.rs`).
     followers: Vec<Follower<O>>,
-    /// `Request::tenant`, if given.
-    tenant: Option<Arc<str>>,
-    /// Its tenant's quota and figures (`intake/tenants.rs`); `None` for a
-    /// request naming no tenant while no quota applies.
+    /// Its tenant (`Request::tenant`): the quota it holds and the figures
+    /// (`intake/tenants.rs`); `None` for a request naming no tenant while
+    /// no quota applies.
     hold: Option<TenantHold>,
 }
 
@@ -153,7 +152,7 @@ impl<I, O> Job<I, O> {
             cost: self.cost,
             dedup_key: self.dedup,
             received: self.received,
-            tenant: self.tenant,
+            tenant: self.hold.as_ref().and_then(TenantHold::named).cloned(),
         }
     }
 
@@ -238,9 +237,9 @@ impl<I, O> Job<I, O> {
 type Prepared<I, O> = (Job<I, O>, Ticket<O>);
 
 /// One launched request's caller: its ticket's completer, its level,
-/// where its latency runs from, and its tenant (`None`: the default
-/// tenant, untracked at submit).
-type Caller<O> = (Completer<O>, Priority, Instant, Option<TenantHold>);
+/// where its latency runs from, its tenant (`None`: the default tenant,
+/// untracked at submit) and the tokens its tenant was charged.
+type Caller<O> = (Completer<O>, Priority, Instant, Option<TenantHold>, u32);
 
 /// A batch on its way to a worker.
 struct Batch<I, O> {
@@ -252,15 +251,7 @@ struct Batch<I, O> {
     /// Copies an output for a follower; set when dedup is enabled.
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
-    /// Each request's tenant and the tokens it was charged, beside
-    /// `completers`: an executor that reports a request's real cost
-    /// ([`Executor::served_tokens`]) corrects its tenant's counter.
-    charged: Vec<Charge>,
 }
-
-/// A launched request's tenant (`None`: the default one), its level and
-/// the tokens its tenant was charged.
-type Charge = (Option<Arc<str>>, Priority, u32);
 
 /// A request whose executor reported a cost other than its charge: its
 /// tenant, its level, the tokens charged and the tokens it really cost.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Batch, BuildError, Caller, Charge, Correction, Release, Shared};
+use super::{Batch, BuildError, Caller, Correction, Release, Shared};
 use crate::config::{Capacity, ConfigError, WorkerSpec};
 use crate::device::executor::{Executor, Lane};
 use crate::intake::ring;
@@ -98,7 +98,7 @@ pub(super) fn deliver<O>(
     mut delivered: impl FnMut(Priority, Instant),
 ) {
     let mut counts = [[0u64; 2]; Priority::COUNT];
-    for ((c, p, _, _), _) in outcomes.iter() {
+    for ((c, p, ..), _) in outcomes.iter() {
         counts[p.index()][usize::from(c.is_cancelled())] += 1;
     }
     for p in Priority::ALL {
@@ -107,16 +107,32 @@ pub(super) fn deliver<O>(
             .counters
             .ended(p, Ended::Cancelled, counts[p.index()][1]);
     }
-    let now = Instant::now();
+    // The tenants' figures first, like the counts above: a caller whose
+    // wait returned finds its request counted. Requests of the default
+    // tenant with no hold are counted once per batch, and their latencies
+    // recorded only once some request has named a tenant (before that
+    // they are every request's, which the SLA report has).
     let tenants = &shared.tenants;
-    for ((c, p, since, hold), outcome) in outcomes.drain(..) {
-        // The tenant's figures first, like the counts above: a caller
-        // whose wait returned finds its request counted.
-        let us =
-            u64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX);
-        hold.as_ref()
-            .map_or(tenants.default_tenant(), TenantHold::state)
-            .completed(us, tenants.other_latency());
+    let unheld = outcomes.iter().filter(|((_, _, _, h, _), _)| h.is_none()).count() as u64;
+    if unheld > 0 {
+        tenants.default_tenant().completed_many(unheld);
+    }
+    let default_latency = unheld > 0 && tenants.named_seen();
+    if default_latency || unheld < outcomes.len() as u64 {
+        let now = Instant::now();
+        for ((_, _, since, hold, _), _) in outcomes.iter() {
+            let us = u64::try_from(now.saturating_duration_since(*since).as_micros())
+                .unwrap_or(u64::MAX);
+            match hold {
+                Some(h) => h.state().completed(us, tenants.other_latency()),
+                None if default_latency => tenants
+                    .default_tenant()
+                    .record_latency(us, tenants.other_latency()),
+                None => {}
+            }
+        }
+    }
+    for ((c, p, since, ..), outcome) in outcomes.drain(..) {
         if c.complete(outcome).is_ok() {
             delivered(p, since);
         }
@@ -168,7 +184,6 @@ struct Pending<O> {
     followers: Vec<(usize, Caller<O>)>,
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
-    charged: Vec<Charge>,
     started: Instant,
 }
 
@@ -281,14 +296,12 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             followers,
             cloner,
             reserved,
-            charged,
         } = batch;
         let pending = Pending {
             completers,
             followers,
             cloner,
             reserved,
-            charged,
             started: Instant::now(),
         };
         (inputs, pending)
@@ -297,22 +310,18 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     /// The requests whose real cost, as the executor reports it, differs
     /// from their charge: their tenants' served tokens are corrected here,
     /// and their fairness counters by the collector, which owns them.
-    fn corrections(
-        &self,
-        completers: &[Caller<O>],
-        charged: Vec<Charge>,
-        outputs: &[O],
-    ) -> Vec<Correction> {
+    fn corrections(&self, completers: &[Caller<O>], outputs: &[O]) -> Vec<Correction> {
         let mut out = Vec::new();
-        for ((c, (tenant, level, tokens)), o) in completers.iter().zip(charged).zip(outputs) {
+        for ((_, level, _, hold, tokens), o) in completers.iter().zip(outputs) {
             let Some(real) = self.executor.served_tokens(o) else {
                 continue;
             };
-            if real != tokens {
-                c.3.as_ref()
+            if real != *tokens {
+                hold.as_ref()
                     .map_or(self.shared.tenants.default_tenant(), TenantHold::state)
-                    .correct_served(u64::from(tokens), u64::from(real));
-                out.push((tenant, level, tokens, real));
+                    .correct_served(u64::from(*tokens), u64::from(real));
+                let tenant = hold.as_ref().and_then(TenantHold::named).cloned();
+                out.push((tenant, *level, *tokens, real));
             }
         }
         out
@@ -362,12 +371,11 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             followers,
             cloner,
             reserved,
-            charged,
             started,
         } = pending;
         let corrections = match &result {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
-                self.corrections(&completers, charged, outputs)
+                self.corrections(&completers, outputs)
             }
             _ => Vec::new(),
         };

@@ -35,7 +35,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 seq: self.seq,
                 tokens: u64::from(job.cost.tokens),
                 bytes: job.cost.bytes,
-                tenant: self.planner.tenant_index(job.tenant.as_ref()),
+                tenant: self
+                    .planner
+                    .tenant_index(job.hold.as_ref().and_then(|h| h.named())),
             };
             match job.dedup.filter(|_| self.cloner.is_some()) {
                 Some(k) => self.join_or_start_group(k, job, d.admission, meta),

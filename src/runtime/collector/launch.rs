@@ -291,11 +291,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             followers: Vec::new(),
             cloner: self.cloner,
             reserved: formed.reserved,
-            charged: Vec::with_capacity(formed.items.len()),
         };
         let mut admissions = Vec::with_capacity(formed.items.len());
-        let shared = self.shared.clone();
-        let tenants = &shared.tenants;
+        // Requests of the default tenant with no hold, counted once per
+        // batch: (requests, tokens).
+        let mut unheld = (0u64, 0u64);
         for ((mut job, adm), _) in formed.items {
             if job.dedup.is_some() {
                 self.forget_group(&job);
@@ -310,7 +310,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     }
                     batch
                         .followers
-                        .push((index, (f.completer, f.priority, f.since, f.hold)));
+                        .push((index, (f.completer, f.priority, f.since, f.hold, 0)));
                     admissions.push(f.admission);
                 }
             }
@@ -320,17 +320,21 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
             match job.hold.as_mut() {
                 Some(h) => h.launch(),
-                None => tenants
-                    .default_tenant()
-                    .launched(u64::from(job.cost.tokens)),
+                None => {
+                    unheld.0 += 1;
+                    unheld.1 += u64::from(job.cost.tokens);
+                }
             }
             batch
-                .charged
-                .push((job.tenant, job.priority, job.cost.tokens));
-            batch
                 .completers
-                .push((job.completer, job.priority, since, job.hold));
+                .push((job.completer, job.priority, since, job.hold, job.cost.tokens));
             admissions.push(adm);
+        }
+        if unheld.0 > 0 {
+            self.shared
+                .tenants
+                .default_tenant()
+                .launched(unheld.0, unheld.1);
         }
         // Launched: the room goes back before the worker can complete any
         // of them, so a caller woken by its result finds the depth down;

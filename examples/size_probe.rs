@@ -1,0 +1,3 @@
+fn main() {
+    println!("Request<u64> {}", std::mem::size_of::<convoy::Request<u64>>());
+}
