@@ -268,14 +268,14 @@ impl TenantFigures {
     }
 }
 
-/// A request's hold on its tenant: the quota it took (given back when the
-/// request leaves the queue, at launch or by being dropped) and the state
-/// its figures go to.
+/// A request's hold on its tenant while it is queued: the quota it took,
+/// given back when the request launches ([`launch`](Self::launch), which
+/// hands over the tenant for the figures) or is dropped unlaunched.
 #[derive(Debug)]
 pub struct TenantHold {
-    state: Arc<TenantState>,
+    /// Always `Some` until `launch` takes it.
+    state: Option<Arc<TenantState>>,
     tokens: u32,
-    queued: bool,
     /// The request named its tenant (else it is the default tenant's,
     /// held for a quota).
     named: bool,
@@ -284,12 +284,14 @@ pub struct TenantHold {
 impl TenantHold {
     /// The tenant.
     pub fn state(&self) -> &Arc<TenantState> {
-        &self.state
+        self.state
+            .as_ref()
+            .expect("a hold keeps its tenant until launch consumes the hold")
     }
 
     /// The tenant id the request named, if it named one.
     pub fn named(&self) -> Option<&Arc<str>> {
-        self.named.then_some(&self.state.name)
+        self.named.then(|| &self.state().name)
     }
 
     /// The tokens the request declared.
@@ -297,29 +299,36 @@ impl TenantHold {
         self.tokens
     }
 
-    /// The request launched: the quota goes back and the service is
-    /// counted. Idempotent.
-    pub fn launch(&mut self) {
-        if std::mem::take(&mut self.queued) {
-            self.state.quota.give_back(u64::from(self.tokens));
-            self.state.launched(1, u64::from(self.tokens));
-        }
+    /// The request launched: the quota goes back, the service is counted,
+    /// and the tenant is handed over for the request's figures.
+    pub fn launch(mut self) -> Arc<TenantState> {
+        let state = self
+            .state
+            .take()
+            .expect("a hold keeps its tenant until launch consumes the hold");
+        state.quota.give_back(u64::from(self.tokens));
+        state.launched(1, u64::from(self.tokens));
+        state
     }
 
-    /// The request launched as a deduplicated twin of another, which
-    /// runs for both: the quota goes back, no service is counted.
-    pub fn launch_free(&mut self) {
-        if std::mem::take(&mut self.queued) {
-            self.state.quota.give_back(u64::from(self.tokens));
-            self.state.launched.fetch_add(1, Ordering::Relaxed);
-        }
+    /// The request launched as a deduplicated twin of another, which runs
+    /// for both: the quota goes back, and no service is counted.
+    pub fn launch_free(mut self) -> Arc<TenantState> {
+        let state = self
+            .state
+            .take()
+            .expect("a hold keeps its tenant until launch consumes the hold");
+        state.quota.give_back(u64::from(self.tokens));
+        state.launched.fetch_add(1, Ordering::Relaxed);
+        state
     }
 }
 
 impl Drop for TenantHold {
     fn drop(&mut self) {
-        if self.queued {
-            self.state.quota.give_back(u64::from(self.tokens));
+        // Unlaunched: the quota goes back.
+        if let Some(state) = &self.state {
+            state.quota.give_back(u64::from(self.tokens));
         }
     }
 }
@@ -450,7 +459,21 @@ impl Tenants {
     /// drop(held);
     /// assert!(t.hold(Some("acme"), 3).is_ok());
     /// ```
+    #[inline]
     pub fn hold(
+        &self,
+        tenant: Option<&str>,
+        tokens: u32,
+    ) -> Result<Option<TenantHold>, QuotaRefusal> {
+        // Inlined into submit: most requests name no tenant, and with no
+        // quota that is one relaxed load.
+        if tenant.is_none() && !self.any_quota.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.hold_tenant(tenant, tokens)
+    }
+
+    fn hold_tenant(
         &self,
         tenant: Option<&str>,
         tokens: u32,
@@ -462,9 +485,8 @@ impl Tenants {
         };
         match state.quota.try_take(u64::from(tokens)) {
             Ok(()) => Ok(Some(TenantHold {
-                state,
+                state: Some(state),
                 tokens,
-                queued: true,
                 named,
             })),
             Err(exceeded) => {
@@ -640,17 +662,16 @@ mod tests {
         let mut limits = Limits::none();
         limits.overrides.insert("a".into(), (1, UNLIMITED));
         let t = Tenants::new(limits);
-        let mut h = t.hold(Some("a"), 7).unwrap().unwrap();
+        let h = t.hold(Some("a"), 7).unwrap().unwrap();
         assert!(t.hold(Some("a"), 1).is_err());
-        h.launch();
-        h.launch();
-        let f = h.state().figures();
+        let state = h.launch();
+        let f = state.figures();
         assert_eq!(
             (f.queued, f.launched, f.served_tokens, f.refused),
             (0, 1, 7, 1)
         );
         let _next = t.hold(Some("a"), 1).unwrap();
-        drop(h);
+        drop(state);
         assert_eq!(
             t.hold(Some("a"), 1).unwrap_err().exceeded,
             QuotaExceeded::Requests { limit: 1 }
@@ -667,8 +688,8 @@ mod tests {
     fn a_flood_of_ids_keeps_the_table_bounded() {
         let t = Tenants::new(Limits::none());
         for i in 0..100_000 {
-            let mut h = t.hold(Some(&format!("t{i}")), 1).unwrap().unwrap();
-            h.launch();
+            let h = t.hold(Some(&format!("t{i}")), 1).unwrap().unwrap();
+            drop(h.launch());
             assert!(t.tracked() <= 2 * PRUNE_FLOOR + 2, "{} at {i}", t.tracked());
         }
         let r = t.rank(20);
@@ -681,7 +702,7 @@ mod tests {
     fn a_tenant_called_other_is_counted_as_other() {
         let t = Tenants::new(Limits::none());
         for name in ["other", "other", "a"] {
-            t.hold(Some(name), 1).unwrap().unwrap().launch();
+            drop(t.hold(Some(name), 1).unwrap().unwrap().launch());
         }
         let r = t.rank(5);
         let names: Vec<&str> = r.named.iter().map(|s| s.name().as_ref()).collect();
@@ -693,9 +714,8 @@ mod tests {
     fn held_and_named_tenants_survive_a_prune() {
         let t = Tenants::new(Limits::none());
         let held = t.hold(Some("held"), 1).unwrap().unwrap();
-        let mut named = t.hold(Some("named"), 1).unwrap().unwrap();
-        named.launch();
-        drop(named);
+        let named = t.hold(Some("named"), 1).unwrap().unwrap();
+        drop(named.launch());
         t.rank(2);
         for i in 0..3 * PRUNE_FLOOR {
             drop(t.hold(Some(&format!("x{i}")), 1));

@@ -400,7 +400,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     fn sheds(&self, job: &Job<I, O>) -> bool {
         self.shared.shedding.refuses(job.priority)
             && !job
-                .dedup
+                .dedup()
                 .is_some_and(|k| self.shared.waiting_keys.contains(k))
     }
 
@@ -494,12 +494,14 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             completer,
             priority: request.priority,
             deadline: request.deadline,
-            cost,
+            tokens: cost.tokens,
+            bytes: cost.bytes,
+            has_dedup: request.dedup_key.is_some(),
+            dedup_key: request.dedup_key.unwrap_or(0),
             submitted: now,
             received: request.received,
             arrival_ns: 0,
             expire_at: u64::MAX,
-            dedup: request.dedup_key,
             followers: Vec::new(),
             hold,
         };

@@ -13,7 +13,6 @@ use super::{Batch, BuildError, Caller, Correction, Release, Shared};
 use crate::config::{Capacity, ConfigError, WorkerSpec};
 use crate::device::executor::{Executor, Lane};
 use crate::intake::ring;
-use crate::intake::tenants::TenantHold;
 use crate::observe::sla::SlaRecorder;
 use crate::observe::stats::Ended;
 use crate::outcome::{ExecutorError, Failure, Outcome};
@@ -113,7 +112,10 @@ pub(super) fn deliver<O>(
     // recorded only once some request has named a tenant (before that
     // they are every request's, which the SLA report has).
     let tenants = &shared.tenants;
-    let unheld = outcomes.iter().filter(|((_, _, _, h, _), _)| h.is_none()).count() as u64;
+    let unheld = outcomes
+        .iter()
+        .filter(|((_, _, _, h, _), _)| h.is_none())
+        .count() as u64;
     if unheld > 0 {
         tenants.default_tenant().completed_many(unheld);
     }
@@ -124,7 +126,7 @@ pub(super) fn deliver<O>(
             let us = u64::try_from(now.saturating_duration_since(*since).as_micros())
                 .unwrap_or(u64::MAX);
             match hold {
-                Some(h) => h.state().completed(us, tenants.other_latency()),
+                Some(t) => t.completed(us, tenants.other_latency()),
                 None if default_latency => tenants
                     .default_tenant()
                     .record_latency(us, tenants.other_latency()),
@@ -317,11 +319,12 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 continue;
             };
             if real != *tokens {
-                hold.as_ref()
-                    .map_or(self.shared.tenants.default_tenant(), TenantHold::state)
-                    .correct_served(u64::from(*tokens), u64::from(real));
-                let tenant = hold.as_ref().and_then(TenantHold::named).cloned();
-                out.push((tenant, *level, *tokens, real));
+                let state = hold
+                    .as_ref()
+                    .unwrap_or(self.shared.tenants.default_tenant());
+                state.correct_served(u64::from(*tokens), u64::from(real));
+                // The default tenant's name finds the default tenant.
+                out.push((Some(state.name().clone()), *level, *tokens, real));
             }
         }
         out

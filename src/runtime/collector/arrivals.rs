@@ -33,13 +33,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 expire_at: job.expire_at,
                 front: d.front,
                 seq: self.seq,
-                tokens: u64::from(job.cost.tokens),
-                bytes: job.cost.bytes,
+                tokens: u64::from(job.tokens),
+                bytes: job.bytes,
                 tenant: self
                     .planner
                     .tenant_index(job.hold.as_ref().and_then(|h| h.named())),
             };
-            match job.dedup.filter(|_| self.cloner.is_some()) {
+            match job.dedup().filter(|_| self.cloner.is_some()) {
                 Some(k) => self.join_or_start_group(k, job, d.admission, meta),
                 None => {
                     self.planner.insert((job, d.admission), meta);
@@ -87,7 +87,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
     /// A group left the waiting set: its key is free again.
     pub(super) fn forget_group(&mut self, job: &Job<I, O>) {
-        if let Some(k) = job.dedup {
+        if let Some(k) = job.dedup() {
             self.dedup.remove(k);
         }
     }

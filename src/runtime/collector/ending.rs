@@ -67,7 +67,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             expired.push(((job, adm), meta));
         }
         for ((job, adm), meta) in regrouped {
-            let k = job.dedup;
+            let k = job.dedup();
             let key = self.planner.insert((job, adm), meta);
             if let Some(k) = k {
                 self.dedup.insert(k, key);

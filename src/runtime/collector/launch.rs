@@ -10,6 +10,7 @@ use crate::clock::nanos;
 use crate::config::{BatchDelay, Capacity, LaunchCause};
 use crate::intake::ring;
 use crate::intake::shed::levels_to_shed;
+use crate::intake::tenants::TenantHold;
 use crate::observe::stats::Ended;
 use crate::outcome::Failure;
 use crate::plan::placement::Candidate;
@@ -297,20 +298,18 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // batch: (requests, tokens).
         let mut unheld = (0u64, 0u64);
         for ((mut job, adm), _) in formed.items {
-            if job.dedup.is_some() {
+            if job.has_dedup {
                 self.forget_group(&job);
                 let index = batch.inputs.len();
-                for mut f in std::mem::take(&mut job.followers) {
+                for f in std::mem::take(&mut job.followers) {
                     self.sla
                         .queue_wait(f.priority, now.saturating_duration_since(f.submitted));
                     // A twin rides free: its quota goes back, and its
                     // tenant is charged nothing (the head's is).
-                    if let Some(h) = f.hold.as_mut() {
-                        h.launch_free();
-                    }
+                    let tenant = f.hold.map(TenantHold::launch_free);
                     batch
                         .followers
-                        .push((index, (f.completer, f.priority, f.since, f.hold, 0)));
+                        .push((index, (f.completer, f.priority, f.since, tenant, 0)));
                     admissions.push(f.admission);
                 }
             }
@@ -318,16 +317,14 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             batch.inputs.push(job.input);
             self.sla
                 .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
-            match job.hold.as_mut() {
-                Some(h) => h.launch(),
-                None => {
-                    unheld.0 += 1;
-                    unheld.1 += u64::from(job.cost.tokens);
-                }
+            let tenant = job.hold.map(TenantHold::launch);
+            if tenant.is_none() {
+                unheld.0 += 1;
+                unheld.1 += u64::from(job.tokens);
             }
             batch
                 .completers
-                .push((job.completer, job.priority, since, job.hold, job.cost.tokens));
+                .push((job.completer, job.priority, since, tenant, job.tokens));
             admissions.push(adm);
         }
         if unheld.0 > 0 {

@@ -317,11 +317,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
 
 impl<I, O> Plannable for Entry<I, O> {
     fn cost(&self) -> Capacity {
-        as_capacity(self.0.cost)
+        as_capacity(self.0.cost())
     }
 
     fn group(&self) -> Option<u64> {
-        self.0.dedup
+        self.0.dedup()
     }
 
     /// A group is dropped unrun only when every member cancelled.
