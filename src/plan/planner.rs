@@ -985,6 +985,147 @@ mod tests {
         assert_eq!((q.waiting.tokens(), q.waiting.bytes()), (0, 0));
     }
 
+    /// Nothing fills on a sum of zero: requests that cost no bytes (or no
+    /// tokens) never fill a worker that holds none of them, else every
+    /// batch would launch at its first request as "full".
+    #[test]
+    fn a_sum_of_zero_fills_no_worker_that_holds_none() {
+        let mut p = least_loaded::<Costs>(1, limits(8));
+        p.insert(Costs(0, 0), normal(1));
+        let holds_nothing = Capacity {
+            slots: 64,
+            tokens: 0,
+            bytes: 0,
+        };
+        assert!(!p.is_full(Some(holds_nothing)));
+    }
+
+    /// The preferred sizes a batch is cut to are those the waiting
+    /// requests (and the limit) allow: the largest not above either.
+    #[test]
+    fn a_batch_is_cut_to_the_largest_preferred_size_that_waits() {
+        assert_eq!(batch_size_now(5, 16, false, &[4, 8]), Some(4));
+        assert_eq!(batch_size_now(8, 16, false, &[4, 8]), Some(8));
+        assert_eq!(batch_size_now(3, 16, false, &[4, 8]), None);
+        assert_eq!(
+            batch_size_now(12, 6, false, &[4, 8]),
+            Some(6),
+            "the limit wins"
+        );
+        assert_eq!(
+            batch_size_now(3, 16, true, &[4, 8]),
+            Some(16),
+            "a forced launch"
+        );
+        assert_eq!(batch_size_now(0, 16, true, &[]), None);
+    }
+
+    /// A worker holding fewer than two batches always takes one; with two
+    /// it takes a third only with room for a whole batch, and a resource
+    /// with no limit (on the worker or the batch) never stops it.
+    #[test]
+    fn a_worker_takes_a_batch_while_it_holds_fewer_than_two() {
+        let cap = Capacity {
+            slots: 8,
+            tokens: 100,
+            bytes: u64::MAX,
+        };
+        let full = Capacity {
+            slots: 8,
+            tokens: 100,
+            bytes: 0,
+        };
+        let lim = BatchingConfig {
+            max_batch_tokens: 50,
+            ..limits(4)
+        };
+        assert!(takes_batch(0, &full, &cap, 4, &lim), "none held: always");
+        assert!(takes_batch(1, &full, &cap, 4, &lim), "one held: always");
+        assert!(!takes_batch(2, &full, &cap, 4, &lim), "two held, no room");
+        let unbounded = Capacity {
+            slots: u32::MAX,
+            tokens: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let slots_only = Capacity {
+            slots: 0,
+            ..unbounded
+        };
+        assert!(takes_batch(2, &slots_only, &unbounded, 4, &limits(4)));
+        let no_token_limit = BatchingConfig {
+            max_batch_tokens: u64::MAX,
+            ..limits(4)
+        };
+        let tokens_full = Capacity {
+            slots: 0,
+            tokens: 100,
+            bytes: 0,
+        };
+        assert!(takes_batch(2, &tokens_full, &cap, 4, &no_token_limit));
+    }
+
+    /// A request type that keeps the default `group` belongs to none: a
+    /// pass that sets it aside reports no moved key.
+    #[test]
+    fn an_ungrouped_request_set_aside_reports_no_move() {
+        let mut p = least_loaded::<One>(1, limits(4));
+        let spec = worker(Capacity {
+            slots: 1,
+            tokens: 16,
+            bytes: u64::MAX,
+        });
+        let workers = [Candidate {
+            index: 0,
+            spec: &spec,
+            up: true,
+        }];
+        assert_eq!(One.group(), None);
+        p.insert(One, normal(1));
+        p.insert(One, normal(2));
+        let mut abandoned = Vec::new();
+        assert!(matches!(
+            p.form(0, &workers, &mut abandoned, 1),
+            Plan::Batch { .. }
+        ));
+        let _ = p.form(0, &workers, &mut abandoned, 1);
+        assert_eq!(p.take_moved().count(), 0);
+        assert_eq!(p.len(), 1);
+    }
+
+    /// A reload's ordering and limits reach the planner: `fifo` takes a
+    /// Background request that arrived first ahead of a Critical one, and
+    /// a new batch limit is the limit.
+    #[test]
+    fn a_reloaded_ordering_and_limit_apply() {
+        let mut p = least_loaded::<One>(1, limits(4));
+        p.set_ordering(crate::config::OrderingPolicy::Fifo);
+        let key = p.insert(
+            One,
+            Meta {
+                level: Priority::Background,
+                ..normal(1)
+            },
+        );
+        p.insert(
+            One,
+            Meta {
+                level: Priority::Critical,
+                arrival: 1,
+                ..normal(2)
+            },
+        );
+        let first = p.waiting.pop(2).map(|(_, m, _)| m.seq);
+        assert_eq!(first, Some(1), "fifo: the first arrival");
+        assert!(p.remove(key).is_none(), "taken already");
+        let second = p.insert(One, normal(3));
+        assert!(
+            p.remove(second).is_some(),
+            "a waiting request is removed by its key"
+        );
+        p.set_limits(limits(2), Duration::from_secs(1));
+        assert_eq!(p.batch_limit(), 2);
+    }
+
     /// A request with an id, for the property below.
     struct Req {
         id: u32,
