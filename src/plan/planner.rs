@@ -1126,6 +1126,61 @@ mod tests {
         assert_eq!(p.batch_limit(), 2);
     }
 
+    /// A formed batch reserves exactly what its requests cost, counts the
+    /// aged ones among them, and an empty planner forms nothing (not
+    /// "held"); a request past its expiring deadline is taken out by it.
+    #[test]
+    fn a_formed_batch_reserves_its_requests_and_counts_the_aged() {
+        let mut p = least_loaded::<Costs>(1, limits(8));
+        let spec = worker(Capacity {
+            slots: 64,
+            tokens: 1_000,
+            bytes: 1_000,
+        });
+        let workers = [Candidate {
+            index: 0,
+            spec: &spec,
+            up: true,
+        }];
+        let mut abandoned = Vec::new();
+        assert!(p.is_empty());
+        assert!(matches!(
+            p.form(0, &workers, &mut abandoned, 8),
+            Plan::Empty
+        ));
+        for (seq, (tokens, bytes)) in [(3, 5), (4, 6), (5, 7)].into_iter().enumerate() {
+            p.insert(Costs(tokens, bytes), normal(seq as u64));
+        }
+        assert!(!p.is_empty());
+        // Two seconds on, past `max_wait` (1 s): all three are aged.
+        let Plan::Batch { formed, .. } = p.form(2_000_000_000, &workers, &mut abandoned, 8) else {
+            panic!("a batch forms");
+        };
+        assert_eq!(formed.items.len(), 3);
+        assert_eq!(formed.aged, 3);
+        assert_eq!(
+            formed.reserved,
+            Capacity {
+                slots: 3,
+                tokens: 12,
+                bytes: 18,
+            }
+        );
+        p.release(formed.worker, &formed.reserved)
+            .expect("exactly what was reserved");
+        p.insert(
+            Costs(1, 0),
+            Meta {
+                deadline: 10,
+                expire_at: 10,
+                ..normal(9)
+            },
+        );
+        assert!(p.pop_expired(5).is_none(), "not yet");
+        assert_eq!(p.pop_expired(10).map(|(_, m)| m.seq), Some(9));
+        assert!(p.is_empty());
+    }
+
     /// A request with an id, for the property below.
     struct Req {
         id: u32,
