@@ -961,6 +961,13 @@ mod tests {
             other => panic!("expected Oversized, got {other:?}"),
         }
         assert!(tx.is_empty());
+        // Every refusal hands the items back whole, in the order given.
+        let oversized = tx.push_all(vec![4, 5, 6]).unwrap_err();
+        assert_eq!(oversized.into_items(), [4, 5, 6]);
+        tx.push_all(vec![7, 8]).unwrap();
+        let full = tx.push_all(vec![9]).unwrap_err();
+        assert_eq!(full.into_items(), [9]);
+        assert!(PushAllError::<u8>::Empty.into_items().is_empty());
     }
 
     #[test]
