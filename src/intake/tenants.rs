@@ -294,32 +294,28 @@ impl TenantHold {
         self.named.then(|| &self.state().name)
     }
 
-    /// The tokens the request declared.
-    pub fn tokens(&self) -> u32 {
-        self.tokens
-    }
-
     /// The request launched: the quota goes back, the service is counted,
     /// and the tenant is handed over for the request's figures.
-    pub fn launch(mut self) -> Arc<TenantState> {
-        let state = self
-            .state
-            .take()
-            .expect("a hold keeps its tenant until launch consumes the hold");
-        state.quota.give_back(u64::from(self.tokens));
-        state.launched(1, u64::from(self.tokens));
-        state
+    pub fn launch(self) -> Arc<TenantState> {
+        let tokens = u64::from(self.tokens);
+        self.launched_serving(tokens)
     }
 
     /// The request launched as a deduplicated twin of another, which runs
     /// for both: the quota goes back, and no service is counted.
-    pub fn launch_free(mut self) -> Arc<TenantState> {
+    pub fn launch_free(self) -> Arc<TenantState> {
+        self.launched_serving(0)
+    }
+
+    /// Gives the quota back, counts one request launched serving `tokens`,
+    /// and hands the tenant over (the drop then gives back nothing).
+    fn launched_serving(mut self, tokens: u64) -> Arc<TenantState> {
         let state = self
             .state
             .take()
             .expect("a hold keeps its tenant until launch consumes the hold");
         state.quota.give_back(u64::from(self.tokens));
-        state.launched.fetch_add(1, Ordering::Relaxed);
+        state.launched(1, tokens);
         state
     }
 }

@@ -142,13 +142,10 @@ impl<V: Ord + Copy> Fair<V> {
 
     /// The index of `name`'s tenant (`DEFAULT` for none), added if new.
     pub fn index_of(&mut self, name: Option<&Arc<str>>) -> u32 {
-        let Some(name) = name else { return DEFAULT };
-        if let Some(&i) = self.names.get(name) {
+        if let Some(i) = self.find(name) {
             return i;
         }
-        if name.as_ref() == crate::intake::tenants::DEFAULT_TENANT {
-            return DEFAULT;
-        }
+        let Some(name) = name else { return DEFAULT };
         if self.names.len() >= self.prune_at {
             self.prune();
         }
@@ -166,6 +163,16 @@ impl<V: Ord + Copy> Fair<V> {
         };
         self.names.insert(name.clone(), i);
         i
+    }
+
+    /// The index of `name`'s tenant (`DEFAULT` for none, or for the
+    /// default tenant's own id), if it is held.
+    fn find(&self, name: Option<&Arc<str>>) -> Option<u32> {
+        match name {
+            None => Some(DEFAULT),
+            Some(n) if n.as_ref() == crate::intake::tenants::DEFAULT_TENANT => Some(DEFAULT),
+            Some(n) => self.names.get(n).copied(),
+        }
     }
 
     /// The level's floor: the smallest counter among its backlogged
@@ -279,14 +286,7 @@ impl<V: Ord + Copy> Fair<V> {
     /// to the `real` cost its executor reported; a tenant no longer held
     /// is left alone (it was dropped for having no debt).
     pub fn correct(&mut self, name: Option<&Arc<str>>, l: usize, charged: u64, real: u64) {
-        let t = match name {
-            None => DEFAULT,
-            Some(n) if n.as_ref() == crate::intake::tenants::DEFAULT_TENANT => DEFAULT,
-            Some(n) => match self.names.get(n) {
-                Some(&t) => t,
-                None => return,
-            },
-        };
+        let Some(t) = self.find(name) else { return };
         let tenant = &mut self.tenants[t as usize];
         let step = tenant.step;
         let at = |n: u64| ((n.max(1) as f64) * step).ceil() as u64;
