@@ -1,6 +1,8 @@
 //! The producer's side: [`Handle`] and [`Submitter`], and the submit path
 //! (validate, pass the gate, push into the intake, ring the doorbell: no
-//! lock, no channel).
+//! lock, no channel). A request that names a tenant also finds it in the
+//! tenant table (`intake/tenants.rs`), a `DashMap`: one shard's read lock
+//! for the lookup.
 
 use std::sync::Arc;
 use std::time::Instant;
