@@ -55,6 +55,9 @@ cases=(
   # write, and a token refusal that keeps the request it counted.
   "src/intake/quota.rs@let taken = self\n                .queued\n                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {\n                    (q < max).then_some(q + 1)\n                });@let seen = self.queued.load(Ordering::Relaxed);\n            let taken = (seen < max).then(|| self.queued.store(seen + 1, Ordering::Relaxed)).ok_or(seen);@quota@racing_takes_never_pass_the_limit"
   "src/intake/quota.rs@self.queued.fetch_sub(1, Ordering::Relaxed);\n                return Err(QuotaExceeded::Tokens@return Err(QuotaExceeded::Tokens@quota@a_give_back_races_a_take_and_the_counts_end_exact"
+  # Not an ordering: the staged batch's take-once swap split into a load
+  # and a store (a worker and a recall could then both take the batch).
+  "src/runtime/handoff.rs@let p = self.value.swap(ptr::null_mut(), Ordering::AcqRel);@let p = self.value.load(Ordering::Acquire);\n        self.value.store(ptr::null_mut(), Ordering::Release);@handoff@start_races_recall_and_exactly_one_takes"
   # Not an ordering: the check itself, as it was before the model found it.
   "src/intake/gate.rs@self.state.load(Ordering::Acquire) == CLOSED@self.state.load(Ordering::Acquire) & !CLOSED == 0@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
 )

@@ -96,9 +96,9 @@ mod runtime;
 
 pub use config::{
     BatchDelay, BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, Fairness,
-    LaunchCause, OrderingPolicy, PlacementPolicy, PlacementReason, PreferredBatchSizes, SloTarget,
-    TenantOverride, TenantsConfig, UnknownPolicy, WorkerSpec, MAX_TENANT_LEN, MAX_TOP_N,
-    MAX_WEIGHT, MAX_WORKERS,
+    LaunchCause, OrderingPolicy, PlacementPolicy, PlacementReason, Preemption, PreferredBatchSizes,
+    SloTarget, TenantOverride, TenantsConfig, UnknownPolicy, WorkerSpec, MAX_DISPLACEMENTS,
+    MAX_TENANT_LEN, MAX_TOP_N, MAX_WEIGHT, MAX_WORKERS,
 };
 #[cfg(feature = "cuda")]
 pub use device::cuda;
@@ -129,6 +129,7 @@ pub mod loom_exports {
     pub use crate::observe::stats::{Counters, Ended};
     pub use crate::runtime::clearing::Clearing;
     pub use crate::runtime::control::{Mode, Notice, RunMode, Watch};
+    pub use crate::runtime::handoff::TakeOnce;
 }
 
 /// The collector's single-owner machinery, exposed only so that the

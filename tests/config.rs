@@ -44,6 +44,10 @@ fn every_key_is_read() {
         [placement]
         policy = "cost_optimized"
         urgent_slack_ms = 7
+        [preemption]
+        enabled = false
+        min_priority_gap = 3
+        max_displacements = 4
         [[workers]]
         name = "a"
         slots = 8
@@ -98,6 +102,14 @@ fn every_key_is_read() {
     );
     assert_eq!(c.placement, PlacementPolicy::CostOptimized);
     assert_eq!(c.urgent_slack, Duration::from_millis(7));
+    assert_eq!(
+        c.preemption,
+        convoy::Preemption {
+            enabled: false,
+            min_gap: 3,
+            max_displacements: 4
+        }
+    );
     assert_eq!(c.workers.len(), 2);
     assert_eq!((c.workers[0].name.as_str(), c.workers[0].speed), ("a", 2.5));
     assert_eq!(
@@ -185,6 +197,28 @@ fn every_error_names_its_key() {
         ("[slo.low]\ntimeout_ms = -3", "slo.low.timeout_ms"),
         ("[slo.urgent]\np99_ms = 5", "urgent"),
         ("[batching\nmax_batch_size = 1", "line 1"),
+        (
+            "[preemption]\nmin_priority_gap = 0",
+            "preemption.min_priority_gap",
+        ),
+        (
+            "[preemption]\nmin_priority_gap = 5",
+            "preemption.min_priority_gap",
+        ),
+        (
+            "[preemption]\nmin_priority_gap = -1",
+            "preemption.min_priority_gap",
+        ),
+        (
+            "[preemption]\nmax_displacements = 0",
+            "preemption.max_displacements",
+        ),
+        (
+            "[preemption]\nmax_displacements = 300",
+            "preemption.max_displacements",
+        ),
+        ("[preemption]\nenabled = \"yes\"", "enabled"),
+        ("[preemption]\nmax_preemptions = 1", "max_preemptions"),
     ];
     for (text, key) in cases {
         let err = Config::from_toml_str(text).expect_err(text).to_string();

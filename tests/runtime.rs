@@ -319,6 +319,9 @@ struct TwoBatchesHeld {
 fn two_batches_held() -> TwoBatchesHeld {
     let mut cfg = config(vec![worker(64, 200)], 64, 1);
     cfg.batching.max_batch_tokens = 100;
+    // What is held back here must stay held: a Critical request would
+    // otherwise displace batch B (`tests/preemption.rs`).
+    cfg.preemption.enabled = false;
     let (rt, hold, ran) = blocked_runtime_with(cfg);
     let h = rt.handle();
     let a = h.submit(Request::new(0).tokens(100)).unwrap();

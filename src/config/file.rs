@@ -150,6 +150,16 @@ struct FileTenants {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FilePreemption {
+    enabled: Option<bool>,
+    /// Wide integers, so that a negative or huge value is refused with
+    /// the range rather than as a type error.
+    min_priority_gap: Option<i64>,
+    max_displacements: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileConfig {
     intake: Option<FileIntake>,
     batching: Option<FileBatching>,
@@ -157,6 +167,7 @@ struct FileConfig {
     deadlines: Option<FileDeadlines>,
     placement: Option<FilePlacement>,
     tenants: Option<FileTenants>,
+    preemption: Option<FilePreemption>,
     cpu_workers: Option<usize>,
     shutdown_timeout_ms: Option<f64>,
     slo: Option<FileLevels<FileSloTarget>>,
@@ -315,6 +326,15 @@ impl Config {
                     (name, over)
                 })
                 .collect();
+        }
+        if let Some(p) = file.preemption {
+            c.preemption.enabled = p.enabled.unwrap_or(c.preemption.enabled);
+            if let Some(g) = p.min_priority_gap {
+                c.preemption.min_gap = Preemption::gap(g)?;
+            }
+            if let Some(n) = p.max_displacements {
+                c.preemption.max_displacements = Preemption::cap(n)?;
+            }
         }
         c.cpu_workers = file.cpu_workers.unwrap_or(c.cpu_workers);
         if let Some(ms) = file.shutdown_timeout_ms {

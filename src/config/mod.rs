@@ -8,9 +8,11 @@ use crate::intake::IntakeConfig;
 use crate::priority::Priority;
 
 mod file;
+mod preemption;
 mod tenants;
 mod validate;
 
+pub use preemption::{Preemption, MAX_DISPLACEMENTS};
 pub(crate) use tenants::check_tenant_id;
 pub use tenants::{Fairness, TenantOverride, TenantsConfig, MAX_TENANT_LEN, MAX_TOP_N, MAX_WEIGHT};
 
@@ -367,6 +369,10 @@ pub struct Config {
     /// Tenant weights, quotas and the figures' label bound (`[tenants]`;
     /// reloadable).
     pub tenants: TenantsConfig,
+    /// When urgent work may displace staged, less urgent work
+    /// (`[preemption]`; reloadable; on by default, with a gap of two
+    /// levels and one displacement per request).
+    pub preemption: Preemption,
     /// Shed levels while the queue runs late (`ordering.shed`; reloadable;
     /// off by default in the library, on in the `convoy` commands run
     /// without `--config`): while the queue is late by `shed_at[l] ×
@@ -443,6 +449,7 @@ impl Default for Config {
             ordering: OrderingPolicy::Aging,
             fairness: Fairness::Vtc,
             tenants: TenantsConfig::default(),
+            preemption: Preemption::default(),
             shed: false,
             shed_at: DEFAULT_SHED_AT,
             deadline_action: [DeadlineAction::Reject; Priority::COUNT],

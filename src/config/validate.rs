@@ -80,6 +80,7 @@ impl Config {
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tenants.validate()?;
+        self.preemption.validate()?;
         if self.intake.shards == 0 {
             return Err(IntakeError::ZeroShards.into());
         }

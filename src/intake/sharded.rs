@@ -184,6 +184,28 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The shard of an admission that holds no room.
+    const NO_SHARD: u32 = u32::MAX;
+
+    /// An admission that holds no room: for a request that gave its room
+    /// back when it was first launched and waits again (preemption put it
+    /// back before it started). Releasing it frees nothing.
+    ///
+    /// ```
+    /// use convoy::intake::{Admission, Intake, IntakeConfig};
+    /// use convoy::{InsertPolicy, Priority};
+    /// let (intake, mut c) = Intake::new(IntakeConfig { shards: 1, lane_capacity: 4 }).unwrap();
+    /// intake.push(Priority::Low, 1, InsertPolicy::Enqueue).unwrap();
+    /// c.release(Admission::none(Priority::Low));
+    /// assert_eq!(intake.stats().depth(), 1); // the pushed item still holds its room
+    /// ```
+    pub fn none(priority: Priority) -> Self {
+        Self {
+            shard: Self::NO_SHARD,
+            priority,
+        }
+    }
+
     /// The level the item was admitted at.
     pub fn priority(&self) -> Priority {
         self.priority
@@ -915,6 +937,10 @@ impl<T> IntakeConsumer<T> {
     }
 
     fn free(&mut self, shard: usize, priority: Priority, n: usize) {
+        // An `Admission::none` names no shard, so no lane: nothing to free.
+        if shard >= self.shared.shards {
+            return;
+        }
         if let Some(ring) = self.rings.get_mut(lane_index(shard, priority)) {
             ring.free(n);
         }

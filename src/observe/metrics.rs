@@ -33,6 +33,7 @@
 //! | `convoy_placements_total` | counter | `reason` |
 //! | `convoy_batch_launches_total` | counter | `cause` (full, delay, deadline, idle, preferred, closing) |
 //! | `convoy_aging_promotions_total` | counter | |
+//! | `convoy_preemptions_total` | counter | `priority` (the preempted request's), `kind` (displaced, interrupted) |
 //! | `convoy_adaptive_switches_total` | counter | |
 //! | `convoy_deduplicated_total` | counter | |
 //! | `convoy_tenant_requests_launched_total` | counter | `tenant` |
@@ -65,7 +66,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{Capacity, LaunchCause, PlacementReason};
 use crate::observe::sla::{BucketedLatency, SlaReport};
-use crate::observe::stats::{Stats, BATCH_SIZE_BOUNDS};
+use crate::observe::stats::{Preempted, Stats, BATCH_SIZE_BOUNDS};
 use crate::priority::Priority;
 
 /// Bucket bounds of the latency histograms, in seconds.
@@ -524,6 +525,25 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         counter(&mut m, &none, s.aging_promotions)?;
+        let mut m = e.encode_descriptor(
+            "convoy_preemptions",
+            "Requests taken back for more urgent work: their batch recalled before it started (displaced) or stopped at a boundary (interrupted)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in Priority::ALL {
+            for kind in Preempted::ALL {
+                let n = match kind {
+                    Preempted::Displaced => s.of(p).displaced,
+                    Preempted::Interrupted => s.of(p).interrupted,
+                };
+                let labels = vec![
+                    ("priority", p.as_str().to_owned()),
+                    ("kind", kind.as_str().to_owned()),
+                ];
+                counter(&mut m, &labels, n)?;
+            }
+        }
         let mut m = e.encode_descriptor(
             "convoy_deduplicated",
             "Requests merged into a waiting twin by dedup key",

@@ -23,6 +23,28 @@ pub enum Ended {
 
 const ENDED: usize = 5;
 
+/// How preemption took a request back (`convoy_preemptions_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preempted {
+    /// Its batch was recalled from a worker before it started.
+    Displaced = 0,
+    /// Its batch stopped at a boundary while running, before it finished.
+    Interrupted = 1,
+}
+
+impl Preempted {
+    /// Both kinds, in index order.
+    pub const ALL: [Preempted; 2] = [Self::Displaced, Self::Interrupted];
+
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Displaced => "displaced",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// Counters written by the collector and the workers, read for reporting.
 ///
 /// Most are Relaxed: independent monotonic counts. Two pairs are not,
@@ -51,6 +73,8 @@ pub struct Counters {
     deduplicated: AtomicU64,
     /// Submits refused because their level was shed, per level.
     shed: [AtomicU64; Priority::COUNT],
+    /// Requests preempted, per level and kind (`Preempted`).
+    preempted: [[AtomicU64; 2]; Priority::COUNT],
     placements: [AtomicU64; PlacementReason::COUNT],
     launches: [AtomicU64; LaunchCause::COUNT],
     adaptive_switches: AtomicU64,
@@ -83,6 +107,7 @@ impl Counters {
             aging_promotions: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
             shed: std::array::from_fn(|_| AtomicU64::new(0)),
+            preempted: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             placements: std::array::from_fn(|_| AtomicU64::new(0)),
             launches: std::array::from_fn(|_| AtomicU64::new(0)),
             adaptive_switches: AtomicU64::new(0),
@@ -169,6 +194,14 @@ impl Counters {
         self.shed[p.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` requests of level `p` preempted `how`. Relaxed: an
+    /// independent count, read only for reporting.
+    pub fn preempted(&self, p: Priority, how: Preempted, n: u64) {
+        if n > 0 {
+            self.preempted[p.index()][how as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a request launched ahead of more urgent ones by its age.
     pub fn aging_promotion(&self) {
         self.aging_promotions.fetch_add(1, Ordering::Relaxed);
@@ -195,6 +228,9 @@ impl Counters {
                 cancelled: get(p, Ended::Cancelled),
                 failed: get(p, Ended::Failed),
                 shut_down: get(p, Ended::ShutDown),
+                displaced: self.preempted[p][Preempted::Displaced as usize].load(Ordering::Relaxed),
+                interrupted: self.preempted[p][Preempted::Interrupted as usize]
+                    .load(Ordering::Relaxed),
             }),
             batches,
             batched_requests: self.batched_requests.load(Ordering::Relaxed),
@@ -238,6 +274,12 @@ pub struct PriorityStats {
     pub failed: u64,
     /// Failed by shutdown.
     pub shut_down: u64,
+    /// Times preemption recalled one of its requests from a worker before
+    /// it started (it waited again; not an outcome).
+    pub displaced: u64,
+    /// Times one of its requests stopped unfinished at a boundary of a
+    /// running batch and waited again (not an outcome).
+    pub interrupted: u64,
 }
 
 impl PriorityStats {
@@ -404,6 +446,8 @@ impl Stats {
                     cancelled: d(n.cancelled, e.cancelled),
                     failed: d(n.failed, e.failed),
                     shut_down: d(n.shut_down, e.shut_down),
+                    displaced: d(n.displaced, e.displaced),
+                    interrupted: d(n.interrupted, e.interrupted),
                 }
             }),
             batches: d(self.batches, earlier.batches),
@@ -476,6 +520,8 @@ impl Stats {
                 cancelled: a.cancelled + s.cancelled,
                 failed: a.failed + s.failed,
                 shut_down: a.shut_down + s.shut_down,
+                displaced: a.displaced + s.displaced,
+                interrupted: a.interrupted + s.interrupted,
             })
     }
 }

@@ -16,6 +16,7 @@ use crate::config::{BatchingConfig, Capacity, PlacementReason};
 use crate::plan::ledger::{Ledger, OverRelease};
 use crate::plan::order::{Meta, WaitKey, Waiting};
 use crate::plan::placement::{Candidate, Head, Placer};
+use crate::priority::Priority;
 use std::time::Duration;
 
 /// How many requests in a row a pass may set aside before it stops looking.
@@ -185,6 +186,9 @@ pub struct Planner<T> {
     deferred: Vec<(T, Meta)>,
     /// Grouped requests put back by the last `form`, with their new keys.
     moved: Vec<(u64, WaitKey)>,
+    /// The level and cost of the most urgent request the last `form` set
+    /// aside without forming a batch (see [`Planner::blocked`]).
+    blocked: Option<(Priority, Capacity)>,
 }
 
 impl<T: Plannable> Planner<T> {
@@ -201,6 +205,7 @@ impl<T: Plannable> Planner<T> {
             limits,
             deferred: Vec::new(),
             moved: Vec::new(),
+            blocked: None,
         }
     }
 
@@ -383,7 +388,7 @@ impl<T: Plannable> Planner<T> {
     pub fn correct_charge(
         &mut self,
         name: Option<&std::sync::Arc<str>>,
-        level: crate::priority::Priority,
+        level: Priority,
         charged: u32,
         real: u32,
     ) {
@@ -454,6 +459,7 @@ impl<T: Plannable> Planner<T> {
         max_items: usize,
     ) -> Plan<T> {
         let mut shortfall = None;
+        self.blocked = None;
         let cap = self.batch_limit.min(max_items).max(1);
         // The head decides the worker.
         let (picked, mut formed) = loop {
@@ -564,6 +570,10 @@ impl<T: Plannable> Planner<T> {
 
     fn finish_without_batch(&mut self, shortfall: Option<Capacity>) -> Plan<T> {
         let held = !self.deferred.is_empty();
+        self.blocked = self
+            .deferred
+            .first()
+            .map(|(item, meta)| (meta.level, item.cost()));
         self.put_back();
         match shortfall {
             Some(shortfall) => Plan::Stalled { shortfall },
@@ -582,6 +592,50 @@ impl<T: Plannable> Planner<T> {
                 self.moved.push((g, key));
             }
         }
+    }
+
+    /// The level and cost of the most urgent request that the last
+    /// [`form`](Self::form) met and could place nowhere, when it formed no
+    /// batch (`Stalled` or `Held`): what preemption would make room for.
+    /// `None` after a form that launched or found nothing waiting.
+    ///
+    /// ```
+    /// use convoy::internals::order::Meta;
+    /// use convoy::internals::placement::{Candidate, Placer};
+    /// use convoy::internals::planner::{Plan, Plannable, Planner};
+    /// use convoy::{Capacity, Config, PlacementPolicy, Priority, WorkerSpec};
+    /// use std::time::Duration;
+    /// struct One;
+    /// impl Plannable for One {
+    ///     fn cost(&self) -> Capacity { Capacity { slots: 1, tokens: 1, bytes: 0 } }
+    /// }
+    /// let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 1, 8);
+    /// let mut p = Planner::new(1, Duration::from_secs(1), Config::default().batching, placer);
+    /// let spec = WorkerSpec {
+    ///     name: "w".into(),
+    ///     capacity: Capacity { slots: 1, tokens: 10, bytes: u64::MAX },
+    ///     speed: 1.0,
+    ///     cost_per_hour: 0.0,
+    /// };
+    /// let w = [Candidate { index: 0, spec: &spec, up: true }];
+    /// let meta = |level, seq| Meta { level, arrival: 0, deadline: u64::MAX,
+    ///     expire_at: u64::MAX, front: false, seq, tokens: 1, bytes: 0, tenant: 0 };
+    /// p.insert(One, meta(Priority::Low, 0));
+    /// assert!(matches!(p.form(0, &w, &mut vec![], 1), Plan::Batch { .. }));
+    /// p.insert(One, meta(Priority::Critical, 1));
+    /// assert!(matches!(p.form(0, &w, &mut vec![], 1), Plan::Stalled { .. }));
+    /// assert_eq!(p.blocked(), Some((Priority::Critical, One.cost())));
+    /// ```
+    pub fn blocked(&self) -> Option<(Priority, Capacity)> {
+        self.blocked
+    }
+
+    /// Puts back a request that a formed batch took and that never
+    /// started (preemption recalled its batch): its tenant's charge is
+    /// taken back and it waits again with its old order, arrival
+    /// included, so its aging goes on where it was.
+    pub fn requeue(&mut self, item: T, meta: Meta) -> WaitKey {
+        self.waiting.put_back(item, meta)
     }
 
     /// Grouped requests that the last `form` calls put back, each with the

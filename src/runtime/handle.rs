@@ -506,6 +506,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             expire_at: u64::MAX,
             followers: Vec::new(),
             hold,
+            displaced: 0,
         };
         Ok((job, ticket))
     }

@@ -30,7 +30,7 @@ use crate::clock::nanos;
 use crate::config::SloTarget;
 use crate::config::{
     BatchingConfig, Capacity, Config, ConfigError, DeadlineAction, Fairness, OrderingPolicy,
-    PlacementPolicy, TenantsConfig, WorkerSpec,
+    PlacementPolicy, Preemption, TenantsConfig, WorkerSpec,
 };
 use crate::device::executor::Executor;
 use crate::intake::doorbell::Doorbell;
@@ -56,6 +56,7 @@ mod collector;
 pub(crate) mod control;
 mod error;
 mod handle;
+pub(crate) mod handoff;
 mod worker;
 
 pub use builder::Builder;
@@ -149,6 +150,10 @@ struct Job<I, O> {
     /// (`intake/tenants.rs`); `None` for a request naming no tenant while
     /// no quota applies.
     hold: Option<TenantHold>,
+    /// How many times preemption took it back from a worker before it
+    /// started (`collector/displace.rs`); at `max_displacements` its batch
+    /// is never displaced again.
+    displaced: u8,
 }
 
 impl<I, O> Job<I, O> {
@@ -269,7 +274,22 @@ type Caller<O> = (
     u32,
 );
 
-/// A batch on its way to a worker.
+/// A formed batch handed to a worker and not yet started: its requests
+/// whole, with their ordering, so that the collector can still recall it
+/// and put them back (preemption). It travels in a [`TakeOnce`] cell, which
+/// the worker opens into a [`Batch`] when it starts it (`worker.rs`).
+struct Staged<I, O> {
+    jobs: Vec<(Job<I, O>, Meta)>,
+    cloner: Option<fn(&O) -> O>,
+    reserved: Capacity,
+}
+
+/// A staged batch's cell: one handle on the worker's ring, one kept by the
+/// collector while the batch may still be recalled.
+type StagedCell<I, O> = Arc<handoff::TakeOnce<Staged<I, O>>>;
+
+/// A batch a worker has started: what the executor reads and what the
+/// outcomes go to.
 struct Batch<I, O> {
     inputs: Vec<I>,
     /// Each request's completer, level, submit time and tenant.
@@ -352,6 +372,7 @@ struct Knobs {
     ordering: OrderingPolicy,
     fairness: Fairness,
     tenants: TenantsConfig,
+    preemption: Preemption,
     shed: bool,
     shed_at: [f64; Priority::COUNT],
     deadline_action: [DeadlineAction; Priority::COUNT],
@@ -369,6 +390,7 @@ impl Knobs {
             ordering: c.ordering,
             fairness: c.fairness,
             tenants: c.tenants.clone(),
+            preemption: c.preemption,
             shed: c.shed,
             shed_at: c.shed_at,
             deadline_action: c.deadline_action,

@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Batch, BuildError, Caller, Correction, Release, Shared};
+use super::{Batch, BuildError, Caller, Correction, Release, Shared, Staged, StagedCell};
 use crate::config::{Capacity, ConfigError, WorkerSpec};
 use crate::device::executor::{Executor, Lane};
 use crate::intake::ring;
+use crate::intake::tenants::TenantHold;
 use crate::observe::sla::SlaRecorder;
 use crate::observe::stats::Ended;
 use crate::outcome::{ExecutorError, Failure, Outcome};
 use crate::priority::Priority;
 
 pub(super) struct WorkerLink<I, O> {
-    pub(super) jobs: ring::Producer<Batch<I, O>>,
+    pub(super) jobs: ring::Producer<StagedCell<I, O>>,
     pub(super) thread: std::thread::Thread,
 }
 
@@ -30,10 +31,16 @@ pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
     releases: &ring::Producer<Release>,
     shared: &Arc<Shared>,
 ) -> Result<(WorkerLink<I, O>, JoinHandle<()>), BuildError> {
+    // Each live batch holds a slot of capacity, so a worker holds at most
+    // `slots` of them; as many again leaves room for the cells of recalled
+    // batches, which stay on the ring until the worker pops them (empty)
+    // after the batch it runs (`collector/displace.rs` recalls only while
+    // the ring has room).
     let depth = (spec.capacity.slots as usize)
         .clamp(2, 1 << 16)
-        .next_power_of_two();
-    let (tx, rx) = ring::channel::<Batch<I, O>>(depth).map_err(|e| {
+        .next_power_of_two()
+        * 2;
+    let (tx, rx) = ring::channel::<StagedCell<I, O>>(depth).map_err(|e| {
         BuildError::Config(ConfigError::Invalid {
             key: format!("workers[{index}].capacity.slots"),
             reason: e.to_string(),
@@ -77,6 +84,62 @@ pub(super) fn fail_batch<O>(
 
 /// One outcome on its way: the caller, and what it gets.
 type Delivery<O> = (Caller<O>, Outcome<O>);
+
+/// Opens a staged batch as it starts (or as it fails unstarted): its
+/// requests' queue waits are recorded in `sla`, their tenants' quotas
+/// given back and their launches counted, and the inputs and callers
+/// split for the executor and the outcomes. Done here, not when the
+/// collector forms the batch, so that a batch recalled before it starts
+/// goes back to the queue as it was (`collector/displace.rs`).
+pub(super) fn open_batch<I, O>(
+    shared: &Shared,
+    sla: &mut SlaRecorder,
+    staged: Staged<I, O>,
+) -> Batch<I, O> {
+    let Staged {
+        jobs,
+        cloner,
+        reserved,
+    } = staged;
+    let now = Instant::now();
+    let mut batch = Batch {
+        inputs: Vec::with_capacity(jobs.len()),
+        completers: Vec::with_capacity(jobs.len()),
+        followers: Vec::new(),
+        cloner,
+        reserved,
+    };
+    // Requests of the default tenant with no hold, counted once per
+    // batch: (requests, tokens).
+    let mut unheld = (0u64, 0u64);
+    for (mut job, _) in jobs {
+        let index = batch.inputs.len();
+        for f in std::mem::take(&mut job.followers) {
+            sla.queue_wait(f.priority, now.saturating_duration_since(f.submitted));
+            // A twin rides free: its quota goes back, and its tenant is
+            // charged nothing (the head's is).
+            let tenant = f.hold.map(TenantHold::launch_free);
+            batch
+                .followers
+                .push((index, (f.completer, f.priority, f.since, tenant, 0)));
+        }
+        let since = job.since();
+        sla.queue_wait(job.priority, now.saturating_duration_since(job.submitted));
+        let tenant = job.hold.map(TenantHold::launch);
+        if tenant.is_none() {
+            unheld.0 += 1;
+            unheld.1 += u64::from(job.tokens);
+        }
+        batch.inputs.push(job.input);
+        batch
+            .completers
+            .push((job.completer, job.priority, since, tenant, job.tokens));
+    }
+    if unheld.0 > 0 {
+        shared.tenants.default_tenant().launched(unheld.0, unheld.1);
+    }
+    batch
+}
 
 /// Delivers a launched batch's outcomes (draining `outcomes`), counted as
 /// `how` per priority, or as cancelled where the ticket had closed (the
@@ -145,7 +208,7 @@ struct Worker<I, O> {
     index: usize,
     /// This worker's own SLA histograms (single-owner).
     sla: SlaRecorder,
-    jobs: ring::Consumer<Batch<I, O>>,
+    jobs: ring::Consumer<StagedCell<I, O>>,
     executor: Arc<dyn Executor<I, O>>,
     releases: ring::Producer<Release>,
     shared: Arc<Shared>,
@@ -232,8 +295,15 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         let mut idle = 0u32;
         loop {
             if in_flight.len() < depth {
-                if let Some(batch) = self.jobs.pop() {
+                if let Some(cell) = self.jobs.pop() {
                     idle = 0;
+                    // Started here, unless the collector recalled it first
+                    // (then it has released its capacity and re-queued its
+                    // requests, and this cell is empty).
+                    let Some(staged) = cell.take() else {
+                        continue;
+                    };
+                    let batch = open_batch(&self.shared, &mut self.sla, staged);
                     match lane.as_mut() {
                         None => self.execute(batch),
                         Some(lane) => {

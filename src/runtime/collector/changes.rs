@@ -80,6 +80,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             // worker that ran it; an over-release would be a convoy bug.
             let over = self.planner.release(r.worker, &r.amount);
             debug_assert!(over.is_ok(), "{over:?}");
+            self.untrack_released(r.worker);
             for (tenant, level, charged, real) in r.corrections {
                 self.planner
                     .correct_charge(tenant.as_ref(), level, charged, real);

@@ -5,19 +5,24 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use super::displace::StagedRef;
 use super::{Collector, Entry};
 use crate::clock::nanos;
 use crate::config::{BatchDelay, Capacity, LaunchCause};
 use crate::intake::ring;
 use crate::intake::shed::levels_to_shed;
-use crate::intake::tenants::TenantHold;
+use crate::intake::Admission;
 use crate::observe::stats::Ended;
 use crate::outcome::Failure;
 use crate::plan::placement::Candidate;
 use crate::plan::planner::{batch_size_now, Formed, Plan};
+use crate::priority::Priority;
 use crate::request::Cost;
-use crate::runtime::worker::fail_batch;
-use crate::runtime::{Batch, Health};
+use crate::runtime::handoff::TakeOnce;
+use crate::runtime::worker::{fail_batch, open_batch};
+use crate::runtime::{Health, Staged};
 
 /// The workers up that hold nothing, the workers up, and the requests
 /// launched and unfinished on the fleet: what the adaptive queue delay
@@ -216,6 +221,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             for (k, key) in self.planner.take_moved() {
                 self.dedup.insert(k, key);
             }
+            // Urgent work placed nowhere may take a staged batch's place
+            // (`displace.rs`); then form again, and no shortfall is told.
+            if formed.is_none() && !closing && self.displace(&candidates) {
+                continue;
+            }
             if let Some(cost) = shortfall {
                 // One signal per episode: consecutive passes that meet a
                 // request fitting no worker count once.
@@ -277,61 +287,36 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// Hands a formed batch to its worker; the decision begun at `deciding`
-    /// is timed up to the hand-off.
+    /// is timed up to the hand-off. The requests go whole, in a take-once
+    /// cell the collector keeps a handle on while the batch is staged
+    /// (`displace.rs`); the worker opens it when it starts it
+    /// (`worker::open_batch`).
     pub(super) fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, deciding: Instant) {
-        let now = Instant::now();
         let counters = &self.shared.counters;
         counters.placement(formed.reason);
         for _ in 0..formed.aged {
             counters.aging_promotion();
         }
         let size = formed.items.len();
-        let mut batch = Batch {
-            inputs: Vec::with_capacity(formed.items.len()),
-            completers: Vec::with_capacity(formed.items.len()),
-            followers: Vec::new(),
-            cloner: self.cloner,
-            reserved: formed.reserved,
-        };
-        let mut admissions = Vec::with_capacity(formed.items.len());
-        // Requests of the default tenant with no hold, counted once per
-        // batch: (requests, tokens).
-        let mut unheld = (0u64, 0u64);
-        for ((mut job, adm), _) in formed.items {
+        let mut jobs = Vec::with_capacity(size);
+        let mut admissions = Vec::with_capacity(size);
+        let (mut top, mut displaced) = (Priority::Background, 0u8);
+        for ((mut job, adm), meta) in formed.items {
             if job.has_dedup {
+                // Launched: its key is free, and should the batch be
+                // recalled it waits again as a group of its own.
                 self.forget_group(&job);
-                let index = batch.inputs.len();
-                for f in std::mem::take(&mut job.followers) {
-                    self.sla
-                        .queue_wait(f.priority, now.saturating_duration_since(f.submitted));
-                    // A twin rides free: its quota goes back, and its
-                    // tenant is charged nothing (the head's is).
-                    let tenant = f.hold.map(TenantHold::launch_free);
-                    batch
-                        .followers
-                        .push((index, (f.completer, f.priority, f.since, tenant, 0)));
-                    admissions.push(f.admission);
-                }
+                job.has_dedup = false;
             }
-            let since = job.since();
-            batch.inputs.push(job.input);
-            self.sla
-                .queue_wait(job.priority, now.saturating_duration_since(job.submitted));
-            let tenant = job.hold.map(TenantHold::launch);
-            if tenant.is_none() {
-                unheld.0 += 1;
-                unheld.1 += u64::from(job.tokens);
+            for f in &mut job.followers {
+                let none = Admission::none(f.priority);
+                admissions.push(std::mem::replace(&mut f.admission, none));
+                top = top.min(f.priority);
             }
-            batch
-                .completers
-                .push((job.completer, job.priority, since, tenant, job.tokens));
+            top = top.min(job.priority);
+            displaced = displaced.max(job.displaced);
             admissions.push(adm);
-        }
-        if unheld.0 > 0 {
-            self.shared
-                .tenants
-                .default_tenant()
-                .launched(unheld.0, unheld.1);
+            jobs.push((job, meta));
         }
         // Launched: the room goes back before the worker can complete any
         // of them, so a caller woken by its result finds the depth down;
@@ -345,12 +330,17 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         // nothing is formatted.
         tracing::debug!(
             worker,
-            size = batch.inputs.len(),
-            tokens = batch.reserved.tokens,
+            size,
+            tokens = formed.reserved.tokens,
             reason = ?formed.reason,
             aged = formed.aged,
             "batch launched"
         );
+        let cell = Arc::new(TakeOnce::new(Staged {
+            jobs,
+            cloner: self.cloner,
+            reserved: formed.reserved,
+        }));
         // Timed before the hand-off: unparking the worker may give it this
         // core at once (wake-up preemption), and the decision histogram
         // would then time the scheduler, not the decision (replay p99 went
@@ -359,19 +349,30 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let link = self.workers[worker]
             .as_ref()
             .expect("placement only offers workers whose link is held");
-        if let Err(ring::Full(batch)) = link.jobs.push(batch) {
-            // The ring holds one batch per slot; only a capacity raised past
-            // the ring's size at run time gets here.
-            let undone = self.planner.release(worker, &batch.reserved);
-            debug_assert!(undone.is_ok(), "{undone:?}");
-            fail_batch(
-                &self.shared,
-                batch.completers,
-                batch.followers,
-                "worker queue full".into(),
-            );
-        } else {
-            link.thread.unpark();
+        match link.jobs.push(cell.clone()) {
+            Ok(()) => {
+                link.thread.unpark();
+                self.track_staged(
+                    worker,
+                    StagedRef::new(cell, top, displaced, formed.reserved),
+                );
+            }
+            Err(ring::Full(_)) => {
+                // The ring holds two cells per slot; only a capacity raised
+                // past the ring's size at run time gets here.
+                let staged = cell
+                    .take()
+                    .expect("the ring refused it: nobody else holds it");
+                let undone = self.planner.release(worker, &staged.reserved);
+                debug_assert!(undone.is_ok(), "{undone:?}");
+                let batch = open_batch(&self.shared, &mut self.sla, staged);
+                fail_batch(
+                    &self.shared,
+                    batch.completers,
+                    batch.followers,
+                    "worker queue full".into(),
+                );
+            }
         }
     }
 }

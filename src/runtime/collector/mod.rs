@@ -32,6 +32,7 @@ use crate::runtime::control::{RunMode, Watch};
 
 mod arrivals;
 mod changes;
+mod displace;
 mod ending;
 mod launch;
 mod report;
@@ -115,6 +116,9 @@ pub(super) struct Collector<I, O> {
     most_in_runtime: u64,
     /// Whether a worker up held nothing after the last launches.
     idle: bool,
+    /// Per worker, the batches pushed and not yet released, oldest first
+    /// (`displace.rs`): the unstarted ones may be recalled.
+    staged: Vec<std::collections::VecDeque<displace::StagedRef<I, O>>>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -161,6 +165,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             pace: Pace::default(),
             most_in_runtime: 0,
             idle: false,
+            staged: Vec::new(),
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
