@@ -58,6 +58,9 @@ cases=(
   # Not an ordering: the staged batch's take-once swap split into a load
   # and a store (a worker and a recall could then both take the batch).
   "src/runtime/handoff.rs@let p = self.value.swap(ptr::null_mut(), Ordering::AcqRel);@let p = self.value.load(Ordering::Acquire);\n        self.value.store(ptr::null_mut(), Ordering::Release);@handoff@start_races_recall_and_exactly_one_takes"
+  # Not an ordering: a stop ticket read as "some batch was asked" rather
+  # than "this batch was asked" (a late ask would stop the next batch).
+  "src/device/stop.rs@self.0.load(Ordering::Relaxed) == seq@self.0.load(Ordering::Relaxed) != u64::MAX@handoff@a_stop_meant_for_one_batch_never_stops_the_next"
   # Not an ordering: the check itself, as it was before the model found it.
   "src/intake/gate.rs@self.state.load(Ordering::Acquire) == CLOSED@self.state.load(Ordering::Acquire) & !CLOSED == 0@runtime_protocols@the_collector_exits_only_after_every_accepted_submit"
 )

@@ -103,6 +103,7 @@ pub use config::{
 #[cfg(feature = "cuda")]
 pub use device::cuda;
 pub use device::executor::{BatchFn, Executor, Lane};
+pub use device::stop::{Interruptible, Stop, StopTicket};
 pub use device::{kernel, model};
 pub use intake::shed::DEFAULT_SHED_AT;
 pub use intake::{ring, Intake, IntakeConfig};

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{eventually, fresh_seed, worker, Rng, WaitBounded};
 use convoy::{
-    BatchDelay, BatchingConfig, Config, Failure, Priority, Request, Runtime, Stats, Ticket,
+    BatchDelay, BatchingConfig, Config, Executor, ExecutorError, Failure, Interruptible, Priority,
+    Request, Runtime, Stats, Stop, Ticket,
 };
 
 /// An executor's turnstile: each batch records its inputs as it enters,
@@ -291,11 +292,65 @@ fn switching_preemption_off_at_run_time_holds() {
 /// outcome, and the counts add up.
 #[test]
 fn displacement_under_churn_runs_nothing_twice_and_loses_nothing() {
-    let seed = fresh_seed("displacement_under_churn");
-    let ran = Arc::new(Mutex::new((HashSet::new(), 0u64)));
-    let r = ran.clone();
+    churn(Interruptible::No);
+}
+
+/// The same with an executor that declares a re-run safe: running batches
+/// are also stopped at boundaries, and a request stopped unfinished runs
+/// again, but none finishes twice.
+#[test]
+fn interruption_under_churn_finishes_nothing_twice_and_loses_nothing() {
+    churn(Interruptible::Rerun);
+}
+
+/// Runs each request as a step of 150 µs / batch size, checking the stop
+/// signal between steps, and records each finished request once.
+struct Recording {
+    ran: Arc<Mutex<HashSet<u32>>>,
+    mode: Interruptible,
+}
+
+impl Executor<u32, u32> for Recording {
+    fn execute(&self, worker: usize, xs: &[u32]) -> Result<Vec<u32>, ExecutorError> {
+        let all = self.execute_until(worker, xs, &Stop::never())?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
+    fn interruptible(&self) -> Interruptible {
+        self.mode
+    }
+
+    fn execute_until(
+        &self,
+        _: usize,
+        xs: &[u32],
+        stop: &Stop<'_>,
+    ) -> Result<Vec<Option<u32>>, ExecutorError> {
+        let mut out = vec![None; xs.len()];
+        for (i, &x) in xs.iter().enumerate() {
+            if stop.requested() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(150) / xs.len() as u32);
+            assert!(
+                self.ran.lock().unwrap().insert(x),
+                "request {x} finished twice"
+            );
+            out[i] = Some(x);
+        }
+        Ok(out)
+    }
+}
+
+fn churn(mode: Interruptible) {
+    let seed = fresh_seed("preemption under churn");
+    let slots = if mode == Interruptible::Rerun { 2 } else { 4 };
+    let ran = Arc::new(Mutex::new(HashSet::new()));
     let mut cfg = Config {
-        workers: vec![worker(4, 1 << 20), worker(4, 1 << 20)],
+        // Batches of two: each worker holds a running and a staged batch
+        // (displacement), or with a re-run safe one running batch only
+        // (interruption).
+        workers: vec![worker(slots, 1 << 20), worker(slots, 1 << 20)],
         ..Config::default()
     };
     cfg.batching.max_batch_size = 2;
@@ -304,16 +359,9 @@ fn displacement_under_churn_runs_nothing_twice_and_loses_nothing() {
     cfg.shutdown_timeout = Duration::from_millis(200);
     let rt = Runtime::builder()
         .config(cfg)
-        .batch_fn(move |xs: &[u32]| {
-            {
-                let mut r = r.lock().unwrap();
-                for &x in xs {
-                    assert!(r.0.insert(x), "request {x} ran twice");
-                }
-                r.1 += 1;
-            }
-            std::thread::sleep(Duration::from_micros(150));
-            xs.to_vec()
+        .executor(Recording {
+            ran: ran.clone(),
+            mode,
         })
         .build()
         .unwrap();
@@ -382,21 +430,200 @@ fn displacement_under_churn_runs_nothing_twice_and_loses_nothing() {
     let total = s.total();
     assert_eq!(total.lost(), 0, "{total}");
     assert_eq!(total.inserted, total.ended(), "{total}");
-    let (ids, _) = &*ran.lock().unwrap();
-    // Each id ran at most once (checked as it ran); every completion ran.
+    let ids = ran.lock().unwrap();
+    // Each id finished at most once (checked as it did); every completion
+    // finished.
     assert!(ids.len() as u64 >= completed);
+    let bg = s.of(Priority::Background);
     assert!(
-        s.of(Priority::Background).displaced >= 200,
-        "the load displaced only {} batches' requests; the test no longer exercises preemption",
-        s.of(Priority::Background).displaced
+        bg.displaced + bg.interrupted >= 200,
+        "the load preempted only {} requests; the test no longer exercises preemption",
+        bg.displaced + bg.interrupted
     );
+    if mode == Interruptible::Rerun {
+        assert!(bg.interrupted >= 100, "only {} interrupted", bg.interrupted);
+    } else {
+        assert_eq!(bg.interrupted, 0, "{mode:?} is never interrupted");
+    }
+    let critical = s.of(Priority::Critical);
     assert_eq!(
-        s.of(Priority::Critical).displaced,
+        critical.displaced + critical.interrupted,
         0,
         "the gap protects Critical"
     );
     eprintln!(
-        "displaced {} Background requests; {completed} completed",
-        s.of(Priority::Background).displaced
+        "{mode:?}: displaced {} and interrupted {} Background requests; {completed} completed",
+        bg.displaced, bg.interrupted
     );
+}
+
+/// An executor that runs its batch a request at a time, each step held at
+/// the turnstile, and checks the stop signal between steps.
+struct Steps {
+    gate: Arc<Turnstile>,
+    mode: Interruptible,
+}
+
+impl Executor<u32, u32> for Steps {
+    fn execute(&self, worker: usize, xs: &[u32]) -> Result<Vec<u32>, ExecutorError> {
+        let all = self.execute_until(worker, xs, &Stop::never())?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
+    fn interruptible(&self) -> Interruptible {
+        self.mode
+    }
+
+    fn execute_until(
+        &self,
+        _worker: usize,
+        xs: &[u32],
+        stop: &Stop<'_>,
+    ) -> Result<Vec<Option<u32>>, ExecutorError> {
+        let mut out = vec![None; xs.len()];
+        for (i, &x) in xs.iter().enumerate() {
+            if i > 0 && stop.requested() {
+                break;
+            }
+            self.gate.pass(&[x]);
+            out[i] = Some(x);
+        }
+        Ok(out)
+    }
+}
+
+/// One worker holding one batch of two: a running batch leaves no room.
+fn stepping(mode: Interruptible) -> (Runtime<u32, u32>, Arc<Turnstile>, OpenOnDrop) {
+    let mut cfg = one_worker(convoy::Preemption::default());
+    cfg.batching.max_batch_size = 2;
+    let gate = Arc::new(Turnstile::default());
+    let rt = Runtime::builder()
+        .config(cfg)
+        .executor(Steps {
+            gate: gate.clone(),
+            mode,
+        })
+        .build()
+        .unwrap();
+    (rt, gate.clone(), OpenOnDrop(gate))
+}
+
+/// A running batch of Low work holds the only worker when a Critical
+/// request comes. An executor that declares a re-run safe stops at its
+/// next boundary: the finished request is delivered, the unfinished one
+/// waits again and runs after the Critical one, and the capacity came
+/// back at once (the Critical batch could launch). Any other executor's
+/// running batch runs to its end.
+#[test]
+fn a_running_batch_stops_at_a_boundary_only_when_its_executor_allows() {
+    for mode in [
+        Interruptible::Rerun,
+        Interruptible::OnCancel,
+        Interruptible::No,
+    ] {
+        let (rt, gate, _open) = stepping(mode);
+        let h = rt.handle();
+        let low = vec![
+            Request::new(0).priority(Priority::Low),
+            Request::new(1).priority(Priority::Low),
+        ];
+        let mut tickets = h.submit_batch(low, convoy::InsertPolicy::Enqueue).unwrap();
+        eventually("request 0 runs", || gate.entered() == [0]);
+        tickets.push(
+            h.submit(Request::new(2).priority(Priority::Critical))
+                .unwrap(),
+        );
+        // Let request 0's step finish: a Rerun batch stops before 1.
+        std::thread::sleep(Duration::from_millis(20));
+        gate.allow(1);
+        if mode == Interruptible::Rerun {
+            eventually("the Critical request runs", || gate.entered() == [0, 2]);
+        } else {
+            eventually("request 1 runs", || gate.entered() == [0, 1]);
+        }
+        gate.allow(usize::MAX);
+        for (i, t) in tickets.into_iter().enumerate() {
+            assert!(t.wait_bounded().is_ok(), "{mode:?}: request {i}");
+        }
+        rt.shutdown();
+        let s = rt.stats();
+        let (order, interrupted) = (gate.entered(), s.of(Priority::Low).interrupted);
+        if mode == Interruptible::Rerun {
+            assert_eq!(order, [0, 2, 1], "{mode:?}");
+            assert_eq!(interrupted, 1, "{mode:?}");
+        } else {
+            assert_eq!(order, [0, 1, 2], "{mode:?}: never interrupted");
+            assert_eq!(interrupted, 0, "{mode:?}");
+        }
+        assert_eq!(s.of(Priority::Low).completed, 2, "{mode:?}");
+        assert_eq!(s.total().lost(), 0, "{mode:?}");
+    }
+}
+
+/// A long batch whose every caller went away stops at its next boundary
+/// (the same signal): what it had not started never runs, and each
+/// request ends cancelled.
+#[test]
+fn a_batch_whose_callers_all_left_stops_early() {
+    let (rt, gate, _open) = stepping(Interruptible::OnCancel);
+    let h = rt.handle();
+    let reqs = (0..2).map(Request::new).collect();
+    let tickets = h.submit_batch(reqs, convoy::InsertPolicy::Enqueue).unwrap();
+    eventually("request 0 runs", || gate.entered() == [0]);
+    drop(tickets);
+    gate.allow(usize::MAX);
+    eventually("both end", || rt.stats().total().ended() == 2);
+    rt.shutdown();
+    assert_eq!(gate.entered(), [0], "request 1 never ran");
+    assert_eq!(rt.stats().total().cancelled, 2);
+}
+
+/// An executor that leaves requests unfinished with no stop asked breaks
+/// its contract: those requests fail with an error naming it, the
+/// finished one is delivered, and nothing is lost.
+#[test]
+fn an_executor_that_stops_unasked_fails_those_requests_naming_it() {
+    struct Lazy;
+    impl Executor<u32, u32> for Lazy {
+        fn execute(&self, _: usize, xs: &[u32]) -> Result<Vec<u32>, ExecutorError> {
+            Ok(xs.to_vec())
+        }
+        fn interruptible(&self) -> Interruptible {
+            Interruptible::Rerun
+        }
+        fn execute_until(
+            &self,
+            _: usize,
+            xs: &[u32],
+            _: &Stop<'_>,
+        ) -> Result<Vec<Option<u32>>, ExecutorError> {
+            Ok(xs.iter().map(|&x| (x == 0).then_some(x)).collect())
+        }
+    }
+    let mut cfg = one_worker(convoy::Preemption::default());
+    cfg.batching.max_batch_size = 2;
+    let rt = Runtime::builder()
+        .config(cfg)
+        .executor(Lazy)
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    let mut t = h
+        .submit_batch(
+            (0..2).map(Request::new).collect(),
+            convoy::InsertPolicy::Enqueue,
+        )
+        .unwrap();
+    let second = t.pop().unwrap().wait_bounded();
+    let first = t.pop().unwrap().wait_bounded();
+    assert_eq!(first, Ok(0));
+    match second {
+        Err(Failure::ExecutorFailed(e)) => {
+            assert!(e.to_string().contains("Lazy"), "{e}");
+            assert!(e.to_string().contains("unfinished"), "{e}");
+        }
+        other => panic!("expected the executor's failure, got {other:?}"),
+    }
+    rt.shutdown();
+    assert_eq!(rt.stats().total().lost(), 0);
 }

@@ -4,6 +4,7 @@
 #![cfg(loom)]
 
 use convoy::loom_exports::TakeOnce;
+use convoy::{Stop, StopTicket};
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -77,5 +78,27 @@ fn an_untaken_batch_is_dropped_with_the_cell() {
         drop(cell);
         t.join().unwrap();
         assert_eq!(drops.load(Ordering::Relaxed), 1);
+    });
+}
+
+/// The collector asks batch 1 to stop while its worker finishes it and
+/// starts batch 2: batch 2 is never stopped, however late the worker
+/// reads the ticket, and batch 1 sees the ask once it is stored.
+#[test]
+fn a_stop_meant_for_one_batch_never_stops_the_next() {
+    loom::model(|| {
+        let ticket = Arc::new(StopTicket::new());
+        let collector = {
+            let ticket = ticket.clone();
+            thread::spawn(move || ticket.ask(1))
+        };
+        let gone = || false;
+        let first = Stop::new(&ticket, 1, &gone);
+        let _maybe = first.requested();
+        let second = Stop::new(&ticket, 2, &gone);
+        assert!(!second.requested(), "a stop for batch 1 stopped batch 2");
+        collector.join().unwrap();
+        assert!(first.requested() && first.preempted());
+        assert!(!second.requested());
     });
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::stop::{Interruptible, Stop};
 use crate::outcome::ExecutorError;
 
 /// Runs one batch on one worker. Called on that worker's own thread, so a
@@ -33,6 +34,73 @@ pub trait Executor<I, O>: Send + Sync + 'static {
     /// `None` (the default): the declared cost stands.
     fn served_tokens(&self, _output: &O) -> Option<u32> {
         None
+    }
+
+    /// How this executor's running batches may stop before they finish:
+    /// never (the default), when every caller has gone, or also when the
+    /// collector asks for more urgent work (a re-run is safe). Anything
+    /// but [`Interruptible::No`] makes the worker call
+    /// [`execute_until`](Executor::execute_until) instead of `execute`.
+    /// A device lane's batches are never interrupted.
+    fn interruptible(&self) -> Interruptible {
+        Interruptible::No
+    }
+
+    /// Runs `inputs` as one batch, checking `stop` at this executor's own
+    /// boundaries (between chunks of a long job, steps of a multi-step
+    /// one). Returns one entry per input: `Some(output)` for a request it
+    /// finished, `None` for one it left unfinished because
+    /// [`Stop::requested`] said so. A stopped batch releases its capacity
+    /// at once; its unfinished requests end cancelled (every caller had
+    /// gone) or wait again (preempted, [`Interruptible::Rerun`]). A `None`
+    /// with no stop requested breaks that contract: those requests fail
+    /// with an error naming this executor. The default runs
+    /// [`execute`](Executor::execute) to the end.
+    ///
+    /// ```
+    /// use convoy::{Executor, ExecutorError, Interruptible, Stop};
+    /// /// Squares its inputs one at a time, stopping between them.
+    /// struct Steps;
+    /// impl Executor<u64, u64> for Steps {
+    ///     fn execute(&self, w: usize, xs: &[u64]) -> Result<Vec<u64>, ExecutorError> {
+    ///         let all = self.execute_until(w, xs, &Stop::never())?;
+    ///         Ok(all.into_iter().flatten().collect())
+    ///     }
+    ///     fn interruptible(&self) -> Interruptible {
+    ///         Interruptible::Rerun
+    ///     }
+    ///     fn execute_until(&self, _: usize, xs: &[u64], stop: &Stop<'_>)
+    ///         -> Result<Vec<Option<u64>>, ExecutorError> {
+    ///         let mut out = Vec::with_capacity(xs.len());
+    ///         for x in xs {
+    ///             if stop.requested() {
+    ///                 out.resize(xs.len(), None); // the rest unfinished
+    ///                 break;
+    ///             }
+    ///             out.push(Some(x * x));
+    ///         }
+    ///         Ok(out)
+    ///     }
+    /// }
+    /// assert_eq!(Steps.execute(0, &[2, 3]).unwrap(), [4, 9]);
+    /// ```
+    fn execute_until(
+        &self,
+        worker: usize,
+        inputs: &[I],
+        stop: &Stop<'_>,
+    ) -> Result<Vec<Option<O>>, ExecutorError> {
+        let _ = stop;
+        Ok(self
+            .execute(worker, inputs)?
+            .into_iter()
+            .map(Some)
+            .collect())
+    }
+
+    /// A name for errors about this executor (its type by default).
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
     }
 
     /// A pipelined lane for worker `worker`, for an executor that can

@@ -8,3 +8,4 @@ pub mod cuda;
 pub(crate) mod executor;
 pub mod kernel;
 pub mod model;
+pub(crate) mod stop;

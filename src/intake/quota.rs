@@ -133,6 +133,23 @@ impl Quota {
         self.tokens.fetch_sub(tokens, Ordering::Relaxed);
     }
 
+    /// Takes one request of `tokens` whatever the limits: for a request
+    /// admitted before that waits again (its running batch stopped for
+    /// more urgent work). The counts may pass the limits by such requests,
+    /// which new submits then wait out.
+    ///
+    /// ```
+    /// use convoy::intake::Quota;
+    /// let q = Quota::new(1, 10);
+    /// q.try_take(4).unwrap();
+    /// q.take_back(4);
+    /// assert_eq!(q.queued(), (2, 8));
+    /// ```
+    pub fn take_back(&self, tokens: u64) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
     /// Requests and tokens queued now.
     pub fn queued(&self) -> (u64, u64) {
         (

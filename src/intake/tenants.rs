@@ -301,6 +301,24 @@ impl TenantHold {
         self.launched_serving(tokens)
     }
 
+    /// A hold again for a launched request of `tokens` that waits again
+    /// (its running batch stopped for more urgent work): the quota is
+    /// taken back whatever its limits, since the request was admitted.
+    /// `named`: whether the request named its tenant.
+    pub fn rejoin(state: Arc<TenantState>, tokens: u32, named: bool) -> Self {
+        state.quota.take_back(u64::from(tokens));
+        Self {
+            state: Some(state),
+            tokens,
+            named,
+        }
+    }
+
+    /// Whether the request named its tenant.
+    pub fn is_named(&self) -> bool {
+        self.named
+    }
+
     /// The request launched as a deduplicated twin of another, which runs
     /// for both: the quota goes back, and no service is counted.
     pub fn launch_free(self) -> Arc<TenantState> {

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::config::{Config, ConfigError};
 use crate::device::executor::{BatchFn, Executor};
+use crate::device::stop::Interruptible;
 use crate::intake::doorbell::Doorbell;
 use crate::intake::gate::Gate;
 use crate::intake::ring;
@@ -110,15 +111,14 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
         let specs = self.config.fleet();
         let (intake, intake_rx) = Intake::new(self.config.intake)?;
         let total_slots: usize = specs.iter().map(|w| w.capacity.slots as usize).sum();
-        let (release_tx, release_rx) = ring::channel::<Release>(
-            total_slots.clamp(2, 1 << 20).next_power_of_two(),
-        )
-        .map_err(|e| {
-            BuildError::Config(ConfigError::Invalid {
-                key: "workers".into(),
-                reason: e.to_string(),
-            })
-        })?;
+        let (release_tx, release_rx) =
+            ring::channel::<Release<I, O>>(total_slots.clamp(2, 1 << 20).next_power_of_two())
+                .map_err(|e| {
+                    BuildError::Config(ConfigError::Invalid {
+                        key: "workers".into(),
+                        reason: e.to_string(),
+                    })
+                })?;
         let shared = Arc::new(Shared {
             gate: Gate::new(),
             doorbell: Doorbell::new(),
@@ -183,6 +183,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<I, O> {
                 new_links,
                 on_shortfall: self.on_shortfall,
                 cloner: self.cloner,
+                rerun: checker.interruptible() == Interruptible::Rerun,
             },
             &self.config,
         )?;

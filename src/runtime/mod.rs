@@ -57,6 +57,7 @@ pub(crate) mod control;
 mod error;
 mod handle;
 pub(crate) mod handoff;
+mod stopped;
 mod worker;
 
 pub use builder::Builder;
@@ -282,6 +283,52 @@ struct Staged<I, O> {
     jobs: Vec<(Job<I, O>, Meta)>,
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
+    /// Its number, unique in the runtime: what the worker's stop ticket
+    /// names to stop it (`device/stop.rs`).
+    seq: u64,
+}
+
+/// What a started request needs, besides its input and its caller, to
+/// wait again should its running batch stop for more urgent work: kept
+/// per request only for an executor that declares a re-run safe.
+struct Back {
+    meta: Meta,
+    deadline: Option<Deadline>,
+    bytes: u64,
+    submitted: Instant,
+    received: Option<Instant>,
+    deadline_ns: u64,
+    expire_at: u64,
+    displaced: u8,
+    named: bool,
+}
+
+impl<I, O> Job<I, O> {
+    /// The request again, from what its batch split it into.
+    fn rebuild(input: I, caller: Caller<O>, back: Back) -> (Self, Meta) {
+        let (completer, priority, _, tenant, tokens) = caller;
+        let job = Job {
+            input,
+            completer,
+            priority,
+            deadline: back.deadline,
+            tokens,
+            bytes: back.bytes,
+            has_dedup: false,
+            dedup_key: 0,
+            submitted: back.submitted,
+            received: back.received,
+            deadline_ns: back.deadline_ns,
+            arrival_ns: back.meta.arrival,
+            expire_at: back.expire_at,
+            followers: Vec::new(),
+            hold: tenant.map(|t| TenantHold::rejoin(t, tokens, back.named)),
+            // Stopped for more urgent work counts against the same cap as
+            // displaced before it started.
+            displaced: back.displaced.saturating_add(1),
+        };
+        (job, back.meta)
+    }
 }
 
 /// A staged batch's cell: one handle on the worker's ring, one kept by the
@@ -299,6 +346,11 @@ struct Batch<I, O> {
     /// Copies an output for a follower; set when dedup is enabled.
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
+    /// Its number (`Staged::seq`).
+    seq: u64,
+    /// Per request, what it needs to wait again; empty unless the
+    /// executor declares a re-run safe and the batch has no twins.
+    backs: Vec<Back>,
 }
 
 /// A request whose executor reported a cost other than its charge: its
@@ -306,7 +358,7 @@ struct Batch<I, O> {
 type Correction = (Option<Arc<str>>, Priority, u32, u32);
 
 /// Capacity a worker gives back when a batch is done.
-struct Release {
+struct Release<I, O> {
     worker: usize,
     amount: Capacity,
     /// Costs the executor reported that differ from the charges (empty,
@@ -317,6 +369,9 @@ struct Release {
     /// placement's finish estimates, the adaptive batch limit and
     /// shedding's drain estimate.
     took: Duration,
+    /// Requests of a batch stopped for more urgent work, unfinished: they
+    /// wait again (empty, unallocated, for every other batch).
+    requeue: Vec<(Job<I, O>, Meta)>,
 }
 
 struct Shared {
@@ -483,7 +538,7 @@ struct Spawner<I, O> {
     /// The config as built or last reloaded, to tell fixed knobs apart.
     config: Config,
     executor: Arc<dyn Executor<I, O>>,
-    releases: ring::Producer<Release>,
+    releases: ring::Producer<Release<I, O>>,
     /// Links of added workers, waiting for the collector (control path).
     new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
 }

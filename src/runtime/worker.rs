@@ -9,26 +9,32 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Batch, BuildError, Caller, Correction, Release, Shared, Staged, StagedCell};
+use super::stopped;
+use super::{
+    Back, Batch, BuildError, Caller, Correction, Job, Release, Shared, Staged, StagedCell,
+};
 use crate::config::{Capacity, ConfigError, WorkerSpec};
 use crate::device::executor::{Executor, Lane};
+use crate::device::stop::{Interruptible, Stop, StopTicket};
 use crate::intake::ring;
 use crate::intake::tenants::TenantHold;
 use crate::observe::sla::SlaRecorder;
-use crate::observe::stats::Ended;
+use crate::observe::stats::{Ended, Preempted};
 use crate::outcome::{ExecutorError, Failure, Outcome};
 use crate::priority::Priority;
 
 pub(super) struct WorkerLink<I, O> {
     pub(super) jobs: ring::Producer<StagedCell<I, O>>,
     pub(super) thread: std::thread::Thread,
+    /// Names the running batch the collector wants stopped.
+    pub(super) stop: Arc<StopTicket>,
 }
 
 pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
     index: usize,
     spec: &WorkerSpec,
     executor: &Arc<dyn Executor<I, O>>,
-    releases: &ring::Producer<Release>,
+    releases: &ring::Producer<Release<I, O>>,
     shared: &Arc<Shared>,
 ) -> Result<(WorkerLink<I, O>, JoinHandle<()>), BuildError> {
     // Each live batch holds a slot of capacity, so a worker holds at most
@@ -46,8 +52,12 @@ pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
             reason: e.to_string(),
         })
     })?;
+    let stop = Arc::new(StopTicket::new());
+    let interruptible = executor.interruptible();
     let worker = Worker {
         index,
+        stop: stop.clone(),
+        interruptible,
         sla: shared.sla.recorder(shared.epoch),
         jobs: rx,
         executor: executor.clone(),
@@ -63,6 +73,7 @@ pub(super) fn spawn_worker<I: Send + 'static, O: Send + 'static>(
     let link = WorkerLink {
         jobs: tx,
         thread: handle.thread().clone(),
+        stop,
     };
     Ok((link, handle))
 }
@@ -91,28 +102,38 @@ type Delivery<O> = (Caller<O>, Outcome<O>);
 /// split for the executor and the outcomes. Done here, not when the
 /// collector forms the batch, so that a batch recalled before it starts
 /// goes back to the queue as it was (`collector/displace.rs`).
+///
+/// With `rerun` (an executor that declares a re-run safe, on the plain
+/// path) and no twins in the batch, each request keeps what it needs to
+/// wait again should the batch stop for more urgent work.
 pub(super) fn open_batch<I, O>(
     shared: &Shared,
     sla: &mut SlaRecorder,
     staged: Staged<I, O>,
+    rerun: bool,
 ) -> Batch<I, O> {
     let Staged {
         jobs,
         cloner,
         reserved,
+        seq,
     } = staged;
     let now = Instant::now();
+    let keep = rerun && jobs.iter().all(|(j, _)| j.followers.is_empty());
     let mut batch = Batch {
         inputs: Vec::with_capacity(jobs.len()),
         completers: Vec::with_capacity(jobs.len()),
         followers: Vec::new(),
         cloner,
         reserved,
+        seq,
+        backs: Vec::with_capacity(if keep { jobs.len() } else { 0 }),
     };
     // Requests of the default tenant with no hold, counted once per
     // batch: (requests, tokens).
     let mut unheld = (0u64, 0u64);
-    for (mut job, _) in jobs {
+    for (mut job, meta) in jobs {
+        let meta = &meta;
         let index = batch.inputs.len();
         for f in std::mem::take(&mut job.followers) {
             sla.queue_wait(f.priority, now.saturating_duration_since(f.submitted));
@@ -125,6 +146,19 @@ pub(super) fn open_batch<I, O>(
         }
         let since = job.since();
         sla.queue_wait(job.priority, now.saturating_duration_since(job.submitted));
+        if keep {
+            batch.backs.push(Back {
+                meta: *meta,
+                deadline: job.deadline,
+                bytes: job.bytes,
+                submitted: job.submitted,
+                received: job.received,
+                deadline_ns: job.deadline_ns,
+                expire_at: job.expire_at,
+                displaced: job.displaced,
+                named: job.hold.as_ref().is_some_and(TenantHold::is_named),
+            });
+        }
         let tenant = job.hold.map(TenantHold::launch);
         if tenant.is_none() {
             unheld.0 += 1;
@@ -206,11 +240,15 @@ pub(super) fn deliver<O>(
 
 struct Worker<I, O> {
     index: usize,
+    /// Names the running batch the collector wants stopped.
+    stop: Arc<StopTicket>,
+    /// The executor's [`Executor::interruptible`], read once.
+    interruptible: Interruptible,
     /// This worker's own SLA histograms (single-owner).
     sla: SlaRecorder,
     jobs: ring::Consumer<StagedCell<I, O>>,
     executor: Arc<dyn Executor<I, O>>,
-    releases: ring::Producer<Release>,
+    releases: ring::Producer<Release<I, O>>,
     shared: Arc<Shared>,
     /// Reused for each batch's outcomes: no allocation per batch.
     delivering: Vec<Delivery<O>>,
@@ -250,6 +288,8 @@ struct Pending<O> {
     cloner: Option<fn(&O) -> O>,
     reserved: Capacity,
     started: Instant,
+    seq: u64,
+    backs: Vec<Back>,
 }
 
 /// What running a batch gave: outputs, an executor error, or a panic's
@@ -303,7 +343,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                     let Some(staged) = cell.take() else {
                         continue;
                     };
-                    let batch = open_batch(&self.shared, &mut self.sla, staged);
+                    let rerun = lane.is_none() && self.interruptible == Interruptible::Rerun;
+                    let batch = open_batch(&self.shared, &mut self.sla, staged, rerun);
                     match lane.as_mut() {
                         None => self.execute(batch),
                         Some(lane) => {
@@ -368,6 +409,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             followers,
             cloner,
             reserved,
+            seq,
+            backs,
         } = batch;
         let pending = Pending {
             completers,
@@ -375,6 +418,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             cloner,
             reserved,
             started: Instant::now(),
+            seq,
+            backs,
         };
         (inputs, pending)
     }
@@ -404,6 +449,24 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
     fn execute(&mut self, batch: Batch<I, O>) {
         let (inputs, pending) = Self::split(batch);
         let (executor, index) = (&self.executor, self.index);
+        if self.interruptible != Interruptible::No {
+            // Every caller gone: the same stop as a preemption.
+            let gone = || {
+                pending.completers.iter().all(|c| c.0.is_cancelled())
+                    && pending.followers.iter().all(|(_, c)| c.0.is_cancelled())
+            };
+            let stop = Stop::new(&self.stop, pending.seq, &gone);
+            let result = self
+                .sla
+                .busy(|| {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        executor.execute_until(index, &inputs, &stop)
+                    }))
+                })
+                .map_err(panic_message);
+            let preempted = stop.preempted();
+            return self.settle_stoppable(pending, inputs, result, preempted);
+        }
         let result = self
             .sla
             .busy(|| catch_unwind(AssertUnwindSafe(|| executor.execute(index, &inputs))))
@@ -445,6 +508,7 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             cloner,
             reserved,
             started,
+            ..
         } = pending;
         let corrections = match &result {
             Ok(Ok(outputs)) if outputs.len() == completers.len() => {
@@ -452,12 +516,109 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             }
             _ => Vec::new(),
         };
+        self.release(reserved, started, corrections, Vec::new(), ran);
+        match result {
+            Ok(Ok(outputs)) if outputs.len() == completers.len() => {
+                self.deliver_outputs(completers, followers, cloner, outputs, started);
+            }
+            Ok(Ok(outputs)) => {
+                let why = format!(
+                    "executor returned {} outputs for {} inputs",
+                    outputs.len(),
+                    completers.len()
+                );
+                fail_batch(&self.shared, completers, followers, why.into());
+            }
+            Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, e),
+        }
+    }
+
+    /// Settles a batch of an interruptible executor, which may have left
+    /// requests unfinished at a boundary (`device/stop.rs`). Each of those
+    /// ends cancelled (its caller had gone), waits again (the batch was
+    /// `preempted` and keeps what re-queueing needs), or fails: a request
+    /// left unfinished with no stop asked breaks the executor's contract,
+    /// and the error names the executor. The capacity goes back at once,
+    /// with the requests that wait again riding on the release.
+    fn settle_stoppable(
+        &mut self,
+        pending: Pending<O>,
+        inputs: Vec<I>,
+        result: Result<Result<Vec<Option<O>>, ExecutorError>, ExecutorError>,
+        preempted: bool,
+    ) {
+        let outputs = match result {
+            Ok(Ok(outputs)) if outputs.len() == inputs.len() => outputs,
+            Ok(Ok(outputs)) => {
+                let why = format!(
+                    "executor returned {} outputs for {} inputs",
+                    outputs.len(),
+                    inputs.len()
+                );
+                return self.settle(pending, Ok(Err(why.into())), Ran::Yes);
+            }
+            Ok(Err(e)) => return self.settle(pending, Ok(Err(e)), Ran::Yes),
+            Err(e) => return self.settle(pending, Err(e), Ran::Yes),
+        };
+        if outputs.iter().all(Option::is_some) {
+            let outputs = outputs.into_iter().flatten().collect();
+            return self.settle(pending, Ok(Ok(outputs)), Ran::Yes);
+        }
+        let Pending {
+            completers,
+            followers,
+            cloner,
+            reserved,
+            started,
+            backs,
+            ..
+        } = pending;
+        let sorted = stopped::sort(completers, followers, inputs, outputs, backs, preempted);
+        let mut interrupted = [0u64; Priority::COUNT];
+        for (job, _) in &sorted.requeue {
+            interrupted[job.priority.index()] += 1;
+        }
+        for p in Priority::ALL {
+            self.shared
+                .counters
+                .preempted(p, Preempted::Interrupted, interrupted[p.index()]);
+        }
+        let corrections = self.corrections(&sorted.done, &sorted.outputs);
+        self.release(reserved, started, corrections, sorted.requeue, Ran::Yes);
+        self.deliver_outputs(sorted.done, sorted.twins, cloner, sorted.outputs, started);
+        let mut cancelled: Vec<Delivery<O>> = sorted
+            .cancelled
+            .into_iter()
+            .map(|c| (c, Err(Failure::Cancelled)))
+            .collect();
+        deliver(&self.shared, &mut cancelled, Ended::Cancelled, |_, _| {});
+        if !sorted.broken.is_empty() {
+            let why = format!(
+                "executor {} left {} requests unfinished with no stop requested",
+                self.executor.name(),
+                sorted.broken.len()
+            );
+            fail_batch(&self.shared, sorted.broken, Vec::new(), why.into());
+        }
+    }
+
+    /// Gives a batch's capacity back to the collector (see `settle`), with
+    /// the costs to correct and the requests that wait again.
+    fn release(
+        &mut self,
+        reserved: Capacity,
+        started: Instant,
+        corrections: Vec<Correction>,
+        requeue: Vec<(Job<I, O>, crate::plan::order::Meta)>,
+        ran: Ran,
+    ) {
         let now = Instant::now();
         let mut release = Release {
             worker: self.index,
             amount: reserved,
             corrections,
             took: service_time(started, self.last_release, now),
+            requeue,
         };
         if ran == Ran::Yes {
             self.last_release = Some(now);
@@ -477,46 +638,45 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             }
         }
         self.shared.doorbell.ring();
-        match result {
-            Ok(Ok(outputs)) if outputs.len() == completers.len() => {
-                let exec = started.elapsed();
-                let slo = self.shared.knobs.load().slo;
-                // Twins first, while the outputs they copy are still here.
-                let outcomes = &mut self.delivering;
-                outcomes.extend(followers.into_iter().map(|(i, c)| {
-                    let out = match (cloner, outputs.get(i)) {
-                        (Some(clone), Some(o)) => Ok(clone(o)),
-                        _ => Err(Failure::ExecutorFailed(
-                            "no output to share with a deduplicated twin".into(),
-                        )),
-                    };
-                    (c, out)
-                }));
-                outcomes.extend(
-                    completers
-                        .into_iter()
-                        .zip(outputs)
-                        .map(|(c, out)| (c, Ok(out))),
-                );
-                let sla = &mut self.sla;
-                deliver(&self.shared, outcomes, Ended::Completed, |p, since| {
-                    let now = Instant::now();
-                    // From receipt (`Request::received_at`) or submit.
-                    let e2e = now.saturating_duration_since(since);
-                    sla.completed(p, exec, e2e, slo[p.index()].timeout, now);
-                });
-                sla.maybe_publish(Instant::now());
-            }
-            Ok(Ok(outputs)) => {
-                let why = format!(
-                    "executor returned {} outputs for {} inputs",
-                    outputs.len(),
-                    completers.len()
-                );
-                fail_batch(&self.shared, completers, followers, why.into());
-            }
-            Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, e),
-        }
+    }
+
+    /// Delivers a batch's outputs: `outputs[i]` to `completers[i]`, and a
+    /// copy of `outputs[i]` to each twin `(i, caller)`.
+    fn deliver_outputs(
+        &mut self,
+        completers: Vec<Caller<O>>,
+        followers: Vec<(usize, Caller<O>)>,
+        cloner: Option<fn(&O) -> O>,
+        outputs: Vec<O>,
+        started: Instant,
+    ) {
+        let exec = started.elapsed();
+        let slo = self.shared.knobs.load().slo;
+        // Twins first, while the outputs they copy are still here.
+        let outcomes = &mut self.delivering;
+        outcomes.extend(followers.into_iter().map(|(i, c)| {
+            let out = match (cloner, outputs.get(i)) {
+                (Some(clone), Some(o)) => Ok(clone(o)),
+                _ => Err(Failure::ExecutorFailed(
+                    "no output to share with a deduplicated twin".into(),
+                )),
+            };
+            (c, out)
+        }));
+        outcomes.extend(
+            completers
+                .into_iter()
+                .zip(outputs)
+                .map(|(c, out)| (c, Ok(out))),
+        );
+        let sla = &mut self.sla;
+        deliver(&self.shared, outcomes, Ended::Completed, |p, since| {
+            let now = Instant::now();
+            // From receipt (`Request::received_at`) or submit.
+            let e2e = now.saturating_duration_since(since);
+            sla.completed(p, exec, e2e, slo[p.index()].timeout, now);
+        });
+        sla.maybe_publish(Instant::now());
     }
 }
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::Collector;
+use crate::intake::Admission;
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// Takes up knobs a `reload_config` stored since the last pass. One
@@ -81,6 +82,12 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             let over = self.planner.release(r.worker, &r.amount);
             debug_assert!(over.is_ok(), "{over:?}");
             self.untrack_released(r.worker);
+            // A batch stopped for more urgent work: its unfinished
+            // requests wait again, their intake room long given back.
+            for (job, meta) in r.requeue {
+                let admission = Admission::none(job.priority);
+                self.planner.requeue((job, admission), meta);
+            }
             for (tenant, level, charged, real) in r.corrections {
                 self.planner
                     .correct_charge(tenant.as_ref(), level, charged, real);

@@ -43,28 +43,19 @@ use crate::runtime::StagedCell;
 /// A batch the collector pushed to a worker, tracked until the worker
 /// releases it: while its cell is full it may still be recalled.
 pub(super) struct StagedRef<I, O> {
-    cell: StagedCell<I, O>,
+    pub(super) cell: StagedCell<I, O>,
+    /// Its number, which the worker's stop ticket names to stop it.
+    pub(super) seq: u64,
     /// The most urgent level among its requests.
-    top: Priority,
+    pub(super) top: Priority,
     /// The most times any of its requests has been displaced.
-    displaced: u8,
-    reserved: Capacity,
-}
-
-impl<I, O> StagedRef<I, O> {
-    pub(super) fn new(
-        cell: StagedCell<I, O>,
-        top: Priority,
-        displaced: u8,
-        reserved: Capacity,
-    ) -> Self {
-        Self {
-            cell,
-            top,
-            displaced,
-            reserved,
-        }
-    }
+    pub(super) displaced: u8,
+    /// Holds deduplicated twins (never stopped for preemption: a twin
+    /// has no input of its own to run again).
+    pub(super) twins: bool,
+    pub(super) reserved: Capacity,
+    /// Asked to stop while running; asked once.
+    pub(super) stopping: bool,
 }
 
 /// Whether `cost` fits `capacity` once `leaving` of `reserved` is given back.
@@ -139,6 +130,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             }
         }
         let Some((worker, pos, _)) = pick else {
+            self.interrupt(candidates, urgent, cost);
             return false;
         };
         let list = &mut self.staged[worker];
@@ -176,5 +168,53 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             "staged batch displaced: a more urgent request could be placed nowhere"
         );
         true
+    }
+
+    /// With no staged batch to recall, asks one running batch to stop at
+    /// its next boundary, under the same rule, if the executor declares a
+    /// re-run safe (`Interruptible::Rerun`). Its worker then sends its
+    /// capacity back with the unfinished requests, which wait again, and
+    /// the blocked request is placed on the next pass. The oldest batch a
+    /// worker runs is the front of its list; a batch is asked once.
+    fn interrupt(&mut self, candidates: &[Candidate<'_>], urgent: Priority, cost: Capacity) {
+        if !self.rerun {
+            return;
+        }
+        let rule = self.applied.preemption;
+        let ledger = self.planner.ledger();
+        let mut pick: Option<(usize, Priority)> = None;
+        for c in candidates.iter().filter(|c| c.up) {
+            let Some(s) = self.staged.get(c.index).and_then(VecDeque::front) else {
+                continue;
+            };
+            let reserved = ledger.reserved(c.index);
+            let eligible = s.cell.is_taken()
+                && !s.stopping
+                && !s.twins
+                && rule.may_displace(urgent, s.top)
+                && s.displaced < rule.max_displacements
+                && fits_without(&c.spec.capacity, &reserved, &s.reserved, &cost);
+            if eligible && pick.is_none_or(|(_, top)| s.top > top) {
+                pick = Some((c.index, s.top));
+            }
+        }
+        let Some((worker, _)) = pick else {
+            return;
+        };
+        let (Some(Some(link)), Some(s)) = (
+            self.workers.get(worker),
+            self.staged.get_mut(worker).and_then(VecDeque::front_mut),
+        ) else {
+            return;
+        };
+        s.stopping = true;
+        link.stop.ask(s.seq);
+        tracing::debug!(
+            worker,
+            batch = s.seq,
+            tokens = s.reserved.tokens,
+            for_level = %urgent,
+            "running batch asked to stop at its next boundary: a more urgent request could be placed nowhere"
+        );
     }
 }

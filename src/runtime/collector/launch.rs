@@ -336,10 +336,14 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             aged = formed.aged,
             "batch launched"
         );
+        let twins = jobs.iter().any(|(j, _)| !j.followers.is_empty());
+        self.batch_seq += 1;
+        let seq = self.batch_seq;
         let cell = Arc::new(TakeOnce::new(Staged {
             jobs,
             cloner: self.cloner,
             reserved: formed.reserved,
+            seq,
         }));
         // Timed before the hand-off: unparking the worker may give it this
         // core at once (wake-up preemption), and the decision histogram
@@ -352,10 +356,16 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         match link.jobs.push(cell.clone()) {
             Ok(()) => {
                 link.thread.unpark();
-                self.track_staged(
-                    worker,
-                    StagedRef::new(cell, top, displaced, formed.reserved),
-                );
+                let staged = StagedRef {
+                    cell,
+                    seq,
+                    top,
+                    displaced,
+                    twins,
+                    reserved: formed.reserved,
+                    stopping: false,
+                };
+                self.track_staged(worker, staged);
             }
             Err(ring::Full(_)) => {
                 // The ring holds two cells per slot; only a capacity raised
@@ -365,7 +375,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     .expect("the ring refused it: nobody else holds it");
                 let undone = self.planner.release(worker, &staged.reserved);
                 debug_assert!(undone.is_ok(), "{undone:?}");
-                let batch = open_batch(&self.shared, &mut self.sla, staged);
+                let batch = open_batch(&self.shared, &mut self.sla, staged, false);
                 fail_batch(
                     &self.shared,
                     batch.completers,

@@ -42,12 +42,15 @@ mod sweep;
 pub(super) struct Start<I, O> {
     pub(super) shared: Arc<Shared>,
     pub(super) intake: IntakeConsumer<Job<I, O>>,
-    pub(super) releases: ring::Consumer<Release>,
+    pub(super) releases: ring::Consumer<Release<I, O>>,
     /// One per configured worker, in the fleet's order.
     pub(super) workers: Vec<Option<WorkerLink<I, O>>>,
     pub(super) new_links: Arc<Mutex<Vec<WorkerLink<I, O>>>>,
     pub(super) on_shortfall: Option<Box<dyn Fn(Cost) + Send + 'static>>,
     pub(super) cloner: Option<fn(&O) -> O>,
+    /// The executor declares a re-run safe: a running batch may be
+    /// stopped for more urgent work (`displace.rs`).
+    pub(super) rerun: bool,
 }
 
 /// Marks the collector gone for `clear_waiting` when dropped.
@@ -65,7 +68,7 @@ pub(super) struct Collector<I, O> {
     shared: Arc<Shared>,
     intake: IntakeConsumer<Job<I, O>>,
     planner: Planner<Entry<I, O>>,
-    releases: ring::Consumer<Release>,
+    releases: ring::Consumer<Release<I, O>>,
     /// `None` once a removed worker has been let go.
     workers: Vec<Option<WorkerLink<I, O>>>,
     /// The indices whose link is held, ascending: what a launch and a
@@ -119,6 +122,10 @@ pub(super) struct Collector<I, O> {
     /// Per worker, the batches pushed and not yet released, oldest first
     /// (`displace.rs`): the unstarted ones may be recalled.
     staged: Vec<std::collections::VecDeque<displace::StagedRef<I, O>>>,
+    /// The last batch's number (`Staged::seq`).
+    batch_seq: u64,
+    /// See `Start::rerun`.
+    rerun: bool,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -166,6 +173,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             most_in_runtime: 0,
             idle: false,
             staged: Vec::new(),
+            batch_seq: 0,
+            rerun: s.rerun,
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
