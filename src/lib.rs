@@ -133,13 +133,15 @@ pub mod loom_exports {
     pub use crate::runtime::handoff::TakeOnce;
 }
 
-/// The collector's single-owner machinery, exposed only so that the
+/// The collector's single-owner machinery (and the take-once cell it
+/// hands batches to workers in), exposed only so that the
 /// benches (`decide`, `twins`) and the model tests (`ledger_model`) run
 /// the code the collector runs. Not part of the API: no semver promise.
 #[doc(hidden)]
 pub mod internals {
     pub use crate::intake::twins::{Twins, WaitingKeys};
     pub use crate::plan::{ledger, order, pace, placement, planner};
+    pub use crate::runtime::handoff::TakeOnce;
 }
 
 /// The README's example is compiled and run as a doc test, so it stays true.

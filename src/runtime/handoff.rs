@@ -23,7 +23,7 @@ use crate::sync::{AtomicPtr, Ordering};
 /// A value that exactly one taker gets.
 ///
 /// ```
-/// use convoy::loom_exports::TakeOnce;
+/// use convoy::internals::TakeOnce;
 /// let cell = TakeOnce::new(7);
 /// assert!(!cell.is_taken());
 /// assert_eq!(cell.take(), Some(7));
@@ -61,7 +61,7 @@ impl<T> TakeOnce<T> {
     /// synchronise, at no cost on x86, where every swap is a full barrier.
     ///
     /// ```
-    /// let cell = std::sync::Arc::new(convoy::loom_exports::TakeOnce::new("batch"));
+    /// let cell = std::sync::Arc::new(convoy::internals::TakeOnce::new("batch"));
     /// let other = cell.clone();
     /// let t = std::thread::spawn(move || other.take().is_some());
     /// let here = cell.take().is_some();
@@ -84,7 +84,7 @@ impl<T> TakeOnce<T> {
     /// `take` that finds nothing.
     ///
     /// ```
-    /// let cell = convoy::loom_exports::TakeOnce::new(());
+    /// let cell = convoy::internals::TakeOnce::new(());
     /// assert!(!cell.is_taken());
     /// cell.take();
     /// assert!(cell.is_taken());
