@@ -100,6 +100,7 @@ pub use config::{
     SloTarget, TenantOverride, TenantsConfig, UnknownPolicy, WorkerSpec, MAX_DISPLACEMENTS,
     MAX_TENANT_LEN, MAX_TOP_N, MAX_WEIGHT, MAX_WORKERS,
 };
+pub use device::chunked::Chunked;
 #[cfg(feature = "cuda")]
 pub use device::cuda;
 pub use device::executor::{BatchFn, Executor, Lane};

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{echo_runtime, eventually, occupy_the_worker, worker, Hold, WaitBounded};
+use common::{
+    echo_runtime, eventually, occupy_the_held_worker, occupy_the_worker, worker, Hold, WaitBounded,
+};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,7 +63,7 @@ fn count(ran: &Ran, x: u32) -> usize {
 fn identical_keys_execute_once_and_every_ticket_gets_the_output() {
     let (rt, hold, ran) = blocked(8);
     let h = rt.handle();
-    let blocker = occupy_the_worker(&rt);
+    let blocker = occupy_the_held_worker(&rt, &hold);
     let levels = [
         Priority::Low,
         Priority::Critical,
@@ -105,7 +107,7 @@ fn identical_keys_execute_once_and_every_ticket_gets_the_output() {
 fn a_group_is_ordered_as_its_most_urgent_member() {
     let (rt, hold, ran) = blocked(1);
     let h = rt.handle();
-    let blocker = occupy_the_worker(&rt);
+    let blocker = occupy_the_held_worker(&rt, &hold);
     let slow = h
         .submit(
             Request::new(5)

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    echo_runtime_with, eventually, occupy_the_worker, worker, Hold, Rng, Seen, WaitBounded,
+    echo_runtime_with, eventually, occupy_the_held_worker, occupy_the_worker, worker, Hold, Rng,
+    Seen, WaitBounded,
 };
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -181,7 +182,9 @@ fn queued_work_runs_in_priority_order() {
         .unwrap();
     let h = rt.handle();
     let blocker = h.submit(Request::new((0, Priority::Normal))).unwrap();
-    eventually("the blocker runs", || rt.stats().batches == 1);
+    // Running, not only launched: a staged Normal batch would be
+    // displaced by the Critical request below.
+    eventually("the blocker runs", || hold.entered() == 1);
     let mut tickets = Vec::new();
     for (i, p) in [
         Priority::Background,
@@ -773,7 +776,7 @@ fn a_request_that_waited_max_wait_outranks_later_urgent_work_under_the_defaults(
     };
     let (rt, hold, ran) = blocked_runtime_with(cfg);
     let h = rt.handle();
-    let t0 = occupy_the_worker(&rt);
+    let t0 = occupy_the_held_worker(&rt, &hold);
     let old = h
         .submit(Request::new(1).priority(Priority::Background))
         .unwrap();
@@ -817,7 +820,7 @@ fn a_late_queue_sheds_the_least_urgent_levels_and_hands_requests_back() {
     cfg.shed = true;
     let (rt, hold, _) = blocked_runtime_with(cfg);
     let h = rt.handle();
-    let t0 = occupy_the_worker(&rt);
+    let t0 = occupy_the_held_worker(&rt, &hold);
     let t1 = h.submit(Request::new(1)).unwrap();
     eventually("Background is shed", || h.is_shed(Priority::Background));
     let back = h
@@ -1290,7 +1293,7 @@ fn clear_waiting_cancels_what_waits_frees_its_room_and_spares_what_runs() {
     let (rt, hold, ran) = blocked_runtime_with(one_lane_config(4));
     let h = rt.handle();
     assert_eq!(rt.clear_waiting(), 0, "nothing waits yet");
-    let running = occupy_the_worker(&rt);
+    let running = occupy_the_held_worker(&rt, &hold);
     // Four levels, a front insert and a batch insert: all of it waits.
     let mut waiting = vec![
         h.submit(Request::new(1).priority(Priority::Critical))

@@ -168,11 +168,15 @@ pub enum LaunchCause {
     Preferred,
     /// Shutting down: what was accepted launches without waiting.
     Closing,
+    /// Its most urgent request may take the place of less urgent work a
+    /// worker holds (`[preemption]`): it launches without waiting for
+    /// company it would only be slowed by.
+    Preempt,
 }
 
 impl LaunchCause {
     /// How many causes there are.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     /// Every cause, in index order.
     pub const ALL: [LaunchCause; LaunchCause::COUNT] = [
@@ -182,6 +186,7 @@ impl LaunchCause {
         LaunchCause::Idle,
         LaunchCause::Preferred,
         LaunchCause::Closing,
+        LaunchCause::Preempt,
     ];
 
     /// A stable snake_case name, for metrics labels and reports.
@@ -193,6 +198,7 @@ impl LaunchCause {
             LaunchCause::Idle => "idle",
             LaunchCause::Preferred => "preferred",
             LaunchCause::Closing => "closing",
+            LaunchCause::Preempt => "preempt",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! reference), a device kernel's source and packing, and the CUDA executor
 //! (feature `cuda`).
 
+pub(crate) mod chunked;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub(crate) mod executor;

@@ -426,6 +426,13 @@ impl<T> Waiting<T> {
         best.map(|(_, _, id)| (id, false))
     }
 
+    /// The level of the request [`pop`](Self::pop) would take at `now`,
+    /// without taking it.
+    pub fn peek_level(&mut self, now: u64) -> Option<Priority> {
+        let (id, _) = self.pick(now)?;
+        Some(self.meta(id).level)
+    }
+
     /// Takes the most urgent request at `now`. The flag says it was taken by
     /// the aging rule (it had waited `max_wait`) and not by its level.
     pub fn pop(&mut self, now: u64) -> Option<(T, Meta, bool)> {

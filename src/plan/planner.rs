@@ -189,6 +189,9 @@ pub struct Planner<T> {
     /// The level and cost of the most urgent request the last `form` set
     /// aside without forming a batch (see [`Planner::blocked`]).
     blocked: Option<(Priority, Capacity)>,
+    /// The least urgent level the next `form` may add to its head (see
+    /// [`Planner::next_only_up_to`]).
+    only_up_to: Option<Priority>,
 }
 
 impl<T: Plannable> Planner<T> {
@@ -206,6 +209,7 @@ impl<T: Plannable> Planner<T> {
             deferred: Vec::new(),
             moved: Vec::new(),
             blocked: None,
+            only_up_to: None,
         }
     }
 
@@ -460,6 +464,7 @@ impl<T: Plannable> Planner<T> {
     ) -> Plan<T> {
         let mut shortfall = None;
         self.blocked = None;
+        let only_up_to = self.only_up_to.take();
         let cap = self.batch_limit.min(max_items).max(1);
         // The head decides the worker.
         let (picked, mut formed) = loop {
@@ -531,11 +536,18 @@ impl<T: Plannable> Planner<T> {
                 }
             }
         };
+        // Urgent work only, when the head is: preemption made this room
+        // for it, not for the work it displaced.
+        let only_up_to = only_up_to.filter(|&l| formed.items[0].1.level <= l);
         let mut skipped = 0;
         while formed.items.len() < cap && skipped < MAX_DEFERRED {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 break;
             };
+            if only_up_to.is_some_and(|l| meta.level > l) {
+                self.deferred.push((item, meta));
+                break;
+            }
             if item.abandoned() {
                 self.waiting.refund(&meta);
                 abandoned.push((item, meta));
@@ -630,12 +642,61 @@ impl<T: Plannable> Planner<T> {
         self.blocked
     }
 
+    /// Takes out of a formed batch (its head stays) the requests `keep`
+    /// refuses: their reservation goes back to the ledger and they wait
+    /// again with their old order. For a batch that preempts work, so it
+    /// holds the urgent requests alone and runs short. Returns how many
+    /// left.
+    pub fn trim(&mut self, formed: &mut Formed<T>, keep: impl Fn(&Meta) -> bool) -> usize {
+        let mut i = 1;
+        let mut left = 0;
+        while i < formed.items.len() {
+            if keep(&formed.items[i].1) {
+                i += 1;
+                continue;
+            }
+            let (item, meta) = formed.items.remove(i);
+            let cost = item.cost();
+            let over = self.ledger.release(formed.worker, &cost);
+            debug_assert!(over.is_ok(), "{over:?}");
+            formed.reserved.slots -= cost.slots;
+            formed.reserved.tokens -= cost.tokens;
+            formed.reserved.bytes -= cost.bytes;
+            self.deferred.push((item, meta));
+            left += 1;
+        }
+        self.put_back();
+        left
+    }
+
+    /// The level of the request the next [`form`](Self::form) would start
+    /// with at `now_ns`.
+    pub fn head_level(&mut self, now_ns: u64) -> Option<Priority> {
+        self.waiting.peek_level(now_ns)
+    }
+
+    /// Limits the next [`form`](Self::form) to requests at `level` or more
+    /// urgent, when its head is one: after preemption made room for urgent
+    /// work, the batch that takes the room is that work alone, short, and
+    /// not refilled with what was displaced. `None` (or the next form
+    /// done): no limit.
+    pub fn next_only_up_to(&mut self, level: Option<Priority>) {
+        self.only_up_to = level;
+    }
+
     /// Puts back a request that a formed batch took and that never
-    /// started (preemption recalled its batch): its tenant's charge is
-    /// taken back and it waits again with its old order, arrival
-    /// included, so its aging goes on where it was.
+    /// started (preemption recalled its batch, or its worker's ring had no
+    /// room): its tenant's charge is taken back and it waits again with
+    /// its old order, arrival included, so its aging goes on where it was.
+    /// A grouped one's new key is reported through
+    /// [`take_moved`](Self::take_moved).
     pub fn requeue(&mut self, item: T, meta: Meta) -> WaitKey {
-        self.waiting.put_back(item, meta)
+        let group = item.group();
+        let key = self.waiting.put_back(item, meta);
+        if let Some(g) = group {
+            self.moved.push((g, key));
+        }
+        key
     }
 
     /// Grouped requests that the last `form` calls put back, each with the

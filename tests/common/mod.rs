@@ -66,27 +66,44 @@ pub fn echo_runtime_with(config: Config) -> Runtime<u32, u32> {
 /// while it queues work behind it. Dropping any handle opens it, so a test
 /// that fails while the worker is held still ends (the runtime's drop
 /// joins the worker) instead of hanging.
+/// It also counts the executors that reached it: a batch launched may
+/// still be staged (and, with preemption, recalled for more urgent work),
+/// so a test that needs its blocker running waits for [`Hold::entered`].
 #[derive(Clone, Default)]
-pub struct Hold(Arc<(Mutex<bool>, Condvar)>);
+pub struct Hold(Arc<(Mutex<(bool, usize)>, Condvar)>);
 
 impl Hold {
     pub fn wait(&self) {
         let (m, cv) = &*self.0;
-        let mut open = m.lock().unwrap();
-        while !*open {
-            open = cv.wait(open).unwrap();
+        let mut state = m.lock().unwrap();
+        state.1 += 1;
+        while !state.0 {
+            state = cv.wait(state).unwrap();
         }
     }
 
+    /// How many waits have begun (open or not).
+    pub fn entered(&self) -> usize {
+        self.0 .0.lock().unwrap().1
+    }
+
     pub fn is_open(&self) -> bool {
-        *self.0 .0.lock().unwrap()
+        self.0 .0.lock().unwrap().0
     }
 
     pub fn open(&self) {
         let (m, cv) = &*self.0;
-        *m.lock().unwrap() = true;
+        m.lock().unwrap().0 = true;
         cv.notify_all();
     }
+}
+
+/// Submits request 0 and waits until the executor holds it at `hold`:
+/// from then on it runs (it cannot be recalled) and the worker is busy.
+pub fn occupy_the_held_worker(rt: &Runtime<u32, u32>, hold: &Hold) -> Ticket<u32> {
+    let blocker = rt.handle().submit(Request::new(0)).unwrap();
+    eventually("the blocker runs", || hold.entered() >= 1);
+    blocker
 }
 
 impl Drop for Hold {

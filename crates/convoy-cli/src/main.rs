@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use convoy::model::{PoolDense, DEFAULT_DIM, DEFAULT_SEED, DEFAULT_VOCAB};
-use convoy::{Config, Fairness, OrderingPolicy, Priority};
+use convoy::{Chunked, Config, Fairness, OrderingPolicy, Preemption, Priority};
 use convoy_cli::replay::{self, policy_name, ReplayOptions, Report};
 use convoy_cli::tenants::{TenantLine, TenantMix};
 use convoy_cli::trace::{PriorityMix, Trace};
@@ -203,6 +203,11 @@ struct CompareArgs {
     /// "none"`), and under VTC.
     #[arg(long)]
     tenants: bool,
+    /// Compare preemption instead of ordering policies: off, on
+    /// (displacing staged batches), and on with the model run in chunks
+    /// that stop at a boundary for urgent work (`convoy::Chunked`).
+    #[arg(long, conflicts_with = "tenants")]
+    preemption: bool,
 }
 
 impl Common {
@@ -808,6 +813,9 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     if args.tenants {
         return compare_tenants(args, &trace, &config, model, speedup);
     }
+    if args.preemption {
+        return compare_preemption(args, &trace, &config, model, speedup);
+    }
     let policies = [
         OrderingPolicy::Fifo,
         OrderingPolicy::StrictPriority,
@@ -960,6 +968,167 @@ fn compare_tenants(
         return Err(Fail(format!("{name}: lost {} requests", r.lost)));
     }
     Ok(())
+}
+
+/// `compare --preemption`'s chunk: requests per chunk of a batch run by
+/// `convoy::Chunked`, an eighth of the default batch limit.
+const PREEMPTION_CHUNK: usize = 4;
+
+/// `compare --preemption`'s priority mix: bulk Low and Background work
+/// with rare urgent requests, the case preemption is for.
+const PREEMPTION_SHARES: [u8; Priority::COUNT] = [1, 0, 4, 30, 65];
+
+/// `compare --preemption`: the same load with preemption off, on, and on
+/// with running batches that stop at a chunk boundary.
+fn compare_preemption(
+    args: &CompareArgs,
+    trace: &Trace,
+    config: &Config,
+    model: PoolDense,
+    speedup: f64,
+) -> Result<(), Fail> {
+    let on = config.preemption;
+    let off = Preemption {
+        enabled: false,
+        ..on
+    };
+    say!(
+        "preemption: min_priority_gap {}, max_displacements {}; \"stop\" runs the model in chunks of {PREEMPTION_CHUNK} and stops between them for urgent work\n",
+        on.min_gap, on.max_displacements
+    );
+    // Bulk work with rare urgent requests: batches of Low and Background
+    // alone are what preemption can take the place of (a batch with an
+    // urgent request already serves it).
+    let mix = PriorityMix {
+        shares: PREEMPTION_SHARES,
+        ..args.common.mix()
+    };
+    say!(
+        "mix: {}% critical, {}% high, {}% normal, {}% low, {}% background\n",
+        mix.shares[0],
+        mix.shares[1],
+        mix.shares[2],
+        mix.shares[3],
+        mix.shares[4]
+    );
+    let duration = seconds("--duration", args.duration)?;
+    let options = |preemption| ReplayOptions {
+        config: Config {
+            preemption,
+            ..config.clone()
+        },
+        speedup,
+        mix,
+        limit: args.common.limit,
+        duration: Some(duration),
+        cycle: true,
+        vocab: model.vocab(),
+        ..ReplayOptions::default()
+    };
+    let mut reports = Vec::new();
+    note!("  running off ...");
+    reports.push((
+        "off",
+        replay::replay(trace, model.clone(), &options(off), &|_| {})?,
+    ));
+    note!("  running displace ...");
+    reports.push((
+        "displace",
+        replay::replay(trace, model.clone(), &options(on), &|_| {})?,
+    ));
+    note!("  running displace+stop ...");
+    let chunked = Chunked::new(model.clone(), PREEMPTION_CHUNK);
+    reports.push((
+        "displace+stop",
+        replay::replay(trace, chunked, &options(on), &|_| {})?,
+    ));
+    say!("{}", render_preemption(&reports));
+    if let Some(path) = &args.common.json {
+        let json = serde_json::json!({
+            "load": args.load,
+            "speedup": speedup,
+            "lost": reports.iter().map(|(_, r)| r.lost).sum::<u64>(),
+            "runs": reports.iter().map(|(name, r)| {
+                let mut j = r.to_json();
+                if let Some(o) = j.as_object_mut() {
+                    o.insert("run".into(), (*name).into());
+                }
+                j
+            }).collect::<Vec<_>>(),
+        });
+        write(path, &serde_json::to_string_pretty(&json)?)?;
+    }
+    if let Some((name, r)) = reports
+        .iter()
+        .find(|(_, r)| r.lost != 0 || r.client_unresolved != 0)
+    {
+        return Err(Fail(format!("{name}: lost {} requests", r.lost)));
+    }
+    Ok(())
+}
+
+/// The preemption comparison's table: a column per run.
+fn render_preemption(reports: &[(&str, Report)]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = write!(s, "{:<22}", "");
+    for (name, _) in reports {
+        let _ = write!(s, " | {name:>14}");
+    }
+    let _ = writeln!(s);
+    let mut row = |label: &str, f: &dyn Fn(&Report) -> String| {
+        let _ = write!(s, "{label:<22}");
+        for (_, r) in reports {
+            let _ = write!(s, " | {:>14}", f(r));
+        }
+        let _ = writeln!(s);
+    };
+    for p in Priority::ALL {
+        row(&format!("{p} p99 ms"), &|r| {
+            format!("{:.1}", r.priorities[p.index()].p99_ms)
+        });
+    }
+    for p in [Priority::Low, Priority::Background] {
+        row(&format!("{p} max ms"), &|r| {
+            format!("{:.1}", r.priorities[p.index()].max_ms)
+        });
+    }
+    row("starvation bound ms", &|r| {
+        format!("{:.1}", r.starvation_bound_ms())
+    });
+    row("displaced", &|r| {
+        format!("{}", r.priorities.iter().map(|p| p.displaced).sum::<u64>())
+    });
+    row("interrupted", &|r| {
+        format!(
+            "{}",
+            r.priorities.iter().map(|p| p.interrupted).sum::<u64>()
+        )
+    });
+    row("completed", &|r| format!("{}", r.completed));
+    row("lost", &|r| format!("{}", r.lost));
+    let off = reports.first().map_or(0.0, |(_, r)| {
+        r.priorities[Priority::Critical.index()].p99_ms
+    });
+    let _ = writeln!(
+        s,
+        "goal: Critical p99 at most half of off's ({off:.1} ms), Low and Background within the starvation bound, nothing lost"
+    );
+    for (name, r) in reports.iter().skip(1) {
+        let crit = r.priorities[Priority::Critical.index()].p99_ms;
+        let ratio = crit / off.max(1e-9);
+        let bound = r.starvation_bound_ms();
+        let within = [Priority::Low, Priority::Background]
+            .iter()
+            .all(|p| r.priorities[p.index()].max_ms <= bound);
+        let _ = writeln!(
+            s,
+            "  {name:<16} Critical p99 {ratio:.2}× off: {}; Low and Background {} the bound",
+            if ratio <= 0.5 { "met" } else { "missed" },
+            if within { "within" } else { "past" }
+        );
+    }
+    s
 }
 
 /// A figure summed over the quiet tenants of a run.

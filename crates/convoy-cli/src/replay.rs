@@ -127,6 +127,12 @@ pub struct PriorityReport {
     pub failed: u64,
     /// Failed by shutdown.
     pub shut_down: u64,
+    /// Times preemption recalled one of its requests before it started
+    /// (it waited again; not an outcome).
+    pub displaced: u64,
+    /// Times one of its requests stopped unfinished at a boundary of a
+    /// running batch and waited again (not an outcome).
+    pub interrupted: u64,
     /// End-to-end latency of completed requests (client side), ms.
     pub p50_ms: f64,
     /// 95th percentile, ms.
@@ -535,6 +541,20 @@ impl Report {
             self.shortfall,
             self.aging_promotions
         );
+        let preempted: Vec<String> = self
+            .priorities
+            .iter()
+            .filter(|p| p.displaced + p.interrupted > 0)
+            .map(|p| {
+                format!(
+                    "{} {} displaced, {} interrupted",
+                    p.priority, p.displaced, p.interrupted
+                )
+            })
+            .collect();
+        if !preempted.is_empty() {
+            let _ = writeln!(s, "preempted: {}", preempted.join("; "));
+        }
         if !self.refused_by.is_empty() {
             let why: Vec<String> = self
                 .refused_by
@@ -639,6 +659,22 @@ impl<E: Executor<Vec<u32>, Vec<f32>>> Executor<Vec<u32>, Vec<f32>> for Busy<E> {
 
     fn check(&self, input: &Vec<u32>) -> Result<(), String> {
         self.inner.check(input)
+    }
+
+    fn interruptible(&self) -> convoy::Interruptible {
+        self.inner.interruptible()
+    }
+
+    fn execute_until(
+        &self,
+        worker: usize,
+        inputs: &[Vec<u32>],
+        stop: &convoy::Stop<'_>,
+    ) -> Result<Vec<Option<Vec<f32>>>, convoy::ExecutorError> {
+        let started = Instant::now();
+        let out = self.inner.execute_until(worker, inputs, stop);
+        add_busy(&self.busy_ns, started);
+        out
     }
 
     fn lane(&self, worker: usize) -> Option<Box<dyn Lane<Vec<u32>, Vec<f32>>>> {
@@ -1183,6 +1219,8 @@ pub fn replay<E: Executor<Vec<u32>, Vec<f32>>>(
                 cancelled: s.cancelled,
                 failed: s.failed,
                 shut_down: s.shut_down,
+                displaced: s.displaced,
+                interrupted: s.interrupted,
                 p50_ms: q(0.50),
                 p95_ms: q(0.95),
                 p99_ms: q(0.99),

@@ -1,34 +1,52 @@
-//! Preemption of staged work: when the most urgent waiting request can be
-//! placed nowhere, the collector recalls a batch a worker holds but has
-//! not started, puts its requests back with their arrival times, and
-//! forms again, so the urgent request takes the recalled batch's place.
+//! Preemption: urgent work takes the place of less urgent work a worker
+//! holds. A batch handed to a worker but not started (staged) is recalled
+//! and its requests wait again with their arrival times; a running batch
+//! of an executor that declares a re-run safe is asked to stop at its
+//! next boundary (`device/stop.rs`), and its unfinished requests wait
+//! again the same way.
 //!
-//! # The rule (`[preemption]`, reloadable)
+//! # When (`[preemption]`, reloadable)
 //!
-//! A staged batch is recalled for a blocked request at level `u` only if
-//! * preemption is on and the runtime is not closing;
-//! * every request of the batch is at least `min_gap` levels less urgent
-//!   than `u` (the batch's most urgent request decides);
-//! * none of its requests has been displaced `max_displacements` times;
-//! * its worker is up, and releasing the batch would leave that worker
-//!   room for the blocked request (evict only what the urgent work needs:
-//!   one batch per formed batch, never one whose room would not serve);
-//! * the worker's ring has room for the batch that takes its place.
+//! Work at level `u` may displace a batch only if preemption is on, every
+//! request of the batch is at least `min_gap` levels less urgent than `u`
+//! (the batch's most urgent request decides), and none of its requests
+//! has been displaced or stopped `max_displacements` times. Then:
 //!
-//! Of those, the least urgent batch goes, and among equals the one staged
-//! last (it would have started last). Who wins between the worker
-//! starting the batch and the collector recalling it is decided by the
-//! batch's [`TakeOnce`](crate::runtime::handoff::TakeOnce) cell: the
-//! loser finds it empty. So a batch never runs twice, and its capacity is
-//! released once: by the collector here, or by its worker after it ran.
+//! * **a batch staged behind others** (`make_way`): once a batch is
+//!   staged on a worker, the staged batches ahead of it that it may
+//!   displace are recalled, and the running one asked to stop, so it
+//!   starts next;
+//! * **urgent work placed nowhere** (`displace`): when the planner could
+//!   place its head on no worker, one staged batch is recalled to make
+//!   room: the least urgent, the last staged among equals, on a worker up
+//!   whose room would then take the head (evict only what the urgent work
+//!   needs), whose ring has room for the batch that takes its place;
+//!   failing that, a running batch is asked to stop (`interrupt`);
+//! * **due at once** (`preempt_due`): a head that may displace work some
+//!   worker holds launches without waiting out the batching delay.
+//!
+//! A batch carries its head's level and those less than the gap below it,
+//! never work its head could displace (`launch.rs`, `Planner::trim`):
+//! urgent callers wait for their own short batch, and no running batch of
+//! urgent work shields bulk work from the next urgent request.
+//!
+//! Who wins between the worker starting a staged batch and the collector
+//! recalling it is decided by the batch's
+//! [`TakeOnce`](crate::runtime::handoff::TakeOnce) cell: the loser finds
+//! it empty. So a batch never runs twice, and its capacity is released
+//! once: by the collector here, or by its worker after it ran (a stopped
+//! batch's worker releases it at once).
 //!
 //! # The bound
 //!
-//! A recalled request keeps its arrival, so its age goes on and rule 1 of
+//! A displaced request keeps its arrival, so its age goes on and rule 1 of
 //! the ordering (`plan/order.rs`) still promotes it at `max_wait`. Each
-//! displacement costs it at most the batch interval it had been staged
-//! for, and it is displaced at most `max_displacements` times, so it
-//! starts within `max_wait` plus `1 + max_displacements` batch intervals.
+//! displacement costs it at most one batch interval (the urgent batch that
+//! took its place), and it is displaced at most `max_displacements` times,
+//! so it starts within `max_wait` plus `1 + max_displacements` batch
+//! intervals. `tests/preemption.rs` checks the cap on the order of
+//! execution (`a_request_is_displaced_at_most_max_displacements_times`),
+//! and `convoy compare --preemption` the bound under load.
 
 use std::collections::VecDeque;
 
@@ -72,6 +90,14 @@ fn fits_without(
     slots <= u64::from(capacity.slots)
         && tokens <= u128::from(capacity.tokens)
         && bytes <= u128::from(capacity.bytes)
+}
+
+/// The least urgent level that may displace a batch whose most urgent
+/// request is at `top`.
+fn urgent_levels(top: Priority, gap: u8) -> Option<Priority> {
+    top.index()
+        .checked_sub(usize::from(gap))
+        .map(|i| Priority::ALL[i])
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -129,14 +155,23 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 }
             }
         }
-        let Some((worker, pos, _)) = pick else {
+        let Some((worker, pos, top)) = pick else {
             self.interrupt(candidates, urgent, cost);
             return false;
         };
+        // The batch that takes the room: the levels that could have
+        // displaced this one, and no others.
+        self.planner
+            .next_only_up_to(urgent_levels(top, rule.min_gap));
+        self.recall(worker, pos, urgent)
+    }
+
+    /// Recalls the staged batch at `pos` of `worker`'s list for work at
+    /// `urgent`: `false` if its worker started it first (it then stays
+    /// tracked, to be released like any started batch).
+    fn recall(&mut self, worker: usize, pos: usize, urgent: Priority) -> bool {
         let list = &mut self.staged[worker];
         let Some(staged) = list[pos].cell.take() else {
-            // Its worker started it since the check: it stays tracked, to
-            // be released like any started batch.
             return false;
         };
         list.remove(pos);
@@ -165,9 +200,118 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             tokens = staged.reserved.tokens,
             for_level = %urgent,
             displaced = ?counts,
-            "staged batch displaced: a more urgent request could be placed nowhere"
+            "staged batch displaced for more urgent work"
         );
         true
+    }
+
+    /// Whether the next batch is due now because its head may take the
+    /// place of less urgent work some worker holds (`batch_due`): urgent
+    /// work then starts without waiting out the batching delay for
+    /// company it would only be slowed by.
+    pub(super) fn preempt_due(&mut self, now_ns: u64) -> bool {
+        if !self.applied.preemption.enabled {
+            return false;
+        }
+        // Cheap first: the gap must leave room below the most urgent level.
+        let Some(head) = self.planner.head_level(now_ns) else {
+            return false;
+        };
+        if head.index() + usize::from(self.applied.preemption.min_gap) >= Priority::COUNT {
+            return false;
+        }
+        self.held.iter().any(|&w| self.would_make_way(w, head))
+    }
+
+    /// Whether a batch whose most urgent request is at `top`, staged on
+    /// `worker` now, would displace anything there (`make_way`): then it
+    /// is trimmed to its urgent levels first (`launch.rs`).
+    pub(super) fn would_make_way(&self, worker: usize, top: Priority) -> bool {
+        let rule = self.applied.preemption;
+        let Some(list) = self.staged.get(worker).filter(|_| rule.enabled) else {
+            return false;
+        };
+        list.iter().enumerate().any(|(pos, s)| {
+            let started = s.cell.is_taken();
+            let may = rule.may_displace(top, s.top) && s.displaced < rule.max_displacements;
+            may && if started {
+                pos == 0 && self.rerun && !s.stopping && !s.twins
+            } else {
+                true
+            }
+        })
+    }
+
+    /// The levels a batch headed at `level` keeps when it preempts: those
+    /// less than the gap below its head, which could displace nothing it
+    /// displaces.
+    pub(super) fn keeps(&self, level: Priority) -> Priority {
+        let gap = usize::from(self.applied.preemption.min_gap);
+        Priority::ALL[(level.index() + gap - 1).min(Priority::COUNT - 1)]
+    }
+
+    /// A batch whose most urgent request is at `top` was just staged on
+    /// `worker`: what that worker holds ahead of it and may be displaced
+    /// for it goes (see the module docs), so that it starts next: staged
+    /// batches are recalled, and the running one, if the executor declares
+    /// a re-run safe, is asked to stop at its next boundary.
+    pub(super) fn make_way(&mut self, worker: usize, top: Priority) {
+        let rule = self.applied.preemption;
+        if !rule.enabled {
+            return;
+        }
+        let Some(list) = self.staged.get(worker) else {
+            return;
+        };
+        // The new batch is the last; look at those ahead of it, last
+        // first, so positions stay valid as entries leave.
+        let ahead = list.len().saturating_sub(1);
+        for pos in (0..ahead).rev() {
+            let s = &self.staged[worker][pos];
+            if s.cell.is_taken() {
+                // Started: the running batch (or a lane's in flight).
+                if pos == 0 {
+                    self.ask_to_stop(worker, top);
+                }
+                continue;
+            }
+            if rule.may_displace(top, s.top) && s.displaced < rule.max_displacements {
+                self.recall(worker, pos, top);
+            }
+        }
+    }
+
+    /// Asks the batch `worker` runs (the front of its list) to stop at its
+    /// next boundary for work at `urgent`, under the rule, if the executor
+    /// declares a re-run safe. Asked once per batch.
+    fn ask_to_stop(&mut self, worker: usize, urgent: Priority) {
+        let rule = self.applied.preemption;
+        if !self.rerun {
+            return;
+        }
+        let (Some(Some(link)), Some(s)) = (
+            self.workers.get(worker),
+            self.staged.get_mut(worker).and_then(VecDeque::front_mut),
+        ) else {
+            return;
+        };
+        let eligible = s.cell.is_taken()
+            && !s.stopping
+            && !s.twins
+            && rule.may_displace(urgent, s.top)
+            && s.displaced < rule.max_displacements;
+        if !eligible {
+            return;
+        }
+        s.stopping = true;
+        link.stop.ask(s.seq);
+        tracing::debug!(
+            worker,
+            batch = s.seq,
+            tokens = s.reserved.tokens,
+            for_level = %urgent,
+            "running batch asked to stop at its next boundary for more urgent work"
+        );
     }
 
     /// With no staged batch to recall, asks one running batch to stop at
@@ -198,23 +342,11 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 pick = Some((c.index, s.top));
             }
         }
-        let Some((worker, _)) = pick else {
+        let Some((worker, top)) = pick else {
             return;
         };
-        let (Some(Some(link)), Some(s)) = (
-            self.workers.get(worker),
-            self.staged.get_mut(worker).and_then(VecDeque::front_mut),
-        ) else {
-            return;
-        };
-        s.stopping = true;
-        link.stop.ask(s.seq);
-        tracing::debug!(
-            worker,
-            batch = s.seq,
-            tokens = s.reserved.tokens,
-            for_level = %urgent,
-            "running batch asked to stop at its next boundary: a more urgent request could be placed nowhere"
-        );
+        // Applied when the stopped batch's release comes (`changes.rs`).
+        self.after_stop = urgent_levels(top, rule.min_gap);
+        self.ask_to_stop(worker, urgent);
     }
 }

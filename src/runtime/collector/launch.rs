@@ -82,8 +82,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         if waiting == 0 {
             return None;
         }
-        let batching = &self.applied.batching;
-        let delay = nanos(batching.max_queue_delay);
+        let delay = nanos(self.applied.batching.max_queue_delay);
+        let adaptive = self.applied.batching.delay == BatchDelay::Adaptive;
         let cause = if closing {
             Some(LaunchCause::Closing)
         } else if self.planner.is_full(most) {
@@ -100,7 +100,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             .is_some_and(|d| d.saturating_sub(now_ns) <= delay)
         {
             Some(LaunchCause::Deadline)
-        } else if batching.delay == BatchDelay::Adaptive
+        } else if self.preempt_due(now_ns) {
+            Some(LaunchCause::Preempt)
+        } else if adaptive
             && idle.is_some_and(|i| {
                 self.pace.peak() < self.planner.batch_limit().saturating_mul(i.up)
                     && self.pace.nothing_more(waiting + i.launched, now_ns)
@@ -254,6 +256,12 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 short_now |= stalled && shortfall.is_none() && self.short_last_pass;
                 break;
             };
+            let Some(formed) = self.ring_room(formed) else {
+                // Its worker's ring is full of cells it has not popped yet
+                // (recalled ones among them): wait for the worker.
+                self.stalled = true;
+                break;
+            };
             self.shared.counters.launch(cause);
             self.launch_formed(formed, deciding);
             idle = self.fleet_load(&candidates).if_idle();
@@ -286,12 +294,51 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.shared.shedding.set(mask);
     }
 
+    /// The batch back if its worker's ring has room for it; else it is
+    /// undone (its reservation released, its requests waiting again with
+    /// their order and room) and `None`. Each live batch holds a slot, so
+    /// only the empty cells of recalled batches, which the worker pops
+    /// once the batch it runs ends, can fill a ring sized at two cells a
+    /// slot.
+    fn ring_room(&mut self, formed: Formed<Entry<I, O>>) -> Option<Formed<Entry<I, O>>> {
+        let link = self.workers[formed.worker]
+            .as_ref()
+            .expect("placement only offers workers whose link is held");
+        if link.jobs.len() < link.jobs.capacity() {
+            return Some(formed);
+        }
+        let undone = self.planner.release(formed.worker, &formed.reserved);
+        debug_assert!(undone.is_ok(), "{undone:?}");
+        for (item, meta) in formed.items {
+            self.planner.requeue(item, meta);
+        }
+        for (k, key) in self.planner.take_moved() {
+            self.dedup.insert(k, key);
+        }
+        None
+    }
+
     /// Hands a formed batch to its worker; the decision begun at `deciding`
     /// is timed up to the hand-off. The requests go whole, in a take-once
     /// cell the collector keeps a handle on while the batch is staged
     /// (`displace.rs`); the worker opens it when it starts it
     /// (`worker::open_batch`).
-    pub(super) fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, deciding: Instant) {
+    pub(super) fn launch_formed(&mut self, mut formed: Formed<Entry<I, O>>, deciding: Instant) {
+        // With preemption on, a batch carries its head's level and those
+        // less than the gap below it, never work its head could displace:
+        // urgent callers then wait for their own short batch, not for the
+        // bulk of a full one, and no running batch shields bulk work from
+        // the next urgent request (`displace.rs`).
+        if let Some(head) = formed.items.first().map(|(_, m)| m.level) {
+            if self.applied.preemption.enabled {
+                let keep = self.keeps(head);
+                if self.planner.trim(&mut formed, |m| m.level <= keep) > 0 {
+                    for (k, key) in self.planner.take_moved() {
+                        self.dedup.insert(k, key);
+                    }
+                }
+            }
+        }
         let counters = &self.shared.counters;
         counters.placement(formed.reason);
         for _ in 0..formed.aged {
@@ -366,6 +413,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                     stopping: false,
                 };
                 self.track_staged(worker, staged);
+                self.make_way(worker, top);
             }
             Err(ring::Full(_)) => {
                 // The ring holds two cells per slot; only a capacity raised
