@@ -4,6 +4,8 @@
 //!
 //! * `convoy`: the collector's own `Planner` (order rule + placement +
 //!   ledger), single-owner, no lock.
+//! * `convoy_preempting`: a decision that displaces a staged batch
+//!   (`[preemption]`), at its worst: form 256, recall them, form 256 again.
 //! * `mutex_heap_scan`: seed 003's "before" design in the same run: a
 //!   `Mutex<BinaryHeap>` of (priority, arrival) and, per request, a scan of
 //!   all workers in a shared `Mutex<HashMap>` capacity map.
@@ -80,6 +82,8 @@ struct ConvoyDecider {
     /// The tenants' indices requests are spread over (fairness `vtc`, the
     /// default); `[0]`: every request of the default tenant.
     tenants: Vec<u32>,
+    /// How many the last preempting decision launched.
+    last: usize,
 }
 
 impl ConvoyDecider {
@@ -113,6 +117,7 @@ impl ConvoyDecider {
             now: 0,
             seq: 0,
             tenants: vec![0],
+            last: BATCH,
         };
         if tenants > 1 {
             d.tenants = (0..tenants)
@@ -149,6 +154,54 @@ impl ConvoyDecider {
             };
             self.planner.insert(Req { tokens }, meta);
         }
+    }
+
+    /// A decision that displaces (`[preemption]`), at its worst: a full
+    /// staged batch of 256 is recalled (its reservation released, its
+    /// requests back with their order) and a full batch formed in its
+    /// place, then completed. (With preemption's band a batch that takes
+    /// a place is urgent work alone and shorter; full batches bound it.)
+    fn decide_preempting(&mut self) -> usize {
+        self.now += 100_000;
+        // As many arrive as the last batch took: a banded batch is shorter
+        // than a full one, and the queue stays at its size.
+        self.arrive(self.last);
+        let candidates: Vec<Candidate<'_>> = self
+            .specs
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| Candidate {
+                index,
+                spec,
+                up: true,
+            })
+            .collect();
+        let mut abandoned = Vec::new();
+        let Plan::Batch { formed, .. } =
+            self.planner
+                .form(self.now, &candidates, &mut abandoned, BATCH)
+        else {
+            panic!("bench fleet always has room");
+        };
+        self.planner
+            .release(formed.worker, &formed.reserved)
+            .expect("releasing exactly what was reserved");
+        for (item, meta) in formed.items {
+            self.planner.requeue(item, meta);
+        }
+        let Plan::Batch { formed, .. } =
+            self.planner
+                .form(self.now, &candidates, &mut abandoned, BATCH)
+        else {
+            panic!("bench fleet always has room");
+        };
+        let n = formed.items.len();
+        self.last = n;
+        black_box(&formed.items);
+        self.planner
+            .release(formed.worker, &formed.reserved)
+            .expect("releasing exactly what was reserved");
+        BATCH
     }
 
     /// Arrivals, one decision, then the batch's completion.
@@ -296,6 +349,10 @@ fn main() {
         g.bench_function(BenchmarkId::new("convoy_64_tenants", BATCH), |b| {
             b.iter(|| convoy.decide())
         });
+        let mut convoy = ConvoyDecider::new(1);
+        g.bench_function(BenchmarkId::new("convoy_preempting", BATCH), |b| {
+            b.iter(|| convoy.decide_preempting())
+        });
         let mut baseline = MutexDecider::new();
         g.bench_function(BenchmarkId::new("mutex_heap_scan", BATCH), |b| {
             b.iter(|| baseline.decide())
@@ -313,6 +370,8 @@ fn main() {
     let (c50, c99) = percentiles(|| convoy.decide());
     let mut tenants = ConvoyDecider::new(TENANTS);
     let (t50, t99) = percentiles(|| tenants.decide());
+    let mut preempting = ConvoyDecider::new(1);
+    let (p50, p99) = percentiles(|| preempting.decide_preempting());
     let mut baseline = MutexDecider::new();
     let (b50, b99) = percentiles(|| baseline.decide());
     println!(
@@ -320,6 +379,7 @@ fn main() {
     );
     println!("  convoy          p50 {c50:>10.2?}  p99 {c99:>10.2?}");
     println!("  convoy, {TENANTS} tenants p50 {t50:>10.2?}  p99 {t99:>10.2?}");
+    println!("  convoy, preempting p50 {p50:>10.2?}  p99 {p99:>10.2?}");
     println!("  mutex_heap_scan p50 {b50:>10.2?}  p99 {b99:>10.2?}");
     println!(
         "  ratio (baseline / convoy): p50 {:.1}x  p99 {:.1}x",

@@ -192,6 +192,8 @@ pub struct Planner<T> {
     /// The least urgent level the next `form` may add to its head (see
     /// [`Planner::next_only_up_to`]).
     only_up_to: Option<Priority>,
+    /// See [`Planner::set_band`].
+    band: Option<u8>,
 }
 
 impl<T: Plannable> Planner<T> {
@@ -210,6 +212,7 @@ impl<T: Plannable> Planner<T> {
             moved: Vec::new(),
             blocked: None,
             only_up_to: None,
+            band: None,
         }
     }
 
@@ -537,14 +540,19 @@ impl<T: Plannable> Planner<T> {
             }
         };
         // Urgent work only, when the head is: preemption made this room
-        // for it, not for the work it displaced.
-        let only_up_to = only_up_to.filter(|&l| formed.items[0].1.level <= l);
+        // for it, not for the work it displaced. And never work a band's
+        // gap below the head.
+        let head = formed.items[0].1.level;
+        let only_up_to = only_up_to.filter(|&l| head <= l);
+        let band_end = self
+            .band
+            .map_or(usize::MAX, |g| head.index() + usize::from(g));
         let mut skipped = 0;
         while formed.items.len() < cap && skipped < MAX_DEFERRED {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 break;
             };
-            if only_up_to.is_some_and(|l| meta.level > l) {
+            if only_up_to.is_some_and(|l| meta.level > l) || meta.level.index() >= band_end {
                 self.deferred.push((item, meta));
                 break;
             }
@@ -642,31 +650,43 @@ impl<T: Plannable> Planner<T> {
         self.blocked
     }
 
-    /// Takes out of a formed batch (its head stays) the requests `keep`
-    /// refuses: their reservation goes back to the ledger and they wait
-    /// again with their old order. For a batch that preempts work, so it
-    /// holds the urgent requests alone and runs short. Returns how many
-    /// left.
-    pub fn trim(&mut self, formed: &mut Formed<T>, keep: impl Fn(&Meta) -> bool) -> usize {
-        let mut i = 1;
-        let mut left = 0;
-        while i < formed.items.len() {
-            if keep(&formed.items[i].1) {
-                i += 1;
-                continue;
-            }
-            let (item, meta) = formed.items.remove(i);
-            let cost = item.cost();
-            let over = self.ledger.release(formed.worker, &cost);
-            debug_assert!(over.is_ok(), "{over:?}");
-            formed.reserved.slots -= cost.slots;
-            formed.reserved.tokens -= cost.tokens;
-            formed.reserved.bytes -= cost.bytes;
-            self.deferred.push((item, meta));
-            left += 1;
-        }
-        self.put_back();
-        left
+    /// With `Some(gap)`, every batch [`form`](Self::form) makes carries
+    /// its head's level and those less than `gap` below it, never a
+    /// request `gap` or more levels less urgent: with preemption on, such
+    /// a request is work the head could displace, and urgent work runs
+    /// apart from it, in a short batch that shields nothing. `None`: any
+    /// level (the default).
+    ///
+    /// ```
+    /// use convoy::internals::order::Meta;
+    /// use convoy::internals::placement::{Candidate, Placer};
+    /// use convoy::internals::planner::{Plan, Plannable, Planner};
+    /// use convoy::{Capacity, Config, PlacementPolicy, Priority, WorkerSpec};
+    /// use std::time::Duration;
+    /// struct One;
+    /// impl Plannable for One {
+    ///     fn cost(&self) -> Capacity { Capacity { slots: 1, tokens: 1, bytes: 0 } }
+    /// }
+    /// let placer = Placer::new(PlacementPolicy::LeastLoaded, Duration::ZERO, 1, 8);
+    /// let mut p = Planner::new(1, Duration::from_secs(1), Config::default().batching, placer);
+    /// let spec = WorkerSpec {
+    ///     name: "w".into(),
+    ///     capacity: Capacity { slots: 8, tokens: 80, bytes: u64::MAX },
+    ///     speed: 1.0,
+    ///     cost_per_hour: 0.0,
+    /// };
+    /// let w = [Candidate { index: 0, spec: &spec, up: true }];
+    /// let meta = |level, seq| Meta { level, arrival: 0, deadline: u64::MAX,
+    ///     expire_at: u64::MAX, front: false, seq, tokens: 1, bytes: 0, tenant: 0 };
+    /// p.set_band(Some(2));
+    /// for (seq, level) in [Priority::Critical, Priority::High, Priority::Normal].into_iter().enumerate() {
+    ///     p.insert(One, meta(level, seq as u64));
+    /// }
+    /// let Plan::Batch { formed, .. } = p.form(0, &w, &mut vec![], 8) else { panic!() };
+    /// assert_eq!(formed.items.len(), 2, "Critical and High; Normal waits");
+    /// ```
+    pub fn set_band(&mut self, gap: Option<u8>) {
+        self.band = gap;
     }
 
     /// The level of the request the next [`form`](Self::form) would start

@@ -971,7 +971,8 @@ fn compare_tenants(
 }
 
 /// `compare --preemption`'s chunk: requests per chunk of a batch run by
-/// `convoy::Chunked`, an eighth of the default batch limit.
+/// `convoy::Chunked`. A batch of bulk work asked to stop finishes its
+/// current chunk first; a few requests' time is what urgent work waits.
 const PREEMPTION_CHUNK: usize = 4;
 
 /// `compare --preemption`'s priority mix: bulk Low and Background work
@@ -1106,6 +1107,8 @@ fn render_preemption(reports: &[(&str, Report)]) -> String {
         )
     });
     row("completed", &|r| format!("{}", r.completed));
+    row("decision p50 µs", &|r| format!("{:.1}", r.decision_p50_us));
+    row("decision p99 µs", &|r| format!("{:.1}", r.decision_p99_us));
     row("lost", &|r| format!("{}", r.lost));
     let off = reports.first().map_or(0.0, |(_, r)| {
         r.priorities[Priority::Critical.index()].p99_ms

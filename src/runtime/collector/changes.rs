@@ -17,6 +17,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         let b = knobs.batching;
         self.planner.set_limits(b, knobs.max_wait);
         self.planner.set_ordering(knobs.ordering);
+        let p = knobs.preemption;
+        self.planner.set_band(p.enabled.then_some(p.min_gap));
         if knobs.fairness != self.applied.fairness || knobs.tenants != self.applied.tenants {
             self.planner
                 .set_fairness(knobs.fairness, knobs.tenants.weights());

@@ -26,7 +26,7 @@
 //!   worker holds launches without waiting out the batching delay.
 //!
 //! A batch carries its head's level and those less than the gap below it,
-//! never work its head could displace (`launch.rs`, `Planner::trim`):
+//! never work its head could displace (`Planner::set_band`):
 //! urgent callers wait for their own short batch, and no running batch of
 //! urgent work shields bulk work from the next urgent request.
 //!
@@ -224,8 +224,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     }
 
     /// Whether a batch whose most urgent request is at `top`, staged on
-    /// `worker` now, would displace anything there (`make_way`): then it
-    /// is trimmed to its urgent levels first (`launch.rs`).
+    /// `worker` now, would displace anything there (`make_way`).
     pub(super) fn would_make_way(&self, worker: usize, top: Priority) -> bool {
         let rule = self.applied.preemption;
         let Some(list) = self.staged.get(worker).filter(|_| rule.enabled) else {
@@ -240,14 +239,6 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 true
             }
         })
-    }
-
-    /// The levels a batch headed at `level` keeps when it preempts: those
-    /// less than the gap below its head, which could displace nothing it
-    /// displaces.
-    pub(super) fn keeps(&self, level: Priority) -> Priority {
-        let gap = usize::from(self.applied.preemption.min_gap);
-        Priority::ALL[(level.index() + gap - 1).min(Priority::COUNT - 1)]
     }
 
     /// A batch whose most urgent request is at `top` was just staged on

@@ -323,22 +323,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// cell the collector keeps a handle on while the batch is staged
     /// (`displace.rs`); the worker opens it when it starts it
     /// (`worker::open_batch`).
-    pub(super) fn launch_formed(&mut self, mut formed: Formed<Entry<I, O>>, deciding: Instant) {
-        // With preemption on, a batch carries its head's level and those
-        // less than the gap below it, never work its head could displace:
-        // urgent callers then wait for their own short batch, not for the
-        // bulk of a full one, and no running batch shields bulk work from
-        // the next urgent request (`displace.rs`).
-        if let Some(head) = formed.items.first().map(|(_, m)| m.level) {
-            if self.applied.preemption.enabled {
-                let keep = self.keeps(head);
-                if self.planner.trim(&mut formed, |m| m.level <= keep) > 0 {
-                    for (k, key) in self.planner.take_moved() {
-                        self.dedup.insert(k, key);
-                    }
-                }
-            }
-        }
+    pub(super) fn launch_formed(&mut self, formed: Formed<Entry<I, O>>, deciding: Instant) {
         let counters = &self.shared.counters;
         counters.placement(formed.reason);
         for _ in 0..formed.aged {

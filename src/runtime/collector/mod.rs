@@ -182,6 +182,8 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
+        let p = config.preemption;
+        collector.planner.set_band(p.enabled.then_some(p.min_gap));
         collector
             .planner
             .set_fairness(config.fairness, config.tenants.weights());
