@@ -1086,7 +1086,12 @@ fn render_preemption(reports: &[(&str, Report)]) -> String {
     };
     for p in Priority::ALL {
         row(&format!("{p} p99 ms"), &|r| {
-            format!("{:.1}", r.priorities[p.index()].p99_ms)
+            let line = &r.priorities[p.index()];
+            if line.completed == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}", line.p99_ms)
+            }
         });
     }
     for p in [Priority::Low, Priority::Background] {
