@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Miri over convoy's unsafe code and atomic protocols: the ring (its slot
 # cells), the ticket (its value and waker cells), the sharded intake, its
-# gate and doorbell, the SLA report's publication board, and the device
-# code that runs without a device (the CUDA module's host side: packing a
-# batch into the kernel's layout, reading the kernel's ABI from PTX, the
-# model and its weight files), each at reduced sizes (`cfg!(miri)`),
+# gate and doorbell, the staged batch's take-once cell, the SLA report's
+# publication board, and the device code that runs without a device (the
+# CUDA module's host side: packing a batch into the kernel's layout,
+# reading the kernel's ABI from PTX, the model and its weight files),
+# each at reduced sizes (`cfg!(miri)`),
 # under several schedules and weak-memory choices (`-Zmiri-many-seeds`).
 # Miri reports undefined behaviour (an uninitialised read, a use after free,
 # an aliasing violation, a data race) and leaks; loom checks the orderings.
@@ -28,7 +29,7 @@ run() { echo "-- miri: $*"; cargo +nightly miri test --no-default-features "$@";
 run --test ticket_threads
 run --test ring_model
 run --test intake_threads
-run --lib -- intake::ring:: intake::gate:: intake::doorbell::
+run --lib -- intake::ring:: intake::gate:: intake::doorbell:: runtime::handoff::
 # With the cuda feature: its tests here call no driver function (cudarc
 # loads the driver only when first called), so they run under Miri too.
 echo "-- miri: --lib -- observe::sla:: device::"

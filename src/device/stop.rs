@@ -125,3 +125,23 @@ impl<'a> Stop<'a> {
         self.ticket.is_some_and(|t| t.asked(self.seq))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_names_one_batch_and_callers_gone_stops_any() {
+        let ticket = StopTicket::new();
+        let here = || false;
+        let (one, two) = (Stop::new(&ticket, 1, &here), Stop::new(&ticket, 2, &here));
+        assert!(!one.requested() && !two.requested());
+        ticket.ask(1);
+        assert!(one.requested() && one.preempted());
+        assert!(!two.requested(), "an ask for batch 1 never stops batch 2");
+        let gone = || true;
+        let left = Stop::new(&ticket, 3, &gone);
+        assert!(left.requested() && !left.preempted());
+        assert!(!Stop::never().requested());
+    }
+}

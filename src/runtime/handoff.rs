@@ -101,3 +101,55 @@ impl<T> Drop for TakeOnce<T> {
         drop(self.take());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering as O};
+    use std::sync::Arc;
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, O::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_value_is_taken_once_and_dropped_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = TakeOnce::new(Counted(drops.clone()));
+        let first = cell.take();
+        assert!(first.is_some() && cell.take().is_none() && cell.is_taken());
+        drop(first);
+        drop(cell);
+        assert_eq!(drops.load(O::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_untaken_value_is_dropped_with_the_cell() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        drop(TakeOnce::new(Counted(drops.clone())));
+        assert_eq!(drops.load(O::Relaxed), 1);
+    }
+
+    /// Two threads race for each of many cells (a worker starting, the
+    /// collector recalling): exactly one wins each, and every value is
+    /// dropped once.
+    #[test]
+    fn racing_takers_win_each_cell_exactly_once() {
+        let rounds = if cfg!(miri) { 20 } else { 2_000 };
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cells: Vec<_> = (0..rounds)
+            .map(|_| Arc::new(TakeOnce::new(Counted(drops.clone()))))
+            .collect();
+        let other = cells.clone();
+        let t = std::thread::spawn(move || other.iter().filter(|c| c.take().is_some()).count());
+        let here = cells.iter().filter(|c| c.take().is_some()).count();
+        let there = t.join().unwrap();
+        assert_eq!(here + there, rounds);
+        drop(cells);
+        assert_eq!(drops.load(O::Relaxed), rounds);
+    }
+}

@@ -540,6 +540,8 @@ pub fn stats_json<I: Send + 'static, O: Send + 'static>(rt: &Runtime<I, O>) -> V
             "cancelled": p.cancelled,
             "failed": p.failed,
             "shut_down": p.shut_down,
+            "displaced": p.displaced,
+            "interrupted": p.interrupted,
         })
     };
     let mut per = serde_json::Map::new();
