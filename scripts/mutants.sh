@@ -21,13 +21,16 @@ declare -A tests=(
   [src/plan/order.rs]="--lib --test runtime"
   [src/plan/planner.rs]="--lib --test runtime"
   [src/runtime/handle.rs]="--test runtime --test dedup"
+  [src/runtime/handoff.rs]="--lib"
+  [src/device/stop.rs]="--lib --test preemption"
+  [src/runtime/collector/displace.rs]="--test preemption"
 )
 mkdir -p target/mutants
 # Test builds without debug info link faster; a mutant costs a build.
 export CARGO_PROFILE_DEV_DEBUG=0
 # --iterate: a rerun skips the mutants an earlier run of the file caught.
 files=("$@")
-[ ${#files[@]} -gt 0 ] || files=(src/intake/gate.rs src/plan/ledger.rs src/intake/shed.rs src/intake/ring.rs src/intake/sharded.rs src/outcome/ticket.rs src/plan/order.rs src/plan/planner.rs src/runtime/handle.rs)
+[ ${#files[@]} -gt 0 ] || files=(src/intake/gate.rs src/plan/ledger.rs src/intake/shed.rs src/intake/ring.rs src/intake/sharded.rs src/outcome/ticket.rs src/plan/order.rs src/plan/planner.rs src/runtime/handle.rs src/runtime/handoff.rs src/device/stop.rs src/runtime/collector/displace.rs)
 for f in "${files[@]}"; do
   echo "== mutants: $f (tests: ${tests[$f]:---lib})"
   # cargo-mutants exits non-zero when a mutant survives; the file's

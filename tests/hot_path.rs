@@ -39,6 +39,7 @@ const HOT: &[&str] = &[
     "src/observe/sla/shard.rs",
     "src/request.rs",
     "src/device/executor.rs",
+    "src/intake/quota.rs",
     "src/runtime/clearing.rs",
     "src/runtime/control.rs",
     "src/runtime/mod.rs",
@@ -50,6 +51,11 @@ const HOT: &[&str] = &[
     "src/runtime/collector/launch.rs",
     "src/runtime/collector/report.rs",
     "src/runtime/collector/sweep.rs",
+    "src/runtime/collector/displace.rs",
+    "src/runtime/handoff.rs",
+    "src/runtime/stopped.rs",
+    "src/device/stop.rs",
+    "src/device/chunked.rs",
     "src/runtime/worker.rs",
 ];
 
