@@ -120,6 +120,7 @@ mod tests {
     fn the_value_is_taken_once_and_dropped_once() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = TakeOnce::new(Counted(drops.clone()));
+        assert!(!cell.is_taken(), "a full cell is not taken");
         let first = cell.take();
         assert!(first.is_some() && cell.take().is_none() && cell.is_taken());
         drop(first);
