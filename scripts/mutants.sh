@@ -23,7 +23,7 @@ declare -A tests=(
   [src/runtime/handle.rs]="--test runtime --test dedup"
   [src/runtime/handoff.rs]="--lib"
   [src/device/stop.rs]="--lib --test preemption"
-  [src/runtime/collector/displace.rs]="--test preemption"
+  [src/runtime/collector/displace.rs]="--lib --test preemption"
 )
 mkdir -p target/mutants
 # Test builds without debug info link faster; a mutant costs a build.

@@ -341,6 +341,10 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                     // (then it has released its capacity and re-queued its
                     // requests, and this cell is empty).
                     let Some(staged) = cell.take() else {
+                        // Its ring slot is free now: a launch may be
+                        // waiting for one (`collector/launch.rs`,
+                        // `ring_room`).
+                        self.shared.doorbell.ring();
                         continue;
                     };
                     let rerun = lane.is_none() && self.interruptible == Interruptible::Rerun;

@@ -341,3 +341,39 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
         self.ask_to_stop(worker, urgent);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(slots: u32, tokens: u64, bytes: u64) -> Capacity {
+        Capacity {
+            slots,
+            tokens,
+            bytes,
+        }
+    }
+
+    /// Recalling a batch frees its room, and only a room that then holds
+    /// the blocked request counts, on every resource.
+    #[test]
+    fn a_batch_serves_only_if_its_room_takes_the_request() {
+        let worker = cap(4, 100, 1_000);
+        let held = cap(4, 100, 1_000);
+        let batch = cap(2, 50, 500);
+        // Exactly the room the batch leaves.
+        assert!(fits_without(&worker, &held, &batch, &cap(2, 50, 500)));
+        // One over on any resource.
+        assert!(!fits_without(&worker, &held, &batch, &cap(3, 50, 500)));
+        assert!(!fits_without(&worker, &held, &batch, &cap(2, 51, 500)));
+        assert!(!fits_without(&worker, &held, &batch, &cap(2, 50, 501)));
+        // What stays held counts: with room left over, more fits.
+        let lighter = cap(3, 60, 600);
+        assert!(fits_without(&worker, &lighter, &batch, &cap(3, 90, 900)));
+        assert!(!fits_without(&worker, &lighter, &batch, &cap(3, 91, 900)));
+        assert!(!fits_without(&worker, &lighter, &batch, &cap(4, 90, 900)));
+        assert!(!fits_without(&worker, &lighter, &batch, &cap(3, 90, 901)));
+        // A request larger than the whole worker never fits.
+        assert!(!fits_without(&worker, &cap(0, 0, 0), &cap(0, 0, 0), &cap(5, 1, 1)));
+    }
+}
