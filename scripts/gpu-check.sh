@@ -84,6 +84,12 @@ nproc; lscpu | grep -E "Model name|^CPU\(s\)"
   --warm-up-time 1 --measurement-time 3 --noplot) 2>&1 | tee "$out/bench-intake.log"
 (cd "$dir" && bounded 120 ./bench-peers --bench --warm-up-time 1 --measurement-time 5 --noplot) 2>&1 | tee "$out/bench-peers.log"
 
+# Preemption's tail on a machine whose collector has cores of its own
+# (on 2 shared cores the scheduler's share of the tail is large).
+step "compare --preemption on $(nproc) cores (CPU workers)"
+(cd "$dir" && bounded 90 ./convoy compare --preemption --duration 3 --calibrate 1 \
+  --json "$out/compare-preemption.json") 2>&1 | tail -20 | tee "$out/compare-preemption.log"
+
 step "summary"
 grep -E "test result|running on|skipped" "$out/tests.log" | sort | uniq -c
 tail -12 "$out/bench-gpu.log"
