@@ -189,9 +189,6 @@ pub struct Planner<T> {
     /// The level and cost of the most urgent request the last `form` set
     /// aside without forming a batch (see [`Planner::blocked`]).
     blocked: Option<(Priority, Capacity)>,
-    /// The least urgent level the next `form` may add to its head (see
-    /// [`Planner::next_only_up_to`]).
-    only_up_to: Option<Priority>,
     /// See [`Planner::set_band`].
     band: Option<u8>,
 }
@@ -211,7 +208,6 @@ impl<T: Plannable> Planner<T> {
             deferred: Vec::new(),
             moved: Vec::new(),
             blocked: None,
-            only_up_to: None,
             band: None,
         }
     }
@@ -467,7 +463,6 @@ impl<T: Plannable> Planner<T> {
     ) -> Plan<T> {
         let mut shortfall = None;
         self.blocked = None;
-        let only_up_to = self.only_up_to.take();
         let cap = self.batch_limit.min(max_items).max(1);
         // The head decides the worker.
         let (picked, mut formed) = loop {
@@ -539,11 +534,8 @@ impl<T: Plannable> Planner<T> {
                 }
             }
         };
-        // Urgent work only, when the head is: preemption made this room
-        // for it, not for the work it displaced. And never work a band's
-        // gap below the head.
+        // Never work a band's gap below the head (`set_band`).
         let head = formed.items[0].1.level;
-        let only_up_to = only_up_to.filter(|&l| head <= l);
         let band_end = self
             .band
             .map_or(usize::MAX, |g| head.index() + usize::from(g));
@@ -552,7 +544,7 @@ impl<T: Plannable> Planner<T> {
             let Some((item, meta, aged)) = self.waiting.pop(now_ns) else {
                 break;
             };
-            if only_up_to.is_some_and(|l| meta.level > l) || meta.level.index() >= band_end {
+            if meta.level.index() >= band_end {
                 self.deferred.push((item, meta));
                 break;
             }
@@ -693,15 +685,6 @@ impl<T: Plannable> Planner<T> {
     /// with at `now_ns`.
     pub fn head_level(&mut self, now_ns: u64) -> Option<Priority> {
         self.waiting.peek_level(now_ns)
-    }
-
-    /// Limits the next [`form`](Self::form) to requests at `level` or more
-    /// urgent, when its head is one: after preemption made room for urgent
-    /// work, the batch that takes the room is that work alone, short, and
-    /// not refilled with what was displaced. `None` (or the next form
-    /// done): no limit.
-    pub fn next_only_up_to(&mut self, level: Option<Priority>) {
-        self.only_up_to = level;
     }
 
     /// Puts back a request that a formed batch took and that never

@@ -85,11 +85,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             debug_assert!(over.is_ok(), "{over:?}");
             self.untrack_released(r.worker);
             // A batch stopped for more urgent work: its unfinished
-            // requests wait again, their intake room long given back, and
-            // the urgent work alone takes the room.
-            if !r.requeue.is_empty() {
-                self.planner.next_only_up_to(self.after_stop.take());
-            }
+            // requests wait again, their intake room long given back.
             for (job, meta) in r.requeue {
                 let admission = Admission::none(job.priority);
                 self.planner.requeue((job, admission), meta);

@@ -92,14 +92,6 @@ fn fits_without(
         && bytes <= u128::from(capacity.bytes)
 }
 
-/// The least urgent level that may displace a batch whose most urgent
-/// request is at `top`.
-fn urgent_levels(top: Priority, gap: u8) -> Option<Priority> {
-    top.index()
-        .checked_sub(usize::from(gap))
-        .map(|i| Priority::ALL[i])
-}
-
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// Tracks a batch just pushed onto `worker`'s ring.
     pub(super) fn track_staged(&mut self, worker: usize, staged: StagedRef<I, O>) {
@@ -155,14 +147,10 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 }
             }
         }
-        let Some((worker, pos, top)) = pick else {
+        let Some((worker, pos, _)) = pick else {
             self.interrupt(candidates, urgent, cost);
             return false;
         };
-        // The batch that takes the room: the levels that could have
-        // displaced this one, and no others.
-        self.planner
-            .next_only_up_to(urgent_levels(top, rule.min_gap));
         self.recall(worker, pos, urgent)
     }
 
@@ -333,12 +321,9 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 pick = Some((c.index, s.top));
             }
         }
-        let Some((worker, top)) = pick else {
-            return;
-        };
-        // Applied when the stopped batch's release comes (`changes.rs`).
-        self.after_stop = urgent_levels(top, rule.min_gap);
-        self.ask_to_stop(worker, urgent);
+        if let Some((worker, _)) = pick {
+            self.ask_to_stop(worker, urgent);
+        }
     }
 }
 
@@ -374,6 +359,11 @@ mod tests {
         assert!(!fits_without(&worker, &lighter, &batch, &cap(4, 90, 900)));
         assert!(!fits_without(&worker, &lighter, &batch, &cap(3, 90, 901)));
         // A request larger than the whole worker never fits.
-        assert!(!fits_without(&worker, &cap(0, 0, 0), &cap(0, 0, 0), &cap(5, 1, 1)));
+        assert!(!fits_without(
+            &worker,
+            &cap(0, 0, 0),
+            &cap(0, 0, 0),
+            &cap(5, 1, 1)
+        ));
     }
 }

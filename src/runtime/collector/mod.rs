@@ -126,9 +126,6 @@ pub(super) struct Collector<I, O> {
     batch_seq: u64,
     /// See `Start::rerun`.
     rerun: bool,
-    /// The levels the batch that takes a stopped batch's room may hold
-    /// (`displace.rs`), applied when its release comes.
-    after_stop: Option<crate::priority::Priority>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
@@ -178,7 +175,6 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             staged: Vec::new(),
             batch_seq: 0,
             rerun: s.rerun,
-            after_stop: None,
             shared: s.shared,
         };
         collector.planner.set_ordering(config.ordering);
