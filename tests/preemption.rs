@@ -634,3 +634,52 @@ fn an_executor_that_stops_unasked_fails_those_requests_naming_it() {
     rt.shutdown();
     assert_eq!(rt.stats().total().lost(), 0);
 }
+
+/// Urgent work that may take the place of bulk work launches at once
+/// (launch cause `preempt`), not after the batching delay: with a delay of
+/// a minute, a lone Critical request (a partial batch) behind a staged
+/// batch of Low work still launches, and runs first.
+#[test]
+fn urgent_work_that_may_displace_launches_without_waiting_out_the_delay() {
+    let mut cfg = one_worker(convoy::Preemption::default());
+    cfg.workers = vec![worker(4, 1 << 20)];
+    cfg.batching.max_batch_size = 2;
+    cfg.batching.max_queue_delay = Duration::from_secs(60);
+    let gate = Arc::new(Turnstile::default());
+    let _open = OpenOnDrop(gate.clone());
+    let g = gate.clone();
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            g.pass(xs);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    let h = rt.handle();
+    // Full batches launch at once, whatever the delay: one runs, one is
+    // staged behind it.
+    let low = (0..4)
+        .map(|i| Request::new(i).priority(Priority::Low))
+        .collect();
+    let mut tickets = h.submit_batch(low, convoy::InsertPolicy::Enqueue).unwrap();
+    eventually("the first batch runs", || gate.entered() == [0, 1]);
+    eventually("the second is staged", || rt.stats().batches == 2);
+    tickets.push(
+        h.submit(Request::new(4).priority(Priority::Critical))
+            .unwrap(),
+    );
+    // Due at once (`preempt`); once the staged batch is recalled, the
+    // queue holds a full batch's worth and the Critical request goes
+    // first in a batch of its own.
+    eventually("the lone Critical request launches", || {
+        rt.stats().batches == 3
+    });
+    gate.allow(usize::MAX);
+    for t in tickets {
+        assert!(t.wait_bounded().is_ok());
+    }
+    rt.shutdown();
+    assert_eq!(gate.entered(), [0, 1, 4, 2, 3]);
+    assert_eq!(rt.stats().of(Priority::Low).displaced, 2);
+}
