@@ -73,6 +73,19 @@ fn fleet() -> Vec<WorkerSpec> {
         .collect()
 }
 
+/// Every worker of `specs`, up: what the collector offers the planner.
+fn candidates(specs: &[WorkerSpec]) -> Vec<Candidate<'_>> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| Candidate {
+            index,
+            spec,
+            up: true,
+        })
+        .collect()
+}
+
 struct ConvoyDecider {
     planner: Planner<Req>,
     specs: Vec<WorkerSpec>,
@@ -166,16 +179,7 @@ impl ConvoyDecider {
         // As many arrive as the last batch took: a banded batch is shorter
         // than a full one, and the queue stays at its size.
         self.arrive(self.last);
-        let candidates: Vec<Candidate<'_>> = self
-            .specs
-            .iter()
-            .enumerate()
-            .map(|(index, spec)| Candidate {
-                index,
-                spec,
-                up: true,
-            })
-            .collect();
+        let candidates = candidates(&self.specs);
         let mut abandoned = Vec::new();
         let Plan::Batch { formed, .. } =
             self.planner
@@ -208,16 +212,7 @@ impl ConvoyDecider {
     fn decide(&mut self) -> usize {
         self.now += 100_000;
         self.arrive(BATCH);
-        let candidates: Vec<Candidate<'_>> = self
-            .specs
-            .iter()
-            .enumerate()
-            .map(|(index, spec)| Candidate {
-                index,
-                spec,
-                up: true,
-            })
-            .collect();
+        let candidates = candidates(&self.specs);
         let mut abandoned = Vec::new();
         let formed = match self
             .planner

@@ -56,6 +56,23 @@ impl Drop for OpenOnDrop {
     }
 }
 
+/// A runtime under `cfg` whose batches pass `gate` (an identity model),
+/// and the guard that lets them all through when dropped: bind it last,
+/// so it drops before the runtime joins its workers.
+fn gated(cfg: Config) -> (Runtime<u32, u32>, Arc<Turnstile>, OpenOnDrop) {
+    let gate = Arc::new(Turnstile::default());
+    let g = gate.clone();
+    let rt = Runtime::builder()
+        .config(cfg)
+        .batch_fn(move |xs: &[u32]| {
+            g.pass(xs);
+            xs.to_vec()
+        })
+        .build()
+        .unwrap();
+    (rt, gate.clone(), OpenOnDrop(gate))
+}
+
 /// One worker holding two requests, batches of one, no queue delay: one
 /// batch runs, one is staged behind it, and the next waits.
 fn one_worker(preemption: convoy::Preemption) -> Config {
@@ -76,33 +93,26 @@ fn one_worker(preemption: convoy::Preemption) -> Config {
 }
 
 struct Held {
+    /// First, so it drops first: a failing test's runtime then joins
+    /// workers that are let through.
+    _open: OpenOnDrop,
     rt: Runtime<u32, u32>,
     gate: Arc<Turnstile>,
-    _open: OpenOnDrop,
     tickets: Vec<Ticket<u32>>,
 }
 
 /// Request 0 at `running` runs (held at the turnstile) and request 1 at
 /// `staged` is staged behind it.
 fn held(cfg: Config, running: Priority, staged: Priority) -> Held {
-    let gate = Arc::new(Turnstile::default());
-    let g = gate.clone();
-    let rt = Runtime::builder()
-        .config(cfg)
-        .batch_fn(move |xs: &[u32]| {
-            g.pass(xs);
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
+    let (rt, gate, open) = gated(cfg);
     let h = rt.handle();
     let a = h.submit(Request::new(0).priority(running)).unwrap();
     eventually("request 0 runs", || gate.entered() == [0]);
     let b = h.submit(Request::new(1).priority(staged)).unwrap();
     eventually("request 1 is staged", || rt.stats().batches == 2);
     Held {
+        _open: open,
         rt,
-        _open: OpenOnDrop(gate.clone()),
         gate,
         tickets: vec![a, b],
     }
@@ -208,17 +218,7 @@ fn a_batch_is_judged_by_its_most_urgent_request() {
     let mut cfg = one_worker(convoy::Preemption::default());
     cfg.batching.max_batch_size = 2;
     cfg.workers = vec![worker(4, 1 << 20)];
-    let gate = Arc::new(Turnstile::default());
-    let _open = OpenOnDrop(gate.clone());
-    let g = gate.clone();
-    let rt = Runtime::builder()
-        .config(cfg)
-        .batch_fn(move |xs: &[u32]| {
-            g.pass(xs);
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
+    let (rt, gate, _open) = gated(cfg);
     let h = rt.handle();
     let mut tickets = vec![h.submit(Request::new(0).priority(Priority::Low)).unwrap()];
     eventually("request 0 runs", || gate.entered() == [0]);
@@ -646,17 +646,7 @@ fn urgent_work_that_may_displace_launches_without_waiting_out_the_delay() {
     cfg.workers = vec![worker(4, 1 << 20)];
     cfg.batching.max_batch_size = 2;
     cfg.batching.max_queue_delay = Duration::from_secs(60);
-    let gate = Arc::new(Turnstile::default());
-    let _open = OpenOnDrop(gate.clone());
-    let g = gate.clone();
-    let rt = Runtime::builder()
-        .config(cfg)
-        .batch_fn(move |xs: &[u32]| {
-            g.pass(xs);
-            xs.to_vec()
-        })
-        .build()
-        .unwrap();
+    let (rt, gate, _open) = gated(cfg);
     let h = rt.handle();
     // Full batches launch at once, whatever the delay: one runs, one is
     // staged behind it.

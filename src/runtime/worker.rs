@@ -292,6 +292,12 @@ struct Pending<O> {
     backs: Vec<Back>,
 }
 
+/// The failure of a batch whose executor returned `got` outputs for `want`
+/// inputs.
+fn wrong_count(got: usize, want: usize) -> ExecutorError {
+    ExecutorError::new(format!("executor returned {got} outputs for {want} inputs"))
+}
+
 /// What running a batch gave: outputs, an executor error, or a panic's
 /// message.
 type RunResult<O> = Result<Result<Vec<O>, ExecutorError>, ExecutorError>;
@@ -526,12 +532,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 self.deliver_outputs(completers, followers, cloner, outputs, started);
             }
             Ok(Ok(outputs)) => {
-                let why = format!(
-                    "executor returned {} outputs for {} inputs",
-                    outputs.len(),
-                    completers.len()
-                );
-                fail_batch(&self.shared, completers, followers, why.into());
+                let why = wrong_count(outputs.len(), completers.len());
+                fail_batch(&self.shared, completers, followers, why);
             }
             Ok(Err(e)) | Err(e) => fail_batch(&self.shared, completers, followers, e),
         }
@@ -554,12 +556,8 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
         let outputs = match result {
             Ok(Ok(outputs)) if outputs.len() == inputs.len() => outputs,
             Ok(Ok(outputs)) => {
-                let why = format!(
-                    "executor returned {} outputs for {} inputs",
-                    outputs.len(),
-                    inputs.len()
-                );
-                return self.settle(pending, Ok(Err(why.into())), Ran::Yes);
+                let why = wrong_count(outputs.len(), inputs.len());
+                return self.settle(pending, Ok(Err(why)), Ran::Yes);
             }
             Ok(Err(e)) => return self.settle(pending, Ok(Err(e)), Ran::Yes),
             Err(e) => return self.settle(pending, Err(e), Ran::Yes),

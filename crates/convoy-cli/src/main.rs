@@ -867,6 +867,18 @@ fn compare(args: &CompareArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// A comparison's runs, each named: an error naming the first that lost
+/// a request or left a client without an answer.
+fn nothing_lost(reports: &[(&str, Report)]) -> Result<(), Fail> {
+    match reports
+        .iter()
+        .find(|(_, r)| r.lost != 0 || r.client_unresolved != 0)
+    {
+        Some((name, r)) => Err(Fail(format!("{name}: lost {} requests", r.lost))),
+        None => Ok(()),
+    }
+}
+
 /// `compare --tenants`'s quota of requests queued per tenant, unless the
 /// config sets one.
 const TENANT_QUOTA: u64 = 128;
@@ -961,13 +973,7 @@ fn compare_tenants(
         });
         write(path, &serde_json::to_string_pretty(&json)?)?;
     }
-    if let Some((name, r)) = reports
-        .iter()
-        .find(|(_, r)| r.lost != 0 || r.client_unresolved != 0)
-    {
-        return Err(Fail(format!("{name}: lost {} requests", r.lost)));
-    }
-    Ok(())
+    nothing_lost(&reports)
 }
 
 /// `compare --preemption`'s chunk: requests per chunk of a batch run by
@@ -1059,13 +1065,7 @@ fn compare_preemption(
         });
         write(path, &serde_json::to_string_pretty(&json)?)?;
     }
-    if let Some((name, r)) = reports
-        .iter()
-        .find(|(_, r)| r.lost != 0 || r.client_unresolved != 0)
-    {
-        return Err(Fail(format!("{name}: lost {} requests", r.lost)));
-    }
-    Ok(())
+    nothing_lost(&reports)
 }
 
 /// The preemption comparison's table: a column per run.

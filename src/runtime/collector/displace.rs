@@ -51,7 +51,7 @@
 use std::collections::VecDeque;
 
 use super::Collector;
-use crate::config::Capacity;
+use crate::config::{Capacity, Preemption};
 use crate::intake::Admission;
 use crate::observe::stats::Preempted;
 use crate::plan::placement::Candidate;
@@ -74,6 +74,31 @@ pub(super) struct StagedRef<I, O> {
     pub(super) reserved: Capacity,
     /// Asked to stop while running; asked once.
     pub(super) stopping: bool,
+}
+
+impl<I, O> StagedRef<I, O> {
+    /// Whether work at `urgent` may displace this batch under `rule`: the
+    /// gap to its most urgent request, and the cap on its requests.
+    fn gives_way_to(&self, rule: &Preemption, urgent: Priority) -> bool {
+        rule.may_displace(urgent, self.top) && self.displaced < rule.max_displacements
+    }
+
+    /// Whether it may be recalled for work at `urgent`: not started yet,
+    /// and it gives way.
+    fn recallable_for(&self, rule: &Preemption, urgent: Priority) -> bool {
+        !self.cell.is_taken() && self.gives_way_to(rule, urgent)
+    }
+
+    /// Whether it may be asked to stop for work at `urgent`: running, not
+    /// asked yet, free of twins, and it gives way, where the executor
+    /// declares a re-run safe (`rerun`).
+    fn stoppable_for(&self, rule: &Preemption, urgent: Priority, rerun: bool) -> bool {
+        rerun
+            && self.cell.is_taken()
+            && !self.stopping
+            && !self.twins
+            && self.gives_way_to(rule, urgent)
+    }
 }
 
 /// Whether `cost` fits `capacity` once `leaving` of `reserved` is given back.
@@ -137,9 +162,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             }
             let reserved = ledger.reserved(c.index);
             for (pos, s) in list.iter().enumerate() {
-                let eligible = !s.cell.is_taken()
-                    && rule.may_displace(urgent, s.top)
-                    && s.displaced < rule.max_displacements
+                let eligible = s.recallable_for(&rule, urgent)
                     && fits_without(&c.spec.capacity, &reserved, &s.reserved, &cost);
                 // Least urgent first; among equals the later (`>=`).
                 if eligible && pick.is_none_or(|(_, _, top)| s.top >= top) {
@@ -219,13 +242,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
             return false;
         };
         list.iter().enumerate().any(|(pos, s)| {
-            let started = s.cell.is_taken();
-            let may = rule.may_displace(top, s.top) && s.displaced < rule.max_displacements;
-            may && if started {
-                pos == 0 && self.rerun && !s.stopping && !s.twins
-            } else {
-                true
-            }
+            s.recallable_for(&rule, top) || pos == 0 && s.stoppable_for(&rule, top, self.rerun)
         })
     }
 
@@ -254,7 +271,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 }
                 continue;
             }
-            if rule.may_displace(top, s.top) && s.displaced < rule.max_displacements {
+            if s.recallable_for(&rule, top) {
                 self.recall(worker, pos, top);
             }
         }
@@ -265,21 +282,13 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
     /// declares a re-run safe. Asked once per batch.
     fn ask_to_stop(&mut self, worker: usize, urgent: Priority) {
         let rule = self.applied.preemption;
-        if !self.rerun {
-            return;
-        }
         let (Some(Some(link)), Some(s)) = (
             self.workers.get(worker),
             self.staged.get_mut(worker).and_then(VecDeque::front_mut),
         ) else {
             return;
         };
-        let eligible = s.cell.is_taken()
-            && !s.stopping
-            && !s.twins
-            && rule.may_displace(urgent, s.top)
-            && s.displaced < rule.max_displacements;
-        if !eligible {
+        if !s.stoppable_for(&rule, urgent, self.rerun) {
             return;
         }
         s.stopping = true;
@@ -311,11 +320,7 @@ impl<I: Send + 'static, O: Send + 'static> Collector<I, O> {
                 continue;
             };
             let reserved = ledger.reserved(c.index);
-            let eligible = s.cell.is_taken()
-                && !s.stopping
-                && !s.twins
-                && rule.may_displace(urgent, s.top)
-                && s.displaced < rule.max_displacements
+            let eligible = s.stoppable_for(&rule, urgent, self.rerun)
                 && fits_without(&c.spec.capacity, &reserved, &s.reserved, &cost);
             if eligible && pick.is_none_or(|(_, top)| s.top > top) {
                 pick = Some((c.index, s.top));
