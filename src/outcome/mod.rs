@@ -57,6 +57,8 @@ pub type Outcome<O> = Result<O, Failure>;
 pub struct ExecutorError {
     message: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Nothing of the batch ran and it may run again ([`ExecutorError::not_run`]).
+    not_run: bool,
 }
 
 impl ExecutorError {
@@ -65,7 +67,35 @@ impl ExecutorError {
         Self {
             message: message.into(),
             source: None,
+            not_run: false,
         }
+    }
+
+    /// The batch was not run at all and may run again: a remote pool
+    /// refused the capacity it needed (`convoy-cluster`), a device was
+    /// momentarily full. For an executor that declares a re-run safe
+    /// ([`Interruptible::Rerun`](crate::Interruptible::Rerun)) the batch's
+    /// requests wait again with their arrival times and deadlines, as a
+    /// preempted batch's do, and are not counted as failed or preempted;
+    /// for any other executor (and for a batch holding dedup twins, which
+    /// keeps nothing to wait again with) it fails the batch like any error.
+    ///
+    /// ```
+    /// let e = convoy::ExecutorError::not_run("pool full on gpu-3");
+    /// assert!(e.is_not_run());
+    /// assert!(!convoy::ExecutorError::new("device fault").is_not_run());
+    /// ```
+    pub fn not_run(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+            not_run: true,
+        }
+    }
+
+    /// Whether this is [`ExecutorError::not_run`].
+    pub fn is_not_run(&self) -> bool {
+        self.not_run
     }
 
     /// An error that keeps `source` (its message is `source`'s).
@@ -73,6 +103,7 @@ impl ExecutorError {
         Self {
             message: source.to_string(),
             source: Some(Arc::new(source)),
+            not_run: false,
         }
     }
 
@@ -84,6 +115,7 @@ impl ExecutorError {
         Self {
             message: message.into(),
             source: Some(Arc::new(source)),
+            not_run: false,
         }
     }
 
@@ -138,6 +170,7 @@ impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for ExecutorError 
         Self {
             message: source.to_string(),
             source: Some(Arc::from(source)),
+            not_run: false,
         }
     }
 }

@@ -305,7 +305,7 @@ struct Back {
 
 impl<I, O> Job<I, O> {
     /// The request again, from what its batch split it into.
-    fn rebuild(input: I, caller: Caller<O>, back: Back) -> (Self, Meta) {
+    fn rebuild(input: I, caller: Caller<O>, back: Back, displaced: bool) -> (Self, Meta) {
         let (completer, priority, _, tenant, tokens) = caller;
         let job = Job {
             input,
@@ -325,7 +325,7 @@ impl<I, O> Job<I, O> {
             hold: tenant.map(|t| TenantHold::rejoin(t, tokens, back.named)),
             // Stopped for more urgent work counts against the same cap as
             // displaced before it started.
-            displaced: back.displaced.saturating_add(1),
+            displaced: back.displaced.saturating_add(u8::from(displaced)),
         };
         (job, back.meta)
     }

@@ -24,7 +24,9 @@ pub(super) struct Sorted<I, O> {
 }
 
 /// Sorts a stopped batch (see the module docs). `backs` is empty or has
-/// one entry per request.
+/// one entry per request. `preempted`: unfinished requests may wait
+/// again; `displaced`: that counts against their displacement cap (a
+/// preemption does, a batch the executor never ran does not).
 pub(super) fn sort<I, O>(
     completers: Vec<Caller<O>>,
     followers: Vec<(usize, Caller<O>)>,
@@ -32,6 +34,7 @@ pub(super) fn sort<I, O>(
     outputs: Vec<Option<O>>,
     backs: Vec<Back>,
     preempted: bool,
+    displaced: bool,
 ) -> Sorted<I, O> {
     let mut s = Sorted {
         done: Vec::new(),
@@ -53,7 +56,9 @@ pub(super) fn sort<I, O>(
                 s.outputs.push(o);
             }
             (None, _) if caller.0.is_cancelled() => s.cancelled.push(caller),
-            (None, Some(back)) if preempted => s.requeue.push(Job::rebuild(input, caller, back)),
+            (None, Some(back)) if preempted => {
+                s.requeue.push(Job::rebuild(input, caller, back, displaced))
+            }
             (None, _) => s.broken.push(caller),
         }
     }

@@ -559,6 +559,12 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
                 let why = wrong_count(outputs.len(), inputs.len());
                 return self.settle(pending, Ok(Err(why)), Ran::Yes);
             }
+            // Refused before anything ran: every request waits again,
+            // when each kept what waiting again needs.
+            Ok(Err(e)) if e.is_not_run() && pending.backs.len() == inputs.len() => {
+                let none = std::iter::repeat_with(|| None).take(inputs.len()).collect();
+                return self.sort_stopped(pending, inputs, none, true, false);
+            }
             Ok(Err(e)) => return self.settle(pending, Ok(Err(e)), Ran::Yes),
             Err(e) => return self.settle(pending, Err(e), Ran::Yes),
         };
@@ -566,6 +572,21 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             let outputs = outputs.into_iter().flatten().collect();
             return self.settle(pending, Ok(Ok(outputs)), Ran::Yes);
         }
+        self.sort_stopped(pending, inputs, outputs, preempted, true);
+    }
+
+    /// Settles a batch some of whose requests were left unfinished: each
+    /// goes to exactly one place (`stopped.rs`). `preempted`: they may wait
+    /// again; `displaced`: a preemption (counted, and against the cap),
+    /// not a batch the executor refused before running it.
+    fn sort_stopped(
+        &mut self,
+        pending: Pending<O>,
+        inputs: Vec<I>,
+        outputs: Vec<Option<O>>,
+        preempted: bool,
+        displaced: bool,
+    ) {
         let Pending {
             completers,
             followers,
@@ -575,18 +596,27 @@ impl<I: Send + 'static, O: Send + 'static> Worker<I, O> {
             backs,
             ..
         } = pending;
-        let sorted = stopped::sort(completers, followers, inputs, outputs, backs, preempted);
-        let mut interrupted = [0u64; Priority::COUNT];
-        for (job, _) in &sorted.requeue {
-            interrupted[job.priority.index()] += 1;
-        }
-        for p in Priority::ALL {
-            self.shared
-                .counters
-                .preempted(p, Preempted::Interrupted, interrupted[p.index()]);
+        let sorted = stopped::sort(
+            completers, followers, inputs, outputs, backs, preempted, displaced,
+        );
+        if displaced {
+            let mut interrupted = [0u64; Priority::COUNT];
+            for (job, _) in &sorted.requeue {
+                interrupted[job.priority.index()] += 1;
+            }
+            for p in Priority::ALL {
+                self.shared
+                    .counters
+                    .preempted(p, Preempted::Interrupted, interrupted[p.index()]);
+            }
         }
         let corrections = self.corrections(&sorted.done, &sorted.outputs);
-        self.release(reserved, started, corrections, sorted.requeue, Ran::Yes);
+        let ran = if displaced {
+            Ran::Yes
+        } else {
+            Ran::NotLaunched
+        };
+        self.release(reserved, started, corrections, sorted.requeue, ran);
         self.deliver_outputs(sorted.done, sorted.twins, cloner, sorted.outputs, started);
         let mut cancelled: Vec<Delivery<O>> = sorted
             .cancelled
