@@ -64,6 +64,49 @@ pub struct PoolStatus {
     pub shortfalls: Vec<Shortfall>,
 }
 
+static STATUS: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("lua/status.lua")));
+
+/// The status script's reply, read: now, capacity, info, seen,
+/// frontends with their beats, and each frontend's usage.
+type Snapshot = (
+    u64,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    BTreeMap<String, u64>,
+    Vec<(String, u64)>,
+    Vec<BTreeMap<String, String>>,
+);
+
+fn split(raw: Vec<redis::Value>) -> RedisResult<Snapshot> {
+    let mut it = raw.into_iter();
+    let mut next = || {
+        it.next().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "short status reply"))
+        })
+    };
+    let now: String = redis::from_redis_value(next()?)?;
+    let capacity = redis::from_redis_value(next()?)?;
+    let info = redis::from_redis_value(next()?)?;
+    let seen: Vec<(String, String)> = redis::from_redis_value(next()?)?;
+    let beats: Vec<(String, String)> = redis::from_redis_value(next()?)?;
+    let num = |v: &str| v.parse::<f64>().unwrap_or(0.0) as u64;
+    let seen = seen.into_iter().map(|(k, v)| (k, num(&v))).collect();
+    let beats: Vec<(String, u64)> = beats.into_iter().map(|(k, v)| (k, num(&v))).collect();
+    let mut usages = Vec::with_capacity(beats.len());
+    for _ in 0..beats.len() {
+        usages.push(redis::from_redis_value(next()?)?);
+    }
+    Ok((
+        now.parse().unwrap_or(0),
+        capacity,
+        info,
+        seen,
+        beats,
+        usages,
+    ))
+}
+
 fn pair(v: &str) -> (u64, u64) {
     let mut it = v.split(',').map(|x| x.parse().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
@@ -74,38 +117,21 @@ pub(crate) async fn read(
     conn: &mut ConnectionManager,
     window: Duration,
 ) -> RedisResult<PoolStatus> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    let now = secs * 1000 + micros / 1000;
+    let (now, capacity, info, seen, beats, usages): Snapshot = {
+        let raw: Vec<redis::Value> = STATUS
+            .key(pool.key_of("capacity"))
+            .key(pool.key_of("info"))
+            .key(pool.key_of("seen"))
+            .key(pool.key_of("frontends"))
+            .arg(pool.key_of("usage:"))
+            .invoke_async(conn)
+            .await?;
+        split(raw)?
+    };
     let window = window.as_millis() as u64;
-    let capacity: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(pool.key_of("capacity"))
-        .query_async(conn)
-        .await?;
-    let info: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(pool.key_of("info"))
-        .query_async(conn)
-        .await?;
-    let seen: BTreeMap<String, u64> = redis::cmd("ZRANGE")
-        .arg(pool.key_of("seen"))
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(conn)
-        .await?;
-    let beats: Vec<(String, u64)> = redis::cmd("ZRANGE")
-        .arg(pool.key_of("frontends"))
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(conn)
-        .await?;
     let mut frontends = Vec::new();
     let mut held: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (id, at) in beats {
-        let usage: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(pool.key_of(&format!("usage:{id}")))
-            .query_async(conn)
-            .await?;
+    for ((id, at), usage) in beats.into_iter().zip(usages) {
         let usage: BTreeMap<String, (u64, u64)> =
             usage.into_iter().map(|(w, v)| (w, pair(&v))).collect();
         let ago = now.saturating_sub(at);
