@@ -64,6 +64,12 @@ enum Command {
     /// Write the built-in model's seeded weights as E.f32, W.f32 and b.f32
     /// (raw little-endian row-major f32), the files --weights reads.
     Weights(WeightsArgs),
+    /// Run a worker host of the built-in model in a pool shared through
+    /// Redis, until SIGINT or SIGTERM.
+    Worker(cluster::WorkerArgs),
+    /// Read a pool shared through Redis.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Args, Clone)]
@@ -118,8 +124,15 @@ struct ServeArgs {
     /// Run the model on the GPU (the CUDA pool-dense kernel, one worker
     /// per configured worker; `{"vector": …}` requests are then refused);
     /// without one, falls back to CPU workers, saying so on stderr.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis")]
     gpu: bool,
+    /// Run as a frontend of a pool shared through Redis: batches run on
+    /// the pool's worker hosts (`convoy worker`), not in this process.
+    #[command(flatten)]
+    pool: cluster::PoolArgs,
+    /// This frontend's name in the pool (it joins as NAME#EPOCH).
+    #[arg(long, default_value = "frontend")]
+    name: String,
 }
 
 #[derive(Args, Clone)]
@@ -287,6 +300,9 @@ macro_rules! say {
     ($($arg:tt)*) => { say(format_args!($($arg)*))? };
 }
 
+// After the macros, which it uses.
+mod cluster;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -294,6 +310,8 @@ fn main() -> ExitCode {
         Some(Command::Replay(args)) => replay_cmd(&args),
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Weights(args)) => weights(&args),
+        Some(Command::Worker(args)) => cluster::worker(&args),
+        Some(Command::Cluster(command)) => cluster::cluster(&command),
         None => replay_cmd(&cli.replay),
     };
     match result {
@@ -685,12 +703,31 @@ fn serve(args: &ServeArgs) -> Result<(), Fail> {
     } else {
         None
     };
-    let built = match gpu {
-        #[cfg(feature = "cuda")]
-        Some(exec) => convoy_server::model_server_on(config, exec, request_limits)?,
-        #[cfg(not(feature = "cuda"))]
-        Some(never) => match never {},
-        None => convoy_server::model_server_with(config, model, request_limits)?,
+    // A frontend of a pool: the pool's hosts run the batches.
+    let frontend = match args.pool.redis {
+        Some(_) => Some(cluster::frontend(
+            &args.pool,
+            &args.name,
+            config.clone(),
+            model.clone(),
+        )?),
+        None => None,
+    };
+    let built = match (gpu, &frontend) {
+        (_, Some(f)) => convoy_server::Server::new(
+            f.runtime().clone(),
+            convoy_server::ModelCodec {
+                limits: request_limits,
+            },
+        )
+        .max_body_bytes(request_limits.max_body_bytes),
+        (gpu, None) => match gpu {
+            #[cfg(feature = "cuda")]
+            Some(exec) => convoy_server::model_server_on(config, exec, request_limits)?,
+            #[cfg(not(feature = "cuda"))]
+            Some(never) => match never {},
+            None => convoy_server::model_server_with(config, model, request_limits)?,
+        },
     };
     let state = std::sync::Arc::new(built.http_limits(limits));
     let server = state.clone();

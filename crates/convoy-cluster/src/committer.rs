@@ -200,8 +200,8 @@ pub(crate) fn run<I: Send + 'static, O: Send + 'static>(
             short = None;
         }
     }
-    // Leaving: hold nothing (whatever ran has been released by now).
-    let _ = commit_or_rejoin(&plan, &[], &[]);
+    // Leaving: whatever ran has been released by now.
+    let _ = plan.tokio.block_on(plan.pool.leave(&plan.id.load()));
 }
 
 /// One commit; when fenced, rejoin under a new epoch and commit again

@@ -110,6 +110,19 @@ where
         config: Config,
         tokens_of: fn(&I) -> u32,
     ) -> Result<Self, ClusterError> {
+        Self::start_with(cfg, config, tokens_of, |_| Ok(()))
+    }
+
+    /// [`Frontend::start`], with `check` refusing at submit an input the
+    /// worker hosts could never run (the check their executor makes,
+    /// [`Executor::check`](convoy::Executor::check)): the caller gets it
+    /// back at once instead of a failed batch.
+    pub fn start_with(
+        cfg: FrontendConfig,
+        config: Config,
+        tokens_of: fn(&I) -> u32,
+        check: impl Fn(&I) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Result<Self, ClusterError> {
         check_name(&cfg.name)?;
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -173,6 +186,7 @@ where
             http,
             tokio: tokio.handle().clone(),
             tokens_of,
+            check: Box::new(check),
             timeout: cfg.batch_timeout,
             id: id.clone(),
             counters: counters.clone(),

@@ -176,6 +176,16 @@ impl Pool {
         Ok(parse_commit(&reply, grants.len()))
     }
 
+    /// Leaves the pool: frontend `me` and what it held are gone at once
+    /// (a clean shutdown; a crashed one lapses after the window).
+    pub async fn leave(&self, me: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(self.key("frontends"), me)
+            .del(self.key(&format!("usage:{me}")));
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+
     /// Registers (or refreshes) a worker host's workers; their heartbeat.
     pub async fn register(&self, workers: &[Registration]) -> RedisResult<()> {
         let mut call = REGISTER.prepare_invoke();

@@ -40,12 +40,16 @@ pub struct WorkerLost {
 /// commit anyway).
 const DENIED_PAUSE: Duration = Duration::from_millis(2);
 
+/// A frontend's check of one input at submit.
+pub(crate) type Check<I> = Box<dyn Fn(&I) -> Result<(), String> + Send + Sync>;
+
 pub(crate) struct RemoteExecutor<I> {
     pub(crate) remotes: Arc<ArcSwap<Vec<Remote>>>,
     pub(crate) commits: Sender<Msg>,
     pub(crate) http: reqwest::Client,
     pub(crate) tokio: tokio::runtime::Handle,
     pub(crate) tokens_of: fn(&I) -> u32,
+    pub(crate) check: Check<I>,
     pub(crate) timeout: Duration,
     pub(crate) id: Arc<ArcSwap<String>>,
     pub(crate) counters: Arc<PoolCounters>,
@@ -67,6 +71,10 @@ where
     I: Serialize + Send + Sync + 'static,
     O: DeserializeOwned + Send + 'static,
 {
+    fn check(&self, input: &I) -> Result<(), String> {
+        (self.check)(input)
+    }
+
     fn execute(&self, worker: usize, inputs: &[I]) -> Result<Vec<O>, ExecutorError> {
         let out = self.execute_until(worker, inputs, &Stop::never())?;
         Ok(out.into_iter().flatten().collect())

@@ -108,7 +108,7 @@ fn load(f: &Frontend<u32, u64>, threads: usize, depth: usize, until: Instant) ->
             let mut counts = [0u64; 4];
             let mut open: std::collections::VecDeque<(u32, Ticket<u64>)> = Default::default();
             let mut i = 0u32;
-            let mut settle = |(x, mut tk): (u32, Ticket<u64>), counts: &mut [u64; 4]| match tk
+            let settle = |(x, mut tk): (u32, Ticket<u64>), counts: &mut [u64; 4]| match tk
                 .wait_timeout(Duration::from_secs(30))
             {
                 Some(Ok(v)) => {
@@ -198,6 +198,9 @@ fn three_frontends_never_over_commit_a_contended_pool() {
     for f in fronts {
         f.shutdown();
     }
+    // Each left the pool holding nothing.
+    let left = Reader::new(&url).status(window).unwrap();
+    assert!(left.frontends.is_empty(), "{:?}", left.frontends);
 }
 
 #[test]

@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::Server;
 
 /// What one request asks the model: token ids to pool, or a pooled vector.
-#[derive(Debug, Clone, PartialEq)]
+/// Serde crosses it to a worker host (`convoy worker`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     /// Token ids: the full pool-dense model.
     Tokens(Vec<u32>),
