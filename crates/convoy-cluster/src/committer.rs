@@ -22,6 +22,10 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::pool::{CommitReply, Pool};
 use crate::sync::Mirror;
 
+/// How long a release waits for an ask's commit to ride on before it is
+/// committed alone.
+const RELEASE_DELAY: Duration = Duration::from_millis(2);
+
 /// A worker thread's message to the committer.
 pub(crate) enum Msg {
     /// Reserve (slots, tokens) on a worker; the verdict comes back on
@@ -97,12 +101,18 @@ pub(crate) fn run<I: Send + 'static, O: Send + 'static>(
     runtime: Weak<convoy::Runtime<I, O>>,
 ) {
     let mut usage: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+    // The usage as Redis holds it after the last commit.
+    let mut committed = usage.clone();
     let mut asks: Vec<(String, u32, u64, Sender<Verdict>)> = Vec::new();
     let mut short: Option<u32> = None;
     let mut episode: Option<Instant> = None;
     let mut mirror = mirror;
+    let mut last_commit = Instant::now();
+    // Releases not yet committed, and when they must be at the latest.
+    let mut flush_at: Option<Instant> = None;
     loop {
-        let first = match rx.recv_timeout(plan.heartbeat) {
+        let wake = flush_at.unwrap_or(last_commit + plan.heartbeat);
+        let first = match rx.recv_deadline(wake) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -139,6 +149,20 @@ pub(crate) fn run<I: Send + 'static, O: Send + 'static>(
             Some(false) => return,
             None => {}
         }
+        // Releases alone do not cost a round trip: they ride on the next
+        // ask's commit, or go out within RELEASE_DELAY when none comes
+        // (soon enough for the other frontends; under load an ask always
+        // comes first).
+        let now = Instant::now();
+        let due = now >= last_commit + plan.heartbeat || flush_at.is_some_and(|at| now >= at);
+        if asks.is_empty() && short.is_none() && !due {
+            if flush_at.is_none() && usage != committed {
+                flush_at = Some(now + RELEASE_DELAY);
+            }
+            continue;
+        }
+        flush_at = None;
+        last_commit = now;
         let held: Vec<(String, u32, u64)> = usage
             .iter()
             .map(|(w, (s, t))| (w.clone(), *s, *t))
@@ -164,6 +188,8 @@ pub(crate) fn run<I: Send + 'static, O: Send + 'static>(
                         plan.counters.denied.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                // What Redis holds for this frontend now.
+                committed.clone_from(&usage);
                 if let Some(rt) = runtime.upgrade() {
                     mirror.apply(&room, rt.as_ref(), || {
                         plan.tokio.block_on(plan.pool.infos()).ok()

@@ -128,6 +128,11 @@ impl Pool {
         Ok(pool)
     }
 
+    /// One PING: a bare round trip, the floor under every call here.
+    pub async fn ping(&self) -> RedisResult<String> {
+        redis::cmd("PING").query_async(&mut self.conn.clone()).await
+    }
+
     /// The URL this pool was reached at.
     pub fn url(&self) -> &str {
         &self.url

@@ -95,11 +95,16 @@ for k = 1, m do
 end
 
 redis.call('DEL', KEYS[4])
+local flat = {}
 for w, s in pairs(own_s) do
   local tk = own_t[w] or 0
   if s > 0 or tk > 0 then
-    redis.call('HSET', KEYS[4], w, s .. ',' .. tk)
+    flat[#flat + 1] = w
+    flat[#flat + 1] = s .. ',' .. tk
   end
+end
+if #flat > 0 then
+  redis.call('HSET', KEYS[4], unpack(flat))
 end
 -- A frontend that dies stops counting after the window; its fields go
 -- with its hash some windows later.
