@@ -92,13 +92,11 @@ fn commit_bench(tokio: &tokio::runtime::Runtime, url: &str) {
     let mut conn_ping = Histogram::<u64>::new(3).unwrap();
     let mut commit = Histogram::<u64>::new(3).unwrap();
     let rounds = 20_000;
-    let mut i = 0usize;
-    for _ in 0..rounds {
+    for i in 0..rounds {
         let t = Instant::now();
         let _: String = tokio.block_on(pool.ping()).unwrap();
         conn_ping.record(t.elapsed().as_nanos() as u64).unwrap();
         let grant = [(workers[i % 64].id.clone(), 1u32, 100u64)];
-        i += 1;
         let t = Instant::now();
         black_box(
             tokio
