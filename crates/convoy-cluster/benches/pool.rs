@@ -11,49 +11,19 @@
 //!    ratio, p99 of each, and Redis round trips per launched batch.
 //!
 //! Needs `redis-server` on the PATH (Debian's package); without it, says
-//! so and exits 0.
+//! so and exits 0 (under `CI=true`, fails).
 
 use std::hint::black_box;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use convoy::{Capacity, Config, Executor, ExecutorError, Request, Runtime, WorkerSpec};
-use convoy_cluster::{
-    Frontend, FrontendConfig, HostConfig, LaneSpec, Pool, Registration, WorkerHost, WorkerInfo,
-};
+use convoy_cluster::{Frontend, FrontendConfig, Pool, Registration, WorkerInfo};
 use hdrhistogram::Histogram;
 
-struct Redis(Child, u16);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis() -> Option<Redis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let began = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if began.elapsed() > Duration::from_secs(10) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Redis(child, port))
-}
+// The tests' redis-server guard and host builder.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
@@ -186,27 +156,7 @@ fn cluster_vs_local(url: &str) {
     let (local_rate, local_p99) = closed_loop(local.handle(), 5);
     local.shutdown();
 
-    let host = WorkerHost::start(
-        HostConfig {
-            redis_url: url.to_owned(),
-            pool: "default".into(),
-            name: "h".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            lanes: vec![
-                LaneSpec {
-                    slots,
-                    tokens: u64::from(slots) * 100,
-                    speed: 1.0,
-                    cost_per_hour: 0.0,
-                };
-                lanes
-            ],
-            heartbeat: Duration::from_millis(500),
-        },
-        Arc::new(Work),
-    )
-    .unwrap();
+    let host = common::host_of(url, "h", lanes, slots, Arc::new(Work));
     let f: Frontend<u32, u32> =
         Frontend::start(FrontendConfig::new(url, "bench"), Config::default(), |_| 1).unwrap();
     let before = f.pool_stats();
@@ -228,11 +178,11 @@ fn cluster_vs_local(url: &str) {
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not run us.
-    let Some(r) = redis() else {
-        println!("skipped: redis-server not found (apt-get install redis-server)");
+    // Says why and returns None where redis-server is missing.
+    let Some(redis) = common::Redis::start() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{}/", r.1);
+    let url = redis.url();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -138,7 +138,8 @@ impl Pool {
         &self.url
     }
 
-    fn key(&self, name: &str) -> String {
+    /// The key `name` of this pool.
+    pub(crate) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
@@ -250,10 +251,6 @@ impl Pool {
     /// workers and frontends count as live.
     pub async fn status(&self, window: Duration) -> RedisResult<crate::status::PoolStatus> {
         crate::status::read(self, &mut self.conn.clone(), window).await
-    }
-
-    pub(crate) fn key_of(&self, name: &str) -> String {
-        self.key(name)
     }
 }
 

@@ -119,11 +119,11 @@ pub(crate) async fn read(
 ) -> RedisResult<PoolStatus> {
     let (now, capacity, info, seen, beats, usages): Snapshot = {
         let raw: Vec<redis::Value> = STATUS
-            .key(pool.key_of("capacity"))
-            .key(pool.key_of("info"))
-            .key(pool.key_of("seen"))
-            .key(pool.key_of("frontends"))
-            .arg(pool.key_of("usage:"))
+            .key(pool.key("capacity"))
+            .key(pool.key("info"))
+            .key(pool.key("seen"))
+            .key(pool.key("frontends"))
+            .arg(pool.key("usage:"))
             .invoke_async(conn)
             .await?;
         split(raw)?
@@ -167,7 +167,7 @@ pub(crate) async fn read(
         })
         .collect();
     let raw: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(pool.key_of("shortfalls"))
+        .arg(pool.key("shortfalls"))
         .arg("+")
         .arg("-")
         .arg("COUNT")

@@ -10,24 +10,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{host, Redis, Square};
-use convoy::{Config, Failure, Priority, Request};
+use common::{closes, frontend, host, Redis, Square};
+use convoy::{Config, Failure, Request};
 use convoy_cluster::{ClusterError, Frontend, FrontendConfig, HostConfig, LaneSpec, WorkerHost};
-
-fn frontend(url: &str, name: &str, window: Duration) -> Frontend<u32, u64> {
-    let mut cfg = FrontendConfig::new(url, name);
-    cfg.liveness = window;
-    cfg.heartbeat = window / 5;
-    cfg.batch_timeout = Duration::from_secs(5);
-    Frontend::start(cfg, Config::default(), |_| 1).expect("frontend starts")
-}
-
-fn closes(f: &Frontend<u32, u64>) {
-    let s = f.runtime().stats();
-    for p in Priority::ALL {
-        assert_eq!(s.of(p).lost(), 0, "{p:?}: {}", s.of(p));
-    }
-}
 
 #[test]
 fn a_redis_restart_keeps_requests_queued_and_frontends_reassert() {

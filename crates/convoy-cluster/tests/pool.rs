@@ -8,17 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{host, Redis};
-use convoy::{Config, Failure, Priority, Request, Ticket};
-use convoy_cluster::{Frontend, FrontendConfig, Pool, PoolStatus, WorkerHost, WorkerLost};
-
-fn frontend(url: &str, name: &str, window: Duration) -> Frontend<u32, u64> {
-    let mut cfg = FrontendConfig::new(url, name);
-    cfg.liveness = window;
-    cfg.heartbeat = window / 5;
-    cfg.batch_timeout = Duration::from_secs(5);
-    Frontend::start(cfg, Config::default(), |_| 1).expect("frontend starts")
-}
+use common::{closes, eventually, frontend, host, Redis};
+use convoy::{Failure, Priority, Request, Ticket};
+use convoy_cluster::{Frontend, Pool, PoolStatus, WorkerHost, WorkerLost};
 
 /// Reads the pool as `convoy cluster status` does.
 struct Reader {
@@ -152,14 +144,6 @@ fn load(f: &Frontend<u32, u64>, threads: usize, depth: usize, until: Instant) ->
     all
 }
 
-/// Every level's accounting closes: accepted = each outcome, lost 0.
-fn closes(f: &Frontend<u32, u64>) {
-    let s = f.runtime().stats();
-    for p in Priority::ALL {
-        assert_eq!(s.of(p).lost(), 0, "{p:?}: {}", s.of(p));
-    }
-}
-
 #[test]
 fn three_frontends_never_over_commit_a_contended_pool() {
     let Some(redis) = Redis::start() else { return };
@@ -233,29 +217,22 @@ fn a_vanished_frontends_hold_lapses_and_the_others_take_it_up() {
                 .iter()
                 .any(|f| f.id == doomed_id && f.live && !f.usage.is_empty())
         };
-        let began = Instant::now();
-        while !reader.status(window).as_ref().is_some_and(held) {
-            assert!(
-                began.elapsed() < Duration::from_secs(5),
-                "the doomed frontend never held"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
+        eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            "the doomed frontend never held",
+            || reader.status(window).as_ref().is_some_and(held),
+        );
         doomed.abandon();
-        let vanished = Instant::now();
-        loop {
-            let st = reader.status(window).unwrap();
-            let counts = st.frontends.iter().any(|f| f.id == doomed_id && f.live);
-            if !counts {
-                break;
-            }
-            assert!(
-                vanished.elapsed() < Duration::from_secs(10),
-                "its hold never lapsed"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        let lapsed = vanished.elapsed();
+        let lapsed = eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            "its hold never lapsed",
+            || {
+                let st = reader.status(window).unwrap();
+                !st.frontends.iter().any(|f| f.id == doomed_id && f.live)
+            },
+        );
         drop(open);
         (run.join().unwrap(), lapsed)
     });
@@ -271,19 +248,12 @@ fn a_vanished_frontends_hold_lapses_and_the_others_take_it_up() {
     closes(&survivor);
     // Once the load ends, its releases reach the pool within a few
     // milliseconds (they ride on the next commit, or go alone after 2 ms).
-    let began = Instant::now();
-    loop {
-        let st = reader.status(window).unwrap();
-        let w = &st.workers[0];
-        if w.held == (0, 0) {
-            break;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(1),
-            "still held: {w:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    eventually(
+        Duration::from_secs(1),
+        Duration::from_millis(5),
+        "the survivor still holds the host once the load ended",
+        || reader.status(window).unwrap().workers[0].held == (0, 0),
+    );
     survivor.shutdown();
 }
 
@@ -301,14 +271,12 @@ fn a_killed_hosts_batches_fail_naming_it_and_no_batch_goes_there_after() {
     let first: Vec<_> = (0..64u32)
         .map(|i| h.submit(Request::new(i).tokens(1)).unwrap())
         .collect();
-    let began = Instant::now();
-    while doomed.status().running[0].0 == 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "nothing reached the doomed host"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(1),
+        "nothing reached the doomed host",
+        || doomed.status().running[0].0 > 0,
+    );
     doomed.kill();
     let killed = Instant::now();
     let mut lost = 0;

@@ -1,6 +1,8 @@
-//! A real `redis-server` for the cluster tests, started on a free
-//! loopback port and killed when the guard drops. Without the binary a
-//! test skips with a printed reason; under `CI=true` that fails instead.
+//! A real `redis-server` for the cluster tests (and the pool bench),
+//! started on a free loopback port and killed when the guard drops.
+//! Without the binary a test skips with a printed reason; under
+//! `CI=true` that fails instead. And the hosts, frontends and checks the
+//! tests share.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::TcpListener;
@@ -8,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convoy::{Executor, ExecutorError};
-use convoy_cluster::{HostConfig, LaneSpec, WorkerHost};
+use convoy::{Config, Executor, ExecutorError, Priority};
+use convoy_cluster::{Frontend, FrontendConfig, HostConfig, LaneSpec, WorkerHost};
 
 /// A redis-server child process.
 pub struct Redis {
@@ -91,6 +93,22 @@ impl Executor<u32, u64> for Square {
 /// A host named `name` with `lanes` lanes of `slots` requests, running
 /// [`Square`].
 pub fn host(url: &str, name: &str, lanes: usize, slots: u32, per_batch: Duration) -> WorkerHost {
+    host_of(url, name, lanes, slots, Arc::new(Square { per_batch }))
+}
+
+/// A host named `name` with `lanes` lanes of `slots` requests (100
+/// tokens each), running `executor`.
+pub fn host_of<I, O>(
+    url: &str,
+    name: &str,
+    lanes: usize,
+    slots: u32,
+    executor: Arc<dyn Executor<I, O>>,
+) -> WorkerHost
+where
+    I: serde::de::DeserializeOwned + Send + Sync + 'static,
+    O: serde::Serialize + Send + 'static,
+{
     let config = HostConfig {
         redis_url: url.to_owned(),
         pool: "default".into(),
@@ -108,5 +126,40 @@ pub fn host(url: &str, name: &str, lanes: usize, slots: u32, per_batch: Duration
         ],
         heartbeat: Duration::from_millis(100),
     };
-    WorkerHost::start(config, Arc::new(Square { per_batch })).expect("host starts")
+    WorkerHost::start(config, executor).expect("host starts")
+}
+
+/// A frontend named `name` costing each request 1 token, with liveness
+/// `window` and a heartbeat of a fifth of it.
+pub fn frontend(url: &str, name: &str, window: Duration) -> Frontend<u32, u64> {
+    let mut cfg = FrontendConfig::new(url, name);
+    cfg.liveness = window;
+    cfg.heartbeat = window / 5;
+    cfg.batch_timeout = Duration::from_secs(5);
+    Frontend::start(cfg, Config::default(), |_| 1).expect("frontend starts")
+}
+
+/// Every level's accounting closes: accepted = each outcome, lost 0.
+pub fn closes<O: Send + 'static>(f: &Frontend<u32, O>) {
+    let s = f.runtime().stats();
+    for p in Priority::ALL {
+        assert_eq!(s.of(p).lost(), 0, "{p:?}: {}", s.of(p));
+    }
+}
+
+/// Polls `done` every `every` until it holds; panics naming `what` once
+/// `bound` has passed. Returns how long it took.
+#[track_caller]
+pub fn eventually(
+    bound: Duration,
+    every: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let began = Instant::now();
+    while !done() {
+        assert!(began.elapsed() < bound, "{what} (after {bound:?})");
+        std::thread::sleep(every);
+    }
+    began.elapsed()
 }
